@@ -1,1 +1,15 @@
-//! placeholder
+//! The routemesh worker agent: serves the Worker gRPC API in front of one
+//! inference engine, announces itself to a registry and drains on shutdown.
+
+pub mod admission;
+pub mod backend;
+pub mod config;
+pub mod driven;
+pub mod error;
+pub mod registry;
+pub mod server;
+pub mod service;
+
+pub use config::{BackendConfig, WorkerConfig};
+pub use registry::{MemoryRegistry, RedisRegistry, Registry, WorkerRecord};
+pub use server::{RunningWorker, start_worker};

@@ -1,0 +1,127 @@
+//! Worker agent configuration, as written in the `workers:` list of a
+//! routemesh configuration file or given to `routemesh worker`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use routemesh_router::Tier;
+use serde::{Deserialize, Serialize};
+
+use crate::backend::{OpenAiConfig, SimConfig};
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// Unique id in the mesh; defaults to `<model>-<random suffix>`.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// The model this worker serves, as clients name it.
+    pub model: String,
+    pub tier: Tier,
+    /// Price of prompt tokens, USD per million.
+    #[serde(default)]
+    pub input_usd_per_mtok: f64,
+    /// Price of completion tokens, USD per million.
+    #[serde(default)]
+    pub output_usd_per_mtok: f64,
+    /// Quality assumed before the router knows the model, in [0, 1].
+    #[serde(default)]
+    pub quality_prior: Option<f64>,
+    /// Address to listen on; port 0 picks a free port.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// URL the gateway dials; defaults to `http://<bound address>`.
+    #[serde(default)]
+    pub advertise: Option<String>,
+    /// Requests generated concurrently.
+    #[serde(default = "default_capacity")]
+    pub capacity: u32,
+    /// Requests that may wait for a slot before new ones are refused.
+    #[serde(default = "default_max_queue")]
+    pub max_queue: u32,
+    /// The registry entry expires unless refreshed within this time.
+    #[serde(default = "default_ttl", with = "humantime_serde")]
+    pub registration_ttl: Duration,
+    /// On shutdown, how long in-flight requests may take to finish.
+    #[serde(default = "default_grace", with = "humantime_serde")]
+    pub drain_grace: Duration,
+    pub backend: BackendConfig,
+}
+
+/// The engine behind the worker.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum BackendConfig {
+    /// An OpenAI-compatible HTTP server.
+    Openai(OpenAiConfig),
+    /// A simulated engine (labelled simulated wherever it shows).
+    Sim(SimConfig),
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+fn default_capacity() -> u32 {
+    4
+}
+fn default_max_queue() -> u32 {
+    16
+}
+fn default_ttl() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_grace() -> Duration {
+    Duration::from_secs(20)
+}
+
+impl WorkerConfig {
+    /// Checks what serde cannot: every error names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.model.trim().is_empty() {
+            return Err("model: must not be empty".into());
+        }
+        if self.capacity == 0 {
+            return Err("capacity: must be at least 1".into());
+        }
+        for (key, price) in [
+            ("input_usd_per_mtok", self.input_usd_per_mtok),
+            ("output_usd_per_mtok", self.output_usd_per_mtok),
+        ] {
+            if !price.is_finite() || price < 0.0 {
+                return Err(format!(
+                    "{key}: {price} is not a price (a finite number >= 0)"
+                ));
+            }
+        }
+        if let Some(q) = self.quality_prior
+            && !(0.0..=1.0).contains(&q)
+        {
+            return Err(format!("quality_prior: {q} is not in [0, 1]"));
+        }
+        if self.registration_ttl < Duration::from_millis(100) {
+            return Err("registration_ttl: must be at least 100ms".into());
+        }
+        if let Some(id) = &self.id
+            && (id.is_empty()
+                || !id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c)))
+        {
+            return Err(format!(
+                "id: {id:?} must be non-empty ASCII letters, digits, '-', '_', '.' or ':'"
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn worker_id(&self) -> String {
+        self.id.clone().unwrap_or_else(|| {
+            let suffix: u32 = rand::random();
+            format!(
+                "{}-{suffix:08x}",
+                self.model
+                    .replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "-")
+            )
+        })
+    }
+}

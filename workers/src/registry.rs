@@ -1,0 +1,216 @@
+//! Where workers announce themselves and gateways discover them: in memory
+//! (embedded mode and static configuration) or in Redis (a real mesh).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use routemesh_router::Tier;
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+/// What a worker announces about itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerRecord {
+    pub id: String,
+    pub model: String,
+    pub tier: Tier,
+    /// URL the gateway dials, e.g. `http://10.0.0.7:50061`.
+    pub endpoint: String,
+    pub capacity: u32,
+    pub max_queue: u32,
+    pub input_usd_per_mtok: f64,
+    pub output_usd_per_mtok: f64,
+    #[serde(default)]
+    pub quality_prior: Option<f64>,
+    /// "openai", "sim" or "local".
+    pub backend: String,
+    pub simulated: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("registry redis error: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("registry record for {id} is not valid JSON: {source}")]
+    BadRecord {
+        id: String,
+        source: serde_json::Error,
+    },
+}
+
+/// The registry a worker announces to and a gateway lists.
+#[async_trait::async_trait]
+pub trait Registry: Send + Sync + 'static {
+    /// Adds or refreshes `record`; it disappears unless refreshed within `ttl`.
+    async fn announce(&self, record: &WorkerRecord, ttl: Duration) -> Result<(), RegistryError>;
+    /// Removes a worker at once.
+    async fn withdraw(&self, id: &str) -> Result<(), RegistryError>;
+    /// The live workers.
+    async fn list(&self) -> Result<Vec<WorkerRecord>, RegistryError>;
+}
+
+/// A record and when it expires (`None`: static, never).
+type Entry = (WorkerRecord, Option<Instant>);
+
+/// In-process registry: the embedded default, and static worker lists.
+#[derive(Debug, Default, Clone)]
+pub struct MemoryRegistry {
+    entries: Arc<Mutex<HashMap<String, Entry>>>,
+}
+
+impl MemoryRegistry {
+    /// A registry holding `records` permanently (static configuration).
+    pub fn with_static(records: impl IntoIterator<Item = WorkerRecord>) -> Self {
+        let registry = Self::default();
+        if let Ok(mut entries) = registry.entries.lock() {
+            for r in records {
+                entries.insert(r.id.clone(), (r, None));
+            }
+        }
+        registry
+    }
+}
+
+#[async_trait::async_trait]
+impl Registry for MemoryRegistry {
+    async fn announce(&self, record: &WorkerRecord, ttl: Duration) -> Result<(), RegistryError> {
+        if let Ok(mut entries) = self.entries.lock() {
+            entries.insert(
+                record.id.clone(),
+                (record.clone(), Some(Instant::now() + ttl)),
+            );
+        }
+        Ok(())
+    }
+
+    async fn withdraw(&self, id: &str) -> Result<(), RegistryError> {
+        if let Ok(mut entries) = self.entries.lock() {
+            entries.remove(id);
+        }
+        Ok(())
+    }
+
+    async fn list(&self) -> Result<Vec<WorkerRecord>, RegistryError> {
+        let now = Instant::now();
+        let Ok(mut entries) = self.entries.lock() else {
+            return Ok(Vec::new());
+        };
+        entries.retain(|_, (_, expires)| expires.is_none_or(|at| at > now));
+        let mut records: Vec<_> = entries.values().map(|(r, _)| r.clone()).collect();
+        records.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(records)
+    }
+}
+
+/// Redis registry. Keys (one hash slot per mesh, so Redis Cluster works):
+/// `rm:v1:{<mesh>}:workers` (set of ids) and `rm:v1:{<mesh>}:worker:<id>`
+/// (the JSON record, with a TTL that Redis's own clock expires).
+#[derive(Clone)]
+pub struct RedisRegistry {
+    conn: redis::aio::ConnectionManager,
+    index_key: String,
+    record_prefix: String,
+}
+
+impl std::fmt::Debug for RedisRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisRegistry")
+            .field("index_key", &self.index_key)
+            .finish()
+    }
+}
+
+/// The key prefix of everything routemesh stores for mesh `mesh`.
+pub fn mesh_prefix(mesh: &str) -> String {
+    format!("rm:v1:{{{mesh}}}:")
+}
+
+impl RedisRegistry {
+    pub async fn connect(url: &str, mesh: &str) -> Result<Self, RegistryError> {
+        let client = redis::Client::open(url)?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_number_of_retries(2);
+        let conn = redis::aio::ConnectionManager::new_with_config(client, config).await?;
+        let prefix = mesh_prefix(mesh);
+        Ok(Self {
+            conn,
+            index_key: format!("{prefix}workers"),
+            record_prefix: format!("{prefix}worker:"),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl Registry for RedisRegistry {
+    async fn announce(&self, record: &WorkerRecord, ttl: Duration) -> Result<(), RegistryError> {
+        let json = serde_json::to_string(record).map_err(|source| RegistryError::BadRecord {
+            id: record.id.clone(),
+            source,
+        })?;
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let mut conn = self.conn.clone();
+        redis::pipe()
+            .atomic()
+            .set_options(
+                format!("{}{}", self.record_prefix, record.id),
+                json,
+                redis::SetOptions::default().with_expiration(redis::SetExpiry::PX(ttl_ms)),
+            )
+            .ignore()
+            .sadd(&self.index_key, &record.id)
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn withdraw(&self, id: &str) -> Result<(), RegistryError> {
+        let mut conn = self.conn.clone();
+        redis::pipe()
+            .atomic()
+            .del(format!("{}{id}", self.record_prefix))
+            .ignore()
+            .srem(&self.index_key, id)
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn list(&self) -> Result<Vec<WorkerRecord>, RegistryError> {
+        let mut conn = self.conn.clone();
+        let mut ids: Vec<String> = conn.smembers(&self.index_key).await?;
+        ids.sort();
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = ids
+            .iter()
+            .map(|id| format!("{}{id}", self.record_prefix))
+            .collect();
+        let values: Vec<Option<String>> =
+            redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
+        let mut records = Vec::new();
+        let mut expired = Vec::new();
+        for (id, value) in ids.into_iter().zip(values) {
+            match value {
+                Some(json) => match serde_json::from_str(&json) {
+                    Ok(record) => records.push(record),
+                    Err(source) => {
+                        tracing::warn!(%id, %source, "skipping unreadable worker record");
+                    }
+                },
+                None => expired.push(id),
+            }
+        }
+        if !expired.is_empty() {
+            // Ids whose record expired: their worker died without withdrawing.
+            let _: Result<(), _> = conn.srem(&self.index_key, &expired).await;
+        }
+        Ok(records)
+    }
+}

@@ -1,0 +1,206 @@
+//! The worker agent's lifecycle: bind, serve, announce with a heartbeat, and
+//! drain on shutdown (stop taking work, withdraw, finish in-flight requests).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use routemesh_proto::v1::worker_server::WorkerServer;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
+
+use crate::backend::{Backend, OpenAiBackend, SimBackend};
+use crate::config::{BackendConfig, WorkerConfig};
+use crate::registry::{Registry, WorkerRecord};
+use crate::service::{WorkerService, WorkerState};
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("worker configuration: {0}")]
+    Config(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("gRPC server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// A worker agent that is serving.
+#[derive(Debug)]
+pub struct RunningWorker {
+    pub id: String,
+    pub addr: SocketAddr,
+    pub endpoint: String,
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<(), WorkerError>>,
+}
+
+impl RunningWorker {
+    /// Drains and stops the worker; returns once it has.
+    pub async fn shutdown(self) -> Result<(), WorkerError> {
+        self.shutdown.cancel();
+        self.wait().await
+    }
+
+    /// Waits until the worker stops (after a shutdown or a server failure).
+    pub async fn wait(self) -> Result<(), WorkerError> {
+        match self.task.await {
+            Ok(result) => result,
+            Err(e) => Err(WorkerError::Config(format!("worker task failed: {e}"))),
+        }
+    }
+
+    /// A token that, when cancelled, starts the drain.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+}
+
+fn build_backend(config: &WorkerConfig) -> Result<Arc<dyn Backend>, WorkerError> {
+    Ok(match &config.backend {
+        BackendConfig::Openai(c) => {
+            Arc::new(OpenAiBackend::new(c, &config.model).map_err(WorkerError::Config)?)
+        }
+        BackendConfig::Sim(c) => {
+            Arc::new(SimBackend::new(c.clone(), &config.model).map_err(WorkerError::Config)?)
+        }
+    })
+}
+
+/// Binds, announces and serves `config` until the returned worker is shut down.
+pub async fn start_worker(
+    config: WorkerConfig,
+    registry: Arc<dyn Registry>,
+) -> Result<RunningWorker, WorkerError> {
+    config.validate().map_err(WorkerError::Config)?;
+    let backend = build_backend(&config)?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| WorkerError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| WorkerError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let id = config.worker_id();
+    let endpoint = config
+        .advertise
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"));
+    let record = WorkerRecord {
+        id: id.clone(),
+        model: config.model.clone(),
+        tier: config.tier,
+        endpoint: endpoint.clone(),
+        capacity: config.capacity,
+        max_queue: config.max_queue,
+        input_usd_per_mtok: config.input_usd_per_mtok,
+        output_usd_per_mtok: config.output_usd_per_mtok,
+        quality_prior: config.quality_prior,
+        backend: backend.kind().to_string(),
+        simulated: backend.simulated(),
+    };
+    let state = WorkerState::new(record, backend);
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<WorkerServer<WorkerService>>().await;
+
+    let shutdown = CancellationToken::new();
+    let stop_serving = CancellationToken::new();
+    let server = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(health_service)
+        .add_service(routemesh_proto::reflection_v1()?)
+        .add_service(routemesh_proto::reflection_v1alpha()?)
+        .add_service(WorkerServer::new(WorkerService::new(state.clone())))
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            stop_serving.clone().cancelled_owned(),
+        );
+    let server = tokio::spawn(server);
+
+    // Announce before returning, so a caller that starts a gateway next finds us.
+    if let Err(e) = registry
+        .announce(&state.record, config.registration_ttl)
+        .await
+    {
+        tracing::warn!(error = %e, "first registration failed; retrying with the heartbeat");
+    }
+    let ttl = config.registration_ttl;
+    let grace = config.drain_grace;
+    let task = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            let mut server = server;
+            let mut heartbeat = tokio::time::interval(ttl / 3);
+            heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            heartbeat.tick().await;
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    result = &mut server => {
+                        // The server stopped on its own: withdraw and report why.
+                        let _ = registry.withdraw(&state.record.id).await;
+                        return match result {
+                            Ok(r) => r.map_err(WorkerError::from),
+                            Err(e) => Err(WorkerError::Config(format!("server task failed: {e}"))),
+                        };
+                    }
+                    _ = heartbeat.tick() => {
+                        if let Err(e) = registry.announce(&state.record, ttl).await {
+                            tracing::warn!(error = %e, "registry heartbeat failed");
+                        }
+                    }
+                }
+            }
+            drain(&state, &*registry, &health, grace).await;
+            stop_serving.cancel();
+            match tokio::time::timeout(grace, &mut server).await {
+                Ok(Ok(result)) => result.map_err(WorkerError::from),
+                Ok(Err(e)) => Err(WorkerError::Config(format!("server task failed: {e}"))),
+                Err(_) => {
+                    tracing::warn!("connections still open after the drain grace period; closing");
+                    server.abort();
+                    Ok(())
+                }
+            }
+        }
+    });
+    tracing::info!(%id, %endpoint, model = %config.model, "worker serving");
+    Ok(RunningWorker {
+        id,
+        addr,
+        endpoint,
+        shutdown,
+        task,
+    })
+}
+
+/// Stops taking work and waits (up to `grace`) for in-flight requests.
+async fn drain(
+    state: &WorkerState,
+    registry: &dyn Registry,
+    health: &tonic_health::server::HealthReporter,
+    grace: Duration,
+) {
+    state.draining.store(true, Ordering::Release);
+    health
+        .set_not_serving::<WorkerServer<WorkerService>>()
+        .await;
+    if let Err(e) = registry.withdraw(&state.record.id).await {
+        tracing::warn!(error = %e, "could not withdraw from the registry; the entry will expire");
+    }
+    let deadline = tokio::time::Instant::now() + grace;
+    while state.admission.in_flight() + state.admission.waiting() > 0
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

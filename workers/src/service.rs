@@ -1,0 +1,275 @@
+//! The Worker gRPC service: admission, the engine call, timing and cost.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures::StreamExt;
+use routemesh_proto::v1::{
+    EngineFigures, LoadReport, LoadRequest, StreamEnd, TextDelta, Usage, WorkerGenerateRequest,
+    WorkerGenerateResponse, WorkerStreamEvent, worker_server::Worker, worker_stream_event,
+};
+use tokio::time::Instant;
+use tonic::{Request, Response, Status};
+
+use crate::admission::Admission;
+use crate::backend::{Backend, EngineEvent, EngineUsage, GenerateInput};
+use crate::driven::driven_stream;
+use crate::error::{draining_status, engine_status, overloaded_status, wrong_model_status};
+use crate::registry::WorkerRecord;
+
+/// Recent per-request speed figures for the load report.
+#[derive(Debug, Default)]
+struct RecentFigures {
+    ttft_ms: VecDeque<f64>,
+    tokens_per_second: VecDeque<f64>,
+}
+
+const RECENT: usize = 128;
+
+fn push_bounded(q: &mut VecDeque<f64>, v: f64) {
+    if q.len() == RECENT {
+        q.pop_front();
+    }
+    q.push_back(v);
+}
+
+fn median(q: &VecDeque<f64>) -> f64 {
+    if q.is_empty() {
+        return 0.0;
+    }
+    let mut v: Vec<f64> = q.iter().copied().collect();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// State shared by the service and the agent's lifecycle.
+pub struct WorkerState {
+    pub record: WorkerRecord,
+    pub backend: Arc<dyn Backend>,
+    pub admission: Arc<Admission>,
+    pub draining: AtomicBool,
+    completed: AtomicU64,
+    failed: AtomicU64,
+    recent: Mutex<RecentFigures>,
+}
+
+impl WorkerState {
+    pub fn new(record: WorkerRecord, backend: Arc<dyn Backend>) -> Arc<Self> {
+        Arc::new(Self {
+            admission: Admission::new(record.capacity, record.max_queue),
+            record,
+            backend,
+            draining: AtomicBool::new(false),
+            completed: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            recent: Mutex::new(RecentFigures::default()),
+        })
+    }
+
+    fn usage(&self, engine: &EngineUsage, ttft_ms: f64, total_ms: f64) -> Usage {
+        let cost = (self.record.input_usd_per_mtok * f64::from(engine.prompt_tokens)
+            + self.record.output_usd_per_mtok * f64::from(engine.completion_tokens))
+            / 1e6;
+        Usage {
+            prompt_tokens: engine.prompt_tokens,
+            completion_tokens: engine.completion_tokens,
+            cost_usd: cost,
+            time_to_first_token_ms: ttft_ms,
+            total_time_ms: total_ms,
+            model: self.record.model.clone(),
+            worker_id: self.record.id.clone(),
+            estimated: engine.estimated,
+            simulated: self.backend.simulated(),
+            replay_quality: engine.replay_quality,
+        }
+    }
+
+    fn record_success(&self, ttft_ms: f64, total_ms: f64, completion_tokens: u32) {
+        self.completed.fetch_add(1, Ordering::Relaxed);
+        let decode_s = (total_ms - ttft_ms) / 1000.0;
+        if let Ok(mut recent) = self.recent.lock() {
+            push_bounded(&mut recent.ttft_ms, ttft_ms);
+            if decode_s > 0.0 && completion_tokens > 1 {
+                push_bounded(
+                    &mut recent.tokens_per_second,
+                    f64::from(completion_tokens - 1) / decode_s,
+                );
+            }
+        }
+    }
+
+    fn record_failure(&self) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn load_report(&self) -> LoadReport {
+        let (ttft, tps) = self
+            .recent
+            .lock()
+            .map(|r| (median(&r.ttft_ms), median(&r.tokens_per_second)))
+            .unwrap_or_default();
+        LoadReport {
+            worker_id: self.record.id.clone(),
+            model: self.record.model.clone(),
+            in_flight: self.admission.in_flight(),
+            queue_depth: self.admission.waiting(),
+            capacity: self.admission.capacity(),
+            max_queue: self.admission.max_queue(),
+            draining: self.draining.load(Ordering::Acquire),
+            engine: Some(EngineFigures {
+                time_to_first_token_ms_p50: ttft,
+                tokens_per_second_p50: tps,
+                completed: self.completed.load(Ordering::Relaxed),
+                failed: self.failed.load(Ordering::Relaxed),
+                simulated: self.backend.simulated(),
+            }),
+            backend: self.backend.kind().to_string(),
+        }
+    }
+
+    fn check(&self, req: &WorkerGenerateRequest) -> Result<GenerateInput, Status> {
+        if self.draining.load(Ordering::Acquire) {
+            return Err(draining_status());
+        }
+        if !req.model.is_empty() && req.model != self.record.model {
+            return Err(wrong_model_status(&req.model, &self.record.model));
+        }
+        if req.messages.is_empty() {
+            return Err(Status::invalid_argument("messages: must not be empty"));
+        }
+        Ok(GenerateInput {
+            request_id: req.request_id.clone(),
+            messages: req.messages.clone(),
+            params: req.params.clone().unwrap_or_default(),
+        })
+    }
+}
+
+fn ms_since(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1000.0
+}
+
+#[derive(Clone)]
+pub struct WorkerService {
+    state: Arc<WorkerState>,
+}
+
+impl WorkerService {
+    pub fn new(state: Arc<WorkerState>) -> Self {
+        Self { state }
+    }
+}
+
+type EventStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<WorkerStreamEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Worker for WorkerService {
+    async fn generate(
+        &self,
+        request: Request<WorkerGenerateRequest>,
+    ) -> Result<Response<WorkerGenerateResponse>, Status> {
+        let start = Instant::now();
+        let state = &self.state;
+        let input = state.check(request.get_ref())?;
+        let _slot = state
+            .admission
+            .acquire()
+            .await
+            .map_err(|e| overloaded_status(&e))?;
+        match state.backend.generate(input).await {
+            Ok(done) => {
+                let total = ms_since(start);
+                // A unary engine call has no first token of its own: the whole
+                // completion arrives at once.
+                state.record_success(total, total, done.usage.completion_tokens);
+                Ok(Response::new(WorkerGenerateResponse {
+                    text: done.text,
+                    finish_reason: done.finish_reason as i32,
+                    usage: Some(state.usage(&done.usage, total, total)),
+                }))
+            }
+            Err(e) => {
+                state.record_failure();
+                Err(engine_status(&e))
+            }
+        }
+    }
+
+    type GenerateStreamStream = EventStream;
+
+    async fn generate_stream(
+        &self,
+        request: Request<WorkerGenerateRequest>,
+    ) -> Result<Response<Self::GenerateStreamStream>, Status> {
+        let start = Instant::now();
+        let state = self.state.clone();
+        let input = state.check(request.get_ref())?;
+        let slot = state
+            .admission
+            .acquire()
+            .await
+            .map_err(|e| overloaded_status(&e))?;
+        let mut engine = match state.backend.stream(input).await {
+            Ok(s) => s,
+            Err(e) => {
+                state.record_failure();
+                return Err(engine_status(&e));
+            }
+        };
+        let stream = driven_stream(move |tx| async move {
+            let _slot = slot; // held until the stream ends or the client leaves
+            let mut ttft = None;
+            while let Some(event) = engine.next().await {
+                let out = match event {
+                    Ok(EngineEvent::Delta(text)) => {
+                        ttft.get_or_insert_with(|| ms_since(start));
+                        worker_stream_event::Event::Delta(TextDelta { text })
+                    }
+                    Ok(EngineEvent::End {
+                        finish_reason,
+                        usage,
+                    }) => {
+                        let total = ms_since(start);
+                        let ttft = ttft.unwrap_or(total);
+                        state.record_success(ttft, total, usage.completion_tokens);
+                        let end = StreamEnd {
+                            finish_reason: finish_reason as i32,
+                            usage: Some(state.usage(&usage, ttft, total)),
+                        };
+                        let _ = tx
+                            .send(Ok(WorkerStreamEvent {
+                                event: Some(worker_stream_event::Event::End(end)),
+                            }))
+                            .await;
+                        return;
+                    }
+                    Err(e) => {
+                        state.record_failure();
+                        let _ = tx.send(Err(engine_status(&e))).await;
+                        return;
+                    }
+                };
+                if tx
+                    .send(Ok(WorkerStreamEvent { event: Some(out) }))
+                    .await
+                    .is_err()
+                {
+                    return; // client went away: dropping `engine` cancels generation
+                }
+            }
+            state.record_failure();
+            let _ = tx
+                .send(Err(Status::internal(
+                    "engine stream ended without an end event",
+                )))
+                .await;
+        });
+        Ok(Response::new(stream))
+    }
+
+    async fn load(&self, _request: Request<LoadRequest>) -> Result<Response<LoadReport>, Status> {
+        Ok(Response::new(self.state.load_report()))
+    }
+}
