@@ -1,1 +1,14 @@
-//! placeholder
+//! The routemesh gateway: the public gRPC API in front of a pool of model
+//! workers, choosing a model and worker per request.
+
+pub mod config;
+pub mod error;
+pub mod pool;
+pub mod recent;
+pub mod server;
+pub mod service;
+pub mod up;
+pub mod validate;
+
+pub use config::{Config, ConfigError, GatewayConfig, RegistryConfig};
+pub use server::{RunningGateway, start_gateway};

@@ -50,7 +50,7 @@ pub struct WorkerConfig {
 
 /// The engine behind the worker.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
-#[serde(rename_all = "lowercase", deny_unknown_fields)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum BackendConfig {
     /// An OpenAI-compatible HTTP server.
     Openai(OpenAiConfig),

@@ -1,0 +1,377 @@
+//! The routemesh configuration file: one YAML format for `up`, `gateway` and
+//! `worker`. Parsed strictly (unknown keys are errors), then validated; every
+//! error names the key at fault and why.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use routemesh_router::{PolicyKind, Tier};
+use routemesh_worker::WorkerConfig;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where workers announce themselves and gateways find them.
+    #[serde(default)]
+    pub registry: RegistryConfig,
+    #[serde(default)]
+    pub gateway: GatewayConfig,
+    /// Worker agents: started in-process by `routemesh up`, or one per process
+    /// by `routemesh worker`.
+    #[serde(default)]
+    pub workers: Vec<WorkerConfig>,
+    /// Workers the gateway dials without a registry (with `registry: memory`
+    /// and `routemesh gateway`).
+    #[serde(default)]
+    pub static_workers: Vec<StaticWorker>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum RegistryConfig {
+    /// In the gateway's process: the embedded default.
+    #[default]
+    Memory,
+    /// Shared through Redis.
+    Redis(RedisRegistryConfig),
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RedisRegistryConfig {
+    /// e.g. `redis://127.0.0.1:6379/0`.
+    pub url: String,
+    /// Name of this mesh: gateways and workers with the same mesh see each other.
+    #[serde(default = "default_mesh")]
+    pub mesh: String,
+}
+
+fn default_mesh() -> String {
+    "default".into()
+}
+
+/// A worker known from configuration rather than a registry.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StaticWorker {
+    pub id: String,
+    pub model: String,
+    pub tier: Tier,
+    /// e.g. `http://10.0.0.7:50061`.
+    pub endpoint: String,
+    #[serde(default)]
+    pub input_usd_per_mtok: f64,
+    #[serde(default)]
+    pub output_usd_per_mtok: f64,
+    #[serde(default)]
+    pub quality_prior: Option<f64>,
+    #[serde(default = "default_static_capacity")]
+    pub capacity: u32,
+    #[serde(default = "default_static_capacity")]
+    pub max_queue: u32,
+}
+
+fn default_static_capacity() -> u32 {
+    4
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Public gRPC address; port 0 picks a free port.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Routing policy: `utility` (quality − λ·cost − μ·latency) or `least-loaded`.
+    #[serde(default)]
+    pub policy: PolicyKind,
+    /// λ of the utility policy: quality points per USD of expected cost.
+    #[serde(default = "default_cost_weight")]
+    pub cost_weight: f64,
+    /// μ of the utility policy: quality points per second of expected latency.
+    #[serde(default = "default_latency_weight")]
+    pub latency_weight: f64,
+    /// ν of the utility policy: quality points per unit of worker load.
+    #[serde(default = "default_load_weight")]
+    pub load_weight: f64,
+    /// Longest a request may take end to end (a client deadline can shorten it).
+    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Requests served at once; beyond it requests get RESOURCE_EXHAUSTED.
+    #[serde(default = "default_max_concurrent")]
+    pub max_concurrent_requests: usize,
+    /// Tries per request: the first worker plus failovers to others, for
+    /// failures where no model ran.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// max_tokens when a request gives none.
+    #[serde(default = "default_max_tokens")]
+    pub default_max_tokens: u32,
+    /// Largest max_tokens a request may ask for.
+    #[serde(default = "default_max_tokens_limit")]
+    pub max_tokens_limit: u32,
+    /// Largest total prompt size in characters.
+    #[serde(default = "default_max_prompt_chars")]
+    pub max_prompt_chars: usize,
+    /// Most messages in one request.
+    #[serde(default = "default_max_messages")]
+    pub max_messages: usize,
+    /// How often the registry is read for joining and leaving workers.
+    #[serde(default = "default_discovery_interval", with = "humantime_serde")]
+    pub discovery_interval: Duration,
+    /// How often each worker is asked for its load (also its health check).
+    #[serde(default = "default_load_interval", with = "humantime_serde")]
+    pub load_interval: Duration,
+    /// Request ids remembered for Feedback.
+    #[serde(default = "default_feedback_window")]
+    pub feedback_window: usize,
+    /// On shutdown, how long in-flight requests may take to finish.
+    #[serde(default = "default_drain_grace", with = "humantime_serde")]
+    pub drain_grace: Duration,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 50051))
+}
+fn default_cost_weight() -> f64 {
+    routemesh_router::UtilityPolicy::default().cost_weight
+}
+fn default_latency_weight() -> f64 {
+    routemesh_router::UtilityPolicy::default().latency_weight
+}
+fn default_load_weight() -> f64 {
+    routemesh_router::UtilityPolicy::default().load_weight
+}
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(120)
+}
+fn default_max_concurrent() -> usize {
+    4096
+}
+fn default_max_attempts() -> u32 {
+    2
+}
+fn default_max_tokens() -> u32 {
+    256
+}
+fn default_max_tokens_limit() -> u32 {
+    8192
+}
+fn default_max_prompt_chars() -> usize {
+    400_000
+}
+fn default_max_messages() -> usize {
+    512
+}
+fn default_discovery_interval() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_load_interval() -> Duration {
+    Duration::from_millis(500)
+}
+fn default_feedback_window() -> usize {
+    100_000
+}
+fn default_drain_grace() -> Duration {
+    Duration::from_secs(20)
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        // One source of defaults: the serde ones.
+        serde_norway::from_str("{}").unwrap_or_else(|_| unreachable!("empty gateway config parses"))
+    }
+}
+
+/// A configuration that could not be read or is invalid.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{origin}: {key}: {message}")]
+    Invalid {
+        origin: String,
+        key: String,
+        message: String,
+    },
+}
+
+impl Config {
+    /// Parses and validates YAML; `origin` names the source in errors.
+    pub fn from_yaml(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let de = serde_norway::Deserializer::from_str(text);
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let message = e.into_inner().to_string();
+            // serde_norway already prefixes some messages with the path.
+            let message = message
+                .strip_prefix(&format!("{key}: "))
+                .map(str::to_owned)
+                .unwrap_or(message);
+            ConfigError::Invalid {
+                origin: origin.into(),
+                key: if key == "." {
+                    "(top level)".into()
+                } else {
+                    key
+                },
+                message,
+            }
+        })?;
+        config
+            .validate()
+            .map_err(|(key, message)| ConfigError::Invalid {
+                origin: origin.into(),
+                key,
+                message,
+            })?;
+        Ok(config)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_yaml(&text, &path.display().to_string())
+    }
+
+    fn validate(&self) -> Result<(), (String, String)> {
+        let g = &self.gateway;
+        let bad = |key: &str, message: String| Err((format!("gateway.{key}"), message));
+        for (key, w) in [
+            ("cost_weight", g.cost_weight),
+            ("latency_weight", g.latency_weight),
+            ("load_weight", g.load_weight),
+        ] {
+            if !w.is_finite() || w < 0.0 {
+                return bad(key, format!("{w} must be a finite number >= 0"));
+            }
+        }
+        if g.max_attempts == 0 {
+            return bad("max_attempts", "must be at least 1".into());
+        }
+        if g.default_max_tokens == 0 || g.default_max_tokens > g.max_tokens_limit {
+            return bad(
+                "default_max_tokens",
+                format!(
+                    "{} must be in [1, max_tokens_limit = {}]",
+                    g.default_max_tokens, g.max_tokens_limit
+                ),
+            );
+        }
+        if g.max_concurrent_requests == 0 {
+            return bad("max_concurrent_requests", "must be at least 1".into());
+        }
+        for (key, d) in [
+            ("discovery_interval", g.discovery_interval),
+            ("load_interval", g.load_interval),
+        ] {
+            if d < Duration::from_millis(10) {
+                return bad(key, format!("{d:?} is shorter than 10ms"));
+            }
+        }
+        if let RegistryConfig::Redis(r) = &self.registry {
+            if !r.url.starts_with("redis://")
+                && !r.url.starts_with("rediss://")
+                && !r.url.starts_with("unix://")
+            {
+                return Err((
+                    "registry.url".into(),
+                    format!("{:?} is not a redis:// URL", r.url),
+                ));
+            }
+            if r.mesh.is_empty() || r.mesh.contains(['{', '}']) {
+                return Err((
+                    "registry.mesh".into(),
+                    format!("{:?} must be non-empty without braces", r.mesh),
+                ));
+            }
+        }
+        let mut ids = std::collections::HashSet::new();
+        for (i, w) in self.workers.iter().enumerate() {
+            w.validate().map_err(|m| match m.split_once(": ") {
+                Some((key, why)) => (format!("workers[{i}].{key}"), why.to_string()),
+                None => (format!("workers[{i}]"), m),
+            })?;
+            if let Some(id) = &w.id
+                && !ids.insert(id.clone())
+            {
+                return Err((format!("workers[{i}].id"), format!("{id:?} is used twice")));
+            }
+        }
+        if !self.static_workers.is_empty() && self.registry != RegistryConfig::Memory {
+            return Err((
+                "static_workers".into(),
+                "only with `registry: memory`; with Redis, workers announce themselves".into(),
+            ));
+        }
+        for (i, w) in self.static_workers.iter().enumerate() {
+            if !w.endpoint.starts_with("http://") && !w.endpoint.starts_with("https://") {
+                return Err((
+                    format!("static_workers[{i}].endpoint"),
+                    format!("{:?} must start with http:// or https://", w.endpoint),
+                ));
+            }
+            if !ids.insert(w.id.clone()) {
+                return Err((
+                    format!("static_workers[{i}].id"),
+                    format!("{:?} is used twice", w.id),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The embedded demo mesh of `routemesh up`: two small models and one large,
+/// simulated, with in-memory registry.
+pub const DEMO_CONFIG: &str = include_str!("demo.yaml");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(yaml: &str) -> String {
+        Config::from_yaml(yaml, "test.yaml")
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn demo_config_is_valid() {
+        let c = Config::from_yaml(DEMO_CONFIG, "demo").unwrap();
+        assert_eq!(c.workers.len(), 3);
+        assert_eq!(c.registry, RegistryConfig::Memory);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = err("gateway:\n  listn: 1.2.3.4:5\n");
+        assert!(
+            e.starts_with("test.yaml: gateway: unknown field `listn`"),
+            "{e}"
+        );
+        let e = err("workers:\n  - model: m\n    tier: huge\n    backend: {kind: sim}\n");
+        assert!(
+            e.contains("workers[0].tier") && e.contains("unknown variant `huge`"),
+            "{e}"
+        );
+        let e = err(
+            "workers:\n  - model: m\n    tier: small\n    capacity: 0\n    backend: {kind: sim}\n",
+        );
+        assert!(e.contains("workers[0].capacity: must be at least 1"), "{e}");
+        let e = err("gateway: {cost_weight: -1}\n");
+        assert!(e.contains("gateway.cost_weight"), "{e}");
+        let e = err("registry: {kind: redis, url: 'http://x'}\n");
+        assert!(e.contains("registry.url"), "{e}");
+        let e = err(
+            "workers:\n  - model: m\n    tier: small\n    backend: {kind: sim, ttft_ms: {median: fast}}\n",
+        );
+        assert!(e.contains("workers[0].backend.ttft_ms.median"), "{e}");
+    }
+}

@@ -1,0 +1,83 @@
+//! Every way a gateway request can fail, and the one mapping to gRPC statuses.
+//!
+//! Each variant records which side failed (the client's request, the pool, a
+//! worker) so logs and metrics can tell them apart; `Status` is made here only.
+
+use tonic::{Code, Status};
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The request itself is wrong; `field` names the part at fault.
+    #[error("{field}: {message}")]
+    InvalidArgument { field: String, message: String },
+    /// The request names a model the pool does not have.
+    #[error("{field}: unknown model {model:?}; the pool serves: {known}")]
+    UnknownModel {
+        field: String,
+        model: String,
+        known: String,
+    },
+    /// No model satisfies the request's routing hints.
+    #[error("{0}")]
+    Unsatisfiable(String),
+    /// Nobody can serve now (no workers, all unhealthy or full).
+    #[error("{0}")]
+    NoWorker(String),
+    /// The worker failed; `status` is what it said.
+    #[error("worker {worker_id} failed: {}", status.message())]
+    Worker { worker_id: String, status: Status },
+    /// The request ran out of time.
+    #[error("request exceeded its deadline of {0:?}")]
+    Deadline(std::time::Duration),
+    /// Feedback for a request id the gateway does not remember.
+    #[error("request_id: no recent request {0:?} (feedback is kept for the last requests only)")]
+    UnknownRequest(String),
+}
+
+impl GatewayError {
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        GatewayError::InvalidArgument {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn code(&self) -> Code {
+        match self {
+            GatewayError::InvalidArgument { .. } => Code::InvalidArgument,
+            GatewayError::UnknownModel { .. } | GatewayError::UnknownRequest(_) => Code::NotFound,
+            GatewayError::Unsatisfiable(_) => Code::FailedPrecondition,
+            GatewayError::NoWorker(_) => Code::Unavailable,
+            GatewayError::Worker { status, .. } => match status.code() {
+                // A worker's refusal of its own request shape means the gateway
+                // sent something wrong: that is the gateway's fault.
+                Code::FailedPrecondition => Code::Internal,
+                code => code,
+            },
+            GatewayError::Deadline(_) => Code::DeadlineExceeded,
+        }
+    }
+
+    /// Which side failed, for logs and metrics.
+    pub fn side(&self) -> &'static str {
+        match self {
+            GatewayError::InvalidArgument { .. }
+            | GatewayError::UnknownModel { .. }
+            | GatewayError::Unsatisfiable(_)
+            | GatewayError::UnknownRequest(_) => "client",
+            GatewayError::NoWorker(_) | GatewayError::Deadline(_) => "gateway",
+            GatewayError::Worker { .. } => "worker",
+        }
+    }
+}
+
+impl From<GatewayError> for Status {
+    fn from(e: GatewayError) -> Self {
+        let code = e.code();
+        match e.side() {
+            "client" => tracing::debug!(error = %e, "request refused"),
+            _ => tracing::warn!(error = %e, side = e.side(), "request failed"),
+        }
+        Status::new(code, e.to_string())
+    }
+}

@@ -1,0 +1,236 @@
+//! `routemesh`: one binary for the whole mesh (`up`, `gateway`, `worker`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use routemesh_gateway::Config;
+use routemesh_gateway::config::DEMO_CONFIG;
+use routemesh_gateway::up::Mesh;
+use routemesh_proto::v1::{ChatMessage, GenerateRequest, gateway_client::GatewayClient};
+
+#[derive(Parser)]
+#[command(
+    name = "routemesh",
+    version,
+    about = "A model-routing gateway: each request goes to the model that answers it well at the lowest cost and latency"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+struct Common {
+    /// Configuration file (YAML). `up` without one runs the embedded demo mesh.
+    #[arg(long, short, env = "ROUTEMESH_CONFIG")]
+    config: Option<PathBuf>,
+    /// Write a JSON file with the bound addresses once serving (for scripts and tests).
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a gateway and its workers in one process (the embedded demo by default).
+    Up {
+        #[command(flatten)]
+        common: Common,
+        /// Override gateway.listen, e.g. 127.0.0.1:0.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Send this prompt once the mesh is up and show who answered and why.
+        #[arg(long = "try", value_name = "PROMPT")]
+        try_prompt: Option<String>,
+        /// Exit after --try instead of serving until interrupted.
+        #[arg(long, requires = "try_prompt")]
+        once: bool,
+    },
+    /// Run a gateway that discovers workers from the configured registry.
+    Gateway {
+        #[command(flatten)]
+        common: Common,
+        /// Override gateway.listen.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Run the worker agents listed under `workers:` in the configuration.
+    Worker {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Check a configuration file and print it with every default filled in.
+    CheckConfig {
+        /// The file to check.
+        file: PathBuf,
+    },
+}
+
+fn load(path: Option<&Path>, fallback: Option<&str>) -> anyhow::Result<Config> {
+    Ok(match (path, fallback) {
+        (Some(path), _) => Config::from_file(path)?,
+        (None, Some(text)) => Config::from_yaml(text, "embedded demo configuration")?,
+        (None, None) => bail!("--config FILE is required"),
+    })
+}
+
+fn write_ready_file(path: &Path, mesh: &Mesh) -> anyhow::Result<()> {
+    // Written whole and renamed, so a reader never sees half a file.
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&mesh.describe())?)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+async fn serve(
+    config: Config,
+    common: &Common,
+    workers: bool,
+    gateway: bool,
+    try_prompt: Option<String>,
+    once: bool,
+) -> anyhow::Result<()> {
+    if workers && config.workers.is_empty() {
+        bail!("the configuration lists no workers (key `workers`)");
+    }
+    let mesh = Mesh::start(&config, workers, gateway).await?;
+    if let Some(path) = &common.ready_file {
+        write_ready_file(path, &mesh)?;
+    }
+    if let (Some(prompt), Some(g)) = (try_prompt, &mesh.gateway) {
+        let outcome = try_request(g.addr, &prompt).await;
+        if let Err(e) = &outcome {
+            eprintln!("demo request failed: {e:#}");
+        }
+        if once {
+            mesh.shutdown().await;
+            return outcome;
+        }
+        println!(
+            "\nThe mesh keeps serving on {}; Ctrl-C stops it. Try:\n  grpcurl -plaintext -d '{{\"messages\":[{{\"role\":\"user\",\"content\":\"Hello\"}}]}}' {} routemesh.v1.Gateway/Generate",
+            g.addr, g.addr
+        );
+    }
+    shutdown_signal().await;
+    tracing::info!("shutting down: draining in-flight requests");
+    mesh.shutdown().await;
+    Ok(())
+}
+
+/// Sends one prompt through the gateway and prints the answer and the routing decision.
+async fn try_request(addr: SocketAddr, prompt: &str) -> anyhow::Result<()> {
+    let mut client = GatewayClient::connect(format!("http://{addr}")).await?;
+    let request = GenerateRequest {
+        messages: vec![ChatMessage {
+            role: "user".into(),
+            content: prompt.into(),
+        }],
+        ..Default::default()
+    };
+    let response = client.generate(request).await?.into_inner();
+    let usage = response.usage.unwrap_or_default();
+    let route = response.route.unwrap_or_default();
+    println!("prompt:    {prompt}");
+    println!("answer:    {}", response.text);
+    println!(
+        "served by: model {} on worker {}{}",
+        usage.model,
+        usage.worker_id,
+        if usage.simulated {
+            " (simulated engine)"
+        } else {
+            ""
+        }
+    );
+    println!("why:       {} policy: {}", route.policy, route.reason);
+    for c in &route.candidates {
+        println!(
+            "           {:<24} quality {:.2} ({}), expected cost {:.6} USD, load {:.2}, score {:.4}{}",
+            c.model,
+            c.predicted_quality,
+            c.quality_source,
+            c.expected_cost_usd,
+            c.load,
+            c.score,
+            if c.eligible {
+                String::new()
+            } else {
+                format!(", excluded: {}", c.excluded_because)
+            }
+        );
+    }
+    println!(
+        "usage:     {} prompt + {} completion tokens, {:.6} USD, first token after {:.0} ms, {:.0} ms in all",
+        usage.prompt_tokens,
+        usage.completion_tokens,
+        usage.cost_usd,
+        usage.time_to_first_token_ms,
+        usage.total_time_ms
+    );
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,h2=warn,hyper=warn,tower=warn,tonic=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Up {
+            common,
+            listen,
+            try_prompt,
+            once,
+        } => {
+            let mut config = load(common.config.as_deref(), Some(DEMO_CONFIG))?;
+            if let Some(listen) = listen {
+                config.gateway.listen = listen;
+            }
+            serve(config, &common, true, true, try_prompt, once).await
+        }
+        Command::Gateway { common, listen } => {
+            let mut config = load(common.config.as_deref(), None)?;
+            if let Some(listen) = listen {
+                config.gateway.listen = listen;
+            }
+            serve(config, &common, false, true, None, false).await
+        }
+        Command::Worker { common } => {
+            let config = load(common.config.as_deref(), None)?;
+            serve(config, &common, true, false, None, false).await
+        }
+        Command::CheckConfig { file } => {
+            let config = Config::from_file(&file)?;
+            print!("{}", serde_norway::to_string(&config)?);
+            Ok(())
+        }
+    }
+}

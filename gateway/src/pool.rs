@@ -1,0 +1,232 @@
+//! The pool of workers the gateway routes to: discovered from the registry,
+//! health- and load-checked in the background, read without locks held across
+//! awaits on the request path.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use routemesh_proto::v1::worker_client::WorkerClient;
+use routemesh_proto::v1::{LoadReport, LoadRequest};
+use routemesh_router::{ModelSpec, WorkerView};
+use routemesh_worker::{Registry, WorkerRecord};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+
+/// One worker and the gateway's view of it.
+#[derive(Debug)]
+pub struct WorkerHandle {
+    pub record: WorkerRecord,
+    pub spec: ModelSpec,
+    pub client: WorkerClient<Channel>,
+    in_flight: AtomicU32,
+    healthy: AtomicBool,
+    last_load: Mutex<Option<LoadReport>>,
+}
+
+/// Counts a request against a worker while it lives.
+#[derive(Debug)]
+pub struct InFlight(Arc<WorkerHandle>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl WorkerHandle {
+    fn new(record: WorkerRecord) -> Result<Self, tonic::transport::Error> {
+        let channel = Endpoint::from_shared(record.endpoint.clone())?
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .keep_alive_while_idle(true)
+            .connect_lazy();
+        let spec = ModelSpec {
+            name: record.model.clone(),
+            tier: record.tier,
+            input_usd_per_mtok: record.input_usd_per_mtok,
+            output_usd_per_mtok: record.output_usd_per_mtok,
+            quality_prior: record.quality_prior,
+        };
+        Ok(Self {
+            spec,
+            client: WorkerClient::new(channel),
+            record,
+            in_flight: AtomicU32::new(0),
+            // Healthy until a load check says otherwise: it just registered.
+            healthy: AtomicBool::new(true),
+            last_load: Mutex::new(None),
+        })
+    }
+
+    pub fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(self.clone())
+    }
+
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Acquire)
+    }
+
+    /// A failed call: stop routing here until a load check succeeds.
+    pub fn mark_unhealthy(&self) {
+        self.healthy.store(false, Ordering::Release);
+    }
+
+    pub fn last_load(&self) -> Option<LoadReport> {
+        self.last_load.lock().ok().and_then(|l| l.clone())
+    }
+
+    pub fn view(&self) -> WorkerView<'_> {
+        let load = self.last_load();
+        let engine = load.as_ref().and_then(|l| l.engine.as_ref());
+        WorkerView {
+            worker_id: &self.record.id,
+            model: &self.spec,
+            healthy: self.healthy(),
+            gateway_in_flight: self.in_flight(),
+            reported_in_flight: load.as_ref().map_or(0, |l| l.in_flight),
+            queue_depth: load.as_ref().map_or(0, |l| l.queue_depth),
+            capacity: load.as_ref().map_or(self.record.capacity, |l| l.capacity),
+            max_queue: load.as_ref().map_or(self.record.max_queue, |l| l.max_queue),
+            ttft_ms_p50: engine.map_or(0.0, |e| e.time_to_first_token_ms_p50),
+            tokens_per_second_p50: engine.map_or(0.0, |e| e.tokens_per_second_p50),
+        }
+    }
+
+    async fn check_load(&self, timeout: Duration) {
+        let mut client = self.client.clone();
+        let mut request = tonic::Request::new(LoadRequest {});
+        request.set_timeout(timeout);
+        match tokio::time::timeout(timeout, client.load(request)).await {
+            Ok(Ok(report)) => {
+                let report = report.into_inner();
+                self.healthy.store(!report.draining, Ordering::Release);
+                if let Ok(mut last) = self.last_load.lock() {
+                    *last = Some(report);
+                }
+            }
+            Ok(Err(status)) => {
+                tracing::debug!(worker = %self.record.id, %status, "load check failed");
+                self.mark_unhealthy();
+            }
+            Err(_) => {
+                tracing::debug!(worker = %self.record.id, "load check timed out");
+                self.mark_unhealthy();
+            }
+        }
+    }
+}
+
+pub type Snapshot = Arc<Vec<Arc<WorkerHandle>>>;
+
+pub struct Pool {
+    workers: RwLock<Snapshot>,
+    registry: Arc<dyn Registry>,
+    load_timeout: Duration,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("workers", &self.snapshot().len())
+            .finish()
+    }
+}
+
+impl Pool {
+    pub fn new(registry: Arc<dyn Registry>, load_timeout: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            workers: RwLock::new(Arc::new(Vec::new())),
+            registry,
+            load_timeout,
+        })
+    }
+
+    /// The workers now; cheap (an `Arc` clone).
+    pub fn snapshot(&self) -> Snapshot {
+        self.workers.read().map(|w| w.clone()).unwrap_or_default()
+    }
+
+    /// Reads the registry and applies joins and leaves. On a registry error the
+    /// pool keeps its last known workers.
+    pub async fn refresh(&self) {
+        let records = match self.registry.list().await {
+            Ok(records) => records,
+            Err(e) => {
+                tracing::warn!(error = %e, "registry unavailable; keeping the last known workers");
+                return;
+            }
+        };
+        let current = self.snapshot();
+        let mut next = Vec::with_capacity(records.len());
+        let mut joined = Vec::new();
+        for record in records {
+            match current.iter().find(|w| w.record == record) {
+                Some(existing) => next.push(existing.clone()),
+                None => match WorkerHandle::new(record) {
+                    Ok(handle) => {
+                        let handle = Arc::new(handle);
+                        joined.push(handle.clone());
+                        next.push(handle);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "ignoring worker with a bad endpoint"),
+                },
+            }
+        }
+        // Check newcomers before they take traffic, so a dead registration
+        // never receives a request.
+        futures::future::join_all(joined.iter().map(|w| w.check_load(self.load_timeout))).await;
+        let changed = next.len() != current.len() || !joined.is_empty();
+        if changed {
+            for w in &joined {
+                tracing::info!(worker = %w.record.id, model = %w.record.model, endpoint = %w.record.endpoint, "worker joined");
+            }
+            for w in current
+                .iter()
+                .filter(|w| !next.iter().any(|n| Arc::ptr_eq(n, w)))
+            {
+                tracing::info!(worker = %w.record.id, "worker left");
+            }
+            if let Ok(mut workers) = self.workers.write() {
+                *workers = Arc::new(next);
+            }
+        }
+    }
+
+    pub async fn poll_loads(&self) {
+        let workers = self.snapshot();
+        futures::future::join_all(workers.iter().map(|w| w.check_load(self.load_timeout))).await;
+    }
+
+    /// Runs discovery and load checks until `stop` is cancelled.
+    pub fn spawn_maintenance(
+        self: &Arc<Self>,
+        discovery: Duration,
+        load: Duration,
+        stop: CancellationToken,
+    ) -> JoinHandle<()> {
+        let pool = self.clone();
+        tokio::spawn(async move {
+            let mut discovery_tick = tokio::time::interval(discovery);
+            let mut load_tick = tokio::time::interval(load);
+            for tick in [&mut discovery_tick, &mut load_tick] {
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            }
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    _ = discovery_tick.tick() => pool.refresh().await,
+                    _ = load_tick.tick() => pool.poll_loads().await,
+                }
+            }
+        })
+    }
+}

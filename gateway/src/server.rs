@@ -1,0 +1,161 @@
+//! Starting and stopping a gateway: the pool's background maintenance and the
+//! public gRPC server on its tower stack.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use routemesh_proto::v1::gateway_server::GatewayServer;
+use routemesh_router::{LeastLoaded, Policy, PolicyKind, UtilityPolicy};
+use routemesh_worker::Registry;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
+use tower::ServiceBuilder;
+
+use crate::config::GatewayConfig;
+use crate::pool::Pool;
+use crate::recent::Recent;
+use crate::service::{GatewayService, GatewayState};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("gRPC server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("gateway task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// A gateway that is serving.
+#[derive(Debug)]
+pub struct RunningGateway {
+    pub addr: SocketAddr,
+    pub state: Arc<GatewayState>,
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<(), ServeError>>,
+}
+
+impl RunningGateway {
+    /// Stops accepting requests, lets in-flight ones finish (up to the drain
+    /// grace period) and stops the background tasks.
+    pub async fn shutdown(self) -> Result<(), ServeError> {
+        self.shutdown.cancel();
+        self.task.await?
+    }
+}
+
+fn policy(config: &GatewayConfig) -> Box<dyn Policy> {
+    match config.policy {
+        PolicyKind::LeastLoaded => Box::new(LeastLoaded),
+        PolicyKind::Utility => Box::new(UtilityPolicy {
+            cost_weight: config.cost_weight,
+            latency_weight: config.latency_weight,
+            load_weight: config.load_weight,
+        }),
+    }
+}
+
+/// Starts a gateway on `config.listen`, discovering workers from `registry`.
+pub async fn start_gateway(
+    config: GatewayConfig,
+    registry: Arc<dyn Registry>,
+) -> Result<RunningGateway, ServeError> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+
+    let pool = Pool::new(
+        registry,
+        config.load_interval.max(Duration::from_millis(200)),
+    );
+    // Know the pool before the first request arrives.
+    pool.refresh().await;
+    let shutdown = CancellationToken::new();
+    let maintenance = pool.spawn_maintenance(
+        config.discovery_interval,
+        config.load_interval,
+        shutdown.child_token(),
+    );
+
+    let state = Arc::new(GatewayState {
+        pool,
+        policy: policy(&config),
+        recent: Recent::new(config.feedback_window),
+        config: config.clone(),
+    });
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<GatewayServer<GatewayService>>().await;
+
+    // The stack reads top to bottom: trace every call, shed what is over the
+    // concurrency limit at once (RESOURCE_EXHAUSTED) rather than queueing it.
+    let stack = ServiceBuilder::new()
+        .layer(tower_http::trace::TraceLayer::new_for_grpc())
+        .layer(tower::load_shed::LoadShedLayer::new())
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+            config.max_concurrent_requests,
+        ))
+        .into_inner();
+    let stop_serving = CancellationToken::new();
+    let server = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .layer(stack)
+        .add_service(health_service)
+        .add_service(routemesh_proto::reflection_v1()?)
+        .add_service(routemesh_proto::reflection_v1alpha()?)
+        .add_service(GatewayServer::new(GatewayService::new(state.clone())))
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            stop_serving.clone().cancelled_owned(),
+        );
+    let mut server = tokio::spawn(server);
+
+    let grace = config.drain_grace;
+    let task = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                result = &mut server => {
+                    shutdown.cancel();
+                    return Ok(result??);
+                }
+            }
+            health
+                .set_not_serving::<GatewayServer<GatewayService>>()
+                .await;
+            stop_serving.cancel();
+            let result = match tokio::time::timeout(grace, &mut server).await {
+                Ok(result) => result?.map_err(ServeError::from),
+                Err(_) => {
+                    tracing::warn!("requests still running after the drain grace period; closing");
+                    server.abort();
+                    Ok(())
+                }
+            };
+            let _ = maintenance.await;
+            result
+        }
+    });
+    tracing::info!(%addr, policy = state.policy.name(), "gateway serving");
+    Ok(RunningGateway {
+        addr,
+        state,
+        shutdown,
+        task,
+    })
+}

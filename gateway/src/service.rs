@@ -1,0 +1,517 @@
+//! The public Gateway gRPC service: validate, route, call a worker (failing
+//! over where no model ran), and explain the decision.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use routemesh_proto::v1::{
+    FeedbackRequest, FeedbackResponse, GenerateRequest, GenerateResponse, GenerateStreamEvent,
+    ListModelsRequest, ListModelsResponse, ModelInfo, RouteCandidate, RouteDecision, StreamEnd,
+    WorkerGenerateRequest, WorkerInfo, gateway_server::Gateway, generate_stream_event,
+    worker_stream_event,
+};
+use routemesh_router::{Decision, NoCandidate, Policy, RouteInput};
+use routemesh_worker::driven::driven_stream;
+use tokio::time::Instant;
+use tonic::{Code, Request, Response, Status};
+
+use crate::config::GatewayConfig;
+use crate::error::GatewayError;
+use crate::pool::{Pool, Snapshot, WorkerHandle};
+use crate::recent::{FeedbackRecord, Recent, Served};
+use crate::validate::{ValidRequest, tier_to_wire, validate};
+
+pub struct GatewayState {
+    pub pool: Arc<Pool>,
+    pub policy: Box<dyn Policy>,
+    pub config: GatewayConfig,
+    pub recent: Recent,
+}
+
+impl std::fmt::Debug for GatewayState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayState")
+            .field("policy", &self.policy.name())
+            .finish()
+    }
+}
+
+/// A decision with the worker it chose.
+struct Routed {
+    worker: Arc<WorkerHandle>,
+    explanation: RouteDecision,
+}
+
+/// The client's deadline from its `grpc-timeout` header, if it sent one.
+fn client_deadline<T>(request: &Request<T>) -> Option<Duration> {
+    let value = request.metadata().get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+fn explain(request_id: &str, decision: &Decision, elapsed: Duration) -> RouteDecision {
+    let chosen = decision.chosen_candidate();
+    RouteDecision {
+        request_id: request_id.to_string(),
+        model: chosen.map(|c| c.model.clone()).unwrap_or_default(),
+        worker_id: chosen.map(|c| c.worker_id.clone()).unwrap_or_default(),
+        policy: decision.policy.to_string(),
+        reason: decision.reason.clone(),
+        candidates: decision
+            .candidates
+            .iter()
+            .map(|c| RouteCandidate {
+                model: c.model.clone(),
+                worker_id: c.worker_id.clone(),
+                tier: tier_to_wire(c.tier) as i32,
+                predicted_quality: c.predicted_quality,
+                quality_source: c.quality_source.to_string(),
+                expected_cost_usd: c.expected_cost_usd,
+                expected_latency_ms: c.expected_latency_ms.unwrap_or(0.0),
+                load: c.load,
+                score: if c.score.is_finite() { c.score } else { 0.0 },
+                eligible: c.eligible(),
+                excluded_because: c.excluded_because.clone(),
+            })
+            .collect(),
+        decision_time_us: elapsed.as_secs_f64() * 1e6,
+    }
+}
+
+impl GatewayState {
+    fn known_models(snapshot: &Snapshot) -> Vec<&str> {
+        let mut models: Vec<&str> = snapshot.iter().map(|w| w.record.model.as_str()).collect();
+        models.sort_unstable();
+        models.dedup();
+        models
+    }
+
+    fn validate(
+        &self,
+        request: GenerateRequest,
+        snapshot: &Snapshot,
+    ) -> Result<ValidRequest, GatewayError> {
+        validate(request, &self.config, &Self::known_models(snapshot))
+    }
+
+    /// Routes `req` among the workers of `snapshot` not in `excluded`.
+    fn route(
+        &self,
+        req: &ValidRequest,
+        snapshot: &Snapshot,
+        excluded: &[String],
+    ) -> Result<Routed, GatewayError> {
+        let start = Instant::now();
+        let workers: Vec<&Arc<WorkerHandle>> = snapshot
+            .iter()
+            .filter(|w| !excluded.contains(&w.record.id))
+            .collect();
+        let views: Vec<_> = workers.iter().map(|w| w.view()).collect();
+        let input = RouteInput {
+            prompt_tokens: req.prompt_tokens_estimate(),
+            max_tokens: req.max_tokens(),
+            hints: &req.hints,
+            pinned_model: req.pinned_model.as_deref(),
+            predicted_quality: None,
+        };
+        let decision = self.policy.decide(&input, &views);
+        let explanation = explain(&req.request_id, &decision, start.elapsed());
+        match decision.chosen {
+            Ok(i) => Ok(Routed {
+                worker: workers[i].clone(),
+                explanation,
+            }),
+            Err(NoCandidate::HintsUnsatisfiable) => {
+                Err(GatewayError::Unsatisfiable(decision.reason))
+            }
+            Err(NoCandidate::EmptyPool) => {
+                Err(GatewayError::NoWorker("no worker is registered".into()))
+            }
+            Err(NoCandidate::Unavailable) => {
+                let tried = if excluded.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (already failed: {})", excluded.join(", "))
+                };
+                Err(GatewayError::NoWorker(format!(
+                    "{}{tried}",
+                    decision.reason
+                )))
+            }
+        }
+    }
+
+    fn worker_request(
+        &self,
+        req: &ValidRequest,
+        worker: &WorkerHandle,
+        remaining: Duration,
+    ) -> Request<WorkerGenerateRequest> {
+        let mut request = Request::new(WorkerGenerateRequest {
+            request_id: req.request_id.clone(),
+            model: worker.record.model.clone(),
+            messages: req.messages.clone(),
+            params: Some(req.params.clone()),
+            tenant: req.tenant.clone(),
+        });
+        // The client's deadline travels to the worker.
+        request.set_timeout(remaining);
+        request
+    }
+
+    /// Whether another worker may be tried after `status`: the worker said no
+    /// model ran, or it could not be reached at all.
+    fn should_fail_over(worker: &WorkerHandle, status: &Status) -> bool {
+        let hinted = routemesh_worker::error::is_retryable(status);
+        if status.code() == Code::Unavailable {
+            // Unreachable or draining: no traffic until a load check says otherwise.
+            worker.mark_unhealthy();
+        }
+        hinted || status.code() == Code::Unavailable
+    }
+
+    fn remember(&self, req: &ValidRequest, worker: &WorkerHandle) {
+        self.recent.remember(
+            &req.request_id,
+            Served {
+                model: worker.record.model.clone(),
+                worker_id: worker.record.id.clone(),
+                tenant: req.tenant.clone(),
+            },
+        );
+    }
+
+    fn budget<T>(&self, request: &Request<T>) -> Duration {
+        client_deadline(request).map_or(self.config.request_timeout, |d| {
+            d.min(self.config.request_timeout)
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct GatewayService {
+    state: Arc<GatewayState>,
+}
+
+impl GatewayService {
+    pub fn new(state: Arc<GatewayState>) -> Self {
+        Self { state }
+    }
+}
+
+fn with_request_id<T>(message: T, request_id: &str) -> Response<T> {
+    let mut response = Response::new(message);
+    if let Ok(value) = request_id.parse() {
+        response.metadata_mut().insert("x-request-id", value);
+    }
+    response
+}
+
+type EventStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<GenerateStreamEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Gateway for GatewayService {
+    async fn generate(
+        &self,
+        request: Request<GenerateRequest>,
+    ) -> Result<Response<GenerateResponse>, Status> {
+        let state = &self.state;
+        let budget = state.budget(&request);
+        let deadline = Instant::now() + budget;
+        let snapshot = state.pool.snapshot();
+        let req = state.validate(request.into_inner(), &snapshot)?;
+        let mut excluded = Vec::new();
+        loop {
+            let Routed {
+                worker,
+                explanation,
+            } = state.route(&req, &snapshot, &excluded)?;
+            let _in_flight = worker.begin();
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let mut client = worker.client.clone();
+            let call = client.generate(state.worker_request(&req, &worker, remaining));
+            let result = match tokio::time::timeout(remaining, call).await {
+                Ok(result) => result,
+                Err(_) => return Err(GatewayError::Deadline(budget).into()),
+            };
+            match result {
+                Ok(response) => {
+                    let done = response.into_inner();
+                    state.remember(&req, &worker);
+                    let message = GenerateResponse {
+                        request_id: req.request_id.clone(),
+                        text: done.text,
+                        finish_reason: done.finish_reason,
+                        usage: done.usage,
+                        route: Some(explanation),
+                    };
+                    return Ok(with_request_id(message, &req.request_id));
+                }
+                Err(status) => {
+                    let retry = GatewayState::should_fail_over(&worker, &status);
+                    let attempts = excluded.len() as u32 + 1;
+                    if retry && attempts < state.config.max_attempts {
+                        tracing::info!(worker = %worker.record.id, %status, "failing over");
+                        excluded.push(worker.record.id.clone());
+                        continue;
+                    }
+                    if status.code() == Code::DeadlineExceeded
+                        || status.code() == Code::Cancelled && Instant::now() >= deadline
+                    {
+                        return Err(GatewayError::Deadline(budget).into());
+                    }
+                    return Err(GatewayError::Worker {
+                        worker_id: worker.record.id.clone(),
+                        status,
+                    }
+                    .into());
+                }
+            }
+        }
+    }
+
+    type GenerateStreamStream = EventStream;
+
+    async fn generate_stream(
+        &self,
+        request: Request<GenerateRequest>,
+    ) -> Result<Response<Self::GenerateStreamStream>, Status> {
+        let state = self.state.clone();
+        let budget = state.budget(&request);
+        let deadline = Instant::now() + budget;
+        let snapshot = state.pool.snapshot();
+        let req = state.validate(request.into_inner(), &snapshot)?;
+
+        // Open a stream and wait for its first event; until then a failure
+        // where no model ran moves the request to another worker.
+        let mut excluded = Vec::new();
+        let (worker, explanation, in_flight, mut upstream, first) = loop {
+            let Routed {
+                worker,
+                explanation,
+            } = state.route(&req, &snapshot, &excluded)?;
+            let in_flight = worker.begin();
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let opened = tokio::time::timeout(remaining, async {
+                let mut upstream = worker
+                    .client
+                    .clone()
+                    .generate_stream(state.worker_request(&req, &worker, remaining))
+                    .await?
+                    .into_inner();
+                let first = upstream.message().await?;
+                Ok::<_, Status>((upstream, first))
+            })
+            .await
+            .map_err(|_| Status::from(GatewayError::Deadline(budget)))?;
+            match opened {
+                Ok((upstream, Some(first))) => {
+                    break (worker, explanation, in_flight, upstream, first);
+                }
+                Ok((_, None)) => {
+                    let status = Status::internal("worker closed the stream without an event");
+                    return Err(GatewayError::Worker {
+                        worker_id: worker.record.id.clone(),
+                        status,
+                    }
+                    .into());
+                }
+                Err(status) => {
+                    let retry = GatewayState::should_fail_over(&worker, &status);
+                    if retry && (excluded.len() as u32 + 1) < state.config.max_attempts {
+                        tracing::info!(worker = %worker.record.id, %status, "failing over before the first token");
+                        excluded.push(worker.record.id.clone());
+                        continue;
+                    }
+                    return Err(GatewayError::Worker {
+                        worker_id: worker.record.id.clone(),
+                        status,
+                    }
+                    .into());
+                }
+            }
+        };
+
+        let request_id = req.request_id.clone();
+        let stream = driven_stream(move |tx| async move {
+            let _in_flight = in_flight;
+            let event = |event| {
+                Ok(GenerateStreamEvent {
+                    request_id: req.request_id.clone(),
+                    event: Some(event),
+                })
+            };
+            if tx
+                .send(event(generate_stream_event::Event::Route(explanation)))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            let mut next = Some(first);
+            let mut tokens_sent = 0u32;
+            loop {
+                let item = match next.take() {
+                    Some(item) => item,
+                    None => {
+                        let remaining = deadline.saturating_duration_since(Instant::now());
+                        match tokio::time::timeout(remaining, upstream.message()).await {
+                            Err(_) => {
+                                let _ = tx.send(Err(GatewayError::Deadline(budget).into())).await;
+                                return;
+                            }
+                            Ok(Ok(Some(item))) => item,
+                            Ok(Ok(None)) => {
+                                let status = Status::unavailable(format!(
+                                    "stream ended without an end event after {tokens_sent} deltas"
+                                ));
+                                let _ = tx
+                                    .send(Err(GatewayError::Worker {
+                                        worker_id: worker.record.id.clone(),
+                                        status,
+                                    }
+                                    .into()))
+                                    .await;
+                                return;
+                            }
+                            Ok(Err(status)) => {
+                                if status.code() == Code::Unavailable
+                                    || status.code() == Code::Unknown
+                                {
+                                    worker.mark_unhealthy();
+                                }
+                                let status = Status::new(
+                                    status.code(),
+                                    format!(
+                                        "mid-stream after {tokens_sent} deltas: {}",
+                                        status.message()
+                                    ),
+                                );
+                                let _ = tx
+                                    .send(Err(GatewayError::Worker {
+                                        worker_id: worker.record.id.clone(),
+                                        status,
+                                    }
+                                    .into()))
+                                    .await;
+                                return;
+                            }
+                        }
+                    }
+                };
+                match item.event {
+                    Some(worker_stream_event::Event::Delta(delta)) => {
+                        tokens_sent += 1;
+                        if tx
+                            .send(event(generate_stream_event::Event::Delta(delta)))
+                            .await
+                            .is_err()
+                        {
+                            return; // client gone: dropping `upstream` cancels the worker
+                        }
+                    }
+                    Some(worker_stream_event::Event::End(end)) => {
+                        state.remember(&req, &worker);
+                        let end = StreamEnd {
+                            finish_reason: end.finish_reason,
+                            usage: end.usage,
+                        };
+                        let _ = tx.send(event(generate_stream_event::Event::End(end))).await;
+                        return;
+                    }
+                    None => {}
+                }
+            }
+        });
+        Ok(with_request_id(stream, &request_id))
+    }
+
+    async fn route(
+        &self,
+        request: Request<GenerateRequest>,
+    ) -> Result<Response<RouteDecision>, Status> {
+        let state = &self.state;
+        let snapshot = state.pool.snapshot();
+        let req = state.validate(request.into_inner(), &snapshot)?;
+        let routed = state.route(&req, &snapshot, &[])?;
+        Ok(with_request_id(routed.explanation, &req.request_id))
+    }
+
+    async fn feedback(
+        &self,
+        request: Request<FeedbackRequest>,
+    ) -> Result<Response<FeedbackResponse>, Status> {
+        let FeedbackRequest {
+            request_id,
+            score,
+            comment,
+        } = request.into_inner();
+        if request_id.is_empty() {
+            return Err(GatewayError::invalid("request_id", "must not be empty").into());
+        }
+        if !(score.is_finite() && (0.0..=1.0).contains(&score)) {
+            return Err(GatewayError::invalid("score", format!("{score} is not in [0, 1]")).into());
+        }
+        if comment.chars().count() > 1000 {
+            return Err(GatewayError::invalid("comment", "longer than 1000 characters").into());
+        }
+        let served = self
+            .state
+            .recent
+            .lookup(&request_id)
+            .ok_or_else(|| GatewayError::UnknownRequest(request_id.clone()))?;
+        let response = FeedbackResponse {
+            model: served.model.clone(),
+            worker_id: served.worker_id.clone(),
+        };
+        self.state.recent.record_feedback(FeedbackRecord {
+            request_id,
+            served,
+            score,
+            comment,
+        });
+        Ok(Response::new(response))
+    }
+
+    async fn list_models(
+        &self,
+        _request: Request<ListModelsRequest>,
+    ) -> Result<Response<ListModelsResponse>, Status> {
+        let snapshot = self.state.pool.snapshot();
+        let mut models: BTreeMap<&str, ModelInfo> = BTreeMap::new();
+        for w in snapshot.iter() {
+            let info = models
+                .entry(w.record.model.as_str())
+                .or_insert_with(|| ModelInfo {
+                    name: w.record.model.clone(),
+                    tier: tier_to_wire(w.record.tier) as i32,
+                    input_usd_per_mtok: w.record.input_usd_per_mtok,
+                    output_usd_per_mtok: w.record.output_usd_per_mtok,
+                    workers: Vec::new(),
+                    healthy_workers: 0,
+                });
+            info.healthy_workers += u32::from(w.healthy());
+            info.workers.push(WorkerInfo {
+                id: w.record.id.clone(),
+                endpoint: w.record.endpoint.clone(),
+                healthy: w.healthy(),
+                load: w.last_load(),
+                gateway_in_flight: w.in_flight(),
+            });
+        }
+        Ok(Response::new(ListModelsResponse {
+            models: models.into_values().collect(),
+        }))
+    }
+}

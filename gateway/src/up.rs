@@ -1,0 +1,111 @@
+//! Bringing up a mesh from a configuration: the registry it names, the
+//! workers it lists, and (for `routemesh up` and `routemesh gateway`) a gateway.
+
+use std::sync::Arc;
+
+use routemesh_worker::registry::RegistryError;
+use routemesh_worker::server::WorkerError;
+use routemesh_worker::{
+    MemoryRegistry, RedisRegistry, Registry, RunningWorker, WorkerRecord, start_worker,
+};
+
+use crate::config::{Config, RegistryConfig};
+use crate::server::{RunningGateway, ServeError, start_gateway};
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpError {
+    #[error("registry: {0}")]
+    Registry(#[from] RegistryError),
+    #[error("worker {index}: {source}")]
+    Worker { index: usize, source: WorkerError },
+    #[error("gateway: {0}")]
+    Gateway(#[from] ServeError),
+}
+
+/// Connects the registry a configuration names. `memory` holds the static
+/// workers; a gateway and workers in one process share it.
+pub async fn connect_registry(config: &Config) -> Result<Arc<dyn Registry>, UpError> {
+    Ok(match &config.registry {
+        RegistryConfig::Memory => Arc::new(MemoryRegistry::with_static(
+            config.static_workers.iter().map(|w| WorkerRecord {
+                id: w.id.clone(),
+                model: w.model.clone(),
+                tier: w.tier,
+                endpoint: w.endpoint.clone(),
+                capacity: w.capacity,
+                max_queue: w.max_queue,
+                input_usd_per_mtok: w.input_usd_per_mtok,
+                output_usd_per_mtok: w.output_usd_per_mtok,
+                quality_prior: w.quality_prior,
+                backend: "static".into(),
+                simulated: false,
+            }),
+        )),
+        RegistryConfig::Redis(r) => Arc::new(RedisRegistry::connect(&r.url, &r.mesh).await?),
+    })
+}
+
+/// What a running `routemesh` process serves.
+#[derive(Debug, Default)]
+pub struct Mesh {
+    pub gateway: Option<RunningGateway>,
+    pub workers: Vec<RunningWorker>,
+}
+
+impl Mesh {
+    /// Starts the configured workers and, if `with_gateway`, a gateway.
+    pub async fn start(
+        config: &Config,
+        with_workers: bool,
+        with_gateway: bool,
+    ) -> Result<Self, UpError> {
+        let registry = connect_registry(config).await?;
+        let mut mesh = Mesh::default();
+        if with_workers {
+            for (index, worker) in config.workers.iter().enumerate() {
+                match start_worker(worker.clone(), registry.clone()).await {
+                    Ok(w) => mesh.workers.push(w),
+                    Err(source) => {
+                        mesh.shutdown().await;
+                        return Err(UpError::Worker { index, source });
+                    }
+                }
+            }
+        }
+        if with_gateway {
+            match start_gateway(config.gateway.clone(), registry).await {
+                Ok(g) => mesh.gateway = Some(g),
+                Err(e) => {
+                    mesh.shutdown().await;
+                    return Err(e.into());
+                }
+            }
+        }
+        Ok(mesh)
+    }
+
+    /// Drains the gateway first (so it sends no new work), then the workers.
+    pub async fn shutdown(self) {
+        if let Some(gateway) = self.gateway
+            && let Err(e) = gateway.shutdown().await
+        {
+            tracing::warn!(error = %e, "gateway stopped with an error");
+        }
+        let stops = self.workers.into_iter().map(|w| async move {
+            let id = w.id.clone();
+            if let Err(e) = w.shutdown().await {
+                tracing::warn!(worker = %id, error = %e, "worker stopped with an error");
+            }
+        });
+        futures::future::join_all(stops).await;
+    }
+
+    /// A JSON description of what is serving where, for `--ready-file`.
+    pub fn describe(&self) -> serde_json::Value {
+        serde_json::json!({
+            "gateway": self.gateway.as_ref().map(|g| g.addr.to_string()),
+            "workers": self.workers.iter().map(|w| serde_json::json!({"id": w.id, "endpoint": w.endpoint})).collect::<Vec<_>>(),
+            "pid": std::process::id(),
+        })
+    }
+}

@@ -1,0 +1,403 @@
+//! Turns a client's GenerateRequest into a validated request, or an error that
+//! names the field at fault. Nothing downstream re-checks these rules.
+
+use routemesh_proto::v1::{ChatMessage, GenerateRequest, GenerationParams, Tier as WireTier};
+use routemesh_router::{Hints, Tier};
+
+use crate::config::GatewayConfig;
+use crate::error::GatewayError;
+
+/// The model names that ask the router to choose.
+pub const ROUTED_MODELS: &[&str] = &["", "router"];
+
+const ROLES: &[&str] = &["system", "user", "assistant", "tool"];
+const MAX_STOP: usize = 4;
+const MAX_STOP_CHARS: usize = 256;
+const MAX_ID_CHARS: usize = 128;
+const MAX_TENANT_CHARS: usize = 64;
+
+#[derive(Debug, Clone)]
+pub struct ValidRequest {
+    pub request_id: String,
+    /// `None` when the router chooses.
+    pub pinned_model: Option<String>,
+    pub messages: Vec<ChatMessage>,
+    pub params: GenerationParams,
+    pub hints: Hints,
+    pub tenant: String,
+    pub prompt_chars: usize,
+}
+
+impl ValidRequest {
+    pub fn max_tokens(&self) -> u32 {
+        self.params.max_tokens.unwrap_or(0)
+    }
+
+    /// Prompt tokens as the evaluation cost model estimates them: ceil(chars / 4).
+    pub fn prompt_tokens_estimate(&self) -> u32 {
+        u32::try_from(self.prompt_chars.div_ceil(4)).unwrap_or(u32::MAX)
+    }
+
+    /// The text the router judges: the last user turn.
+    pub fn routing_prompt(&self) -> &str {
+        self.messages
+            .iter()
+            .rev()
+            .find(|m| m.role == "user")
+            .map_or("", |m| m.content.as_str())
+    }
+}
+
+pub fn tier_from_wire(value: i32, field: &str) -> Result<Tier, GatewayError> {
+    match WireTier::try_from(value) {
+        Ok(WireTier::Small) => Ok(Tier::Small),
+        Ok(WireTier::Large) => Ok(Tier::Large),
+        _ => Err(GatewayError::invalid(
+            field,
+            format!("{value} is not a tier (TIER_SMALL = 1, TIER_LARGE = 2)"),
+        )),
+    }
+}
+
+pub fn tier_to_wire(tier: Tier) -> WireTier {
+    match tier {
+        Tier::Small => WireTier::Small,
+        Tier::Large => WireTier::Large,
+    }
+}
+
+fn valid_id(id: &str) -> bool {
+    id.chars().all(|c| c.is_ascii_graphic())
+}
+
+/// Validates `req`; `known_models` are the models in the pool now.
+pub fn validate(
+    req: GenerateRequest,
+    config: &GatewayConfig,
+    known_models: &[&str],
+) -> Result<ValidRequest, GatewayError> {
+    let request_id = if req.request_id.is_empty() {
+        uuid::Uuid::now_v7().to_string()
+    } else if req.request_id.len() > MAX_ID_CHARS || !valid_id(&req.request_id) {
+        return Err(GatewayError::invalid(
+            "request_id",
+            format!("must be at most {MAX_ID_CHARS} printable ASCII characters without spaces"),
+        ));
+    } else {
+        req.request_id
+    };
+
+    let unknown = |field: String, model: &str| GatewayError::UnknownModel {
+        field,
+        model: model.to_string(),
+        known: if known_models.is_empty() {
+            "(no models: no worker is registered)".into()
+        } else {
+            known_models.join(", ")
+        },
+    };
+    let pinned_model = if ROUTED_MODELS.contains(&req.model.as_str()) {
+        None
+    } else if known_models.contains(&req.model.as_str()) {
+        Some(req.model)
+    } else {
+        return Err(unknown("model".into(), &req.model));
+    };
+
+    if req.messages.is_empty() {
+        return Err(GatewayError::invalid(
+            "messages",
+            "must hold at least one message",
+        ));
+    }
+    if req.messages.len() > config.max_messages {
+        return Err(GatewayError::invalid(
+            "messages",
+            format!(
+                "{} messages; at most {} are allowed",
+                req.messages.len(),
+                config.max_messages
+            ),
+        ));
+    }
+    let mut prompt_chars = 0usize;
+    for (i, m) in req.messages.iter().enumerate() {
+        if !ROLES.contains(&m.role.as_str()) {
+            return Err(GatewayError::invalid(
+                format!("messages[{i}].role"),
+                format!("{:?} is not one of {}", m.role, ROLES.join(", ")),
+            ));
+        }
+        if m.role == "user" && m.content.trim().is_empty() {
+            return Err(GatewayError::invalid(
+                format!("messages[{i}].content"),
+                "a user message must not be empty",
+            ));
+        }
+        prompt_chars += m.content.chars().count();
+    }
+    if !req.messages.iter().any(|m| m.role == "user") {
+        return Err(GatewayError::invalid(
+            "messages",
+            "must hold at least one user message",
+        ));
+    }
+    if prompt_chars > config.max_prompt_chars {
+        return Err(GatewayError::invalid(
+            "messages",
+            format!(
+                "prompt of {prompt_chars} characters exceeds the limit of {}",
+                config.max_prompt_chars
+            ),
+        ));
+    }
+
+    let mut params = req.params.unwrap_or_default();
+    match params.max_tokens {
+        None => params.max_tokens = Some(config.default_max_tokens),
+        Some(n) if n == 0 || n > config.max_tokens_limit => {
+            return Err(GatewayError::invalid(
+                "params.max_tokens",
+                format!("{n} is not in [1, {}]", config.max_tokens_limit),
+            ));
+        }
+        Some(_) => {}
+    }
+    if let Some(t) = params.temperature
+        && !(t.is_finite() && (0.0..=2.0).contains(&t))
+    {
+        return Err(GatewayError::invalid(
+            "params.temperature",
+            format!("{t} is not in [0, 2]"),
+        ));
+    }
+    if let Some(p) = params.top_p
+        && !(p.is_finite() && p > 0.0 && p <= 1.0)
+    {
+        return Err(GatewayError::invalid(
+            "params.top_p",
+            format!("{p} is not in (0, 1]"),
+        ));
+    }
+    if params.stop.len() > MAX_STOP {
+        return Err(GatewayError::invalid(
+            "params.stop",
+            format!("{} stop strings; at most {MAX_STOP}", params.stop.len()),
+        ));
+    }
+    for (i, s) in params.stop.iter().enumerate() {
+        if s.is_empty() || s.chars().count() > MAX_STOP_CHARS {
+            return Err(GatewayError::invalid(
+                format!("params.stop[{i}]"),
+                format!("must be 1 to {MAX_STOP_CHARS} characters"),
+            ));
+        }
+    }
+
+    let wire = req.hints.unwrap_or_default();
+    let mut hints = Hints {
+        max_cost_usd: wire.max_cost_usd,
+        latency_slo_ms: wire.latency_slo_ms,
+        quality_floor: wire.quality_floor,
+        ..Hints::default()
+    };
+    for (i, m) in wire.allowed_models.into_iter().enumerate() {
+        if !known_models.contains(&m.as_str()) {
+            return Err(unknown(format!("hints.allowed_models[{i}]"), &m));
+        }
+        hints.allowed_models.push(m);
+    }
+    for (i, t) in wire.allowed_tiers.into_iter().enumerate() {
+        hints
+            .allowed_tiers
+            .push(tier_from_wire(t, &format!("hints.allowed_tiers[{i}]"))?);
+    }
+    if let Some(c) = hints.max_cost_usd
+        && !(c.is_finite() && c >= 0.0)
+    {
+        return Err(GatewayError::invalid(
+            "hints.max_cost_usd",
+            format!("{c} must be a finite number >= 0"),
+        ));
+    }
+    if let Some(q) = hints.quality_floor
+        && !(q.is_finite() && (0.0..=1.0).contains(&q))
+    {
+        return Err(GatewayError::invalid(
+            "hints.quality_floor",
+            format!("{q} is not in [0, 1]"),
+        ));
+    }
+    if hints.latency_slo_ms == Some(0) {
+        return Err(GatewayError::invalid(
+            "hints.latency_slo_ms",
+            "must be at least 1",
+        ));
+    }
+
+    let tenant = if req.tenant.is_empty() {
+        "default".to_string()
+    } else {
+        req.tenant
+    };
+    if tenant.len() > MAX_TENANT_CHARS
+        || !tenant
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err(GatewayError::invalid(
+            "tenant",
+            format!("must be at most {MAX_TENANT_CHARS} ASCII letters, digits, '-', '_' or '.'"),
+        ));
+    }
+
+    Ok(ValidRequest {
+        request_id,
+        pinned_model,
+        messages: req.messages,
+        params,
+        hints,
+        tenant,
+        prompt_chars,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use routemesh_proto::v1::RoutingHints;
+
+    fn ok_request() -> GenerateRequest {
+        GenerateRequest {
+            messages: vec![ChatMessage {
+                role: "user".into(),
+                content: "hi".into(),
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn check(req: GenerateRequest) -> Result<ValidRequest, GatewayError> {
+        validate(req, &GatewayConfig::default(), &["small", "large"])
+    }
+
+    fn field_of(req: GenerateRequest) -> String {
+        match check(req) {
+            Err(GatewayError::InvalidArgument { field, .. }) => field,
+            Err(GatewayError::UnknownModel { field, .. }) => format!("notfound:{field}"),
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_are_filled() {
+        let v = check(ok_request()).unwrap();
+        assert_eq!(v.params.max_tokens, Some(256));
+        assert_eq!(v.tenant, "default");
+        assert!(v.pinned_model.is_none());
+        assert_eq!(v.request_id.len(), 36);
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        assert_eq!(
+            field_of(GenerateRequest {
+                messages: vec![],
+                ..ok_request()
+            }),
+            "messages"
+        );
+        let mut r = ok_request();
+        r.messages[0].content = "  ".into();
+        assert_eq!(field_of(r), "messages[0].content");
+        let mut r = ok_request();
+        r.messages[0].role = "robot".into();
+        assert_eq!(field_of(r), "messages[0].role");
+        let r = GenerateRequest {
+            params: Some(GenerationParams {
+                max_tokens: Some(0),
+                ..Default::default()
+            }),
+            ..ok_request()
+        };
+        assert_eq!(field_of(r), "params.max_tokens");
+        let r = GenerateRequest {
+            params: Some(GenerationParams {
+                temperature: Some(f32::NAN),
+                ..Default::default()
+            }),
+            ..ok_request()
+        };
+        assert_eq!(field_of(r), "params.temperature");
+        let r = GenerateRequest {
+            params: Some(GenerationParams {
+                top_p: Some(0.0),
+                ..Default::default()
+            }),
+            ..ok_request()
+        };
+        assert_eq!(field_of(r), "params.top_p");
+        let r = GenerateRequest {
+            params: Some(GenerationParams {
+                stop: vec!["".into()],
+                ..Default::default()
+            }),
+            ..ok_request()
+        };
+        assert_eq!(field_of(r), "params.stop[0]");
+        assert_eq!(
+            field_of(GenerateRequest {
+                model: "gpt-9".into(),
+                ..ok_request()
+            }),
+            "notfound:model"
+        );
+        let r = GenerateRequest {
+            hints: Some(RoutingHints {
+                allowed_models: vec!["x".into()],
+                ..Default::default()
+            }),
+            ..ok_request()
+        };
+        assert_eq!(field_of(r), "notfound:hints.allowed_models[0]");
+        let r = GenerateRequest {
+            hints: Some(RoutingHints {
+                allowed_tiers: vec![0],
+                ..Default::default()
+            }),
+            ..ok_request()
+        };
+        assert_eq!(field_of(r), "hints.allowed_tiers[0]");
+        let r = GenerateRequest {
+            hints: Some(RoutingHints {
+                quality_floor: Some(1.5),
+                ..Default::default()
+            }),
+            ..ok_request()
+        };
+        assert_eq!(field_of(r), "hints.quality_floor");
+        assert_eq!(
+            field_of(GenerateRequest {
+                request_id: "a b".into(),
+                ..ok_request()
+            }),
+            "request_id"
+        );
+        assert_eq!(
+            field_of(GenerateRequest {
+                tenant: "t{1}".into(),
+                ..ok_request()
+            }),
+            "tenant"
+        );
+    }
+
+    #[test]
+    fn odd_unicode_is_fine_and_counted_in_chars() {
+        let mut r = ok_request();
+        r.messages[0].content = "🦀 naïve 東京\u{200b}".into();
+        let v = check(r).unwrap();
+        assert_eq!(v.prompt_chars, 12);
+        assert_eq!(v.prompt_tokens_estimate(), 3);
+    }
+}
