@@ -22,20 +22,18 @@ pub struct Config {
     /// by `routemesh worker`.
     #[serde(default)]
     pub workers: Vec<WorkerConfig>,
-    /// Workers the gateway dials without a registry (with `registry: memory`
-    /// and `routemesh gateway`).
+    /// Workers the gateway dials without a registry (without `registry.redis`).
     #[serde(default)]
     pub static_workers: Vec<StaticWorker>,
 }
 
+/// Where workers announce themselves: in the gateway's process (the default,
+/// when `redis` is absent) or in Redis.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
-#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
-pub enum RegistryConfig {
-    /// In the gateway's process: the embedded default.
-    #[default]
-    Memory,
-    /// Shared through Redis.
-    Redis(RedisRegistryConfig),
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisRegistryConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -208,10 +206,10 @@ impl Config {
             let key = e.path().to_string();
             let message = e.into_inner().to_string();
             // serde_norway already prefixes some messages with the path.
-            let message = message
-                .strip_prefix(&format!("{key}: "))
-                .map(str::to_owned)
-                .unwrap_or(message);
+            let message = match message.split_once(": ") {
+                Some((path, rest)) if key.starts_with(path) => rest.to_string(),
+                _ => message,
+            };
             ConfigError::Invalid {
                 origin: origin.into(),
                 key: if key == "." {
@@ -275,19 +273,19 @@ impl Config {
                 return bad(key, format!("{d:?} is shorter than 10ms"));
             }
         }
-        if let RegistryConfig::Redis(r) = &self.registry {
+        if let Some(r) = &self.registry.redis {
             if !r.url.starts_with("redis://")
                 && !r.url.starts_with("rediss://")
                 && !r.url.starts_with("unix://")
             {
                 return Err((
-                    "registry.url".into(),
+                    "registry.redis.url".into(),
                     format!("{:?} is not a redis:// URL", r.url),
                 ));
             }
             if r.mesh.is_empty() || r.mesh.contains(['{', '}']) {
                 return Err((
-                    "registry.mesh".into(),
+                    "registry.redis.mesh".into(),
                     format!("{:?} must be non-empty without braces", r.mesh),
                 ));
             }
@@ -304,10 +302,10 @@ impl Config {
                 return Err((format!("workers[{i}].id"), format!("{id:?} is used twice")));
             }
         }
-        if !self.static_workers.is_empty() && self.registry != RegistryConfig::Memory {
+        if !self.static_workers.is_empty() && self.registry.redis.is_some() {
             return Err((
                 "static_workers".into(),
-                "only with `registry: memory`; with Redis, workers announce themselves".into(),
+                "only without `registry.redis`; with Redis, workers announce themselves".into(),
             ));
         }
         for (i, w) in self.static_workers.iter().enumerate() {
@@ -346,32 +344,32 @@ mod tests {
     fn demo_config_is_valid() {
         let c = Config::from_yaml(DEMO_CONFIG, "demo").unwrap();
         assert_eq!(c.workers.len(), 3);
-        assert_eq!(c.registry, RegistryConfig::Memory);
+        assert_eq!(c.registry.redis, None);
     }
 
     #[test]
     fn errors_name_the_key() {
         let e = err("gateway:\n  listn: 1.2.3.4:5\n");
         assert!(
-            e.starts_with("test.yaml: gateway: unknown field `listn`"),
+            e.starts_with("test.yaml: gateway.listn: unknown field `listn`"),
             "{e}"
         );
-        let e = err("workers:\n  - model: m\n    tier: huge\n    backend: {kind: sim}\n");
+        let e = err("workers:\n  - model: m\n    tier: huge\n    backend: {sim: {}}\n");
         assert!(
             e.contains("workers[0].tier") && e.contains("unknown variant `huge`"),
             "{e}"
         );
         let e = err(
-            "workers:\n  - model: m\n    tier: small\n    capacity: 0\n    backend: {kind: sim}\n",
+            "workers:\n  - model: m\n    tier: small\n    capacity: 0\n    backend: {sim: {}}\n",
         );
         assert!(e.contains("workers[0].capacity: must be at least 1"), "{e}");
         let e = err("gateway: {cost_weight: -1}\n");
         assert!(e.contains("gateway.cost_weight"), "{e}");
-        let e = err("registry: {kind: redis, url: 'http://x'}\n");
-        assert!(e.contains("registry.url"), "{e}");
+        let e = err("registry: {redis: {url: 'http://x'}}\n");
+        assert!(e.contains("registry.redis.url"), "{e}");
         let e = err(
-            "workers:\n  - model: m\n    tier: small\n    backend: {kind: sim, ttft_ms: {median: fast}}\n",
+            "workers:\n  - model: m\n    tier: small\n    backend: {sim: {ttft_ms: {median: fast}}}\n",
         );
-        assert!(e.contains("workers[0].backend.ttft_ms.median"), "{e}");
+        assert!(e.contains("workers[0].backend.sim.ttft_ms.median"), "{e}");
     }
 }

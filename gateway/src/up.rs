@@ -9,7 +9,7 @@ use routemesh_worker::{
     MemoryRegistry, RedisRegistry, Registry, RunningWorker, WorkerRecord, start_worker,
 };
 
-use crate::config::{Config, RegistryConfig};
+use crate::config::Config;
 use crate::server::{RunningGateway, ServeError, start_gateway};
 
 #[derive(Debug, thiserror::Error)]
@@ -25,8 +25,8 @@ pub enum UpError {
 /// Connects the registry a configuration names. `memory` holds the static
 /// workers; a gateway and workers in one process share it.
 pub async fn connect_registry(config: &Config) -> Result<Arc<dyn Registry>, UpError> {
-    Ok(match &config.registry {
-        RegistryConfig::Memory => Arc::new(MemoryRegistry::with_static(
+    Ok(match &config.registry.redis {
+        None => Arc::new(MemoryRegistry::with_static(
             config.static_workers.iter().map(|w| WorkerRecord {
                 id: w.id.clone(),
                 model: w.model.clone(),
@@ -41,7 +41,7 @@ pub async fn connect_registry(config: &Config) -> Result<Arc<dyn Registry>, UpEr
                 simulated: false,
             }),
         )),
-        RegistryConfig::Redis(r) => Arc::new(RedisRegistry::connect(&r.url, &r.mesh).await?),
+        Some(r) => Arc::new(RedisRegistry::connect(&r.url, &r.mesh).await?),
     })
 }
 

@@ -397,7 +397,7 @@ mod tests {
         let mut r = ok_request();
         r.messages[0].content = "🦀 naïve 東京\u{200b}".into();
         let v = check(r).unwrap();
-        assert_eq!(v.prompt_chars, 12);
+        assert_eq!(v.prompt_chars, 11);
         assert_eq!(v.prompt_tokens_estimate(), 3);
     }
 }

@@ -48,14 +48,43 @@ pub struct WorkerConfig {
     pub backend: BackendConfig,
 }
 
-/// The engine behind the worker.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
-#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
-pub enum BackendConfig {
+/// The engine behind the worker: exactly one of the sections.
+///
+/// A struct of optional sections rather than a tagged enum, so that a bad key
+/// deep inside is reported with its whole path.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
     /// An OpenAI-compatible HTTP server.
-    Openai(OpenAiConfig),
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub openai: Option<OpenAiConfig>,
     /// A simulated engine (labelled simulated wherever it shows).
-    Sim(SimConfig),
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sim: Option<SimConfig>,
+}
+
+/// The one backend a [`BackendConfig`] selects.
+#[derive(Debug, Clone, Copy)]
+pub enum BackendChoice<'a> {
+    Openai(&'a OpenAiConfig),
+    Sim(&'a SimConfig),
+}
+
+impl BackendConfig {
+    pub fn sim(config: SimConfig) -> Self {
+        Self {
+            sim: Some(config),
+            ..Self::default()
+        }
+    }
+
+    pub fn choice(&self) -> Result<BackendChoice<'_>, String> {
+        match (&self.openai, &self.sim) {
+            (Some(c), None) => Ok(BackendChoice::Openai(c)),
+            (None, Some(c)) => Ok(BackendChoice::Sim(c)),
+            _ => Err("backend: give exactly one of `openai` or `sim`".into()),
+        }
+    }
 }
 
 fn default_listen() -> SocketAddr {
@@ -98,6 +127,7 @@ impl WorkerConfig {
         {
             return Err(format!("quality_prior: {q} is not in [0, 1]"));
         }
+        self.backend.choice()?;
         if self.registration_ttl < Duration::from_millis(100) {
             return Err("registration_ttl: must be at least 100ms".into());
         }

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 
 use crate::backend::{Backend, OpenAiBackend, SimBackend};
-use crate::config::{BackendConfig, WorkerConfig};
+use crate::config::{BackendChoice, WorkerConfig};
 use crate::registry::{Registry, WorkerRecord};
 use crate::service::{WorkerService, WorkerState};
 
@@ -63,14 +63,16 @@ impl RunningWorker {
 }
 
 fn build_backend(config: &WorkerConfig) -> Result<Arc<dyn Backend>, WorkerError> {
-    Ok(match &config.backend {
-        BackendConfig::Openai(c) => {
-            Arc::new(OpenAiBackend::new(c, &config.model).map_err(WorkerError::Config)?)
-        }
-        BackendConfig::Sim(c) => {
-            Arc::new(SimBackend::new(c.clone(), &config.model).map_err(WorkerError::Config)?)
-        }
-    })
+    Ok(
+        match config.backend.choice().map_err(WorkerError::Config)? {
+            BackendChoice::Openai(c) => {
+                Arc::new(OpenAiBackend::new(c, &config.model).map_err(WorkerError::Config)?)
+            }
+            BackendChoice::Sim(c) => {
+                Arc::new(SimBackend::new(c.clone(), &config.model).map_err(WorkerError::Config)?)
+            }
+        },
+    )
 }
 
 /// Binds, announces and serves `config` until the returned worker is shut down.
