@@ -1,1 +1,263 @@
-//! placeholder
+//! The end-to-end harness: runs the real `routemesh` binary (gateways and
+//! workers as separate processes) against a real Redis, on free ports, and
+//! cleans up every process it starts.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use routemesh_proto::v1::gateway_client::GatewayClient;
+use routemesh_proto::v1::worker_client::WorkerClient;
+use routemesh_proto::v1::{ChatMessage, GenerateRequest};
+use tonic::transport::Channel;
+
+/// The workspace root (where Cargo.toml and target/ live).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+}
+
+/// The `routemesh` binary: `$ROUTEMESH_BIN`, else built once from the workspace.
+pub fn routemesh_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(bin) = std::env::var_os("ROUTEMESH_BIN") {
+            return PathBuf::from(bin);
+        }
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "-p", "routemesh-gateway", "--bin", "routemesh"])
+            .current_dir(workspace_root())
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building the routemesh binary failed");
+        let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace_root().join("target"), PathBuf::from);
+        target.join("debug").join("routemesh")
+    })
+}
+
+/// A Redis URL for tests that do not stop Redis: `$ROUTEMESH_TEST_REDIS` or the
+/// local server. Tests namespace their keys with [`unique_mesh`].
+pub fn shared_redis_url() -> String {
+    std::env::var("ROUTEMESH_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// A mesh name no other test uses, so keys never collide.
+pub fn unique_mesh(test: &str) -> String {
+    format!("test-{test}-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Deletes every key of `mesh` (teardown for tests on the shared Redis).
+pub async fn delete_mesh_keys(url: &str, mesh: &str) {
+    let Ok(client) = redis::Client::open(url) else { return };
+    let Ok(mut conn) = client.get_multiplexed_async_connection().await else { return };
+    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("rm:v1:{{{mesh}}}:*")).query_async(&mut conn).await.unwrap_or_default();
+    if !keys.is_empty() {
+        let _: Result<(), _> = redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
+    }
+}
+
+/// A free TCP port on loopback (for servers such as redis-server that cannot
+/// report a port they picked themselves).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+/// A redis-server of the test's own, for tests that stop and restart Redis.
+pub struct OwnRedis {
+    pub port: u16,
+    child: Child,
+}
+
+impl OwnRedis {
+    pub fn start() -> anyhow::Result<Self> {
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting redis-server (Debian package redis-server)")?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                bail!("redis-server did not listen on {port}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(Self { port, child })
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running `routemesh` process; killed on drop.
+pub struct Process {
+    pub name: String,
+    child: Child,
+    /// What the process wrote to its `--ready-file`.
+    pub ready: serde_json::Value,
+    _dir: tempfile::TempDir,
+}
+
+impl Process {
+    /// Runs `routemesh <args> --config <yaml> --ready-file ...` and waits until
+    /// it reports it is serving (or exits, which is an error).
+    pub fn start(name: &str, subcommand: &str, yaml: &str, extra: &[&str]) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let config = dir.path().join("config.yaml");
+        std::fs::write(&config, yaml)?;
+        let ready = dir.path().join("ready.json");
+        let log = std::fs::File::create(dir.path().join("log.txt"))?;
+        let mut child = Command::new(routemesh_bin())
+            .arg(subcommand)
+            .arg("--config")
+            .arg(&config)
+            .arg("--ready-file")
+            .arg(&ready)
+            .args(extra)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info,h2=warn,hyper=warn,tower=warn".into()))
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("spawning {}", routemesh_bin().display()))?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&ready) {
+                let ready = serde_json::from_str(&text)?;
+                return Ok(Self { name: name.into(), child, ready, _dir: dir });
+            }
+            if let Some(status) = child.try_wait()? {
+                let log = std::fs::read_to_string(dir.path().join("log.txt")).unwrap_or_default();
+                bail!("{name} exited with {status} before serving:\n{log}");
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("{name} did not report ready within 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The gateway address from the ready file, as a URL.
+    pub fn gateway_url(&self) -> String {
+        format!("http://{}", self.ready["gateway"].as_str().expect("a gateway in this process"))
+    }
+
+    /// The endpoint of the `i`th worker in this process.
+    pub fn worker_endpoint(&self, i: usize) -> String {
+        self.ready["workers"][i]["endpoint"].as_str().expect("a worker in this process").to_string()
+    }
+
+    pub fn worker_id(&self, i: usize) -> String {
+        self.ready["workers"][i]["id"].as_str().expect("a worker in this process").to_string()
+    }
+
+    /// The process's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("log.txt")).unwrap_or_default()
+    }
+
+    /// SIGTERM, then wait for a clean exit (bounded).
+    pub fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        signal(self.pid(), "TERM")?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                self.kill();
+                bail!("{} did not exit within 30 s of SIGTERM", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL: the process dies without cleaning up.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn signal(pid: u32, name: &str) -> anyhow::Result<()> {
+    let status = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status()?;
+    if !status.success() {
+        bail!("kill -{name} {pid} failed");
+    }
+    Ok(())
+}
+
+/// YAML for one sim worker announcing to `redis_url`/`mesh`.
+pub fn sim_worker_yaml(redis: Option<(&str, &str)>, id: &str, model: &str, tier: &str, sim: &str) -> String {
+    format!(
+        "{}workers:\n  - id: {id}\n    model: {model}\n    tier: {tier}\n    input_usd_per_mtok: {}\n    output_usd_per_mtok: {}\n    registration_ttl: 2s\n    drain_grace: 5s\n    backend:\n      sim: {sim}\n",
+        registry_yaml(redis),
+        if tier == "large" { 10.0 } else { 0.2 },
+        if tier == "large" { 30.0 } else { 0.2 },
+    )
+}
+
+/// YAML for a gateway with fast discovery (tests should not wait seconds).
+pub fn gateway_yaml(redis: Option<(&str, &str)>) -> String {
+    format!(
+        "{}gateway:\n  listen: 127.0.0.1:0\n  discovery_interval: 100ms\n  load_interval: 100ms\n  request_timeout: 20s\n  drain_grace: 5s\n",
+        registry_yaml(redis)
+    )
+}
+
+fn registry_yaml(redis: Option<(&str, &str)>) -> String {
+    match redis {
+        Some((url, mesh)) => format!("registry:\n  redis:\n    url: {url}\n    mesh: {mesh}\n"),
+        None => String::new(),
+    }
+}
+
+pub async fn gateway_client(url: &str) -> GatewayClient<Channel> {
+    GatewayClient::connect(url.to_string()).await.expect("gateway reachable")
+}
+
+pub async fn worker_client(url: &str) -> WorkerClient<Channel> {
+    WorkerClient::connect(url.to_string()).await.expect("worker reachable")
+}
+
+/// A one-message request.
+pub fn ask(prompt: &str) -> GenerateRequest {
+    GenerateRequest { messages: vec![ChatMessage { role: "user".into(), content: prompt.into() }], ..Default::default() }
+}
+
+/// Polls `check` until it holds; fails after `within`. For conditions that
+/// arrive through background discovery, which the test cannot subscribe to.
+pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
