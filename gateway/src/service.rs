@@ -170,7 +170,8 @@ impl GatewayState {
     }
 
     /// Whether another worker may be tried after `status`: the worker said no
-    /// model ran, or it could not be reached at all.
+    /// model ran, or it could not be reached at all. `status` is normalised by
+    /// [`connection_lost`] first.
     fn should_fail_over(worker: &WorkerHandle, status: &Status) -> bool {
         let hinted = routemesh_worker::error::is_retryable(status);
         if status.code() == Code::Unavailable {
@@ -195,6 +196,17 @@ impl GatewayState {
         client_deadline(request).map_or(self.config.request_timeout, |d| {
             d.min(self.config.request_timeout)
         })
+    }
+}
+
+/// Our workers never answer UNKNOWN themselves: that code means the
+/// connection broke (the worker died or the network failed), which for the
+/// client is UNAVAILABLE.
+fn connection_lost(status: Status) -> Status {
+    if status.code() == Code::Unknown {
+        Status::unavailable(format!("connection to the worker lost ({})", status.message()))
+    } else {
+        status
     }
 }
 
@@ -232,11 +244,15 @@ impl Gateway for GatewayService {
         let snapshot = state.pool.snapshot();
         let req = state.validate(request.into_inner(), &snapshot)?;
         let mut excluded = Vec::new();
+        // After a failover, running out of workers reports the real failure.
+        let mut last_failure: Option<GatewayError> = None;
         loop {
             let Routed {
                 worker,
                 explanation,
-            } = state.route(&req, &snapshot, &excluded)?;
+            } = state
+                .route(&req, &snapshot, &excluded)
+                .map_err(|e| last_failure.take().unwrap_or(e))?;
             let _in_flight = worker.begin();
             let remaining = deadline.saturating_duration_since(Instant::now());
             let mut client = worker.client.clone();
@@ -259,11 +275,16 @@ impl Gateway for GatewayService {
                     return Ok(with_request_id(message, &req.request_id));
                 }
                 Err(status) => {
+                    let status = connection_lost(status);
                     let retry = GatewayState::should_fail_over(&worker, &status);
                     let attempts = excluded.len() as u32 + 1;
                     if retry && attempts < state.config.max_attempts {
                         tracing::info!(worker = %worker.record.id, %status, "failing over");
                         excluded.push(worker.record.id.clone());
+                        last_failure = Some(GatewayError::Worker {
+                            worker_id: worker.record.id.clone(),
+                            status,
+                        });
                         continue;
                     }
                     if status.code() == Code::DeadlineExceeded
@@ -296,11 +317,15 @@ impl Gateway for GatewayService {
         // Open a stream and wait for its first event; until then a failure
         // where no model ran moves the request to another worker.
         let mut excluded = Vec::new();
+        // After a failover, running out of workers reports the real failure.
+        let mut last_failure: Option<GatewayError> = None;
         let (worker, explanation, in_flight, mut upstream, first) = loop {
             let Routed {
                 worker,
                 explanation,
-            } = state.route(&req, &snapshot, &excluded)?;
+            } = state
+                .route(&req, &snapshot, &excluded)
+                .map_err(|e| last_failure.take().unwrap_or(e))?;
             let in_flight = worker.begin();
             let remaining = deadline.saturating_duration_since(Instant::now());
             let opened = tokio::time::timeout(remaining, async {
@@ -328,10 +353,15 @@ impl Gateway for GatewayService {
                     .into());
                 }
                 Err(status) => {
+                    let status = connection_lost(status);
                     let retry = GatewayState::should_fail_over(&worker, &status);
                     if retry && (excluded.len() as u32 + 1) < state.config.max_attempts {
                         tracing::info!(worker = %worker.record.id, %status, "failing over before the first token");
                         excluded.push(worker.record.id.clone());
+                        last_failure = Some(GatewayError::Worker {
+                            worker_id: worker.record.id.clone(),
+                            status,
+                        });
                         continue;
                     }
                     return Err(GatewayError::Worker {

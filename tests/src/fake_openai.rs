@@ -1,0 +1,117 @@
+//! An HTTP server speaking the OpenAI chat-completions wire format (plain and
+//! SSE), standing in for a GPU inference engine. What it does is chosen by the
+//! prompt, so one server covers every case: `error-400`, `error-429`,
+//! `error-503`, `slow`, `malformed`, `midstream-error`, `no-usage`; anything
+//! else gets a normal answer.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use serde_json::{Value, json};
+
+pub const ANSWER_PIECES: [&str; 4] = ["Hello", " from", " the fake", " engine."];
+
+#[derive(Clone, Default)]
+pub struct FakeOpenAi {
+    /// Every request body received, in order.
+    pub requests: Arc<Mutex<Vec<Value>>>,
+}
+
+pub struct RunningFake {
+    pub base_url: String,
+    pub state: FakeOpenAi,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RunningFake {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl FakeOpenAi {
+    pub async fn start() -> RunningFake {
+        let state = FakeOpenAi::default();
+        let app = Router::new().route("/v1/chat/completions", post(completions)).with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        RunningFake { base_url: format!("http://{addr}/v1"), state, task }
+    }
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, axum::Json(json!({"error": {"message": message, "type": "fake_error", "code": null}}))).into_response()
+}
+
+fn sse(events: Vec<String>) -> Response {
+    let body: String = events.into_iter().map(|e| format!("data: {e}\n\n")).collect();
+    Response::builder().header(header::CONTENT_TYPE, "text/event-stream").body(Body::from(body)).unwrap()
+}
+
+fn chunk(delta: Value, finish: Option<&str>) -> String {
+    json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 0, "model": "fake",
+           "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+    .to_string()
+}
+
+async fn completions(State(state): State<FakeOpenAi>, body: axum::Json<Value>) -> Response {
+    let body = body.0;
+    state.requests.lock().unwrap().push(body.clone());
+    let prompt = body["messages"].as_array().and_then(|m| m.last()).and_then(|m| m["content"].as_str()).unwrap_or("").to_string();
+    let stream = body["stream"].as_bool().unwrap_or(false);
+    let include_usage = body["stream_options"]["include_usage"].as_bool().unwrap_or(false);
+    let usage = json!({"prompt_tokens": 11, "completion_tokens": 4, "total_tokens": 15});
+    match prompt.as_str() {
+        "error-400" => return error(StatusCode::BAD_REQUEST, "max_tokens is too large for this model"),
+        "error-429" => return error(StatusCode::TOO_MANY_REQUESTS, "slow down"),
+        "error-503" => return error(StatusCode::SERVICE_UNAVAILABLE, "engine overloaded"),
+        "slow" => {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        }
+        _ => {}
+    }
+    if !stream {
+        let mut answer = json!({
+            "id": "chatcmpl-fake", "object": "chat.completion", "created": 0, "model": "fake",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": ANSWER_PIECES.concat()}, "finish_reason": "stop"}],
+        });
+        if prompt != "no-usage" {
+            answer["usage"] = usage;
+        }
+        return axum::Json(answer).into_response();
+    }
+    let mut events = vec![chunk(json!({"role": "assistant", "content": ""}), None)];
+    match prompt.as_str() {
+        "malformed" => {
+            events.push(chunk(json!({"content": "Hello"}), None));
+            events.push("{this is not json".to_string());
+            return sse(events);
+        }
+        "midstream-error" => {
+            events.push(chunk(json!({"content": "Hello"}), None));
+            events.push(json!({"error": {"message": "engine exploded"}}).to_string());
+            return sse(events);
+        }
+        _ => {}
+    }
+    for piece in ANSWER_PIECES {
+        events.push(chunk(json!({"content": piece}), None));
+    }
+    events.push(chunk(json!({}), Some("stop")));
+    if include_usage && prompt != "no-usage" {
+        events.push(json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "choices": [], "usage": usage}).to_string());
+    }
+    events.push("[DONE]".into());
+    sse(events)
+}
