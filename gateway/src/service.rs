@@ -204,7 +204,10 @@ impl GatewayState {
 /// client is UNAVAILABLE.
 fn connection_lost(status: Status) -> Status {
     if status.code() == Code::Unknown {
-        Status::unavailable(format!("connection to the worker lost ({})", status.message()))
+        Status::unavailable(format!(
+            "connection to the worker lost ({})",
+            status.message()
+        ))
     } else {
         status
     }

@@ -40,23 +40,39 @@ impl Drop for RunningFake {
 impl FakeOpenAi {
     pub async fn start() -> RunningFake {
         let state = FakeOpenAi::default();
-        let app = Router::new().route("/v1/chat/completions", post(completions)).with_state(state.clone());
+        let app = Router::new()
+            .route("/v1/chat/completions", post(completions))
+            .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        RunningFake { base_url: format!("http://{addr}/v1"), state, task }
+        RunningFake {
+            base_url: format!("http://{addr}/v1"),
+            state,
+            task,
+        }
     }
 }
 
 fn error(status: StatusCode, message: &str) -> Response {
-    (status, axum::Json(json!({"error": {"message": message, "type": "fake_error", "code": null}}))).into_response()
+    (
+        status,
+        axum::Json(json!({"error": {"message": message, "type": "fake_error", "code": null}})),
+    )
+        .into_response()
 }
 
 fn sse(events: Vec<String>) -> Response {
-    let body: String = events.into_iter().map(|e| format!("data: {e}\n\n")).collect();
-    Response::builder().header(header::CONTENT_TYPE, "text/event-stream").body(Body::from(body)).unwrap()
+    let body: String = events
+        .into_iter()
+        .map(|e| format!("data: {e}\n\n"))
+        .collect();
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .body(Body::from(body))
+        .unwrap()
 }
 
 fn chunk(delta: Value, finish: Option<&str>) -> String {
@@ -68,12 +84,24 @@ fn chunk(delta: Value, finish: Option<&str>) -> String {
 async fn completions(State(state): State<FakeOpenAi>, body: axum::Json<Value>) -> Response {
     let body = body.0;
     state.requests.lock().unwrap().push(body.clone());
-    let prompt = body["messages"].as_array().and_then(|m| m.last()).and_then(|m| m["content"].as_str()).unwrap_or("").to_string();
+    let prompt = body["messages"]
+        .as_array()
+        .and_then(|m| m.last())
+        .and_then(|m| m["content"].as_str())
+        .unwrap_or("")
+        .to_string();
     let stream = body["stream"].as_bool().unwrap_or(false);
-    let include_usage = body["stream_options"]["include_usage"].as_bool().unwrap_or(false);
+    let include_usage = body["stream_options"]["include_usage"]
+        .as_bool()
+        .unwrap_or(false);
     let usage = json!({"prompt_tokens": 11, "completion_tokens": 4, "total_tokens": 15});
     match prompt.as_str() {
-        "error-400" => return error(StatusCode::BAD_REQUEST, "max_tokens is too large for this model"),
+        "error-400" => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "max_tokens is too large for this model",
+            );
+        }
         "error-429" => return error(StatusCode::TOO_MANY_REQUESTS, "slow down"),
         "error-503" => return error(StatusCode::SERVICE_UNAVAILABLE, "engine overloaded"),
         "slow" => {

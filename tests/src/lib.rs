@@ -19,7 +19,10 @@ use tonic::transport::Channel;
 
 /// The workspace root (where Cargo.toml and target/ live).
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
 }
 
 /// The `routemesh` binary: `$ROUTEMESH_BIN`, else built once from the workspace.
@@ -30,12 +33,20 @@ pub fn routemesh_bin() -> &'static Path {
             return PathBuf::from(bin);
         }
         let status = Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "-p", "routemesh-gateway", "--bin", "routemesh"])
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "routemesh-gateway",
+                "--bin",
+                "routemesh",
+            ])
             .current_dir(workspace_root())
             .status()
             .expect("cargo runs");
         assert!(status.success(), "building the routemesh binary failed");
-        let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace_root().join("target"), PathBuf::from);
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map_or_else(|| workspace_root().join("target"), PathBuf::from);
         target.join("debug").join("routemesh")
     })
 }
@@ -53,9 +64,17 @@ pub fn unique_mesh(test: &str) -> String {
 
 /// Deletes every key of `mesh` (teardown for tests on the shared Redis).
 pub async fn delete_mesh_keys(url: &str, mesh: &str) {
-    let Ok(client) = redis::Client::open(url) else { return };
-    let Ok(mut conn) = client.get_multiplexed_async_connection().await else { return };
-    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("rm:v1:{{{mesh}}}:*")).query_async(&mut conn).await.unwrap_or_default();
+    let Ok(client) = redis::Client::open(url) else {
+        return;
+    };
+    let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+        return;
+    };
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("rm:v1:{{{mesh}}}:*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap_or_default();
     if !keys.is_empty() {
         let _: Result<(), _> = redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
     }
@@ -64,7 +83,10 @@ pub async fn delete_mesh_keys(url: &str, mesh: &str) {
 /// A free TCP port on loopback (for servers such as redis-server that cannot
 /// report a port they picked themselves).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
 }
 
 /// A redis-server of the test's own, for tests that stop and restart Redis.
@@ -77,7 +99,16 @@ impl OwnRedis {
     pub fn start() -> anyhow::Result<Self> {
         let port = free_port();
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .stdout(Stdio::null())
             .spawn()
             .context("starting redis-server (Debian package redis-server)")?;
@@ -128,7 +159,11 @@ impl Process {
             .arg("--ready-file")
             .arg(&ready)
             .args(extra)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info,h2=warn,hyper=warn,tower=warn".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG")
+                    .unwrap_or_else(|_| "info,h2=warn,hyper=warn,tower=warn".into()),
+            )
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(log)
@@ -138,7 +173,12 @@ impl Process {
         loop {
             if let Ok(text) = std::fs::read_to_string(&ready) {
                 let ready = serde_json::from_str(&text)?;
-                return Ok(Self { name: name.into(), child, ready, _dir: dir });
+                return Ok(Self {
+                    name: name.into(),
+                    child,
+                    ready,
+                    _dir: dir,
+                });
             }
             if let Some(status) = child.try_wait()? {
                 let log = std::fs::read_to_string(dir.path().join("log.txt")).unwrap_or_default();
@@ -158,16 +198,27 @@ impl Process {
 
     /// The gateway address from the ready file, as a URL.
     pub fn gateway_url(&self) -> String {
-        format!("http://{}", self.ready["gateway"].as_str().expect("a gateway in this process"))
+        format!(
+            "http://{}",
+            self.ready["gateway"]
+                .as_str()
+                .expect("a gateway in this process")
+        )
     }
 
     /// The endpoint of the `i`th worker in this process.
     pub fn worker_endpoint(&self, i: usize) -> String {
-        self.ready["workers"][i]["endpoint"].as_str().expect("a worker in this process").to_string()
+        self.ready["workers"][i]["endpoint"]
+            .as_str()
+            .expect("a worker in this process")
+            .to_string()
     }
 
     pub fn worker_id(&self, i: usize) -> String {
-        self.ready["workers"][i]["id"].as_str().expect("a worker in this process").to_string()
+        self.ready["workers"][i]["id"]
+            .as_str()
+            .expect("a worker in this process")
+            .to_string()
     }
 
     /// The process's log so far.
@@ -205,7 +256,10 @@ impl Drop for Process {
 }
 
 fn signal(pid: u32, name: &str) -> anyhow::Result<()> {
-    let status = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status()?;
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()?;
     if !status.success() {
         bail!("kill -{name} {pid} failed");
     }
@@ -213,7 +267,13 @@ fn signal(pid: u32, name: &str) -> anyhow::Result<()> {
 }
 
 /// YAML for one sim worker announcing to `redis_url`/`mesh`.
-pub fn sim_worker_yaml(redis: Option<(&str, &str)>, id: &str, model: &str, tier: &str, sim: &str) -> String {
+pub fn sim_worker_yaml(
+    redis: Option<(&str, &str)>,
+    id: &str,
+    model: &str,
+    tier: &str,
+    sim: &str,
+) -> String {
     format!(
         "{}workers:\n  - id: {id}\n    model: {model}\n    tier: {tier}\n    input_usd_per_mtok: {}\n    output_usd_per_mtok: {}\n    registration_ttl: 2s\n    drain_grace: 5s\n    backend:\n      sim: {sim}\n",
         registry_yaml(redis),
@@ -238,16 +298,26 @@ fn registry_yaml(redis: Option<(&str, &str)>) -> String {
 }
 
 pub async fn gateway_client(url: &str) -> GatewayClient<Channel> {
-    GatewayClient::connect(url.to_string()).await.expect("gateway reachable")
+    GatewayClient::connect(url.to_string())
+        .await
+        .expect("gateway reachable")
 }
 
 pub async fn worker_client(url: &str) -> WorkerClient<Channel> {
-    WorkerClient::connect(url.to_string()).await.expect("worker reachable")
+    WorkerClient::connect(url.to_string())
+        .await
+        .expect("worker reachable")
 }
 
 /// A one-message request.
 pub fn ask(prompt: &str) -> GenerateRequest {
-    GenerateRequest { messages: vec![ChatMessage { role: "user".into(), content: prompt.into() }], ..Default::default() }
+    GenerateRequest {
+        messages: vec![ChatMessage {
+            role: "user".into(),
+            content: prompt.into(),
+        }],
+        ..Default::default()
+    }
 }
 
 /// Polls `check` until it holds; fails after `within`. For conditions that
@@ -259,7 +329,10 @@ where
 {
     let deadline = tokio::time::Instant::now() + within;
     while !check().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }

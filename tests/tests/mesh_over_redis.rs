@@ -24,16 +24,49 @@ async fn mesh(test: &str) -> Mesh {
     let redis = shared_redis_url();
     let mesh = unique_mesh(test);
     let r = Some((redis.as_str(), mesh.as_str()));
-    let small = Process::start("small", "worker", &sim_worker_yaml(r, "small-0", "small-model", "small", "{ttft_ms: {median: 5}, tokens_per_second: {median: 2000}, seed: 1}"), &[]).unwrap();
-    let large = Process::start("large", "worker", &sim_worker_yaml(r, "large-0", "large-model", "large", "{ttft_ms: {median: 5}, tokens_per_second: {median: 2000}, seed: 2}"), &[]).unwrap();
+    let small = Process::start(
+        "small",
+        "worker",
+        &sim_worker_yaml(
+            r,
+            "small-0",
+            "small-model",
+            "small",
+            "{ttft_ms: {median: 5}, tokens_per_second: {median: 2000}, seed: 1}",
+        ),
+        &[],
+    )
+    .unwrap();
+    let large = Process::start(
+        "large",
+        "worker",
+        &sim_worker_yaml(
+            r,
+            "large-0",
+            "large-model",
+            "large",
+            "{ttft_ms: {median: 5}, tokens_per_second: {median: 2000}, seed: 2}",
+        ),
+        &[],
+    )
+    .unwrap();
     let gateway = Process::start("gateway", "gateway", &gateway_yaml(r), &[]).unwrap();
-    let m = Mesh { _small: small, _large: large, gateway, redis, mesh };
+    let m = Mesh {
+        _small: small,
+        _large: large,
+        gateway,
+        redis,
+        mesh,
+    };
     let url = m.gateway.gateway_url();
     eventually(Duration::from_secs(10), "both workers discovered", || {
         let url = url.clone();
         async move {
             let mut c = gateway_client(&url).await;
-            c.list_models(ListModelsRequest {}).await.map(|r| r.into_inner().models.len() == 2).unwrap_or(false)
+            c.list_models(ListModelsRequest {})
+                .await
+                .map(|r| r.into_inner().models.len() == 2)
+                .unwrap_or(false)
         }
     })
     .await;
@@ -44,7 +77,11 @@ impl Drop for Mesh {
     fn drop(&mut self) {
         let (redis, mesh) = (self.redis.clone(), self.mesh.clone());
         let _ = std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(delete_mesh_keys(&redis, &mesh));
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(delete_mesh_keys(&redis, &mesh));
         })
         .join();
     }
@@ -56,55 +93,107 @@ async fn every_rpc_end_to_end() {
     let mut client = gateway_client(&m.gateway.gateway_url()).await;
 
     // ListModels: both models, their tiers, prices and a load report.
-    let models = client.list_models(ListModelsRequest {}).await.unwrap().into_inner().models;
+    let models = client
+        .list_models(ListModelsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .models;
     let names: Vec<_> = models.iter().map(|m| m.name.as_str()).collect();
     assert_eq!(names, ["large-model", "small-model"]);
     assert_eq!(models[0].tier, Tier::Large as i32);
     assert_eq!(models[0].input_usd_per_mtok, 10.0);
     assert_eq!(models[1].healthy_workers, 1);
-    assert!(models[1].workers[0].load.as_ref().is_some_and(|l| l.capacity == 4 && l.backend == "sim"));
+    assert!(
+        models[1].workers[0]
+            .load
+            .as_ref()
+            .is_some_and(|l| l.capacity == 4 && l.backend == "sim")
+    );
 
     // Generate, pinned: that model answers, usage and cost come back.
     let mut req = ask("Name a prime number.");
     req.model = "small-model".into();
     req.request_id = "req-pinned-1".into();
     let response = client.generate(req).await.unwrap();
-    assert_eq!(response.metadata().get("x-request-id").unwrap(), "req-pinned-1");
+    assert_eq!(
+        response.metadata().get("x-request-id").unwrap(),
+        "req-pinned-1"
+    );
     let response = response.into_inner();
     let usage = response.usage.unwrap();
-    assert_eq!((usage.model.as_str(), usage.worker_id.as_str()), ("small-model", "small-0"));
+    assert_eq!(
+        (usage.model.as_str(), usage.worker_id.as_str()),
+        ("small-model", "small-0")
+    );
     assert!(usage.simulated && usage.completion_tokens > 0);
-    let expected_cost = (0.2 * f64::from(usage.prompt_tokens) + 0.2 * f64::from(usage.completion_tokens)) / 1e6;
+    let expected_cost =
+        (0.2 * f64::from(usage.prompt_tokens) + 0.2 * f64::from(usage.completion_tokens)) / 1e6;
     assert!((usage.cost_usd - expected_cost).abs() < 1e-12);
     assert!(response.text.starts_with("[simulated small-model]"));
     assert_eq!(response.route.unwrap().policy, "utility");
 
     // Route: a dry run with hints; the explanation names the excluded candidate.
     let mut req = ask("Explain quantum entanglement.");
-    req.hints = Some(RoutingHints { allowed_tiers: vec![Tier::Small as i32], ..Default::default() });
+    req.hints = Some(RoutingHints {
+        allowed_tiers: vec![Tier::Small as i32],
+        ..Default::default()
+    });
     let route = client.route(req).await.unwrap().into_inner();
     assert_eq!(route.model, "small-model");
-    let large = route.candidates.iter().find(|c| c.model == "large-model").unwrap();
-    assert!(!large.eligible && large.excluded_because.contains("allowed_tiers"), "{large:?}");
+    let large = route
+        .candidates
+        .iter()
+        .find(|c| c.model == "large-model")
+        .unwrap();
+    assert!(
+        !large.eligible && large.excluded_because.contains("allowed_tiers"),
+        "{large:?}"
+    );
 
     // GenerateStream: the route first, deltas, then the end with usage.
     let mut req = ask("Count to five.");
-    req.params = Some(GenerationParams { max_tokens: Some(5), ..Default::default() });
+    req.params = Some(GenerationParams {
+        max_tokens: Some(5),
+        ..Default::default()
+    });
     let mut stream = client.generate_stream(req).await.unwrap().into_inner();
     let mut events = Vec::new();
     while let Some(event) = stream.message().await.unwrap() {
         events.push(event.event.unwrap());
     }
-    assert!(matches!(events.first(), Some(generate_stream_event::Event::Route(_))));
-    let deltas = events.iter().filter(|e| matches!(e, generate_stream_event::Event::Delta(_))).count();
+    assert!(matches!(
+        events.first(),
+        Some(generate_stream_event::Event::Route(_))
+    ));
+    let deltas = events
+        .iter()
+        .filter(|e| matches!(e, generate_stream_event::Event::Delta(_)))
+        .count();
     assert!(deltas >= 1);
-    let Some(generate_stream_event::Event::End(end)) = events.last() else { panic!("no end event: {events:?}") };
+    let Some(generate_stream_event::Event::End(end)) = events.last() else {
+        panic!("no end event: {events:?}")
+    };
     assert_eq!(end.usage.as_ref().unwrap().completion_tokens, 5);
-    assert_eq!(end.finish_reason, routemesh_proto::v1::FinishReason::Length as i32);
+    assert_eq!(
+        end.finish_reason,
+        routemesh_proto::v1::FinishReason::Length as i32
+    );
 
     // Feedback on the pinned request is attributed to its model.
-    let fb = client.feedback(FeedbackRequest { request_id: "req-pinned-1".into(), score: 0.9, comment: "good".into() }).await.unwrap().into_inner();
-    assert_eq!((fb.model.as_str(), fb.worker_id.as_str()), ("small-model", "small-0"));
+    let fb = client
+        .feedback(FeedbackRequest {
+            request_id: "req-pinned-1".into(),
+            score: 0.9,
+            comment: "good".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (fb.model.as_str(), fb.worker_id.as_str()),
+        ("small-model", "small-0")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -112,25 +201,60 @@ async fn bad_input_gets_the_right_code_and_names_the_field() {
     let m = mesh("badinput").await;
     let mut client = gateway_client(&m.gateway.gateway_url()).await;
     let cases: Vec<(GenerateRequest, Code, &str)> = vec![
-        (GenerateRequest::default(), Code::InvalidArgument, "messages"),
         (
-            GenerateRequest { messages: vec![ChatMessage { role: "user".into(), content: "".into() }], ..Default::default() },
+            GenerateRequest::default(),
+            Code::InvalidArgument,
+            "messages",
+        ),
+        (
+            GenerateRequest {
+                messages: vec![ChatMessage {
+                    role: "user".into(),
+                    content: "".into(),
+                }],
+                ..Default::default()
+            },
             Code::InvalidArgument,
             "messages[0].content",
         ),
-        (GenerateRequest { model: "gpt-17".into(), ..ask("hi") }, Code::NotFound, "model: unknown model \"gpt-17\""),
         (
-            GenerateRequest { params: Some(GenerationParams { max_tokens: Some(1_000_000), ..Default::default() }), ..ask("hi") },
+            GenerateRequest {
+                model: "gpt-17".into(),
+                ..ask("hi")
+            },
+            Code::NotFound,
+            "model: unknown model \"gpt-17\"",
+        ),
+        (
+            GenerateRequest {
+                params: Some(GenerationParams {
+                    max_tokens: Some(1_000_000),
+                    ..Default::default()
+                }),
+                ..ask("hi")
+            },
             Code::InvalidArgument,
             "params.max_tokens",
         ),
         (
-            GenerateRequest { params: Some(GenerationParams { temperature: Some(3.0), ..Default::default() }), ..ask("hi") },
+            GenerateRequest {
+                params: Some(GenerationParams {
+                    temperature: Some(3.0),
+                    ..Default::default()
+                }),
+                ..ask("hi")
+            },
             Code::InvalidArgument,
             "params.temperature",
         ),
         (
-            GenerateRequest { hints: Some(RoutingHints { max_cost_usd: Some(0.0), ..Default::default() }), ..ask("hi") },
+            GenerateRequest {
+                hints: Some(RoutingHints {
+                    max_cost_usd: Some(0.0),
+                    ..Default::default()
+                }),
+                ..ask("hi")
+            },
             Code::FailedPrecondition,
             "max_cost_usd",
         ),
@@ -138,16 +262,41 @@ async fn bad_input_gets_the_right_code_and_names_the_field() {
     for (req, code, needle) in cases {
         for streaming in [false, true] {
             let status = if streaming {
-                client.generate_stream(req.clone()).await.map(|_| ()).unwrap_err()
+                client
+                    .generate_stream(req.clone())
+                    .await
+                    .map(|_| ())
+                    .unwrap_err()
             } else {
                 client.generate(req.clone()).await.map(|_| ()).unwrap_err()
             };
             assert_eq!(status.code(), code, "{needle}: {status:?}");
-            assert!(status.message().contains(needle), "{needle} not in {:?}", status.message());
+            assert!(
+                status.message().contains(needle),
+                "{needle} not in {:?}",
+                status.message()
+            );
         }
     }
-    let status = client.feedback(FeedbackRequest { request_id: "never-sent".into(), score: 0.5, comment: String::new() }).await.unwrap_err();
+    let status = client
+        .feedback(FeedbackRequest {
+            request_id: "never-sent".into(),
+            score: 0.5,
+            comment: String::new(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
-    let status = client.feedback(FeedbackRequest { request_id: "x".into(), score: 1.5, comment: String::new() }).await.unwrap_err();
-    assert_eq!((status.code(), status.message().starts_with("score")), (Code::InvalidArgument, true));
+    let status = client
+        .feedback(FeedbackRequest {
+            request_id: "x".into(),
+            score: 1.5,
+            comment: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (status.code(), status.message().starts_with("score")),
+        (Code::InvalidArgument, true)
+    );
 }
