@@ -336,3 +336,26 @@ where
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
+
+/// `shared/data/routing` beside the repository, or `None` (tests that need it
+/// then skip, saying why).
+pub fn routing_data() -> Option<PathBuf> {
+    let dir = std::env::var_os("ROUTEMESH_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            workspace_root()
+                .join("..")
+                .join("shared")
+                .join("data")
+                .join("routing")
+        });
+    if dir.join("gsm8k.jsonl").exists() {
+        Some(dir)
+    } else {
+        eprintln!(
+            "SKIP: routing data not found at {} (set ROUTEMESH_DATA)",
+            dir.display()
+        );
+        None
+    }
+}
