@@ -127,6 +127,15 @@ pub struct GatewayConfig {
     /// On shutdown, how long in-flight requests may take to finish.
     #[serde(default = "default_drain_grace", with = "humantime_serde")]
     pub drain_grace: Duration,
+    /// The OpenAI-compatible HTTP API's address; `null` turns it off.
+    #[serde(default = "default_http_listen")]
+    pub http_listen: Option<SocketAddr>,
+    /// Largest request accepted on either API, in bytes.
+    #[serde(default = "default_max_request_bytes")]
+    pub max_request_bytes: usize,
+    /// API keys and their tenants.
+    #[serde(default)]
+    pub auth: crate::auth::AuthConfig,
 }
 
 fn default_listen() -> SocketAddr {
@@ -170,6 +179,12 @@ fn default_load_interval() -> Duration {
 }
 fn default_feedback_window() -> usize {
     100_000
+}
+fn default_max_request_bytes() -> usize {
+    4 << 20
+}
+fn default_http_listen() -> Option<SocketAddr> {
+    Some(SocketAddr::from(([127, 0, 0, 1], 8080)))
 }
 fn default_drain_grace() -> Duration {
     Duration::from_secs(20)
@@ -250,6 +265,7 @@ impl Config {
                 return bad(key, format!("{w} must be a finite number >= 0"));
             }
         }
+        crate::auth::ApiKeys::from_config(&g.auth)?;
         if g.max_attempts == 0 {
             return bad("max_attempts", "must be at least 1".into());
         }

@@ -29,6 +29,9 @@ pub enum GatewayError {
     /// The request ran out of time.
     #[error("request exceeded its deadline of {0:?}")]
     Deadline(std::time::Duration),
+    /// No API key, or one the gateway does not know.
+    #[error("{0}")]
+    Unauthenticated(&'static str),
     /// Feedback for a request id the gateway does not remember.
     #[error("request_id: no recent request {0:?} (feedback is kept for the last requests only)")]
     UnknownRequest(String),
@@ -55,6 +58,7 @@ impl GatewayError {
                 code => code,
             },
             GatewayError::Deadline(_) => Code::DeadlineExceeded,
+            GatewayError::Unauthenticated(_) => Code::Unauthenticated,
         }
     }
 
@@ -64,7 +68,8 @@ impl GatewayError {
             GatewayError::InvalidArgument { .. }
             | GatewayError::UnknownModel { .. }
             | GatewayError::Unsatisfiable(_)
-            | GatewayError::UnknownRequest(_) => "client",
+            | GatewayError::UnknownRequest(_)
+            | GatewayError::Unauthenticated(_) => "client",
             GatewayError::NoWorker(_) | GatewayError::Deadline(_) => "gateway",
             GatewayError::Worker { .. } => "worker",
         }

@@ -1,8 +1,10 @@
 //! The routemesh gateway: the public gRPC API in front of a pool of model
 //! workers, choosing a model and worker per request.
 
+pub mod auth;
 pub mod config;
 pub mod error;
+pub mod openai;
 pub mod pool;
 pub mod recent;
 pub mod server;

@@ -40,6 +40,9 @@ enum Command {
         /// Override gateway.listen, e.g. 127.0.0.1:0.
         #[arg(long)]
         listen: Option<SocketAddr>,
+        /// Override gateway.http_listen (the OpenAI-compatible API).
+        #[arg(long)]
+        http_listen: Option<SocketAddr>,
         /// Send this prompt once the mesh is up and show who answered and why.
         #[arg(long = "try", value_name = "PROMPT")]
         try_prompt: Option<String>,
@@ -54,6 +57,9 @@ enum Command {
         /// Override gateway.listen.
         #[arg(long)]
         listen: Option<SocketAddr>,
+        /// Override gateway.http_listen (the OpenAI-compatible API).
+        #[arg(long)]
+        http_listen: Option<SocketAddr>,
     },
     /// Run the worker agents listed under `workers:` in the configuration.
     Worker {
@@ -73,6 +79,15 @@ fn load(path: Option<&Path>, fallback: Option<&str>) -> anyhow::Result<Config> {
         (None, Some(text)) => Config::from_yaml(text, "embedded demo configuration")?,
         (None, None) => bail!("--config FILE is required"),
     })
+}
+
+fn override_listen(config: &mut Config, grpc: Option<SocketAddr>, http: Option<SocketAddr>) {
+    if let Some(addr) = grpc {
+        config.gateway.listen = addr;
+    }
+    if let Some(addr) = http {
+        config.gateway.http_listen = Some(addr);
+    }
 }
 
 fn write_ready_file(path: &Path, mesh: &Mesh) -> anyhow::Result<()> {
@@ -130,9 +145,18 @@ async fn serve(
             return outcome;
         }
         println!(
-            "\nThe mesh keeps serving on {}; Ctrl-C stops it. Try:\n  grpcurl -plaintext -d '{{\"messages\":[{{\"role\":\"user\",\"content\":\"Hello\"}}]}}' {} routemesh.v1.Gateway/Generate",
-            g.addr, g.addr
+            "\nThe mesh keeps serving (gRPC on {}); Ctrl-C stops it. Try:",
+            g.addr
         );
+        println!(
+            "  grpcurl -plaintext -d '{{\"messages\":[{{\"role\":\"user\",\"content\":\"Hello\"}}]}}' {} routemesh.v1.Gateway/Generate",
+            g.addr
+        );
+        if let Some(http) = g.http_addr {
+            println!(
+                "  curl -s http://{http}/v1/chat/completions -H 'content-type: application/json' -d '{{\"model\":\"router\",\"messages\":[{{\"role\":\"user\",\"content\":\"Hello\"}}]}}'"
+            );
+        }
     }
     shutdown_signal().await;
     tracing::info!("shutting down: draining in-flight requests");
@@ -207,20 +231,21 @@ async fn main() -> anyhow::Result<()> {
         Command::Up {
             common,
             listen,
+            http_listen,
             try_prompt,
             once,
         } => {
             let mut config = load(common.config.as_deref(), Some(DEMO_CONFIG))?;
-            if let Some(listen) = listen {
-                config.gateway.listen = listen;
-            }
+            override_listen(&mut config, listen, http_listen);
             serve(config, &common, true, true, try_prompt, once).await
         }
-        Command::Gateway { common, listen } => {
+        Command::Gateway {
+            common,
+            listen,
+            http_listen,
+        } => {
             let mut config = load(common.config.as_deref(), None)?;
-            if let Some(listen) = listen {
-                config.gateway.listen = listen;
-            }
+            override_listen(&mut config, listen, http_listen);
             serve(config, &common, false, true, None, false).await
         }
         Command::Worker { common } => {

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 use tower::ServiceBuilder;
 
+use crate::auth::ApiKeys;
 use crate::config::GatewayConfig;
 use crate::pool::Pool;
 use crate::recent::Recent;
@@ -29,6 +30,8 @@ pub enum ServeError {
     Serve(#[from] tonic::transport::Error),
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error("configuration: {0}")]
+    Config(String),
     #[error("gateway task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
 }
@@ -36,7 +39,10 @@ pub enum ServeError {
 /// A gateway that is serving.
 #[derive(Debug)]
 pub struct RunningGateway {
+    /// The gRPC API.
     pub addr: SocketAddr,
+    /// The OpenAI-compatible HTTP API, when enabled.
+    pub http_addr: Option<SocketAddr>,
     pub state: Arc<GatewayState>,
     shutdown: CancellationToken,
     task: JoinHandle<Result<(), ServeError>>,
@@ -67,12 +73,22 @@ pub async fn start_gateway(
     config: GatewayConfig,
     registry: Arc<dyn Registry>,
 ) -> Result<RunningGateway, ServeError> {
+    let keys = ApiKeys::from_config(&config.auth)
+        .map_err(|(key, why)| ServeError::Config(format!("{key}: {why}")))?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServeError::Bind {
             addr: config.listen,
             source,
         })?;
+    let http_listener = match config.http_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServeError::Bind { addr, source })?,
+        ),
+        None => None,
+    };
     let addr = listener.local_addr().map_err(|source| ServeError::Bind {
         addr: config.listen,
         source,
@@ -109,7 +125,53 @@ pub async fn start_gateway(
             config.max_concurrent_requests,
         ))
         .into_inner();
+    let service = GatewayService::new(state.clone());
+    // Authentication for the Gateway service only: health and reflection stay
+    // open for probes and tooling.
+    let grpc_keys = keys.clone();
+    let grpc_service = GatewayServer::new(service.clone())
+        .max_decoding_message_size(config.max_request_bytes)
+        .max_encoding_message_size(usize::MAX);
+    let grpc_service = tonic::service::interceptor::InterceptedService::new(
+        grpc_service,
+        move |mut request: tonic::Request<()>| {
+            let authorization = request
+                .metadata()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok());
+            match grpc_keys.authenticate(authorization) {
+                Ok(Some(tenant)) => {
+                    request.extensions_mut().insert(tenant);
+                    Ok(request)
+                }
+                Ok(None) => Ok(request),
+                Err(e) => Err(tonic::Status::from(e)),
+            }
+        },
+    );
     let stop_serving = CancellationToken::new();
+    let http = match http_listener {
+        Some(listener) => {
+            let http_addr = listener
+                .local_addr()
+                .map_err(|source| ServeError::Bind { addr, source })?;
+            let app = crate::openai::router(crate::openai::HttpState {
+                service,
+                keys,
+                max_body_bytes: config.max_request_bytes,
+            })
+            .layer(tower_http::trace::TraceLayer::new_for_http());
+            let stop = stop_serving.clone();
+            let task = tokio::spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await
+            });
+            Some((http_addr, task))
+        }
+        None => None,
+    };
+    let http_addr = http.as_ref().map(|(a, _)| *a);
     let server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
@@ -117,7 +179,7 @@ pub async fn start_gateway(
         .add_service(health_service)
         .add_service(routemesh_proto::reflection_v1()?)
         .add_service(routemesh_proto::reflection_v1alpha()?)
-        .add_service(GatewayServer::new(GatewayService::new(state.clone())))
+        .add_service(grpc_service)
         .serve_with_incoming_shutdown(
             TcpIncoming::from(listener).with_nodelay(Some(true)),
             stop_serving.clone().cancelled_owned(),
@@ -147,13 +209,23 @@ pub async fn start_gateway(
                     Ok(())
                 }
             };
+            if let Some((_, http)) = http {
+                match tokio::time::timeout(grace, http).await {
+                    Ok(Ok(Err(e))) => tracing::warn!(error = %e, "HTTP API stopped with an error"),
+                    Ok(_) => {}
+                    Err(_) => {
+                        tracing::warn!("HTTP requests still running after the drain grace period")
+                    }
+                }
+            }
             let _ = maintenance.await;
             result
         }
     });
-    tracing::info!(%addr, policy = state.policy.name(), "gateway serving");
+    tracing::info!(%addr, http = ?http_addr, policy = state.policy.name(), "gateway serving");
     Ok(RunningGateway {
         addr,
+        http_addr,
         state,
         shutdown,
         task,

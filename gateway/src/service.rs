@@ -16,6 +16,7 @@ use routemesh_worker::driven::driven_stream;
 use tokio::time::Instant;
 use tonic::{Code, Request, Response, Status};
 
+use crate::auth::Tenant;
 use crate::config::GatewayConfig;
 use crate::error::GatewayError;
 use crate::pool::{Pool, Snapshot, WorkerHandle};
@@ -96,11 +97,26 @@ impl GatewayState {
         models
     }
 
-    fn validate(
+    /// Validates the request and settles its tenant: the API key's when keys
+    /// are on (the request's own `tenant` must then be empty or the same).
+    fn accept(
         &self,
-        request: GenerateRequest,
+        request: Request<GenerateRequest>,
         snapshot: &Snapshot,
     ) -> Result<ValidRequest, GatewayError> {
+        let authenticated = request.extensions().get::<Tenant>().cloned();
+        let mut request = request.into_inner();
+        if let Some(Tenant(tenant)) = &authenticated {
+            if !request.tenant.is_empty() && request.tenant != *tenant {
+                return Err(GatewayError::invalid(
+                    "tenant",
+                    format!(
+                        "the API key belongs to tenant {tenant:?}; leave tenant empty or use that"
+                    ),
+                ));
+            }
+            request.tenant = tenant.clone();
+        }
         validate(request, &self.config, &Self::known_models(snapshot))
     }
 
@@ -245,7 +261,7 @@ impl Gateway for GatewayService {
         let budget = state.budget(&request);
         let deadline = Instant::now() + budget;
         let snapshot = state.pool.snapshot();
-        let req = state.validate(request.into_inner(), &snapshot)?;
+        let req = state.accept(request, &snapshot)?;
         let mut excluded = Vec::new();
         // After a failover, running out of workers reports the real failure.
         let mut last_failure: Option<GatewayError> = None;
@@ -315,7 +331,7 @@ impl Gateway for GatewayService {
         let budget = state.budget(&request);
         let deadline = Instant::now() + budget;
         let snapshot = state.pool.snapshot();
-        let req = state.validate(request.into_inner(), &snapshot)?;
+        let req = state.accept(request, &snapshot)?;
 
         // Open a stream and wait for its first event; until then a failure
         // where no model ran moves the request to another worker.
@@ -476,7 +492,7 @@ impl Gateway for GatewayService {
     ) -> Result<Response<RouteDecision>, Status> {
         let state = &self.state;
         let snapshot = state.pool.snapshot();
-        let req = state.validate(request.into_inner(), &snapshot)?;
+        let req = state.accept(request, &snapshot)?;
         let routed = state.route(&req, &snapshot, &[])?;
         Ok(with_request_id(routed.explanation, &req.request_id))
     }

@@ -67,6 +67,10 @@ class Running:
     def gateway(self) -> str:
         return self.ready["gateway"]
 
+    @property
+    def http(self) -> str:
+        return "http://" + self.ready["http"]
+
     def stop(self):
         if self.proc.poll() is None:
             self.proc.terminate()
@@ -82,6 +86,7 @@ class Running:
 FAST_MESH = """
 gateway:
   listen: 127.0.0.1:0
+  http_listen: 127.0.0.1:0
 workers:
   - id: small-0
     model: small-model
@@ -111,6 +116,6 @@ def mesh():
 @pytest.fixture(scope="module")
 def demo():
     """`routemesh up` exactly as the quickstart runs it: the embedded demo."""
-    running = Running(["up", "--listen", "127.0.0.1:0"])
+    running = Running(["up", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
     yield running
     running.stop()

@@ -206,6 +206,16 @@ impl Process {
         )
     }
 
+    /// The OpenAI-compatible HTTP API's base URL (`http://host:port`).
+    pub fn http_url(&self) -> String {
+        format!(
+            "http://{}",
+            self.ready["http"]
+                .as_str()
+                .expect("an HTTP API in this process")
+        )
+    }
+
     /// The endpoint of the `i`th worker in this process.
     pub fn worker_endpoint(&self, i: usize) -> String {
         self.ready["workers"][i]["endpoint"]
@@ -285,7 +295,7 @@ pub fn sim_worker_yaml(
 /// YAML for a gateway with fast discovery (tests should not wait seconds).
 pub fn gateway_yaml(redis: Option<(&str, &str)>) -> String {
     format!(
-        "{}gateway:\n  listen: 127.0.0.1:0\n  discovery_interval: 100ms\n  load_interval: 100ms\n  request_timeout: 20s\n  drain_grace: 5s\n",
+        "{}gateway:\n  listen: 127.0.0.1:0\n  http_listen: 127.0.0.1:0\n  discovery_interval: 100ms\n  load_interval: 100ms\n  request_timeout: 20s\n  drain_grace: 5s\n",
         registry_yaml(redis)
     )
 }
