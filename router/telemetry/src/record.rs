@@ -1,0 +1,58 @@
+//! What the gateway records: one line per request, one per feedback score.
+
+use serde::{Deserialize, Serialize};
+
+/// How a request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Ok,
+    /// The worker or engine failed (its fault, not the client's).
+    WorkerError,
+    /// The request ran out of time.
+    Timeout,
+    /// The worker refused for lack of capacity.
+    Overloaded,
+}
+
+/// One served (or failed) request at one worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestRecord {
+    /// When it finished, milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    pub tenant: String,
+    pub model: String,
+    pub worker_id: String,
+    pub outcome: Outcome,
+    pub ttft_ms: f64,
+    pub total_ms: f64,
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    pub cost_usd: f64,
+}
+
+impl RequestRecord {
+    /// Milliseconds per output token after the first, when there is more than one.
+    pub fn time_per_output_token_ms(&self) -> Option<f64> {
+        (self.completion_tokens > 1 && self.total_ms > self.ttft_ms)
+            .then(|| (self.total_ms - self.ttft_ms) / f64::from(self.completion_tokens - 1))
+    }
+}
+
+/// A quality score for a served request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeedbackEvent {
+    pub at_ms: u64,
+    pub model: String,
+    /// A coarse region of prompt space (e.g. the router's nearest cluster);
+    /// empty when unknown. Feedback is kept per (model, region) and per model.
+    pub region: String,
+    pub score: f64,
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}

@@ -1,0 +1,255 @@
+//! The storage interface under telemetry: hashes of float counters that only
+//! grow by increments (so concurrent replicas merge without coordination) and
+//! expire, plus index sets naming which hashes exist. Two implementations:
+//! in memory and Redis. Keys are relative; each store adds its own prefix.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Increments to one hash, and how long the hash lives after this write.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HashUpdate {
+    pub key: String,
+    pub ttl: Duration,
+    pub fields: Vec<(String, f64)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+#[async_trait::async_trait]
+pub trait HashStore: Send + Sync + 'static {
+    /// Applies every update: `field += by`, then the key's TTL is renewed.
+    async fn update(&self, updates: &[HashUpdate]) -> Result<(), StoreError>;
+    /// Adds members to an index set whose TTL is renewed.
+    async fn index_add(
+        &self,
+        index: &str,
+        members: &[String],
+        ttl: Duration,
+    ) -> Result<(), StoreError>;
+    /// The members of an index set.
+    async fn index(&self, index: &str) -> Result<Vec<String>, StoreError>;
+    /// The hashes at `keys`, in order (empty for a missing key).
+    async fn read(&self, keys: &[String]) -> Result<Vec<HashMap<String, f64>>, StoreError>;
+}
+
+#[derive(Debug, Default)]
+struct MemoryState {
+    hashes: HashMap<String, (HashMap<String, f64>, Instant)>,
+    sets: HashMap<String, (HashSet<String>, Instant)>,
+}
+
+/// The embedded default: one process's view, nothing shared.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    state: Mutex<MemoryState>,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut MemoryState) -> T) -> T {
+        match self.state.lock() {
+            Ok(mut state) => {
+                let now = Instant::now();
+                state.hashes.retain(|_, (_, expires)| *expires > now);
+                state.sets.retain(|_, (_, expires)| *expires > now);
+                f(&mut state)
+            }
+            // A panic while holding the lock cannot corrupt counters badly
+            // enough to matter; keep serving with the data as it is.
+            Err(poisoned) => f(&mut poisoned.into_inner()),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl HashStore for MemoryStore {
+    async fn update(&self, updates: &[HashUpdate]) -> Result<(), StoreError> {
+        self.with(|state| {
+            let now = Instant::now();
+            for u in updates {
+                let entry = state
+                    .hashes
+                    .entry(u.key.clone())
+                    .or_insert_with(|| (HashMap::new(), now));
+                for (field, by) in &u.fields {
+                    *entry.0.entry(field.clone()).or_insert(0.0) += by;
+                }
+                entry.1 = now + u.ttl;
+            }
+        });
+        Ok(())
+    }
+
+    async fn index_add(
+        &self,
+        index: &str,
+        members: &[String],
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        self.with(|state| {
+            let now = Instant::now();
+            let entry = state
+                .sets
+                .entry(index.to_string())
+                .or_insert_with(|| (HashSet::new(), now));
+            entry.0.extend(members.iter().cloned());
+            entry.1 = now + ttl;
+        });
+        Ok(())
+    }
+
+    async fn index(&self, index: &str) -> Result<Vec<String>, StoreError> {
+        Ok(self.with(|state| {
+            let mut members: Vec<String> = state
+                .sets
+                .get(index)
+                .map(|(s, _)| s.iter().cloned().collect())
+                .unwrap_or_default();
+            members.sort();
+            members
+        }))
+    }
+
+    async fn read(&self, keys: &[String]) -> Result<Vec<HashMap<String, f64>>, StoreError> {
+        Ok(self.with(|state| {
+            keys.iter()
+                .map(|k| {
+                    state
+                        .hashes
+                        .get(k)
+                        .map(|(h, _)| h.clone())
+                        .unwrap_or_default()
+                })
+                .collect()
+        }))
+    }
+}
+
+/// Redis: every key under `rm:v1:{<mesh>}:` (one hash slot per mesh, so it
+/// works on Redis Cluster); every write pipelined into one round trip.
+#[derive(Clone)]
+pub struct RedisStore {
+    conn: redis::aio::ConnectionManager,
+    prefix: String,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+fn ttl_ms(ttl: Duration) -> i64 {
+    i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1)
+}
+
+impl RedisStore {
+    /// Connects (and keeps reconnecting with backoff) to `url`.
+    pub async fn connect(url: &str, mesh: &str) -> Result<Self, StoreError> {
+        let client = redis::Client::open(url)?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(Some(Duration::from_secs(1)))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(2));
+        let conn = redis::aio::ConnectionManager::new_with_config(client, config).await?;
+        Ok(Self {
+            conn,
+            prefix: format!("rm:v1:{{{mesh}}}:"),
+        })
+    }
+
+    fn key(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+}
+
+#[async_trait::async_trait]
+impl HashStore for RedisStore {
+    async fn update(&self, updates: &[HashUpdate]) -> Result<(), StoreError> {
+        if updates.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for u in updates {
+            let key = self.key(&u.key);
+            for (field, by) in &u.fields {
+                pipe.cmd("HINCRBYFLOAT")
+                    .arg(&key)
+                    .arg(field)
+                    .arg(*by)
+                    .ignore();
+            }
+            pipe.cmd("PEXPIRE").arg(&key).arg(ttl_ms(u.ttl)).ignore();
+        }
+        let mut conn = self.conn.clone();
+        pipe.query_async::<()>(&mut conn).await?;
+        Ok(())
+    }
+
+    async fn index_add(
+        &self,
+        index: &str,
+        members: &[String],
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        if members.is_empty() {
+            return Ok(());
+        }
+        let key = self.key(index);
+        let mut conn = self.conn.clone();
+        redis::pipe()
+            .cmd("SADD")
+            .arg(&key)
+            .arg(members)
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(&key)
+            .arg(ttl_ms(ttl))
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn index(&self, index: &str) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.conn.clone();
+        let mut members: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.key(index))
+            .query_async(&mut conn)
+            .await?;
+        members.sort();
+        Ok(members)
+    }
+
+    async fn read(&self, keys: &[String]) -> Result<Vec<HashMap<String, f64>>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for k in keys {
+            pipe.cmd("HGETALL").arg(self.key(k));
+        }
+        let mut conn = self.conn.clone();
+        let raw: Vec<HashMap<String, String>> = pipe.query_async(&mut conn).await?;
+        Ok(raw
+            .into_iter()
+            .map(|h| {
+                h.into_iter()
+                    .filter_map(|(f, v)| v.parse::<f64>().ok().map(|v| (f, v)))
+                    .collect()
+            })
+            .collect())
+    }
+}
