@@ -39,9 +39,11 @@ impl Redis {
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server installed");
+        // Owned from here on: dropped (killed and reaped) on every path.
+        let redis = Self(child);
         for _ in 0..500 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Self(child);
+                return redis;
             }
             std::thread::sleep(Duration::from_millis(10));
         }
