@@ -7,5 +7,5 @@ pub mod policy;
 
 pub use policy::{
     CandidateScore, Decision, Hints, LeastLoaded, ModelSpec, NoCandidate, Policy, PolicyKind,
-    RouteInput, Tier, UtilityPolicy, WorkerView,
+    Prediction, RouteInput, Tier, UtilityPolicy, WorkerView,
 };

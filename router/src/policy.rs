@@ -82,6 +82,11 @@ pub struct WorkerView<'a> {
     pub ttft_ms_p50: f64,
     /// Median decode speed, tokens/s; 0 when unknown.
     pub tokens_per_second_p50: f64,
+    /// Where the speed figures came from: "telemetry" (every replica's
+    /// observations), "load-report" (the worker's own) or "unknown".
+    pub latency_source: &'static str,
+    /// Share of recent requests that failed at this worker, in [0, 1].
+    pub error_rate: f64,
 }
 
 impl WorkerView<'_> {
@@ -129,8 +134,19 @@ pub struct RouteInput<'a> {
     pub hints: &'a Hints,
     /// A model the client pinned; only its workers are eligible.
     pub pinned_model: Option<&'a str>,
-    /// Predicted quality per model name from a quality predictor, when one ran.
-    pub predicted_quality: Option<&'a HashMap<String, f64>>,
+    /// Predicted quality per model name, when something better than the
+    /// tier prior is known (a quality predictor, feedback).
+    pub predicted_quality: Option<&'a HashMap<String, Prediction>>,
+    /// λ for this request (a tenant's cost target), overriding the policy's.
+    pub cost_weight: Option<f64>,
+}
+
+/// A model's predicted quality on one prompt and where it came from.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Prediction {
+    pub quality: f64,
+    /// e.g. "router", "prior+feedback", "router+feedback".
+    pub source: &'static str,
 }
 
 /// One candidate worker with the figures the policy used.
@@ -140,10 +156,12 @@ pub struct CandidateScore {
     pub model: String,
     pub tier: Tier,
     pub predicted_quality: f64,
-    /// "router" when a predictor scored the model, "prior" otherwise.
+    /// "prior" (tier and price) unless a [`Prediction`] says otherwise.
     pub quality_source: &'static str,
     pub expected_cost_usd: f64,
     pub expected_latency_ms: Option<f64>,
+    pub latency_source: &'static str,
+    pub error_rate: f64,
     pub load: f64,
     pub score: f64,
     /// Empty when eligible.
@@ -210,7 +228,7 @@ fn screen(input: &RouteInput<'_>, workers: &[WorkerView<'_>]) -> Vec<CandidateSc
             let model = w.model;
             let (predicted_quality, quality_source) =
                 match input.predicted_quality.and_then(|p| p.get(&model.name)) {
-                    Some(q) => (*q, "router"),
+                    Some(p) => (p.quality, p.source),
                     None => (model.prior_quality(), "prior"),
                 };
             let expected_cost_usd = model.expected_cost_usd(input.prompt_tokens, input.max_tokens);
@@ -247,6 +265,8 @@ fn screen(input: &RouteInput<'_>, workers: &[WorkerView<'_>]) -> Vec<CandidateSc
                 quality_source,
                 expected_cost_usd,
                 expected_latency_ms,
+                latency_source: w.latency_source,
+                error_rate: w.error_rate,
                 load: w.load(),
                 score: f64::NEG_INFINITY,
                 excluded_because,
@@ -353,6 +373,8 @@ pub struct UtilityPolicy {
     pub latency_weight: f64,
     /// ν: quality points given up per unit of load (work ahead / slots).
     pub load_weight: f64,
+    /// ε: quality points given up per unit of recent error rate.
+    pub error_weight: f64,
 }
 
 impl Default for UtilityPolicy {
@@ -364,6 +386,7 @@ impl Default for UtilityPolicy {
             cost_weight: 20.0,
             latency_weight: 0.01,
             load_weight: 0.05,
+            error_weight: 1.0,
         }
     }
 }
@@ -375,22 +398,26 @@ impl Policy for UtilityPolicy {
 
     fn decide(&self, input: &RouteInput<'_>, workers: &[WorkerView<'_>]) -> Decision {
         let mut candidates = screen(input, workers);
+        let cw = input.cost_weight.unwrap_or(self.cost_weight);
+        let (lw, nw, ew) = (self.latency_weight, self.load_weight, self.error_weight);
         for c in &mut candidates {
             c.score = c.predicted_quality
-                - self.cost_weight * c.expected_cost_usd
-                - self.latency_weight * c.expected_latency_ms.unwrap_or(0.0) / 1000.0
-                - self.load_weight * c.load;
+                - cw * c.expected_cost_usd
+                - lw * c.expected_latency_ms.unwrap_or(0.0) / 1000.0
+                - nw * c.load
+                - ew * c.error_rate;
         }
-        let (cw, lw, nw) = (self.cost_weight, self.latency_weight, self.load_weight);
         pick(self.name(), candidates, move |c| {
             format!(
-                "highest utility {:.4} = quality {:.3} ({}) - {cw}·cost {:.6} USD - {lw}·latency {:.2} s - {nw}·load {:.2}",
+                "highest utility {:.4} = quality {:.3} ({}) - {cw}·cost {:.6} USD - {lw}·latency {:.2} s ({}) - {nw}·load {:.2} - {ew}·error rate {:.3}",
                 c.score,
                 c.predicted_quality,
                 c.quality_source,
                 c.expected_cost_usd,
                 c.expected_latency_ms.unwrap_or(0.0) / 1000.0,
-                c.load
+                c.latency_source,
+                c.load,
+                c.error_rate
             )
         })
     }
@@ -432,6 +459,8 @@ mod tests {
             max_queue: 4,
             ttft_ms_p50: 0.0,
             tokens_per_second_p50: 0.0,
+            latency_source: "unknown",
+            error_rate: 0.0,
         }
     }
 
@@ -442,6 +471,7 @@ mod tests {
             hints,
             pinned_model: None,
             predicted_quality: None,
+            cost_weight: None,
         }
     }
 
@@ -485,7 +515,11 @@ mod tests {
         let (s, l) = (small(), large());
         let hints = Hints::default();
         let workers = [view("s1", &s, 0), view("l1", &l, 0)];
-        let predicted = HashMap::from([("small".to_string(), 0.9), ("large".to_string(), 0.9)]);
+        let p = Prediction {
+            quality: 0.9,
+            source: "router",
+        };
+        let predicted = HashMap::from([("small".to_string(), p), ("large".to_string(), p)]);
         let mut inp = input(&hints);
         inp.predicted_quality = Some(&predicted);
         let d = UtilityPolicy::default().decide(&inp, &workers);
@@ -555,6 +589,35 @@ mod tests {
         assert_eq!(
             d.chosen_candidate().map(|c| c.worker_id.as_str()),
             Some("l1")
+        );
+    }
+
+    #[test]
+    fn failing_workers_lose_traffic() {
+        let s = small();
+        let hints = Hints::default();
+        let mut failing = view("s1", &s, 0);
+        failing.error_rate = 0.5;
+        let healthy = view("s2", &s, 1);
+        let d = UtilityPolicy::default().decide(&input(&hints), &[failing, healthy]);
+        assert_eq!(
+            d.chosen_candidate().map(|c| c.worker_id.as_str()),
+            Some("s2")
+        );
+        assert!(d.reason.contains("error rate 0.000"), "{}", d.reason);
+    }
+
+    #[test]
+    fn a_tenant_cost_weight_overrides_the_policy() {
+        let (s, l) = (small(), large());
+        let hints = Hints::default();
+        let workers = [view("s1", &s, 0), view("l1", &l, 0)];
+        let mut inp = input(&hints);
+        inp.cost_weight = Some(100.0);
+        let d = UtilityPolicy::default().decide(&inp, &workers);
+        assert_eq!(
+            d.chosen_candidate().map(|c| c.model.as_str()),
+            Some("small")
         );
     }
 
