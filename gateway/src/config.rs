@@ -136,6 +136,89 @@ pub struct GatewayConfig {
     /// API keys and their tenants.
     #[serde(default)]
     pub auth: crate::auth::AuthConfig,
+    /// ε of the utility policy: quality points per unit of recent error rate.
+    #[serde(default = "default_error_weight")]
+    pub error_weight: f64,
+    /// Live telemetry: what is recorded, and how the router reads it.
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+}
+
+/// Telemetry is shared through `registry.redis` when that is set, and kept in
+/// the gateway's memory otherwise.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// History the router's view aggregates (10-second resolution).
+    #[serde(default = "default_window", with = "humantime_serde")]
+    pub window: Duration,
+    /// How often that view is refreshed (one Redis round trip each).
+    #[serde(default = "default_snapshot_interval", with = "humantime_serde")]
+    pub snapshot_interval: Duration,
+    /// Longest a record waits before being written (records are batched).
+    #[serde(default = "default_flush_interval", with = "humantime_serde")]
+    pub flush_interval: Duration,
+    /// Records buffered while Redis is down; beyond it the oldest are dropped (counted).
+    #[serde(default = "default_buffer_max")]
+    pub buffer_max: usize,
+    /// Observed requests a worker needs in the window before its observed
+    /// latency replaces its own load report.
+    #[serde(default = "default_min_requests")]
+    pub min_requests: u32,
+    /// Weight of the prior (router or tier) against feedback, in pseudo-scores:
+    /// quality = (prior·w + sum of feedback) / (w + feedback count).
+    #[serde(default = "default_feedback_prior_weight")]
+    pub feedback_prior_weight: f64,
+    /// Days of feedback the quality estimate uses.
+    #[serde(default = "default_feedback_days")]
+    pub feedback_days: u32,
+}
+
+fn default_window() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_snapshot_interval() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_flush_interval() -> Duration {
+    Duration::from_millis(100)
+}
+fn default_buffer_max() -> usize {
+    100_000
+}
+fn default_min_requests() -> u32 {
+    5
+}
+fn default_feedback_prior_weight() -> f64 {
+    10.0
+}
+fn default_feedback_days() -> u32 {
+    7
+}
+fn default_error_weight() -> f64 {
+    routemesh_router::UtilityPolicy::default().error_weight
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        serde_norway::from_str("{}")
+            .unwrap_or_else(|_| unreachable!("empty telemetry config parses"))
+    }
+}
+
+impl TelemetryConfig {
+    pub fn recorder(&self) -> routemesh_telemetry::RecorderConfig {
+        routemesh_telemetry::RecorderConfig {
+            flush_interval: self.flush_interval,
+            buffer_max: self.buffer_max,
+            snapshot_interval: self.snapshot_interval,
+            window_secs: u32::try_from(self.window.as_secs())
+                .unwrap_or(u32::MAX)
+                .max(10),
+            feedback_days: self.feedback_days,
+            ..routemesh_telemetry::RecorderConfig::default()
+        }
+    }
 }
 
 fn default_listen() -> SocketAddr {
@@ -260,12 +343,25 @@ impl Config {
             ("cost_weight", g.cost_weight),
             ("latency_weight", g.latency_weight),
             ("load_weight", g.load_weight),
+            ("error_weight", g.error_weight),
+            (
+                "telemetry.feedback_prior_weight",
+                g.telemetry.feedback_prior_weight,
+            ),
         ] {
             if !w.is_finite() || w < 0.0 {
                 return bad(key, format!("{w} must be a finite number >= 0"));
             }
         }
         crate::auth::ApiKeys::from_config(&g.auth)?;
+        if g.telemetry.window < Duration::from_secs(10)
+            || g.telemetry.window > Duration::from_secs(3600)
+        {
+            return bad(
+                "telemetry.window",
+                format!("{:?} must be between 10s and 1h", g.telemetry.window),
+            );
+        }
         if g.max_attempts == 0 {
             return bad("max_attempts", "must be at least 1".into());
         }

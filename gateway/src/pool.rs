@@ -9,6 +9,7 @@ use std::time::Duration;
 use routemesh_proto::v1::worker_client::WorkerClient;
 use routemesh_proto::v1::{LoadReport, LoadRequest};
 use routemesh_router::{ModelSpec, WorkerView};
+use routemesh_telemetry::Stats;
 use routemesh_worker::{Registry, WorkerRecord};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -84,9 +85,23 @@ impl WorkerHandle {
         self.last_load.lock().ok().and_then(|l| l.clone())
     }
 
-    pub fn view(&self) -> WorkerView<'_> {
+    /// The policy's view of this worker. Speed comes from what the gateways
+    /// observed (`observed`, every replica's telemetry) once there are
+    /// `min_requests` of it, else from the worker's own load report.
+    pub fn view(&self, observed: Option<&Stats>, min_requests: f64) -> WorkerView<'_> {
         let load = self.last_load();
         let engine = load.as_ref().and_then(|l| l.engine.as_ref());
+        let observed = observed.filter(|o| o.requests >= min_requests);
+        let telemetry_speed = observed.and_then(|o| Some((o.ttft_ms_p50?, o.tokens_per_second?)));
+        let reported_speed = engine
+            .filter(|e| e.tokens_per_second_p50 > 0.0)
+            .map(|e| (e.time_to_first_token_ms_p50, e.tokens_per_second_p50));
+        let (ttft_ms_p50, tokens_per_second_p50, latency_source) =
+            match (telemetry_speed, reported_speed) {
+                (Some((ttft, tps)), _) => (ttft, tps, "telemetry"),
+                (None, Some((ttft, tps))) => (ttft, tps, "load-report"),
+                (None, None) => (0.0, 0.0, "unknown"),
+            };
         WorkerView {
             worker_id: &self.record.id,
             model: &self.spec,
@@ -96,8 +111,10 @@ impl WorkerHandle {
             queue_depth: load.as_ref().map_or(0, |l| l.queue_depth),
             capacity: load.as_ref().map_or(self.record.capacity, |l| l.capacity),
             max_queue: load.as_ref().map_or(self.record.max_queue, |l| l.max_queue),
-            ttft_ms_p50: engine.map_or(0.0, |e| e.time_to_first_token_ms_p50),
-            tokens_per_second_p50: engine.map_or(0.0, |e| e.tokens_per_second_p50),
+            ttft_ms_p50,
+            tokens_per_second_p50,
+            latency_source,
+            error_rate: observed.map_or(0.0, |o| o.error_rate),
         }
     }
 

@@ -11,20 +11,10 @@ pub struct Served {
     pub tenant: String,
 }
 
-/// A feedback score as received.
-#[derive(Debug, Clone, PartialEq)]
-pub struct FeedbackRecord {
-    pub request_id: String,
-    pub served: Served,
-    pub score: f64,
-    pub comment: String,
-}
-
 #[derive(Debug)]
 pub struct Recent {
     capacity: usize,
     inner: Mutex<(HashMap<String, Served>, VecDeque<String>)>,
-    feedback: Mutex<VecDeque<FeedbackRecord>>,
 }
 
 impl Recent {
@@ -32,7 +22,6 @@ impl Recent {
         Self {
             capacity: capacity.max(1),
             inner: Mutex::default(),
-            feedback: Mutex::default(),
         }
     }
 
@@ -56,22 +45,6 @@ impl Recent {
             .lock()
             .ok()
             .and_then(|g| g.0.get(request_id).cloned())
-    }
-
-    pub fn record_feedback(&self, record: FeedbackRecord) {
-        if let Ok(mut log) = self.feedback.lock() {
-            log.push_back(record);
-            while log.len() > self.capacity {
-                log.pop_front();
-            }
-        }
-    }
-
-    pub fn feedback(&self) -> Vec<FeedbackRecord> {
-        self.feedback
-            .lock()
-            .map(|l| l.iter().cloned().collect())
-            .unwrap_or_default()
     }
 }
 

@@ -13,6 +13,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 use tower::ServiceBuilder;
 
+use routemesh_telemetry::{Recorder, Telemetry};
+
 use crate::auth::ApiKeys;
 use crate::config::GatewayConfig;
 use crate::pool::Pool;
@@ -64,14 +66,18 @@ fn policy(config: &GatewayConfig) -> Box<dyn Policy> {
             cost_weight: config.cost_weight,
             latency_weight: config.latency_weight,
             load_weight: config.load_weight,
+            error_weight: config.error_weight,
         }),
     }
 }
 
 /// Starts a gateway on `config.listen`, discovering workers from `registry`.
+/// `shared_telemetry` is the store every replica shares (Redis); without it
+/// telemetry stays in this process.
 pub async fn start_gateway(
     config: GatewayConfig,
     registry: Arc<dyn Registry>,
+    shared_telemetry: Option<Telemetry>,
 ) -> Result<RunningGateway, ServeError> {
     let keys = ApiKeys::from_config(&config.auth)
         .map_err(|(key, why)| ServeError::Config(format!("{key}: {why}")))?;
@@ -111,6 +117,7 @@ pub async fn start_gateway(
         pool,
         policy: policy(&config),
         recent: Recent::new(config.feedback_window),
+        recorder: Recorder::start(shared_telemetry, config.telemetry.recorder()),
         config: config.clone(),
     });
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -187,6 +194,7 @@ pub async fn start_gateway(
     let mut server = tokio::spawn(server);
 
     let grace = config.drain_grace;
+    let state_for_shutdown = state.clone();
     let task = tokio::spawn({
         let shutdown = shutdown.clone();
         async move {
@@ -219,6 +227,7 @@ pub async fn start_gateway(
                 }
             }
             let _ = maintenance.await;
+            state_for_shutdown.recorder.shutdown().await;
             result
         }
     });

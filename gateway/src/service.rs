@@ -1,17 +1,18 @@
 //! The public Gateway gRPC service: validate, route, call a worker (failing
 //! over where no model ran), and explain the decision.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use routemesh_proto::v1::{
     FeedbackRequest, FeedbackResponse, GenerateRequest, GenerateResponse, GenerateStreamEvent,
     ListModelsRequest, ListModelsResponse, ModelInfo, RouteCandidate, RouteDecision, StreamEnd,
-    WorkerGenerateRequest, WorkerInfo, gateway_server::Gateway, generate_stream_event,
+    Usage, WorkerGenerateRequest, WorkerInfo, gateway_server::Gateway, generate_stream_event,
     worker_stream_event,
 };
-use routemesh_router::{Decision, NoCandidate, Policy, RouteInput};
+use routemesh_router::{Decision, NoCandidate, Policy, Prediction, RouteInput};
+use routemesh_telemetry::{FeedbackEvent, LiveSnapshot, Outcome, Recorder, RequestRecord};
 use routemesh_worker::driven::driven_stream;
 use tokio::time::Instant;
 use tonic::{Code, Request, Response, Status};
@@ -20,7 +21,7 @@ use crate::auth::Tenant;
 use crate::config::GatewayConfig;
 use crate::error::GatewayError;
 use crate::pool::{Pool, Snapshot, WorkerHandle};
-use crate::recent::{FeedbackRecord, Recent, Served};
+use crate::recent::{Recent, Served};
 use crate::validate::{ValidRequest, tier_to_wire, validate};
 
 pub struct GatewayState {
@@ -28,6 +29,7 @@ pub struct GatewayState {
     pub policy: Box<dyn Policy>,
     pub config: GatewayConfig,
     pub recent: Recent,
+    pub recorder: Recorder,
 }
 
 impl std::fmt::Debug for GatewayState {
@@ -60,8 +62,14 @@ fn client_deadline<T>(request: &Request<T>) -> Option<Duration> {
     })
 }
 
-fn explain(request_id: &str, decision: &Decision, elapsed: Duration) -> RouteDecision {
+fn explain(
+    request_id: &str,
+    decision: &Decision,
+    live: &LiveSnapshot,
+    elapsed: Duration,
+) -> RouteDecision {
     let chosen = decision.chosen_candidate();
+    let telemetry = &live.snapshot;
     RouteDecision {
         request_id: request_id.to_string(),
         model: chosen.map(|c| c.model.clone()).unwrap_or_default(),
@@ -71,21 +79,39 @@ fn explain(request_id: &str, decision: &Decision, elapsed: Duration) -> RouteDec
         candidates: decision
             .candidates
             .iter()
-            .map(|c| RouteCandidate {
-                model: c.model.clone(),
-                worker_id: c.worker_id.clone(),
-                tier: tier_to_wire(c.tier) as i32,
-                predicted_quality: c.predicted_quality,
-                quality_source: c.quality_source.to_string(),
-                expected_cost_usd: c.expected_cost_usd,
-                expected_latency_ms: c.expected_latency_ms.unwrap_or(0.0),
-                load: c.load,
-                score: if c.score.is_finite() { c.score } else { 0.0 },
-                eligible: c.eligible(),
-                excluded_because: c.excluded_because.clone(),
+            .map(|c| {
+                let observed = telemetry.workers.get(&c.worker_id);
+                RouteCandidate {
+                    model: c.model.clone(),
+                    worker_id: c.worker_id.clone(),
+                    tier: tier_to_wire(c.tier) as i32,
+                    predicted_quality: c.predicted_quality,
+                    quality_source: c.quality_source.to_string(),
+                    expected_cost_usd: c.expected_cost_usd,
+                    expected_latency_ms: c.expected_latency_ms.unwrap_or(0.0),
+                    load: c.load,
+                    score: if c.score.is_finite() { c.score } else { 0.0 },
+                    eligible: c.eligible(),
+                    excluded_because: c.excluded_because.clone(),
+                    latency_source: c.latency_source.to_string(),
+                    observed_error_rate: observed.map_or(0.0, |o| o.error_rate),
+                    observed_requests: observed.map_or(0.0, |o| o.requests),
+                    observed_ttft_ms_p50: observed.and_then(|o| o.ttft_ms_p50).unwrap_or(0.0),
+                    feedback_count: telemetry.feedback.get(&c.model).map_or(0.0, |f| f.count),
+                }
             })
             .collect(),
         decision_time_us: elapsed.as_secs_f64() * 1e6,
+        telemetry_source: live.source.to_string(),
+    }
+}
+
+/// How a failed call is counted in telemetry.
+fn outcome_of(status: &Status) -> Outcome {
+    match status.code() {
+        Code::DeadlineExceeded | Code::Cancelled => Outcome::Timeout,
+        Code::ResourceExhausted => Outcome::Overloaded,
+        _ => Outcome::WorkerError,
     }
 }
 
@@ -132,16 +158,23 @@ impl GatewayState {
             .iter()
             .filter(|w| !excluded.contains(&w.record.id))
             .collect();
-        let views: Vec<_> = workers.iter().map(|w| w.view()).collect();
+        let live = self.recorder.snapshot();
+        let min_requests = f64::from(self.config.telemetry.min_requests);
+        let views: Vec<_> = workers
+            .iter()
+            .map(|w| w.view(live.snapshot.workers.get(&w.record.id), min_requests))
+            .collect();
+        let predictions = self.predictions(&workers, &live);
         let input = RouteInput {
             prompt_tokens: req.prompt_tokens_estimate(),
             max_tokens: req.max_tokens(),
             hints: &req.hints,
             pinned_model: req.pinned_model.as_deref(),
-            predicted_quality: None,
+            predicted_quality: Some(&predictions),
+            cost_weight: None,
         };
         let decision = self.policy.decide(&input, &views);
-        let explanation = explain(&req.request_id, &decision, start.elapsed());
+        let explanation = explain(&req.request_id, &decision, &live, start.elapsed());
         match decision.chosen {
             Ok(i) => Ok(Routed {
                 worker: workers[i].clone(),
@@ -195,6 +228,71 @@ impl GatewayState {
             worker.mark_unhealthy();
         }
         hinted || status.code() == Code::Unavailable
+    }
+
+    /// Predicted quality per model: the prior, moved towards the feedback
+    /// received for the model (a Beta-style posterior mean with the prior
+    /// worth `feedback_prior_weight` scores).
+    fn predictions(
+        &self,
+        workers: &[&Arc<WorkerHandle>],
+        live: &LiveSnapshot,
+    ) -> HashMap<String, Prediction> {
+        let weight = self.config.telemetry.feedback_prior_weight;
+        let mut out = HashMap::new();
+        for w in workers {
+            if out.contains_key(&w.spec.name) {
+                continue;
+            }
+            let prior = w.spec.prior_quality();
+            let prediction = match live
+                .snapshot
+                .feedback
+                .get(&w.spec.name)
+                .filter(|f| f.count > 0.0)
+            {
+                Some(f) => Prediction {
+                    quality: (prior * weight + f.sum) / (weight + f.count),
+                    source: "prior+feedback",
+                },
+                None => Prediction {
+                    quality: prior,
+                    source: "prior",
+                },
+            };
+            out.insert(w.spec.name.clone(), prediction);
+        }
+        out
+    }
+
+    /// Records one call at one worker, off the request path.
+    fn record(
+        &self,
+        req: &ValidRequest,
+        worker: &WorkerHandle,
+        outcome: Outcome,
+        usage: Option<&Usage>,
+        started: Instant,
+    ) {
+        let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let usage = usage.cloned().unwrap_or_default();
+        self.recorder.record(RequestRecord {
+            at_ms: routemesh_telemetry::record::now_ms(),
+            tenant: req.tenant.clone(),
+            model: worker.record.model.clone(),
+            worker_id: worker.record.id.clone(),
+            outcome,
+            // Measured at the gateway: what the client sees, queueing included.
+            ttft_ms: if outcome == Outcome::Ok {
+                usage.time_to_first_token_ms.max(0.0) + (elapsed_ms - usage.total_time_ms).max(0.0)
+            } else {
+                0.0
+            },
+            total_ms: elapsed_ms,
+            prompt_tokens: usage.prompt_tokens,
+            completion_tokens: usage.completion_tokens,
+            cost_usd: usage.cost_usd,
+        });
     }
 
     fn remember(&self, req: &ValidRequest, worker: &WorkerHandle) {
@@ -273,16 +371,21 @@ impl Gateway for GatewayService {
                 .route(&req, &snapshot, &excluded)
                 .map_err(|e| last_failure.take().unwrap_or(e))?;
             let _in_flight = worker.begin();
-            let remaining = deadline.saturating_duration_since(Instant::now());
+            let started = Instant::now();
+            let remaining = deadline.saturating_duration_since(started);
             let mut client = worker.client.clone();
             let call = client.generate(state.worker_request(&req, &worker, remaining));
             let result = match tokio::time::timeout(remaining, call).await {
                 Ok(result) => result,
-                Err(_) => return Err(GatewayError::Deadline(budget).into()),
+                Err(_) => {
+                    state.record(&req, &worker, Outcome::Timeout, None, started);
+                    return Err(GatewayError::Deadline(budget).into());
+                }
             };
             match result {
                 Ok(response) => {
                     let done = response.into_inner();
+                    state.record(&req, &worker, Outcome::Ok, done.usage.as_ref(), started);
                     state.remember(&req, &worker);
                     let message = GenerateResponse {
                         request_id: req.request_id.clone(),
@@ -295,6 +398,7 @@ impl Gateway for GatewayService {
                 }
                 Err(status) => {
                     let status = connection_lost(status);
+                    state.record(&req, &worker, outcome_of(&status), None, started);
                     let retry = GatewayState::should_fail_over(&worker, &status);
                     let attempts = excluded.len() as u32 + 1;
                     if retry && attempts < state.config.max_attempts {
@@ -338,7 +442,7 @@ impl Gateway for GatewayService {
         let mut excluded = Vec::new();
         // After a failover, running out of workers reports the real failure.
         let mut last_failure: Option<GatewayError> = None;
-        let (worker, explanation, in_flight, mut upstream, first) = loop {
+        let (worker, explanation, in_flight, mut upstream, first, started) = loop {
             let Routed {
                 worker,
                 explanation,
@@ -346,7 +450,8 @@ impl Gateway for GatewayService {
                 .route(&req, &snapshot, &excluded)
                 .map_err(|e| last_failure.take().unwrap_or(e))?;
             let in_flight = worker.begin();
-            let remaining = deadline.saturating_duration_since(Instant::now());
+            let started = Instant::now();
+            let remaining = deadline.saturating_duration_since(started);
             let opened = tokio::time::timeout(remaining, async {
                 let mut upstream = worker
                     .client
@@ -358,10 +463,13 @@ impl Gateway for GatewayService {
                 Ok::<_, Status>((upstream, first))
             })
             .await
-            .map_err(|_| Status::from(GatewayError::Deadline(budget)))?;
+            .map_err(|_| {
+                state.record(&req, &worker, Outcome::Timeout, None, started);
+                Status::from(GatewayError::Deadline(budget))
+            })?;
             match opened {
                 Ok((upstream, Some(first))) => {
-                    break (worker, explanation, in_flight, upstream, first);
+                    break (worker, explanation, in_flight, upstream, first, started);
                 }
                 Ok((_, None)) => {
                     let status = Status::internal("worker closed the stream without an event");
@@ -373,6 +481,7 @@ impl Gateway for GatewayService {
                 }
                 Err(status) => {
                     let status = connection_lost(status);
+                    state.record(&req, &worker, outcome_of(&status), None, started);
                     let retry = GatewayState::should_fail_over(&worker, &status);
                     if retry && (excluded.len() as u32 + 1) < state.config.max_attempts {
                         tracing::info!(worker = %worker.record.id, %status, "failing over before the first token");
@@ -417,6 +526,7 @@ impl Gateway for GatewayService {
                         let remaining = deadline.saturating_duration_since(Instant::now());
                         match tokio::time::timeout(remaining, upstream.message()).await {
                             Err(_) => {
+                                state.record(&req, &worker, Outcome::Timeout, None, started);
                                 let _ = tx.send(Err(GatewayError::Deadline(budget).into())).await;
                                 return;
                             }
@@ -435,11 +545,11 @@ impl Gateway for GatewayService {
                                 return;
                             }
                             Ok(Err(status)) => {
-                                if status.code() == Code::Unavailable
-                                    || status.code() == Code::Unknown
-                                {
+                                let status = connection_lost(status);
+                                if status.code() == Code::Unavailable {
                                     worker.mark_unhealthy();
                                 }
+                                state.record(&req, &worker, outcome_of(&status), None, started);
                                 let status = Status::new(
                                     status.code(),
                                     format!(
@@ -471,6 +581,7 @@ impl Gateway for GatewayService {
                         }
                     }
                     Some(worker_stream_event::Event::End(end)) => {
+                        state.record(&req, &worker, Outcome::Ok, end.usage.as_ref(), started);
                         state.remember(&req, &worker);
                         let end = StreamEnd {
                             finish_reason: end.finish_reason,
@@ -524,12 +635,13 @@ impl Gateway for GatewayService {
             model: served.model.clone(),
             worker_id: served.worker_id.clone(),
         };
-        self.state.recent.record_feedback(FeedbackRecord {
-            request_id,
-            served,
+        self.state.recorder.feedback(FeedbackEvent {
+            at_ms: routemesh_telemetry::record::now_ms(),
+            model: served.model.clone(),
+            region: String::new(),
             score,
-            comment,
         });
+
         Ok(Response::new(response))
     }
 

@@ -9,6 +9,8 @@ use routemesh_worker::{
     MemoryRegistry, RedisRegistry, Registry, RunningWorker, WorkerRecord, start_worker,
 };
 
+use routemesh_telemetry::{RedisStore, Telemetry};
+
 use crate::config::Config;
 use crate::server::{RunningGateway, ServeError, start_gateway};
 
@@ -18,6 +20,8 @@ pub enum UpError {
     Registry(#[from] RegistryError),
     #[error("worker {index}: {source}")]
     Worker { index: usize, source: WorkerError },
+    #[error("telemetry: {0}")]
+    Telemetry(#[from] routemesh_telemetry::StoreError),
     #[error("gateway: {0}")]
     Gateway(#[from] ServeError),
 }
@@ -43,6 +47,17 @@ pub async fn connect_registry(config: &Config) -> Result<Arc<dyn Registry>, UpEr
         )),
         Some(r) => Arc::new(RedisRegistry::connect(&r.url, &r.mesh).await?),
     })
+}
+
+/// The telemetry store every replica shares: Redis when the registry is.
+pub async fn shared_telemetry(config: &Config) -> Result<Option<Telemetry>, UpError> {
+    match &config.registry.redis {
+        None => Ok(None),
+        Some(r) => {
+            let store = RedisStore::connect(&r.url, &r.mesh).await?;
+            Ok(Some(Telemetry::new(Arc::new(store))))
+        }
+    }
 }
 
 /// What a running `routemesh` process serves.
@@ -73,7 +88,14 @@ impl Mesh {
             }
         }
         if with_gateway {
-            match start_gateway(config.gateway.clone(), registry).await {
+            let telemetry = match shared_telemetry(config).await {
+                Ok(t) => t,
+                Err(e) => {
+                    mesh.shutdown().await;
+                    return Err(e);
+                }
+            };
+            match start_gateway(config.gateway.clone(), registry, telemetry).await {
                 Ok(g) => mesh.gateway = Some(g),
                 Err(e) => {
                     mesh.shutdown().await;

@@ -86,7 +86,7 @@ pub struct Recorder {
     live: Arc<RwLock<LiveSnapshot>>,
     pub stats: Arc<RecorderStats>,
     stop: CancellationToken,
-    task: JoinHandle<()>,
+    task: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Recorder {
@@ -119,7 +119,7 @@ impl Recorder {
             live,
             stats,
             stop,
-            task,
+            task: std::sync::Mutex::new(Some(task)),
         }
     }
 
@@ -155,9 +155,12 @@ impl Recorder {
     }
 
     /// Flushes what is pending (bounded by a short grace) and stops.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(&self) {
         self.stop.cancel();
-        let _ = self.task.await;
+        let task = self.task.lock().ok().and_then(|mut t| t.take());
+        if let Some(task) = task {
+            let _ = task.await;
+        }
     }
 }
 
