@@ -96,10 +96,12 @@ impl WorkerHandle {
         let reported_speed = engine
             .filter(|e| e.tokens_per_second_p50 > 0.0)
             .map(|e| (e.time_to_first_token_ms_p50, e.tokens_per_second_p50));
+        let observed_latency = observed.and_then(|o| o.latency_ms_p50);
         let (ttft_ms_p50, tokens_per_second_p50, latency_source) =
             match (telemetry_speed, reported_speed) {
                 (Some((ttft, tps)), _) => (ttft, tps, "telemetry"),
                 (None, Some((ttft, tps))) => (ttft, tps, "load-report"),
+                (None, None) if observed_latency.is_some() => (0.0, 0.0, "telemetry"),
                 (None, None) => (0.0, 0.0, "unknown"),
             };
         WorkerView {
@@ -115,6 +117,7 @@ impl WorkerHandle {
             tokens_per_second_p50,
             latency_source,
             error_rate: observed.map_or(0.0, |o| o.error_rate),
+            observed_latency_ms_p50: observed_latency,
         }
     }
 

@@ -87,6 +87,9 @@ pub struct WorkerView<'a> {
     pub latency_source: &'static str,
     /// Share of recent requests that failed at this worker, in [0, 1].
     pub error_rate: f64,
+    /// Observed median end-to-end latency, used when the speed figures are
+    /// unknown (e.g. an engine that only answers unary calls).
+    pub observed_latency_ms_p50: Option<f64>,
 }
 
 impl WorkerView<'_> {
@@ -104,11 +107,11 @@ impl WorkerView<'_> {
     /// Expected end-to-end latency of a request producing `completion_tokens`,
     /// or `None` when the worker has not reported its speed yet.
     pub fn expected_latency_ms(&self, completion_tokens: u32) -> Option<f64> {
-        if self.tokens_per_second_p50 <= 0.0 {
-            return None;
-        }
-        let service =
-            self.ttft_ms_p50 + f64::from(completion_tokens) * 1000.0 / self.tokens_per_second_p50;
+        let service = if self.tokens_per_second_p50 > 0.0 {
+            self.ttft_ms_p50 + f64::from(completion_tokens) * 1000.0 / self.tokens_per_second_p50
+        } else {
+            self.observed_latency_ms_p50?
+        };
         // Requests beyond the slots wait for roughly one service time per slot-load.
         let queueing = (self.load() - 1.0).max(0.0) * service;
         Some(service + queueing)
@@ -461,6 +464,7 @@ mod tests {
             tokens_per_second_p50: 0.0,
             latency_source: "unknown",
             error_rate: 0.0,
+            observed_latency_ms_p50: None,
         }
     }
 

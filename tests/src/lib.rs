@@ -294,8 +294,14 @@ pub fn sim_worker_yaml(
 
 /// YAML for a gateway with fast discovery (tests should not wait seconds).
 pub fn gateway_yaml(redis: Option<(&str, &str)>) -> String {
+    gateway_yaml_with(redis, "")
+}
+
+/// [`gateway_yaml`] plus more `gateway:` keys (each line indented by two
+/// spaces), with telemetry fast enough for tests to see adaptation.
+pub fn gateway_yaml_with(redis: Option<(&str, &str)>, extra: &str) -> String {
     format!(
-        "{}gateway:\n  listen: 127.0.0.1:0\n  http_listen: 127.0.0.1:0\n  discovery_interval: 100ms\n  load_interval: 100ms\n  request_timeout: 20s\n  drain_grace: 5s\n",
+        "{}gateway:\n  listen: 127.0.0.1:0\n  http_listen: 127.0.0.1:0\n  discovery_interval: 100ms\n  load_interval: 100ms\n  request_timeout: 20s\n  drain_grace: 5s\n  telemetry: {{window: 10s, snapshot_interval: 100ms, flush_interval: 20ms, min_requests: 3}}\n{extra}",
         registry_yaml(redis)
     )
 }

@@ -178,16 +178,20 @@ impl Worker for WorkerService {
             .acquire()
             .await
             .map_err(|e| overloaded_status(&e))?;
+        let engine_start = Instant::now();
         match state.backend.generate(input).await {
             Ok(done) => {
                 let total = ms_since(start);
-                // A unary engine call has no first token of its own: the whole
-                // completion arrives at once.
-                state.record_success(total, total, done.usage.completion_tokens);
+                // Without the engine's word, the whole completion arrived at
+                // once: its first token came when everything did.
+                let ttft = done.time_to_first_token.map_or(total, |t| {
+                    (engine_start - start).as_secs_f64() * 1000.0 + t.as_secs_f64() * 1000.0
+                });
+                state.record_success(ttft, total, done.usage.completion_tokens);
                 Ok(Response::new(WorkerGenerateResponse {
                     text: done.text,
                     finish_reason: done.finish_reason as i32,
-                    usage: Some(state.usage(&done.usage, total, total)),
+                    usage: Some(state.usage(&done.usage, ttft, total)),
                 }))
             }
             Err(e) => {

@@ -61,6 +61,9 @@ pub struct Completion {
     pub text: String,
     pub finish_reason: FinishReason,
     pub usage: EngineUsage,
+    /// When the first token was produced, for engines that know it even on a
+    /// unary call; `None` when the whole completion arrived at once.
+    pub time_to_first_token: Option<std::time::Duration>,
 }
 
 /// One event of a streamed completion.

@@ -267,6 +267,7 @@ impl Backend for OpenAiBackend {
             finish_reason: finish_reason(choice.finish_reason.as_deref()),
             text,
             usage,
+            time_to_first_token: None,
         })
     }
 

@@ -314,11 +314,16 @@ impl Backend for SimBackend {
     }
 
     async fn generate(&self, input: GenerateInput) -> Result<Completion, EngineError> {
+        let start = Instant::now();
         let mut stream = self.stream(input).await?;
         let mut text = String::new();
+        let mut first = None;
         while let Some(event) = stream.next().await {
             match event? {
-                EngineEvent::Delta(piece) => text.push_str(&piece),
+                EngineEvent::Delta(piece) => {
+                    first.get_or_insert_with(|| start.elapsed());
+                    text.push_str(&piece);
+                }
                 EngineEvent::End {
                     finish_reason,
                     usage,
@@ -327,6 +332,7 @@ impl Backend for SimBackend {
                         text,
                         finish_reason,
                         usage,
+                        time_to_first_token: first,
                     });
                 }
             }
