@@ -118,6 +118,11 @@ pub struct GatewayConfig {
     /// How often the registry is read for joining and leaving workers.
     #[serde(default = "default_discovery_interval", with = "humantime_serde")]
     pub discovery_interval: Duration,
+    /// How long a worker that still answers stays in the pool after the
+    /// registry stops listing it (a restarted Redis loses registrations until
+    /// the workers' next heartbeat).
+    #[serde(default = "default_missing_worker_grace", with = "humantime_serde")]
+    pub missing_worker_grace: Duration,
     /// How often each worker is asked for its load (also its health check).
     #[serde(default = "default_load_interval", with = "humantime_serde")]
     pub load_interval: Duration,
@@ -256,6 +261,9 @@ fn default_max_messages() -> usize {
 }
 fn default_discovery_interval() -> Duration {
     Duration::from_secs(1)
+}
+fn default_missing_worker_grace() -> Duration {
+    Duration::from_secs(10)
 }
 fn default_load_interval() -> Duration {
     Duration::from_millis(500)

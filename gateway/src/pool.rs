@@ -24,6 +24,9 @@ pub struct WorkerHandle {
     in_flight: AtomicU32,
     healthy: AtomicBool,
     last_load: Mutex<Option<LoadReport>>,
+    /// Since when the registry stopped listing this worker (while it still
+    /// answers); `None` while listed.
+    missing_since: Mutex<Option<std::time::Instant>>,
 }
 
 /// Counts a request against a worker while it lives.
@@ -60,6 +63,7 @@ impl WorkerHandle {
             // Healthy until a load check says otherwise: it just registered.
             healthy: AtomicBool::new(true),
             last_load: Mutex::new(None),
+            missing_since: Mutex::new(None),
         })
     }
 
@@ -151,6 +155,7 @@ pub struct Pool {
     workers: RwLock<Snapshot>,
     registry: Arc<dyn Registry>,
     load_timeout: Duration,
+    missing_grace: Duration,
 }
 
 impl std::fmt::Debug for Pool {
@@ -162,11 +167,20 @@ impl std::fmt::Debug for Pool {
 }
 
 impl Pool {
-    pub fn new(registry: Arc<dyn Registry>, load_timeout: Duration) -> Arc<Self> {
+    /// `missing_grace`: how long a worker that still answers its load checks
+    /// stays in the pool after the registry stops listing it, so a registry
+    /// that lost its data (a restarted Redis) does not empty the pool before
+    /// the workers' next heartbeat.
+    pub fn new(
+        registry: Arc<dyn Registry>,
+        load_timeout: Duration,
+        missing_grace: Duration,
+    ) -> Arc<Self> {
         Arc::new(Self {
             workers: RwLock::new(Arc::new(Vec::new())),
             registry,
             load_timeout,
+            missing_grace,
         })
     }
 
@@ -190,7 +204,12 @@ impl Pool {
         let mut joined = Vec::new();
         for record in records {
             match current.iter().find(|w| w.record == record) {
-                Some(existing) => next.push(existing.clone()),
+                Some(existing) => {
+                    if let Ok(mut missing) = existing.missing_since.lock() {
+                        *missing = None;
+                    }
+                    next.push(existing.clone());
+                }
                 None => match WorkerHandle::new(record) {
                     Ok(handle) => {
                         let handle = Arc::new(handle);
@@ -201,10 +220,29 @@ impl Pool {
                 },
             }
         }
+        // Unlisted workers that still answer stay for a grace period;
+        // draining or unreachable ones leave at once.
+        let now = std::time::Instant::now();
+        for w in current.iter() {
+            if next.iter().any(|n| n.record.id == w.record.id) || !w.healthy() {
+                continue;
+            }
+            let Ok(mut missing) = w.missing_since.lock() else {
+                continue;
+            };
+            if now.duration_since(*missing.get_or_insert(now)) < self.missing_grace {
+                next.push(w.clone());
+            }
+        }
         // Check newcomers before they take traffic, so a dead registration
         // never receives a request.
         futures::future::join_all(joined.iter().map(|w| w.check_load(self.load_timeout))).await;
-        let changed = next.len() != current.len() || !joined.is_empty();
+        let changed = next.len() != current.len()
+            || !joined.is_empty()
+            || next
+                .iter()
+                .zip(current.iter())
+                .any(|(a, b)| !Arc::ptr_eq(a, b));
         if changed {
             for w in &joined {
                 tracing::info!(worker = %w.record.id, model = %w.record.model, endpoint = %w.record.endpoint, "worker joined");

@@ -103,6 +103,7 @@ pub async fn start_gateway(
     let pool = Pool::new(
         registry,
         config.load_interval.max(Duration::from_millis(200)),
+        config.missing_worker_grace,
     );
     // Know the pool before the first request arrives.
     pool.refresh().await;

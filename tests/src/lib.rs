@@ -97,7 +97,11 @@ pub struct OwnRedis {
 
 impl OwnRedis {
     pub fn start() -> anyhow::Result<Self> {
-        let port = free_port();
+        Self::start_on(free_port())
+    }
+
+    /// On a given port: to bring Redis back where clients expect it.
+    pub fn start_on(port: u16) -> anyhow::Result<Self> {
         let child = Command::new("redis-server")
             .args([
                 "--port",
@@ -112,6 +116,7 @@ impl OwnRedis {
             .stdout(Stdio::null())
             .spawn()
             .context("starting redis-server (Debian package redis-server)")?;
+        let redis = Self { port, child };
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             if Instant::now() > deadline {
@@ -119,7 +124,7 @@ impl OwnRedis {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        Ok(Self { port, child })
+        Ok(redis)
     }
 
     pub fn url(&self) -> String {
