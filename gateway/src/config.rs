@@ -147,6 +147,9 @@ pub struct GatewayConfig {
     /// Live telemetry: what is recorded, and how the router reads it.
     #[serde(default)]
     pub telemetry: TelemetryConfig,
+    /// Per-tenant settings, by tenant name.
+    #[serde(default)]
+    pub tenants: std::collections::HashMap<String, crate::tenants::TenantConfig>,
 }
 
 /// Telemetry is shared through `registry.redis` when that is set, and kept in
@@ -369,6 +372,16 @@ impl Config {
                 "telemetry.window",
                 format!("{:?} must be between 10s and 1h", g.telemetry.window),
             );
+        }
+        for (name, t) in &g.tenants {
+            if let Some(target) = t.target_cost_per_request_usd
+                && !(target.is_finite() && target > 0.0)
+            {
+                return bad(
+                    &format!("tenants.{name}.target_cost_per_request_usd"),
+                    format!("{target} must be a positive number"),
+                );
+            }
         }
         if g.max_attempts == 0 {
             return bad("max_attempts", "must be at least 1".into());

@@ -9,6 +9,7 @@ pub mod pool;
 pub mod recent;
 pub mod server;
 pub mod service;
+pub mod tenants;
 pub mod up;
 pub mod validate;
 

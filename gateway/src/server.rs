@@ -20,6 +20,7 @@ use crate::config::GatewayConfig;
 use crate::pool::Pool;
 use crate::recent::Recent;
 use crate::service::{GatewayService, GatewayState};
+use crate::tenants::CostTargets;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -119,6 +120,7 @@ pub async fn start_gateway(
         policy: policy(&config),
         recent: Recent::new(config.feedback_window),
         recorder: Recorder::start(shared_telemetry, config.telemetry.recorder()),
+        cost_targets: CostTargets::new(&config.tenants, config.cost_weight),
         config: config.clone(),
     });
     let (health, health_service) = tonic_health::server::health_reporter();

@@ -22,6 +22,7 @@ use crate::config::GatewayConfig;
 use crate::error::GatewayError;
 use crate::pool::{Pool, Snapshot, WorkerHandle};
 use crate::recent::{Recent, Served};
+use crate::tenants::CostTargets;
 use crate::validate::{ValidRequest, tier_to_wire, validate};
 
 pub struct GatewayState {
@@ -30,6 +31,7 @@ pub struct GatewayState {
     pub config: GatewayConfig,
     pub recent: Recent,
     pub recorder: Recorder,
+    pub cost_targets: CostTargets,
 }
 
 impl std::fmt::Debug for GatewayState {
@@ -171,7 +173,7 @@ impl GatewayState {
             hints: &req.hints,
             pinned_model: req.pinned_model.as_deref(),
             predicted_quality: Some(&predictions),
-            cost_weight: None,
+            cost_weight: self.cost_targets.cost_weight(&req.tenant),
         };
         let decision = self.policy.decide(&input, &views);
         let explanation = explain(&req.request_id, &decision, &live, start.elapsed());
@@ -276,6 +278,9 @@ impl GatewayState {
     ) {
         let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
         let usage = usage.cloned().unwrap_or_default();
+        if outcome == Outcome::Ok {
+            self.cost_targets.observe(&req.tenant, usage.cost_usd);
+        }
         self.recorder.record(RequestRecord {
             at_ms: routemesh_telemetry::record::now_ms(),
             tenant: req.tenant.clone(),

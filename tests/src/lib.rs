@@ -281,6 +281,20 @@ fn signal(pid: u32, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs a one-shot `routemesh` command with `yaml` as its `--config`.
+pub fn run_cli(args: &[&str], yaml: &str) -> std::process::Output {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let config = dir.path().join("config.yaml");
+    std::fs::write(&config, yaml).expect("config written");
+    Command::new(routemesh_bin())
+        .args(args)
+        .arg("--config")
+        .arg(&config)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("routemesh runs")
+}
+
 /// YAML for one sim worker announcing to `redis_url`/`mesh`.
 pub fn sim_worker_yaml(
     redis: Option<(&str, &str)>,
