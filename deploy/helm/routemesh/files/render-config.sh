@@ -9,6 +9,7 @@
 #   POD_IP, POD_NAME   from the downward API
 #   POD_HOST           POD_IP, bracketed when it is IPv6 (for URLs)
 #   REDIS_URL          from redis.external.existingSecret, when set
+#   AUTH_KEYS          from auth.existingSecret (a JSON list), when set
 # The result goes to $OUT, an emptyDir in memory, and `routemesh check-config`
 # fails the pod at once, naming the key, if routemesh would reject it.
 set -eu
@@ -30,7 +31,9 @@ awk '
       printf "render-config: line %d uses @@%s@@ but $%s is not set\n", NR, name, name > "/dev/stderr"
       exit 2
     }
-    out = out substr(rest, 1, RSTART - 1) ENVIRON[name]
+    value = ENVIRON[name]
+    gsub(/[\r\n]+/, " ", value)  # a multi-line Secret (JSON) stays on its line
+    out = out substr(rest, 1, RSTART - 1) value
     rest = substr(rest, RSTART + RLENGTH)
   }
   print out rest

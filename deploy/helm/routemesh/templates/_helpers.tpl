@@ -103,6 +103,13 @@ redis://{{ include "routemesh.redisName" . }}:{{ $r.trial.port }}/0
   valueFrom:
     fieldRef:
       fieldPath: metadata.name
+{{- if .Values.auth.existingSecret }}
+- name: AUTH_KEYS
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.auth.existingSecret }}
+      key: {{ .Values.auth.secretKey }}
+{{- end }}
 {{- with .Values.redis.external.existingSecret }}
 {{- if .name }}
 - name: REDIS_URL
@@ -142,10 +149,26 @@ The gateway's routemesh configuration (ConfigMap data; may hold @@REDIS_URL@@).
 {{- $gw := deepCopy $g.config -}}
 {{- $_ := set $gw "listen" (printf "0.0.0.0:%d" (int $g.ports.grpc)) -}}
 {{- $_ := set $gw "drain_grace" (printf "%ds" (int $g.drainGraceSeconds)) -}}
+{{- if $g.ports.http.enabled -}}
+{{- $_ := set $gw "http_listen" (printf "0.0.0.0:%d" (int $g.ports.http.port)) -}}
+{{- else -}}
+{{- $_ := set $gw "http_listen" nil -}}
+{{- end -}}
+{{- /* No config key for the metrics port yet: it comes with the observability issue. */ -}}
+{{- $a := .Values.auth -}}
+{{- if and $a.keys $a.existingSecret -}}
+{{- fail "auth: give auth.keys or auth.existingSecret, not both" -}}
+{{- end -}}
+{{- if $a.existingSecret -}}
+{{- $_ := set $gw "auth" (dict "keys" "@@AUTH_KEYS@@") -}}
+{{- else if $a.keys -}}
+{{- $_ := set $gw "auth" (dict "keys" $a.keys) -}}
+{{- end -}}
 {{- $cfg := dict "registry" (dict "redis" (dict "url" (include "routemesh.redisUrl" .) "mesh" .Values.mesh)) "gateway" $gw -}}
 # routemesh gateway configuration, rendered by the Helm chart.
 # Placeholders between @@ marks are filled in at pod start by render-config.sh.
-{{ toYaml $cfg }}
+{{- /* AUTH_KEYS is a JSON list (YAML flow): unquoted, it becomes the list itself. */}}
+{{ toYaml $cfg | replace "'@@AUTH_KEYS@@'" "@@AUTH_KEYS@@" }}
 {{- end }}
 
 {{/* A pool's keys over workerDefaults: call with (dict "root" $ "pool" $pool); returns YAML. */}}
@@ -167,8 +190,8 @@ advertises the pod IP, both filled in at pod start.
 {{- $_ := set $w "listen" (printf "0.0.0.0:%d" (int $p.agentPort)) -}}
 {{- $_ := set $w "advertise" (printf "http://@@POD_HOST@@:%d" (int $p.agentPort)) -}}
 {{- $_ := set $w "drain_grace" (printf "%ds" (int $p.drainGraceSeconds)) -}}
-{{- if $p.sim -}}
-{{- $_ := set $w "backend" (dict "sim" $p.sim) -}}
+{{- if hasKey $p "sim" -}}
+{{- $_ := set $w "backend" (dict "sim" (default dict $p.sim)) -}}
 {{- else -}}
 {{- $o := deepCopy (default dict $p.openai) -}}
 {{- $secret := get $o "apiKeySecret" -}}
