@@ -43,6 +43,7 @@ SCENARIOS = {
     "gateway-only": CHART / "ci" / "gateway-only-values.yaml",
 }
 CRD_GROUPS = ("monitoring.coreos.com/",)
+LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
 
 
 def load_values(path):
@@ -145,6 +146,30 @@ def test_objects_validate_strictly_against_kubernetes(name):
     assert not failures, "\n".join(failures)
 
 
+def test_the_validator_is_strict():
+    """Guards the guard: a misspelt nested field and a wrong type fail validation."""
+    _, objs = scenario("default")
+    gw = json.loads(json.dumps(one(objs, "Deployment", "rm-routemesh-gateway")))
+    kubernetes_validate.validate(gw, KUBE_VERSION, strict=True)
+    bad = json.loads(json.dumps(gw))
+    bad["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["grpc"]["serviceName"] = "x"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(bad, KUBE_VERSION, strict=True)
+    bad = json.loads(json.dumps(gw))
+    bad["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = "35s"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(bad, KUBE_VERSION, strict=True)
+
+
+def test_odd_model_names_make_valid_labels():
+    objs = objects_of(render({"workerPools": [{"name": "ollama", "replicas": 1, "model": "org/llama3:70b-q4", "tier": "large", "sim": {}}]}))
+    d = one(objs, "Deployment", "rm-routemesh-worker-ollama")
+    assert d["metadata"]["labels"]["routemesh.io/model"] == "org_llama3_70b-q4"
+    for obj in objs:
+        if not obj["apiVersion"].startswith(CRD_GROUPS):
+            kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
+
+
 @pytest.mark.parametrize("name", SCENARIOS)
 def test_standard_labels_and_names(name):
     _, objs = scenario(name)
@@ -156,6 +181,9 @@ def test_standard_labels_and_names(name):
                     "app.kubernetes.io/managed-by", "helm.sh/chart"):
             assert key in labels, f"{obj['kind']}/{meta['name']} lacks label {key}"
         assert len(meta["name"]) <= 63 and re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", meta["name"]), meta["name"]
+        pod_labels = obj["spec"]["template"]["metadata"]["labels"] if obj["kind"] in ("Deployment", "StatefulSet") else {}
+        for k, v in {**labels, **pod_labels}.items():
+            assert isinstance(v, str) and LABEL_VALUE.fullmatch(v), f"{obj['kind']}/{meta['name']}: label {k}={v!r}"
         key = (obj["kind"], meta.get("namespace"), meta["name"])
         assert key not in names, f"{key} rendered twice"
         names.add(key)
@@ -512,20 +540,44 @@ def test_invalid_values_are_rejected_naming_the_key(path, expected):
 # --- golden files ----------------------------------------------------------
 
 
+def golden_texts(name) -> dict[str, str]:
+    """What `helm template` would print (manifests only, valid multi-document
+    YAML), and NOTES.txt apart."""
+    rendered, _ = scenario(name)
+    manifests = "".join(f"---\n# Source: {path}\n{rendered[path].strip()}\n"
+                        for path in sorted(rendered) if rendered[path].strip() and not path.endswith("NOTES.txt"))
+    notes = next(text for path, text in rendered.items() if path.endswith("NOTES.txt"))
+    return {f"{name}.yaml": manifests, f"{name}.NOTES.txt": notes}
+
+
 @pytest.mark.parametrize("name", SCENARIOS)
 def test_golden(name):
-    rendered, _ = scenario(name)
-    text = "".join(f"# Source: {path}\n{rendered[path].strip()}\n---\n" for path in sorted(rendered) if rendered[path].strip())
-    golden = GOLDEN / f"{name}.yaml"
-    if os.environ.get("UPDATE_GOLDEN") == "1" or not golden.exists():
-        if os.environ.get("CI") == "true" and not golden.exists():
-            pytest.fail(f"{golden} is missing: run UPDATE_GOLDEN=1 pytest {__file__} and commit it")
-        golden.parent.mkdir(parents=True, exist_ok=True)
-        golden.write_text(text)
-    assert text == golden.read_text(), (
-        f"the rendered chart differs from {golden.relative_to(ROOT)}; if the change is intended, "
-        f"rewrite it with UPDATE_GOLDEN=1 and review the diff"
-    )
+    for fname, text in golden_texts(name).items():
+        golden = GOLDEN / fname
+        if os.environ.get("UPDATE_GOLDEN") == "1" or not golden.exists():
+            if os.environ.get("CI") == "true" and not golden.exists():
+                pytest.fail(f"{golden} is missing: run UPDATE_GOLDEN=1 pytest {__file__} and commit it")
+            golden.parent.mkdir(parents=True, exist_ok=True)
+            golden.write_text(text)
+        assert text == golden.read_text(), (
+            f"the rendered chart differs from {golden.relative_to(ROOT)}; if the change is intended, "
+            f"rewrite it with UPDATE_GOLDEN=1 and review the diff"
+        )
+
+
+@pytest.mark.parametrize("name", SCENARIOS)
+def test_kubernetes_validate_cli_on_golden_files(name):
+    """The CLI as an operator would run it on `helm template` output."""
+    cli = pathlib.Path(sys.executable).with_name("kubernetes-validate")
+    result = subprocess.run([str(cli), "--strict", "-k", KUBE_VERSION, str(GOLDEN / f"{name}.yaml")],
+                            capture_output=True, text=True, timeout=120)
+    lines = [l for l in result.stdout.splitlines() if l.strip()]
+    # CRs it has no schema for are warned about; every other object must pass.
+    bad = [l for l in lines if not l.startswith("INFO") and not (l.startswith("WARN") and "monitoring.coreos.com" in l)]
+    assert result.returncode == 0 and not bad, result.stdout + result.stderr
+    objs = scenario(name)[1]
+    crs = sum(o["apiVersion"].startswith(CRD_GROUPS) for o in objs)
+    assert sum(l.startswith("INFO") for l in lines) == len(objs) - crs, result.stdout
 
 
 # --- the tools themselves --------------------------------------------------
