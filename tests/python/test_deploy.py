@@ -389,6 +389,31 @@ def test_gateway_pods_are_probed_over_grpc_and_locked_down():
     assert {p["name"] for p in svc["spec"]["ports"]} == {"grpc", "http", "metrics"}
 
 
+@pytest.mark.parametrize("name", SCENARIOS)
+def test_pods_meet_the_restricted_pod_security_standard(name):
+    """Every pod but GPU pools' (whose engine image picks its own user) meets
+    Kubernetes' `restricted` Pod Security Standard; agents do everywhere."""
+    _, objs = scenario(name)
+    for w in find(objs, "Deployment") + find(objs, "StatefulSet"):
+        spec = pod_spec(w)
+        pod_sc = spec.get("securityContext", {})
+        assert pod_sc.get("seccompProfile", {}).get("type") == "RuntimeDefault"
+        for c in containers(w) + containers(w, init=True):
+            if c["name"] == "engine":
+                assert c["securityContext"].get("allowPrivilegeEscalation") is False
+                continue
+            sc = c["securityContext"]
+            where = f"{w['metadata']['name']}/{c['name']}"
+            assert sc["allowPrivilegeEscalation"] is False, where
+            assert sc["capabilities"]["drop"] == ["ALL"] and not sc["capabilities"].get("add"), where
+            assert sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")) is True, where
+            assert sc.get("runAsUser", pod_sc.get("runAsUser")) != 0, where
+            assert sc["readOnlyRootFilesystem"] is True, where
+            assert not sc.get("privileged"), where
+        assert not spec.get("hostNetwork") and not spec.get("hostPID") and not spec.get("hostIPC")
+        assert all("hostPath" not in v for v in spec.get("volumes", []))
+
+
 def test_default_install_is_a_self_contained_trial():
     _, objs = scenario("default")
     assert one(objs, "StatefulSet", "rm-routemesh-redis")
