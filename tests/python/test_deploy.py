@@ -517,6 +517,64 @@ def test_prometheus_operator_objects(name):
         assert {m["metadata"]["labels"].get("release") for m in (sm, rule)} == {"kube-prometheus-stack"}
 
 
+def test_prometheus_rules_with_promtool(tmp_path):
+    """promtool parses every expression and unit-tests the alerts on synthetic
+    kube-state-metrics series (Debian's `prometheus` package has promtool)."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool not found (Debian: apt-get install prometheus): PromQL not checked")
+    _, objs = scenario("production")
+    rule = one(objs, "PrometheusRule")
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
+    checked = subprocess.run([promtool, "check", "rules", str(tmp_path / "rules.yaml")], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    alerts = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"] if "alert" in r}
+
+    def expect(name, labels, **extra):
+        r = next(r for n, r in alerts.items() if n == name and all(r["labels"].get(k) == v for k, v in extra.items()))
+        return {"exp_labels": {**labels, **r["labels"]}, "exp_annotations": r.get("annotations", {})}
+
+    ksm = 'kube_deployment_{}{{namespace="routemesh", deployment="{}"}}'
+    gw, pool = "rm-routemesh-gateway", "rm-routemesh-worker-llama-70b"
+    gw_labels = {"namespace": "routemesh", "deployment": gw}
+    tests = {
+        "rule_files": ["rules.yaml"],
+        "evaluation_interval": "1m",
+        "tests": [
+            {   # the gateway loses one replica, then all
+                "interval": "1m",
+                "input_series": [
+                    {"series": ksm.format("spec_replicas", gw), "values": "3x40"},
+                    {"series": ksm.format("status_replicas_available", gw), "values": "3x4 2x15 0x20"},
+                ],
+                "alert_rule_test": [
+                    {"eval_time": "4m", "alertname": "RoutemeshGatewayReplicasUnavailable", "exp_alerts": []},
+                    {"eval_time": "17m", "alertname": "RoutemeshGatewayReplicasUnavailable",
+                     "exp_alerts": [expect("RoutemeshGatewayReplicasUnavailable", gw_labels)]},
+                    {"eval_time": "17m", "alertname": "RoutemeshGatewayDown", "exp_alerts": []},
+                    {"eval_time": "24m", "alertname": "RoutemeshGatewayDown",
+                     "exp_alerts": [expect("RoutemeshGatewayDown", gw_labels)]},
+                ],
+            },
+            {   # a pool with no pod fires; a pool scaled to zero on purpose does not
+                "interval": "1m",
+                "input_series": [
+                    {"series": ksm.format("spec_replicas", pool), "values": "2x20 0x20"},
+                    {"series": ksm.format("status_replicas_available", pool), "values": "0x40"},
+                ],
+                "alert_rule_test": [
+                    {"eval_time": "18m", "alertname": "RoutemeshWorkerPoolUnavailable",
+                     "exp_alerts": [expect("RoutemeshWorkerPoolUnavailable", {"namespace": "routemesh", "deployment": pool}, pool="llama-70b")]},
+                    {"eval_time": "38m", "alertname": "RoutemeshWorkerPoolUnavailable", "exp_alerts": []},
+                ],
+            },
+        ],
+    }
+    (tmp_path / "tests.yaml").write_text(yaml.safe_dump(tests))
+    result = subprocess.run([promtool, "test", "rules", "tests.yaml"], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 @pytest.mark.parametrize("name", ["production", "options"])
 def test_grafana_dashboard_configmap(name):
     _, objs = scenario(name)
