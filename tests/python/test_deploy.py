@@ -620,6 +620,26 @@ def test_invalid_values_are_rejected_naming_the_key(path, expected):
         assert any(expected in m["error"] for m in report["messages"] if m["severity"] >= 2), report
 
 
+def test_schema_is_draft7_and_a_second_validator_agrees():
+    """values.schema.json is plain draft-07 (Helm 3's validator and Helm 4's
+    both read it); Python's jsonschema must accept every valid values file and
+    reject every schema-invalid one, as Helm does."""
+    import jsonschema
+
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    jsonschema.Draft7Validator.check_schema(schema)
+    validator = jsonschema.Draft7Validator(schema)
+    with helm.Chart.load(CHART) as chart:
+        for name, path in SCENARIOS.items():
+            errors = [e.message for e in validator.iter_errors(chart.merge_values(load_values(path)))]
+            assert not errors, (name, errors)
+        for param in invalid_cases():
+            path, expected = param.values
+            if expected.startswith("at '/"):  # a schema error, not a template's `fail`
+                merged = chart.merge_values(load_values(path))
+                assert list(validator.iter_errors(merged)), f"{path.name}: Python's jsonschema accepts it"
+
+
 # --- golden files ----------------------------------------------------------
 
 
