@@ -233,6 +233,9 @@ def render_config(script: str, template: str, env: dict) -> subprocess.Completed
     try:
         (work / "bin").mkdir()
         os.symlink(routemesh_bin(), work / "bin" / "routemesh")
+        # debian-slim, the images' base, has mawk as its only awk: use it when here.
+        if shutil.which("mawk"):
+            os.symlink(shutil.which("mawk"), work / "bin" / "awk")
         (work / "render-config.sh").write_text(script)
         (work / "template.yaml").write_text(template)
         full_env = {**env, "PATH": f"{work / 'bin'}:/usr/bin:/bin", "TEMPLATE": str(work / "template.yaml"),
