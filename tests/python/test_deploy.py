@@ -686,6 +686,21 @@ def test_kubernetes_validate_cli_on_golden_files(name):
     assert sum(l.startswith("INFO") for l in lines) == len(objs) - crs, result.stdout
 
 
+def test_packaged_chart_renders_the_same(tmp_path):
+    """`helm package` keeps templates, files and dashboards, drops tests/ and
+    ci/ (.helmignore), and the archive renders exactly like the directory."""
+    import tarfile
+
+    archive = helm.package(CHART, destination=tmp_path)
+    names = set(tarfile.open(archive).getnames())
+    assert {"routemesh/files/render-config.sh", "routemesh/dashboards/routemesh-overview.json",
+            "routemesh/values.schema.json"} <= names
+    assert not [n for n in names if n.startswith(("routemesh/tests/", "routemesh/ci/"))], names
+    values = load_values(SCENARIOS["production"])
+    with helm.Chart.load_archive(pathlib.Path(archive).read_bytes()) as packaged:
+        assert packaged.render(values, name=RELEASE, namespace=NAMESPACE) == scenario("production")[0]
+
+
 # --- the tools themselves --------------------------------------------------
 
 
