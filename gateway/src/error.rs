@@ -29,6 +29,9 @@ pub enum GatewayError {
     /// The request ran out of time.
     #[error("request exceeded its deadline of {0:?}")]
     Deadline(std::time::Duration),
+    /// The gateway is at its concurrency limit.
+    #[error("gateway at its limit of {0} concurrent requests; retry with backoff")]
+    Overloaded(usize),
     /// No API key, or one the gateway does not know.
     #[error("{0}")]
     Unauthenticated(&'static str),
@@ -59,6 +62,7 @@ impl GatewayError {
             },
             GatewayError::Deadline(_) => Code::DeadlineExceeded,
             GatewayError::Unauthenticated(_) => Code::Unauthenticated,
+            GatewayError::Overloaded(_) => Code::ResourceExhausted,
         }
     }
 
@@ -70,7 +74,9 @@ impl GatewayError {
             | GatewayError::Unsatisfiable(_)
             | GatewayError::UnknownRequest(_)
             | GatewayError::Unauthenticated(_) => "client",
-            GatewayError::NoWorker(_) | GatewayError::Deadline(_) => "gateway",
+            GatewayError::NoWorker(_) | GatewayError::Deadline(_) | GatewayError::Overloaded(_) => {
+                "gateway"
+            }
             GatewayError::Worker { .. } => "worker",
         }
     }

@@ -121,19 +121,16 @@ pub async fn start_gateway(
         recent: Recent::new(config.feedback_window),
         recorder: Recorder::start(shared_telemetry, config.telemetry.recorder()),
         cost_targets: CostTargets::new(&config.tenants, config.cost_weight),
+        admission: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_requests)),
         config: config.clone(),
     });
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<GatewayServer<GatewayService>>().await;
 
-    // The stack reads top to bottom: trace every call, shed what is over the
-    // concurrency limit at once (RESOURCE_EXHAUSTED) rather than queueing it.
+    // Every call is traced. Admission (the concurrency limit) is the Gateway
+    // service's own business, so health checks and reflection are never shed.
     let stack = ServiceBuilder::new()
         .layer(tower_http::trace::TraceLayer::new_for_grpc())
-        .layer(tower::load_shed::LoadShedLayer::new())
-        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
-            config.max_concurrent_requests,
-        ))
         .into_inner();
     let service = GatewayService::new(state.clone());
     // Authentication for the Gateway service only: health and reflection stay

@@ -32,6 +32,9 @@ pub struct GatewayState {
     pub recent: Recent,
     pub recorder: Recorder,
     pub cost_targets: CostTargets,
+    /// Requests generating now, bounded by `max_concurrent_requests`; a
+    /// stream holds its permit until it ends.
+    pub admission: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for GatewayState {
@@ -311,6 +314,15 @@ impl GatewayState {
         );
     }
 
+    /// Admits a generation or refuses it at once: queueing here would only
+    /// add latency in front of workers that are already full.
+    fn admit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, GatewayError> {
+        self.admission
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| GatewayError::Overloaded(self.config.max_concurrent_requests))
+    }
+
     fn budget<T>(&self, request: &Request<T>) -> Duration {
         client_deadline(request).map_or(self.config.request_timeout, |d| {
             d.min(self.config.request_timeout)
@@ -361,6 +373,7 @@ impl Gateway for GatewayService {
         request: Request<GenerateRequest>,
     ) -> Result<Response<GenerateResponse>, Status> {
         let state = &self.state;
+        let _admitted = state.admit()?;
         let budget = state.budget(&request);
         let deadline = Instant::now() + budget;
         let snapshot = state.pool.snapshot();
@@ -437,6 +450,7 @@ impl Gateway for GatewayService {
         request: Request<GenerateRequest>,
     ) -> Result<Response<Self::GenerateStreamStream>, Status> {
         let state = self.state.clone();
+        let admitted = state.admit()?;
         let budget = state.budget(&request);
         let deadline = Instant::now() + budget;
         let snapshot = state.pool.snapshot();
@@ -509,6 +523,7 @@ impl Gateway for GatewayService {
         let request_id = req.request_id.clone();
         let stream = driven_stream(move |tx| async move {
             let _in_flight = in_flight;
+            let _admitted = admitted;
             let event = |event| {
                 Ok(GenerateStreamEvent {
                     request_id: req.request_id.clone(),
