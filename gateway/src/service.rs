@@ -330,11 +330,12 @@ impl GatewayState {
     }
 }
 
-/// Our workers never answer UNKNOWN themselves: that code means the
-/// connection broke (the worker died or the network failed), which for the
-/// client is UNAVAILABLE.
+/// Our workers never answer UNKNOWN or CANCELLED themselves: from a worker
+/// call those codes mean the connection broke (the worker died or the network
+/// failed), which for the client is UNAVAILABLE. (A deadline that passed is
+/// caught by the gateway's own timer before the call's result is read.)
 fn connection_lost(status: Status) -> Status {
-    if status.code() == Code::Unknown {
+    if matches!(status.code(), Code::Unknown | Code::Cancelled) {
         Status::unavailable(format!(
             "connection to the worker lost ({})",
             status.message()
