@@ -132,6 +132,9 @@ pub struct GatewayConfig {
     /// On shutdown, how long in-flight requests may take to finish.
     #[serde(default = "default_drain_grace", with = "humantime_serde")]
     pub drain_grace: Duration,
+    /// The admin port (metrics, health, cost and telemetry JSON); `null` turns it off.
+    #[serde(default = "default_admin_listen")]
+    pub admin_listen: Option<SocketAddr>,
     /// The OpenAI-compatible HTTP API's address; `null` turns it off.
     #[serde(default = "default_http_listen")]
     pub http_listen: Option<SocketAddr>,
@@ -276,6 +279,9 @@ fn default_feedback_window() -> usize {
 }
 fn default_max_request_bytes() -> usize {
     4 << 20
+}
+fn default_admin_listen() -> Option<SocketAddr> {
+    Some(SocketAddr::from(([127, 0, 0, 1], 9090)))
 }
 fn default_http_listen() -> Option<SocketAddr> {
     Some(SocketAddr::from(([127, 0, 0, 1], 8080)))

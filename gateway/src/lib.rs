@@ -1,9 +1,12 @@
 //! The routemesh gateway: the public gRPC API in front of a pool of model
 //! workers, choosing a model and worker per request.
 
+pub mod admin;
 pub mod auth;
 pub mod config;
+pub mod cost;
 pub mod error;
+pub mod metrics;
 pub mod openai;
 pub mod pool;
 pub mod recent;

@@ -43,6 +43,9 @@ enum Command {
         /// Override gateway.http_listen (the OpenAI-compatible API).
         #[arg(long)]
         http_listen: Option<SocketAddr>,
+        /// Override gateway.admin_listen (metrics, health, cost).
+        #[arg(long)]
+        admin_listen: Option<SocketAddr>,
         /// Send this prompt once the mesh is up and show who answered and why.
         #[arg(long = "try", value_name = "PROMPT")]
         try_prompt: Option<String>,
@@ -60,6 +63,9 @@ enum Command {
         /// Override gateway.http_listen (the OpenAI-compatible API).
         #[arg(long)]
         http_listen: Option<SocketAddr>,
+        /// Override gateway.admin_listen (metrics, health, cost).
+        #[arg(long)]
+        admin_listen: Option<SocketAddr>,
     },
     /// Run the worker agents listed under `workers:` in the configuration.
     Worker {
@@ -93,7 +99,15 @@ fn load(path: Option<&Path>, fallback: Option<&str>) -> anyhow::Result<Config> {
     })
 }
 
-fn override_listen(config: &mut Config, grpc: Option<SocketAddr>, http: Option<SocketAddr>) {
+fn override_listen(
+    config: &mut Config,
+    grpc: Option<SocketAddr>,
+    http: Option<SocketAddr>,
+    admin: Option<SocketAddr>,
+) {
+    if let Some(addr) = admin {
+        config.gateway.admin_listen = Some(addr);
+    }
     if let Some(addr) = grpc {
         config.gateway.listen = addr;
     }
@@ -322,20 +336,22 @@ async fn main() -> anyhow::Result<()> {
             common,
             listen,
             http_listen,
+            admin_listen,
             try_prompt,
             once,
         } => {
             let mut config = load(common.config.as_deref(), Some(DEMO_CONFIG))?;
-            override_listen(&mut config, listen, http_listen);
+            override_listen(&mut config, listen, http_listen, admin_listen);
             serve(config, &common, true, true, try_prompt, once).await
         }
         Command::Gateway {
             common,
             listen,
             http_listen,
+            admin_listen,
         } => {
             let mut config = load(common.config.as_deref(), None)?;
-            override_listen(&mut config, listen, http_listen);
+            override_listen(&mut config, listen, http_listen, admin_listen);
             serve(config, &common, false, true, None, false).await
         }
         Command::Worker { common } => {

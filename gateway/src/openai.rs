@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 use tonic::Code;
 
 use crate::auth::ApiKeys;
-use crate::service::GatewayService;
+use crate::service::{GatewayService, HttpApi};
 
 /// The virtual model that asks the router to choose.
 pub const ROUTER_MODEL: &str = "router";
@@ -418,6 +418,7 @@ async fn chat_completions(
         return bad_request("model", "must not be empty").into_response();
     }
     let mut request = tonic::Request::new(chat.grpc);
+    request.extensions_mut().insert(HttpApi);
     if let Err(e) = authorize(&state, &headers, &mut request) {
         return e.into_response();
     }

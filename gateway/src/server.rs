@@ -46,6 +46,8 @@ pub struct RunningGateway {
     pub addr: SocketAddr,
     /// The OpenAI-compatible HTTP API, when enabled.
     pub http_addr: Option<SocketAddr>,
+    /// The admin port (metrics, health, cost), when enabled.
+    pub admin_addr: Option<SocketAddr>,
     pub state: Arc<GatewayState>,
     shutdown: CancellationToken,
     task: JoinHandle<Result<(), ServeError>>,
@@ -58,6 +60,39 @@ impl RunningGateway {
         self.shutdown.cancel();
         self.task.await?
     }
+}
+
+async fn bind_optional(
+    addr: Option<SocketAddr>,
+) -> Result<Option<tokio::net::TcpListener>, ServeError> {
+    match addr {
+        Some(addr) => tokio::net::TcpListener::bind(addr)
+            .await
+            .map(Some)
+            .map_err(|source| ServeError::Bind { addr, source }),
+        None => Ok(None),
+    }
+}
+
+type HttpTask = JoinHandle<Result<(), std::io::Error>>;
+
+/// Serves an axum app (traced) until `stop`; returns its address and task.
+fn serve_http(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    stop: CancellationToken,
+) -> Result<(SocketAddr, HttpTask), ServeError> {
+    let addr = listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+        source,
+    })?;
+    let app = app.layer(tower_http::trace::TraceLayer::new_for_http());
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
+    });
+    Ok((addr, task))
 }
 
 fn policy(config: &GatewayConfig) -> Box<dyn Policy> {
@@ -88,14 +123,10 @@ pub async fn start_gateway(
             addr: config.listen,
             source,
         })?;
-    let http_listener = match config.http_listen {
-        Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|source| ServeError::Bind { addr, source })?,
-        ),
-        None => None,
-    };
+    let http_listener = bind_optional(config.http_listen).await?;
+    let admin_listener = bind_optional(config.admin_listen).await?;
+    // Metrics are recorded from here on (a no-op recorder if this fails).
+    let _ = crate::metrics::handle();
     let addr = listener.local_addr().map_err(|source| ServeError::Bind {
         addr: config.listen,
         source,
@@ -159,25 +190,26 @@ pub async fn start_gateway(
     let stop_serving = CancellationToken::new();
     let http = match http_listener {
         Some(listener) => {
-            let http_addr = listener
-                .local_addr()
-                .map_err(|source| ServeError::Bind { addr, source })?;
             let app = crate::openai::router(crate::openai::HttpState {
                 service,
                 keys,
                 max_body_bytes: config.max_request_bytes,
-            })
-            .layer(tower_http::trace::TraceLayer::new_for_http());
-            let stop = stop_serving.clone();
-            let task = tokio::spawn(async move {
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(stop.cancelled_owned())
-                    .await
             });
-            Some((http_addr, task))
+            Some(serve_http(listener, app, stop_serving.clone())?)
         }
         None => None,
     };
+    // The admin port outlives the drain, so metrics can be scraped through it.
+    let stop_admin = CancellationToken::new();
+    let admin = match admin_listener {
+        Some(listener) => Some(serve_http(
+            listener,
+            crate::admin::router(state.clone()),
+            stop_admin.clone(),
+        )?),
+        None => None,
+    };
+    let admin_addr = admin.as_ref().map(|(a, _)| *a);
     let http_addr = http.as_ref().map(|(a, _)| *a);
     let server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
@@ -228,13 +260,18 @@ pub async fn start_gateway(
             }
             let _ = maintenance.await;
             state_for_shutdown.recorder.shutdown().await;
+            stop_admin.cancel();
+            if let Some((_, admin)) = admin {
+                let _ = tokio::time::timeout(Duration::from_secs(2), admin).await;
+            }
             result
         }
     });
-    tracing::info!(%addr, http = ?http_addr, policy = state.policy.name(), "gateway serving");
+    tracing::info!(%addr, http = ?http_addr, admin = ?admin_addr, policy = state.policy.name(), "gateway serving");
     Ok(RunningGateway {
         addr,
         http_addr,
+        admin_addr,
         state,
         shutdown,
         task,

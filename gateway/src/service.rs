@@ -111,6 +111,44 @@ fn explain(
     }
 }
 
+fn outcome_label(outcome: Outcome) -> &'static str {
+    match outcome {
+        Outcome::Ok => "ok",
+        Outcome::WorkerError => "worker_error",
+        Outcome::Timeout => "timeout",
+        Outcome::Overloaded => "overloaded",
+    }
+}
+
+/// The term that decided a routing decision, for the decisions metric.
+fn deciding_term(req: &ValidRequest, decision: &Decision) -> &'static str {
+    let Some(chosen) = decision.chosen_candidate() else {
+        return "none";
+    };
+    let eligible: Vec<_> = decision
+        .candidates
+        .iter()
+        .filter(|c| c.eligible())
+        .collect();
+    if req.pinned_model.is_some() {
+        "pinned"
+    } else if eligible.iter().all(|c| c.model == chosen.model) {
+        "only-eligible-model"
+    } else if eligible
+        .iter()
+        .all(|c| c.predicted_quality <= chosen.predicted_quality)
+    {
+        "quality"
+    } else if eligible
+        .iter()
+        .all(|c| c.expected_cost_usd >= chosen.expected_cost_usd)
+    {
+        "cost"
+    } else {
+        "latency-or-load"
+    }
+}
+
 /// How a failed call is counted in telemetry.
 fn outcome_of(status: &Status) -> Outcome {
     match status.code() {
@@ -179,7 +217,16 @@ impl GatewayState {
             cost_weight: self.cost_targets.cost_weight(&req.tenant),
         };
         let decision = self.policy.decide(&input, &views);
-        let explanation = explain(&req.request_id, &decision, &live, start.elapsed());
+        let took = start.elapsed();
+        if let Some(chosen) = decision.chosen_candidate() {
+            crate::metrics::decision(
+                &chosen.model,
+                decision.policy,
+                deciding_term(req, &decision),
+                took,
+            );
+        }
+        let explanation = explain(&req.request_id, &decision, &live, took);
         match decision.chosen {
             Ok(i) => Ok(Routed {
                 worker: workers[i].clone(),
@@ -284,7 +331,7 @@ impl GatewayState {
         if outcome == Outcome::Ok {
             self.cost_targets.observe(&req.tenant, usage.cost_usd);
         }
-        self.recorder.record(RequestRecord {
+        let record = RequestRecord {
             at_ms: routemesh_telemetry::record::now_ms(),
             tenant: req.tenant.clone(),
             model: worker.record.model.clone(),
@@ -300,7 +347,25 @@ impl GatewayState {
             prompt_tokens: usage.prompt_tokens,
             completion_tokens: usage.completion_tokens,
             cost_usd: usage.cost_usd,
+        };
+        let counterfactual = crate::admin::strongest(self).map_or(0.0, |c| {
+            (c.input_usd_per_mtok * f64::from(usage.prompt_tokens)
+                + c.output_usd_per_mtok * f64::from(usage.completion_tokens))
+                / 1e6
         });
+        crate::metrics::worker_call(
+            &req.tenant,
+            &worker.record.model,
+            worker.record.tier.as_str(),
+            &worker.record.id,
+            outcome_label(outcome),
+            Some(record.ttft_ms / 1000.0),
+            Some((usage.prompt_tokens, usage.completion_tokens)),
+            usage.cost_usd,
+            counterfactual,
+            record.time_per_output_token_ms().map(|ms| ms / 1000.0),
+        );
+        self.recorder.record(record);
     }
 
     fn remember(&self, req: &ValidRequest, worker: &WorkerHandle) {
@@ -317,10 +382,10 @@ impl GatewayState {
     /// Admits a generation or refuses it at once: queueing here would only
     /// add latency in front of workers that are already full.
     fn admit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, GatewayError> {
-        self.admission
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| GatewayError::Overloaded(self.config.max_concurrent_requests))
+        self.admission.clone().try_acquire_owned().map_err(|_| {
+            crate::metrics::shed();
+            GatewayError::Overloaded(self.config.max_concurrent_requests)
+        })
     }
 
     fn budget<T>(&self, request: &Request<T>) -> Duration {
@@ -345,6 +410,22 @@ fn connection_lost(status: Status) -> Status {
     }
 }
 
+/// Which API a request came in on; the HTTP facade marks its requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpApi;
+
+fn api_of<T>(request: &Request<T>) -> &'static str {
+    if request.extensions().get::<HttpApi>().is_some() {
+        "http"
+    } else {
+        "grpc"
+    }
+}
+
+fn code_of<T>(result: &Result<T, Status>) -> Code {
+    result.as_ref().map_or_else(Status::code, |_| Code::Ok)
+}
+
 #[derive(Debug, Clone)]
 pub struct GatewayService {
     state: Arc<GatewayState>,
@@ -367,9 +448,8 @@ fn with_request_id<T>(message: T, request_id: &str) -> Response<T> {
 type EventStream =
     std::pin::Pin<Box<dyn futures::Stream<Item = Result<GenerateStreamEvent, Status>> + Send>>;
 
-#[tonic::async_trait]
-impl Gateway for GatewayService {
-    async fn generate(
+impl GatewayService {
+    async fn generate_inner(
         &self,
         request: Request<GenerateRequest>,
     ) -> Result<Response<GenerateResponse>, Status> {
@@ -422,6 +502,7 @@ impl Gateway for GatewayService {
                     let attempts = excluded.len() as u32 + 1;
                     if retry && attempts < state.config.max_attempts {
                         tracing::info!(worker = %worker.record.id, %status, "failing over");
+                        crate::metrics::failover(&worker.record.model);
                         excluded.push(worker.record.id.clone());
                         last_failure = Some(GatewayError::Worker {
                             worker_id: worker.record.id.clone(),
@@ -444,12 +525,10 @@ impl Gateway for GatewayService {
         }
     }
 
-    type GenerateStreamStream = EventStream;
-
-    async fn generate_stream(
+    async fn generate_stream_inner(
         &self,
         request: Request<GenerateRequest>,
-    ) -> Result<Response<Self::GenerateStreamStream>, Status> {
+    ) -> Result<Response<EventStream>, Status> {
         let state = self.state.clone();
         let admitted = state.admit()?;
         let budget = state.budget(&request);
@@ -505,6 +584,7 @@ impl Gateway for GatewayService {
                     let retry = GatewayState::should_fail_over(&worker, &status);
                     if retry && (excluded.len() as u32 + 1) < state.config.max_attempts {
                         tracing::info!(worker = %worker.record.id, %status, "failing over before the first token");
+                        crate::metrics::failover(&worker.record.model);
                         excluded.push(worker.record.id.clone());
                         last_failure = Some(GatewayError::Worker {
                             worker_id: worker.record.id.clone(),
@@ -616,6 +696,33 @@ impl Gateway for GatewayService {
             }
         });
         Ok(with_request_id(stream, &request_id))
+    }
+}
+
+#[tonic::async_trait]
+impl Gateway for GatewayService {
+    async fn generate(
+        &self,
+        request: Request<GenerateRequest>,
+    ) -> Result<Response<GenerateResponse>, Status> {
+        let (api, start) = (api_of(&request), Instant::now());
+        let result = self.generate_inner(request).await;
+        crate::metrics::request(api, "Generate", code_of(&result), start.elapsed());
+        result
+    }
+
+    type GenerateStreamStream = EventStream;
+
+    async fn generate_stream(
+        &self,
+        request: Request<GenerateRequest>,
+    ) -> Result<Response<Self::GenerateStreamStream>, Status> {
+        let (api, start) = (api_of(&request), Instant::now());
+        let result = self.generate_stream_inner(request).await;
+        // Time to the first event: a stream's later failures are counted per
+        // worker call.
+        crate::metrics::request(api, "GenerateStream", code_of(&result), start.elapsed());
+        result
     }
 
     async fn route(

@@ -127,6 +127,7 @@ impl Mesh {
         serde_json::json!({
             "gateway": self.gateway.as_ref().map(|g| g.addr.to_string()),
             "http": self.gateway.as_ref().and_then(|g| g.http_addr).map(|a| a.to_string()),
+            "admin": self.gateway.as_ref().and_then(|g| g.admin_addr).map(|a| a.to_string()),
             "workers": self.workers.iter().map(|w| serde_json::json!({"id": w.id, "endpoint": w.endpoint})).collect::<Vec<_>>(),
             "pid": std::process::id(),
         })
