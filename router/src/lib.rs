@@ -1,3 +1,6 @@
 //! routemesh-router: the learned model router (encoder, quality predictors, metrics, artifacts, CLI).
+pub mod cli;
 pub mod data;
+pub mod embed;
 pub mod encoder;
+pub mod metrics;
