@@ -4,3 +4,4 @@ pub mod data;
 pub mod embed;
 pub mod encoder;
 pub mod metrics;
+pub mod predict;

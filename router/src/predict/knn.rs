@@ -1,0 +1,140 @@
+//! Exemplar memory with similarity-weighted k-nearest-neighbour voting (OrchestraLLM-style retrieval).
+//!
+//! Each model is predicted from the `k` most similar exemplars *that scored that model* (pools of rows
+//! scored for the same models are searched separately), so a prompt from one pool never borrows an
+//! empty neighbourhood from another.
+
+use ndarray::{Array2, ArrayView2, Axis};
+
+use super::{QualityPredictor, TrainSet};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct KnnConfig {
+    pub k: usize,
+    /// Softmax temperature over cosine similarity; `None` = uniform vote (plain kNN).
+    pub tau: Option<f64>,
+    /// Pseudo-count pulling thin or dissimilar neighbourhoods towards the model's mean.
+    pub shrink: f64,
+}
+
+impl Default for KnnConfig {
+    fn default() -> Self {
+        Self {
+            k: 32,
+            tau: Some(0.05),
+            shrink: 1.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Knn {
+    pub models: Vec<String>,
+    pub config: KnnConfig,
+    /// `[n, dim]` unit-norm exemplar embeddings.
+    pub exemplars: Array2<f32>,
+    /// `[n][models]`, NaN = not scored.
+    pub scores: Vec<Vec<f32>>,
+    pub prior: Vec<f64>,
+    /// Exemplar row indices per pool and the models that pool scores.
+    pools: Vec<(Vec<usize>, Vec<usize>)>,
+}
+
+impl Knn {
+    pub fn train(data: &TrainSet<'_>, config: KnnConfig) -> Self {
+        let scores = data
+            .quality
+            .iter()
+            .map(|r| r.iter().map(|v| v.map_or(f32::NAN, |v| v as f32)).collect())
+            .collect();
+        Self::from_parts(
+            data.models.to_vec(),
+            config,
+            data.emb.to_owned(),
+            scores,
+            data.prior(),
+        )
+    }
+
+    pub fn from_parts(
+        models: Vec<String>,
+        config: KnnConfig,
+        exemplars: Array2<f32>,
+        scores: Vec<Vec<f32>>,
+        prior: Vec<f64>,
+    ) -> Self {
+        let mut pools: Vec<(Vec<usize>, Vec<usize>)> = Vec::new();
+        for (i, r) in scores.iter().enumerate() {
+            let sig: Vec<usize> = (0..models.len())
+                .filter(|&j| r.get(j).is_some_and(|v| !v.is_nan()))
+                .collect();
+            if sig.is_empty() {
+                continue;
+            }
+            match pools.iter_mut().find(|p| p.1 == sig) {
+                Some(p) => p.0.push(i),
+                None => pools.push((vec![i], sig)),
+            }
+        }
+        Self {
+            models,
+            config,
+            exemplars,
+            scores,
+            prior,
+            pools,
+        }
+    }
+}
+
+impl QualityPredictor for Knn {
+    fn kind(&self) -> &'static str {
+        "knn"
+    }
+
+    fn models(&self) -> &[String] {
+        &self.models
+    }
+
+    fn predict(&self, emb: ArrayView2<'_, f32>) -> Vec<Vec<f64>> {
+        let mut out = Vec::with_capacity(emb.nrows());
+        // Similarities in blocks: one GEMM per block keeps memory bounded on large evaluation sets.
+        for block in emb.axis_chunks_iter(Axis(0), 256) {
+            let sims = block.dot(&self.exemplars.t());
+            for row in sims.rows() {
+                let mut pred = self.prior.clone();
+                // Accumulators per model, across pools (a model is normally in one pool).
+                let mut num = vec![0.0f64; self.models.len()];
+                let mut den = vec![0.0f64; self.models.len()];
+                for (idx, models) in &self.pools {
+                    let k = self.config.k.min(idx.len()).max(1);
+                    let mut cand: Vec<(f32, usize)> = idx.iter().map(|&i| (row[i], i)).collect();
+                    if cand.len() > k {
+                        cand.select_nth_unstable_by(k - 1, |a, b| b.0.total_cmp(&a.0));
+                        cand.truncate(k);
+                    }
+                    let top = cand.iter().map(|c| c.0).fold(f32::NEG_INFINITY, f32::max);
+                    for &(s, i) in &cand {
+                        // Relative to the best neighbour, so weights stay in (0, 1] whatever the temperature.
+                        let w = self
+                            .config
+                            .tau
+                            .map_or(1.0, |t| (f64::from(s - top) / t).exp());
+                        for &j in models {
+                            num[j] += w * f64::from(self.scores[i][j]);
+                            den[j] += w;
+                        }
+                    }
+                }
+                for j in 0..pred.len() {
+                    if den[j] > 0.0 {
+                        pred[j] = (num[j] + self.config.shrink * self.prior[j])
+                            / (den[j] + self.config.shrink);
+                    }
+                }
+                out.push(pred);
+            }
+        }
+        out
+    }
+}
