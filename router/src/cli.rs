@@ -5,12 +5,18 @@ use std::time::Instant;
 
 use anyhow::Context;
 
+use crate::artifact::{
+    self, Calibration, EncoderInfo, PairCalibration, SavablePredictor, Threshold,
+};
 use crate::data;
 use crate::embed;
 use crate::encoder::{AssetPaths, Encoder, EncoderConfig};
+use crate::encoder::{EMBED_DIM, ENCODER_ID};
 use crate::eval::{self, Candidate};
 use crate::metrics;
-use crate::predict::{KnnConfig, MfConfig, PredictorSpec};
+use crate::predict::{
+    Blend, Knn, KnnConfig, MatrixFactorization, MfConfig, PredictorSpec, Prior, Ridge, TrainSet,
+};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum RouterCommand {
@@ -18,6 +24,48 @@ pub enum RouterCommand {
     Embed {
         #[arg(required = true)]
         data: Vec<PathBuf>,
+        #[command(flatten)]
+        enc: EncoderArgs,
+    },
+    /// Train a router on JSONL files and write the artifact directory.
+    Train {
+        #[arg(required = true)]
+        data: Vec<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+        /// Predictor spec (see `eval --predictor`).
+        #[arg(long, default_value = "blend")]
+        predictor: String,
+        /// Also run k-fold CV of this predictor against baselines and record it in the manifest; its
+        /// out-of-fold predictions then calibrate thresholds and λ (unbiased, unlike in-sample kNN).
+        #[arg(long)]
+        cv: Option<usize>,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long)]
+        models: Option<PathBuf>,
+        #[command(flatten)]
+        enc: EncoderArgs,
+    },
+    /// Write route_eval.py predictions (`{"id", "scores"}` per line) of a router for data rows.
+    Score {
+        /// Artifact directory (default: router/artifacts/default of this source tree).
+        #[arg(long)]
+        router: Option<PathBuf>,
+        data: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        enc: EncoderArgs,
+    },
+    /// Recompute a router's strong/weak thresholds and default λ on (held-out) data; rewrites the manifest.
+    Calibrate {
+        #[arg(long)]
+        router: PathBuf,
+        #[arg(required = true)]
+        data: Vec<PathBuf>,
+        #[arg(long)]
+        models: Option<PathBuf>,
         #[command(flatten)]
         enc: EncoderArgs,
     },
@@ -142,6 +190,138 @@ pub fn run(cmd: RouterCommand) -> anyhow::Result<()> {
             eprintln!("{} embeddings ready", e.nrows());
             Ok(())
         }
+        RouterCommand::Train {
+            data,
+            out,
+            predictor,
+            cv,
+            seed,
+            models,
+            enc,
+        } => {
+            let prices = data::Prices::load(&prices_path(models.as_deref(), &data)?)?;
+            let Candidate::Spec(spec) = parse_candidate(&predictor)? else {
+                anyhow::bail!("{predictor} reads row labels and cannot be deployed")
+            };
+            let encoder = enc.load()?;
+            let (rows, emb) = load_embedded(&encoder, &data)?;
+            let table = data::Table::new(rows, &prices)?;
+            let groups = eval::groups(&table, &prices);
+            let mut training = serde_json::json!({
+                "data": data.iter().map(|p| p.file_name().map(|f| f.to_string_lossy().into_owned())).collect::<Vec<_>>(),
+                "rows": table.len(),
+                "predictor": spec.name(),
+            });
+            let oof = match cv {
+                Some(k) => {
+                    let cands: Vec<Candidate> = [
+                        predictor.as_str(),
+                        "knn-plain",
+                        "mf",
+                        "ridge",
+                        "source",
+                        "prior",
+                    ]
+                    .iter()
+                    .map(|p| parse_candidate(p))
+                    .collect::<anyhow::Result<_>>()?;
+                    let preds = eval::cross_validate(&table, emb.view(), &cands, k, seed, |m| {
+                        eprintln!("{m}")
+                    });
+                    let names: Vec<String> = cands.iter().map(Candidate::name).collect();
+                    let text =
+                        eval::summary(&table, &eval::eval_groups(&table, &prices), &names, &preds);
+                    print!("{text}");
+                    training["cv"] = serde_json::json!({"folds": k, "seed": seed, "summary": text});
+                    preds.into_iter().next()
+                }
+                None => None,
+            };
+            let t = Instant::now();
+            let tq = table.quality.clone();
+            let set = TrainSet {
+                models: &table.models,
+                emb: emb.view(),
+                quality: &tq,
+            };
+            let model = train_savable(&spec, &set);
+            eprintln!(
+                "trained {} on {} rows in {:.1?}",
+                spec.name(),
+                table.len(),
+                t.elapsed()
+            );
+            // Calibrate on out-of-fold predictions when available: in-sample kNN predictions see themselves.
+            let calib_pred = oof.unwrap_or_else(|| model.predict(emb.view()));
+            let calibration = calibrate(&table, &groups, &calib_pred);
+            let info = EncoderInfo {
+                id: ENCODER_ID.into(),
+                model_sha256: encoder.model_sha256().into(),
+                max_len: encoder.max_len(),
+                dim: EMBED_DIM,
+            };
+            let m = artifact::save(&out, info, model.as_ref(), calibration, training)?;
+            let bytes: u64 = m.files.values().map(|f| f.bytes).sum();
+            eprintln!(
+                "wrote {} ({} files, {:.1} MB)",
+                out.display(),
+                m.files.len(),
+                bytes as f64 / 1e6
+            );
+            Ok(())
+        }
+        RouterCommand::Score {
+            router,
+            data,
+            out,
+            enc,
+        } => {
+            let dir = router.unwrap_or_else(default_artifact_dir);
+            let r = load_router(&dir, &enc)?;
+            let rows = data::load_jsonl(&data)?;
+            let prompts: Vec<&str> = rows.iter().map(|r| r.prompt.as_str()).collect();
+            let emb = embed::embed_cached(
+                r.encoder(),
+                &prompts,
+                Some(&embed::default_cache_dir()),
+                |_| {},
+            )?;
+            let pred = r.predict_embedded(emb.view());
+            let mut text = String::new();
+            for (row, p) in rows.iter().zip(&pred) {
+                let scores: serde_json::Map<String, serde_json::Value> = r
+                    .models()
+                    .iter()
+                    .zip(p)
+                    .map(|(m, &q)| (m.clone(), serde_json::Value::from(q)))
+                    .collect();
+                text.push_str(&serde_json::to_string(
+                    &serde_json::json!({"id": row.id, "scores": scores}),
+                )?);
+                text.push('\n');
+            }
+            std::fs::write(&out, text).with_context(|| format!("writing {}", out.display()))?;
+            eprintln!("wrote {} predictions to {}", rows.len(), out.display());
+            Ok(())
+        }
+        RouterCommand::Calibrate {
+            router,
+            data,
+            models,
+            enc,
+        } => {
+            let prices = data::Prices::load(&prices_path(models.as_deref(), &data)?)?;
+            let r = load_router(&router, &enc)?;
+            let (rows, emb) = load_embedded(r.encoder(), &data)?;
+            let table = data::Table::with_models(rows, r.models().to_vec(), &prices)?;
+            let groups = eval::groups(&table, &prices);
+            let pred = r.predict_embedded(emb.view());
+            let mut manifest = r.manifest().clone();
+            manifest.calibration = calibrate(&table, &groups, &pred);
+            artifact::write_manifest(&router, &manifest)?;
+            println!("{}", serde_json::to_string_pretty(&manifest.calibration)?);
+            Ok(())
+        }
         RouterCommand::Eval {
             router,
             data,
@@ -154,10 +334,10 @@ pub fn run(cmd: RouterCommand) -> anyhow::Result<()> {
             enc,
         } => {
             let prices = data::Prices::load(&prices_path(models.as_deref(), &data)?)?;
-            let enc = enc.load()?;
-            let (rows, emb) = load_embedded(&enc, &data)?;
+            let encoder = enc.load()?;
+            let (rows, emb) = load_embedded(&encoder, &data)?;
             let table = data::Table::new(rows, &prices)?;
-            let groups = eval::groups(&table, &prices);
+            let groups = eval::eval_groups(&table, &prices);
             let (names, preds) = match (cv, router) {
                 (Some(k), _) => {
                     let cands = predictors
@@ -176,7 +356,7 @@ pub fn run(cmd: RouterCommand) -> anyhow::Result<()> {
                     )
                 }
                 (None, Some(dir)) => {
-                    let r = crate::Router::load(&dir)?;
+                    let r = load_router(&dir, &enc)?;
                     anyhow::ensure!(
                         r.models() == table.models.as_slice()
                             || table.models.iter().all(|m| r.models().contains(m)),
@@ -222,6 +402,12 @@ pub fn run(cmd: RouterCommand) -> anyhow::Result<()> {
                         text.push('\n');
                     }
                     std::fs::write(&data_path, text)?;
+                    // Our own metrics of the same predictions, to diff against route_eval.py --json.
+                    let report = eval::group_report(&table, g, &preds[0]);
+                    std::fs::write(
+                        out.join(format!("group{gi}.report.json")),
+                        serde_json::to_string_pretty(&report)?,
+                    )?;
                     eprintln!("wrote {} and {}", path.display(), data_path.display());
                 }
             }
@@ -301,4 +487,213 @@ pub fn write_predictions(
         text.push('\n');
     }
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+/// The artifact committed in this source tree.
+pub fn default_artifact_dir() -> PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("artifacts/default")
+}
+
+fn load_router(dir: &std::path::Path, enc: &EncoderArgs) -> anyhow::Result<crate::Router> {
+    let assets = enc
+        .assets
+        .as_deref()
+        .map(AssetPaths::in_dir)
+        .unwrap_or_else(AssetPaths::from_env);
+    crate::Router::load_with(dir, assets, enc.threads)
+        .with_context(|| format!("loading router {}", dir.display()))
+}
+
+/// Trains the concrete predictor of `spec` (artifacts need the concrete type to serialise it).
+pub fn train_savable(spec: &PredictorSpec, data: &TrainSet<'_>) -> Box<dyn SavablePredictor> {
+    match spec {
+        PredictorSpec::Prior => Box::new(Prior {
+            models: data.models.to_vec(),
+            prior: data.prior(),
+        }),
+        PredictorSpec::Knn(c) => Box::new(Knn::train(data, c.clone())),
+        PredictorSpec::Mf(c) => Box::new(MatrixFactorization::train(data, c)),
+        PredictorSpec::Ridge { lambda } => Box::new(Ridge::train(data, *lambda)),
+        PredictorSpec::Blend { knn, mf, weight } => Box::new(Blend {
+            knn: Knn::train(data, knn.clone()),
+            mf: MatrixFactorization::train(data, mf),
+            weight: *weight,
+        }),
+    }
+}
+
+/// Strong-call shares the pair thresholds are calibrated for.
+pub const STRONG_SHARES: [f64; 9] = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9];
+
+/// Pair thresholds (quantiles of the score gap, as RouteLLM's calibrate_threshold) and a default λ: on the
+/// largest many-model pool, the cheapest λ of the sweep whose routed quality reaches the best single
+/// model's (else the λ of the highest quality).
+pub fn calibrate(table: &data::Table, groups: &[eval::Group], pred: &[Vec<f64>]) -> Calibration {
+    let mut cal = Calibration::default();
+    for g in groups {
+        let Some((s, w)) = g.pair else { continue };
+        let (js, jw) = (g.models[s], g.models[w]);
+        let mut gap: Vec<f64> = g.rows.iter().map(|&i| pred[i][js] - pred[i][jw]).collect();
+        gap.sort_by(f64::total_cmp);
+        let thresholds = STRONG_SHARES
+            .iter()
+            .map(|&share| Threshold {
+                strong_share: share,
+                threshold: metrics::quantile(&gap, 1.0 - share),
+            })
+            .collect();
+        cal.pairs.push(PairCalibration {
+            strong: table.models[js].clone(),
+            weak: table.models[jw].clone(),
+            thresholds,
+        });
+    }
+    if let Some(g) = groups
+        .iter()
+        .filter(|g| g.models.len() > 2)
+        .max_by_key(|g| g.rows.len())
+    {
+        let pick = |m: &dyn Fn(usize, usize) -> f64| -> Vec<Vec<f64>> {
+            g.rows
+                .iter()
+                .map(|&i| g.models.iter().map(|&j| m(i, j)).collect())
+                .collect()
+        };
+        let truth = pick(&|i, j| table.quality[i][j].unwrap_or(0.0));
+        let p = pick(&|i, j| pred[i][j]);
+        let cost = pick(&|i, j| table.cost[i][j]);
+        let best_single = (0..g.models.len())
+            .map(|j| truth.iter().map(|r| r[j]).sum::<f64>() / truth.len().max(1) as f64)
+            .fold(f64::NEG_INFINITY, f64::max);
+        let pts: Vec<(f64, f64, f64)> = metrics::lambda_grid(&cost)
+            .into_iter()
+            .filter(|l| l.is_finite())
+            .map(|l| {
+                let (c, q) = metrics::route_point(&p, &truth, &cost, l);
+                (l, c, q)
+            })
+            .collect();
+        let reach = pts
+            .iter()
+            .filter(|p| p.2 >= best_single)
+            .min_by(|a, b| a.1.total_cmp(&b.1));
+        let top = pts
+            .iter()
+            .max_by(|a, b| a.2.total_cmp(&b.2).then(b.1.total_cmp(&a.1)));
+        cal.default_lambda = reach.or(top).map(|p| p.0);
+    }
+    cal
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::{ModelPrice, Prices, Row, Table};
+
+    #[test]
+    fn predictor_specs_parse() {
+        assert_eq!(parse_candidate("source").unwrap(), Candidate::SourceMean);
+        let Candidate::Spec(PredictorSpec::Knn(c)) = parse_candidate("knn:k=7,tau=0.2").unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!((c.k, c.tau), (7, Some(0.2)));
+        let Candidate::Spec(PredictorSpec::Knn(c)) = parse_candidate("knn-plain").unwrap() else {
+            panic!()
+        };
+        assert_eq!(c.tau, None);
+        let Candidate::Spec(PredictorSpec::Blend { weight, mf, .. }) =
+            parse_candidate("blend:w=0.3,dim=8").unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!((weight, mf.dim), (0.3, 8));
+        assert!(parse_candidate("nope").is_err());
+        assert!(parse_candidate("knn:k").is_err());
+    }
+
+    fn table() -> (Table, Prices) {
+        let price = |p: f64| ModelPrice {
+            input_usd_per_mtok: p,
+            output_usd_per_mtok: p,
+            params_b: None,
+            source: None,
+        };
+        let prices = Prices(
+            [("s", 10.0), ("w", 1.0), ("a", 1.0), ("b", 2.0), ("c", 3.0)]
+                .into_iter()
+                .map(|(m, p)| (m.to_string(), price(p)))
+                .collect(),
+        );
+        let mut rows = Vec::new();
+        for i in 0..20 {
+            let pair = i < 10;
+            let scores = if pair {
+                [("s", 1.0), ("w", f64::from(i % 2))]
+                    .into_iter()
+                    .map(|(m, q)| (m.to_string(), q))
+                    .collect()
+            } else {
+                [("a", 0.0), ("b", 1.0), ("c", 1.0)]
+                    .into_iter()
+                    .map(|(m, q)| (m.to_string(), q))
+                    .collect()
+            };
+            let source = if pair {
+                if i < 5 { "mmlu/x" } else { "gsm8k" }
+            } else {
+                "mix9/y"
+            };
+            rows.push(Row {
+                id: format!("r{i}"),
+                source: source.into(),
+                prompt: "p".into(),
+                scores,
+                responses: None,
+            });
+        }
+        (Table::new(rows, &prices).unwrap(), prices)
+    }
+
+    #[test]
+    fn groups_split_pools_and_datasets() {
+        let (t, prices) = table();
+        let g = eval::groups(&t, &prices);
+        assert_eq!(g.len(), 2);
+        let pair = g.iter().find(|g| g.models.len() == 2).unwrap();
+        // The pricier model of a pair is the strong one.
+        assert_eq!(t.models[pair.models[pair.pair.unwrap().0]], "s");
+        let e = eval::eval_groups(&t, &prices);
+        assert_eq!(
+            e.len(),
+            4,
+            "pair pool + its two datasets + the 3-model pool"
+        );
+    }
+
+    #[test]
+    fn calibration_thresholds_and_lambda() {
+        let (t, prices) = table();
+        let g = eval::groups(&t, &prices);
+        // Predicted gap = row index for the pair; truth for the pool: b and c are right, b cheaper.
+        let pred: Vec<Vec<f64>> = (0..t.len())
+            .map(|i| {
+                t.models
+                    .iter()
+                    .map(|m| if m == "s" { i as f64 } else { 0.5 })
+                    .collect()
+            })
+            .collect();
+        let cal = calibrate(&t, &g, &pred);
+        let pc = &cal.pairs[0];
+        assert_eq!((pc.strong.as_str(), pc.weak.as_str()), ("s", "w"));
+        let half = pc
+            .thresholds
+            .iter()
+            .find(|t| t.strong_share == 0.5)
+            .unwrap();
+        // Gaps of the pair rows are -0.5 + 0..9: median 4.0.
+        assert!((half.threshold - 4.0).abs() < 1e-9, "{half:?}");
+        assert!(cal.default_lambda.is_some());
+    }
 }

@@ -17,6 +17,8 @@ pub struct Group {
     pub rows: Vec<usize>,
     /// (strong, weak) as indices into `models` when the pool is a pair: the pricier model is strong.
     pub pair: Option<(usize, usize)>,
+    /// Dataset (source prefix before '/') when the group is one dataset of a pool.
+    pub dataset: Option<String>,
 }
 
 impl Group {
@@ -47,6 +49,7 @@ pub fn groups(table: &Table, prices: &Prices) -> Vec<Group> {
                 models: sig,
                 rows: vec![i],
                 pair: None,
+                dataset: None,
             }),
         }
     }
@@ -58,6 +61,43 @@ pub fn groups(table: &Table, prices: &Prices) -> Vec<Group> {
                     .unwrap_or(0.0)
             };
             g.pair = Some(if p(0) >= p(1) { (0, 1) } else { (1, 0) });
+        }
+    }
+    out
+}
+
+/// The dataset of a row: its source up to the first '/' (`mmlu/anatomy` -> `mmlu`).
+pub fn dataset_of(source: &str) -> &str {
+    source.split('/').next().unwrap_or(source)
+}
+
+/// Pools (see [`groups`]) and, for pools mixing datasets, each dataset on its own (RouteLLM reports MMLU,
+/// GSM8K and MT-Bench separately).
+pub fn eval_groups(table: &Table, prices: &Prices) -> Vec<Group> {
+    let mut out = Vec::new();
+    for g in groups(table, prices) {
+        let mut names: Vec<&str> = Vec::new();
+        for &i in &g.rows {
+            let d = dataset_of(&table.rows[i].source);
+            if !names.contains(&d) {
+                names.push(d);
+            }
+        }
+        out.push(g.clone());
+        if names.len() > 1 {
+            for d in names {
+                let rows = g
+                    .rows
+                    .iter()
+                    .copied()
+                    .filter(|&i| dataset_of(&table.rows[i].source) == d)
+                    .collect();
+                out.push(Group {
+                    rows,
+                    dataset: Some(d.to_string()),
+                    ..g.clone()
+                });
+            }
         }
     }
     out
