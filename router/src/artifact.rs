@@ -415,7 +415,12 @@ impl Files<'_> {
             .collect();
         Ok(Knn::from_parts(
             self.manifest.models.clone(),
-            KnnConfig { k, tau, shrink },
+            KnnConfig {
+                k,
+                tau,
+                shrink,
+                ..KnnConfig::default()
+            },
             dequantize_rows(&codes, &scales, dim),
             scores,
             prior,
@@ -497,6 +502,7 @@ pub fn load(dir: &Path) -> Result<(Manifest, Box<dyn QualityPredictor>), Artifac
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use crate::predict::tests::toy;
@@ -518,6 +524,7 @@ mod tests {
             models: &models,
             emb: emb.view(),
             quality: &q,
+            sources: None,
         };
         let knn = Knn::train(
             &data,
@@ -525,6 +532,7 @@ mod tests {
                 k: 5,
                 tau: Some(0.1),
                 shrink: 1.0,
+                smooth: 0.0,
             },
         );
         let mf = MatrixFactorization::train(
@@ -582,6 +590,7 @@ mod tests {
             models: &models,
             emb: emb.view(),
             quality: &q,
+            sources: None,
         };
         let dir = tempfile::tempdir().unwrap();
         let knn = Knn::train(&data, KnnConfig::default());

@@ -118,6 +118,7 @@ pub fn parse_candidate(s: &str) -> anyhow::Result<Candidate> {
         k: get("k", d.k as f64) as usize,
         tau: d.tau.map(|t| get("tau", t)),
         shrink: get("shrink", d.shrink),
+        smooth: get("smooth", d.smooth),
     };
     let mf = || {
         let d = MfConfig::default();
@@ -138,6 +139,7 @@ pub fn parse_candidate(s: &str) -> anyhow::Result<Candidate> {
             k: 32,
             tau: None,
             shrink: 0.0,
+            smooth: 0.0,
         }))),
         "mf" => Candidate::Spec(PredictorSpec::Mf(mf())),
         "ridge" => Candidate::Spec(PredictorSpec::Ridge {
@@ -239,10 +241,12 @@ pub fn run(cmd: RouterCommand) -> anyhow::Result<()> {
             };
             let t = Instant::now();
             let tq = table.quality.clone();
+            let src: Vec<String> = table.rows.iter().map(|r| r.source.clone()).collect();
             let set = TrainSet {
                 models: &table.models,
                 emb: emb.view(),
                 quality: &tq,
+                sources: Some(&src),
             };
             let model = train_savable(&spec, &set);
             eprintln!(
@@ -586,6 +590,7 @@ pub fn calibrate(table: &data::Table, groups: &[eval::Group], pred: &[Vec<f64>])
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use crate::data::{ModelPrice, Prices, Row, Table};

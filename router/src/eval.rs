@@ -28,10 +28,14 @@ impl Group {
             .iter()
             .map(|&j| table.models[j].as_str())
             .collect();
-        if names.len() <= 3 {
+        let pool = if names.len() <= 3 {
             names.join(" / ")
         } else {
             format!("{} models", names.len())
+        };
+        match &self.dataset {
+            Some(d) => format!("{d}: {pool}"),
+            None => format!("pooled: {pool}"),
         }
     }
 }
@@ -166,10 +170,15 @@ pub fn cross_validate(
         let tr_emb = select_rows(emb, &train);
         let te_emb = select_rows(emb, &test);
         let tr_q: Vec<Vec<Option<f64>>> = train.iter().map(|&i| table.quality[i].clone()).collect();
+        let tr_src: Vec<String> = train
+            .iter()
+            .map(|&i| table.rows[i].source.clone())
+            .collect();
         let data = TrainSet {
             models: &table.models,
             emb: tr_emb.view(),
             quality: &tr_q,
+            sources: Some(&tr_src),
         };
         for (c, cand) in candidates.iter().enumerate() {
             let t = std::time::Instant::now();
@@ -214,7 +223,7 @@ pub fn summary(
         let _ = writeln!(o, "\n== {} ({} rows)", g.name(table), g.rows.len());
         let _ = writeln!(
             o,
-            "{:40}{:>7}{:>8}{:>8}{:>8}{:>12}",
+            "{:56}{:>7}{:>8}{:>8}{:>8}{:>12}",
             "predictor", "APGR", "CPT50", "AIQ", "q_max", "$match/best"
         );
         let mut base: Option<Report> = None;
@@ -232,8 +241,8 @@ pub fn summary(
             let c = &r.multi.router;
             let _ = writeln!(
                 o,
-                "{:40}{:>7}{:>8}{:8.3}{:8.3}{:>12}",
-                name.chars().take(40).collect::<String>(),
+                "{:56}{:>7}{:>8}{:8.3}{:8.3}{:>12}",
+                name.chars().take(56).collect::<String>(),
                 apgr,
                 cpt50,
                 c.aiq,
@@ -257,7 +266,7 @@ pub fn summary(
                 };
                 let _ = writeln!(
                     o,
-                    "{:40}{:>7}{:>8}{:8.3}{:8.3}{:>12}",
+                    "{:56}{:>7}{:>8}{:8.3}{:8.3}{:>12}",
                     name,
                     apgr,
                     "",

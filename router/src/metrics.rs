@@ -584,6 +584,7 @@ pub fn format_report(r: &Report, extra: &[(String, Report)]) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

@@ -15,14 +15,19 @@ pub struct KnnConfig {
     pub tau: Option<f64>,
     /// Pseudo-count pulling thin or dissimilar neighbourhoods towards the model's mean.
     pub shrink: f64,
+    /// Training only: exemplar targets become `(1 − smooth)·own score + smooth·mean of its source`, which
+    /// turns neighbour votes into a soft task identification (outcomes within a task are noisy, task
+    /// means are not).
+    pub smooth: f64,
 }
 
 impl Default for KnnConfig {
     fn default() -> Self {
         Self {
-            k: 32,
-            tau: Some(0.05),
-            shrink: 1.0,
+            k: 100,
+            tau: Some(0.2),
+            shrink: 2.0,
+            smooth: 0.0,
         }
     }
 }
@@ -42,10 +47,26 @@ pub struct Knn {
 
 impl Knn {
     pub fn train(data: &TrainSet<'_>, config: KnnConfig) -> Self {
+        let means = if config.smooth > 0.0 {
+            data.source_means()
+        } else {
+            None
+        };
+        let b = config.smooth.clamp(0.0, 1.0);
         let scores = data
             .quality
             .iter()
-            .map(|r| r.iter().map(|v| v.map_or(f32::NAN, |v| v as f32)).collect())
+            .enumerate()
+            .map(|(i, r)| {
+                r.iter()
+                    .enumerate()
+                    .map(|(j, v)| match (v, &means) {
+                        (None, _) => f32::NAN,
+                        (Some(v), Some(mu)) => ((1.0 - b) * v + b * mu[i][j]) as f32,
+                        (Some(v), None) => *v as f32,
+                    })
+                    .collect()
+            })
             .collect();
         Self::from_parts(
             data.models.to_vec(),

@@ -45,7 +45,7 @@ impl Ridge {
         let m = data.models.len();
         let mut weights = Array2::<f64>::zeros((m, dim));
         let mut bias = data.prior();
-        for j in 0..m {
+        for (j, bias_j) in bias.iter_mut().enumerate() {
             let rows: Vec<usize> = (0..data.quality.len())
                 .filter(|&i| data.quality[i][j].is_some())
                 .collect();
@@ -69,7 +69,7 @@ impl Ridge {
                 a[[d, d]] += lambda;
             }
             let w = cholesky_solve(&a, &xc.t().dot(&yc));
-            bias[j] = ym - w.dot(&xm);
+            *bias_j = ym - w.dot(&xm);
             weights.row_mut(j).assign(&w);
         }
         Self {

@@ -20,10 +20,43 @@ pub struct TrainSet<'a> {
     pub models: &'a [String],
     pub emb: ArrayView2<'a, f32>,
     pub quality: &'a [Vec<Option<f64>>],
+    /// Row `source` labels (e.g. `mmlu/anatomy`), used only at training time (kNN target smoothing).
+    pub sources: Option<&'a [String]>,
 }
 
 impl TrainSet<'_> {
     /// Mean observed quality per model (0.5 where a model has no scores at all).
+    /// Mean observed quality per (source, model) over the training rows, `None` without labels.
+    pub fn source_means(&self) -> Option<Vec<Vec<f64>>> {
+        use std::collections::HashMap;
+        let sources = self.sources?;
+        let m = self.models.len();
+        let mut acc: HashMap<&str, (Vec<f64>, Vec<f64>)> = HashMap::new();
+        for (src, q) in sources.iter().zip(self.quality) {
+            let e = acc
+                .entry(src.as_str())
+                .or_insert_with(|| (vec![0.0; m], vec![0.0; m]));
+            for (j, v) in q.iter().enumerate() {
+                if let Some(v) = v {
+                    e.0[j] += v;
+                    e.1[j] += 1.0;
+                }
+            }
+        }
+        let prior = self.prior();
+        Some(
+            sources
+                .iter()
+                .map(|s| {
+                    let (sum, n) = &acc[s.as_str()];
+                    (0..m)
+                        .map(|j| if n[j] > 0.0 { sum[j] / n[j] } else { prior[j] })
+                        .collect()
+                })
+                .collect(),
+        )
+    }
+
     pub fn prior(&self) -> Vec<f64> {
         (0..self.models.len())
             .map(|j| {
@@ -70,10 +103,19 @@ impl PredictorSpec {
         match self {
             Self::Prior => "prior (per-model mean)".into(),
             Self::Knn(c) if c.tau.is_none() => format!("plain kNN k={}", c.k),
-            Self::Knn(c) => format!("sim-weighted kNN k={} tau={}", c.k, c.tau.unwrap_or(0.0)),
+            Self::Knn(c) => format!(
+                "sim-weighted kNN k={} tau={} smooth={}",
+                c.k,
+                c.tau.unwrap_or(0.0),
+                c.smooth
+            ),
             Self::Mf(c) => format!("MF d={} epochs={}", c.dim, c.epochs),
             Self::Ridge { lambda } => format!("ridge lambda={lambda}"),
-            Self::Blend { weight, .. } => format!("blend {weight:.2} kNN + {:.2} MF", 1.0 - weight),
+            Self::Blend { weight, knn, .. } => format!(
+                "blend {weight:.2} kNN(smooth={}) + {:.2} MF",
+                knn.smooth,
+                1.0 - weight
+            ),
         }
     }
 
@@ -185,6 +227,7 @@ pub fn select_rows(a: ArrayView2<'_, f32>, idx: &[usize]) -> Array2<f32> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 pub(crate) mod tests {
     use super::*;
 
@@ -238,17 +281,20 @@ pub(crate) mod tests {
             models: &models,
             emb: emb.view(),
             quality: &q,
+            sources: None,
         };
         let specs = [
             PredictorSpec::Knn(KnnConfig {
                 k: 5,
                 tau: None,
                 shrink: 0.0,
+                smooth: 0.0,
             }),
             PredictorSpec::Knn(KnnConfig {
                 k: 5,
                 tau: Some(0.1),
                 shrink: 1.0,
+                smooth: 0.0,
             }),
             PredictorSpec::Mf(MfConfig {
                 dim: 8,
@@ -273,6 +319,7 @@ pub(crate) mod tests {
             models: &models,
             emb: emb.view(),
             quality: &q,
+            sources: None,
         };
         let src: Vec<&str> = (0..q.len())
             .map(|i| if i % 2 == 0 { "a" } else { "b" })
