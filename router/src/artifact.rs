@@ -14,7 +14,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::encoder::hex;
-use crate::predict::{Blend, Knn, KnnConfig, MatrixFactorization, Prior, QualityPredictor, Ridge};
+use crate::predict::{
+    Blend, Knn, KnnConfig, MatrixFactorization, Prior, Projection, QualityPredictor, Ridge,
+};
 
 pub const FORMAT: &str = "routemesh-router";
 pub const FORMAT_VERSION: u32 = 1;
@@ -81,6 +83,9 @@ pub enum PredictorInfo {
         tau: Option<f64>,
         shrink: f64,
         exemplars: usize,
+        /// Principal components kept (`pca.f32`), 0 = full embedding.
+        #[serde(default)]
+        pca: usize,
     },
     Mf {
         dim: usize,
@@ -91,6 +96,8 @@ pub enum PredictorInfo {
         tau: Option<f64>,
         shrink: f64,
         exemplars: usize,
+        #[serde(default)]
+        pca: usize,
         dim: usize,
         weight: f64,
     },
@@ -194,7 +201,7 @@ fn knn_parts(k: &Knn) -> Vec<(String, Vec<u8>)> {
         .iter()
         .flat_map(|r| r.iter().flat_map(|&v| f16::from_f32(v).to_le_bytes()))
         .collect();
-    vec![
+    let mut parts = vec![
         (
             "exemplars.i8".into(),
             codes.iter().map(|&c| c.to_le_bytes()[0]).collect(),
@@ -205,7 +212,14 @@ fn knn_parts(k: &Knn) -> Vec<(String, Vec<u8>)> {
             "prior.f32".into(),
             f32_bytes(k.prior.iter().map(|&v| v as f32)),
         ),
-    ]
+    ];
+    if let Some(p) = &k.proj {
+        parts.push((
+            "pca.f32".into(),
+            f32_bytes(p.mean.iter().chain(p.basis.iter()).copied()),
+        ));
+    }
+    parts
 }
 
 fn mf_parts(m: &MatrixFactorization) -> Vec<(String, Vec<u8>)> {
@@ -237,6 +251,7 @@ impl PredictorParts for Knn {
             tau: self.config.tau,
             shrink: self.config.shrink,
             exemplars: self.exemplars.nrows(),
+            pca: self.proj.as_ref().map_or(0, |p| p.dims()),
         }
     }
 }
@@ -278,6 +293,7 @@ impl PredictorParts for Blend {
             tau: self.knn.config.tau,
             shrink: self.knn.config.shrink,
             exemplars: self.knn.exemplars.nrows(),
+            pca: self.knn.proj.as_ref().map_or(0, |p| p.dims()),
             dim: self.mf.w.nrows(),
             weight: self.weight,
         }
@@ -395,8 +411,31 @@ impl Files<'_> {
         Ok(bytes)
     }
 
-    fn knn(&self, k: usize, tau: Option<f64>, shrink: f64, n: usize) -> Result<Knn, ArtifactError> {
-        let (m, dim) = (self.manifest.models.len(), self.manifest.encoder.dim);
+    fn knn(
+        &self,
+        k: usize,
+        tau: Option<f64>,
+        shrink: f64,
+        n: usize,
+        pca: usize,
+    ) -> Result<Knn, ArtifactError> {
+        let (m, e) = (self.manifest.models.len(), self.manifest.encoder.dim);
+        let proj = if pca > 0 {
+            let v = read_f32(&self.read("pca.f32", (e + pca * e) * 4)?);
+            let basis = Array2::from_shape_vec((pca, e), v[e..].to_vec()).map_err(|err| {
+                ArtifactError::Shape {
+                    file: self.dir.join("pca.f32"),
+                    msg: err.to_string(),
+                }
+            })?;
+            Some(Projection {
+                mean: Array1::from_vec(v[..e].to_vec()),
+                basis,
+            })
+        } else {
+            None
+        };
+        let dim = if pca > 0 { pca } else { e };
         let codes: Vec<i8> = self
             .read("exemplars.i8", n * dim)?
             .into_iter()
@@ -424,6 +463,7 @@ impl Files<'_> {
             dequantize_rows(&codes, &scales, dim),
             scores,
             prior,
+            proj,
         ))
     }
 
@@ -469,7 +509,8 @@ pub fn load(dir: &Path) -> Result<(Manifest, Box<dyn QualityPredictor>), Artifac
             tau,
             shrink,
             exemplars,
-        } => Box::new(f.knn(k, tau, shrink, exemplars)?),
+            pca,
+        } => Box::new(f.knn(k, tau, shrink, exemplars, pca)?),
         PredictorInfo::Mf { dim } => Box::new(f.mf(dim)?),
         PredictorInfo::Ridge => {
             let v = read_f32(&f.read("ridge.f32", (m * e + m) * 4)?);
@@ -490,10 +531,11 @@ pub fn load(dir: &Path) -> Result<(Manifest, Box<dyn QualityPredictor>), Artifac
             tau,
             shrink,
             exemplars,
+            pca,
             dim,
             weight,
         } => Box::new(Blend {
-            knn: f.knn(k, tau, shrink, exemplars)?,
+            knn: f.knn(k, tau, shrink, exemplars, pca)?,
             mf: f.mf(dim)?,
             weight,
         }),
@@ -533,8 +575,19 @@ mod tests {
                 tau: Some(0.1),
                 shrink: 1.0,
                 smooth: 0.0,
+                pca: 0,
             },
         );
+        // A projected memory too: exercises pca.f32.
+        let knn_pca = Knn::train(
+            &data,
+            KnnConfig {
+                k: 5,
+                pca: 4,
+                ..KnnConfig::default()
+            },
+        );
+        assert!(knn_pca.proj.is_some());
         let mf = MatrixFactorization::train(
             &data,
             &MfConfig {
@@ -550,10 +603,11 @@ mod tests {
                 prior: data.prior(),
             }),
             Box::new(knn.clone()),
+            Box::new(knn_pca.clone()),
             Box::new(mf.clone()),
             Box::new(Ridge::train(&data, 0.1)),
             Box::new(Blend {
-                knn,
+                knn: knn_pca,
                 mf,
                 weight: 0.3,
             }),

@@ -119,6 +119,7 @@ pub fn parse_candidate(s: &str) -> anyhow::Result<Candidate> {
         tau: d.tau.map(|t| get("tau", t)),
         shrink: get("shrink", d.shrink),
         smooth: get("smooth", d.smooth),
+        pca: get("pca", d.pca as f64) as usize,
     };
     let mf = || {
         let d = MfConfig::default();
@@ -140,6 +141,7 @@ pub fn parse_candidate(s: &str) -> anyhow::Result<Candidate> {
             tau: None,
             shrink: 0.0,
             smooth: 0.0,
+            pca: 0,
         }))),
         "mf" => Candidate::Spec(PredictorSpec::Mf(mf())),
         "ridge" => Candidate::Spec(PredictorSpec::Ridge {

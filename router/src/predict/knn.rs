@@ -6,7 +6,7 @@
 
 use ndarray::{Array2, ArrayView2, Axis};
 
-use super::{QualityPredictor, TrainSet};
+use super::{Projection, QualityPredictor, TrainSet};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct KnnConfig {
@@ -19,6 +19,8 @@ pub struct KnnConfig {
     /// turns neighbour votes into a soft task identification (outcomes within a task are noisy, task
     /// means are not).
     pub smooth: f64,
+    /// Keep this many principal components of the embeddings (0 = the full embedding).
+    pub pca: usize,
 }
 
 impl Default for KnnConfig {
@@ -28,6 +30,7 @@ impl Default for KnnConfig {
             tau: Some(0.2),
             shrink: 2.0,
             smooth: 0.0,
+            pca: 0,
         }
     }
 }
@@ -36,8 +39,9 @@ impl Default for KnnConfig {
 pub struct Knn {
     pub models: Vec<String>,
     pub config: KnnConfig,
-    /// `[n, dim]` unit-norm exemplar embeddings.
+    /// `[n, dim]` unit-norm exemplar embeddings (projected when `proj` is set).
     pub exemplars: Array2<f32>,
+    pub proj: Option<Projection>,
     /// `[n][models]`, NaN = not scored.
     pub scores: Vec<Vec<f32>>,
     pub prior: Vec<f64>,
@@ -68,12 +72,19 @@ impl Knn {
                     .collect()
             })
             .collect();
+        let proj = (config.pca > 0 && config.pca < data.emb.ncols())
+            .then(|| Projection::fit(data.emb, config.pca, 11));
+        let exemplars = match &proj {
+            Some(p) => p.apply(data.emb),
+            None => data.emb.to_owned(),
+        };
         Self::from_parts(
             data.models.to_vec(),
             config,
-            data.emb.to_owned(),
+            exemplars,
             scores,
             data.prior(),
+            proj,
         )
     }
 
@@ -83,6 +94,7 @@ impl Knn {
         exemplars: Array2<f32>,
         scores: Vec<Vec<f32>>,
         prior: Vec<f64>,
+        proj: Option<Projection>,
     ) -> Self {
         let mut pools: Vec<(Vec<usize>, Vec<usize>)> = Vec::new();
         for (i, r) in scores.iter().enumerate() {
@@ -101,6 +113,7 @@ impl Knn {
             models,
             config,
             exemplars,
+            proj,
             scores,
             prior,
             pools,
@@ -119,6 +132,14 @@ impl QualityPredictor for Knn {
 
     fn predict(&self, emb: ArrayView2<'_, f32>) -> Vec<Vec<f64>> {
         let mut out = Vec::with_capacity(emb.nrows());
+        let projected;
+        let emb = match &self.proj {
+            Some(p) => {
+                projected = p.apply(emb);
+                projected.view()
+            }
+            None => emb,
+        };
         // Similarities in blocks: one GEMM per block keeps memory bounded on large evaluation sets.
         for block in emb.axis_chunks_iter(Axis(0), 256) {
             let sims = block.dot(&self.exemplars.t());

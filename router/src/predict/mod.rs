@@ -9,10 +9,12 @@ use ndarray::{Array2, ArrayView2};
 mod knn;
 mod linear;
 mod mf;
+mod pca;
 
 pub use knn::{Knn, KnnConfig};
 pub use linear::Ridge;
 pub use mf::{MatrixFactorization, MfConfig};
+pub use pca::Projection;
 
 /// Training examples: L2-normalised embeddings `[n, dim]` and `quality[row][model]`.
 #[derive(Debug, Clone, Copy)]
@@ -289,12 +291,14 @@ pub(crate) mod tests {
                 tau: None,
                 shrink: 0.0,
                 smooth: 0.0,
+                pca: 0,
             }),
             PredictorSpec::Knn(KnnConfig {
                 k: 5,
                 tau: Some(0.1),
                 shrink: 1.0,
                 smooth: 0.0,
+                pca: 0,
             }),
             PredictorSpec::Mf(MfConfig {
                 dim: 8,
