@@ -34,7 +34,7 @@ pub enum RouterCommand {
         #[arg(long)]
         out: PathBuf,
         /// Predictor spec (see `eval --predictor`).
-        #[arg(long, default_value = "blend")]
+        #[arg(long, default_value = DEFAULT_PREDICTOR)]
         predictor: String,
         /// Also run k-fold CV of this predictor against baselines and record it in the manifest; its
         /// out-of-fold predictions then calibrate thresholds and λ (unbiased, unlike in-sample kNN).
@@ -97,6 +97,10 @@ pub enum RouterCommand {
         enc: EncoderArgs,
     },
 }
+
+/// The predictor cross-validation picked for the default artifact (see its MODEL_CARD.md).
+pub const DEFAULT_PREDICTOR: &str =
+    "blend:k=50,tau=0.2,shrink=2,smooth=0.3,pca=128,w=0.6,dim=64,epochs=30";
 
 /// Predictor specs on the command line: `prior`, `source`, `knn[:k=32,tau=0.05,shrink=1]`,
 /// `knn-plain[:k=32]`, `mf[:dim=64,epochs=30,lr=0.002]`, `ridge[:lambda=1]`,
@@ -220,6 +224,7 @@ pub fn run(cmd: RouterCommand) -> anyhow::Result<()> {
                 Some(k) => {
                     let cands: Vec<Candidate> = [
                         predictor.as_str(),
+                        "knn",
                         "knn-plain",
                         "mf",
                         "ridge",

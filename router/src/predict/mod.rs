@@ -106,17 +106,21 @@ impl PredictorSpec {
             Self::Prior => "prior (per-model mean)".into(),
             Self::Knn(c) if c.tau.is_none() => format!("plain kNN k={}", c.k),
             Self::Knn(c) => format!(
-                "sim-weighted kNN k={} tau={} smooth={}",
+                "sim-weighted kNN k={} tau={} smooth={}{}",
                 c.k,
                 c.tau.unwrap_or(0.0),
-                c.smooth
+                c.smooth,
+                pca_suffix(c.pca)
             ),
             Self::Mf(c) => format!("MF d={} epochs={}", c.dim, c.epochs),
             Self::Ridge { lambda } => format!("ridge lambda={lambda}"),
-            Self::Blend { weight, knn, .. } => format!(
-                "blend {weight:.2} kNN(smooth={}) + {:.2} MF",
+            Self::Blend { weight, knn, mf } => format!(
+                "blend {weight:.2} kNN(k={},smooth={}{}) + {:.2} MF(d={})",
+                knn.k,
                 knn.smooth,
-                1.0 - weight
+                pca_suffix(knn.pca),
+                1.0 - weight,
+                mf.dim
             ),
         }
     }
@@ -136,6 +140,14 @@ impl PredictorSpec {
                 weight: *weight,
             }),
         }
+    }
+}
+
+fn pca_suffix(pca: usize) -> String {
+    if pca > 0 {
+        format!(" pca={pca}")
+    } else {
+        String::new()
     }
 }
 
