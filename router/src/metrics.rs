@@ -87,7 +87,8 @@ pub fn quantile(sorted: &[f64], q: f64) -> f64 {
     if n == 0 {
         return f64::NAN;
     }
-    let virt = (n as f64 * q + (1.0 - q)) - 1.0;
+    // numpy's 'linear' method: virtual index (n - 1)·q, then its _lerp (which switches formula at 0.5).
+    let virt = (n - 1) as f64 * q;
     let prev = virt.floor().clamp(0.0, (n - 1) as f64);
     let next = (prev + 1.0).min((n - 1) as f64);
     let gamma = virt - virt.floor();

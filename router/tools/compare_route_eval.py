@@ -51,16 +51,16 @@ for rep in sorted(glob.glob(os.path.join(a.dir, "group*.report.json"))):
             pairs.append((f"binary.{who}.10bin.apgr", br[who]["routellm_10bin"]["apgr"], bo[who]["routellm_10bin"]["apgr"]))
             for k in ("cpt20", "cpt50", "cpt80"):
                 soft.append((f"binary.{who}.10bin.{k}", br[who]["routellm_10bin"][k], bo[who]["routellm_10bin"][k]))
-    gw = 0.0
+    gw, gname = 0.0, ""
     for name, r, o in pairs:
         if (r is None) != (o is None):
             print(f"{g}: {name}: route_eval {r} vs ours {o}")
             gw = float("inf")
             continue
-        if r is not None:
-            gw = max(gw, abs(num(r) - num(o)))
+        if r is not None and abs(num(r) - num(o)) > gw:
+            gw, gname = abs(num(r) - num(o)), name
     sw = max([abs(num(r) - num(o)) for _, r, o in soft if r is not None and o is not None] or [0.0])
-    print(f"{os.path.basename(g)}: rows {ref['n']}, {len(pairs)} metrics compared, max |diff| {gw:.3g}"
+    print(f"{os.path.basename(g)}: rows {ref['n']}, {len(pairs)} metrics compared, max |diff| {gw:.3g} ({gname or '-'})"
           + (f"; 10-bin CPT max |diff| {sw:.3g} (informational)" if soft else ""))
     if "binary" in ref:
         print(f"   APGR route_eval {ref['binary']['router']['apgr']:.6f} ours {ours['binary']['router']['apgr']:.6f}")
