@@ -69,6 +69,15 @@ pub enum RouterCommand {
         #[command(flatten)]
         enc: EncoderArgs,
     },
+    /// Predicted quality per model for prompts given as arguments (a quick look, and a latency check).
+    Predict {
+        #[arg(long)]
+        router: Option<PathBuf>,
+        #[arg(required = true)]
+        prompt: Vec<String>,
+        #[command(flatten)]
+        enc: EncoderArgs,
+    },
     /// Evaluate a router artifact on data, or cross-validate predictors (`--cv K`) next to baselines.
     Eval {
         /// Router artifact directory (without `--cv`).
@@ -331,6 +340,25 @@ pub fn run(cmd: RouterCommand) -> anyhow::Result<()> {
             manifest.calibration = calibrate(&table, &groups, &pred);
             artifact::write_manifest(&router, &manifest)?;
             println!("{}", serde_json::to_string_pretty(&manifest.calibration)?);
+            Ok(())
+        }
+        RouterCommand::Predict {
+            router,
+            prompt,
+            enc,
+        } => {
+            let dir = router.unwrap_or_else(default_artifact_dir);
+            let r = load_router(&dir, &enc)?;
+            for p in &prompt {
+                let t = Instant::now();
+                let mut q = r.predict(p)?;
+                let took = t.elapsed();
+                q.sort_by(|a, b| b.1.total_cmp(&a.1));
+                println!("{p:?} ({took:.1?})");
+                for (m, v) in q {
+                    println!("  {v:.3}  {m}");
+                }
+            }
             Ok(())
         }
         RouterCommand::Eval {
