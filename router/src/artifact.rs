@@ -132,6 +132,10 @@ pub struct Manifest {
     pub format_version: u32,
     pub encoder: EncoderInfo,
     pub models: Vec<String>,
+    /// Groups of models trained on the same rows (and scored on the same rubric): predicted qualities
+    /// are comparable within a pool, not necessarily across pools.
+    #[serde(default)]
+    pub pools: Vec<Vec<String>>,
     pub predictor: PredictorInfo,
     pub files: BTreeMap<String, FileInfo>,
     #[serde(default)]
@@ -310,6 +314,7 @@ pub fn save(
     encoder: EncoderInfo,
     predictor: &dyn SavablePredictor,
     calibration: Calibration,
+    pools: Vec<Vec<String>>,
     training: serde_json::Value,
 ) -> Result<Manifest, ArtifactError> {
     let io = |path: &Path| {
@@ -334,6 +339,7 @@ pub fn save(
         format_version: FORMAT_VERSION,
         encoder,
         models: predictor.models().to_vec(),
+        pools,
         predictor: predictor.info(),
         files,
         calibration,
@@ -623,6 +629,7 @@ mod tests {
                 info(8),
                 p.as_ref(),
                 cal,
+                vec![models.clone()],
                 serde_json::json!({"rows": 80}),
             )
             .unwrap();
@@ -653,6 +660,7 @@ mod tests {
             info(8),
             &knn,
             Calibration::default(),
+            vec![],
             serde_json::Value::Null,
         )
         .unwrap();

@@ -280,7 +280,11 @@ pub fn run(cmd: RouterCommand) -> anyhow::Result<()> {
                 max_len: encoder.max_len(),
                 dim: EMBED_DIM,
             };
-            let m = artifact::save(&out, info, model.as_ref(), calibration, training)?;
+            let pools = groups
+                .iter()
+                .map(|g| g.models.iter().map(|&j| table.models[j].clone()).collect())
+                .collect();
+            let m = artifact::save(&out, info, model.as_ref(), calibration, pools, training)?;
             let bytes: u64 = m.files.values().map(|f| f.bytes).sum();
             eprintln!(
                 "wrote {} ({} files, {:.1} MB)",

@@ -63,6 +63,11 @@ impl Router {
         &self.manifest.models
     }
 
+    /// Models whose predictions share a training pool and rubric (see [`Manifest::pools`]).
+    pub fn pools(&self) -> &[Vec<String>] {
+        &self.manifest.pools
+    }
+
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
     }
