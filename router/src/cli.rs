@@ -341,7 +341,22 @@ pub fn run(cmd: RouterCommand) -> anyhow::Result<()> {
             let groups = eval::groups(&table, &prices);
             let pred = r.predict_embedded(emb.view());
             let mut manifest = r.manifest().clone();
-            manifest.calibration = calibrate(&table, &groups, &pred);
+            // Keep what this data cannot recalibrate (a pair or pool it does not cover).
+            let new = calibrate(&table, &groups, &pred);
+            let old = std::mem::take(&mut manifest.calibration);
+            let mut pairs = new.pairs;
+            for p in old.pairs {
+                if !pairs
+                    .iter()
+                    .any(|q| q.strong == p.strong && q.weak == p.weak)
+                {
+                    pairs.push(p);
+                }
+            }
+            manifest.calibration = Calibration {
+                default_lambda: new.default_lambda.or(old.default_lambda),
+                pairs,
+            };
             artifact::write_manifest(&router, &manifest)?;
             println!("{}", serde_json::to_string_pretty(&manifest.calibration)?);
             Ok(())
@@ -415,6 +430,10 @@ pub fn run(cmd: RouterCommand) -> anyhow::Result<()> {
                         .into_iter()
                         .map(|row| idx.iter().map(|&j| row[j]).collect())
                         .collect();
+                    eprintln!(
+                        "note: rows the artifact was trained on are scored in-sample (its kNN memory \
+                         contains them): use --cv for unbiased numbers"
+                    );
                     (vec![format!("artifact {}", dir.display())], vec![p])
                 }
                 (None, None) => anyhow::bail!("give --router DIR or --cv K"),
