@@ -89,7 +89,7 @@ pub enum RouterCommand {
         #[arg(long)]
         cv: Option<usize>,
         /// Predictors to cross-validate (the first is "the router" of the full tables).
-        #[arg(long = "predictor", default_values_t = ["blend".to_string(), "knn".to_string(), "mf".to_string(), "knn-plain".to_string(), "ridge".to_string(), "source".to_string(), "prior".to_string()])]
+        #[arg(long = "predictor", default_values_t = [DEFAULT_PREDICTOR.to_string(), "knn".to_string(), "mf".to_string(), "knn-plain".to_string(), "ridge".to_string(), "source".to_string(), "prior".to_string()])]
         predictors: Vec<String>,
         #[arg(long, default_value_t = 1)]
         seed: u64,
@@ -142,6 +142,7 @@ pub fn parse_candidate(s: &str) -> anyhow::Result<Candidate> {
             lr: get("lr", d.lr),
             weight_decay: get("wd", d.weight_decay),
             seed: get("seed", d.seed as f64) as u64,
+            smooth: get("msmooth", d.smooth),
             ..d
         }
     };

@@ -17,6 +17,8 @@ pub struct MfConfig {
     /// L2 penalty on W and the model embeddings.
     pub weight_decay: f64,
     pub seed: u64,
+    /// Training targets `(1 − smooth)·score + smooth·mean of the row's source` (see `KnnConfig::smooth`).
+    pub smooth: f64,
 }
 
 impl Default for MfConfig {
@@ -28,6 +30,7 @@ impl Default for MfConfig {
             batch: 64,
             weight_decay: 1e-4,
             seed: 7,
+            smooth: 0.0,
         }
     }
 }
@@ -82,6 +85,12 @@ impl MatrixFactorization {
     pub fn train(data: &TrainSet<'_>, cfg: &MfConfig) -> Self {
         let (n, e) = data.emb.dim();
         let (m, d) = (data.models.len(), cfg.dim.max(1));
+        let means = if cfg.smooth > 0.0 {
+            data.source_means()
+        } else {
+            None
+        };
+        let sm = cfg.smooth.clamp(0.0, 1.0);
         let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);
         let mut gauss = |s: f32| {
             // Box-Muller: rand_distr is not needed for one initialiser.
@@ -121,9 +130,12 @@ impl MatrixFactorization {
                     }
                     dz.iter_mut().for_each(|g| *g = 0.0);
                     for j in 0..m {
-                        let Some(y) = data.quality[i][j] else {
+                        let Some(mut y) = data.quality[i][j] else {
                             continue;
                         };
+                        if let Some(mu) = &means {
+                            y = (1.0 - sm) * y + sm * mu[i][j];
+                        }
                         let vr = v.row(j);
                         let s: f32 = b[j] + vr.iter().zip(&z).map(|(p, q)| p * q).sum::<f32>();
                         let g = sigmoid(s) - y as f32;

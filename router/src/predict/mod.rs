@@ -112,15 +112,16 @@ impl PredictorSpec {
                 c.smooth,
                 pca_suffix(c.pca)
             ),
-            Self::Mf(c) => format!("MF d={} epochs={}", c.dim, c.epochs),
+            Self::Mf(c) => format!("MF d={} epochs={} smooth={}", c.dim, c.epochs, c.smooth),
             Self::Ridge { lambda } => format!("ridge lambda={lambda}"),
             Self::Blend { weight, knn, mf } => format!(
-                "blend {weight:.2} kNN(k={},smooth={}{}) + {:.2} MF(d={})",
+                "blend {weight:.2} kNN(k={},smooth={}{}) + {:.2} MF(d={},smooth={})",
                 knn.k,
                 knn.smooth,
                 pca_suffix(knn.pca),
                 1.0 - weight,
-                mf.dim
+                mf.dim,
+                mf.smooth
             ),
         }
     }
