@@ -196,6 +196,7 @@ impl EncoderArgs {
             assets,
             max_len: self.max_len,
             threads: self.threads,
+            sessions: 1,
         })?)
     }
 }
@@ -563,8 +564,12 @@ fn load_router(dir: &std::path::Path, enc: &EncoderArgs) -> anyhow::Result<crate
         .as_deref()
         .map(AssetPaths::in_dir)
         .unwrap_or_else(AssetPaths::from_env);
-    crate::Router::load_with(dir, assets, enc.threads)
-        .with_context(|| format!("loading router {}", dir.display()))
+    let cfg = crate::router::RouterConfig {
+        assets,
+        threads: enc.threads,
+        sessions: 1,
+    };
+    crate::Router::load_with(dir, &cfg).with_context(|| format!("loading router {}", dir.display()))
 }
 
 /// Trains the concrete predictor of `spec` (artifacts need the concrete type to serialise it).

@@ -5,7 +5,8 @@
 //! (`load-dynamic`) from the PyPI onnxruntime wheel that `scripts/fetch-router-assets.sh` extracts.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use ndarray::Array2;
 use ort::session::Session;
@@ -153,6 +154,9 @@ pub struct EncoderConfig {
     pub max_len: usize,
     /// ONNX Runtime intra-op threads; the gateway runs the encoder on blocking threads, so keep it small.
     pub threads: usize,
+    /// Independent ONNX sessions: concurrent `encode` calls run in parallel up to this many (ort's `run`
+    /// needs exclusive access to a session). Each costs one copy of the model (~23 MB).
+    pub sessions: usize,
 }
 
 impl Default for EncoderConfig {
@@ -161,15 +165,17 @@ impl Default for EncoderConfig {
             assets: AssetPaths::from_env(),
             max_len: DEFAULT_MAX_LEN,
             threads: 1,
+            sessions: 1,
         }
     }
 }
 
-/// A loaded encoder. `Send + Sync`: the session is behind a mutex because ort's `run` takes `&mut self`;
-/// callers wanting parallel encodes create several encoders.
+/// A loaded encoder. `Send + Sync`: sessions sit behind mutexes because ort's `run` takes `&mut self`;
+/// a call takes the first free one (or waits for one), so `sessions` bounds the parallelism.
 pub struct Encoder {
     tokenizer: Tokenizer,
-    session: Mutex<Session>,
+    sessions: Vec<Mutex<Session>>,
+    next: AtomicUsize,
     model_sha256: String,
     max_len: usize,
 }
@@ -205,18 +211,37 @@ impl Encoder {
             path: cfg.assets.model.clone(),
             source,
         })?;
-        let session = Session::builder(env)?
-            .with_optimization_level(GraphOptimizationLevel::Level3)
-            .map_err(ort::Error::from)?
-            .with_intra_threads(cfg.threads.max(1))
-            .map_err(ort::Error::from)?
-            .commit_from_file(&cfg.assets.model)?;
+        let mut sessions = Vec::new();
+        for _ in 0..cfg.sessions.max(1) {
+            let session = Session::builder(env)?
+                .with_optimization_level(GraphOptimizationLevel::Level3)
+                .map_err(ort::Error::from)?
+                .with_intra_threads(cfg.threads.max(1))
+                .map_err(ort::Error::from)?
+                .commit_from_file(&cfg.assets.model)?;
+            sessions.push(Mutex::new(session));
+        }
         Ok(Self {
             tokenizer,
-            session: Mutex::new(session),
+            sessions,
+            next: AtomicUsize::new(0),
             model_sha256,
             max_len: cfg.max_len,
         })
+    }
+
+    /// A free session if there is one, else wait on the next in turn (spreads waiters evenly).
+    fn session(&self) -> Result<MutexGuard<'_, Session>, EncoderError> {
+        let n = self.sessions.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        for k in 0..n {
+            if let Ok(s) = self.sessions[(start + k) % n].try_lock() {
+                return Ok(s);
+            }
+        }
+        self.sessions[start]
+            .lock()
+            .map_err(|_| EncoderError::Ort("encoder session poisoned".into()))
     }
 
     /// sha256 of the loaded model.onnx (artifacts record it to refuse a different encoder).
@@ -261,10 +286,7 @@ impl Encoder {
                 types[[i, j]] = i64::from(t);
             }
         }
-        let mut session = self
-            .session
-            .lock()
-            .map_err(|_| EncoderError::Ort("encoder session poisoned".into()))?;
+        let mut session = self.session()?;
         let outputs = session.run(ort::inputs![
             "input_ids" => TensorRef::from_array_view(&ids)?,
             "attention_mask" => TensorRef::from_array_view(&mask)?,
@@ -377,6 +399,22 @@ mod tests {
         let alone = enc.encode(&["Prove that sqrt(2) is irrational."]).unwrap();
         assert!((alone.row(0).dot(&e.row(2)) - 1.0).abs() < 1e-4);
         // Long prompts are truncated, not rejected.
+        // Concurrent callers on a multi-session encoder get the same vectors.
+        let multi = Encoder::load(&EncoderConfig {
+            sessions: 2,
+            ..EncoderConfig::default()
+        })
+        .unwrap();
+        let prompts = ["How do I bake bread?", "Prove that sqrt(2) is irrational."];
+        std::thread::scope(|s| {
+            let hs: Vec<_> = (0..4)
+                .map(|_| s.spawn(|| multi.encode(&prompts).unwrap()))
+                .collect();
+            for h in hs {
+                let v = h.join().unwrap();
+                assert!((v.row(1).dot(&e.row(2)) - 1.0).abs() < 1e-4);
+            }
+        });
         let long = "word ".repeat(2000);
         assert_eq!(
             enc.encode(&[long.as_str()]).unwrap().shape(),

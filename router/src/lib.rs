@@ -10,4 +10,4 @@ pub mod predict;
 pub mod router;
 
 pub use crate::predict::QualityPredictor;
-pub use crate::router::{Router, RouterError};
+pub use crate::router::{Router, RouterConfig, RouterError};

@@ -17,6 +17,26 @@ pub enum RouterError {
 }
 
 /// A loaded router. `Send + Sync`; `predict` is synchronous CPU work (run it on a blocking thread).
+/// How to run a router's encoder.
+#[derive(Debug, Clone)]
+pub struct RouterConfig {
+    pub assets: AssetPaths,
+    /// ONNX Runtime intra-op threads per session.
+    pub threads: usize,
+    /// ONNX sessions, i.e. how many prompts can be encoded in parallel (see [`EncoderConfig::sessions`]).
+    pub sessions: usize,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        Self {
+            assets: AssetPaths::from_env(),
+            threads: 1,
+            sessions: 1,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Router {
     manifest: Manifest,
@@ -27,10 +47,10 @@ pub struct Router {
 impl Router {
     /// Loads `dir` with the encoder assets from `$ROUTEMESH_ASSETS` (see [`AssetPaths::from_env`]).
     pub fn load(dir: &Path) -> Result<Self, RouterError> {
-        Self::load_with(dir, AssetPaths::from_env(), 1)
+        Self::load_with(dir, &RouterConfig::default())
     }
 
-    pub fn load_with(dir: &Path, assets: AssetPaths, threads: usize) -> Result<Self, RouterError> {
+    pub fn load_with(dir: &Path, cfg: &RouterConfig) -> Result<Self, RouterError> {
         let (manifest, predictor) = artifact::load(dir)?;
         if manifest.encoder.id != ENCODER_ID || manifest.encoder.dim != EMBED_DIM {
             return Err(ArtifactError::Invalid(format!(
@@ -40,9 +60,10 @@ impl Router {
             .into());
         }
         let encoder = Encoder::load(&EncoderConfig {
-            assets,
+            assets: cfg.assets.clone(),
             max_len: manifest.encoder.max_len,
-            threads,
+            threads: cfg.threads,
+            sessions: cfg.sessions,
         })?;
         // Embeddings from another model.onnx would silently mean something else: refuse.
         if encoder.model_sha256() != manifest.encoder.model_sha256 {
