@@ -146,5 +146,23 @@ mod tests {
         let p = r.predict("What is 17 * 23? Think step by step.").unwrap();
         assert_eq!(p.len(), r.models().len());
         assert!(p.iter().all(|(_, q)| (0.0..=1.0).contains(q)), "{p:?}");
+        assert_eq!(r.pools().len(), 2);
+        // Odd inputs are predictions too, not errors.
+        let long = "ünïcödé ".repeat(3000);
+        for odd in ["", "   ", long.as_str()] {
+            assert_eq!(r.predict(odd).unwrap().len(), r.models().len());
+        }
+        // A batch gives each prompt what it gets alone (padding must not leak into the pooling).
+        let prompts = [
+            "Translate 'good morning' to French.",
+            "Prove Fermat's little theorem.",
+        ];
+        let batch = r.predict_batch(&prompts).unwrap();
+        for (p, b) in prompts.iter().zip(&batch) {
+            let alone = r.predict(p).unwrap();
+            for ((_, a), b) in alone.iter().zip(b) {
+                assert!((a - b).abs() < 1e-3, "{p}: {a} vs {b}");
+            }
+        }
     }
 }
