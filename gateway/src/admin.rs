@@ -50,7 +50,12 @@ async fn metrics(State(state): State<Arc<GatewayState>>) -> Response {
 async fn ready(State(state): State<Arc<GatewayState>>) -> Response {
     let pool = state.pool.snapshot();
     let healthy = pool.iter().filter(|w| w.healthy()).count();
-    let body = json!({"ready": healthy > 0, "workers": pool.len(), "healthy_workers": healthy});
+    let body = json!({
+        "ready": healthy > 0,
+        "workers": pool.len(),
+        "healthy_workers": healthy,
+        "router": state.quality.artifact().map(|p| p.display().to_string()),
+    });
     let status = if healthy > 0 {
         StatusCode::OK
     } else {

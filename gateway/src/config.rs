@@ -85,8 +85,9 @@ pub struct GatewayConfig {
     #[serde(default)]
     pub policy: PolicyKind,
     /// λ of the utility policy: quality points per USD of expected cost.
-    #[serde(default = "default_cost_weight")]
-    pub cost_weight: f64,
+    /// Unset: the loaded router artifact's calibrated λ, else 20.
+    #[serde(default)]
+    pub cost_weight: Option<f64>,
     /// μ of the utility policy: quality points per second of expected latency.
     #[serde(default = "default_latency_weight")]
     pub latency_weight: f64,
@@ -150,6 +151,9 @@ pub struct GatewayConfig {
     /// Live telemetry: what is recorded, and how the router reads it.
     #[serde(default)]
     pub telemetry: TelemetryConfig,
+    /// The learned router (quality prediction).
+    #[serde(default)]
+    pub router: crate::quality::RouterSettings,
     /// Per-tenant settings, by tenant name.
     #[serde(default)]
     pub tenants: std::collections::HashMap<String, crate::tenants::TenantConfig>,
@@ -234,9 +238,6 @@ impl TelemetryConfig {
 
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 50051))
-}
-fn default_cost_weight() -> f64 {
-    routemesh_router::UtilityPolicy::default().cost_weight
 }
 fn default_latency_weight() -> f64 {
     routemesh_router::UtilityPolicy::default().latency_weight
@@ -357,7 +358,7 @@ impl Config {
         let g = &self.gateway;
         let bad = |key: &str, message: String| Err((format!("gateway.{key}"), message));
         for (key, w) in [
-            ("cost_weight", g.cost_weight),
+            ("cost_weight", g.cost_weight.unwrap_or(0.0)),
             ("latency_weight", g.latency_weight),
             ("load_weight", g.load_weight),
             ("error_weight", g.error_weight),

@@ -9,6 +9,7 @@ pub mod error;
 pub mod metrics;
 pub mod openai;
 pub mod pool;
+pub mod quality;
 pub mod recent;
 pub mod server;
 pub mod service;

@@ -84,6 +84,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The learned router: train, evaluate, score, calibrate (see router/README.md).
+    Router {
+        #[command(subcommand)]
+        command: routemesh_router::cli::RouterCommand,
+    },
     /// Check a configuration file and print it with every default filled in.
     CheckConfig {
         /// The file to check.
@@ -365,6 +370,10 @@ async fn main() -> anyhow::Result<()> {
         } => {
             let config = load(common.config.as_deref(), None)?;
             print_telemetry(&config, window, json).await
+        }
+        // CPU-bound and synchronous (ONNX, training): off the async runtime.
+        Command::Router { command } => {
+            tokio::task::spawn_blocking(move || routemesh_router::cli::run(command)).await?
         }
         Command::CheckConfig { file } => {
             let config = Config::from_file(&file)?;

@@ -128,6 +128,19 @@ pub fn decision(model: &str, policy: &'static str, deciding_term: &'static str, 
     histogram!(DECISION_DURATION).record(took.as_secs_f64());
 }
 
+pub const ROUTER_CACHE: &str = "routemesh_router_cache_lookups_total";
+pub const ROUTER_INFERENCE: &str = "routemesh_router_inference_seconds";
+
+/// A router prediction looked up in the prompt cache.
+pub fn router_cache(hit: bool) {
+    counter!(ROUTER_CACHE, "result" => if hit { "hit" } else { "miss" }).increment(1);
+}
+
+/// One encoder + predictor run.
+pub fn router_inference(took: Duration) {
+    histogram!(ROUTER_INFERENCE).record(took.as_secs_f64());
+}
+
 pub fn failover(model: &str) {
     counter!(FAILOVERS, "model" => model.to_string()).increment(1);
 }

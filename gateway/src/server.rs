@@ -18,6 +18,7 @@ use routemesh_telemetry::{Recorder, Telemetry};
 use crate::auth::ApiKeys;
 use crate::config::GatewayConfig;
 use crate::pool::Pool;
+use crate::quality::QualityModel;
 use crate::recent::Recent;
 use crate::service::{GatewayService, GatewayState};
 use crate::tenants::CostTargets;
@@ -95,11 +96,11 @@ fn serve_http(
     Ok((addr, task))
 }
 
-fn policy(config: &GatewayConfig) -> Box<dyn Policy> {
+fn policy(config: &GatewayConfig, cost_weight: f64) -> Box<dyn Policy> {
     match config.policy {
         PolicyKind::LeastLoaded => Box::new(LeastLoaded),
         PolicyKind::Utility => Box::new(UtilityPolicy {
-            cost_weight: config.cost_weight,
+            cost_weight,
             latency_weight: config.latency_weight,
             load_weight: config.load_weight,
             error_weight: config.error_weight,
@@ -132,6 +133,13 @@ pub async fn start_gateway(
         source,
     })?;
 
+    let quality = QualityModel::load(&config.router)
+        .await
+        .map_err(|e| ServeError::Config(e.to_string()))?;
+    let cost_weight = config
+        .cost_weight
+        .or_else(|| quality.calibrated_cost_weight())
+        .unwrap_or(UtilityPolicy::default().cost_weight);
     let pool = Pool::new(
         registry,
         config.load_interval.max(Duration::from_millis(200)),
@@ -148,10 +156,11 @@ pub async fn start_gateway(
 
     let state = Arc::new(GatewayState {
         pool,
-        policy: policy(&config),
+        policy: policy(&config, cost_weight),
         recent: Recent::new(config.feedback_window),
         recorder: Recorder::start(shared_telemetry, config.telemetry.recorder()),
-        cost_targets: CostTargets::new(&config.tenants, config.cost_weight),
+        cost_targets: CostTargets::new(&config.tenants, cost_weight),
+        quality,
         admission: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_requests)),
         config: config.clone(),
     });

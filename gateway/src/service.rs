@@ -21,6 +21,7 @@ use crate::auth::Tenant;
 use crate::config::GatewayConfig;
 use crate::error::GatewayError;
 use crate::pool::{Pool, Snapshot, WorkerHandle};
+use crate::quality::{Predicted, QualityModel};
 use crate::recent::{Recent, Served};
 use crate::tenants::CostTargets;
 use crate::validate::{ValidRequest, tier_to_wire, validate};
@@ -35,6 +36,8 @@ pub struct GatewayState {
     /// Requests generating now, bounded by `max_concurrent_requests`; a
     /// stream holds its permit until it ends.
     pub admission: Arc<tokio::sync::Semaphore>,
+    /// The learned router (or priors).
+    pub quality: QualityModel,
 }
 
 impl std::fmt::Debug for GatewayState {
@@ -195,6 +198,7 @@ impl GatewayState {
         req: &ValidRequest,
         snapshot: &Snapshot,
         excluded: &[String],
+        routed: Option<&Predicted>,
     ) -> Result<Routed, GatewayError> {
         let start = Instant::now();
         let workers: Vec<&Arc<WorkerHandle>> = snapshot
@@ -207,7 +211,7 @@ impl GatewayState {
             .iter()
             .map(|w| w.view(live.snapshot.workers.get(&w.record.id), min_requests))
             .collect();
-        let predictions = self.predictions(&workers, &live);
+        let predictions = self.predictions(&workers, &live, routed);
         let input = RouteInput {
             prompt_tokens: req.prompt_tokens_estimate(),
             max_tokens: req.max_tokens(),
@@ -282,21 +286,36 @@ impl GatewayState {
         hinted || status.code() == Code::Unavailable
     }
 
-    /// Predicted quality per model: the prior, moved towards the feedback
-    /// received for the model (a Beta-style posterior mean with the prior
-    /// worth `feedback_prior_weight` scores).
+    /// Predicted quality per model: the learned router's where it knows the
+    /// model (within one of its comparable pools), else the tier prior; then
+    /// moved towards the feedback received for the model (a Beta-style
+    /// posterior mean with the prediction worth `feedback_prior_weight` scores).
     fn predictions(
         &self,
         workers: &[&Arc<WorkerHandle>],
         live: &LiveSnapshot,
+        routed: Option<&Predicted>,
     ) -> HashMap<String, Prediction> {
         let weight = self.config.telemetry.feedback_prior_weight;
+        let models: Vec<&str> = workers.iter().map(|w| w.spec.name.as_str()).collect();
+        let comparable = if routed.is_some() {
+            self.quality.comparable(&models)
+        } else {
+            Default::default()
+        };
         let mut out = HashMap::new();
         for w in workers {
             if out.contains_key(&w.spec.name) {
                 continue;
             }
-            let prior = w.spec.prior_quality();
+            let learned = routed
+                .filter(|_| comparable.contains(&w.spec.name))
+                .and_then(|p| p.get(&w.spec.name))
+                .copied();
+            let (base, base_source) = match learned {
+                Some(q) => (q, "router"),
+                None => (w.spec.prior_quality(), "prior"),
+            };
             let prediction = match live
                 .snapshot
                 .feedback
@@ -304,17 +323,30 @@ impl GatewayState {
                 .filter(|f| f.count > 0.0)
             {
                 Some(f) => Prediction {
-                    quality: (prior * weight + f.sum) / (weight + f.count),
-                    source: "prior+feedback",
+                    quality: (base * weight + f.sum) / (weight + f.count),
+                    source: if base_source == "router" {
+                        "router+feedback"
+                    } else {
+                        "prior+feedback"
+                    },
                 },
                 None => Prediction {
-                    quality: prior,
-                    source: "prior",
+                    quality: base,
+                    source: base_source,
                 },
             };
             out.insert(w.spec.name.clone(), prediction);
         }
         out
+    }
+
+    /// The learned router's predictions for this request, unless a model is
+    /// pinned (then they would change nothing).
+    async fn predict(&self, req: &ValidRequest) -> Option<Predicted> {
+        if req.pinned_model.is_some() {
+            return None;
+        }
+        self.quality.predict(req.routing_prompt()).await
     }
 
     /// Records one call at one worker, off the request path.
@@ -459,6 +491,7 @@ impl GatewayService {
         let deadline = Instant::now() + budget;
         let snapshot = state.pool.snapshot();
         let req = state.accept(request, &snapshot)?;
+        let predicted = state.predict(&req).await;
         let mut excluded = Vec::new();
         // After a failover, running out of workers reports the real failure.
         let mut last_failure: Option<GatewayError> = None;
@@ -467,7 +500,7 @@ impl GatewayService {
                 worker,
                 explanation,
             } = state
-                .route(&req, &snapshot, &excluded)
+                .route(&req, &snapshot, &excluded, predicted.as_ref())
                 .map_err(|e| last_failure.take().unwrap_or(e))?;
             let _in_flight = worker.begin();
             let started = Instant::now();
@@ -535,6 +568,7 @@ impl GatewayService {
         let deadline = Instant::now() + budget;
         let snapshot = state.pool.snapshot();
         let req = state.accept(request, &snapshot)?;
+        let predicted = state.predict(&req).await;
 
         // Open a stream and wait for its first event; until then a failure
         // where no model ran moves the request to another worker.
@@ -546,7 +580,7 @@ impl GatewayService {
                 worker,
                 explanation,
             } = state
-                .route(&req, &snapshot, &excluded)
+                .route(&req, &snapshot, &excluded, predicted.as_ref())
                 .map_err(|e| last_failure.take().unwrap_or(e))?;
             let in_flight = worker.begin();
             let started = Instant::now();
@@ -732,7 +766,8 @@ impl Gateway for GatewayService {
         let state = &self.state;
         let snapshot = state.pool.snapshot();
         let req = state.accept(request, &snapshot)?;
-        let routed = state.route(&req, &snapshot, &[])?;
+        let predicted = state.predict(&req).await;
+        let routed = state.route(&req, &snapshot, &[], predicted.as_ref())?;
         Ok(with_request_id(routed.explanation, &req.request_id))
     }
 

@@ -412,7 +412,7 @@ impl Policy for UtilityPolicy {
         }
         pick(self.name(), candidates, move |c| {
             format!(
-                "highest utility {:.4} = quality {:.3} ({}) - {cw}·cost {:.6} USD - {lw}·latency {:.2} s ({}) - {nw}·load {:.2} - {ew}·error rate {:.3}",
+                "highest utility {:.4} = quality {:.3} ({}) - {cw:.4}·cost {:.6} USD - {lw}·latency {:.2} s ({}) - {nw}·load {:.2} - {ew}·error rate {:.3}",
                 c.score,
                 c.predicted_quality,
                 c.quality_source,

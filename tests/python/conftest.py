@@ -85,6 +85,7 @@ class Running:
 
 FAST_MESH = """
 gateway:
+  router: {enabled: false}
   listen: 127.0.0.1:0
   http_listen: 127.0.0.1:0
   admin_listen: 127.0.0.1:0
