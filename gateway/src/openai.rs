@@ -547,6 +547,13 @@ async fn list_models(State(state): State<HttpState>, headers: HeaderMap) -> Resp
                 json!({"id": ROUTER_MODEL, "object": "model", "created": 0, "owned_by": "routemesh",
                                        "routemesh": {"virtual": true, "description": "learned routing with the gateway's default policy"}}),
             ];
+            for (strong, weak, share, threshold) in
+                state.service.state().quality.calibrated_thresholds()
+            {
+                data.push(json!({"id": format!("router-mf-{threshold:.3}"), "object": "model", "created": 0, "owned_by": "routemesh",
+                                 "routemesh": {"virtual": true, "description": format!(
+                                     "RouteLLM-style threshold routing between the pool's most and least expensive models; about {:.0}% strong calls on the {strong} / {weak} training prompts", share * 100.0)}}));
+            }
             for m in models.into_inner().models {
                 let tier = if m.tier == WireTier::Large as i32 {
                     "large"

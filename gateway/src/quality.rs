@@ -154,6 +154,30 @@ impl QualityModel {
         self.router.as_ref()?.manifest().calibration.default_lambda
     }
 
+    /// Calibrated RouteLLM thresholds: (strong model, weak model, share of
+    /// strong calls on the training prompts, threshold).
+    pub fn calibrated_thresholds(&self) -> Vec<(String, String, f64, f64)> {
+        let Some(router) = &self.router else {
+            return Vec::new();
+        };
+        router
+            .manifest()
+            .calibration
+            .pairs
+            .iter()
+            .flat_map(|p| {
+                p.thresholds.iter().map(move |t| {
+                    (
+                        p.strong.clone(),
+                        p.weak.clone(),
+                        t.strong_share,
+                        t.threshold,
+                    )
+                })
+            })
+            .collect()
+    }
+
     /// The models whose predictions can be compared with each other in this
     /// pool: the router's training pool that covers most of `pool_models`.
     pub fn comparable(&self, pool_models: &[&str]) -> HashSet<String> {

@@ -220,7 +220,10 @@ impl GatewayState {
             predicted_quality: Some(&predictions),
             cost_weight: self.cost_targets.cost_weight(&req.tenant),
         };
-        let decision = self.policy.decide(&input, &views);
+        let decision = match req.threshold {
+            Some(threshold) => routemesh_router::decide_threshold(threshold, &input, &views),
+            None => self.policy.decide(&input, &views),
+        };
         let took = start.elapsed();
         if let Some(chosen) = decision.chosen_candidate() {
             crate::metrics::decision(
@@ -466,6 +469,10 @@ pub struct GatewayService {
 impl GatewayService {
     pub fn new(state: Arc<GatewayState>) -> Self {
         Self { state }
+    }
+
+    pub fn state(&self) -> &Arc<GatewayState> {
+        &self.state
     }
 }
 

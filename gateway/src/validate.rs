@@ -26,6 +26,8 @@ pub struct ValidRequest {
     pub hints: Hints,
     pub tenant: String,
     pub prompt_chars: usize,
+    /// RouteLLM-style threshold routing (model `router-<name>-<threshold>`).
+    pub threshold: Option<f64>,
 }
 
 impl ValidRequest {
@@ -66,6 +68,23 @@ pub fn tier_to_wire(tier: Tier) -> WireTier {
     }
 }
 
+/// The threshold of a RouteLLM-style model name, `router-<name>-<threshold>`
+/// (e.g. `router-mf-0.116`), with the threshold a number in [-1, 1].
+pub fn threshold_of(model: &str) -> Option<f64> {
+    let rest = model.strip_prefix("router-")?;
+    let (head, value) = rest.rsplit_once('-')?;
+    // `router-mf--0.2`: the last dash before the number is its sign.
+    let value = if head.ends_with('-') {
+        format!("-{value}")
+    } else {
+        value.to_string()
+    };
+    value
+        .parse::<f64>()
+        .ok()
+        .filter(|t| t.is_finite() && (-1.0..=1.0).contains(t))
+}
+
 fn valid_id(id: &str) -> bool {
     id.chars().all(|c| c.is_ascii_graphic())
 }
@@ -96,7 +115,8 @@ pub fn validate(
             known_models.join(", ")
         },
     };
-    let pinned_model = if ROUTED_MODELS.contains(&req.model.as_str()) {
+    let threshold = threshold_of(&req.model);
+    let pinned_model = if ROUTED_MODELS.contains(&req.model.as_str()) || threshold.is_some() {
         None
     } else if known_models.contains(&req.model.as_str()) {
         Some(req.model)
@@ -259,6 +279,7 @@ pub fn validate(
         hints,
         tenant,
         prompt_chars,
+        threshold,
     })
 }
 
@@ -390,6 +411,21 @@ mod tests {
             }),
             "tenant"
         );
+    }
+
+    #[test]
+    fn routellm_threshold_names() {
+        assert_eq!(threshold_of("router-mf-0.116"), Some(0.116));
+        assert_eq!(threshold_of("router-knn-blend-0.2"), Some(0.2));
+        assert_eq!(threshold_of("router-mf-7"), None);
+        assert_eq!(threshold_of("router-mf--0.5"), Some(-0.5));
+        assert_eq!(threshold_of("router"), None);
+        let v = check(GenerateRequest {
+            model: "router-mf-0.116".into(),
+            ..ok_request()
+        })
+        .unwrap();
+        assert_eq!((v.threshold, v.pinned_model), (Some(0.116), None));
     }
 
     #[test]

@@ -18,7 +18,7 @@ pub mod router;
 
 pub use crate::policy::{
     CandidateScore, Decision, Hints, LeastLoaded, ModelSpec, NoCandidate, Policy, PolicyKind,
-    Prediction, RouteInput, Tier, UtilityPolicy, WorkerView,
+    Prediction, RouteInput, Tier, UtilityPolicy, WorkerView, decide_threshold,
 };
 pub use crate::predict::QualityPredictor;
 pub use crate::router::{Router, RouterConfig, RouterError};
