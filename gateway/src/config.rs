@@ -22,6 +22,9 @@ pub struct Config {
     /// by `routemesh worker`.
     #[serde(default)]
     pub workers: Vec<WorkerConfig>,
+    /// OpenTelemetry traces of this process.
+    #[serde(default)]
+    pub tracing: crate::tracing_setup::TracingConfig,
     /// Workers the gateway dials without a registry (without `registry.redis`).
     #[serde(default)]
     pub static_workers: Vec<StaticWorker>,

@@ -14,6 +14,7 @@ pub mod recent;
 pub mod server;
 pub mod service;
 pub mod tenants;
+pub mod tracing_setup;
 pub mod up;
 pub mod validate;
 

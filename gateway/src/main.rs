@@ -159,6 +159,28 @@ async fn serve(
     try_prompt: Option<String>,
     once: bool,
 ) -> anyhow::Result<()> {
+    let service = match (workers, gateway) {
+        (true, false) => "routemesh-worker",
+        (false, true) => "routemesh-gateway",
+        _ => "routemesh",
+    };
+    let traces = routemesh_gateway::tracing_setup::init(&config.tracing, service)?;
+    let result = serve_traced(config, common, workers, gateway, try_prompt, once).await;
+    if let Some(provider) = traces {
+        // Send the last spans before exiting.
+        let _ = tokio::task::spawn_blocking(move || provider.shutdown()).await;
+    }
+    result
+}
+
+async fn serve_traced(
+    config: Config,
+    common: &Common,
+    workers: bool,
+    gateway: bool,
+    try_prompt: Option<String>,
+    once: bool,
+) -> anyhow::Result<()> {
     if workers && config.workers.is_empty() {
         bail!("the configuration lists no workers (key `workers`)");
     }
@@ -326,15 +348,13 @@ async fn print_telemetry(
     Ok(())
 }
 
+/// Logs only, for one-shot commands.
+fn plain_logs() {
+    let _ = routemesh_gateway::tracing_setup::init(&Default::default(), "routemesh");
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,h2=warn,hyper=warn,tower=warn,tonic=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
     match cli.command {
         Command::Up {
@@ -368,11 +388,13 @@ async fn main() -> anyhow::Result<()> {
             window,
             json,
         } => {
+            plain_logs();
             let config = load(common.config.as_deref(), None)?;
             print_telemetry(&config, window, json).await
         }
         // CPU-bound and synchronous (ONNX, training): off the async runtime.
         Command::Router { command } => {
+            plain_logs();
             tokio::task::spawn_blocking(move || routemesh_router::cli::run(command)).await?
         }
         Command::CheckConfig { file } => {

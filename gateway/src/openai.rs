@@ -419,6 +419,16 @@ async fn chat_completions(
     }
     let mut request = tonic::Request::new(chat.grpc);
     request.extensions_mut().insert(HttpApi);
+    // W3C trace context from HTTP headers continues like gRPC metadata.
+    for name in ["traceparent", "tracestate"] {
+        if let Some(value) = headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+        {
+            request.metadata_mut().insert(name, value);
+        }
+    }
     if let Err(e) = authorize(&state, &headers, &mut request) {
         return e.into_response();
     }

@@ -16,6 +16,7 @@ use routemesh_telemetry::{FeedbackEvent, LiveSnapshot, Outcome, Recorder, Reques
 use routemesh_worker::driven::driven_stream;
 use tokio::time::Instant;
 use tonic::{Code, Request, Response, Status};
+use tracing::Instrument;
 
 use crate::auth::Tenant;
 use crate::config::GatewayConfig;
@@ -220,12 +221,26 @@ impl GatewayState {
             predicted_quality: Some(&predictions),
             cost_weight: self.cost_targets.cost_weight(&req.tenant),
         };
+        let span = tracing::info_span!(
+            "routemesh.route",
+            routemesh.policy = tracing::field::Empty,
+            routemesh.model = tracing::field::Empty,
+            routemesh.worker = tracing::field::Empty,
+            routemesh.reason = tracing::field::Empty,
+            routemesh.candidates = views.len(),
+            routemesh.telemetry = live.source,
+        );
+        let _route = span.enter();
         let decision = match req.threshold {
             Some(threshold) => routemesh_router::decide_threshold(threshold, &input, &views),
             None => self.policy.decide(&input, &views),
         };
         let took = start.elapsed();
+        span.record("routemesh.policy", decision.policy);
+        span.record("routemesh.reason", decision.reason.as_str());
         if let Some(chosen) = decision.chosen_candidate() {
+            span.record("routemesh.model", chosen.model.as_str());
+            span.record("routemesh.worker", chosen.worker_id.as_str());
             crate::metrics::decision(
                 &chosen.model,
                 decision.policy,
@@ -264,6 +279,7 @@ impl GatewayState {
         req: &ValidRequest,
         worker: &WorkerHandle,
         remaining: Duration,
+        span: &tracing::Span,
     ) -> Request<WorkerGenerateRequest> {
         let mut request = Request::new(WorkerGenerateRequest {
             request_id: req.request_id.clone(),
@@ -272,8 +288,9 @@ impl GatewayState {
             params: Some(req.params.clone()),
             tenant: req.tenant.clone(),
         });
-        // The client's deadline travels to the worker.
+        // The client's deadline and trace travel to the worker.
         request.set_timeout(remaining);
+        routemesh_worker::trace_context::inject(span, request.metadata_mut());
         request
     }
 
@@ -449,6 +466,32 @@ fn connection_lost(status: Status) -> Status {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HttpApi;
 
+/// The server span of a client request, continuing the client's trace.
+fn request_span(request: &Request<GenerateRequest>, method: &'static str) -> tracing::Span {
+    let span = tracing::info_span!(
+        "routemesh.generate",
+        otel.kind = "server",
+        rpc.system = "grpc",
+        rpc.method = method,
+        routemesh.api = api_of(request),
+        routemesh.request_id = %request.get_ref().request_id,
+        gen_ai.request.model = %request.get_ref().model,
+    );
+    routemesh_worker::trace_context::continue_trace(&span, request.metadata());
+    span
+}
+
+/// The client span of one call to one worker (one per attempt).
+fn worker_call_span(worker: &WorkerHandle, attempt: usize) -> tracing::Span {
+    tracing::info_span!(
+        "routemesh.worker_call",
+        otel.kind = "client",
+        routemesh.worker = %worker.record.id,
+        gen_ai.request.model = %worker.record.model,
+        routemesh.attempt = attempt,
+    )
+}
+
 fn api_of<T>(request: &Request<T>) -> &'static str {
     if request.extensions().get::<HttpApi>().is_some() {
         "http"
@@ -513,8 +556,9 @@ impl GatewayService {
             let started = Instant::now();
             let remaining = deadline.saturating_duration_since(started);
             let mut client = worker.client.clone();
-            let call = client.generate(state.worker_request(&req, &worker, remaining));
-            let result = match tokio::time::timeout(remaining, call).await {
+            let call_span = worker_call_span(&worker, excluded.len() + 1);
+            let call = client.generate(state.worker_request(&req, &worker, remaining, &call_span));
+            let result = match tokio::time::timeout(remaining, call.instrument(call_span)).await {
                 Ok(result) => result,
                 Err(_) => {
                     state.record(&req, &worker, Outcome::Timeout, None, started);
@@ -582,7 +626,7 @@ impl GatewayService {
         let mut excluded = Vec::new();
         // After a failover, running out of workers reports the real failure.
         let mut last_failure: Option<GatewayError> = None;
-        let (worker, explanation, in_flight, mut upstream, first, started) = loop {
+        let (worker, explanation, in_flight, mut upstream, first, started, call_span) = loop {
             let Routed {
                 worker,
                 explanation,
@@ -592,16 +636,21 @@ impl GatewayService {
             let in_flight = worker.begin();
             let started = Instant::now();
             let remaining = deadline.saturating_duration_since(started);
-            let opened = tokio::time::timeout(remaining, async {
-                let mut upstream = worker
-                    .client
-                    .clone()
-                    .generate_stream(state.worker_request(&req, &worker, remaining))
-                    .await?
-                    .into_inner();
-                let first = upstream.message().await?;
-                Ok::<_, Status>((upstream, first))
-            })
+            let call_span = worker_call_span(&worker, excluded.len() + 1);
+            let opened = tokio::time::timeout(
+                remaining,
+                async {
+                    let mut upstream = worker
+                        .client
+                        .clone()
+                        .generate_stream(state.worker_request(&req, &worker, remaining, &call_span))
+                        .await?
+                        .into_inner();
+                    let first = upstream.message().await?;
+                    Ok::<_, Status>((upstream, first))
+                }
+                .instrument(call_span.clone()),
+            )
             .await
             .map_err(|_| {
                 state.record(&req, &worker, Outcome::Timeout, None, started);
@@ -609,7 +658,15 @@ impl GatewayService {
             })?;
             match opened {
                 Ok((upstream, Some(first))) => {
-                    break (worker, explanation, in_flight, upstream, first, started);
+                    break (
+                        worker,
+                        explanation,
+                        in_flight,
+                        upstream,
+                        first,
+                        started,
+                        call_span,
+                    );
                 }
                 Ok((_, None)) => {
                     let status = Status::internal("worker closed the stream without an event");
@@ -643,7 +700,10 @@ impl GatewayService {
         };
 
         let request_id = req.request_id.clone();
-        let stream = driven_stream(move |tx| async move {
+        // The request span and the worker call's span last as long as the stream.
+        let request_span = tracing::Span::current();
+        let stream = driven_stream(move |tx| {
+            async move {
             let _in_flight = in_flight;
             let _admitted = admitted;
             let event = |event| {
@@ -735,6 +795,9 @@ impl GatewayService {
                     None => {}
                 }
             }
+            }
+            .instrument(call_span)
+            .instrument(request_span)
         });
         Ok(with_request_id(stream, &request_id))
     }
@@ -747,7 +810,8 @@ impl Gateway for GatewayService {
         request: Request<GenerateRequest>,
     ) -> Result<Response<GenerateResponse>, Status> {
         let (api, start) = (api_of(&request), Instant::now());
-        let result = self.generate_inner(request).await;
+        let span = request_span(&request, "Generate");
+        let result = self.generate_inner(request).instrument(span).await;
         crate::metrics::request(api, "Generate", code_of(&result), start.elapsed());
         result
     }
@@ -759,7 +823,8 @@ impl Gateway for GatewayService {
         request: Request<GenerateRequest>,
     ) -> Result<Response<Self::GenerateStreamStream>, Status> {
         let (api, start) = (api_of(&request), Instant::now());
-        let result = self.generate_stream_inner(request).await;
+        let span = request_span(&request, "GenerateStream");
+        let result = self.generate_stream_inner(request).instrument(span).await;
         // Time to the first event: a stream's later failures are counted per
         // worker call.
         crate::metrics::request(api, "GenerateStream", code_of(&result), start.elapsed());
