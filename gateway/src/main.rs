@@ -84,6 +84,21 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Spend by tenant and model, and what routing saved against sending
+    /// everything to the pool's most expensive model (from `registry.redis`).
+    Cost {
+        #[command(flatten)]
+        common: Common,
+        /// Hours back from now.
+        #[arg(long, default_value_t = 24)]
+        hours: u64,
+        /// Per day instead of per hour (for long ranges).
+        #[arg(long)]
+        daily: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// The learned router: train, evaluate, score, calibrate (see router/README.md).
     Router {
         #[command(subcommand)]
@@ -348,6 +363,42 @@ async fn print_telemetry(
     Ok(())
 }
 
+async fn print_cost(config: &Config, hours: u64, daily: bool, json: bool) -> anyhow::Result<()> {
+    let Some(telemetry) = routemesh_gateway::up::shared_telemetry(config).await? else {
+        bail!(
+            "without `registry.redis` spend lives in each gateway's memory; ask a gateway: GET http://<admin_listen>/v1/cost"
+        );
+    };
+    let registry = routemesh_gateway::up::connect_registry(config).await?;
+    // The counterfactual: the most expensive model registered now.
+    let strongest = registry
+        .list()
+        .await?
+        .into_iter()
+        .max_by(|a, b| {
+            (a.input_usd_per_mtok + a.output_usd_per_mtok)
+                .total_cmp(&(b.input_usd_per_mtok + b.output_usd_per_mtok))
+        })
+        .map(|w| routemesh_gateway::cost::Counterfactual {
+            model: w.model,
+            input_usd_per_mtok: w.input_usd_per_mtok,
+            output_usd_per_mtok: w.output_usd_per_mtok,
+        });
+    let to = routemesh_telemetry::record::now_ms();
+    let from = to.saturating_sub(hours.clamp(1, 24 * 400) * 3_600_000);
+    let rows = telemetry.spend(from, to, daily).await?;
+    let report = routemesh_gateway::cost::report(&rows, strongest, from, to);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.render());
+        println!(
+            "(last {hours} h, every gateway of the mesh; the counterfactual keeps each request's token counts)"
+        );
+    }
+    Ok(())
+}
+
 /// Logs only, for one-shot commands.
 fn plain_logs() {
     let _ = routemesh_gateway::tracing_setup::init(&Default::default(), "routemesh");
@@ -396,6 +447,16 @@ async fn main() -> anyhow::Result<()> {
         Command::Router { command } => {
             plain_logs();
             tokio::task::spawn_blocking(move || routemesh_router::cli::run(command)).await?
+        }
+        Command::Cost {
+            common,
+            hours,
+            daily,
+            json,
+        } => {
+            plain_logs();
+            let config = load(common.config.as_deref(), None)?;
+            print_cost(&config, hours, daily, json).await
         }
         Command::CheckConfig { file } => {
             let config = Config::from_file(&file)?;
