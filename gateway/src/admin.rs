@@ -14,8 +14,14 @@ use serde_json::json;
 use crate::cost::{Counterfactual, report};
 use crate::service::GatewayState;
 
+/// The built-in overview page: spend, savings, routing mix, latency and
+/// worker health, drawn from `/v1/overview` with no dependency.
+const PAGE: &str = include_str!("admin_page.html");
+
 pub fn router(state: Arc<GatewayState>) -> Router {
     Router::new()
+        .route("/", get(|| async { axum::response::Html(PAGE) }))
+        .route("/v1/overview", get(overview))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
@@ -112,4 +118,72 @@ async fn cost(State(state): State<Arc<GatewayState>>, Query(q): Query<CostQuery>
 async fn telemetry(State(state): State<Arc<GatewayState>>) -> Response {
     let live = state.recorder.snapshot();
     axum::Json(json!({"source": live.source, "snapshot": &*live.snapshot})).into_response()
+}
+
+/// Everything the built-in page shows, in one JSON document.
+async fn overview(State(state): State<Arc<GatewayState>>) -> Response {
+    let to = routemesh_telemetry::record::now_ms();
+    let from = to.saturating_sub(24 * 3_600_000);
+    let counterfactual = strongest(&state);
+    let rows = match state.recorder.reports().spend(from, to, false).await {
+        Ok(rows) => rows,
+        Err(e) => {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                axum::Json(json!({"error": format!("telemetry store: {e}")})),
+            )
+                .into_response();
+        }
+    };
+    let cost = report(&rows, counterfactual.clone(), from, to);
+    let pool = state.pool.snapshot();
+    let live = state.recorder.snapshot();
+    let tier_of = |model: &str| {
+        pool.iter()
+            .find(|w| w.record.model == model)
+            .map(|w| w.record.tier.as_str())
+    };
+    let mut models: Vec<_> = live
+        .snapshot
+        .models
+        .iter()
+        .map(|(name, s)| {
+            json!({"name": name, "tier": tier_of(name).unwrap_or("-"), "requests": s.requests, "error_rate": s.error_rate,
+                   "ttft_ms_p50": s.ttft_ms_p50, "latency_ms_p50": s.latency_ms_p50, "latency_ms_p95": s.latency_ms_p95,
+                   "latency_ms_p99": s.latency_ms_p99})
+        })
+        .collect();
+    models.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    let served: f64 = live
+        .snapshot
+        .models
+        .values()
+        .map(|s| s.requests - s.errors)
+        .sum();
+    let large: f64 = live
+        .snapshot
+        .models
+        .iter()
+        .filter(|(name, _)| tier_of(name) == Some("large"))
+        .map(|(_, s)| s.requests - s.errors)
+        .sum();
+    let workers: Vec<_> = pool
+        .iter()
+        .map(|w| {
+            let load = w.last_load();
+            json!({"id": w.record.id, "model": w.record.model, "healthy": w.healthy(), "in_flight": w.in_flight(),
+                   "capacity": load.map_or(w.record.capacity, |l| l.capacity)})
+        })
+        .collect();
+    axum::Json(json!({
+        "cost": cost,
+        "counterfactual_model": counterfactual.map(|c| c.model),
+        "telemetry_source": live.source,
+        "window_secs": live.snapshot.window_secs,
+        "models": models,
+        "large_share": if served > 0.0 { large / served } else { 0.0 },
+        "workers": workers,
+        "router": state.quality.artifact().map(|p| p.display().to_string()),
+    }))
+    .into_response()
 }
