@@ -38,6 +38,10 @@ async fn metrics(State(state): State<Arc<GatewayState>>) -> Response {
         stats.shared_write_errors.load(Relaxed) + stats.shared_snapshot_errors.load(Relaxed),
         stats.buffered.load(Relaxed),
     );
+    crate::metrics::redis_round_trips(
+        state.recorder.reports().round_trips(),
+        state.pool.registry_round_trips(),
+    );
     match crate::metrics::handle() {
         Some(handle) => (
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

@@ -161,6 +161,14 @@ pub fn healthy_workers(count: usize) {
     gauge!(HEALTHY_WORKERS).set(count as f64);
 }
 
+pub const REDIS_ROUND_TRIPS: &str = "routemesh_redis_round_trips_total";
+
+/// Round trips to Redis so far, by what made them.
+pub fn redis_round_trips(telemetry: u64, registry: u64) {
+    counter!(REDIS_ROUND_TRIPS, "component" => "telemetry").absolute(telemetry);
+    counter!(REDIS_ROUND_TRIPS, "component" => "registry").absolute(registry);
+}
+
 pub fn telemetry(dropped: u64, errors: u64, buffered: u64) {
     counter!(TELEMETRY_DROPPED).absolute(dropped);
     counter!(TELEMETRY_ERRORS).absolute(errors);

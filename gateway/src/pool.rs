@@ -259,6 +259,11 @@ impl Pool {
         }
     }
 
+    /// Round trips this gateway has made to its registry (Redis).
+    pub fn registry_round_trips(&self) -> u64 {
+        self.registry.round_trips()
+    }
+
     pub async fn poll_loads(&self) {
         let workers = self.snapshot();
         futures::future::join_all(workers.iter().map(|w| w.check_load(self.load_timeout))).await;

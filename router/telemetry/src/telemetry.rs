@@ -142,6 +142,11 @@ impl Telemetry {
         Self { store }
     }
 
+    /// Network round trips its store has made.
+    pub fn round_trips(&self) -> u64 {
+        self.store.round_trips()
+    }
+
     /// Records a batch in one store round trip (two with the index).
     pub async fn record(&self, batch: &[RequestRecord]) -> Result<(), StoreError> {
         let mut slots: HashMap<String, HashMap<String, f64>> = HashMap::new();
