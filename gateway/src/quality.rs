@@ -52,8 +52,40 @@ impl Default for RouterSettings {
     }
 }
 
-/// Predictions for one prompt: model name -> predicted quality.
-pub type Predicted = Arc<HashMap<String, f64>>;
+/// What the router says about one prompt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoutedPrompt {
+    /// Model name -> predicted quality.
+    pub scores: HashMap<String, f64>,
+    /// The prompt's region of embedding space (a locality-sensitive hash):
+    /// similar prompts share it, so feedback on one moves its neighbours.
+    pub region: String,
+}
+
+pub type Predicted = Arc<RoutedPrompt>;
+
+/// Hyperplanes of the region hash: fixed, so every replica agrees.
+const REGION_BITS: usize = 4;
+
+fn region_of(embedding: ndarray::ArrayView1<'_, f32>) -> String {
+    // A small deterministic generator (xorshift) for the hyperplanes: no
+    // dependency, same planes in every process and version.
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut bits = String::with_capacity(REGION_BITS + 1);
+    bits.push('r');
+    for _ in 0..REGION_BITS {
+        let mut dot = 0.0f32;
+        for x in embedding.iter() {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let plane = (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+            dot += plane * x;
+        }
+        bits.push(if dot >= 0.0 { '1' } else { '0' });
+    }
+    bits
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum QualityError {
@@ -217,10 +249,23 @@ impl QualityModel {
         crate::metrics::router_cache(false);
         let text = prompt.to_string();
         let started = std::time::Instant::now();
-        let result = tokio::task::spawn_blocking(move || router.predict(&text)).await;
+        let result = tokio::task::spawn_blocking(move || {
+            let embedding = router.encoder().encode(&[text.as_str()])?;
+            let scores = router
+                .predict_embedded(embedding.view())
+                .into_iter()
+                .next()
+                .unwrap_or_default();
+            let region = region_of(embedding.row(0));
+            Ok::<_, routemesh_router::encoder::EncoderError>(RoutedPrompt {
+                scores: router.models().iter().cloned().zip(scores).collect(),
+                region,
+            })
+        })
+        .await;
         crate::metrics::router_inference(started.elapsed());
         let predicted: Predicted = match result {
-            Ok(Ok(scores)) => Arc::new(scores.into_iter().collect()),
+            Ok(Ok(routed)) => Arc::new(routed),
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "router prediction failed; using priors for this request");
                 return None;

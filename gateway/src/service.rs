@@ -112,6 +112,7 @@ fn explain(
             .collect(),
         decision_time_us: elapsed.as_secs_f64() * 1e6,
         telemetry_source: live.source.to_string(),
+        prompt_region: String::new(),
     }
 }
 
@@ -248,7 +249,8 @@ impl GatewayState {
                 took,
             );
         }
-        let explanation = explain(&req.request_id, &decision, &live, took);
+        let mut explanation = explain(&req.request_id, &decision, &live, took);
+        explanation.prompt_region = routed.map(|p| p.region.clone()).unwrap_or_default();
         match decision.chosen {
             Ok(i) => Ok(Routed {
                 worker: workers[i].clone(),
@@ -330,20 +332,25 @@ impl GatewayState {
             }
             let learned = routed
                 .filter(|_| comparable.contains(&w.spec.name))
-                .and_then(|p| p.get(&w.spec.name))
+                .and_then(|p| p.scores.get(&w.spec.name))
                 .copied();
             let (base, base_source) = match learned {
                 Some(q) => (q, "router"),
                 None => (w.spec.prior_quality(), "prior"),
             };
-            let prediction = match live
+            // With a router, feedback counts where it was given: on prompts of
+            // the same region. Without one, for the model as a whole.
+            let feedback = live
                 .snapshot
                 .feedback
                 .get(&w.spec.name)
-                .filter(|f| f.count > 0.0)
-            {
-                Some(f) => Prediction {
-                    quality: (base * weight + f.sum) / (weight + f.count),
+                .and_then(|f| match routed {
+                    Some(p) => f.by_region.get(&p.region).copied(),
+                    None => Some((f.sum, f.count)),
+                });
+            let prediction = match feedback.filter(|(_, n)| *n > 0.0) {
+                Some((sum, count)) => Prediction {
+                    quality: (base * weight + sum) / (weight + count),
                     source: if base_source == "router" {
                         "router+feedback"
                     } else {
@@ -360,12 +367,9 @@ impl GatewayState {
         out
     }
 
-    /// The learned router's predictions for this request, unless a model is
-    /// pinned (then they would change nothing).
+    /// The learned router's view of this request: predictions for routing
+    /// and, even for a pinned model, the prompt's region for feedback.
     async fn predict(&self, req: &ValidRequest) -> Option<Predicted> {
-        if req.pinned_model.is_some() {
-            return None;
-        }
         self.quality.predict(req.routing_prompt()).await
     }
 
@@ -420,13 +424,14 @@ impl GatewayState {
         self.recorder.record(record);
     }
 
-    fn remember(&self, req: &ValidRequest, worker: &WorkerHandle) {
+    fn remember(&self, req: &ValidRequest, worker: &WorkerHandle, routed: Option<&Predicted>) {
         self.recent.remember(
             &req.request_id,
             Served {
                 model: worker.record.model.clone(),
                 worker_id: worker.record.id.clone(),
                 tenant: req.tenant.clone(),
+                region: routed.map(|p| p.region.clone()).unwrap_or_default(),
             },
         );
     }
@@ -569,7 +574,7 @@ impl GatewayService {
                 Ok(response) => {
                     let done = response.into_inner();
                     state.record(&req, &worker, Outcome::Ok, done.usage.as_ref(), started);
-                    state.remember(&req, &worker);
+                    state.remember(&req, &worker, predicted.as_ref());
                     let message = GenerateResponse {
                         request_id: req.request_id.clone(),
                         text: done.text,
@@ -784,7 +789,7 @@ impl GatewayService {
                     }
                     Some(worker_stream_event::Event::End(end)) => {
                         state.record(&req, &worker, Outcome::Ok, end.usage.as_ref(), started);
-                        state.remember(&req, &worker);
+                        state.remember(&req, &worker, predicted.as_ref());
                         let end = StreamEnd {
                             finish_reason: end.finish_reason,
                             usage: end.usage,
@@ -873,7 +878,7 @@ impl Gateway for GatewayService {
         self.state.recorder.feedback(FeedbackEvent {
             at_ms: routemesh_telemetry::record::now_ms(),
             model: served.model.clone(),
-            region: String::new(),
+            region: served.region.clone(),
             score,
         });
 

@@ -136,6 +136,79 @@ async fn routes_with_the_default_artifact() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feedback_moves_similar_prompts_only() {
+    let Some(assets) = std::env::var_os("ROUTEMESH_ASSETS") else {
+        eprintln!(
+            "SKIP: ROUTEMESH_ASSETS not set (run scripts/fetch-router-assets.sh, or ./dev test)"
+        );
+        return;
+    };
+    // Quality alone decides here (the harness prices the large tier like GPT-4).
+    let yaml = mesh_yaml(&assets.to_string_lossy(), "")
+        .replace("  router: {", "  cost_weight: 0.0\n  router: {");
+    let mesh = Process::start("mesh", "up", &yaml, &[]).unwrap();
+    let mut client = gateway_client(&mesh.gateway_url()).await;
+    let large = "llama-3.3-nemotron-super-49b-v1";
+    let (rated, similar, other) = (
+        "Solve for x: 3x^2 - 12x + 9 = 0.",
+        "Solve for y: 2y^2 - 8y + 6 = 0.",
+        "Write a friendly greeting for a coffee shop sign.",
+    );
+    let region = |d: &RouteDecision| d.prompt_region.clone();
+    let before_similar = client.route(ask(similar)).await.unwrap().into_inner();
+    let before_other = client.route(ask(other)).await.unwrap().into_inner();
+    assert_eq!(
+        before_similar.model, large,
+        "the router sends the equation to the large model at first: {before_similar:?}"
+    );
+    assert_eq!(
+        region(&client.route(ask(rated)).await.unwrap().into_inner()),
+        region(&before_similar),
+        "similar prompts share a region"
+    );
+    assert_ne!(region(&before_other), region(&before_similar));
+
+    // Users rate the large model's answers to the equation as wrong.
+    for i in 0..15 {
+        let req = GenerateRequest {
+            request_id: format!("fb-{i}"),
+            model: large.into(),
+            ..ask(rated)
+        };
+        let id = client.generate(req).await.unwrap().into_inner().request_id;
+        client
+            .feedback(routemesh_proto::v1::FeedbackRequest {
+                request_id: id,
+                score: 0.0,
+                comment: String::new(),
+            })
+            .await
+            .unwrap();
+    }
+    eventually(
+        std::time::Duration::from_secs(10),
+        "the similar prompt moves off the large model",
+        || {
+            let mut c = client.clone();
+            async move { c.route(ask(similar)).await.unwrap().into_inner().model != large }
+        },
+    )
+    .await;
+    let after = client.route(ask(similar)).await.unwrap().into_inner();
+    let large_after = after.candidates.iter().find(|c| c.model == large).unwrap();
+    assert_eq!(large_after.quality_source, "router+feedback");
+    // A prompt of another region keeps its prediction.
+    let other_after = client.route(ask(other)).await.unwrap().into_inner();
+    let q = |d: &RouteDecision| {
+        d.candidates
+            .iter()
+            .find(|c| c.model == large)
+            .map(|c| (c.predicted_quality, c.quality_source.clone()))
+    };
+    assert_eq!(q(&other_after), q(&before_other));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_encoder_is_a_clear_startup_error() {
     let yaml = mesh_yaml("/nonexistent/assets", "");
     let err = match Process::start("mesh", "up", &yaml, &[]) {
