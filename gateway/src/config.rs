@@ -107,6 +107,13 @@ pub struct GatewayConfig {
     /// failures where no model ran.
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
+    /// Failovers allowed per request served (a retry budget, so a failing
+    /// pool never sees a retry storm).
+    #[serde(default = "default_retry_ratio")]
+    pub retry_budget_ratio: f64,
+    /// Failovers available at once, on top of the ratio.
+    #[serde(default = "default_retry_burst")]
+    pub retry_budget_burst: f64,
     /// max_tokens when a request gives none.
     #[serde(default = "default_max_tokens")]
     pub default_max_tokens: u32,
@@ -257,6 +264,12 @@ fn default_max_concurrent() -> usize {
 fn default_max_attempts() -> u32 {
     2
 }
+fn default_retry_ratio() -> f64 {
+    0.2
+}
+fn default_retry_burst() -> f64 {
+    10.0
+}
 fn default_max_tokens() -> u32 {
     256
 }
@@ -365,6 +378,8 @@ impl Config {
             ("latency_weight", g.latency_weight),
             ("load_weight", g.load_weight),
             ("error_weight", g.error_weight),
+            ("retry_budget_ratio", g.retry_budget_ratio),
+            ("retry_budget_burst", g.retry_budget_burst),
             (
                 "telemetry.feedback_prior_weight",
                 g.telemetry.feedback_prior_weight,

@@ -82,13 +82,25 @@ impl GatewayError {
     }
 }
 
+/// How long a client refused for load should wait before retrying; sent as
+/// gRPC's retry pushback (and as `Retry-After` on HTTP).
+pub const RETRY_PUSHBACK_MS: u32 = 250;
+
 impl From<GatewayError> for Status {
     fn from(e: GatewayError) -> Self {
         let code = e.code();
+        let overloaded = matches!(e, GatewayError::Overloaded(_));
         match e.side() {
             "client" => tracing::debug!(error = %e, "request refused"),
             _ => tracing::warn!(error = %e, side = e.side(), "request failed"),
         }
-        Status::new(code, e.to_string())
+        let mut status = Status::new(code, e.to_string());
+        if overloaded {
+            status.metadata_mut().insert(
+                "grpc-retry-pushback-ms",
+                tonic::metadata::MetadataValue::from(RETRY_PUSHBACK_MS),
+            );
+        }
+        status
     }
 }

@@ -11,6 +11,7 @@ pub mod openai;
 pub mod pool;
 pub mod quality;
 pub mod recent;
+pub mod retry;
 pub mod server;
 pub mod service;
 pub mod tenants;

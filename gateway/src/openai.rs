@@ -65,7 +65,15 @@ struct ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({"error": {"message": self.message, "type": self.kind, "param": self.param, "code": Value::Null}});
-        (self.status, axum::Json(body)).into_response()
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if self.status == StatusCode::TOO_MANY_REQUESTS {
+            // Whole seconds: the pushback rounded up.
+            let secs = crate::error::RETRY_PUSHBACK_MS.div_ceil(1000).to_string();
+            if let Ok(v) = HeaderValue::from_str(&secs) {
+                response.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
+        response
     }
 }
 

@@ -63,6 +63,37 @@ impl RunningGateway {
     }
 }
 
+/// Keeps the Gateway service's health status in step with the pool.
+fn spawn_readiness(
+    state: Arc<GatewayState>,
+    health: tonic_health::server::HealthReporter,
+    every: Duration,
+    stop: CancellationToken,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last = None;
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let ready = state.pool.snapshot().iter().any(|w| w.healthy());
+            if last != Some(ready) {
+                if ready {
+                    health.set_serving::<GatewayServer<GatewayService>>().await;
+                } else {
+                    health
+                        .set_not_serving::<GatewayServer<GatewayService>>()
+                        .await;
+                }
+                last = Some(ready);
+            }
+        }
+    })
+}
+
 async fn bind_optional(
     addr: Option<SocketAddr>,
 ) -> Result<Option<tokio::net::TcpListener>, ServeError> {
@@ -161,11 +192,25 @@ pub async fn start_gateway(
         recorder: Recorder::start(shared_telemetry, config.telemetry.recorder()),
         cost_targets: CostTargets::new(&config.tenants, cost_weight),
         quality,
+        retry_budget: crate::retry::RetryBudget::new(
+            config.retry_budget_ratio,
+            config.retry_budget_burst,
+        ),
         admission: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_requests)),
         config: config.clone(),
     });
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<GatewayServer<GatewayService>>().await;
+    // "" answers liveness (the process serves); the Gateway service answers
+    // readiness: SERVING only while at least one worker is healthy.
+    health
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    let readiness = spawn_readiness(
+        state.clone(),
+        health.clone(),
+        config.load_interval,
+        shutdown.child_token(),
+    );
 
     // Every call is traced. Admission (the concurrency limit) is the Gateway
     // service's own business, so health checks and reflection are never shed.
@@ -246,6 +291,7 @@ pub async fn start_gateway(
                     return Ok(result??);
                 }
             }
+            let _ = readiness.await;
             health
                 .set_not_serving::<GatewayServer<GatewayService>>()
                 .await;

@@ -24,6 +24,7 @@ use crate::error::GatewayError;
 use crate::pool::{Pool, Snapshot, WorkerHandle};
 use crate::quality::{Predicted, QualityModel};
 use crate::recent::{Recent, Served};
+use crate::retry::RetryBudget;
 use crate::tenants::CostTargets;
 use crate::validate::{ValidRequest, tier_to_wire, validate};
 
@@ -39,6 +40,7 @@ pub struct GatewayState {
     pub admission: Arc<tokio::sync::Semaphore>,
     /// The learned router (or priors).
     pub quality: QualityModel,
+    pub retry_budget: RetryBudget,
 }
 
 impl std::fmt::Debug for GatewayState {
@@ -542,6 +544,7 @@ impl GatewayService {
     ) -> Result<Response<GenerateResponse>, Status> {
         let state = &self.state;
         let _admitted = state.admit()?;
+        state.retry_budget.deposit();
         let budget = state.budget(&request);
         let deadline = Instant::now() + budget;
         let snapshot = state.pool.snapshot();
@@ -589,7 +592,10 @@ impl GatewayService {
                     state.record(&req, &worker, outcome_of(&status), None, started);
                     let retry = GatewayState::should_fail_over(&worker, &status);
                     let attempts = excluded.len() as u32 + 1;
-                    if retry && attempts < state.config.max_attempts {
+                    if retry
+                        && attempts < state.config.max_attempts
+                        && state.retry_budget.try_withdraw()
+                    {
                         tracing::info!(worker = %worker.record.id, %status, "failing over");
                         crate::metrics::failover(&worker.record.model);
                         excluded.push(worker.record.id.clone());
@@ -620,6 +626,7 @@ impl GatewayService {
     ) -> Result<Response<EventStream>, Status> {
         let state = self.state.clone();
         let admitted = state.admit()?;
+        state.retry_budget.deposit();
         let budget = state.budget(&request);
         let deadline = Instant::now() + budget;
         let snapshot = state.pool.snapshot();
@@ -685,7 +692,10 @@ impl GatewayService {
                     let status = connection_lost(status);
                     state.record(&req, &worker, outcome_of(&status), None, started);
                     let retry = GatewayState::should_fail_over(&worker, &status);
-                    if retry && (excluded.len() as u32 + 1) < state.config.max_attempts {
+                    if retry
+                        && (excluded.len() as u32 + 1) < state.config.max_attempts
+                        && state.retry_budget.try_withdraw()
+                    {
                         tracing::info!(worker = %worker.record.id, %status, "failing over before the first token");
                         crate::metrics::failover(&worker.record.model);
                         excluded.push(worker.record.id.clone());
