@@ -164,6 +164,11 @@ pub struct GatewayConfig {
     /// The learned router (quality prediction).
     #[serde(default)]
     pub router: crate::quality::RouterSettings,
+    /// When the limits store (Redis) is unreachable: admit requests (true, the
+    /// default: availability first; spend is still recorded in telemetry) or
+    /// refuse them with UNAVAILABLE (false).
+    #[serde(default = "yes")]
+    pub limits_fail_open: bool,
     /// Per-tenant settings, by tenant name.
     #[serde(default)]
     pub tenants: std::collections::HashMap<String, crate::tenants::TenantConfig>,
@@ -263,6 +268,9 @@ fn default_max_concurrent() -> usize {
 }
 fn default_max_attempts() -> u32 {
     2
+}
+fn yes() -> bool {
+    true
 }
 fn default_retry_ratio() -> f64 {
     0.2
@@ -399,6 +407,19 @@ impl Config {
             );
         }
         for (name, t) in &g.tenants {
+            for (key, v) in [
+                ("budget_usd_per_day", t.budget_usd_per_day),
+                ("budget_usd_per_month", t.budget_usd_per_month),
+            ] {
+                if let Some(v) = v
+                    && !(v.is_finite() && v >= 0.0)
+                {
+                    return bad(
+                        &format!("tenants.{name}.{key}"),
+                        format!("{v} must be a number >= 0"),
+                    );
+                }
+            }
             if let Some(target) = t.target_cost_per_request_usd
                 && !(target.is_finite() && target > 0.0)
             {

@@ -29,6 +29,18 @@ pub enum GatewayError {
     /// The request ran out of time.
     #[error("request exceeded its deadline of {0:?}")]
     Deadline(std::time::Duration),
+    /// The tenant is over one of its limits.
+    #[error("tenant {tenant:?} is over its {limit} limit ({value}); retry later")]
+    OverLimit {
+        tenant: String,
+        limit: &'static str,
+        value: String,
+    },
+    /// Limits cannot be checked and the gateway fails closed.
+    #[error(
+        "tenant limits cannot be checked (limits store unavailable, limits_fail_open is false): {0}"
+    )]
+    LimitsUnavailable(String),
     /// The gateway is at its concurrency limit.
     #[error("gateway at its limit of {0} concurrent requests; retry with backoff")]
     Overloaded(usize),
@@ -62,7 +74,8 @@ impl GatewayError {
             },
             GatewayError::Deadline(_) => Code::DeadlineExceeded,
             GatewayError::Unauthenticated(_) => Code::Unauthenticated,
-            GatewayError::Overloaded(_) => Code::ResourceExhausted,
+            GatewayError::Overloaded(_) | GatewayError::OverLimit { .. } => Code::ResourceExhausted,
+            GatewayError::LimitsUnavailable(_) => Code::Unavailable,
         }
     }
 
@@ -73,10 +86,12 @@ impl GatewayError {
             | GatewayError::UnknownModel { .. }
             | GatewayError::Unsatisfiable(_)
             | GatewayError::UnknownRequest(_)
-            | GatewayError::Unauthenticated(_) => "client",
-            GatewayError::NoWorker(_) | GatewayError::Deadline(_) | GatewayError::Overloaded(_) => {
-                "gateway"
-            }
+            | GatewayError::Unauthenticated(_)
+            | GatewayError::OverLimit { .. } => "client",
+            GatewayError::NoWorker(_)
+            | GatewayError::Deadline(_)
+            | GatewayError::Overloaded(_)
+            | GatewayError::LimitsUnavailable(_) => "gateway",
             GatewayError::Worker { .. } => "worker",
         }
     }
@@ -89,7 +104,10 @@ pub const RETRY_PUSHBACK_MS: u32 = 250;
 impl From<GatewayError> for Status {
     fn from(e: GatewayError) -> Self {
         let code = e.code();
-        let overloaded = matches!(e, GatewayError::Overloaded(_));
+        let overloaded = matches!(
+            e,
+            GatewayError::Overloaded(_) | GatewayError::OverLimit { .. }
+        );
         match e.side() {
             "client" => tracing::debug!(error = %e, "request refused"),
             _ => tracing::warn!(error = %e, side = e.side(), "request failed"),

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod config;
 pub mod cost;
 pub mod error;
+pub mod limits;
 pub mod metrics;
 pub mod openai;
 pub mod pool;

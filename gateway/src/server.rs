@@ -142,10 +142,13 @@ fn policy(config: &GatewayConfig, cost_weight: f64) -> Box<dyn Policy> {
 /// Starts a gateway on `config.listen`, discovering workers from `registry`.
 /// `shared_telemetry` is the store every replica shares (Redis); without it
 /// telemetry stays in this process.
+/// `limits` is where tenant limits are counted (Redis for a mesh of
+/// replicas); `None` counts them in this process.
 pub async fn start_gateway(
     config: GatewayConfig,
     registry: Arc<dyn Registry>,
     shared_telemetry: Option<Telemetry>,
+    limits: Option<crate::limits::Limits>,
 ) -> Result<RunningGateway, ServeError> {
     let keys = ApiKeys::from_config(&config.auth)
         .map_err(|(key, why)| ServeError::Config(format!("{key}: {why}")))?;
@@ -196,6 +199,9 @@ pub async fn start_gateway(
             config.retry_budget_ratio,
             config.retry_budget_burst,
         ),
+        limits: limits.unwrap_or_else(|| {
+            crate::limits::Limits::in_memory(&config.tenants, config.limits_fail_open)
+        }),
         admission: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_requests)),
         config: config.clone(),
     });

@@ -21,6 +21,7 @@ use tracing::Instrument;
 use crate::auth::Tenant;
 use crate::config::GatewayConfig;
 use crate::error::GatewayError;
+use crate::limits::{Limits, Refusal};
 use crate::pool::{Pool, Snapshot, WorkerHandle};
 use crate::quality::{Predicted, QualityModel};
 use crate::recent::{Recent, Served};
@@ -41,6 +42,8 @@ pub struct GatewayState {
     /// The learned router (or priors).
     pub quality: QualityModel,
     pub retry_budget: RetryBudget,
+    /// Tenant rate limits and budgets.
+    pub limits: Limits,
 }
 
 impl std::fmt::Debug for GatewayState {
@@ -438,6 +441,38 @@ impl GatewayState {
         );
     }
 
+    /// The tenant's rate limits and budgets, checked before any work.
+    async fn check_limits(&self, req: &ValidRequest) -> Result<(), GatewayError> {
+        match self
+            .limits
+            .admit(&req.tenant, routemesh_telemetry::record::now_ms())
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(Refusal::Over { limit, value }) => Err(GatewayError::OverLimit {
+                tenant: req.tenant.clone(),
+                limit,
+                value,
+            }),
+            Err(Refusal::StoreDown(e)) => Err(GatewayError::LimitsUnavailable(e)),
+        }
+    }
+
+    /// Charges what a request consumed to its tenant's limits.
+    async fn charge(&self, req: &ValidRequest, usage: Option<&Usage>) {
+        if let Some(u) = usage {
+            let tokens = u64::from(u.prompt_tokens) + u64::from(u.completion_tokens);
+            self.limits
+                .charge(
+                    &req.tenant,
+                    tokens,
+                    u.cost_usd,
+                    routemesh_telemetry::record::now_ms(),
+                )
+                .await;
+        }
+    }
+
     /// Admits a generation or refuses it at once: queueing here would only
     /// add latency in front of workers that are already full.
     fn admit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, GatewayError> {
@@ -549,6 +584,7 @@ impl GatewayService {
         let deadline = Instant::now() + budget;
         let snapshot = state.pool.snapshot();
         let req = state.accept(request, &snapshot)?;
+        state.check_limits(&req).await?;
         let predicted = state.predict(&req).await;
         let mut excluded = Vec::new();
         // After a failover, running out of workers reports the real failure.
@@ -577,6 +613,7 @@ impl GatewayService {
                 Ok(response) => {
                     let done = response.into_inner();
                     state.record(&req, &worker, Outcome::Ok, done.usage.as_ref(), started);
+                    state.charge(&req, done.usage.as_ref()).await;
                     state.remember(&req, &worker, predicted.as_ref());
                     let message = GenerateResponse {
                         request_id: req.request_id.clone(),
@@ -631,6 +668,7 @@ impl GatewayService {
         let deadline = Instant::now() + budget;
         let snapshot = state.pool.snapshot();
         let req = state.accept(request, &snapshot)?;
+        state.check_limits(&req).await?;
         let predicted = state.predict(&req).await;
 
         // Open a stream and wait for its first event; until then a failure
@@ -794,11 +832,21 @@ impl GatewayService {
                             .await
                             .is_err()
                         {
-                            return; // client gone: dropping `upstream` cancels the worker
+                            // Client gone: dropping `upstream` cancels the worker.
+                            // What was generated still counts against the tenant.
+                            let partial = Usage {
+                                prompt_tokens: req.prompt_tokens_estimate(),
+                                completion_tokens: tokens_sent,
+                                cost_usd: worker.spec.expected_cost_usd(req.prompt_tokens_estimate(), tokens_sent),
+                                ..Usage::default()
+                            };
+                            state.charge(&req, Some(&partial)).await;
+                            return;
                         }
                     }
                     Some(worker_stream_event::Event::End(end)) => {
                         state.record(&req, &worker, Outcome::Ok, end.usage.as_ref(), started);
+                        state.charge(&req, end.usage.as_ref()).await;
                         state.remember(&req, &worker, predicted.as_ref());
                         let end = StreamEnd {
                             finish_reason: end.finish_reason,
