@@ -41,6 +41,9 @@ pub enum GatewayError {
         "tenant limits cannot be checked (limits store unavailable, limits_fail_open is false): {0}"
     )]
     LimitsUnavailable(String),
+    /// Every healthy worker that fits is at capacity.
+    #[error("{0}; retry with backoff")]
+    Saturated(String),
     /// The gateway is at its concurrency limit.
     #[error("gateway at its limit of {0} concurrent requests; retry with backoff")]
     Overloaded(usize),
@@ -74,7 +77,9 @@ impl GatewayError {
             },
             GatewayError::Deadline(_) => Code::DeadlineExceeded,
             GatewayError::Unauthenticated(_) => Code::Unauthenticated,
-            GatewayError::Overloaded(_) | GatewayError::OverLimit { .. } => Code::ResourceExhausted,
+            GatewayError::Overloaded(_)
+            | GatewayError::OverLimit { .. }
+            | GatewayError::Saturated(_) => Code::ResourceExhausted,
             GatewayError::LimitsUnavailable(_) => Code::Unavailable,
         }
     }
@@ -91,6 +96,7 @@ impl GatewayError {
             GatewayError::NoWorker(_)
             | GatewayError::Deadline(_)
             | GatewayError::Overloaded(_)
+            | GatewayError::Saturated(_)
             | GatewayError::LimitsUnavailable(_) => "gateway",
             GatewayError::Worker { .. } => "worker",
         }

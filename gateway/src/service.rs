@@ -264,6 +264,7 @@ impl GatewayState {
             Err(NoCandidate::HintsUnsatisfiable) => {
                 Err(GatewayError::Unsatisfiable(decision.reason))
             }
+            Err(NoCandidate::Saturated) => Err(GatewayError::Saturated(decision.reason)),
             Err(NoCandidate::EmptyPool) => {
                 Err(GatewayError::NoWorker("no worker is registered".into()))
             }

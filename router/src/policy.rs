@@ -253,8 +253,11 @@ impl CandidateScore {
 pub enum NoCandidate {
     /// The pool has no worker at all.
     EmptyPool,
-    /// Some worker would satisfy the request but none is healthy with room now.
+    /// Some worker would satisfy the request but none is healthy now.
     Unavailable,
+    /// Healthy workers would satisfy the request but all are at capacity:
+    /// overload, worth a retry after a pause.
+    Saturated,
     /// No model in the pool satisfies the request's hints.
     HintsUnsatisfiable,
 }
@@ -387,13 +390,15 @@ fn pick(
                     NoCandidate::EmptyPool,
                     "no worker is registered".to_string(),
                 )
-            } else if candidates
-                .iter()
-                .any(|c| c.excluded_because == UNHEALTHY || c.excluded_because == FULL)
-            {
+            } else if candidates.iter().any(|c| c.excluded_because == FULL) {
+                (
+                    NoCandidate::Saturated,
+                    "every healthy worker that fits the request is at capacity".to_string(),
+                )
+            } else if candidates.iter().any(|c| c.excluded_because == UNHEALTHY) {
                 (
                     NoCandidate::Unavailable,
-                    "every worker that fits the request is unhealthy or at capacity".to_string(),
+                    "every worker that fits the request is unhealthy".to_string(),
                 )
             } else {
                 let mut reasons: Vec<&str> = candidates
@@ -648,7 +653,7 @@ mod tests {
         assert_eq!(d.chosen, Err(NoCandidate::Unavailable));
         let full = view("s2", &s, 8);
         let d = LeastLoaded.decide(&input(&hints), &[full]);
-        assert_eq!(d.chosen, Err(NoCandidate::Unavailable));
+        assert_eq!(d.chosen, Err(NoCandidate::Saturated));
         let d = LeastLoaded.decide(&input(&hints), &[]);
         assert_eq!(d.chosen, Err(NoCandidate::EmptyPool));
     }
