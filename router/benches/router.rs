@@ -1,0 +1,63 @@
+//! Router speed: decisions per second without cache hits (encoder + predictor
+//! on each prompt), by batch size and prompt length. Needs the encoder assets
+//! (`scripts/fetch-router-assets.sh`; ROUTEMESH_ASSETS) and uses mix9 prompts
+//! from ../shared/data when present, else generated ones.
+//!
+//! `cargo bench -p routemesh-router --bench router`
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use routemesh_router::Router;
+
+fn prompts() -> Vec<String> {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/routing/mix9.jsonl");
+    match std::fs::read_to_string(&data) {
+        Ok(text) => text
+            .lines()
+            .take(512)
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| v["prompt"].as_str().map(str::to_owned))
+            .collect(),
+        Err(_) => (0..512).map(|i| format!("Question {i}: explain why the sky is blue in {} words.", 20 + i % 50)).collect(),
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("artifacts/default");
+    let router = match Router::load(&dir) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("SKIP router bench: {e}");
+            return;
+        }
+    };
+    let prompts = prompts();
+    let mut group = c.benchmark_group("router_decision_no_cache");
+    for batch in [1usize, 8, 32] {
+        group.throughput(Throughput::Elements(batch as u64));
+        group.bench_with_input(BenchmarkId::new("mix9_prompts_batch", batch), &batch, |b, &batch| {
+            let mut i = 0;
+            b.iter(|| {
+                let chunk: Vec<&str> = (0..batch).map(|k| prompts[(i + k) % prompts.len()].as_str()).collect();
+                i += batch;
+                router.predict_batch(&chunk).unwrap()
+            });
+        });
+    }
+    for words in [8usize, 64, 256] {
+        let prompt = "routing ".repeat(words);
+        group.throughput(Throughput::Elements(1));
+        group.bench_with_input(BenchmarkId::new("prompt_words", words), &prompt, |b, p| b.iter(|| router.predict(p).unwrap()));
+    }
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(20).measurement_time(std::time::Duration::from_secs(5));
+    targets = bench
+}
+criterion_main!(benches);
