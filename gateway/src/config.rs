@@ -306,7 +306,7 @@ fn default_max_request_bytes() -> usize {
     4 << 20
 }
 fn default_admin_listen() -> Option<SocketAddr> {
-    Some(SocketAddr::from(([127, 0, 0, 1], 9090)))
+    Some(SocketAddr::from(([127, 0, 0, 1], 9464)))
 }
 fn default_http_listen() -> Option<SocketAddr> {
     Some(SocketAddr::from(([127, 0, 0, 1], 8080)))
