@@ -220,6 +220,9 @@ async fn serve_traced(
             "  grpcurl -plaintext -d '{{\"messages\":[{{\"role\":\"user\",\"content\":\"Hello\"}}]}}' {} routemesh.v1.Gateway/Generate",
             g.addr
         );
+        if let Some(admin) = g.admin_addr {
+            println!("  open http://{admin}/ for the overview page (spend, savings, routing mix, health)");
+        }
         if let Some(http) = g.http_addr {
             println!(
                 "  curl -s http://{http}/v1/chat/completions -H 'content-type: application/json' -d '{{\"model\":\"router\",\"messages\":[{{\"role\":\"user\",\"content\":\"Hello\"}}]}}'"
