@@ -161,6 +161,14 @@ pub struct GatewayConfig {
     /// Live telemetry: what is recorded, and how the router reads it.
     #[serde(default)]
     pub telemetry: TelemetryConfig,
+    /// Serve the public gRPC API over TLS; with `ca`, clients must present a
+    /// certificate from that CA.
+    #[serde(default)]
+    pub tls: Option<routemesh_worker::config::TlsFiles>,
+    /// TLS towards workers (`https://` endpoints): the gateway's client
+    /// certificate for mutual TLS and the workers' CA.
+    #[serde(default)]
+    pub worker_tls: Option<routemesh_worker::config::TlsFiles>,
     /// The learned router (quality prediction).
     #[serde(default)]
     pub router: crate::quality::RouterSettings,

@@ -221,7 +221,9 @@ async fn serve_traced(
             g.addr
         );
         if let Some(admin) = g.admin_addr {
-            println!("  open http://{admin}/ for the overview page (spend, savings, routing mix, health)");
+            println!(
+                "  open http://{admin}/ for the overview page (spend, savings, routing mix, health)"
+            );
         }
         if let Some(http) = g.http_addr {
             println!(

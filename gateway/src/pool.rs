@@ -13,7 +13,7 @@ use routemesh_telemetry::Stats;
 use routemesh_worker::{Registry, WorkerRecord};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 /// One worker and the gateway's view of it.
 #[derive(Debug)]
@@ -40,8 +40,15 @@ impl Drop for InFlight {
 }
 
 impl WorkerHandle {
-    fn new(record: WorkerRecord) -> Result<Self, tonic::transport::Error> {
-        let channel = Endpoint::from_shared(record.endpoint.clone())?
+    fn new(
+        record: WorkerRecord,
+        tls: Option<&ClientTlsConfig>,
+    ) -> Result<Self, tonic::transport::Error> {
+        let mut endpoint = Endpoint::from_shared(record.endpoint.clone())?;
+        if let Some(tls) = tls.filter(|_| record.endpoint.starts_with("https://")) {
+            endpoint = endpoint.tls_config(tls.clone())?;
+        }
+        let channel = endpoint
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
@@ -153,6 +160,7 @@ pub type Snapshot = Arc<Vec<Arc<WorkerHandle>>>;
 
 pub struct Pool {
     workers: RwLock<Snapshot>,
+    worker_tls: Option<ClientTlsConfig>,
     registry: Arc<dyn Registry>,
     load_timeout: Duration,
     missing_grace: Duration,
@@ -175,9 +183,11 @@ impl Pool {
         registry: Arc<dyn Registry>,
         load_timeout: Duration,
         missing_grace: Duration,
+        worker_tls: Option<ClientTlsConfig>,
     ) -> Arc<Self> {
         Arc::new(Self {
             workers: RwLock::new(Arc::new(Vec::new())),
+            worker_tls,
             registry,
             load_timeout,
             missing_grace,
@@ -210,7 +220,7 @@ impl Pool {
                     }
                     next.push(existing.clone());
                 }
-                None => match WorkerHandle::new(record) {
+                None => match WorkerHandle::new(record, self.worker_tls.as_ref()) {
                     Ok(handle) => {
                         let handle = Arc::new(handle);
                         joined.push(handle.clone());

@@ -178,6 +178,13 @@ pub async fn start_gateway(
         registry,
         config.load_interval.max(Duration::from_millis(200)),
         config.missing_worker_grace,
+        match &config.worker_tls {
+            Some(t) => Some(
+                t.client_config("gateway.worker_tls")
+                    .map_err(ServeError::Config)?,
+            ),
+            None => None,
+        },
     );
     // Know the pool before the first request arrives.
     pool.refresh().await;
@@ -271,7 +278,16 @@ pub async fn start_gateway(
     };
     let admin_addr = admin.as_ref().map(|(a, _)| *a);
     let http_addr = http.as_ref().map(|(a, _)| *a);
-    let server = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &config.tls {
+        builder = builder
+            .tls_config(
+                tls.server_config("gateway.tls")
+                    .map_err(ServeError::Config)?,
+            )
+            .map_err(|e| ServeError::Config(format!("gateway.tls: {e}")))?;
+    }
+    let server = builder
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .layer(stack)

@@ -21,7 +21,14 @@ fn prompts() -> Vec<String> {
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
             .filter_map(|v| v["prompt"].as_str().map(str::to_owned))
             .collect(),
-        Err(_) => (0..512).map(|i| format!("Question {i}: explain why the sky is blue in {} words.", 20 + i % 50)).collect(),
+        Err(_) => (0..512)
+            .map(|i| {
+                format!(
+                    "Question {i}: explain why the sky is blue in {} words.",
+                    20 + i % 50
+                )
+            })
+            .collect(),
     }
 }
 
@@ -38,19 +45,27 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("router_decision_no_cache");
     for batch in [1usize, 8, 32] {
         group.throughput(Throughput::Elements(batch as u64));
-        group.bench_with_input(BenchmarkId::new("mix9_prompts_batch", batch), &batch, |b, &batch| {
-            let mut i = 0;
-            b.iter(|| {
-                let chunk: Vec<&str> = (0..batch).map(|k| prompts[(i + k) % prompts.len()].as_str()).collect();
-                i += batch;
-                router.predict_batch(&chunk).unwrap()
-            });
-        });
+        group.bench_with_input(
+            BenchmarkId::new("mix9_prompts_batch", batch),
+            &batch,
+            |b, &batch| {
+                let mut i = 0;
+                b.iter(|| {
+                    let chunk: Vec<&str> = (0..batch)
+                        .map(|k| prompts[(i + k) % prompts.len()].as_str())
+                        .collect();
+                    i += batch;
+                    router.predict_batch(&chunk).unwrap()
+                });
+            },
+        );
     }
     for words in [8usize, 64, 256] {
         let prompt = "routing ".repeat(words);
         group.throughput(Throughput::Elements(1));
-        group.bench_with_input(BenchmarkId::new("prompt_words", words), &prompt, |b, p| b.iter(|| router.predict(p).unwrap()));
+        group.bench_with_input(BenchmarkId::new("prompt_words", words), &prompt, |b, p| {
+            b.iter(|| router.predict(p).unwrap())
+        });
     }
     group.finish();
 }

@@ -46,6 +46,10 @@ pub struct WorkerConfig {
     #[serde(default = "default_grace", with = "humantime_serde")]
     pub drain_grace: Duration,
     pub backend: BackendConfig,
+    /// Serve the Worker API over TLS; with `ca`, only clients (gateways)
+    /// holding a certificate from that CA may call (mutual TLS).
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
 }
 
 /// The engine behind the worker: exactly one of the sections.
@@ -153,5 +157,57 @@ impl WorkerConfig {
                     .replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "-")
             )
         })
+    }
+}
+
+/// Certificate files for TLS (PEM).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// This side's certificate chain.
+    pub cert: std::path::PathBuf,
+    /// This side's private key.
+    pub key: std::path::PathBuf,
+    /// CA that peers' certificates must chain to: on a server, clients must
+    /// present a certificate (mutual TLS); on a client, the server's CA.
+    #[serde(default)]
+    pub ca: Option<std::path::PathBuf>,
+}
+
+impl TlsFiles {
+    fn read(path: &std::path::Path, key: &str) -> Result<Vec<u8>, String> {
+        std::fs::read(path).map_err(|e| format!("{key}: cannot read {}: {e}", path.display()))
+    }
+
+    /// The server side: identity, and client verification when `ca` is set.
+    pub fn server_config(&self, key: &str) -> Result<tonic::transport::ServerTlsConfig, String> {
+        let identity = tonic::transport::Identity::from_pem(
+            Self::read(&self.cert, &format!("{key}.cert"))?,
+            Self::read(&self.key, &format!("{key}.key"))?,
+        );
+        let mut config = tonic::transport::ServerTlsConfig::new().identity(identity);
+        if let Some(ca) = &self.ca {
+            config = config.client_ca_root(tonic::transport::Certificate::from_pem(Self::read(
+                ca,
+                &format!("{key}.ca"),
+            )?));
+        }
+        Ok(config)
+    }
+
+    /// The client side: this side's identity (for mutual TLS) and the CA.
+    pub fn client_config(&self, key: &str) -> Result<tonic::transport::ClientTlsConfig, String> {
+        let identity = tonic::transport::Identity::from_pem(
+            Self::read(&self.cert, &format!("{key}.cert"))?,
+            Self::read(&self.key, &format!("{key}.key"))?,
+        );
+        let mut config = tonic::transport::ClientTlsConfig::new().identity(identity);
+        if let Some(ca) = &self.ca {
+            config = config.ca_certificate(tonic::transport::Certificate::from_pem(Self::read(
+                ca,
+                &format!("{key}.ca"),
+            )?));
+        }
+        Ok(config)
     }
 }

@@ -93,10 +93,15 @@ pub async fn start_worker(
         source,
     })?;
     let id = config.worker_id();
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let endpoint = config
         .advertise
         .clone()
-        .unwrap_or_else(|| format!("http://{addr}"));
+        .unwrap_or_else(|| format!("{scheme}://{addr}"));
     let record = WorkerRecord {
         id: id.clone(),
         model: config.model.clone(),
@@ -116,7 +121,13 @@ pub async fn start_worker(
 
     let shutdown = CancellationToken::new();
     let stop_serving = CancellationToken::new();
-    let server = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &config.tls {
+        builder = builder
+            .tls_config(tls.server_config("tls").map_err(WorkerError::Config)?)
+            .map_err(|e| WorkerError::Config(format!("tls: {e}")))?;
+    }
+    let server = builder
         .tcp_nodelay(true)
         .add_service(health_service)
         .add_service(routemesh_proto::reflection_v1()?)

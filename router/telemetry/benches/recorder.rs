@@ -9,7 +9,11 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use routemesh_telemetry::{Outcome, Recorder, RecorderConfig, RequestRecord};
 
 fn bench(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
     let recorder = runtime.block_on(async { Recorder::start(None, RecorderConfig::default()) });
     let record = RequestRecord {
         at_ms: routemesh_telemetry::record::now_ms(),
@@ -23,7 +27,9 @@ fn bench(c: &mut Criterion) {
         completion_tokens: 64,
         cost_usd: 3.3e-5,
     };
-    c.bench_function("recorder_record_on_request_path", |b| b.iter(|| recorder.record(record.clone())));
+    c.bench_function("recorder_record_on_request_path", |b| {
+        b.iter(|| recorder.record(record.clone()))
+    });
     c.bench_function("recorder_snapshot_read", |b| b.iter(|| recorder.snapshot()));
     runtime.block_on(recorder.shutdown());
 }
