@@ -2,6 +2,7 @@
 //! workers, choosing a model and worker per request.
 
 pub mod auth;
+pub mod bench;
 pub mod config;
 pub mod error;
 pub mod openai;
