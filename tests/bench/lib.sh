@@ -48,19 +48,28 @@ wait_for_file() {
     done
 }
 
-# start_mesh NAME YAML: runs `routemesh up` on free ports; sets MESH_PID and
-# MESH_READY (the ready JSON file).
-start_mesh() {
-    local name=$1 yaml=$2
+# start_routemesh NAME SUBCOMMAND YAML [ARGS...]: runs `routemesh SUBCOMMAND`
+# with YAML as its config; sets PROC_PID and PROC_READY (the ready JSON file,
+# with the addresses it bound).
+start_routemesh() {
+    local name=$1 sub=$2 yaml=$3
+    shift 3
     echo "$yaml" > "$WORK/$name.yaml"
     # warn: per-request info logs would be measured too.
-    RUST_LOG=${RUST_LOG:-warn} "$BIN" up --config "$WORK/$name.yaml" \
-        --listen 127.0.0.1:0 --http-listen 127.0.0.1:0 \
-        --ready-file "$WORK/$name.ready.json" > "$WORK/$name.log" 2>&1 &
-    MESH_PID=$!
-    PIDS+=("$MESH_PID")
-    MESH_READY=$WORK/$name.ready.json
-    wait_for_file "$MESH_READY" 60 || { cat "$WORK/$name.log" >&2; return 1; }
+    RUST_LOG=${RUST_LOG:-warn} "$BIN" "$sub" --config "$WORK/$name.yaml" \
+        --ready-file "$WORK/$name.ready.json" "$@" > "$WORK/$name.log" 2>&1 &
+    PROC_PID=$!
+    PIDS+=("$PROC_PID")
+    PROC_READY=$WORK/$name.ready.json
+    wait_for_file "$PROC_READY" 60 || { cat "$WORK/$name.log" >&2; return 1; }
+}
+
+# start_mesh NAME YAML: `routemesh up` on free ports; sets MESH_PID and
+# MESH_READY.
+start_mesh() {
+    start_routemesh "$1" up "$2" --listen 127.0.0.1:0 --http-listen 127.0.0.1:0
+    MESH_PID=$PROC_PID
+    MESH_READY=$PROC_READY
 }
 
 # ready_field FILE PYTHON-EXPR-ON-d
@@ -68,9 +77,12 @@ ready_field() {
     python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print($2)" "$1"
 }
 
-# Resident memory of a process in MiB.
+# Resident memory of a process in MiB (now, and the peak since it started).
 rss_mib() {
     awk '/^VmRSS:/ {printf "%.1f", $2/1024}' "/proc/$1/status"
+}
+peak_rss_mib() {
+    awk '/^VmHWM:/ {printf "%.1f", $2/1024}' "/proc/$1/status"
 }
 
 # bench OUT.json ARGS...: one `routemesh bench` run, JSON kept in OUT.json.

@@ -74,21 +74,36 @@ def pair_table(d, rates, base, proxies, limit_ms):
 
 
 def stream_table(d, rates):
-    lines = ["\n| rate (req/s) | direct first delta p50 / p99 ms | gateway first delta p50 / p99 ms "
-             "| **TTFT added p50 / p99** | direct total p50 / p99 | gateway total p50 / p99 | errors | load 1m |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["\n**Time to first token** (first text delta, from the actual send; open loop, paced model)\n",
+             "| rate (streams/s) | direct TTFT p50 / p99 ms | gateway gRPC TTFT p50 / p99 | **gRPC TTFT added p50 / p99** "
+             "| gateway HTTP TTFT p50 / p99 | **HTTP TTFT added p50 / p99** | stream total p50 / p99 ms (direct; gRPC; HTTP) "
+             "| errors (direct; gRPC; HTTP) | load 1m |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for rate in rates:
         a = load(os.path.join(d, f"direct-stream-{rate}.json"))
         b = load(os.path.join(d, f"gateway-stream-{rate}.json"))
-        ta, tb = q(a, "ttft_ms"), q(b, "ttft_ms")
-        la, lb = q(a), q(b)
-        add = (tb["p50"] - ta["p50"], tb["p99"] - ta["p99"]) if ta and tb else (None, None)
-        load1 = b["loadavg_after"][0] if b and b.get("loadavg_after") else None
+        c = load(os.path.join(d, f"http-stream-{rate}.json"))
+        ta, tb, tc = q(a, "ttft_ms"), q(b, "ttft_ms"), q(c, "ttft_ms")
+
+        def added(x, y, k):
+            return x[k] - y[k] if x and y else None
+        total = "; ".join(f"{fmt(q(r).get('p50'))} / {fmt(q(r).get('p99'))}" for r in (a, b, c))
+        load1 = c["loadavg_after"][0] if c and c.get("loadavg_after") else None
         lines.append(
             f"| {rate} | {fmt(ta.get('p50'))} / {fmt(ta.get('p99'))} | {fmt(tb.get('p50'))} / {fmt(tb.get('p99'))} "
-            f"| {fmt(add[0])} / {fmt(add[1])} | {fmt(la.get('p50'))} / {fmt(la.get('p99'))} "
-            f"| {fmt(lb.get('p50'))} / {fmt(lb.get('p99'))} | {errors(a)}; {errors(b)} "
-            f"| {'-' if load1 is None else f'{load1:.2f}'} |")
+            f"| {fmt(added(tb, ta, 'p50'))} / {fmt(added(tb, ta, 'p99'))} "
+            f"| {fmt(tc.get('p50'))} / {fmt(tc.get('p99'))} | {fmt(added(tc, ta, 'p50'))} / {fmt(added(tc, ta, 'p99'))} "
+            f"| {total} | {errors(a)}; {errors(b)}; {errors(c)} | {'-' if load1 is None else f'{load1:.2f}'} |")
+    lines += ["\n**Tokens passed through** (closed loop, instant model, 256 tokens per stream; one delta = one token)\n",
+              "| path | streams/s | deltas/s | stream p50 / p99 ms | errors | load 1m |", "|---|---|---|---|---|---|"]
+    for name, label in (("direct", "worker direct (gRPC)"), ("gateway", "through the gateway (gRPC)"),
+                        ("http", "through the gateway (HTTP SSE)")):
+        r = load(os.path.join(d, f"{name}-tput.json"))
+        if r is None:
+            continue
+        lines.append(f"| {label} | {r['achieved_rate']:.0f} | {r['deltas_per_second']:.0f} "
+                     f"| {fmt(q(r).get('p50'))} / {fmt(q(r).get('p99'))} | {errors(r)} "
+                     f"| {r['loadavg_after'][0]:.2f} |")
     return "\n".join(lines)
 
 

@@ -96,8 +96,11 @@ fn open_loop_reports_every_request_on_each_target() {
         if target.ends_with("stream") {
             assert_quantiles_ordered(&report, "ttft_ms");
             assert_eq!(report["ttft_ms"]["count"].as_u64(), Some(20), "{report}");
+            // Every stream carried at least one text delta.
+            assert!(report["deltas"].as_u64().unwrap() >= 20, "{report}");
         } else {
             assert!(report["ttft_ms"].is_null(), "{report}");
+            assert_eq!(report["deltas"].as_u64(), Some(0), "{report}");
         }
         if target.starts_with("worker") {
             // Asked the worker for its model.

@@ -72,8 +72,12 @@ pub struct Quantiles {
 #[derive(Debug)]
 pub enum Outcome {
     /// A complete answer; `first` is when the first text delta arrived
-    /// (streaming targets only), measured from the actual send.
-    Ok { first: Option<Duration> },
+    /// (streaming targets only), measured from the actual send; `deltas` how
+    /// many text deltas the stream carried.
+    Ok {
+        first: Option<Duration>,
+        deltas: u64,
+    },
     /// A failure, labelled by status (e.g. `grpc UNAVAILABLE`, `http 429`).
     Err(String),
 }
@@ -90,6 +94,8 @@ struct Inner {
     /// How late the load generator sent each request (open loop only).
     send_lag: Hist,
     errors: BTreeMap<String, u64>,
+    /// Text deltas received by successful streams.
+    deltas: u64,
     /// Seconds from the start of measurement to the last recorded completion.
     last_done: Duration,
 }
@@ -107,6 +113,7 @@ impl Recorder {
             ttft: Hist::new()?,
             send_lag: Hist::new()?,
             errors: BTreeMap::new(),
+            deltas: 0,
             last_done: Duration::ZERO,
         })))
     }
@@ -121,7 +128,8 @@ impl Recorder {
         inner.send_lag.record(lag);
         inner.last_done = inner.last_done.max(done_at);
         match outcome {
-            Outcome::Ok { first } => {
+            Outcome::Ok { first, deltas } => {
+                inner.deltas += deltas;
                 inner.latency.record(lag + service);
                 inner.service.record(service);
                 if let Some(first) = first {
@@ -158,6 +166,12 @@ impl Recorder {
             ok,
             errors: inner.errors.clone(),
             achieved_rate: if span > 0.0 { ok as f64 / span } else { 0.0 },
+            deltas: inner.deltas,
+            deltas_per_second: if span > 0.0 {
+                inner.deltas as f64 / span
+            } else {
+                0.0
+            },
             latency_ms: inner.latency.summary(),
             service_time_ms: inner.service.summary(),
             ttft_ms: inner.ttft.summary(),
@@ -211,6 +225,11 @@ pub struct Report {
     pub errors: BTreeMap<String, u64>,
     /// Successful answers per second over the measured window.
     pub achieved_rate: f64,
+    /// Text deltas received by successful streams (0 for unary targets).
+    pub deltas: u64,
+    /// Deltas per second: the token rate passed through (one sim token is
+    /// one delta).
+    pub deltas_per_second: f64,
     /// Latency of successful requests: in open loop from the scheduled send
     /// time, so a stalled server cannot hide its queue (no coordinated omission).
     pub latency_ms: Option<Quantiles>,
@@ -231,6 +250,8 @@ impl Report {
             ok: 0,
             errors: BTreeMap::new(),
             achieved_rate: 0.0,
+            deltas: 0,
+            deltas_per_second: 0.0,
             latency_ms: None,
             service_time_ms: None,
             ttft_ms: None,
@@ -262,6 +283,12 @@ impl Report {
             self.requests - self.ok,
             self.achieved_rate
         );
+        if self.deltas > 0 {
+            out += &format!(
+                "stream    {} deltas, {:.0} deltas/s\n",
+                self.deltas, self.deltas_per_second
+            );
+        }
         for (label, n) in &self.errors {
             out += &format!("  error   {label}: {n}\n");
         }
@@ -321,7 +348,10 @@ mod tests {
     fn open_loop_latency_includes_the_send_lag() {
         let r = Recorder::new().unwrap();
         r.record(
-            Outcome::Ok { first: None },
+            Outcome::Ok {
+                first: None,
+                deltas: 3,
+            },
             Duration::from_millis(5),
             Duration::from_millis(1),
             Duration::from_secs(1),
@@ -354,5 +384,6 @@ mod tests {
         assert!((latency.p50 - 6.0).abs() < 0.01, "{latency:?}");
         assert!((report.service_time_ms.unwrap().p50 - 1.0).abs() < 0.01);
         assert!((report.achieved_rate - 0.5).abs() < 1e-9);
+        assert_eq!(report.deltas, 3);
     }
 }

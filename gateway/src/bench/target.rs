@@ -231,7 +231,10 @@ impl Target {
                 }
                 if !*stream {
                     return match client.generate(req).await {
-                        Ok(_) => Outcome::Ok { first: None },
+                        Ok(_) => Outcome::Ok {
+                            first: None,
+                            deltas: 0,
+                        },
                         Err(status) => grpc_error(&status),
                     };
                 }
@@ -240,14 +243,16 @@ impl Target {
                     Err(status) => return grpc_error(&status),
                 };
                 let mut first = None;
+                let mut deltas = 0;
                 loop {
                     match events.message().await {
                         Ok(Some(event)) => match event.event {
                             Some(generate_stream_event::Event::Delta(_)) => {
                                 first.get_or_insert_with(|| sent.elapsed());
+                                deltas += 1;
                             }
                             Some(generate_stream_event::Event::End(_)) => {
-                                return Outcome::Ok { first };
+                                return Outcome::Ok { first, deltas };
                             }
                             _ => {}
                         },
@@ -267,7 +272,10 @@ impl Target {
                 req.set_timeout(*timeout);
                 if !*stream {
                     return match client.generate(req).await {
-                        Ok(_) => Outcome::Ok { first: None },
+                        Ok(_) => Outcome::Ok {
+                            first: None,
+                            deltas: 0,
+                        },
                         Err(status) => grpc_error(&status),
                     };
                 }
@@ -276,14 +284,16 @@ impl Target {
                     Err(status) => return grpc_error(&status),
                 };
                 let mut first = None;
+                let mut deltas = 0;
                 loop {
                     match events.message().await {
                         Ok(Some(event)) => match event.event {
                             Some(worker_stream_event::Event::Delta(_)) => {
                                 first.get_or_insert_with(|| sent.elapsed());
+                                deltas += 1;
                             }
                             Some(worker_stream_event::Event::End(_)) => {
-                                return Outcome::Ok { first };
+                                return Outcome::Ok { first, deltas };
                             }
                             None => {}
                         },
@@ -319,12 +329,16 @@ impl Target {
                 }
                 if !*stream {
                     return match resp.bytes().await {
-                        Ok(_) => Outcome::Ok { first: None },
+                        Ok(_) => Outcome::Ok {
+                            first: None,
+                            deltas: 0,
+                        },
                         Err(e) => http_error(&e),
                     };
                 }
                 let mut chunks = resp.bytes_stream();
                 let mut first = None;
+                let mut deltas = 0;
                 // The last bytes seen, so `data: [DONE]` split across chunks
                 // is still found.
                 let mut tail: Vec<u8> = Vec::new();
@@ -333,16 +347,18 @@ impl Target {
                         Ok(c) => c,
                         Err(e) => return http_error(&e),
                     };
-                    if first.is_none() && has_content(&chunk) {
+                    let found = count_content(&chunk);
+                    if first.is_none() && found > 0 {
                         first = Some(sent.elapsed());
                     }
+                    deltas += found;
                     tail.extend_from_slice(&chunk);
                     if tail.len() > 64 {
                         tail.drain(..tail.len() - 64);
                     }
                 }
                 if contains(&tail, b"[DONE]") {
-                    Outcome::Ok { first }
+                    Outcome::Ok { first, deltas }
                 } else {
                     Outcome::Err("sse ended without [DONE]".into())
                 }
@@ -403,20 +419,22 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-/// True when an SSE chunk carries completion text: a `"content":` field
-/// whose string is not empty (the first chunk usually has only the role and
-/// `"content": ""`). Either JSON spacing style is accepted.
-fn has_content(chunk: &[u8]) -> bool {
+/// How many pieces of completion text an SSE chunk carries: `"content":`
+/// fields whose string is not empty (the first chunk usually has only the
+/// role and `"content": ""`). Either JSON spacing style is accepted. A field
+/// split across two reads is missed, so the count is a lower bound.
+fn count_content(chunk: &[u8]) -> u64 {
     const KEY: &[u8] = b"\"content\":";
     let mut rest = chunk;
+    let mut found = 0;
     while let Some(at) = rest.windows(KEY.len()).position(|w| w == KEY) {
         rest = &rest[at + KEY.len()..];
         let value = rest.trim_ascii_start();
         if value.first() == Some(&b'"') && value.get(1).is_some_and(|&c| c != b'"') {
-            return true;
+            found += 1;
         }
     }
-    false
+    found
 }
 
 #[cfg(test)]
@@ -424,21 +442,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn content_is_found_in_either_spacing_and_empty_content_is_not() {
-        assert!(!has_content(
-            br#"data: {"choices":[{"delta":{"role":"assistant","content":""}}]}"#
-        ));
-        assert!(has_content(
-            br#"data: {"choices":[{"delta":{"content":"Hi"}}]}"#
-        ));
-        assert!(has_content(
-            br#"data: {"choices": [{"delta": {"content": " there"}}]}"#
-        ));
-        assert!(!has_content(b"data: [DONE]"));
-        // A role chunk and a content chunk arriving together.
-        assert!(has_content(
-            b"data: {\"delta\":{\"content\":\"\"}}\n\ndata: {\"delta\":{\"content\":\"x\"}}\n\n"
-        ));
+    fn content_is_counted_in_either_spacing_and_empty_content_is_not() {
+        let role = br#"data: {"choices":[{"delta":{"role":"assistant","content":""}}]}"#;
+        assert_eq!(count_content(role), 0);
+        assert_eq!(count_content(br#"data: {"delta":{"content":"Hi"}}"#), 1);
+        assert_eq!(
+            count_content(br#"data: {"delta": {"content": " there"}}"#),
+            1
+        );
+        assert_eq!(count_content(b"data: [DONE]"), 0);
+        // A role chunk and two content chunks arriving in one read.
+        let many = b"data: {\"content\":\"\"}\n\ndata: {\"content\":\"x\"}\n\ndata: {\"content\":\"y\"}\n\n";
+        assert_eq!(count_content(many), 2);
     }
 
     #[test]
