@@ -13,6 +13,14 @@ import sys
 
 # A rate is held when nearly every request was answered and none failed.
 HELD_SHARE = 0.97
+# When the generator itself sent requests this late (p99), something else
+# had the CPU (the machine is shared): the row is marked and not used to
+# decide the highest rate held, since its quantiles measure the disturbance.
+# At the highest rates the generator is late also because the two cores are
+# saturated by the system under test: that is part of the result, read so.
+# Defaults: 2 ms for the overhead (its limit is 1 ms), 10 ms for the peer
+# comparison (its limit is 50 ms).
+DISTURBED_LAG_MS = {"overhead": 2.0, "compare": 10.0}
 
 
 def load(path):
@@ -40,7 +48,7 @@ def errors(r):
     return ", ".join(f"{k}: {v}" for k, v in r["errors"].items()) or "0"
 
 
-def pair_table(d, rates, base, proxies, limit_ms):
+def pair_table(d, rates, base, proxies, limit_ms, late_ms):
     """base: file prefix of the direct run; proxies: [(prefix, label)]."""
     lines = []
     for prefix, label in proxies:
@@ -57,8 +65,9 @@ def pair_table(d, rates, base, proxies, limit_ms):
             add99 = qb["p99"] - qa["p99"] if qa and qb else None
             lag = max(q(a, "send_lag_ms").get("p99", 0), q(b, "send_lag_ms").get("p99", 0)) if a and b else None
             load1 = b["loadavg_after"][0] if b and b.get("loadavg_after") else None
+            disturbed = lag is not None and lag > late_ms
             ok = held(a, float(rate)) and held(b, float(rate)) and add99 is not None and add99 <= limit_ms
-            if ok:
+            if ok and not disturbed:
                 best = rate
             lines.append(
                 f"| {rate} | {a['achieved_rate']:.0f} | {b['achieved_rate']:.0f} "
@@ -66,9 +75,10 @@ def pair_table(d, rates, base, proxies, limit_ms):
             lines[-1] += (
                 f"| {fmt(qa.get('p50'))} / {fmt(qa.get('p99'))} / {fmt(qa.get('p99_9'))} "
                 f"| {fmt(qb.get('p50'))} / {fmt(qb.get('p99'))} / {fmt(qb.get('p99_9'))} "
-                f"| {fmt(add50)} | {fmt(add99)} | {errors(a)}; {errors(b)} | {fmt(lag)} "
+                f"| {fmt(add50)} | {fmt(add99)} | {errors(a)}; {errors(b)} | {fmt(lag)}{' ⚠ generator late' if disturbed else ''} "
                 f"| {'-' if load1 is None else f'{load1:.2f}'} |")
-        lines.append(f"\nHighest rate held (no errors, ≥{HELD_SHARE:.0%} of the rate answered, p99 added ≤ {limit_ms} ms): "
+        lines.append(f"\nHighest rate held (no errors, ≥{HELD_SHARE:.0%} of the rate answered, p99 added ≤ {limit_ms} ms, "
+                     f"rows where the generator was late (send lag p99 > {late_ms} ms) left out): "
                      f"**{best if best is not None else 'none of those tried'}**")
     return "\n".join(lines)
 
@@ -109,11 +119,12 @@ def stream_table(d, rates):
 
 def main():
     mode, d, rates = sys.argv[1], sys.argv[2], sys.argv[3:]
+    late_ms = float(os.environ.get("DISTURBED_LAG_MS", DISTURBED_LAG_MS.get(mode, 2.0)))
     if mode == "overhead":
-        print(pair_table(d, rates, "direct", [("gateway", "through the gateway")], 1.0))
+        print(pair_table(d, rates, "direct", [("gateway", "through the gateway")], 1.0, late_ms))
     elif mode == "compare":
         print(pair_table(d, rates, "direct", [("routemesh", "routemesh HTTP"), ("litellm", "LiteLLM proxy")],
-                         float(os.environ.get("LIMIT_MS", "1000"))))
+                         float(os.environ.get("LIMIT_MS", "50")), late_ms))
     elif mode == "streaming":
         print(stream_table(d, rates))
     else:
