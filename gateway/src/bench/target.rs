@@ -252,7 +252,7 @@ impl Target {
                                 deltas += 1;
                             }
                             Some(generate_stream_event::Event::End(_)) => {
-                                return Outcome::Ok { first, deltas };
+                                return finish(events, Outcome::Ok { first, deltas }).await;
                             }
                             _ => {}
                         },
@@ -293,7 +293,7 @@ impl Target {
                                 deltas += 1;
                             }
                             Some(worker_stream_event::Event::End(_)) => {
-                                return Outcome::Ok { first, deltas };
+                                return finish(events, Outcome::Ok { first, deltas }).await;
                             }
                             None => {}
                         },
@@ -363,6 +363,20 @@ impl Target {
                     Outcome::Err("sse ended without [DONE]".into())
                 }
             }
+        }
+    }
+}
+
+/// Reads a gRPC stream to its end (the status trailer) after its end event.
+/// Dropping it earlier would reset the HTTP/2 stream, and h2 limits how many
+/// reset streams a connection may pile up: at a few thousand streams per
+/// second that refuses calls and would be measured as the server's fault.
+async fn finish<T>(mut events: tonic::Streaming<T>, ok: Outcome) -> Outcome {
+    loop {
+        match events.message().await {
+            Ok(Some(_)) => {}
+            Ok(None) => return ok,
+            Err(status) => return grpc_error(&status),
         }
     }
 }
