@@ -22,6 +22,9 @@ pub struct Config {
     /// by `routemesh worker`.
     #[serde(default)]
     pub workers: Vec<WorkerConfig>,
+    /// OpenTelemetry traces of this process.
+    #[serde(default)]
+    pub tracing: crate::tracing_setup::TracingConfig,
     /// Workers the gateway dials without a registry (without `registry.redis`).
     #[serde(default)]
     pub static_workers: Vec<StaticWorker>,
@@ -85,8 +88,9 @@ pub struct GatewayConfig {
     #[serde(default)]
     pub policy: PolicyKind,
     /// λ of the utility policy: quality points per USD of expected cost.
-    #[serde(default = "default_cost_weight")]
-    pub cost_weight: f64,
+    /// Unset: the loaded router artifact's calibrated λ, else 20.
+    #[serde(default)]
+    pub cost_weight: Option<f64>,
     /// μ of the utility policy: quality points per second of expected latency.
     #[serde(default = "default_latency_weight")]
     pub latency_weight: f64,
@@ -103,6 +107,13 @@ pub struct GatewayConfig {
     /// failures where no model ran.
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
+    /// Failovers allowed per request served (a retry budget, so a failing
+    /// pool never sees a retry storm).
+    #[serde(default = "default_retry_ratio")]
+    pub retry_budget_ratio: f64,
+    /// Failovers available at once, on top of the ratio.
+    #[serde(default = "default_retry_burst")]
+    pub retry_budget_burst: f64,
     /// max_tokens when a request gives none.
     #[serde(default = "default_max_tokens")]
     pub default_max_tokens: u32,
@@ -132,6 +143,9 @@ pub struct GatewayConfig {
     /// On shutdown, how long in-flight requests may take to finish.
     #[serde(default = "default_drain_grace", with = "humantime_serde")]
     pub drain_grace: Duration,
+    /// The admin port (metrics, health, cost and telemetry JSON); `null` turns it off.
+    #[serde(default = "default_admin_listen")]
+    pub admin_listen: Option<SocketAddr>,
     /// The OpenAI-compatible HTTP API's address; `null` turns it off.
     #[serde(default = "default_http_listen")]
     pub http_listen: Option<SocketAddr>,
@@ -147,6 +161,14 @@ pub struct GatewayConfig {
     /// Live telemetry: what is recorded, and how the router reads it.
     #[serde(default)]
     pub telemetry: TelemetryConfig,
+    /// The learned router (quality prediction).
+    #[serde(default)]
+    pub router: crate::quality::RouterSettings,
+    /// When the limits store (Redis) is unreachable: admit requests (true, the
+    /// default: availability first; spend is still recorded in telemetry) or
+    /// refuse them with UNAVAILABLE (false).
+    #[serde(default = "yes")]
+    pub limits_fail_open: bool,
     /// Per-tenant settings, by tenant name.
     #[serde(default)]
     pub tenants: std::collections::HashMap<String, crate::tenants::TenantConfig>,
@@ -232,9 +254,6 @@ impl TelemetryConfig {
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 50051))
 }
-fn default_cost_weight() -> f64 {
-    routemesh_router::UtilityPolicy::default().cost_weight
-}
 fn default_latency_weight() -> f64 {
     routemesh_router::UtilityPolicy::default().latency_weight
 }
@@ -249,6 +268,15 @@ fn default_max_concurrent() -> usize {
 }
 fn default_max_attempts() -> u32 {
     2
+}
+fn yes() -> bool {
+    true
+}
+fn default_retry_ratio() -> f64 {
+    0.2
+}
+fn default_retry_burst() -> f64 {
+    10.0
 }
 fn default_max_tokens() -> u32 {
     256
@@ -276,6 +304,9 @@ fn default_feedback_window() -> usize {
 }
 fn default_max_request_bytes() -> usize {
     4 << 20
+}
+fn default_admin_listen() -> Option<SocketAddr> {
+    Some(SocketAddr::from(([127, 0, 0, 1], 9090)))
 }
 fn default_http_listen() -> Option<SocketAddr> {
     Some(SocketAddr::from(([127, 0, 0, 1], 8080)))
@@ -351,10 +382,12 @@ impl Config {
         let g = &self.gateway;
         let bad = |key: &str, message: String| Err((format!("gateway.{key}"), message));
         for (key, w) in [
-            ("cost_weight", g.cost_weight),
+            ("cost_weight", g.cost_weight.unwrap_or(0.0)),
             ("latency_weight", g.latency_weight),
             ("load_weight", g.load_weight),
             ("error_weight", g.error_weight),
+            ("retry_budget_ratio", g.retry_budget_ratio),
+            ("retry_budget_burst", g.retry_budget_burst),
             (
                 "telemetry.feedback_prior_weight",
                 g.telemetry.feedback_prior_weight,
@@ -374,6 +407,19 @@ impl Config {
             );
         }
         for (name, t) in &g.tenants {
+            for (key, v) in [
+                ("budget_usd_per_day", t.budget_usd_per_day),
+                ("budget_usd_per_month", t.budget_usd_per_month),
+            ] {
+                if let Some(v) = v
+                    && !(v.is_finite() && v >= 0.0)
+                {
+                    return bad(
+                        &format!("tenants.{name}.{key}"),
+                        format!("{v} must be a number >= 0"),
+                    );
+                }
+            }
             if let Some(target) = t.target_cost_per_request_usd
                 && !(target.is_finite() && target > 0.0)
             {

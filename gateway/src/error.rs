@@ -29,6 +29,21 @@ pub enum GatewayError {
     /// The request ran out of time.
     #[error("request exceeded its deadline of {0:?}")]
     Deadline(std::time::Duration),
+    /// The tenant is over one of its limits.
+    #[error("tenant {tenant:?} is over its {limit} limit ({value}); retry later")]
+    OverLimit {
+        tenant: String,
+        limit: &'static str,
+        value: String,
+    },
+    /// Limits cannot be checked and the gateway fails closed.
+    #[error(
+        "tenant limits cannot be checked (limits store unavailable, limits_fail_open is false): {0}"
+    )]
+    LimitsUnavailable(String),
+    /// Every healthy worker that fits is at capacity.
+    #[error("{0}; retry with backoff")]
+    Saturated(String),
     /// The gateway is at its concurrency limit.
     #[error("gateway at its limit of {0} concurrent requests; retry with backoff")]
     Overloaded(usize),
@@ -62,7 +77,10 @@ impl GatewayError {
             },
             GatewayError::Deadline(_) => Code::DeadlineExceeded,
             GatewayError::Unauthenticated(_) => Code::Unauthenticated,
-            GatewayError::Overloaded(_) => Code::ResourceExhausted,
+            GatewayError::Overloaded(_)
+            | GatewayError::OverLimit { .. }
+            | GatewayError::Saturated(_) => Code::ResourceExhausted,
+            GatewayError::LimitsUnavailable(_) => Code::Unavailable,
         }
     }
 
@@ -73,22 +91,40 @@ impl GatewayError {
             | GatewayError::UnknownModel { .. }
             | GatewayError::Unsatisfiable(_)
             | GatewayError::UnknownRequest(_)
-            | GatewayError::Unauthenticated(_) => "client",
-            GatewayError::NoWorker(_) | GatewayError::Deadline(_) | GatewayError::Overloaded(_) => {
-                "gateway"
-            }
+            | GatewayError::Unauthenticated(_)
+            | GatewayError::OverLimit { .. } => "client",
+            GatewayError::NoWorker(_)
+            | GatewayError::Deadline(_)
+            | GatewayError::Overloaded(_)
+            | GatewayError::Saturated(_)
+            | GatewayError::LimitsUnavailable(_) => "gateway",
             GatewayError::Worker { .. } => "worker",
         }
     }
 }
 
+/// How long a client refused for load should wait before retrying; sent as
+/// gRPC's retry pushback (and as `Retry-After` on HTTP).
+pub const RETRY_PUSHBACK_MS: u32 = 250;
+
 impl From<GatewayError> for Status {
     fn from(e: GatewayError) -> Self {
         let code = e.code();
+        let overloaded = matches!(
+            e,
+            GatewayError::Overloaded(_) | GatewayError::OverLimit { .. }
+        );
         match e.side() {
             "client" => tracing::debug!(error = %e, "request refused"),
             _ => tracing::warn!(error = %e, side = e.side(), "request failed"),
         }
-        Status::new(code, e.to_string())
+        let mut status = Status::new(code, e.to_string());
+        if overloaded {
+            status.metadata_mut().insert(
+                "grpc-retry-pushback-ms",
+                tonic::metadata::MetadataValue::from(RETRY_PUSHBACK_MS),
+            );
+        }
+        status
     }
 }

@@ -1,16 +1,23 @@
 //! The routemesh gateway: the public gRPC API in front of a pool of model
 //! workers, choosing a model and worker per request.
 
+pub mod admin;
 pub mod auth;
 pub mod bench;
 pub mod config;
+pub mod cost;
 pub mod error;
+pub mod limits;
+pub mod metrics;
 pub mod openai;
 pub mod pool;
+pub mod quality;
 pub mod recent;
+pub mod retry;
 pub mod server;
 pub mod service;
 pub mod tenants;
+pub mod tracing_setup;
 pub mod up;
 pub mod validate;
 

@@ -43,6 +43,9 @@ enum Command {
         /// Override gateway.http_listen (the OpenAI-compatible API).
         #[arg(long)]
         http_listen: Option<SocketAddr>,
+        /// Override gateway.admin_listen (metrics, health, cost).
+        #[arg(long)]
+        admin_listen: Option<SocketAddr>,
         /// Send this prompt once the mesh is up and show who answered and why.
         #[arg(long = "try", value_name = "PROMPT")]
         try_prompt: Option<String>,
@@ -60,6 +63,9 @@ enum Command {
         /// Override gateway.http_listen (the OpenAI-compatible API).
         #[arg(long)]
         http_listen: Option<SocketAddr>,
+        /// Override gateway.admin_listen (metrics, health, cost).
+        #[arg(long)]
+        admin_listen: Option<SocketAddr>,
     },
     /// Run the worker agents listed under `workers:` in the configuration.
     Worker {
@@ -77,6 +83,26 @@ enum Command {
         /// Print the snapshot as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Spend by tenant and model, and what routing saved against sending
+    /// everything to the pool's most expensive model (from `registry.redis`).
+    Cost {
+        #[command(flatten)]
+        common: Common,
+        /// Hours back from now.
+        #[arg(long, default_value_t = 24)]
+        hours: u64,
+        /// Per day instead of per hour (for long ranges).
+        #[arg(long)]
+        daily: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The learned router: train, evaluate, score, calibrate (see router/README.md).
+    Router {
+        #[command(subcommand)]
+        command: routemesh_router::cli::RouterCommand,
     },
     /// Load generator: open loop (--rate) or closed loop (--concurrency)
     /// against a gateway, a worker or an OpenAI-compatible HTTP server.
@@ -96,7 +122,15 @@ fn load(path: Option<&Path>, fallback: Option<&str>) -> anyhow::Result<Config> {
     })
 }
 
-fn override_listen(config: &mut Config, grpc: Option<SocketAddr>, http: Option<SocketAddr>) {
+fn override_listen(
+    config: &mut Config,
+    grpc: Option<SocketAddr>,
+    http: Option<SocketAddr>,
+    admin: Option<SocketAddr>,
+) {
+    if let Some(addr) = admin {
+        config.gateway.admin_listen = Some(addr);
+    }
     if let Some(addr) = grpc {
         config.gateway.listen = addr;
     }
@@ -136,6 +170,28 @@ async fn shutdown_signal() {
 }
 
 async fn serve(
+    config: Config,
+    common: &Common,
+    workers: bool,
+    gateway: bool,
+    try_prompt: Option<String>,
+    once: bool,
+) -> anyhow::Result<()> {
+    let service = match (workers, gateway) {
+        (true, false) => "routemesh-worker",
+        (false, true) => "routemesh-gateway",
+        _ => "routemesh",
+    };
+    let traces = routemesh_gateway::tracing_setup::init(&config.tracing, service)?;
+    let result = serve_traced(config, common, workers, gateway, try_prompt, once).await;
+    if let Some(provider) = traces {
+        // Send the last spans before exiting.
+        let _ = tokio::task::spawn_blocking(move || provider.shutdown()).await;
+    }
+    result
+}
+
+async fn serve_traced(
     config: Config,
     common: &Common,
     workers: bool,
@@ -310,35 +366,71 @@ async fn print_telemetry(
     Ok(())
 }
 
+async fn print_cost(config: &Config, hours: u64, daily: bool, json: bool) -> anyhow::Result<()> {
+    let Some(telemetry) = routemesh_gateway::up::shared_telemetry(config).await? else {
+        bail!(
+            "without `registry.redis` spend lives in each gateway's memory; ask a gateway: GET http://<admin_listen>/v1/cost"
+        );
+    };
+    let registry = routemesh_gateway::up::connect_registry(config).await?;
+    // The counterfactual: the most expensive model registered now.
+    let strongest = registry
+        .list()
+        .await?
+        .into_iter()
+        .max_by(|a, b| {
+            (a.input_usd_per_mtok + a.output_usd_per_mtok)
+                .total_cmp(&(b.input_usd_per_mtok + b.output_usd_per_mtok))
+        })
+        .map(|w| routemesh_gateway::cost::Counterfactual {
+            model: w.model,
+            input_usd_per_mtok: w.input_usd_per_mtok,
+            output_usd_per_mtok: w.output_usd_per_mtok,
+        });
+    let to = routemesh_telemetry::record::now_ms();
+    let from = to.saturating_sub(hours.clamp(1, 24 * 400) * 3_600_000);
+    let rows = telemetry.spend(from, to, daily).await?;
+    let report = routemesh_gateway::cost::report(&rows, strongest, from, to);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.render());
+        println!(
+            "(last {hours} h, every gateway of the mesh; the counterfactual keeps each request's token counts)"
+        );
+    }
+    Ok(())
+}
+
+/// Logs only, for one-shot commands.
+fn plain_logs() {
+    let _ = routemesh_gateway::tracing_setup::init(&Default::default(), "routemesh");
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,h2=warn,hyper=warn,tower=warn,tonic=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
     match cli.command {
         Command::Up {
             common,
             listen,
             http_listen,
+            admin_listen,
             try_prompt,
             once,
         } => {
             let mut config = load(common.config.as_deref(), Some(DEMO_CONFIG))?;
-            override_listen(&mut config, listen, http_listen);
+            override_listen(&mut config, listen, http_listen, admin_listen);
             serve(config, &common, true, true, try_prompt, once).await
         }
         Command::Gateway {
             common,
             listen,
             http_listen,
+            admin_listen,
         } => {
             let mut config = load(common.config.as_deref(), None)?;
-            override_listen(&mut config, listen, http_listen);
+            override_listen(&mut config, listen, http_listen, admin_listen);
             serve(config, &common, false, true, None, false).await
         }
         Command::Worker { common } => {
@@ -350,8 +442,24 @@ async fn main() -> anyhow::Result<()> {
             window,
             json,
         } => {
+            plain_logs();
             let config = load(common.config.as_deref(), None)?;
             print_telemetry(&config, window, json).await
+        }
+        // CPU-bound and synchronous (ONNX, training): off the async runtime.
+        Command::Router { command } => {
+            plain_logs();
+            tokio::task::spawn_blocking(move || routemesh_router::cli::run(command)).await?
+        }
+        Command::Cost {
+            common,
+            hours,
+            daily,
+            json,
+        } => {
+            plain_logs();
+            let config = load(common.config.as_deref(), None)?;
+            print_cost(&config, hours, daily, json).await
         }
         Command::Bench(args) => routemesh_gateway::bench::run(args).await,
         Command::CheckConfig { file } => {

@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 use tonic::Code;
 
 use crate::auth::ApiKeys;
-use crate::service::GatewayService;
+use crate::service::{GatewayService, HttpApi};
 
 /// The virtual model that asks the router to choose.
 pub const ROUTER_MODEL: &str = "router";
@@ -65,7 +65,15 @@ struct ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({"error": {"message": self.message, "type": self.kind, "param": self.param, "code": Value::Null}});
-        (self.status, axum::Json(body)).into_response()
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if self.status == StatusCode::TOO_MANY_REQUESTS {
+            // Whole seconds: the pushback rounded up.
+            let secs = crate::error::RETRY_PUSHBACK_MS.div_ceil(1000).to_string();
+            if let Ok(v) = HeaderValue::from_str(&secs) {
+                response.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
+        response
     }
 }
 
@@ -418,6 +426,17 @@ async fn chat_completions(
         return bad_request("model", "must not be empty").into_response();
     }
     let mut request = tonic::Request::new(chat.grpc);
+    request.extensions_mut().insert(HttpApi);
+    // W3C trace context from HTTP headers continues like gRPC metadata.
+    for name in ["traceparent", "tracestate"] {
+        if let Some(value) = headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+        {
+            request.metadata_mut().insert(name, value);
+        }
+    }
     if let Err(e) = authorize(&state, &headers, &mut request) {
         return e.into_response();
     }
@@ -546,6 +565,13 @@ async fn list_models(State(state): State<HttpState>, headers: HeaderMap) -> Resp
                 json!({"id": ROUTER_MODEL, "object": "model", "created": 0, "owned_by": "routemesh",
                                        "routemesh": {"virtual": true, "description": "learned routing with the gateway's default policy"}}),
             ];
+            for (strong, weak, share, threshold) in
+                state.service.state().quality.calibrated_thresholds()
+            {
+                data.push(json!({"id": format!("router-mf-{threshold:.3}"), "object": "model", "created": 0, "owned_by": "routemesh",
+                                 "routemesh": {"virtual": true, "description": format!(
+                                     "RouteLLM-style threshold routing between the pool's most and least expensive models; about {:.0}% strong calls on the {strong} / {weak} training prompts", share * 100.0)}}));
+            }
             for m in models.into_inner().models {
                 let tier = if m.tier == WireTier::Large as i32 {
                     "large"

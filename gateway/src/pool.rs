@@ -259,9 +259,18 @@ impl Pool {
         }
     }
 
+    /// Round trips this gateway has made to its registry (Redis).
+    pub fn registry_round_trips(&self) -> u64 {
+        self.registry.round_trips()
+    }
+
     pub async fn poll_loads(&self) {
         let workers = self.snapshot();
         futures::future::join_all(workers.iter().map(|w| w.check_load(self.load_timeout))).await;
+        for w in workers.iter() {
+            crate::metrics::worker_state(&w.record.id, &w.record.model, w.healthy(), w.in_flight());
+        }
+        crate::metrics::healthy_workers(workers.iter().filter(|w| w.healthy()).count());
     }
 
     /// Runs discovery and load checks until `stop` is cancelled.

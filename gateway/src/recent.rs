@@ -9,6 +9,8 @@ pub struct Served {
     pub model: String,
     pub worker_id: String,
     pub tenant: String,
+    /// The prompt's region (router only), where its feedback counts.
+    pub region: String,
 }
 
 #[derive(Debug)]
@@ -59,6 +61,7 @@ mod tests {
             model: m.into(),
             worker_id: "w".into(),
             tenant: "t".into(),
+            region: String::new(),
         };
         r.remember("a", s("1"));
         r.remember("b", s("2"));

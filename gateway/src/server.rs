@@ -18,6 +18,7 @@ use routemesh_telemetry::{Recorder, Telemetry};
 use crate::auth::ApiKeys;
 use crate::config::GatewayConfig;
 use crate::pool::Pool;
+use crate::quality::QualityModel;
 use crate::recent::Recent;
 use crate::service::{GatewayService, GatewayState};
 use crate::tenants::CostTargets;
@@ -46,6 +47,8 @@ pub struct RunningGateway {
     pub addr: SocketAddr,
     /// The OpenAI-compatible HTTP API, when enabled.
     pub http_addr: Option<SocketAddr>,
+    /// The admin port (metrics, health, cost), when enabled.
+    pub admin_addr: Option<SocketAddr>,
     pub state: Arc<GatewayState>,
     shutdown: CancellationToken,
     task: JoinHandle<Result<(), ServeError>>,
@@ -60,11 +63,75 @@ impl RunningGateway {
     }
 }
 
-fn policy(config: &GatewayConfig) -> Box<dyn Policy> {
+/// Keeps the Gateway service's health status in step with the pool.
+fn spawn_readiness(
+    state: Arc<GatewayState>,
+    health: tonic_health::server::HealthReporter,
+    every: Duration,
+    stop: CancellationToken,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last = None;
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let ready = state.pool.snapshot().iter().any(|w| w.healthy());
+            if last != Some(ready) {
+                if ready {
+                    health.set_serving::<GatewayServer<GatewayService>>().await;
+                } else {
+                    health
+                        .set_not_serving::<GatewayServer<GatewayService>>()
+                        .await;
+                }
+                last = Some(ready);
+            }
+        }
+    })
+}
+
+async fn bind_optional(
+    addr: Option<SocketAddr>,
+) -> Result<Option<tokio::net::TcpListener>, ServeError> {
+    match addr {
+        Some(addr) => tokio::net::TcpListener::bind(addr)
+            .await
+            .map(Some)
+            .map_err(|source| ServeError::Bind { addr, source }),
+        None => Ok(None),
+    }
+}
+
+type HttpTask = JoinHandle<Result<(), std::io::Error>>;
+
+/// Serves an axum app (traced) until `stop`; returns its address and task.
+fn serve_http(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    stop: CancellationToken,
+) -> Result<(SocketAddr, HttpTask), ServeError> {
+    let addr = listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+        source,
+    })?;
+    let app = app.layer(tower_http::trace::TraceLayer::new_for_http());
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
+    });
+    Ok((addr, task))
+}
+
+fn policy(config: &GatewayConfig, cost_weight: f64) -> Box<dyn Policy> {
     match config.policy {
         PolicyKind::LeastLoaded => Box::new(LeastLoaded),
         PolicyKind::Utility => Box::new(UtilityPolicy {
-            cost_weight: config.cost_weight,
+            cost_weight,
             latency_weight: config.latency_weight,
             load_weight: config.load_weight,
             error_weight: config.error_weight,
@@ -75,10 +142,13 @@ fn policy(config: &GatewayConfig) -> Box<dyn Policy> {
 /// Starts a gateway on `config.listen`, discovering workers from `registry`.
 /// `shared_telemetry` is the store every replica shares (Redis); without it
 /// telemetry stays in this process.
+/// `limits` is where tenant limits are counted (Redis for a mesh of
+/// replicas); `None` counts them in this process.
 pub async fn start_gateway(
     config: GatewayConfig,
     registry: Arc<dyn Registry>,
     shared_telemetry: Option<Telemetry>,
+    limits: Option<crate::limits::Limits>,
 ) -> Result<RunningGateway, ServeError> {
     let keys = ApiKeys::from_config(&config.auth)
         .map_err(|(key, why)| ServeError::Config(format!("{key}: {why}")))?;
@@ -88,19 +158,22 @@ pub async fn start_gateway(
             addr: config.listen,
             source,
         })?;
-    let http_listener = match config.http_listen {
-        Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|source| ServeError::Bind { addr, source })?,
-        ),
-        None => None,
-    };
+    let http_listener = bind_optional(config.http_listen).await?;
+    let admin_listener = bind_optional(config.admin_listen).await?;
+    // Metrics are recorded from here on (a no-op recorder if this fails).
+    let _ = crate::metrics::handle();
     let addr = listener.local_addr().map_err(|source| ServeError::Bind {
         addr: config.listen,
         source,
     })?;
 
+    let quality = QualityModel::load(&config.router)
+        .await
+        .map_err(|e| ServeError::Config(e.to_string()))?;
+    let cost_weight = config
+        .cost_weight
+        .or_else(|| quality.calibrated_cost_weight())
+        .unwrap_or(UtilityPolicy::default().cost_weight);
     let pool = Pool::new(
         registry,
         config.load_interval.max(Duration::from_millis(200)),
@@ -117,15 +190,33 @@ pub async fn start_gateway(
 
     let state = Arc::new(GatewayState {
         pool,
-        policy: policy(&config),
+        policy: policy(&config, cost_weight),
         recent: Recent::new(config.feedback_window),
         recorder: Recorder::start(shared_telemetry, config.telemetry.recorder()),
-        cost_targets: CostTargets::new(&config.tenants, config.cost_weight),
+        cost_targets: CostTargets::new(&config.tenants, cost_weight),
+        quality,
+        retry_budget: crate::retry::RetryBudget::new(
+            config.retry_budget_ratio,
+            config.retry_budget_burst,
+        ),
+        limits: limits.unwrap_or_else(|| {
+            crate::limits::Limits::in_memory(&config.tenants, config.limits_fail_open)
+        }),
         admission: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_requests)),
         config: config.clone(),
     });
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<GatewayServer<GatewayService>>().await;
+    // "" answers liveness (the process serves); the Gateway service answers
+    // readiness: SERVING only while at least one worker is healthy.
+    health
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    let readiness = spawn_readiness(
+        state.clone(),
+        health.clone(),
+        config.load_interval,
+        shutdown.child_token(),
+    );
 
     // Every call is traced. Admission (the concurrency limit) is the Gateway
     // service's own business, so health checks and reflection are never shed.
@@ -159,25 +250,26 @@ pub async fn start_gateway(
     let stop_serving = CancellationToken::new();
     let http = match http_listener {
         Some(listener) => {
-            let http_addr = listener
-                .local_addr()
-                .map_err(|source| ServeError::Bind { addr, source })?;
             let app = crate::openai::router(crate::openai::HttpState {
                 service,
                 keys,
                 max_body_bytes: config.max_request_bytes,
-            })
-            .layer(tower_http::trace::TraceLayer::new_for_http());
-            let stop = stop_serving.clone();
-            let task = tokio::spawn(async move {
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(stop.cancelled_owned())
-                    .await
             });
-            Some((http_addr, task))
+            Some(serve_http(listener, app, stop_serving.clone())?)
         }
         None => None,
     };
+    // The admin port outlives the drain, so metrics can be scraped through it.
+    let stop_admin = CancellationToken::new();
+    let admin = match admin_listener {
+        Some(listener) => Some(serve_http(
+            listener,
+            crate::admin::router(state.clone()),
+            stop_admin.clone(),
+        )?),
+        None => None,
+    };
+    let admin_addr = admin.as_ref().map(|(a, _)| *a);
     let http_addr = http.as_ref().map(|(a, _)| *a);
     let server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
@@ -205,6 +297,7 @@ pub async fn start_gateway(
                     return Ok(result??);
                 }
             }
+            let _ = readiness.await;
             health
                 .set_not_serving::<GatewayServer<GatewayService>>()
                 .await;
@@ -228,13 +321,18 @@ pub async fn start_gateway(
             }
             let _ = maintenance.await;
             state_for_shutdown.recorder.shutdown().await;
+            stop_admin.cancel();
+            if let Some((_, admin)) = admin {
+                let _ = tokio::time::timeout(Duration::from_secs(2), admin).await;
+            }
             result
         }
     });
-    tracing::info!(%addr, http = ?http_addr, policy = state.policy.name(), "gateway serving");
+    tracing::info!(%addr, http = ?http_addr, admin = ?admin_addr, policy = state.policy.name(), "gateway serving");
     Ok(RunningGateway {
         addr,
         http_addr,
+        admin_addr,
         state,
         shutdown,
         task,

@@ -16,12 +16,16 @@ use routemesh_telemetry::{FeedbackEvent, LiveSnapshot, Outcome, Recorder, Reques
 use routemesh_worker::driven::driven_stream;
 use tokio::time::Instant;
 use tonic::{Code, Request, Response, Status};
+use tracing::Instrument;
 
 use crate::auth::Tenant;
 use crate::config::GatewayConfig;
 use crate::error::GatewayError;
+use crate::limits::{Limits, Refusal};
 use crate::pool::{Pool, Snapshot, WorkerHandle};
+use crate::quality::{Predicted, QualityModel};
 use crate::recent::{Recent, Served};
+use crate::retry::RetryBudget;
 use crate::tenants::CostTargets;
 use crate::validate::{ValidRequest, tier_to_wire, validate};
 
@@ -35,6 +39,11 @@ pub struct GatewayState {
     /// Requests generating now, bounded by `max_concurrent_requests`; a
     /// stream holds its permit until it ends.
     pub admission: Arc<tokio::sync::Semaphore>,
+    /// The learned router (or priors).
+    pub quality: QualityModel,
+    pub retry_budget: RetryBudget,
+    /// Tenant rate limits and budgets.
+    pub limits: Limits,
 }
 
 impl std::fmt::Debug for GatewayState {
@@ -108,6 +117,45 @@ fn explain(
             .collect(),
         decision_time_us: elapsed.as_secs_f64() * 1e6,
         telemetry_source: live.source.to_string(),
+        prompt_region: String::new(),
+    }
+}
+
+fn outcome_label(outcome: Outcome) -> &'static str {
+    match outcome {
+        Outcome::Ok => "ok",
+        Outcome::WorkerError => "worker_error",
+        Outcome::Timeout => "timeout",
+        Outcome::Overloaded => "overloaded",
+    }
+}
+
+/// The term that decided a routing decision, for the decisions metric.
+fn deciding_term(req: &ValidRequest, decision: &Decision) -> &'static str {
+    let Some(chosen) = decision.chosen_candidate() else {
+        return "none";
+    };
+    let eligible: Vec<_> = decision
+        .candidates
+        .iter()
+        .filter(|c| c.eligible())
+        .collect();
+    if req.pinned_model.is_some() {
+        "pinned"
+    } else if eligible.iter().all(|c| c.model == chosen.model) {
+        "only-eligible-model"
+    } else if eligible
+        .iter()
+        .all(|c| c.predicted_quality <= chosen.predicted_quality)
+    {
+        "quality"
+    } else if eligible
+        .iter()
+        .all(|c| c.expected_cost_usd >= chosen.expected_cost_usd)
+    {
+        "cost"
+    } else {
+        "latency-or-load"
     }
 }
 
@@ -157,6 +205,7 @@ impl GatewayState {
         req: &ValidRequest,
         snapshot: &Snapshot,
         excluded: &[String],
+        routed: Option<&Predicted>,
     ) -> Result<Routed, GatewayError> {
         let start = Instant::now();
         let workers: Vec<&Arc<WorkerHandle>> = snapshot
@@ -169,7 +218,7 @@ impl GatewayState {
             .iter()
             .map(|w| w.view(live.snapshot.workers.get(&w.record.id), min_requests))
             .collect();
-        let predictions = self.predictions(&workers, &live);
+        let predictions = self.predictions(&workers, &live, routed);
         let input = RouteInput {
             prompt_tokens: req.prompt_tokens_estimate(),
             max_tokens: req.max_tokens(),
@@ -178,8 +227,35 @@ impl GatewayState {
             predicted_quality: Some(&predictions),
             cost_weight: self.cost_targets.cost_weight(&req.tenant),
         };
-        let decision = self.policy.decide(&input, &views);
-        let explanation = explain(&req.request_id, &decision, &live, start.elapsed());
+        let span = tracing::info_span!(
+            "routemesh.route",
+            routemesh.policy = tracing::field::Empty,
+            routemesh.model = tracing::field::Empty,
+            routemesh.worker = tracing::field::Empty,
+            routemesh.reason = tracing::field::Empty,
+            routemesh.candidates = views.len(),
+            routemesh.telemetry = live.source,
+        );
+        let _route = span.enter();
+        let decision = match req.threshold {
+            Some(threshold) => routemesh_router::decide_threshold(threshold, &input, &views),
+            None => self.policy.decide(&input, &views),
+        };
+        let took = start.elapsed();
+        span.record("routemesh.policy", decision.policy);
+        span.record("routemesh.reason", decision.reason.as_str());
+        if let Some(chosen) = decision.chosen_candidate() {
+            span.record("routemesh.model", chosen.model.as_str());
+            span.record("routemesh.worker", chosen.worker_id.as_str());
+            crate::metrics::decision(
+                &chosen.model,
+                decision.policy,
+                deciding_term(req, &decision),
+                took,
+            );
+        }
+        let mut explanation = explain(&req.request_id, &decision, &live, took);
+        explanation.prompt_region = routed.map(|p| p.region.clone()).unwrap_or_default();
         match decision.chosen {
             Ok(i) => Ok(Routed {
                 worker: workers[i].clone(),
@@ -188,6 +264,7 @@ impl GatewayState {
             Err(NoCandidate::HintsUnsatisfiable) => {
                 Err(GatewayError::Unsatisfiable(decision.reason))
             }
+            Err(NoCandidate::Saturated) => Err(GatewayError::Saturated(decision.reason)),
             Err(NoCandidate::EmptyPool) => {
                 Err(GatewayError::NoWorker("no worker is registered".into()))
             }
@@ -210,6 +287,7 @@ impl GatewayState {
         req: &ValidRequest,
         worker: &WorkerHandle,
         remaining: Duration,
+        span: &tracing::Span,
     ) -> Request<WorkerGenerateRequest> {
         let mut request = Request::new(WorkerGenerateRequest {
             request_id: req.request_id.clone(),
@@ -218,8 +296,9 @@ impl GatewayState {
             params: Some(req.params.clone()),
             tenant: req.tenant.clone(),
         });
-        // The client's deadline travels to the worker.
+        // The client's deadline and trace travel to the worker.
         request.set_timeout(remaining);
+        routemesh_worker::trace_context::inject(span, request.metadata_mut());
         request
     }
 
@@ -235,39 +314,69 @@ impl GatewayState {
         hinted || status.code() == Code::Unavailable
     }
 
-    /// Predicted quality per model: the prior, moved towards the feedback
-    /// received for the model (a Beta-style posterior mean with the prior
-    /// worth `feedback_prior_weight` scores).
+    /// Predicted quality per model: the learned router's where it knows the
+    /// model (within one of its comparable pools), else the tier prior; then
+    /// moved towards the feedback received for the model (a Beta-style
+    /// posterior mean with the prediction worth `feedback_prior_weight` scores).
     fn predictions(
         &self,
         workers: &[&Arc<WorkerHandle>],
         live: &LiveSnapshot,
+        routed: Option<&Predicted>,
     ) -> HashMap<String, Prediction> {
         let weight = self.config.telemetry.feedback_prior_weight;
+        let models: Vec<&str> = workers.iter().map(|w| w.spec.name.as_str()).collect();
+        let comparable = if routed.is_some() {
+            self.quality.comparable(&models)
+        } else {
+            Default::default()
+        };
         let mut out = HashMap::new();
         for w in workers {
             if out.contains_key(&w.spec.name) {
                 continue;
             }
-            let prior = w.spec.prior_quality();
-            let prediction = match live
+            let learned = routed
+                .filter(|_| comparable.contains(&w.spec.name))
+                .and_then(|p| p.scores.get(&w.spec.name))
+                .copied();
+            let (base, base_source) = match learned {
+                Some(q) => (q, "router"),
+                None => (w.spec.prior_quality(), "prior"),
+            };
+            // With a router, feedback counts where it was given: on prompts of
+            // the same region. Without one, for the model as a whole.
+            let feedback = live
                 .snapshot
                 .feedback
                 .get(&w.spec.name)
-                .filter(|f| f.count > 0.0)
-            {
-                Some(f) => Prediction {
-                    quality: (prior * weight + f.sum) / (weight + f.count),
-                    source: "prior+feedback",
+                .and_then(|f| match routed {
+                    Some(p) => f.by_region.get(&p.region).copied(),
+                    None => Some((f.sum, f.count)),
+                });
+            let prediction = match feedback.filter(|(_, n)| *n > 0.0) {
+                Some((sum, count)) => Prediction {
+                    quality: (base * weight + sum) / (weight + count),
+                    source: if base_source == "router" {
+                        "router+feedback"
+                    } else {
+                        "prior+feedback"
+                    },
                 },
                 None => Prediction {
-                    quality: prior,
-                    source: "prior",
+                    quality: base,
+                    source: base_source,
                 },
             };
             out.insert(w.spec.name.clone(), prediction);
         }
         out
+    }
+
+    /// The learned router's view of this request: predictions for routing
+    /// and, even for a pinned model, the prompt's region for feedback.
+    async fn predict(&self, req: &ValidRequest) -> Option<Predicted> {
+        self.quality.predict(req.routing_prompt()).await
     }
 
     /// Records one call at one worker, off the request path.
@@ -284,7 +393,7 @@ impl GatewayState {
         if outcome == Outcome::Ok {
             self.cost_targets.observe(&req.tenant, usage.cost_usd);
         }
-        self.recorder.record(RequestRecord {
+        let record = RequestRecord {
             at_ms: routemesh_telemetry::record::now_ms(),
             tenant: req.tenant.clone(),
             model: worker.record.model.clone(),
@@ -300,27 +409,78 @@ impl GatewayState {
             prompt_tokens: usage.prompt_tokens,
             completion_tokens: usage.completion_tokens,
             cost_usd: usage.cost_usd,
+        };
+        let counterfactual = crate::admin::strongest(self).map_or(0.0, |c| {
+            (c.input_usd_per_mtok * f64::from(usage.prompt_tokens)
+                + c.output_usd_per_mtok * f64::from(usage.completion_tokens))
+                / 1e6
         });
+        crate::metrics::worker_call(
+            &req.tenant,
+            &worker.record.model,
+            worker.record.tier.as_str(),
+            &worker.record.id,
+            outcome_label(outcome),
+            Some(record.ttft_ms / 1000.0),
+            Some((usage.prompt_tokens, usage.completion_tokens)),
+            usage.cost_usd,
+            counterfactual,
+            record.time_per_output_token_ms().map(|ms| ms / 1000.0),
+        );
+        self.recorder.record(record);
     }
 
-    fn remember(&self, req: &ValidRequest, worker: &WorkerHandle) {
+    fn remember(&self, req: &ValidRequest, worker: &WorkerHandle, routed: Option<&Predicted>) {
         self.recent.remember(
             &req.request_id,
             Served {
                 model: worker.record.model.clone(),
                 worker_id: worker.record.id.clone(),
                 tenant: req.tenant.clone(),
+                region: routed.map(|p| p.region.clone()).unwrap_or_default(),
             },
         );
+    }
+
+    /// The tenant's rate limits and budgets, checked before any work.
+    async fn check_limits(&self, req: &ValidRequest) -> Result<(), GatewayError> {
+        match self
+            .limits
+            .admit(&req.tenant, routemesh_telemetry::record::now_ms())
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(Refusal::Over { limit, value }) => Err(GatewayError::OverLimit {
+                tenant: req.tenant.clone(),
+                limit,
+                value,
+            }),
+            Err(Refusal::StoreDown(e)) => Err(GatewayError::LimitsUnavailable(e)),
+        }
+    }
+
+    /// Charges what a request consumed to its tenant's limits.
+    async fn charge(&self, req: &ValidRequest, usage: Option<&Usage>) {
+        if let Some(u) = usage {
+            let tokens = u64::from(u.prompt_tokens) + u64::from(u.completion_tokens);
+            self.limits
+                .charge(
+                    &req.tenant,
+                    tokens,
+                    u.cost_usd,
+                    routemesh_telemetry::record::now_ms(),
+                )
+                .await;
+        }
     }
 
     /// Admits a generation or refuses it at once: queueing here would only
     /// add latency in front of workers that are already full.
     fn admit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, GatewayError> {
-        self.admission
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| GatewayError::Overloaded(self.config.max_concurrent_requests))
+        self.admission.clone().try_acquire_owned().map_err(|_| {
+            crate::metrics::shed();
+            GatewayError::Overloaded(self.config.max_concurrent_requests)
+        })
     }
 
     fn budget<T>(&self, request: &Request<T>) -> Duration {
@@ -345,6 +505,48 @@ fn connection_lost(status: Status) -> Status {
     }
 }
 
+/// Which API a request came in on; the HTTP facade marks its requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpApi;
+
+/// The server span of a client request, continuing the client's trace.
+fn request_span(request: &Request<GenerateRequest>, method: &'static str) -> tracing::Span {
+    let span = tracing::info_span!(
+        "routemesh.generate",
+        otel.kind = "server",
+        rpc.system = "grpc",
+        rpc.method = method,
+        routemesh.api = api_of(request),
+        routemesh.request_id = %request.get_ref().request_id,
+        gen_ai.request.model = %request.get_ref().model,
+    );
+    routemesh_worker::trace_context::continue_trace(&span, request.metadata());
+    span
+}
+
+/// The client span of one call to one worker (one per attempt).
+fn worker_call_span(worker: &WorkerHandle, attempt: usize) -> tracing::Span {
+    tracing::info_span!(
+        "routemesh.worker_call",
+        otel.kind = "client",
+        routemesh.worker = %worker.record.id,
+        gen_ai.request.model = %worker.record.model,
+        routemesh.attempt = attempt,
+    )
+}
+
+fn api_of<T>(request: &Request<T>) -> &'static str {
+    if request.extensions().get::<HttpApi>().is_some() {
+        "http"
+    } else {
+        "grpc"
+    }
+}
+
+fn code_of<T>(result: &Result<T, Status>) -> Code {
+    result.as_ref().map_or_else(Status::code, |_| Code::Ok)
+}
+
 #[derive(Debug, Clone)]
 pub struct GatewayService {
     state: Arc<GatewayState>,
@@ -353,6 +555,10 @@ pub struct GatewayService {
 impl GatewayService {
     pub fn new(state: Arc<GatewayState>) -> Self {
         Self { state }
+    }
+
+    pub fn state(&self) -> &Arc<GatewayState> {
+        &self.state
     }
 }
 
@@ -367,18 +573,20 @@ fn with_request_id<T>(message: T, request_id: &str) -> Response<T> {
 type EventStream =
     std::pin::Pin<Box<dyn futures::Stream<Item = Result<GenerateStreamEvent, Status>> + Send>>;
 
-#[tonic::async_trait]
-impl Gateway for GatewayService {
-    async fn generate(
+impl GatewayService {
+    async fn generate_inner(
         &self,
         request: Request<GenerateRequest>,
     ) -> Result<Response<GenerateResponse>, Status> {
         let state = &self.state;
         let _admitted = state.admit()?;
+        state.retry_budget.deposit();
         let budget = state.budget(&request);
         let deadline = Instant::now() + budget;
         let snapshot = state.pool.snapshot();
         let req = state.accept(request, &snapshot)?;
+        state.check_limits(&req).await?;
+        let predicted = state.predict(&req).await;
         let mut excluded = Vec::new();
         // After a failover, running out of workers reports the real failure.
         let mut last_failure: Option<GatewayError> = None;
@@ -387,14 +595,15 @@ impl Gateway for GatewayService {
                 worker,
                 explanation,
             } = state
-                .route(&req, &snapshot, &excluded)
+                .route(&req, &snapshot, &excluded, predicted.as_ref())
                 .map_err(|e| last_failure.take().unwrap_or(e))?;
             let _in_flight = worker.begin();
             let started = Instant::now();
             let remaining = deadline.saturating_duration_since(started);
             let mut client = worker.client.clone();
-            let call = client.generate(state.worker_request(&req, &worker, remaining));
-            let result = match tokio::time::timeout(remaining, call).await {
+            let call_span = worker_call_span(&worker, excluded.len() + 1);
+            let call = client.generate(state.worker_request(&req, &worker, remaining, &call_span));
+            let result = match tokio::time::timeout(remaining, call.instrument(call_span)).await {
                 Ok(result) => result,
                 Err(_) => {
                     state.record(&req, &worker, Outcome::Timeout, None, started);
@@ -405,7 +614,8 @@ impl Gateway for GatewayService {
                 Ok(response) => {
                     let done = response.into_inner();
                     state.record(&req, &worker, Outcome::Ok, done.usage.as_ref(), started);
-                    state.remember(&req, &worker);
+                    state.charge(&req, done.usage.as_ref()).await;
+                    state.remember(&req, &worker, predicted.as_ref());
                     let message = GenerateResponse {
                         request_id: req.request_id.clone(),
                         text: done.text,
@@ -420,8 +630,12 @@ impl Gateway for GatewayService {
                     state.record(&req, &worker, outcome_of(&status), None, started);
                     let retry = GatewayState::should_fail_over(&worker, &status);
                     let attempts = excluded.len() as u32 + 1;
-                    if retry && attempts < state.config.max_attempts {
+                    if retry
+                        && attempts < state.config.max_attempts
+                        && state.retry_budget.try_withdraw()
+                    {
                         tracing::info!(worker = %worker.record.id, %status, "failing over");
+                        crate::metrics::failover(&worker.record.model);
                         excluded.push(worker.record.id.clone());
                         last_failure = Some(GatewayError::Worker {
                             worker_id: worker.record.id.clone(),
@@ -444,44 +658,50 @@ impl Gateway for GatewayService {
         }
     }
 
-    type GenerateStreamStream = EventStream;
-
-    async fn generate_stream(
+    async fn generate_stream_inner(
         &self,
         request: Request<GenerateRequest>,
-    ) -> Result<Response<Self::GenerateStreamStream>, Status> {
+    ) -> Result<Response<EventStream>, Status> {
         let state = self.state.clone();
         let admitted = state.admit()?;
+        state.retry_budget.deposit();
         let budget = state.budget(&request);
         let deadline = Instant::now() + budget;
         let snapshot = state.pool.snapshot();
         let req = state.accept(request, &snapshot)?;
+        state.check_limits(&req).await?;
+        let predicted = state.predict(&req).await;
 
         // Open a stream and wait for its first event; until then a failure
         // where no model ran moves the request to another worker.
         let mut excluded = Vec::new();
         // After a failover, running out of workers reports the real failure.
         let mut last_failure: Option<GatewayError> = None;
-        let (worker, explanation, in_flight, mut upstream, first, started) = loop {
+        let (worker, explanation, in_flight, mut upstream, first, started, call_span) = loop {
             let Routed {
                 worker,
                 explanation,
             } = state
-                .route(&req, &snapshot, &excluded)
+                .route(&req, &snapshot, &excluded, predicted.as_ref())
                 .map_err(|e| last_failure.take().unwrap_or(e))?;
             let in_flight = worker.begin();
             let started = Instant::now();
             let remaining = deadline.saturating_duration_since(started);
-            let opened = tokio::time::timeout(remaining, async {
-                let mut upstream = worker
-                    .client
-                    .clone()
-                    .generate_stream(state.worker_request(&req, &worker, remaining))
-                    .await?
-                    .into_inner();
-                let first = upstream.message().await?;
-                Ok::<_, Status>((upstream, first))
-            })
+            let call_span = worker_call_span(&worker, excluded.len() + 1);
+            let opened = tokio::time::timeout(
+                remaining,
+                async {
+                    let mut upstream = worker
+                        .client
+                        .clone()
+                        .generate_stream(state.worker_request(&req, &worker, remaining, &call_span))
+                        .await?
+                        .into_inner();
+                    let first = upstream.message().await?;
+                    Ok::<_, Status>((upstream, first))
+                }
+                .instrument(call_span.clone()),
+            )
             .await
             .map_err(|_| {
                 state.record(&req, &worker, Outcome::Timeout, None, started);
@@ -489,7 +709,15 @@ impl Gateway for GatewayService {
             })?;
             match opened {
                 Ok((upstream, Some(first))) => {
-                    break (worker, explanation, in_flight, upstream, first, started);
+                    break (
+                        worker,
+                        explanation,
+                        in_flight,
+                        upstream,
+                        first,
+                        started,
+                        call_span,
+                    );
                 }
                 Ok((_, None)) => {
                     let status = Status::internal("worker closed the stream without an event");
@@ -503,8 +731,12 @@ impl Gateway for GatewayService {
                     let status = connection_lost(status);
                     state.record(&req, &worker, outcome_of(&status), None, started);
                     let retry = GatewayState::should_fail_over(&worker, &status);
-                    if retry && (excluded.len() as u32 + 1) < state.config.max_attempts {
+                    if retry
+                        && (excluded.len() as u32 + 1) < state.config.max_attempts
+                        && state.retry_budget.try_withdraw()
+                    {
                         tracing::info!(worker = %worker.record.id, %status, "failing over before the first token");
+                        crate::metrics::failover(&worker.record.model);
                         excluded.push(worker.record.id.clone());
                         last_failure = Some(GatewayError::Worker {
                             worker_id: worker.record.id.clone(),
@@ -522,7 +754,10 @@ impl Gateway for GatewayService {
         };
 
         let request_id = req.request_id.clone();
-        let stream = driven_stream(move |tx| async move {
+        // The request span and the worker call's span last as long as the stream.
+        let request_span = tracing::Span::current();
+        let stream = driven_stream(move |tx| {
+            async move {
             let _in_flight = in_flight;
             let _admitted = admitted;
             let event = |event| {
@@ -598,12 +833,22 @@ impl Gateway for GatewayService {
                             .await
                             .is_err()
                         {
-                            return; // client gone: dropping `upstream` cancels the worker
+                            // Client gone: dropping `upstream` cancels the worker.
+                            // What was generated still counts against the tenant.
+                            let partial = Usage {
+                                prompt_tokens: req.prompt_tokens_estimate(),
+                                completion_tokens: tokens_sent,
+                                cost_usd: worker.spec.expected_cost_usd(req.prompt_tokens_estimate(), tokens_sent),
+                                ..Usage::default()
+                            };
+                            state.charge(&req, Some(&partial)).await;
+                            return;
                         }
                     }
                     Some(worker_stream_event::Event::End(end)) => {
                         state.record(&req, &worker, Outcome::Ok, end.usage.as_ref(), started);
-                        state.remember(&req, &worker);
+                        state.charge(&req, end.usage.as_ref()).await;
+                        state.remember(&req, &worker, predicted.as_ref());
                         let end = StreamEnd {
                             finish_reason: end.finish_reason,
                             usage: end.usage,
@@ -614,8 +859,40 @@ impl Gateway for GatewayService {
                     None => {}
                 }
             }
+            }
+            .instrument(call_span)
+            .instrument(request_span)
         });
         Ok(with_request_id(stream, &request_id))
+    }
+}
+
+#[tonic::async_trait]
+impl Gateway for GatewayService {
+    async fn generate(
+        &self,
+        request: Request<GenerateRequest>,
+    ) -> Result<Response<GenerateResponse>, Status> {
+        let (api, start) = (api_of(&request), Instant::now());
+        let span = request_span(&request, "Generate");
+        let result = self.generate_inner(request).instrument(span).await;
+        crate::metrics::request(api, "Generate", code_of(&result), start.elapsed());
+        result
+    }
+
+    type GenerateStreamStream = EventStream;
+
+    async fn generate_stream(
+        &self,
+        request: Request<GenerateRequest>,
+    ) -> Result<Response<Self::GenerateStreamStream>, Status> {
+        let (api, start) = (api_of(&request), Instant::now());
+        let span = request_span(&request, "GenerateStream");
+        let result = self.generate_stream_inner(request).instrument(span).await;
+        // Time to the first event: a stream's later failures are counted per
+        // worker call.
+        crate::metrics::request(api, "GenerateStream", code_of(&result), start.elapsed());
+        result
     }
 
     async fn route(
@@ -625,7 +902,8 @@ impl Gateway for GatewayService {
         let state = &self.state;
         let snapshot = state.pool.snapshot();
         let req = state.accept(request, &snapshot)?;
-        let routed = state.route(&req, &snapshot, &[])?;
+        let predicted = state.predict(&req).await;
+        let routed = state.route(&req, &snapshot, &[], predicted.as_ref())?;
         Ok(with_request_id(routed.explanation, &req.request_id))
     }
 
@@ -659,7 +937,7 @@ impl Gateway for GatewayService {
         self.state.recorder.feedback(FeedbackEvent {
             at_ms: routemesh_telemetry::record::now_ms(),
             model: served.model.clone(),
-            region: String::new(),
+            region: served.region.clone(),
             score,
         });
 

@@ -15,6 +15,27 @@ pub struct TenantConfig {
     /// Average cost per request to hold, in USD.
     #[serde(default)]
     pub target_cost_per_request_usd: Option<f64>,
+    /// Requests admitted per minute (every replica together).
+    #[serde(default)]
+    pub requests_per_minute: Option<u64>,
+    /// Prompt + completion tokens per minute (every replica together).
+    #[serde(default)]
+    pub tokens_per_minute: Option<u64>,
+    /// Spend per UTC day, USD.
+    #[serde(default)]
+    pub budget_usd_per_day: Option<f64>,
+    /// Spend per 30-day month (UTC days since the epoch / 30), USD.
+    #[serde(default)]
+    pub budget_usd_per_month: Option<f64>,
+}
+
+impl TenantConfig {
+    pub fn has_limits(&self) -> bool {
+        self.requests_per_minute.is_some()
+            || self.tokens_per_minute.is_some()
+            || self.budget_usd_per_day.is_some()
+            || self.budget_usd_per_month.is_some()
+    }
 }
 
 /// Smoothing of the observed cost: about the last 20 requests.
@@ -95,6 +116,7 @@ mod tests {
             "t".to_string(),
             TenantConfig {
                 target_cost_per_request_usd: Some(0.4),
+                ..Default::default()
             },
         )]);
         let targets = CostTargets::new(&tenants, 1.0);

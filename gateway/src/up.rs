@@ -20,6 +20,8 @@ pub enum UpError {
     Registry(#[from] RegistryError),
     #[error("worker {index}: {source}")]
     Worker { index: usize, source: WorkerError },
+    #[error("tenant limits (Redis): {0}")]
+    Limits(redis::RedisError),
     #[error("telemetry: {0}")]
     Telemetry(#[from] routemesh_telemetry::StoreError),
     #[error("gateway: {0}")]
@@ -95,7 +97,26 @@ impl Mesh {
                     return Err(e);
                 }
             };
-            match start_gateway(config.gateway.clone(), registry, telemetry).await {
+            let limits = match &config.registry.redis {
+                Some(r) if config.gateway.tenants.values().any(|t| t.has_limits()) => {
+                    match crate::limits::Limits::redis(
+                        &r.url,
+                        &r.mesh,
+                        &config.gateway.tenants,
+                        config.gateway.limits_fail_open,
+                    )
+                    .await
+                    {
+                        Ok(l) => Some(l),
+                        Err(e) => {
+                            mesh.shutdown().await;
+                            return Err(UpError::Limits(e));
+                        }
+                    }
+                }
+                _ => None,
+            };
+            match start_gateway(config.gateway.clone(), registry, telemetry, limits).await {
                 Ok(g) => mesh.gateway = Some(g),
                 Err(e) => {
                     mesh.shutdown().await;
@@ -127,6 +148,7 @@ impl Mesh {
         serde_json::json!({
             "gateway": self.gateway.as_ref().map(|g| g.addr.to_string()),
             "http": self.gateway.as_ref().and_then(|g| g.http_addr).map(|a| a.to_string()),
+            "admin": self.gateway.as_ref().and_then(|g| g.admin_addr).map(|a| a.to_string()),
             "workers": self.workers.iter().map(|w| serde_json::json!({"id": w.id, "endpoint": w.endpoint})).collect::<Vec<_>>(),
             "pid": std::process::id(),
         })

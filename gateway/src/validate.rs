@@ -26,6 +26,8 @@ pub struct ValidRequest {
     pub hints: Hints,
     pub tenant: String,
     pub prompt_chars: usize,
+    /// RouteLLM-style threshold routing (model `router-<name>-<threshold>`).
+    pub threshold: Option<f64>,
 }
 
 impl ValidRequest {
@@ -66,6 +68,23 @@ pub fn tier_to_wire(tier: Tier) -> WireTier {
     }
 }
 
+/// The threshold of a RouteLLM-style model name, `router-<name>-<threshold>`
+/// (e.g. `router-mf-0.116`), with the threshold a number in [-1, 1].
+pub fn threshold_of(model: &str) -> Option<f64> {
+    let rest = model.strip_prefix("router-")?;
+    let (head, value) = rest.rsplit_once('-')?;
+    // `router-mf--0.2`: the last dash before the number is its sign.
+    let value = if head.ends_with('-') {
+        format!("-{value}")
+    } else {
+        value.to_string()
+    };
+    value
+        .parse::<f64>()
+        .ok()
+        .filter(|t| t.is_finite() && (-1.0..=1.0).contains(t))
+}
+
 fn valid_id(id: &str) -> bool {
     id.chars().all(|c| c.is_ascii_graphic())
 }
@@ -96,7 +115,8 @@ pub fn validate(
             known_models.join(", ")
         },
     };
-    let pinned_model = if ROUTED_MODELS.contains(&req.model.as_str()) {
+    let threshold = threshold_of(&req.model);
+    let pinned_model = if ROUTED_MODELS.contains(&req.model.as_str()) || threshold.is_some() {
         None
     } else if known_models.contains(&req.model.as_str()) {
         Some(req.model)
@@ -259,6 +279,7 @@ pub fn validate(
         hints,
         tenant,
         prompt_chars,
+        threshold,
     })
 }
 
@@ -393,11 +414,94 @@ mod tests {
     }
 
     #[test]
+    fn routellm_threshold_names() {
+        assert_eq!(threshold_of("router-mf-0.116"), Some(0.116));
+        assert_eq!(threshold_of("router-knn-blend-0.2"), Some(0.2));
+        assert_eq!(threshold_of("router-mf-7"), None);
+        assert_eq!(threshold_of("router-mf--0.5"), Some(-0.5));
+        assert_eq!(threshold_of("router"), None);
+        let v = check(GenerateRequest {
+            model: "router-mf-0.116".into(),
+            ..ok_request()
+        })
+        .unwrap();
+        assert_eq!((v.threshold, v.pinned_model), (Some(0.116), None));
+    }
+
+    #[test]
     fn odd_unicode_is_fine_and_counted_in_chars() {
         let mut r = ok_request();
         r.messages[0].content = "🦀 naïve 東京\u{200b}".into();
         let v = check(r).unwrap();
         assert_eq!(v.prompt_chars, 11);
         assert_eq!(v.prompt_tokens_estimate(), 3);
+    }
+}
+
+#[cfg(test)]
+mod fuzz {
+    //! Property tests: no input makes validation panic, and what it accepts
+    //! keeps the rules downstream code relies on.
+    use super::*;
+    use proptest::prelude::*;
+    use routemesh_proto::v1::RoutingHints;
+
+    fn any_f32() -> impl Strategy<Value = Option<f32>> {
+        prop_oneof![
+            Just(None),
+            any::<f32>().prop_map(Some),
+            Just(Some(f32::NAN)),
+            Just(Some(f32::INFINITY))
+        ]
+    }
+
+    fn any_f64() -> impl Strategy<Value = Option<f64>> {
+        prop_oneof![
+            Just(None),
+            any::<f64>().prop_map(Some),
+            Just(Some(f64::NAN))
+        ]
+    }
+
+    prop_compose! {
+        fn request()(
+            request_id in ".{0,140}",
+            model in prop_oneof![Just(String::new()), Just("router".to_string()), Just("small".to_string()), ".{0,20}"],
+            messages in prop::collection::vec((prop_oneof![Just("user".to_string()), Just("system".to_string()), ".{0,8}"], ".{0,200}"), 0..6),
+            max_tokens in prop::option::of(any::<u32>()),
+            temperature in any_f32(),
+            top_p in any_f32(),
+            stop in prop::collection::vec(".{0,300}", 0..6),
+            max_cost in any_f64(),
+            floor in any_f64(),
+            tiers in prop::collection::vec(any::<i32>(), 0..3),
+            tenant in ".{0,70}",
+        ) -> GenerateRequest {
+            GenerateRequest {
+                request_id,
+                model,
+                messages: messages.into_iter().map(|(role, content)| ChatMessage { role, content }).collect(),
+                params: Some(GenerationParams { max_tokens, temperature, top_p, stop, seed: None }),
+                hints: Some(RoutingHints { allowed_models: vec![], allowed_tiers: tiers, max_cost_usd: max_cost, latency_slo_ms: None, quality_floor: floor }),
+                tenant,
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        #[test]
+        fn never_panics_and_accepted_requests_keep_the_rules(req in request()) {
+            let config = GatewayConfig::default();
+            if let Ok(v) = validate(req, &config, &["small", "large"]) {
+                let max = v.params.max_tokens.unwrap_or(0);
+                prop_assert!(max >= 1 && max <= config.max_tokens_limit);
+                prop_assert!(v.messages.iter().any(|m| m.role == "user" && !m.content.trim().is_empty()));
+                prop_assert!(v.params.temperature.is_none_or(|t| (0.0..=2.0).contains(&t)));
+                prop_assert!(v.params.top_p.is_none_or(|p| p > 0.0 && p <= 1.0));
+                prop_assert!(v.hints.quality_floor.is_none_or(|q| (0.0..=1.0).contains(&q)));
+                prop_assert!(v.request_id.len() <= 128 && !v.request_id.is_empty());
+            }
+        }
     }
 }

@@ -144,6 +144,77 @@ pub struct RouteInput<'a> {
     pub cost_weight: Option<f64>,
 }
 
+/// RouteLLM's threshold routing for a strong/weak pair: send the request to
+/// the strong (most expensive) eligible model when its predicted quality
+/// beats the weak (cheapest) one's by at least `threshold`, else to the weak
+/// one; within the model, the least loaded worker. A higher threshold means
+/// fewer strong calls (`routemesh router calibrate` maps thresholds to shares).
+pub fn decide_threshold(
+    threshold: f64,
+    input: &RouteInput<'_>,
+    workers: &[WorkerView<'_>],
+) -> Decision {
+    let mut candidates = screen(input, workers);
+    let price = |c: &CandidateScore| {
+        workers
+            .iter()
+            .find(|w| w.worker_id == c.worker_id)
+            .map_or(0.0, |w| {
+                w.model.input_usd_per_mtok + w.model.output_usd_per_mtok
+            })
+    };
+    let eligible: Vec<&CandidateScore> = candidates.iter().filter(|c| c.eligible()).collect();
+    let strong = eligible
+        .iter()
+        .copied()
+        .max_by(|a, b| price(a).total_cmp(&price(b)));
+    let weak = eligible
+        .iter()
+        .copied()
+        .min_by(|a, b| price(a).total_cmp(&price(b)));
+    let (target, why) = match (strong, weak) {
+        (Some(s), Some(w)) if s.model != w.model => {
+            let gap = s.predicted_quality - w.predicted_quality;
+            if gap >= threshold {
+                (
+                    s.model.clone(),
+                    format!(
+                        "threshold routing: strong {} predicted {:.3} - weak {} {:.3} = {gap:.3} >= threshold {threshold}",
+                        s.model, s.predicted_quality, w.model, w.predicted_quality
+                    ),
+                )
+            } else {
+                (
+                    w.model.clone(),
+                    format!(
+                        "threshold routing: strong {} predicted {:.3} - weak {} {:.3} = {gap:.3} < threshold {threshold}",
+                        s.model, s.predicted_quality, w.model, w.predicted_quality
+                    ),
+                )
+            }
+        }
+        (Some(only), _) => (
+            only.model.clone(),
+            "threshold routing: only one model is eligible".to_string(),
+        ),
+        _ => (String::new(), String::new()),
+    };
+    for c in &mut candidates {
+        c.score = if c.model == target {
+            -c.load
+        } else {
+            f64::NEG_INFINITY
+        };
+    }
+    let mut decision = pick("threshold", candidates, move |_| why.clone());
+    if let Ok(i) = decision.chosen
+        && decision.candidates[i].score == f64::NEG_INFINITY
+    {
+        decision.chosen = Err(NoCandidate::Unavailable);
+    }
+    decision
+}
+
 /// A model's predicted quality on one prompt and where it came from.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Prediction {
@@ -182,8 +253,11 @@ impl CandidateScore {
 pub enum NoCandidate {
     /// The pool has no worker at all.
     EmptyPool,
-    /// Some worker would satisfy the request but none is healthy with room now.
+    /// Some worker would satisfy the request but none is healthy now.
     Unavailable,
+    /// Healthy workers would satisfy the request but all are at capacity:
+    /// overload, worth a retry after a pause.
+    Saturated,
     /// No model in the pool satisfies the request's hints.
     HintsUnsatisfiable,
 }
@@ -316,13 +390,15 @@ fn pick(
                     NoCandidate::EmptyPool,
                     "no worker is registered".to_string(),
                 )
-            } else if candidates
-                .iter()
-                .any(|c| c.excluded_because == UNHEALTHY || c.excluded_because == FULL)
-            {
+            } else if candidates.iter().any(|c| c.excluded_because == FULL) {
+                (
+                    NoCandidate::Saturated,
+                    "every healthy worker that fits the request is at capacity".to_string(),
+                )
+            } else if candidates.iter().any(|c| c.excluded_because == UNHEALTHY) {
                 (
                     NoCandidate::Unavailable,
-                    "every worker that fits the request is unhealthy or at capacity".to_string(),
+                    "every worker that fits the request is unhealthy".to_string(),
                 )
             } else {
                 let mut reasons: Vec<&str> = candidates
@@ -412,7 +488,7 @@ impl Policy for UtilityPolicy {
         }
         pick(self.name(), candidates, move |c| {
             format!(
-                "highest utility {:.4} = quality {:.3} ({}) - {cw}·cost {:.6} USD - {lw}·latency {:.2} s ({}) - {nw}·load {:.2} - {ew}·error rate {:.3}",
+                "highest utility {:.4} = quality {:.3} ({}) - {cw:.4}·cost {:.6} USD - {lw}·latency {:.2} s ({}) - {nw}·load {:.2} - {ew}·error rate {:.3}",
                 c.score,
                 c.predicted_quality,
                 c.quality_source,
@@ -577,7 +653,7 @@ mod tests {
         assert_eq!(d.chosen, Err(NoCandidate::Unavailable));
         let full = view("s2", &s, 8);
         let d = LeastLoaded.decide(&input(&hints), &[full]);
-        assert_eq!(d.chosen, Err(NoCandidate::Unavailable));
+        assert_eq!(d.chosen, Err(NoCandidate::Saturated));
         let d = LeastLoaded.decide(&input(&hints), &[]);
         assert_eq!(d.chosen, Err(NoCandidate::EmptyPool));
     }
@@ -623,6 +699,43 @@ mod tests {
             d.chosen_candidate().map(|c| c.model.as_str()),
             Some("small")
         );
+    }
+
+    #[test]
+    fn threshold_routing_picks_strong_only_past_the_gap() {
+        let (s, l) = (small(), large());
+        let hints = Hints::default();
+        let workers = [view("s1", &s, 0), view("l1", &l, 0)];
+        let predicted = HashMap::from([
+            (
+                "small".to_string(),
+                Prediction {
+                    quality: 0.5,
+                    source: "router",
+                },
+            ),
+            (
+                "large".to_string(),
+                Prediction {
+                    quality: 0.7,
+                    source: "router",
+                },
+            ),
+        ]);
+        let mut inp = input(&hints);
+        inp.predicted_quality = Some(&predicted);
+        let d = decide_threshold(0.1, &inp, &workers);
+        assert_eq!(
+            d.chosen_candidate().map(|c| c.model.as_str()),
+            Some("large")
+        );
+        assert!(d.reason.contains(">= threshold 0.1"), "{}", d.reason);
+        let d = decide_threshold(0.3, &inp, &workers);
+        assert_eq!(
+            d.chosen_candidate().map(|c| c.model.as_str()),
+            Some("small")
+        );
+        assert_eq!(d.policy, "threshold");
     }
 
     #[test]

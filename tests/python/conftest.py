@@ -85,8 +85,10 @@ class Running:
 
 FAST_MESH = """
 gateway:
+  router: {enabled: false}
   listen: 127.0.0.1:0
   http_listen: 127.0.0.1:0
+  admin_listen: 127.0.0.1:0
 workers:
   - id: small-0
     model: small-model
@@ -116,6 +118,6 @@ def mesh():
 @pytest.fixture(scope="module")
 def demo():
     """`routemesh up` exactly as the quickstart runs it: the embedded demo."""
-    running = Running(["up", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+    running = Running(["up", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
     yield running
     running.stop()

@@ -423,7 +423,7 @@ def test_default_install_is_a_self_contained_trial():
     gw = one(objs, "Deployment", "rm-routemesh-gateway")
     assert gw["spec"]["replicas"] == 1
     svc = one(objs, "Service", "rm-routemesh-gateway")
-    assert [p["name"] for p in svc["spec"]["ports"]] == ["grpc", "http"], "metrics stay off until served"
+    assert [p["name"] for p in svc["spec"]["ports"]] == ["grpc", "http", "metrics"]
     assert not find(objs, "ServiceMonitor") and not find(objs, "PrometheusRule") and not find(objs, "HorizontalPodAutoscaler")
     [worker] = [d for d in find(objs, "Deployment") if d is not gw]
     assert [c["name"] for c in containers(worker)] == ["agent"]
@@ -741,4 +741,6 @@ def test_images_match_the_chart():
     assert re.search(r"^USER\s+10001", dockerfile, re.M), "images run as the chart's non-root uid"
     assert "/usr/local/bin/routemesh" in dockerfile
     assert (DEPLOY / "docker" / "Dockerfile.dockerignore").exists()
-    assert (DEPLOY / "docker" / "router-placeholder").is_dir()
+    assert "ARG ROUTER_DIR=router/artifacts/default" in dockerfile
+    assert (ROOT / "router" / "artifacts" / "default" / "manifest.json").exists()
+    assert "ROUTEMESH_ASSETS=/usr/share/routemesh/assets" in dockerfile

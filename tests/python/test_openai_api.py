@@ -113,7 +113,7 @@ def test_curl_plain_stream_and_bad_bodies(mesh):
 def keyed_mesh():
     digest = hashlib.sha256(KEY.encode()).hexdigest()
     config = FAST_MESH.replace(
-        "  http_listen: 127.0.0.1:0\n", f"  http_listen: 127.0.0.1:0\n  auth:\n    keys:\n      - tenant: acme\n        sha256: {digest}\n"
+        "  http_listen: 127.0.0.1:0\n  admin_listen: 127.0.0.1:0\n", f"  http_listen: 127.0.0.1:0\n  admin_listen: 127.0.0.1:0\n  auth:\n    keys:\n      - tenant: acme\n        sha256: {digest}\n"
     )
     running = Running(["up"], config)
     yield running

@@ -320,7 +320,7 @@ pub fn gateway_yaml(redis: Option<(&str, &str)>) -> String {
 /// spaces), with telemetry fast enough for tests to see adaptation.
 pub fn gateway_yaml_with(redis: Option<(&str, &str)>, extra: &str) -> String {
     format!(
-        "{}gateway:\n  listen: 127.0.0.1:0\n  http_listen: 127.0.0.1:0\n  discovery_interval: 100ms\n  load_interval: 100ms\n  request_timeout: 20s\n  drain_grace: 5s\n  telemetry: {{window: 10s, snapshot_interval: 100ms, flush_interval: 20ms, min_requests: 3}}\n{extra}",
+        "{}gateway:\n  listen: 127.0.0.1:0\n  http_listen: 127.0.0.1:0\n  admin_listen: 127.0.0.1:0\n  discovery_interval: 100ms\n  load_interval: 100ms\n  request_timeout: 20s\n  drain_grace: 5s\n  telemetry: {{window: 10s, snapshot_interval: 100ms, flush_interval: 20ms, min_requests: 3}}\n{extra}",
         registry_yaml(redis)
     )
 }

@@ -210,7 +210,7 @@ async fn openai_engine_behind_the_worker() {
 
     // A gateway with the worker as a static entry (no registry) routes to it.
     let gateway_yaml = format!(
-        "gateway:\n  listen: 127.0.0.1:0\n  http_listen: 127.0.0.1:0\nstatic_workers:\n  - id: engine-0\n    model: fake-model\n    tier: large\n    endpoint: {}\n",
+        "gateway:\n  listen: 127.0.0.1:0\n  http_listen: 127.0.0.1:0\n  admin_listen: 127.0.0.1:0\nstatic_workers:\n  - id: engine-0\n    model: fake-model\n    tier: large\n    endpoint: {}\n",
         worker.worker_endpoint(0)
     );
     let gateway = Process::start("gateway", "gateway", &gateway_yaml, &[]).unwrap();

@@ -113,6 +113,12 @@ async fn requests_keep_flowing_while_redis_is_down() {
         t.await.unwrap();
     }
     let failed = failed.lock().unwrap();
+    eprintln!(
+        "| Redis stopped and restarted under traffic (3 clients) | {} | {} | 0 | {} | 0 |",
+        ok.load(Ordering::Relaxed) + failed.len() as u64,
+        ok.load(Ordering::Relaxed),
+        failed.len()
+    );
     assert!(
         failed.is_empty(),
         "{} requests failed because of Redis: {:?}",

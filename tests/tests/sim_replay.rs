@@ -15,7 +15,7 @@ async fn replayed_answers_and_scores_travel_through_the_mesh() {
     let Some(data) = routing_data() else { return };
     let gsm8k = data.join("gsm8k.jsonl");
     let yaml = format!(
-        "gateway:\n  listen: 127.0.0.1:0\n  http_listen: 127.0.0.1:0\nworkers:\n  - id: mixtral-0\n    model: mixtral\n    tier: small\n    input_usd_per_mtok: 0.6\n    output_usd_per_mtok: 0.6\n    backend:\n      sim: {{tokens_per_second: {{median: 0}}, ttft_ms: {{median: 0}}, replay: {path}, replay_model: {MIXTRAL}}}\n  - id: gpt4-0\n    model: gpt-4\n    tier: large\n    input_usd_per_mtok: 10\n    output_usd_per_mtok: 30\n    backend:\n      sim: {{tokens_per_second: {{median: 0}}, ttft_ms: {{median: 0}}, replay: {path}, replay_model: {GPT4}}}\n",
+        "gateway:\n  listen: 127.0.0.1:0\n  http_listen: 127.0.0.1:0\n  admin_listen: 127.0.0.1:0\nworkers:\n  - id: mixtral-0\n    model: mixtral\n    tier: small\n    input_usd_per_mtok: 0.6\n    output_usd_per_mtok: 0.6\n    backend:\n      sim: {{tokens_per_second: {{median: 0}}, ttft_ms: {{median: 0}}, replay: {path}, replay_model: {MIXTRAL}}}\n  - id: gpt4-0\n    model: gpt-4\n    tier: large\n    input_usd_per_mtok: 10\n    output_usd_per_mtok: 30\n    backend:\n      sim: {{tokens_per_second: {{median: 0}}, ttft_ms: {{median: 0}}, replay: {path}, replay_model: {GPT4}}}\n",
         path = gsm8k.display()
     );
     let mesh = Process::start("replay-mesh", "up", &yaml, &[]).unwrap();

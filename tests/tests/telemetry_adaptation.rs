@@ -242,10 +242,22 @@ async fn a_slow_worker_loses_traffic_to_a_fast_one() {
     send(&mut client, 5).await;
     eventually(
         Duration::from_secs(15),
-        "the fast worker takes the traffic",
+        "the slow worker's speed is known and the fast one takes the traffic",
         || {
             let mut c = client.clone();
-            async move { send(&mut c, 5).await.get("b-fast") == Some(&5) }
+            async move {
+                let known = c
+                    .route(ask("hi"))
+                    .await
+                    .map(|d| {
+                        d.into_inner()
+                            .candidates
+                            .iter()
+                            .all(|c| c.latency_source != "unknown")
+                    })
+                    .unwrap_or(false);
+                known && send(&mut c, 5).await.get("b-fast") == Some(&5)
+            }
         },
     )
     .await;

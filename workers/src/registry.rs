@@ -49,6 +49,10 @@ pub trait Registry: Send + Sync + 'static {
     async fn withdraw(&self, id: &str) -> Result<(), RegistryError>;
     /// The live workers.
     async fn list(&self) -> Result<Vec<WorkerRecord>, RegistryError>;
+    /// Network round trips made so far (0 without a network).
+    fn round_trips(&self) -> u64 {
+        0
+    }
 }
 
 /// A record and when it expires (`None`: static, never).
@@ -112,6 +116,7 @@ pub struct RedisRegistry {
     conn: redis::aio::ConnectionManager,
     index_key: String,
     record_prefix: String,
+    round_trips: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for RedisRegistry {
@@ -140,6 +145,7 @@ impl RedisRegistry {
             conn,
             index_key: format!("{prefix}workers"),
             record_prefix: format!("{prefix}worker:"),
+            round_trips: Default::default(),
         })
     }
 }
@@ -153,6 +159,10 @@ impl Registry for RedisRegistry {
         })?;
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
         let mut conn = self.conn.clone();
+        self.round_trips
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.round_trips
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         redis::pipe()
             .atomic()
             .set_options(
@@ -170,6 +180,10 @@ impl Registry for RedisRegistry {
 
     async fn withdraw(&self, id: &str) -> Result<(), RegistryError> {
         let mut conn = self.conn.clone();
+        self.round_trips
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.round_trips
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         redis::pipe()
             .atomic()
             .del(format!("{}{id}", self.record_prefix))
@@ -183,6 +197,10 @@ impl Registry for RedisRegistry {
 
     async fn list(&self) -> Result<Vec<WorkerRecord>, RegistryError> {
         let mut conn = self.conn.clone();
+        self.round_trips
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.round_trips
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut ids: Vec<String> = conn.smembers(&self.index_key).await?;
         ids.sort();
         if ids.is_empty() {
@@ -192,6 +210,9 @@ impl Registry for RedisRegistry {
             .iter()
             .map(|id| format!("{}{id}", self.record_prefix))
             .collect();
+        // Second round trip of a listing: the records themselves.
+        self.round_trips
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let values: Vec<Option<String>> =
             redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
         let mut records = Vec::new();
@@ -209,8 +230,16 @@ impl Registry for RedisRegistry {
         }
         if !expired.is_empty() {
             // Ids whose record expired: their worker died without withdrawing.
+            self.round_trips
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.round_trips
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let _: Result<(), _> = conn.srem(&self.index_key, &expired).await;
         }
         Ok(records)
+    }
+
+    fn round_trips(&self) -> u64 {
+        self.round_trips.load(std::sync::atomic::Ordering::Relaxed)
     }
 }

@@ -11,6 +11,7 @@ use routemesh_proto::v1::{
 };
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use crate::admission::Admission;
 use crate::backend::{Backend, EngineEvent, EngineUsage, GenerateInput};
@@ -170,6 +171,45 @@ impl Worker for WorkerService {
         &self,
         request: Request<WorkerGenerateRequest>,
     ) -> Result<Response<WorkerGenerateResponse>, Status> {
+        let span = worker_span(&request, "Generate");
+        self.generate_traced(request).instrument(span).await
+    }
+
+    type GenerateStreamStream = EventStream;
+
+    async fn generate_stream(
+        &self,
+        request: Request<WorkerGenerateRequest>,
+    ) -> Result<Response<Self::GenerateStreamStream>, Status> {
+        let span = worker_span(&request, "GenerateStream");
+        self.generate_stream_traced(request, span.clone())
+            .instrument(span)
+            .await
+    }
+
+    async fn load(&self, _request: Request<LoadRequest>) -> Result<Response<LoadReport>, Status> {
+        Ok(Response::new(self.state.load_report()))
+    }
+}
+
+/// The worker's server span, a child of the gateway's call when it sent one.
+fn worker_span(request: &Request<WorkerGenerateRequest>, method: &'static str) -> tracing::Span {
+    let span = tracing::info_span!(
+        "routemesh.worker.generate",
+        otel.kind = "server",
+        rpc.method = method,
+        routemesh.request_id = %request.get_ref().request_id,
+        gen_ai.request.model = %request.get_ref().model,
+    );
+    crate::trace_context::continue_trace(&span, request.metadata());
+    span
+}
+
+impl WorkerService {
+    async fn generate_traced(
+        &self,
+        request: Request<WorkerGenerateRequest>,
+    ) -> Result<Response<WorkerGenerateResponse>, Status> {
         let start = Instant::now();
         let state = &self.state;
         let input = state.check(request.get_ref())?;
@@ -201,12 +241,11 @@ impl Worker for WorkerService {
         }
     }
 
-    type GenerateStreamStream = EventStream;
-
-    async fn generate_stream(
+    async fn generate_stream_traced(
         &self,
         request: Request<WorkerGenerateRequest>,
-    ) -> Result<Response<Self::GenerateStreamStream>, Status> {
+        span: tracing::Span,
+    ) -> Result<Response<EventStream>, Status> {
         let start = Instant::now();
         let state = self.state.clone();
         let input = state.check(request.get_ref())?;
@@ -222,58 +261,57 @@ impl Worker for WorkerService {
                 return Err(engine_status(&e));
             }
         };
-        let stream = driven_stream(move |tx| async move {
-            let _slot = slot; // held until the stream ends or the client leaves
-            let mut ttft = None;
-            while let Some(event) = engine.next().await {
-                let out = match event {
-                    Ok(EngineEvent::Delta(text)) => {
-                        ttft.get_or_insert_with(|| ms_since(start));
-                        worker_stream_event::Event::Delta(TextDelta { text })
+        let stream = driven_stream(move |tx| {
+            async move {
+                let _slot = slot; // held until the stream ends or the client leaves
+                let mut ttft = None;
+                while let Some(event) = engine.next().await {
+                    let out = match event {
+                        Ok(EngineEvent::Delta(text)) => {
+                            ttft.get_or_insert_with(|| ms_since(start));
+                            worker_stream_event::Event::Delta(TextDelta { text })
+                        }
+                        Ok(EngineEvent::End {
+                            finish_reason,
+                            usage,
+                        }) => {
+                            let total = ms_since(start);
+                            let ttft = ttft.unwrap_or(total);
+                            state.record_success(ttft, total, usage.completion_tokens);
+                            let end = StreamEnd {
+                                finish_reason: finish_reason as i32,
+                                usage: Some(state.usage(&usage, ttft, total)),
+                            };
+                            let _ = tx
+                                .send(Ok(WorkerStreamEvent {
+                                    event: Some(worker_stream_event::Event::End(end)),
+                                }))
+                                .await;
+                            return;
+                        }
+                        Err(e) => {
+                            state.record_failure();
+                            let _ = tx.send(Err(engine_status(&e))).await;
+                            return;
+                        }
+                    };
+                    if tx
+                        .send(Ok(WorkerStreamEvent { event: Some(out) }))
+                        .await
+                        .is_err()
+                    {
+                        return; // client went away: dropping `engine` cancels generation
                     }
-                    Ok(EngineEvent::End {
-                        finish_reason,
-                        usage,
-                    }) => {
-                        let total = ms_since(start);
-                        let ttft = ttft.unwrap_or(total);
-                        state.record_success(ttft, total, usage.completion_tokens);
-                        let end = StreamEnd {
-                            finish_reason: finish_reason as i32,
-                            usage: Some(state.usage(&usage, ttft, total)),
-                        };
-                        let _ = tx
-                            .send(Ok(WorkerStreamEvent {
-                                event: Some(worker_stream_event::Event::End(end)),
-                            }))
-                            .await;
-                        return;
-                    }
-                    Err(e) => {
-                        state.record_failure();
-                        let _ = tx.send(Err(engine_status(&e))).await;
-                        return;
-                    }
-                };
-                if tx
-                    .send(Ok(WorkerStreamEvent { event: Some(out) }))
-                    .await
-                    .is_err()
-                {
-                    return; // client went away: dropping `engine` cancels generation
                 }
+                state.record_failure();
+                let _ = tx
+                    .send(Err(Status::internal(
+                        "engine stream ended without an end event",
+                    )))
+                    .await;
             }
-            state.record_failure();
-            let _ = tx
-                .send(Err(Status::internal(
-                    "engine stream ended without an end event",
-                )))
-                .await;
+            .instrument(span)
         });
         Ok(Response::new(stream))
-    }
-
-    async fn load(&self, _request: Request<LoadRequest>) -> Result<Response<LoadReport>, Status> {
-        Ok(Response::new(self.state.load_report()))
     }
 }

@@ -83,6 +83,8 @@ pub struct LiveSnapshot {
 #[derive(Debug)]
 pub struct Recorder {
     tx: mpsc::Sender<Event>,
+    /// Where reports read from: the shared store, else this process's.
+    reports: Telemetry,
     live: Arc<RwLock<LiveSnapshot>>,
     pub stats: Arc<RecorderStats>,
     stop: CancellationToken,
@@ -100,8 +102,10 @@ impl Recorder {
         }));
         let stats = Arc::new(RecorderStats::default());
         let stop = CancellationToken::new();
+        let local = Telemetry::new(Arc::new(MemoryStore::new()));
+        let reports = shared.clone().unwrap_or_else(|| local.clone());
         let worker = Flusher {
-            local: Telemetry::new(Arc::new(MemoryStore::new())),
+            local,
             shared,
             config,
             live: live.clone(),
@@ -116,6 +120,7 @@ impl Recorder {
         let task = tokio::spawn(worker.run(rx, stop.clone()));
         Self {
             tx,
+            reports,
             live,
             stats,
             stop,
@@ -144,6 +149,11 @@ impl Recorder {
                 .dropped_channel_full
                 .fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// The telemetry that reports (spend, snapshots on demand) read.
+    pub fn reports(&self) -> &Telemetry {
+        &self.reports
     }
 
     /// The latest snapshot; cheap.

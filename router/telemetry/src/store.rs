@@ -36,6 +36,10 @@ pub trait HashStore: Send + Sync + 'static {
     async fn index(&self, index: &str) -> Result<Vec<String>, StoreError>;
     /// The hashes at `keys`, in order (empty for a missing key).
     async fn read(&self, keys: &[String]) -> Result<Vec<HashMap<String, f64>>, StoreError>;
+    /// Network round trips made so far (0 for stores without a network).
+    fn round_trips(&self) -> u64 {
+        0
+    }
 }
 
 #[derive(Debug, Default)]
@@ -140,6 +144,7 @@ impl HashStore for MemoryStore {
 pub struct RedisStore {
     conn: redis::aio::ConnectionManager,
     prefix: String,
+    round_trips: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -167,11 +172,17 @@ impl RedisStore {
         Ok(Self {
             conn,
             prefix: format!("rm:v1:{{{mesh}}}:"),
+            round_trips: Default::default(),
         })
     }
 
     fn key(&self, key: &str) -> String {
         format!("{}{key}", self.prefix)
+    }
+
+    fn trip(&self) {
+        self.round_trips
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -194,6 +205,7 @@ impl HashStore for RedisStore {
             pipe.cmd("PEXPIRE").arg(&key).arg(ttl_ms(u.ttl)).ignore();
         }
         let mut conn = self.conn.clone();
+        self.trip();
         pipe.query_async::<()>(&mut conn).await?;
         Ok(())
     }
@@ -209,6 +221,7 @@ impl HashStore for RedisStore {
         }
         let key = self.key(index);
         let mut conn = self.conn.clone();
+        self.trip();
         redis::pipe()
             .cmd("SADD")
             .arg(&key)
@@ -225,6 +238,7 @@ impl HashStore for RedisStore {
 
     async fn index(&self, index: &str) -> Result<Vec<String>, StoreError> {
         let mut conn = self.conn.clone();
+        self.trip();
         let mut members: Vec<String> = redis::cmd("SMEMBERS")
             .arg(self.key(index))
             .query_async(&mut conn)
@@ -242,6 +256,7 @@ impl HashStore for RedisStore {
             pipe.cmd("HGETALL").arg(self.key(k));
         }
         let mut conn = self.conn.clone();
+        self.trip();
         let raw: Vec<HashMap<String, String>> = pipe.query_async(&mut conn).await?;
         Ok(raw
             .into_iter()
@@ -251,5 +266,9 @@ impl HashStore for RedisStore {
                     .collect()
             })
             .collect())
+    }
+
+    fn round_trips(&self) -> u64 {
+        self.round_trips.load(std::sync::atomic::Ordering::Relaxed)
     }
 }

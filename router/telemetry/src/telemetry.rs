@@ -142,6 +142,11 @@ impl Telemetry {
         Self { store }
     }
 
+    /// Network round trips its store has made.
+    pub fn round_trips(&self) -> u64 {
+        self.store.round_trips()
+    }
+
     /// Records a batch in one store round trip (two with the index).
     pub async fn record(&self, batch: &[RequestRecord]) -> Result<(), StoreError> {
         let mut slots: HashMap<String, HashMap<String, f64>> = HashMap::new();
@@ -253,7 +258,9 @@ impl Telemetry {
             .filter_map(|id| Series::parse(id))
             .collect();
         let this_slot = now_ms / SLOT_MS;
-        let slot_count = u64::from(window_secs).div_ceil(SLOT_MS / 1000).max(1);
+        // The current slot is partial: one more slot keeps at least `window_secs`
+        // of history at every moment.
+        let slot_count = u64::from(window_secs).div_ceil(SLOT_MS / 1000).max(1) + 1;
         let slots: Vec<u64> = (0..slot_count)
             .filter_map(|i| this_slot.checked_sub(i))
             .collect();

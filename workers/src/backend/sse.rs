@@ -170,3 +170,46 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    //! Property tests: arbitrary bytes in arbitrary chunks never panic, and
+    //! well-formed events survive any chunking unchanged.
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        #[test]
+        fn arbitrary_chunks_never_panic(chunks in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..64), 0..16)) {
+            let mut p = SseParser::new(512);
+            for c in &chunks {
+                let _ = p.push(c);
+            }
+            let _ = p.finish();
+        }
+
+        #[test]
+        fn events_survive_any_chunking(
+            datas in prop::collection::vec("[^\r\n]{0,40}", 1..8),
+            cuts in prop::collection::vec(0usize..400, 0..10),
+            crlf in any::<bool>(),
+        ) {
+            let nl = if crlf { "\r\n" } else { "\n" };
+            let wire: String = datas.iter().map(|d| format!("data: {d}{nl}{nl}")).collect();
+            let bytes = wire.as_bytes();
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(bytes.len())).collect();
+            cuts.sort_unstable();
+            let mut p = SseParser::new(1 << 16);
+            let mut got = Vec::new();
+            let mut at = 0;
+            for c in cuts.into_iter().chain([bytes.len()]) {
+                got.extend(p.push(&bytes[at..c]).unwrap().into_iter().map(|e| e.data));
+                at = c;
+            }
+            got.extend(p.finish().unwrap().map(|e| e.data));
+            let expected = datas.clone();
+            prop_assert_eq!(got, expected);
+        }
+    }
+}

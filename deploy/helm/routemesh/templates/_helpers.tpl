@@ -154,7 +154,12 @@ The gateway's routemesh configuration (ConfigMap data; may hold @@REDIS_URL@@).
 {{- else -}}
 {{- $_ := set $gw "http_listen" nil -}}
 {{- end -}}
-{{- /* No config key for the metrics port yet: it comes with the observability issue. */ -}}
+{{- if $g.ports.metrics.enabled -}}
+{{- $_ := set $gw "admin_listen" (printf "0.0.0.0:%d" (int $g.ports.metrics.port)) -}}
+{{- else -}}
+{{- $_ := set $gw "admin_listen" nil -}}
+{{- end -}}
+{{- $_ := set $gw "router" (dict "artifact" $g.router.path "assets" "/usr/share/routemesh/assets") -}}
 {{- $a := .Values.auth -}}
 {{- if and $a.keys $a.existingSecret -}}
 {{- fail "auth: give auth.keys or auth.existingSecret, not both" -}}

@@ -1,0 +1,305 @@
+//! Tenant rate limits and spend budgets, enforced across every gateway
+//! replica: requests per minute are counted when admitted; tokens and USD are
+//! charged when a request finishes (streams included) and checked before the
+//! next one is admitted. In Redis one atomic script admits or refuses; in
+//! memory the same rules hold for one process.
+//!
+//! When Redis is unreachable, `limits_fail_open` decides: admit (the
+//! default, availability first; spend is reconciled from telemetry) or refuse
+//! with UNAVAILABLE.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use crate::tenants::TenantConfig;
+
+/// A limit a request ran into; named in the RESOURCE_EXHAUSTED message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Refusal {
+    Over {
+        limit: &'static str,
+        value: String,
+    },
+    /// The limits store is down and the gateway fails closed.
+    StoreDown(String),
+}
+
+const MINUTE_MS: u64 = 60_000;
+const DAY_MS: u64 = 86_400_000;
+const MONTH_MS: u64 = 30 * DAY_MS;
+
+/// Keys of one tenant at one moment (relative; Redis adds the mesh prefix).
+fn keys(tenant: &str, now_ms: u64) -> [String; 4] {
+    [
+        format!("lim:{tenant}:rpm:{}", now_ms / MINUTE_MS),
+        format!("lim:{tenant}:tpm:{}", now_ms / MINUTE_MS),
+        format!("lim:{tenant}:usd:d:{}", now_ms / DAY_MS),
+        format!("lim:{tenant}:usd:m:{}", now_ms / MONTH_MS),
+    ]
+}
+
+/// Admit atomically: refuse if tokens or spend already reached their limit,
+/// else count the request and refuse if that passes the per-minute limit.
+/// KEYS: rpm, tpm, day, month. ARGV: rpm limit, tpm limit, day budget,
+/// month budget (negative = none). Returns {0, ""} or {1, limit name}.
+const ADMIT: &str = r#"
+local tpm = tonumber(redis.call('GET', KEYS[2]) or '0')
+if tonumber(ARGV[2]) >= 0 and tpm >= tonumber(ARGV[2]) then return {1, 'tokens_per_minute'} end
+local day = tonumber(redis.call('GET', KEYS[3]) or '0')
+if tonumber(ARGV[3]) >= 0 and day >= tonumber(ARGV[3]) then return {1, 'budget_usd_per_day'} end
+local month = tonumber(redis.call('GET', KEYS[4]) or '0')
+if tonumber(ARGV[4]) >= 0 and month >= tonumber(ARGV[4]) then return {1, 'budget_usd_per_month'} end
+if tonumber(ARGV[1]) >= 0 then
+  local n = redis.call('INCR', KEYS[1])
+  if n == 1 then redis.call('PEXPIRE', KEYS[1], 120000) end
+  if n > tonumber(ARGV[1]) then return {1, 'requests_per_minute'} end
+end
+return {0, ''}
+"#;
+
+#[derive(Debug, Default)]
+struct Memory {
+    counters: HashMap<String, f64>,
+}
+
+enum Store {
+    Memory(Mutex<Memory>),
+    Redis {
+        conn: redis::aio::ConnectionManager,
+        prefix: String,
+        script: redis::Script,
+    },
+}
+
+pub struct Limits {
+    tenants: HashMap<String, TenantConfig>,
+    store: Store,
+    fail_open: bool,
+}
+
+impl std::fmt::Debug for Limits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limits")
+            .field("tenants", &self.tenants.len())
+            .field("fail_open", &self.fail_open)
+            .finish()
+    }
+}
+
+fn or_none<T: Into<f64>>(v: Option<T>) -> f64 {
+    v.map_or(-1.0, Into::into)
+}
+
+impl Limits {
+    /// In this process only.
+    pub fn in_memory(tenants: &HashMap<String, TenantConfig>, fail_open: bool) -> Self {
+        Self {
+            tenants: limited(tenants),
+            store: Store::Memory(Mutex::default()),
+            fail_open,
+        }
+    }
+
+    /// Shared through Redis by every replica of `mesh`.
+    pub async fn redis(
+        url: &str,
+        mesh: &str,
+        tenants: &HashMap<String, TenantConfig>,
+        fail_open: bool,
+    ) -> Result<Self, redis::RedisError> {
+        let client = redis::Client::open(url)?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(std::time::Duration::from_millis(500)))
+            .set_response_timeout(Some(std::time::Duration::from_millis(500)))
+            .set_number_of_retries(1);
+        let conn = redis::aio::ConnectionManager::new_with_config(client, config).await?;
+        Ok(Self {
+            tenants: limited(tenants),
+            store: Store::Redis {
+                conn,
+                prefix: format!("rm:v1:{{{mesh}}}:"),
+                script: redis::Script::new(ADMIT),
+            },
+            fail_open,
+        })
+    }
+
+    /// Admits one request of `tenant`, or names the limit it hit.
+    pub async fn admit(&self, tenant: &str, now_ms: u64) -> Result<(), Refusal> {
+        let Some(t) = self.tenants.get(tenant) else {
+            return Ok(());
+        };
+        let [rpm, tpm, day, month] = keys(tenant, now_ms);
+        let limits = [
+            or_none(t.requests_per_minute.map(|v| v as f64)),
+            or_none(t.tokens_per_minute.map(|v| v as f64)),
+            or_none(t.budget_usd_per_day),
+            or_none(t.budget_usd_per_month),
+        ];
+        let over = |name: &'static str| {
+            let value = match name {
+                "requests_per_minute" => limits[0],
+                "tokens_per_minute" => limits[1],
+                "budget_usd_per_day" => limits[2],
+                _ => limits[3],
+            };
+            Refusal::Over {
+                limit: name,
+                value: format!("{value}"),
+            }
+        };
+        match &self.store {
+            Store::Memory(m) => {
+                let Ok(mut m) = m.lock() else { return Ok(()) };
+                let get = |m: &Memory, k: &str| m.counters.get(k).copied().unwrap_or(0.0);
+                for (key, limit, name) in [
+                    (&tpm, limits[1], "tokens_per_minute"),
+                    (&day, limits[2], "budget_usd_per_day"),
+                    (&month, limits[3], "budget_usd_per_month"),
+                ] {
+                    if limit >= 0.0 && get(&m, key) >= limit {
+                        return Err(over(name));
+                    }
+                }
+                if limits[0] >= 0.0 {
+                    let n = m.counters.entry(rpm).or_insert(0.0);
+                    *n += 1.0;
+                    if *n > limits[0] {
+                        return Err(over("requests_per_minute"));
+                    }
+                }
+                Ok(())
+            }
+            Store::Redis {
+                conn,
+                prefix,
+                script,
+            } => {
+                let mut conn = conn.clone();
+                let result: Result<(i64, String), _> = script
+                    .key(format!("{prefix}{rpm}"))
+                    .key(format!("{prefix}{tpm}"))
+                    .key(format!("{prefix}{day}"))
+                    .key(format!("{prefix}{month}"))
+                    .arg(limits[0])
+                    .arg(limits[1])
+                    .arg(limits[2])
+                    .arg(limits[3])
+                    .invoke_async(&mut conn)
+                    .await;
+                match result {
+                    Ok((0, _)) => Ok(()),
+                    Ok((_, name)) => Err(over(match name.as_str() {
+                        "tokens_per_minute" => "tokens_per_minute",
+                        "budget_usd_per_day" => "budget_usd_per_day",
+                        "budget_usd_per_month" => "budget_usd_per_month",
+                        _ => "requests_per_minute",
+                    })),
+                    Err(e) if self.fail_open => {
+                        tracing::warn!(error = %e, "limits store unreachable; admitting (limits_fail_open)");
+                        Ok(())
+                    }
+                    Err(e) => Err(Refusal::StoreDown(e.to_string())),
+                }
+            }
+        }
+    }
+
+    /// Charges a finished request's tokens and cost to its tenant.
+    pub async fn charge(&self, tenant: &str, tokens: u64, cost_usd: f64, now_ms: u64) {
+        if !self.tenants.contains_key(tenant) {
+            return;
+        }
+        let [_, tpm, day, month] = keys(tenant, now_ms);
+        match &self.store {
+            Store::Memory(m) => {
+                if let Ok(mut m) = m.lock() {
+                    *m.counters.entry(tpm).or_insert(0.0) += tokens as f64;
+                    *m.counters.entry(day).or_insert(0.0) += cost_usd;
+                    *m.counters.entry(month).or_insert(0.0) += cost_usd;
+                }
+            }
+            Store::Redis { conn, prefix, .. } => {
+                let mut conn = conn.clone();
+                let result = redis::pipe()
+                    .cmd("INCRBY")
+                    .arg(format!("{prefix}{tpm}"))
+                    .arg(tokens)
+                    .ignore()
+                    .cmd("PEXPIRE")
+                    .arg(format!("{prefix}{tpm}"))
+                    .arg(120_000)
+                    .ignore()
+                    .cmd("INCRBYFLOAT")
+                    .arg(format!("{prefix}{day}"))
+                    .arg(cost_usd)
+                    .ignore()
+                    .cmd("PEXPIRE")
+                    .arg(format!("{prefix}{day}"))
+                    .arg(2 * DAY_MS)
+                    .ignore()
+                    .cmd("INCRBYFLOAT")
+                    .arg(format!("{prefix}{month}"))
+                    .arg(cost_usd)
+                    .ignore()
+                    .cmd("PEXPIRE")
+                    .arg(format!("{prefix}{month}"))
+                    .arg(2 * MONTH_MS)
+                    .ignore()
+                    .query_async::<()>(&mut conn)
+                    .await;
+                if let Err(e) = result {
+                    tracing::warn!(error = %e, %tenant, "could not charge usage to the limits store");
+                }
+            }
+        }
+    }
+}
+
+fn limited(tenants: &HashMap<String, TenantConfig>) -> HashMap<String, TenantConfig> {
+    tenants
+        .iter()
+        .filter(|(_, t)| t.has_limits())
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn memory_limits() {
+        let tenants = HashMap::from([(
+            "t".to_string(),
+            TenantConfig {
+                requests_per_minute: Some(2),
+                budget_usd_per_day: Some(1.0),
+                ..Default::default()
+            },
+        )]);
+        let l = Limits::in_memory(&tenants, true);
+        let now = 10 * DAY_MS;
+        assert!(l.admit("t", now).await.is_ok() && l.admit("t", now).await.is_ok());
+        assert_eq!(
+            l.admit("t", now).await,
+            Err(Refusal::Over {
+                limit: "requests_per_minute",
+                value: "2".into()
+            })
+        );
+        assert!(l.admit("t", now + MINUTE_MS).await.is_ok(), "a new minute");
+        l.charge("t", 10, 1.5, now).await;
+        assert!(matches!(
+            l.admit("t", now + 2 * MINUTE_MS).await,
+            Err(Refusal::Over {
+                limit: "budget_usd_per_day",
+                ..
+            })
+        ));
+        assert!(
+            l.admit("other", now).await.is_ok(),
+            "tenants without limits pass"
+        );
+    }
+}

@@ -1,0 +1,176 @@
+//! Prometheus metrics: names, labels and buckets in one place.
+//!
+//! Names follow the OpenTelemetry GenAI semantic conventions where one exists
+//! (`gen_ai_server_time_to_first_token_seconds`, ...) and Prometheus naming
+//! otherwise. Label values are bounded: models and workers by the pool,
+//! tenants by a cap beyond which they count as "other".
+
+use std::collections::HashSet;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const REQUESTS: &str = "routemesh_requests_total";
+pub const REQUEST_DURATION: &str = "routemesh_request_duration_seconds";
+pub const TTFT: &str = "gen_ai_server_time_to_first_token_seconds";
+pub const TIME_PER_OUTPUT_TOKEN: &str = "gen_ai_server_time_per_output_token_seconds";
+pub const TOKENS: &str = "gen_ai_client_token_usage";
+/// Cost per request; spend is its `_sum` (a float counter: `metrics`
+/// counters are integers, and a histogram's sum survives restarts as a
+/// counter does in `rate()`).
+pub const COST: &str = "routemesh_request_cost_usd";
+/// What each request would have cost on the pool's most expensive model, from
+/// its token counts: savings = this `_sum` minus the cost `_sum`.
+pub const COUNTERFACTUAL_COST: &str = "routemesh_request_counterfactual_cost_usd";
+pub const WORKER_CALLS: &str = "routemesh_worker_calls_total";
+pub const DECISIONS: &str = "routemesh_routing_decisions_total";
+pub const DECISION_DURATION: &str = "routemesh_routing_decision_duration_seconds";
+pub const FAILOVERS: &str = "routemesh_failovers_total";
+pub const SHED: &str = "routemesh_shed_total";
+pub const WORKER_HEALTHY: &str = "routemesh_worker_healthy";
+pub const WORKER_IN_FLIGHT: &str = "routemesh_worker_in_flight";
+pub const HEALTHY_WORKERS: &str = "routemesh_healthy_workers";
+pub const TELEMETRY_DROPPED: &str = "routemesh_telemetry_dropped_total";
+pub const TELEMETRY_ERRORS: &str = "routemesh_telemetry_store_errors_total";
+pub const TELEMETRY_BUFFERED: &str = "routemesh_telemetry_buffered_records";
+
+const SECONDS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0, 120.0,
+];
+const TOKEN_BUCKETS: &[f64] = &[
+    1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0,
+];
+const USD_BUCKETS: &[f64] = &[1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0];
+/// Distinct tenant label values before the rest count as "other".
+const MAX_TENANTS: usize = 200;
+
+/// The process's Prometheus recorder, installed once.
+pub fn handle() -> Option<&'static PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS)
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(TOKENS.into()), TOKEN_BUCKETS))
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Suffix("_usd".into()), USD_BUCKETS)
+                });
+            match builder.and_then(|b| b.install_recorder()) {
+                Ok(handle) => Some(handle),
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics recorder not installed");
+                    None
+                }
+            }
+        })
+        .as_ref()
+}
+
+fn tenant_label(tenant: &str) -> String {
+    static SEEN: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
+    let Ok(mut seen) = SEEN.get_or_init(Mutex::default).lock() else {
+        return "other".into();
+    };
+    if seen.contains(tenant) || (seen.len() < MAX_TENANTS && seen.insert(tenant.to_string())) {
+        tenant.to_string()
+    } else {
+        "other".into()
+    }
+}
+
+/// One client request finished (either API), with its final gRPC code.
+pub fn request(api: &'static str, method: &'static str, code: tonic::Code, duration: Duration) {
+    let code = format!("{code:?}");
+    counter!(REQUESTS, "api" => api, "method" => method, "code" => code).increment(1);
+    histogram!(REQUEST_DURATION, "api" => api, "method" => method).record(duration.as_secs_f64());
+}
+
+/// One call to a worker that served (or failed).
+#[allow(clippy::too_many_arguments)]
+pub fn worker_call(
+    tenant: &str,
+    model: &str,
+    tier: &'static str,
+    worker: &str,
+    outcome: &'static str,
+    ttft_s: Option<f64>,
+    tokens: Option<(u32, u32)>,
+    cost_usd: f64,
+    counterfactual_usd: f64,
+    time_per_output_token_s: Option<f64>,
+) {
+    let tenant = tenant_label(tenant);
+    counter!(WORKER_CALLS, "model" => model.to_string(), "tier" => tier, "worker" => worker.to_string(), "outcome" => outcome).increment(1);
+    if outcome != "ok" {
+        return;
+    }
+    if let Some(ttft) = ttft_s {
+        histogram!(TTFT, "gen_ai_request_model" => model.to_string()).record(ttft);
+    }
+    if let Some(tpot) = time_per_output_token_s {
+        histogram!(TIME_PER_OUTPUT_TOKEN, "gen_ai_request_model" => model.to_string()).record(tpot);
+    }
+    if let Some((input, output)) = tokens {
+        histogram!(TOKENS, "gen_ai_request_model" => model.to_string(), "gen_ai_token_type" => "input").record(f64::from(input));
+        histogram!(TOKENS, "gen_ai_request_model" => model.to_string(), "gen_ai_token_type" => "output").record(f64::from(output));
+    }
+    histogram!(COST, "tenant" => tenant.clone(), "gen_ai_request_model" => model.to_string())
+        .record(cost_usd);
+    histogram!(COUNTERFACTUAL_COST, "tenant" => tenant).record(counterfactual_usd);
+}
+
+/// A routing decision.
+pub fn decision(model: &str, policy: &'static str, deciding_term: &'static str, took: Duration) {
+    counter!(DECISIONS, "model" => model.to_string(), "policy" => policy, "reason" => deciding_term).increment(1);
+    histogram!(DECISION_DURATION).record(took.as_secs_f64());
+}
+
+pub const ROUTER_CACHE: &str = "routemesh_router_cache_lookups_total";
+pub const ROUTER_INFERENCE: &str = "routemesh_router_inference_seconds";
+
+/// A router prediction looked up in the prompt cache.
+pub fn router_cache(hit: bool) {
+    counter!(ROUTER_CACHE, "result" => if hit { "hit" } else { "miss" }).increment(1);
+}
+
+/// One encoder + predictor run.
+pub fn router_inference(took: Duration) {
+    histogram!(ROUTER_INFERENCE).record(took.as_secs_f64());
+}
+
+pub fn failover(model: &str) {
+    counter!(FAILOVERS, "model" => model.to_string()).increment(1);
+}
+
+pub fn shed() {
+    counter!(SHED).increment(1);
+}
+
+/// Pool state, set by the maintenance loop.
+pub fn worker_state(worker: &str, model: &str, healthy: bool, in_flight: u32) {
+    gauge!(WORKER_HEALTHY, "worker" => worker.to_string(), "model" => model.to_string())
+        .set(f64::from(u8::from(healthy)));
+    gauge!(WORKER_IN_FLIGHT, "worker" => worker.to_string(), "model" => model.to_string())
+        .set(f64::from(in_flight));
+}
+
+pub fn healthy_workers(count: usize) {
+    gauge!(HEALTHY_WORKERS).set(count as f64);
+}
+
+pub const REDIS_ROUND_TRIPS: &str = "routemesh_redis_round_trips_total";
+
+/// Round trips to Redis so far, by what made them.
+pub fn redis_round_trips(telemetry: u64, registry: u64) {
+    counter!(REDIS_ROUND_TRIPS, "component" => "telemetry").absolute(telemetry);
+    counter!(REDIS_ROUND_TRIPS, "component" => "registry").absolute(registry);
+}
+
+pub fn telemetry(dropped: u64, errors: u64, buffered: u64) {
+    counter!(TELEMETRY_DROPPED).absolute(dropped);
+    counter!(TELEMETRY_ERRORS).absolute(errors);
+    gauge!(TELEMETRY_BUFFERED).set(buffered as f64);
+}

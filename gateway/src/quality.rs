@@ -1,0 +1,290 @@
+//! Predicted quality for the policy: the learned router (ONNX encoder and
+//! quality predictor) when an artifact is loaded, run off the async threads
+//! and cached by prompt; the tier/price prior otherwise. Feedback moves
+//! either (see `GatewayState::predictions`).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use routemesh_router::encoder::AssetPaths;
+use routemesh_router::{Router, RouterConfig};
+use serde::{Deserialize, Serialize};
+
+/// Where the router artifact and the encoder assets are.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RouterSettings {
+    /// Use the learned router at all (false: tier/price priors only).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// The artifact directory. Unset: `$ROUTEMESH_ROUTER`, else
+    /// `router/artifacts/default`, else `/usr/share/routemesh/router`, the first
+    /// that exists; if none does, priors only.
+    #[serde(default)]
+    pub artifact: Option<PathBuf>,
+    /// Encoder assets (runtime library, model, tokenizer) from
+    /// `scripts/fetch-router-assets.sh`. Unset: `$ROUTEMESH_ASSETS`, else
+    /// `.cache/routemesh/assets`.
+    #[serde(default)]
+    pub assets: Option<PathBuf>,
+    /// Prompts whose predictions are remembered.
+    #[serde(default = "default_cache")]
+    pub cache_entries: usize,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_cache() -> usize {
+    10_000
+}
+
+impl Default for RouterSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            artifact: None,
+            assets: None,
+            cache_entries: default_cache(),
+        }
+    }
+}
+
+/// What the router says about one prompt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoutedPrompt {
+    /// Model name -> predicted quality.
+    pub scores: HashMap<String, f64>,
+    /// The prompt's region of embedding space (a locality-sensitive hash):
+    /// similar prompts share it, so feedback on one moves its neighbours.
+    pub region: String,
+}
+
+pub type Predicted = Arc<RoutedPrompt>;
+
+/// Hyperplanes of the region hash: fixed, so every replica agrees.
+const REGION_BITS: usize = 4;
+
+fn region_of(embedding: ndarray::ArrayView1<'_, f32>) -> String {
+    // A small deterministic generator (xorshift) for the hyperplanes: no
+    // dependency, same planes in every process and version.
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut bits = String::with_capacity(REGION_BITS + 1);
+    bits.push('r');
+    for _ in 0..REGION_BITS {
+        let mut dot = 0.0f32;
+        for x in embedding.iter() {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let plane = (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+            dot += plane * x;
+        }
+        bits.push(if dot >= 0.0 { '1' } else { '0' });
+    }
+    bits
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QualityError {
+    #[error("router artifact {path}: {source}")]
+    Load {
+        path: String,
+        source: routemesh_router::RouterError,
+    },
+    #[error("router load task failed: {0}")]
+    Task(String),
+}
+
+#[derive(Debug, Default)]
+struct Cache {
+    map: HashMap<u64, Predicted>,
+    order: VecDeque<u64>,
+}
+
+#[derive(Debug, Default)]
+pub struct QualityModel {
+    router: Option<Arc<Router>>,
+    artifact: Option<PathBuf>,
+    cache: Mutex<Cache>,
+    capacity: usize,
+}
+
+fn auto_artifact() -> Option<PathBuf> {
+    std::env::var_os("ROUTEMESH_ROUTER")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain([
+            PathBuf::from("router/artifacts/default"),
+            PathBuf::from("/usr/share/routemesh/router"),
+        ])
+        .find(|p| p.join("manifest.json").exists())
+}
+
+impl QualityModel {
+    /// Priors only.
+    pub fn priors() -> Self {
+        Self::default()
+    }
+
+    /// Loads the router the settings name. An artifact named explicitly must
+    /// load; one found by looking around may fail (missing encoder assets),
+    /// and the gateway then routes on priors, saying so in its log.
+    pub async fn load(settings: &RouterSettings) -> Result<Self, QualityError> {
+        if !settings.enabled {
+            return Ok(Self::priors());
+        }
+        let explicit = settings.artifact.is_some();
+        let Some(artifact) = settings.artifact.clone().or_else(auto_artifact) else {
+            tracing::info!("no router artifact found; routing on tier/price priors");
+            return Ok(Self::priors());
+        };
+        let config = RouterConfig {
+            assets: settings
+                .assets
+                .as_deref()
+                .map_or_else(AssetPaths::from_env, AssetPaths::in_dir),
+            ..RouterConfig::default()
+        };
+        let path = artifact.clone();
+        let loaded = tokio::task::spawn_blocking(move || Router::load_with(&path, &config))
+            .await
+            .map_err(|e| QualityError::Task(e.to_string()))?;
+        match loaded {
+            Ok(router) => {
+                tracing::info!(artifact = %artifact.display(), models = router.models().len(), "learned router loaded");
+                Ok(Self {
+                    router: Some(Arc::new(router)),
+                    artifact: Some(artifact),
+                    cache: Mutex::default(),
+                    capacity: settings.cache_entries.max(1),
+                })
+            }
+            Err(source) if explicit => Err(QualityError::Load {
+                path: artifact.display().to_string(),
+                source,
+            }),
+            Err(e) => {
+                tracing::warn!(artifact = %artifact.display(), error = %e, "router artifact not loaded; routing on tier/price priors");
+                Ok(Self::priors())
+            }
+        }
+    }
+
+    pub fn loaded(&self) -> bool {
+        self.router.is_some()
+    }
+
+    pub fn artifact(&self) -> Option<&Path> {
+        self.artifact.as_deref()
+    }
+
+    /// The router's cost weight calibrated on its training data, if any.
+    pub fn calibrated_cost_weight(&self) -> Option<f64> {
+        self.router.as_ref()?.manifest().calibration.default_lambda
+    }
+
+    /// Calibrated RouteLLM thresholds: (strong model, weak model, share of
+    /// strong calls on the training prompts, threshold).
+    pub fn calibrated_thresholds(&self) -> Vec<(String, String, f64, f64)> {
+        let Some(router) = &self.router else {
+            return Vec::new();
+        };
+        router
+            .manifest()
+            .calibration
+            .pairs
+            .iter()
+            .flat_map(|p| {
+                p.thresholds.iter().map(move |t| {
+                    (
+                        p.strong.clone(),
+                        p.weak.clone(),
+                        t.strong_share,
+                        t.threshold,
+                    )
+                })
+            })
+            .collect()
+    }
+
+    /// The models whose predictions can be compared with each other in this
+    /// pool: the router's training pool that covers most of `pool_models`.
+    pub fn comparable(&self, pool_models: &[&str]) -> HashSet<String> {
+        let Some(router) = &self.router else {
+            return HashSet::new();
+        };
+        router
+            .pools()
+            .iter()
+            .max_by_key(|pool| {
+                pool.iter()
+                    .filter(|m| pool_models.contains(&m.as_str()))
+                    .count()
+            })
+            .map(|pool| pool.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Predicted quality per model for `prompt`, or `None` without a router
+    /// (or if the encoder fails, logged). Never blocks the async threads.
+    pub async fn predict(&self, prompt: &str) -> Option<Predicted> {
+        let router = self.router.clone()?;
+        let key = {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            prompt.hash(&mut h);
+            h.finish()
+        };
+        if let Some(hit) = self
+            .cache
+            .lock()
+            .ok()
+            .and_then(|c| c.map.get(&key).cloned())
+        {
+            crate::metrics::router_cache(true);
+            return Some(hit);
+        }
+        crate::metrics::router_cache(false);
+        let text = prompt.to_string();
+        let started = std::time::Instant::now();
+        let result = tokio::task::spawn_blocking(move || {
+            let embedding = router.encoder().encode(&[text.as_str()])?;
+            let scores = router
+                .predict_embedded(embedding.view())
+                .into_iter()
+                .next()
+                .unwrap_or_default();
+            let region = region_of(embedding.row(0));
+            Ok::<_, routemesh_router::encoder::EncoderError>(RoutedPrompt {
+                scores: router.models().iter().cloned().zip(scores).collect(),
+                region,
+            })
+        })
+        .await;
+        crate::metrics::router_inference(started.elapsed());
+        let predicted: Predicted = match result {
+            Ok(Ok(routed)) => Arc::new(routed),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "router prediction failed; using priors for this request");
+                return None;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "router task failed; using priors for this request");
+                return None;
+            }
+        };
+        if let Ok(mut cache) = self.cache.lock() {
+            if cache.map.insert(key, predicted.clone()).is_none() {
+                cache.order.push_back(key);
+            }
+            while cache.order.len() > self.capacity {
+                if let Some(old) = cache.order.pop_front() {
+                    cache.map.remove(&old);
+                }
+            }
+        }
+        Some(predicted)
+    }
+}

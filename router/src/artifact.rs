@@ -1,0 +1,697 @@
+//! Router artifact: a directory with `manifest.json` and compact little-endian weight files.
+//!
+//! The manifest pins everything a prediction depends on (encoder id and model.onnx sha256, model list,
+//! predictor kind and hyper-parameters, per-file sha256) so that a load either reproduces the trained
+//! router exactly or refuses with a clear error. Exemplar embeddings are stored as int8 with one scale
+//! per row (4x smaller than f32; cosine error ~1e-4), scores as f16.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use half::f16;
+use ndarray::{Array1, Array2};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::encoder::hex;
+use crate::predict::{
+    Blend, Knn, KnnConfig, MatrixFactorization, Prior, Projection, QualityPredictor, Ridge,
+};
+
+pub const FORMAT: &str = "routemesh-router";
+pub const FORMAT_VERSION: u32 = 1;
+pub const MANIFEST: &str = "manifest.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ArtifactError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: invalid manifest: {source}")]
+    Json {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error(
+        "{dir}: not a router artifact (format {found:?}, version {version}; this build reads {FORMAT:?} v{FORMAT_VERSION})"
+    )]
+    Format {
+        dir: PathBuf,
+        found: String,
+        version: u32,
+    },
+    #[error(
+        "{file}: sha256 {got} does not match the manifest's {expected} (corrupt or edited artifact)"
+    )]
+    Checksum {
+        file: PathBuf,
+        expected: String,
+        got: String,
+    },
+    #[error("{file}: {msg}")]
+    Shape { file: PathBuf, msg: String },
+    #[error(
+        "artifact was trained with encoder model sha256 {expected}, the loaded model.onnx is {got}"
+    )]
+    EncoderMismatch { expected: String, got: String },
+    #[error("manifest: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EncoderInfo {
+    pub id: String,
+    pub model_sha256: String,
+    pub max_len: usize,
+    pub dim: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FileInfo {
+    pub sha256: String,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum PredictorInfo {
+    Prior,
+    Knn {
+        k: usize,
+        tau: Option<f64>,
+        shrink: f64,
+        exemplars: usize,
+        /// Principal components kept (`pca.f32`), 0 = full embedding.
+        #[serde(default)]
+        pca: usize,
+    },
+    Mf {
+        dim: usize,
+    },
+    Ridge,
+    Blend {
+        k: usize,
+        tau: Option<f64>,
+        shrink: f64,
+        exemplars: usize,
+        #[serde(default)]
+        pca: usize,
+        dim: usize,
+        weight: f64,
+    },
+}
+
+/// Strong-call threshold on `pred[strong] − pred[weak]` for a target share of strong calls.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Threshold {
+    pub strong_share: f64,
+    pub threshold: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PairCalibration {
+    pub strong: String,
+    pub weak: String,
+    /// Calibrated on the training prompts: route to strong when the score gap is >= threshold.
+    pub thresholds: Vec<Threshold>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Calibration {
+    /// Willingness to pay (quality per USD) for argmax(quality − λ·cost), if calibrated.
+    pub default_lambda: Option<f64>,
+    #[serde(default)]
+    pub pairs: Vec<PairCalibration>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Manifest {
+    pub format: String,
+    pub format_version: u32,
+    pub encoder: EncoderInfo,
+    pub models: Vec<String>,
+    /// Groups of models trained on the same rows (and scored on the same rubric): predicted qualities
+    /// are comparable within a pool, not necessarily across pools.
+    #[serde(default)]
+    pub pools: Vec<Vec<String>>,
+    pub predictor: PredictorInfo,
+    pub files: BTreeMap<String, FileInfo>,
+    #[serde(default)]
+    pub calibration: Calibration,
+    /// Free-form provenance (data files, rows, CV results).
+    #[serde(default)]
+    pub training: serde_json::Value,
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+fn f32_bytes(v: impl IntoIterator<Item = f32>) -> Vec<u8> {
+    v.into_iter().flat_map(f32::to_le_bytes).collect()
+}
+
+fn read_f32(b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+/// Per-row symmetric int8 quantisation: (codes `[n*dim]`, scales `[n]`).
+pub fn quantize_rows(a: &Array2<f32>) -> (Vec<i8>, Vec<f32>) {
+    let mut codes = Vec::with_capacity(a.len());
+    let mut scales = Vec::with_capacity(a.nrows());
+    for r in a.rows() {
+        let max = r.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let s = if max > 0.0 { max / 127.0 } else { 1.0 };
+        scales.push(s);
+        codes.extend(r.iter().map(|v| (v / s).round().clamp(-127.0, 127.0) as i8));
+    }
+    (codes, scales)
+}
+
+/// Inverse of [`quantize_rows`], renormalised to unit length (cosine similarity is what kNN needs).
+pub fn dequantize_rows(codes: &[i8], scales: &[f32], dim: usize) -> Array2<f32> {
+    let mut a = Array2::<f32>::zeros((scales.len(), dim));
+    for (i, mut r) in a.rows_mut().into_iter().enumerate() {
+        for (k, v) in r.iter_mut().enumerate() {
+            *v = f32::from(codes[i * dim + k]) * scales[i];
+        }
+        let n = r.dot(&r).sqrt();
+        if n > 0.0 {
+            r.mapv_inplace(|v| v / n);
+        }
+    }
+    a
+}
+
+/// The files of one predictor, by name.
+fn predictor_files(p: &dyn PredictorParts) -> Vec<(String, Vec<u8>)> {
+    p.parts()
+}
+
+/// Serialisation of the concrete predictors into named byte files.
+pub trait PredictorParts {
+    fn parts(&self) -> Vec<(String, Vec<u8>)>;
+    fn info(&self) -> PredictorInfo;
+}
+
+fn knn_parts(k: &Knn) -> Vec<(String, Vec<u8>)> {
+    let (codes, scales) = quantize_rows(&k.exemplars);
+    let scores: Vec<u8> = k
+        .scores
+        .iter()
+        .flat_map(|r| r.iter().flat_map(|&v| f16::from_f32(v).to_le_bytes()))
+        .collect();
+    let mut parts = vec![
+        (
+            "exemplars.i8".into(),
+            codes.iter().map(|&c| c.to_le_bytes()[0]).collect(),
+        ),
+        ("exemplar_scales.f32".into(), f32_bytes(scales)),
+        ("exemplar_scores.f16".into(), scores),
+        (
+            "prior.f32".into(),
+            f32_bytes(k.prior.iter().map(|&v| v as f32)),
+        ),
+    ];
+    if let Some(p) = &k.proj {
+        parts.push((
+            "pca.f32".into(),
+            f32_bytes(p.mean.iter().chain(p.basis.iter()).copied()),
+        ));
+    }
+    parts
+}
+
+fn mf_parts(m: &MatrixFactorization) -> Vec<(String, Vec<u8>)> {
+    vec![(
+        "mf.f32".into(),
+        f32_bytes(m.w.iter().chain(m.v.iter()).chain(m.b.iter()).copied()),
+    )]
+}
+
+impl PredictorParts for Prior {
+    fn parts(&self) -> Vec<(String, Vec<u8>)> {
+        vec![(
+            "prior.f32".into(),
+            f32_bytes(self.prior.iter().map(|&v| v as f32)),
+        )]
+    }
+    fn info(&self) -> PredictorInfo {
+        PredictorInfo::Prior
+    }
+}
+
+impl PredictorParts for Knn {
+    fn parts(&self) -> Vec<(String, Vec<u8>)> {
+        knn_parts(self)
+    }
+    fn info(&self) -> PredictorInfo {
+        PredictorInfo::Knn {
+            k: self.config.k,
+            tau: self.config.tau,
+            shrink: self.config.shrink,
+            exemplars: self.exemplars.nrows(),
+            pca: self.proj.as_ref().map_or(0, |p| p.dims()),
+        }
+    }
+}
+
+impl PredictorParts for MatrixFactorization {
+    fn parts(&self) -> Vec<(String, Vec<u8>)> {
+        mf_parts(self)
+    }
+    fn info(&self) -> PredictorInfo {
+        PredictorInfo::Mf {
+            dim: self.w.nrows(),
+        }
+    }
+}
+
+impl PredictorParts for Ridge {
+    fn parts(&self) -> Vec<(String, Vec<u8>)> {
+        let w = self
+            .weights
+            .iter()
+            .map(|&v| v as f32)
+            .chain(self.bias.iter().map(|&v| v as f32));
+        vec![("ridge.f32".into(), f32_bytes(w))]
+    }
+    fn info(&self) -> PredictorInfo {
+        PredictorInfo::Ridge
+    }
+}
+
+impl PredictorParts for Blend {
+    fn parts(&self) -> Vec<(String, Vec<u8>)> {
+        let mut p = knn_parts(&self.knn);
+        p.extend(mf_parts(&self.mf));
+        p
+    }
+    fn info(&self) -> PredictorInfo {
+        PredictorInfo::Blend {
+            k: self.knn.config.k,
+            tau: self.knn.config.tau,
+            shrink: self.knn.config.shrink,
+            exemplars: self.knn.exemplars.nrows(),
+            pca: self.knn.proj.as_ref().map_or(0, |p| p.dims()),
+            dim: self.mf.w.nrows(),
+            weight: self.weight,
+        }
+    }
+}
+
+/// A predictor that can be saved: the trait objects the trainer produces.
+pub trait SavablePredictor: QualityPredictor + PredictorParts {}
+impl<T: QualityPredictor + PredictorParts> SavablePredictor for T {}
+
+/// Writes `predictor` and the manifest into `dir` (created; existing files overwritten).
+pub fn save(
+    dir: &Path,
+    encoder: EncoderInfo,
+    predictor: &dyn SavablePredictor,
+    calibration: Calibration,
+    pools: Vec<Vec<String>>,
+    training: serde_json::Value,
+) -> Result<Manifest, ArtifactError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ArtifactError::Io { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let mut files = BTreeMap::new();
+    for (name, bytes) in predictor_files(predictor) {
+        let path = dir.join(&name);
+        std::fs::write(&path, &bytes).map_err(io(&path))?;
+        files.insert(
+            name,
+            FileInfo {
+                sha256: sha256(&bytes),
+                bytes: bytes.len() as u64,
+            },
+        );
+    }
+    let manifest = Manifest {
+        format: FORMAT.into(),
+        format_version: FORMAT_VERSION,
+        encoder,
+        models: predictor.models().to_vec(),
+        pools,
+        predictor: predictor.info(),
+        files,
+        calibration,
+        training,
+    };
+    write_manifest(dir, &manifest)?;
+    Ok(manifest)
+}
+
+pub fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<(), ArtifactError> {
+    let path = dir.join(MANIFEST);
+    let text = serde_json::to_string_pretty(manifest).map_err(|source| ArtifactError::Json {
+        path: path.clone(),
+        source,
+    })?;
+    std::fs::write(&path, text + "\n").map_err(|source| ArtifactError::Io { path, source })
+}
+
+pub fn read_manifest(dir: &Path) -> Result<Manifest, ArtifactError> {
+    let path = dir.join(MANIFEST);
+    let text = std::fs::read_to_string(&path).map_err(|source| ArtifactError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    let m: Manifest =
+        serde_json::from_str(&text).map_err(|source| ArtifactError::Json { path, source })?;
+    if m.format != FORMAT || m.format_version != FORMAT_VERSION {
+        return Err(ArtifactError::Format {
+            dir: dir.into(),
+            found: m.format,
+            version: m.format_version,
+        });
+    }
+    if m.models.is_empty() {
+        return Err(ArtifactError::Invalid("no models".into()));
+    }
+    Ok(m)
+}
+
+struct Files<'a> {
+    dir: &'a Path,
+    manifest: &'a Manifest,
+}
+
+impl Files<'_> {
+    /// Reads a file listed in the manifest and checks its sha256 and size.
+    fn read(&self, name: &str, expect_len: usize) -> Result<Vec<u8>, ArtifactError> {
+        let path = self.dir.join(name);
+        let info = self
+            .manifest
+            .files
+            .get(name)
+            .ok_or_else(|| ArtifactError::Invalid(format!("{name} is not listed in files")))?;
+        let bytes = std::fs::read(&path).map_err(|source| ArtifactError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let got = sha256(&bytes);
+        if got != info.sha256 {
+            return Err(ArtifactError::Checksum {
+                file: path,
+                expected: info.sha256.clone(),
+                got,
+            });
+        }
+        if bytes.len() != expect_len {
+            return Err(ArtifactError::Shape {
+                file: path,
+                msg: format!(
+                    "{} bytes, the manifest's dimensions need {expect_len}",
+                    bytes.len()
+                ),
+            });
+        }
+        Ok(bytes)
+    }
+
+    fn knn(
+        &self,
+        k: usize,
+        tau: Option<f64>,
+        shrink: f64,
+        n: usize,
+        pca: usize,
+    ) -> Result<Knn, ArtifactError> {
+        let (m, e) = (self.manifest.models.len(), self.manifest.encoder.dim);
+        let proj = if pca > 0 {
+            let v = read_f32(&self.read("pca.f32", (e + pca * e) * 4)?);
+            let basis = Array2::from_shape_vec((pca, e), v[e..].to_vec()).map_err(|err| {
+                ArtifactError::Shape {
+                    file: self.dir.join("pca.f32"),
+                    msg: err.to_string(),
+                }
+            })?;
+            Some(Projection {
+                mean: Array1::from_vec(v[..e].to_vec()),
+                basis,
+            })
+        } else {
+            None
+        };
+        let dim = if pca > 0 { pca } else { e };
+        let codes: Vec<i8> = self
+            .read("exemplars.i8", n * dim)?
+            .into_iter()
+            .map(|b| i8::from_le_bytes([b]))
+            .collect();
+        let scales = read_f32(&self.read("exemplar_scales.f32", n * 4)?);
+        let scores_b = self.read("exemplar_scores.f16", n * m * 2)?;
+        let flat: Vec<f32> = scores_b
+            .chunks_exact(2)
+            .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect();
+        let scores = flat.chunks(m.max(1)).map(<[f32]>::to_vec).collect();
+        let prior = read_f32(&self.read("prior.f32", m * 4)?)
+            .into_iter()
+            .map(f64::from)
+            .collect();
+        Ok(Knn::from_parts(
+            self.manifest.models.clone(),
+            KnnConfig {
+                k,
+                tau,
+                shrink,
+                ..KnnConfig::default()
+            },
+            dequantize_rows(&codes, &scales, dim),
+            scores,
+            prior,
+            proj,
+        ))
+    }
+
+    fn mf(&self, d: usize) -> Result<MatrixFactorization, ArtifactError> {
+        let (m, e) = (self.manifest.models.len(), self.manifest.encoder.dim);
+        let v = read_f32(&self.read("mf.f32", (d * e + m * d + m) * 4)?);
+        let shape = |msg: String| ArtifactError::Shape {
+            file: self.dir.join("mf.f32"),
+            msg,
+        };
+        let w = Array2::from_shape_vec((d, e), v[..d * e].to_vec())
+            .map_err(|e| shape(e.to_string()))?;
+        let vv = Array2::from_shape_vec((m, d), v[d * e..d * e + m * d].to_vec())
+            .map_err(|e| shape(e.to_string()))?;
+        let b = Array1::from_vec(v[d * e + m * d..].to_vec());
+        Ok(MatrixFactorization {
+            models: self.manifest.models.clone(),
+            w,
+            v: vv,
+            b,
+        })
+    }
+}
+
+/// Loads the manifest and the predictor of an artifact directory, verifying every file.
+pub fn load(dir: &Path) -> Result<(Manifest, Box<dyn QualityPredictor>), ArtifactError> {
+    let manifest = read_manifest(dir)?;
+    let f = Files {
+        dir,
+        manifest: &manifest,
+    };
+    let (m, e) = (manifest.models.len(), manifest.encoder.dim);
+    let p: Box<dyn QualityPredictor> = match manifest.predictor.clone() {
+        PredictorInfo::Prior => Box::new(Prior {
+            models: manifest.models.clone(),
+            prior: read_f32(&f.read("prior.f32", m * 4)?)
+                .into_iter()
+                .map(f64::from)
+                .collect(),
+        }),
+        PredictorInfo::Knn {
+            k,
+            tau,
+            shrink,
+            exemplars,
+            pca,
+        } => Box::new(f.knn(k, tau, shrink, exemplars, pca)?),
+        PredictorInfo::Mf { dim } => Box::new(f.mf(dim)?),
+        PredictorInfo::Ridge => {
+            let v = read_f32(&f.read("ridge.f32", (m * e + m) * 4)?);
+            let weights =
+                Array2::from_shape_vec((m, e), v[..m * e].iter().map(|&x| f64::from(x)).collect())
+                    .map_err(|err| ArtifactError::Shape {
+                        file: dir.join("ridge.f32"),
+                        msg: err.to_string(),
+                    })?;
+            Box::new(Ridge {
+                models: manifest.models.clone(),
+                weights,
+                bias: v[m * e..].iter().map(|&x| f64::from(x)).collect(),
+            })
+        }
+        PredictorInfo::Blend {
+            k,
+            tau,
+            shrink,
+            exemplars,
+            pca,
+            dim,
+            weight,
+        } => Box::new(Blend {
+            knn: f.knn(k, tau, shrink, exemplars, pca)?,
+            mf: f.mf(dim)?,
+            weight,
+        }),
+    };
+    Ok((manifest, p))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use crate::predict::tests::toy;
+    use crate::predict::{MfConfig, TrainSet};
+
+    fn info(dim: usize) -> EncoderInfo {
+        EncoderInfo {
+            id: "test".into(),
+            model_sha256: "00".into(),
+            max_len: 16,
+            dim,
+        }
+    }
+
+    #[test]
+    fn save_load_round_trip_every_kind() {
+        let (models, emb, q) = toy();
+        let data = TrainSet {
+            models: &models,
+            emb: emb.view(),
+            quality: &q,
+            sources: None,
+        };
+        let knn = Knn::train(
+            &data,
+            KnnConfig {
+                k: 5,
+                tau: Some(0.1),
+                shrink: 1.0,
+                smooth: 0.0,
+                pca: 0,
+            },
+        );
+        // A projected memory too: exercises pca.f32.
+        let knn_pca = Knn::train(
+            &data,
+            KnnConfig {
+                k: 5,
+                pca: 4,
+                ..KnnConfig::default()
+            },
+        );
+        assert!(knn_pca.proj.is_some());
+        let mf = MatrixFactorization::train(
+            &data,
+            &MfConfig {
+                dim: 4,
+                epochs: 50,
+                lr: 0.01,
+                ..MfConfig::default()
+            },
+        );
+        let preds: Vec<Box<dyn SavablePredictor>> = vec![
+            Box::new(Prior {
+                models: models.clone(),
+                prior: data.prior(),
+            }),
+            Box::new(knn.clone()),
+            Box::new(knn_pca.clone()),
+            Box::new(mf.clone()),
+            Box::new(Ridge::train(&data, 0.1)),
+            Box::new(Blend {
+                knn: knn_pca,
+                mf,
+                weight: 0.3,
+            }),
+        ];
+        for p in preds {
+            let dir = tempfile::tempdir().unwrap();
+            let cal = Calibration {
+                default_lambda: Some(2.0),
+                pairs: vec![],
+            };
+            let saved = save(
+                dir.path(),
+                info(8),
+                p.as_ref(),
+                cal,
+                vec![models.clone()],
+                serde_json::json!({"rows": 80}),
+            )
+            .unwrap();
+            let (m, loaded) = load(dir.path()).unwrap();
+            assert_eq!(m, saved);
+            assert_eq!(loaded.kind(), p.kind());
+            let (a, b) = (p.predict(emb.view()), loaded.predict(emb.view()));
+            for (x, y) in a.iter().flatten().zip(b.iter().flatten()) {
+                // int8 exemplars and f16 scores: close, not bit-equal.
+                assert!((x - y).abs() < 2e-2, "{} {x} vs {y}", p.kind());
+            }
+        }
+    }
+
+    #[test]
+    fn corrupt_or_foreign_artifacts_are_refused() {
+        let (models, emb, q) = toy();
+        let data = TrainSet {
+            models: &models,
+            emb: emb.view(),
+            quality: &q,
+            sources: None,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let knn = Knn::train(&data, KnnConfig::default());
+        save(
+            dir.path(),
+            info(8),
+            &knn,
+            Calibration::default(),
+            vec![],
+            serde_json::Value::Null,
+        )
+        .unwrap();
+        // Flip one byte of the exemplars.
+        let path = dir.path().join("exemplars.i8");
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[3] ^= 0x55;
+        std::fs::write(&path, &bytes).unwrap();
+        let err = load(dir.path()).unwrap_err();
+        assert!(matches!(err, ArtifactError::Checksum { .. }), "{err}");
+        // Wrong format version.
+        let mut m = read_manifest(dir.path()).unwrap();
+        m.format_version = 99;
+        write_manifest(dir.path(), &m).unwrap();
+        let err = load(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("not a router artifact"), "{err}");
+        // No manifest at all.
+        let empty = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            load(empty.path()).unwrap_err(),
+            ArtifactError::Io { .. }
+        ));
+    }
+
+    #[test]
+    fn quantisation_keeps_cosine() {
+        let (_, emb, _) = toy();
+        let (c, s) = quantize_rows(&emb);
+        let d = dequantize_rows(&c, &s, emb.ncols());
+        for (a, b) in emb.rows().into_iter().zip(d.rows()) {
+            assert!(a.dot(&b) > 0.999);
+        }
+    }
+}

@@ -1,0 +1,768 @@
+//! `routemesh router ...`: train, evaluate, score and calibrate routers from the command line.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+
+use crate::artifact::{
+    self, Calibration, EncoderInfo, PairCalibration, SavablePredictor, Threshold,
+};
+use crate::data;
+use crate::embed;
+use crate::encoder::{AssetPaths, Encoder, EncoderConfig};
+use crate::encoder::{EMBED_DIM, ENCODER_ID};
+use crate::eval::{self, Candidate};
+use crate::metrics;
+use crate::predict::{
+    Blend, Knn, KnnConfig, MatrixFactorization, MfConfig, PredictorSpec, Prior, Ridge, TrainSet,
+};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum RouterCommand {
+    /// Embed prompts of JSONL files into the embedding cache (train/eval do this on demand).
+    Embed {
+        #[arg(required = true)]
+        data: Vec<PathBuf>,
+        #[command(flatten)]
+        enc: EncoderArgs,
+    },
+    /// Train a router on JSONL files and write the artifact directory.
+    Train {
+        #[arg(required = true)]
+        data: Vec<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+        /// Predictor spec (see `eval --predictor`).
+        #[arg(long, default_value = DEFAULT_PREDICTOR)]
+        predictor: String,
+        /// Also run k-fold CV of this predictor against baselines and record it in the manifest; its
+        /// out-of-fold predictions then calibrate thresholds and λ (unbiased, unlike in-sample kNN).
+        #[arg(long)]
+        cv: Option<usize>,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long)]
+        models: Option<PathBuf>,
+        #[command(flatten)]
+        enc: EncoderArgs,
+    },
+    /// Write route_eval.py predictions (`{"id", "scores"}` per line) of a router for data rows.
+    Score {
+        /// Artifact directory (default: router/artifacts/default of this source tree).
+        #[arg(long)]
+        router: Option<PathBuf>,
+        data: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        enc: EncoderArgs,
+    },
+    /// Recompute a router's strong/weak thresholds and default λ on (held-out) data; rewrites the manifest.
+    Calibrate {
+        #[arg(long)]
+        router: PathBuf,
+        #[arg(required = true)]
+        data: Vec<PathBuf>,
+        #[arg(long)]
+        models: Option<PathBuf>,
+        #[command(flatten)]
+        enc: EncoderArgs,
+    },
+    /// Predicted quality per model for prompts given as arguments (a quick look, and a latency check).
+    Predict {
+        #[arg(long)]
+        router: Option<PathBuf>,
+        #[arg(required = true)]
+        prompt: Vec<String>,
+        #[command(flatten)]
+        enc: EncoderArgs,
+    },
+    /// Evaluate a router artifact on data, or cross-validate predictors (`--cv K`) next to baselines.
+    Eval {
+        /// Router artifact directory (without `--cv`).
+        #[arg(long)]
+        router: Option<PathBuf>,
+        #[arg(required = true)]
+        data: Vec<PathBuf>,
+        /// k-fold cross-validation of `--predictor`s on `data` instead of evaluating a trained artifact.
+        #[arg(long)]
+        cv: Option<usize>,
+        /// Predictors to cross-validate (the first is "the router" of the full tables).
+        #[arg(long = "predictor", default_values_t = [DEFAULT_PREDICTOR.to_string(), "knn".to_string(), "mf".to_string(), "knn-plain".to_string(), "ridge".to_string(), "source".to_string(), "prior".to_string()])]
+        predictors: Vec<String>,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Price list (default: models.json next to the first data file).
+        #[arg(long)]
+        models: Option<PathBuf>,
+        /// Write the first predictor's (out-of-fold) predictions as route_eval.py JSONL, one file per group.
+        #[arg(long)]
+        pred_out: Option<PathBuf>,
+        /// Print the full route_eval-style tables, not only the summary.
+        #[arg(long)]
+        full: bool,
+        #[command(flatten)]
+        enc: EncoderArgs,
+    },
+}
+
+/// The predictor cross-validation picked for the default artifact (see its MODEL_CARD.md).
+pub const DEFAULT_PREDICTOR: &str =
+    "blend:k=50,tau=0.2,shrink=2,smooth=0.3,pca=128,w=0.6,dim=64,epochs=30";
+
+/// Predictor specs on the command line: `prior`, `source`, `knn[:k=32,tau=0.05,shrink=1]`,
+/// `knn-plain[:k=32]`, `mf[:dim=64,epochs=30,lr=0.002]`, `ridge[:lambda=1]`,
+/// `blend[:w=0.5,k=..,tau=..,dim=..,epochs=..]`.
+pub fn parse_candidate(s: &str) -> anyhow::Result<Candidate> {
+    let (name, args) = s.split_once(':').unwrap_or((s, ""));
+    let mut kv = std::collections::HashMap::new();
+    for part in args.split(',').filter(|p| !p.is_empty()) {
+        let (k, v) = part
+            .split_once('=')
+            .with_context(|| format!("expected key=value in {part:?}"))?;
+        let v: f64 = v
+            .parse()
+            .with_context(|| format!("{k}={v} is not a number"))?;
+        kv.insert(k.to_string(), v);
+    }
+    let get = |k: &str, d: f64| kv.get(k).copied().unwrap_or(d);
+    let knn = |d: KnnConfig| KnnConfig {
+        k: get("k", d.k as f64) as usize,
+        tau: d.tau.map(|t| get("tau", t)),
+        shrink: get("shrink", d.shrink),
+        smooth: get("smooth", d.smooth),
+        pca: get("pca", d.pca as f64) as usize,
+    };
+    let mf = || {
+        let d = MfConfig::default();
+        MfConfig {
+            dim: get("dim", d.dim as f64) as usize,
+            epochs: get("epochs", d.epochs as f64) as usize,
+            lr: get("lr", d.lr),
+            weight_decay: get("wd", d.weight_decay),
+            seed: get("seed", d.seed as f64) as u64,
+            smooth: get("msmooth", d.smooth),
+            ..d
+        }
+    };
+    Ok(match name {
+        "prior" => Candidate::Spec(PredictorSpec::Prior),
+        "source" => Candidate::SourceMean,
+        "knn" => Candidate::Spec(PredictorSpec::Knn(knn(KnnConfig::default()))),
+        "knn-plain" => Candidate::Spec(PredictorSpec::Knn(knn(KnnConfig {
+            k: 32,
+            tau: None,
+            shrink: 0.0,
+            smooth: 0.0,
+            pca: 0,
+        }))),
+        "mf" => Candidate::Spec(PredictorSpec::Mf(mf())),
+        "ridge" => Candidate::Spec(PredictorSpec::Ridge {
+            lambda: get("lambda", 1.0),
+        }),
+        "blend" => Candidate::Spec(PredictorSpec::Blend {
+            knn: knn(KnnConfig::default()),
+            mf: mf(),
+            weight: get("w", 0.5),
+        }),
+        other => anyhow::bail!(
+            "unknown predictor {other:?} (prior, source, knn, knn-plain, mf, ridge, blend)"
+        ),
+    })
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct EncoderArgs {
+    /// Encoder assets (libonnxruntime, model.onnx, tokenizer.json).
+    #[arg(long, env = "ROUTEMESH_ASSETS")]
+    pub assets: Option<PathBuf>,
+    /// ONNX Runtime threads.
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// Word pieces per prompt.
+    #[arg(long, default_value_t = crate::encoder::DEFAULT_MAX_LEN)]
+    pub max_len: usize,
+}
+
+impl EncoderArgs {
+    pub fn load(&self) -> anyhow::Result<Encoder> {
+        let assets = self
+            .assets
+            .as_deref()
+            .map(AssetPaths::in_dir)
+            .unwrap_or_else(AssetPaths::from_env);
+        Ok(Encoder::load(&EncoderConfig {
+            assets,
+            max_len: self.max_len,
+            threads: self.threads,
+            sessions: 1,
+        })?)
+    }
+}
+
+pub fn run(cmd: RouterCommand) -> anyhow::Result<()> {
+    match cmd {
+        RouterCommand::Embed { data, enc } => {
+            let enc = enc.load()?;
+            let (_, e) = load_embedded(&enc, &data)?;
+            eprintln!("{} embeddings ready", e.nrows());
+            Ok(())
+        }
+        RouterCommand::Train {
+            data,
+            out,
+            predictor,
+            cv,
+            seed,
+            models,
+            enc,
+        } => {
+            let prices = data::Prices::load(&prices_path(models.as_deref(), &data)?)?;
+            let Candidate::Spec(spec) = parse_candidate(&predictor)? else {
+                anyhow::bail!("{predictor} reads row labels and cannot be deployed")
+            };
+            let encoder = enc.load()?;
+            let (rows, emb) = load_embedded(&encoder, &data)?;
+            let table = data::Table::new(rows, &prices)?;
+            let groups = eval::groups(&table, &prices);
+            let mut training = serde_json::json!({
+                "data": data.iter().map(|p| p.file_name().map(|f| f.to_string_lossy().into_owned())).collect::<Vec<_>>(),
+                "rows": table.len(),
+                "predictor": spec.name(),
+            });
+            let oof = match cv {
+                Some(k) => {
+                    let cands: Vec<Candidate> = [
+                        predictor.as_str(),
+                        "knn",
+                        "knn-plain",
+                        "mf",
+                        "ridge",
+                        "source",
+                        "prior",
+                    ]
+                    .iter()
+                    .map(|p| parse_candidate(p))
+                    .collect::<anyhow::Result<_>>()?;
+                    let preds = eval::cross_validate(&table, emb.view(), &cands, k, seed, |m| {
+                        eprintln!("{m}")
+                    });
+                    let names: Vec<String> = cands.iter().map(Candidate::name).collect();
+                    let text =
+                        eval::summary(&table, &eval::eval_groups(&table, &prices), &names, &preds);
+                    print!("{text}");
+                    training["cv"] = serde_json::json!({"folds": k, "seed": seed, "summary": text});
+                    preds.into_iter().next()
+                }
+                None => None,
+            };
+            let t = Instant::now();
+            let tq = table.quality.clone();
+            let src: Vec<String> = table.rows.iter().map(|r| r.source.clone()).collect();
+            let set = TrainSet {
+                models: &table.models,
+                emb: emb.view(),
+                quality: &tq,
+                sources: Some(&src),
+            };
+            let model = train_savable(&spec, &set);
+            eprintln!(
+                "trained {} on {} rows in {:.1?}",
+                spec.name(),
+                table.len(),
+                t.elapsed()
+            );
+            // Calibrate on out-of-fold predictions when available: in-sample kNN predictions see themselves.
+            let calib_pred = oof.unwrap_or_else(|| model.predict(emb.view()));
+            let calibration = calibrate(&table, &groups, &calib_pred);
+            let info = EncoderInfo {
+                id: ENCODER_ID.into(),
+                model_sha256: encoder.model_sha256().into(),
+                max_len: encoder.max_len(),
+                dim: EMBED_DIM,
+            };
+            let pools = groups
+                .iter()
+                .map(|g| g.models.iter().map(|&j| table.models[j].clone()).collect())
+                .collect();
+            let m = artifact::save(&out, info, model.as_ref(), calibration, pools, training)?;
+            let bytes: u64 = m.files.values().map(|f| f.bytes).sum();
+            eprintln!(
+                "wrote {} ({} files, {:.1} MB)",
+                out.display(),
+                m.files.len(),
+                bytes as f64 / 1e6
+            );
+            Ok(())
+        }
+        RouterCommand::Score {
+            router,
+            data,
+            out,
+            enc,
+        } => {
+            let dir = router.unwrap_or_else(default_artifact_dir);
+            let r = load_router(&dir, &enc)?;
+            let rows = data::load_jsonl(&data)?;
+            let prompts: Vec<&str> = rows.iter().map(|r| r.prompt.as_str()).collect();
+            let emb = embed::embed_cached(
+                r.encoder(),
+                &prompts,
+                Some(&embed::default_cache_dir()),
+                |_| {},
+            )?;
+            let pred = r.predict_embedded(emb.view());
+            let mut text = String::new();
+            for (row, p) in rows.iter().zip(&pred) {
+                let scores: serde_json::Map<String, serde_json::Value> = r
+                    .models()
+                    .iter()
+                    .zip(p)
+                    .map(|(m, &q)| (m.clone(), serde_json::Value::from(q)))
+                    .collect();
+                text.push_str(&serde_json::to_string(
+                    &serde_json::json!({"id": row.id, "scores": scores}),
+                )?);
+                text.push('\n');
+            }
+            std::fs::write(&out, text).with_context(|| format!("writing {}", out.display()))?;
+            eprintln!("wrote {} predictions to {}", rows.len(), out.display());
+            Ok(())
+        }
+        RouterCommand::Calibrate {
+            router,
+            data,
+            models,
+            enc,
+        } => {
+            let prices = data::Prices::load(&prices_path(models.as_deref(), &data)?)?;
+            let r = load_router(&router, &enc)?;
+            let (rows, emb) = load_embedded(r.encoder(), &data)?;
+            let table = data::Table::with_models(rows, r.models().to_vec(), &prices)?;
+            let groups = eval::groups(&table, &prices);
+            let pred = r.predict_embedded(emb.view());
+            let mut manifest = r.manifest().clone();
+            // Keep what this data cannot recalibrate (a pair or pool it does not cover).
+            let new = calibrate(&table, &groups, &pred);
+            let old = std::mem::take(&mut manifest.calibration);
+            let mut pairs = new.pairs;
+            for p in old.pairs {
+                if !pairs
+                    .iter()
+                    .any(|q| q.strong == p.strong && q.weak == p.weak)
+                {
+                    pairs.push(p);
+                }
+            }
+            manifest.calibration = Calibration {
+                default_lambda: new.default_lambda.or(old.default_lambda),
+                pairs,
+            };
+            artifact::write_manifest(&router, &manifest)?;
+            println!("{}", serde_json::to_string_pretty(&manifest.calibration)?);
+            Ok(())
+        }
+        RouterCommand::Predict {
+            router,
+            prompt,
+            enc,
+        } => {
+            let dir = router.unwrap_or_else(default_artifact_dir);
+            let r = load_router(&dir, &enc)?;
+            for p in &prompt {
+                let t = Instant::now();
+                let mut q = r.predict(p)?;
+                let took = t.elapsed();
+                q.sort_by(|a, b| b.1.total_cmp(&a.1));
+                println!("{p:?} ({took:.1?})");
+                for (m, v) in q {
+                    println!("  {v:.3}  {m}");
+                }
+            }
+            Ok(())
+        }
+        RouterCommand::Eval {
+            router,
+            data,
+            cv,
+            predictors,
+            seed,
+            models,
+            pred_out,
+            full,
+            enc,
+        } => {
+            let prices = data::Prices::load(&prices_path(models.as_deref(), &data)?)?;
+            let encoder = enc.load()?;
+            let (rows, emb) = load_embedded(&encoder, &data)?;
+            let table = data::Table::new(rows, &prices)?;
+            let groups = eval::eval_groups(&table, &prices);
+            let (names, preds) = match (cv, router) {
+                (Some(k), _) => {
+                    let cands = predictors
+                        .iter()
+                        .map(|p| parse_candidate(p))
+                        .collect::<anyhow::Result<Vec<_>>>()?;
+                    let preds = eval::cross_validate(&table, emb.view(), &cands, k, seed, |m| {
+                        eprintln!("{m}")
+                    });
+                    (
+                        cands
+                            .iter()
+                            .map(|c| format!("cv{k} {}", c.name()))
+                            .collect::<Vec<_>>(),
+                        preds,
+                    )
+                }
+                (None, Some(dir)) => {
+                    let r = load_router(&dir, &enc)?;
+                    anyhow::ensure!(
+                        r.models() == table.models.as_slice()
+                            || table.models.iter().all(|m| r.models().contains(m)),
+                        "the artifact does not know every model of the data"
+                    );
+                    let p = r.predict_embedded(emb.view());
+                    let idx: Vec<usize> = table
+                        .models
+                        .iter()
+                        .filter_map(|m| r.models().iter().position(|x| x == m))
+                        .collect();
+                    let p: Vec<Vec<f64>> = p
+                        .into_iter()
+                        .map(|row| idx.iter().map(|&j| row[j]).collect())
+                        .collect();
+                    eprintln!(
+                        "note: rows the artifact was trained on are scored in-sample (its kNN memory \
+                         contains them): use --cv for unbiased numbers"
+                    );
+                    (vec![format!("artifact {}", dir.display())], vec![p])
+                }
+                (None, None) => anyhow::bail!("give --router DIR or --cv K"),
+            };
+            print!("{}", eval::summary(&table, &groups, &names, &preds));
+            if full {
+                for g in &groups {
+                    let main = eval::group_report(&table, g, &preds[0]);
+                    let extra: Vec<(String, metrics::Report)> = names
+                        .iter()
+                        .zip(&preds)
+                        .skip(1)
+                        .map(|(n, p)| (n.clone(), eval::group_report(&table, g, p)))
+                        .collect();
+                    println!("\n######## {} ({})", g.name(&table), names[0]);
+                    print!("{}", metrics::format_report(&main, &extra));
+                }
+            }
+            if let Some(out) = pred_out {
+                std::fs::create_dir_all(&out)?;
+                for (gi, g) in groups.iter().enumerate() {
+                    let path = out.join(format!("group{gi}.pred.jsonl"));
+                    let data_path = out.join(format!("group{gi}.data.jsonl"));
+                    write_predictions(&path, &table, &g.rows, &preds[0])?;
+                    let mut text = String::new();
+                    for &i in &g.rows {
+                        text.push_str(&serde_json::to_string(&table.rows[i])?);
+                        text.push('\n');
+                    }
+                    std::fs::write(&data_path, text)?;
+                    // Our own metrics of the same predictions, to diff against route_eval.py --json.
+                    let report = eval::group_report(&table, g, &preds[0]);
+                    std::fs::write(
+                        out.join(format!("group{gi}.report.json")),
+                        serde_json::to_string_pretty(&report)?,
+                    )?;
+                    eprintln!("wrote {} and {}", path.display(), data_path.display());
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Loads rows of each file and their embeddings (cached per file, so any combination of files reuses them).
+pub fn load_embedded(
+    enc: &Encoder,
+    paths: &[PathBuf],
+) -> anyhow::Result<(Vec<data::Row>, ndarray::Array2<f32>)> {
+    let mut rows = Vec::new();
+    let mut parts = Vec::new();
+    for p in paths {
+        let r = data::load_jsonl(p)?;
+        let prompts: Vec<&str> = r.iter().map(|r| r.prompt.as_str()).collect();
+        let t = Instant::now();
+        let n = prompts.len();
+        let mut last = 0;
+        let e = embed::embed_cached(enc, &prompts, Some(&embed::default_cache_dir()), |done| {
+            if done >= last + 2000 || done == n {
+                last = done;
+                eprintln!(
+                    "{}: embedded {done}/{n} in {:.0?}",
+                    p.display(),
+                    t.elapsed()
+                );
+            }
+        })
+        .with_context(|| format!("embedding prompts of {}", p.display()))?;
+        rows.extend(r);
+        parts.push(e);
+    }
+    let views: Vec<_> = parts.iter().map(|a| a.view()).collect();
+    let all = ndarray::concatenate(ndarray::Axis(0), &views)?;
+    Ok((rows, all))
+}
+
+/// `models.json` given explicitly or next to the first data file.
+pub fn prices_path(
+    explicit: Option<&std::path::Path>,
+    data: &[PathBuf],
+) -> anyhow::Result<PathBuf> {
+    if let Some(p) = explicit {
+        return Ok(p.to_path_buf());
+    }
+    let first = data.first().context("no data files")?;
+    let p = first.with_file_name("models.json");
+    anyhow::ensure!(
+        p.is_file(),
+        "no models.json next to {}: pass --models",
+        first.display()
+    );
+    Ok(p)
+}
+
+/// route_eval.py prediction rows: `{"id", "scores": {model: q}}`.
+pub fn write_predictions(
+    path: &std::path::Path,
+    table: &data::Table,
+    rows: &[usize],
+    pred: &[Vec<f64>],
+) -> anyhow::Result<()> {
+    let mut text = String::new();
+    for &i in rows {
+        let scores: serde_json::Map<String, serde_json::Value> = table
+            .models
+            .iter()
+            .zip(&pred[i])
+            .map(|(m, &q)| (m.clone(), serde_json::Value::from(q)))
+            .collect();
+        text.push_str(&serde_json::to_string(
+            &serde_json::json!({"id": table.rows[i].id, "scores": scores}),
+        )?);
+        text.push('\n');
+    }
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+/// The artifact committed in this source tree.
+pub fn default_artifact_dir() -> PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("artifacts/default")
+}
+
+fn load_router(dir: &std::path::Path, enc: &EncoderArgs) -> anyhow::Result<crate::Router> {
+    let assets = enc
+        .assets
+        .as_deref()
+        .map(AssetPaths::in_dir)
+        .unwrap_or_else(AssetPaths::from_env);
+    let cfg = crate::router::RouterConfig {
+        assets,
+        threads: enc.threads,
+        sessions: 1,
+    };
+    crate::Router::load_with(dir, &cfg).with_context(|| format!("loading router {}", dir.display()))
+}
+
+/// Trains the concrete predictor of `spec` (artifacts need the concrete type to serialise it).
+pub fn train_savable(spec: &PredictorSpec, data: &TrainSet<'_>) -> Box<dyn SavablePredictor> {
+    match spec {
+        PredictorSpec::Prior => Box::new(Prior {
+            models: data.models.to_vec(),
+            prior: data.prior(),
+        }),
+        PredictorSpec::Knn(c) => Box::new(Knn::train(data, c.clone())),
+        PredictorSpec::Mf(c) => Box::new(MatrixFactorization::train(data, c)),
+        PredictorSpec::Ridge { lambda } => Box::new(Ridge::train(data, *lambda)),
+        PredictorSpec::Blend { knn, mf, weight } => Box::new(Blend {
+            knn: Knn::train(data, knn.clone()),
+            mf: MatrixFactorization::train(data, mf),
+            weight: *weight,
+        }),
+    }
+}
+
+/// Strong-call shares the pair thresholds are calibrated for.
+pub const STRONG_SHARES: [f64; 9] = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9];
+
+/// Pair thresholds (quantiles of the score gap, as RouteLLM's calibrate_threshold) and a default λ: on the
+/// largest many-model pool, the cheapest λ of the sweep whose routed quality reaches the best single
+/// model's (else the λ of the highest quality).
+pub fn calibrate(table: &data::Table, groups: &[eval::Group], pred: &[Vec<f64>]) -> Calibration {
+    let mut cal = Calibration::default();
+    for g in groups {
+        let Some((s, w)) = g.pair else { continue };
+        let (js, jw) = (g.models[s], g.models[w]);
+        let mut gap: Vec<f64> = g.rows.iter().map(|&i| pred[i][js] - pred[i][jw]).collect();
+        gap.sort_by(f64::total_cmp);
+        let thresholds = STRONG_SHARES
+            .iter()
+            .map(|&share| Threshold {
+                strong_share: share,
+                threshold: metrics::quantile(&gap, 1.0 - share),
+            })
+            .collect();
+        cal.pairs.push(PairCalibration {
+            strong: table.models[js].clone(),
+            weak: table.models[jw].clone(),
+            thresholds,
+        });
+    }
+    if let Some(g) = groups
+        .iter()
+        .filter(|g| g.models.len() > 2)
+        .max_by_key(|g| g.rows.len())
+    {
+        let pick = |m: &dyn Fn(usize, usize) -> f64| -> Vec<Vec<f64>> {
+            g.rows
+                .iter()
+                .map(|&i| g.models.iter().map(|&j| m(i, j)).collect())
+                .collect()
+        };
+        let truth = pick(&|i, j| table.quality[i][j].unwrap_or(0.0));
+        let p = pick(&|i, j| pred[i][j]);
+        let cost = pick(&|i, j| table.cost[i][j]);
+        let best_single = (0..g.models.len())
+            .map(|j| truth.iter().map(|r| r[j]).sum::<f64>() / truth.len().max(1) as f64)
+            .fold(f64::NEG_INFINITY, f64::max);
+        let pts: Vec<(f64, f64, f64)> = metrics::lambda_grid(&cost)
+            .into_iter()
+            .filter(|l| l.is_finite())
+            .map(|l| {
+                let (c, q) = metrics::route_point(&p, &truth, &cost, l);
+                (l, c, q)
+            })
+            .collect();
+        let reach = pts
+            .iter()
+            .filter(|p| p.2 >= best_single)
+            .min_by(|a, b| a.1.total_cmp(&b.1));
+        let top = pts
+            .iter()
+            .max_by(|a, b| a.2.total_cmp(&b.2).then(b.1.total_cmp(&a.1)));
+        cal.default_lambda = reach.or(top).map(|p| p.0);
+    }
+    cal
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use crate::data::{ModelPrice, Prices, Row, Table};
+
+    #[test]
+    fn predictor_specs_parse() {
+        assert_eq!(parse_candidate("source").unwrap(), Candidate::SourceMean);
+        let Candidate::Spec(PredictorSpec::Knn(c)) = parse_candidate("knn:k=7,tau=0.2").unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!((c.k, c.tau), (7, Some(0.2)));
+        let Candidate::Spec(PredictorSpec::Knn(c)) = parse_candidate("knn-plain").unwrap() else {
+            panic!()
+        };
+        assert_eq!(c.tau, None);
+        let Candidate::Spec(PredictorSpec::Blend { weight, mf, .. }) =
+            parse_candidate("blend:w=0.3,dim=8").unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!((weight, mf.dim), (0.3, 8));
+        assert!(parse_candidate("nope").is_err());
+        assert!(parse_candidate("knn:k").is_err());
+    }
+
+    fn table() -> (Table, Prices) {
+        let price = |p: f64| ModelPrice {
+            input_usd_per_mtok: p,
+            output_usd_per_mtok: p,
+            params_b: None,
+            source: None,
+        };
+        let prices = Prices(
+            [("s", 10.0), ("w", 1.0), ("a", 1.0), ("b", 2.0), ("c", 3.0)]
+                .into_iter()
+                .map(|(m, p)| (m.to_string(), price(p)))
+                .collect(),
+        );
+        let mut rows = Vec::new();
+        for i in 0..20 {
+            let pair = i < 10;
+            let scores = if pair {
+                [("s", 1.0), ("w", f64::from(i % 2))]
+                    .into_iter()
+                    .map(|(m, q)| (m.to_string(), q))
+                    .collect()
+            } else {
+                [("a", 0.0), ("b", 1.0), ("c", 1.0)]
+                    .into_iter()
+                    .map(|(m, q)| (m.to_string(), q))
+                    .collect()
+            };
+            let source = if pair {
+                if i < 5 { "mmlu/x" } else { "gsm8k" }
+            } else {
+                "mix9/y"
+            };
+            rows.push(Row {
+                id: format!("r{i}"),
+                source: source.into(),
+                prompt: "p".into(),
+                scores,
+                responses: None,
+            });
+        }
+        (Table::new(rows, &prices).unwrap(), prices)
+    }
+
+    #[test]
+    fn groups_split_pools_and_datasets() {
+        let (t, prices) = table();
+        let g = eval::groups(&t, &prices);
+        assert_eq!(g.len(), 2);
+        let pair = g.iter().find(|g| g.models.len() == 2).unwrap();
+        // The pricier model of a pair is the strong one.
+        assert_eq!(t.models[pair.models[pair.pair.unwrap().0]], "s");
+        let e = eval::eval_groups(&t, &prices);
+        assert_eq!(
+            e.len(),
+            4,
+            "pair pool + its two datasets + the 3-model pool"
+        );
+    }
+
+    #[test]
+    fn calibration_thresholds_and_lambda() {
+        let (t, prices) = table();
+        let g = eval::groups(&t, &prices);
+        // Predicted gap = row index for the pair; truth for the pool: b and c are right, b cheaper.
+        let pred: Vec<Vec<f64>> = (0..t.len())
+            .map(|i| {
+                t.models
+                    .iter()
+                    .map(|m| if m == "s" { i as f64 } else { 0.5 })
+                    .collect()
+            })
+            .collect();
+        let cal = calibrate(&t, &g, &pred);
+        let pc = &cal.pairs[0];
+        assert_eq!((pc.strong.as_str(), pc.weak.as_str()), ("s", "w"));
+        let half = pc
+            .thresholds
+            .iter()
+            .find(|t| t.strong_share == 0.5)
+            .unwrap();
+        // Gaps of the pair rows are -0.5 + 0..9: median 4.0.
+        assert!((half.threshold - 4.0).abs() < 1e-9, "{half:?}");
+        assert!(cal.default_lambda.is_some());
+    }
+}

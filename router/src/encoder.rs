@@ -1,0 +1,424 @@
+//! Prompt encoder: all-MiniLM-L6-v2 (int8 ONNX) through ONNX Runtime, mean pooling + L2 norm.
+//!
+//! Every `ort` call of the crate lives in this module: the ort 2.0 release candidates move their API
+//! between versions, so an upgrade touches one file. The runtime library is loaded at run time
+//! (`load-dynamic`) from the PyPI onnxruntime wheel that `scripts/fetch-router-assets.sh` extracts.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+
+use ndarray::Array2;
+use ort::session::Session;
+use ort::session::builder::GraphOptimizationLevel;
+use ort::value::TensorRef;
+use sha2::{Digest, Sha256};
+use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams, TruncationStrategy};
+
+/// Embedding width of all-MiniLM-L6-v2.
+pub const EMBED_DIM: usize = 384;
+/// Identifier recorded in router artifacts: a router only works with the encoder it was trained on.
+pub const ENCODER_ID: &str = "sentence-transformers/all-MiniLM-L6-v2@onnx-int8";
+/// all-MiniLM-L6-v2 was trained with 256 word pieces at most (its sentence-transformers config), not the
+/// 128 that the packaged tokenizer.json pads and truncates to.
+pub const DEFAULT_MAX_LEN: usize = 256;
+/// The runtime library file name inside the onnxruntime 1.32.0 wheel.
+pub const ORT_LIB_FILE: &str = "libonnxruntime.so.1.32.0";
+/// What to run when an asset is missing.
+pub const FETCH_HINT: &str =
+    "run scripts/fetch-router-assets.sh (and set ROUTEMESH_ASSETS to its assets dir)";
+
+#[derive(Debug, thiserror::Error)]
+pub enum EncoderError {
+    #[error("missing {what} at {path}: {FETCH_HINT}")]
+    Missing { what: &'static str, path: PathBuf },
+    #[error("loading the ONNX Runtime library {path}: {msg}")]
+    Runtime { path: PathBuf, msg: String },
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    #[error("onnx runtime: {0}")]
+    Ort(String),
+    #[error("reading {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("unexpected model output: {0}")]
+    Output(String),
+}
+
+impl From<ort::Error> for EncoderError {
+    fn from(e: ort::Error) -> Self {
+        Self::Ort(e.to_string())
+    }
+}
+
+/// Where the three encoder assets are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssetPaths {
+    pub ort_lib: PathBuf,
+    pub model: PathBuf,
+    pub tokenizer: PathBuf,
+}
+
+impl AssetPaths {
+    /// The layout `scripts/fetch-router-assets.sh` writes. `ORT_DYLIB_PATH`, ort's own variable, overrides
+    /// the runtime library path.
+    pub fn in_dir(dir: &Path) -> Self {
+        let ort_lib = std::env::var_os("ORT_DYLIB_PATH")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| dir.join(ORT_LIB_FILE));
+        Self {
+            ort_lib,
+            model: dir.join("model.onnx"),
+            tokenizer: dir.join("tokenizer.json"),
+        }
+    }
+
+    /// `$ROUTEMESH_ASSETS`, else `.cache/routemesh/assets` under the current directory, else under the
+    /// workspace this crate was built in (so tests and `cargo run` find the fetched assets).
+    pub fn from_env() -> Self {
+        Self::in_dir(&default_assets_dir())
+    }
+
+    /// Errors naming the first missing file and the command that fetches it.
+    pub fn check(&self) -> Result<(), EncoderError> {
+        for (what, path) in [
+            ("ONNX Runtime library", &self.ort_lib),
+            ("encoder model.onnx", &self.model),
+            ("tokenizer.json", &self.tokenizer),
+        ] {
+            if !path.is_file() {
+                return Err(EncoderError::Missing {
+                    what,
+                    path: path.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+pub fn default_assets_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("ROUTEMESH_ASSETS") {
+        return PathBuf::from(d);
+    }
+    let local = PathBuf::from(".cache/routemesh/assets");
+    if local.is_dir() {
+        return local;
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache/routemesh/assets")
+}
+
+/// sha256 of a file, lowercase hex.
+pub fn sha256_file(path: &Path) -> Result<String, std::io::Error> {
+    let bytes = std::fs::read(path)?;
+    Ok(hex(&Sha256::digest(&bytes)))
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// ONNX Runtime allows one environment per process (a second `build` fails), so it is created once and
+/// kept alive for the process; the first library path wins.
+static ENV: OnceLock<Result<ort::environment::Environment, String>> = OnceLock::new();
+
+fn environment(lib: &Path) -> Result<&'static ort::environment::Environment, EncoderError> {
+    // Check first: ort panics inside the loader when the file is absent.
+    if !lib.is_file() {
+        return Err(EncoderError::Missing {
+            what: "ONNX Runtime library",
+            path: lib.into(),
+        });
+    }
+    let env = ENV.get_or_init(|| {
+        ort::init_from(lib)
+            .map_err(|e| e.to_string())?
+            .with_name("routemesh-router")
+            .with_telemetry(false)
+            .build()
+            .map_err(|e| e.to_string())
+    });
+    env.as_ref().map_err(|msg| EncoderError::Runtime {
+        path: lib.into(),
+        msg: msg.clone(),
+    })
+}
+
+/// Configuration of the encoder.
+#[derive(Debug, Clone)]
+pub struct EncoderConfig {
+    pub assets: AssetPaths,
+    /// Word pieces per prompt, longer prompts are truncated (keeping the start).
+    pub max_len: usize,
+    /// ONNX Runtime intra-op threads; the gateway runs the encoder on blocking threads, so keep it small.
+    pub threads: usize,
+    /// Independent ONNX sessions: concurrent `encode` calls run in parallel up to this many (ort's `run`
+    /// needs exclusive access to a session). Each costs one copy of the model (~23 MB).
+    pub sessions: usize,
+}
+
+impl Default for EncoderConfig {
+    fn default() -> Self {
+        Self {
+            assets: AssetPaths::from_env(),
+            max_len: DEFAULT_MAX_LEN,
+            threads: 1,
+            sessions: 1,
+        }
+    }
+}
+
+/// A loaded encoder. `Send + Sync`: sessions sit behind mutexes because ort's `run` takes `&mut self`;
+/// a call takes the first free one (or waits for one), so `sessions` bounds the parallelism.
+pub struct Encoder {
+    tokenizer: Tokenizer,
+    sessions: Vec<Mutex<Session>>,
+    next: AtomicUsize,
+    model_sha256: String,
+    max_len: usize,
+}
+
+impl std::fmt::Debug for Encoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Encoder")
+            .field("model_sha256", &self.model_sha256)
+            .field("max_len", &self.max_len)
+            .finish()
+    }
+}
+
+impl Encoder {
+    pub fn load(cfg: &EncoderConfig) -> Result<Self, EncoderError> {
+        cfg.assets.check()?;
+        let env = environment(&cfg.assets.ort_lib)?;
+        let mut tokenizer = Tokenizer::from_file(&cfg.assets.tokenizer)
+            .map_err(|e| EncoderError::Tokenizer(e.to_string()))?;
+        // Replace the file's fixed 128 padding/truncation: pad to the longest prompt of a batch only.
+        tokenizer
+            .with_truncation(Some(TruncationParams {
+                max_length: cfg.max_len,
+                strategy: TruncationStrategy::LongestFirst,
+                ..TruncationParams::default()
+            }))
+            .map_err(|e| EncoderError::Tokenizer(e.to_string()))?;
+        tokenizer.with_padding(Some(PaddingParams {
+            strategy: PaddingStrategy::BatchLongest,
+            ..PaddingParams::default()
+        }));
+        let model_sha256 = sha256_file(&cfg.assets.model).map_err(|source| EncoderError::Io {
+            path: cfg.assets.model.clone(),
+            source,
+        })?;
+        let mut sessions = Vec::new();
+        for _ in 0..cfg.sessions.max(1) {
+            let session = Session::builder(env)?
+                .with_optimization_level(GraphOptimizationLevel::Level3)
+                .map_err(ort::Error::from)?
+                .with_intra_threads(cfg.threads.max(1))
+                .map_err(ort::Error::from)?
+                .commit_from_file(&cfg.assets.model)?;
+            sessions.push(Mutex::new(session));
+        }
+        Ok(Self {
+            tokenizer,
+            sessions,
+            next: AtomicUsize::new(0),
+            model_sha256,
+            max_len: cfg.max_len,
+        })
+    }
+
+    /// A free session if there is one, else wait on the next in turn (spreads waiters evenly).
+    fn session(&self) -> Result<MutexGuard<'_, Session>, EncoderError> {
+        let n = self.sessions.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        for k in 0..n {
+            if let Ok(s) = self.sessions[(start + k) % n].try_lock() {
+                return Ok(s);
+            }
+        }
+        self.sessions[start]
+            .lock()
+            .map_err(|_| EncoderError::Ort("encoder session poisoned".into()))
+    }
+
+    /// sha256 of the loaded model.onnx (artifacts record it to refuse a different encoder).
+    pub fn model_sha256(&self) -> &str {
+        &self.model_sha256
+    }
+
+    pub fn max_len(&self) -> usize {
+        self.max_len
+    }
+
+    /// Embeds a batch of prompts: `[n, 384]`, each row L2-normalised. One ONNX run for the whole batch,
+    /// padded to its longest prompt; sort big inputs by length first (see [`Encoder::encode_all`]).
+    pub fn encode(&self, texts: &[&str]) -> Result<Array2<f32>, EncoderError> {
+        if texts.is_empty() {
+            return Ok(Array2::zeros((0, EMBED_DIM)));
+        }
+        let enc = self
+            .tokenizer
+            .encode_batch(texts.to_vec(), true)
+            .map_err(|e| EncoderError::Tokenizer(e.to_string()))?;
+        let b = enc.len();
+        let s = enc
+            .iter()
+            .map(|e| e.get_ids().len())
+            .max()
+            .unwrap_or(0)
+            .max(1);
+        let mut ids = Array2::<i64>::zeros((b, s));
+        let mut mask = Array2::<i64>::zeros((b, s));
+        let mut types = Array2::<i64>::zeros((b, s));
+        for (i, e) in enc.iter().enumerate() {
+            for (j, ((&id, &m), &t)) in e
+                .get_ids()
+                .iter()
+                .zip(e.get_attention_mask())
+                .zip(e.get_type_ids())
+                .enumerate()
+            {
+                ids[[i, j]] = i64::from(id);
+                mask[[i, j]] = i64::from(m);
+                types[[i, j]] = i64::from(t);
+            }
+        }
+        let mut session = self.session()?;
+        let outputs = session.run(ort::inputs![
+            "input_ids" => TensorRef::from_array_view(&ids)?,
+            "attention_mask" => TensorRef::from_array_view(&mask)?,
+            "token_type_ids" => TensorRef::from_array_view(&types)?,
+        ])?;
+        let hidden = outputs
+            .get("last_hidden_state")
+            .ok_or_else(|| EncoderError::Output("no last_hidden_state".into()))?
+            .try_extract_array::<f32>()?;
+        let shape = hidden.shape().to_vec();
+        if shape.len() != 3 || shape[0] != b || shape[1] != s || shape[2] != EMBED_DIM {
+            return Err(EncoderError::Output(format!(
+                "last_hidden_state shape {shape:?}, expected [{b}, {s}, {EMBED_DIM}]"
+            )));
+        }
+        let mut out = Array2::<f32>::zeros((b, EMBED_DIM));
+        for i in 0..b {
+            let mut count = 0.0f32;
+            let mut row = out.row_mut(i);
+            for j in 0..s {
+                if mask[[i, j]] == 0 {
+                    continue;
+                }
+                count += 1.0;
+                for k in 0..EMBED_DIM {
+                    row[k] += hidden[[i, j, k]];
+                }
+            }
+            row.mapv_inplace(|v| v / count.max(1.0));
+            let norm = row.dot(&row).sqrt().max(1e-12);
+            row.mapv_inplace(|v| v / norm);
+        }
+        Ok(out)
+    }
+
+    /// Embeds many prompts in batches of similar length (less padding), results in input order.
+    /// `progress` is called with the number done so far.
+    pub fn encode_all(
+        &self,
+        texts: &[&str],
+        batch: usize,
+        mut progress: impl FnMut(usize),
+    ) -> Result<Array2<f32>, EncoderError> {
+        let mut order: Vec<usize> = (0..texts.len()).collect();
+        order.sort_by_key(|&i| texts[i].len());
+        let mut out = Array2::<f32>::zeros((texts.len(), EMBED_DIM));
+        for (done, chunk) in order.chunks(batch.max(1)).enumerate() {
+            let part: Vec<&str> = chunk.iter().map(|&i| texts[i]).collect();
+            let emb = self.encode(&part)?;
+            for (r, &i) in chunk.iter().enumerate() {
+                out.row_mut(i).assign(&emb.row(r));
+            }
+            progress((done * batch.max(1) + chunk.len()).min(texts.len()));
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn loaded() -> Option<Encoder> {
+        let cfg = EncoderConfig::default();
+        if let Err(e) = cfg.assets.check() {
+            eprintln!("skipping encoder test: {e}");
+            return None;
+        }
+        Some(Encoder::load(&cfg).unwrap())
+    }
+
+    #[test]
+    fn missing_runtime_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = EncoderConfig {
+            assets: AssetPaths {
+                ort_lib: dir.path().join("nope.so"),
+                model: dir.path().join("model.onnx"),
+                tokenizer: dir.path().join("tokenizer.json"),
+            },
+            ..EncoderConfig::default()
+        };
+        let err = Encoder::load(&cfg).unwrap_err().to_string();
+        assert!(
+            err.contains("ONNX Runtime library") && err.contains("fetch-router-assets.sh"),
+            "{err}"
+        );
+        assert!(environment(&dir.path().join("nope.so")).is_err());
+    }
+
+    #[test]
+    fn embeddings_are_unit_norm_and_semantic() {
+        let Some(enc) = loaded() else { return };
+        let e = enc
+            .encode(&[
+                "How do I bake bread?",
+                "What is a good recipe for baking bread at home?",
+                "Prove that sqrt(2) is irrational.",
+            ])
+            .unwrap();
+        assert_eq!(e.shape(), &[3, EMBED_DIM]);
+        for r in e.rows() {
+            assert!((r.dot(&r) - 1.0).abs() < 1e-4);
+        }
+        let near = e.row(0).dot(&e.row(1));
+        let far = e.row(0).dot(&e.row(2));
+        assert!(near > far + 0.3, "near {near} far {far}");
+        // Batching (padding) must not change a prompt's embedding.
+        let alone = enc.encode(&["Prove that sqrt(2) is irrational."]).unwrap();
+        assert!((alone.row(0).dot(&e.row(2)) - 1.0).abs() < 1e-4);
+        // Long prompts are truncated, not rejected.
+        // Concurrent callers on a multi-session encoder get the same vectors.
+        let multi = Encoder::load(&EncoderConfig {
+            sessions: 2,
+            ..EncoderConfig::default()
+        })
+        .unwrap();
+        let prompts = ["How do I bake bread?", "Prove that sqrt(2) is irrational."];
+        std::thread::scope(|s| {
+            let hs: Vec<_> = (0..4)
+                .map(|_| s.spawn(|| multi.encode(&prompts).unwrap()))
+                .collect();
+            for h in hs {
+                let v = h.join().unwrap();
+                assert!((v.row(1).dot(&e.row(2)) - 1.0).abs() < 1e-4);
+            }
+        });
+        let long = "word ".repeat(2000);
+        assert_eq!(
+            enc.encode(&[long.as_str()]).unwrap().shape(),
+            &[1, EMBED_DIM]
+        );
+    }
+}

@@ -1,0 +1,182 @@
+//! Exemplar memory with similarity-weighted k-nearest-neighbour voting (OrchestraLLM-style retrieval).
+//!
+//! Each model is predicted from the `k` most similar exemplars *that scored that model* (pools of rows
+//! scored for the same models are searched separately), so a prompt from one pool never borrows an
+//! empty neighbourhood from another.
+
+use ndarray::{Array2, ArrayView2, Axis};
+
+use super::{Projection, QualityPredictor, TrainSet};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct KnnConfig {
+    pub k: usize,
+    /// Softmax temperature over cosine similarity; `None` = uniform vote (plain kNN).
+    pub tau: Option<f64>,
+    /// Pseudo-count pulling thin or dissimilar neighbourhoods towards the model's mean.
+    pub shrink: f64,
+    /// Training only: exemplar targets become `(1 − smooth)·own score + smooth·mean of its source`, which
+    /// turns neighbour votes into a soft task identification (outcomes within a task are noisy, task
+    /// means are not).
+    pub smooth: f64,
+    /// Keep this many principal components of the embeddings (0 = the full embedding).
+    pub pca: usize,
+}
+
+impl Default for KnnConfig {
+    fn default() -> Self {
+        Self {
+            k: 100,
+            tau: Some(0.2),
+            shrink: 2.0,
+            smooth: 0.0,
+            pca: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Knn {
+    pub models: Vec<String>,
+    pub config: KnnConfig,
+    /// `[n, dim]` unit-norm exemplar embeddings (projected when `proj` is set).
+    pub exemplars: Array2<f32>,
+    pub proj: Option<Projection>,
+    /// `[n][models]`, NaN = not scored.
+    pub scores: Vec<Vec<f32>>,
+    pub prior: Vec<f64>,
+    /// Exemplar row indices per pool and the models that pool scores.
+    pools: Vec<(Vec<usize>, Vec<usize>)>,
+}
+
+impl Knn {
+    pub fn train(data: &TrainSet<'_>, config: KnnConfig) -> Self {
+        let means = if config.smooth > 0.0 {
+            data.source_means()
+        } else {
+            None
+        };
+        let b = config.smooth.clamp(0.0, 1.0);
+        let scores = data
+            .quality
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                r.iter()
+                    .enumerate()
+                    .map(|(j, v)| match (v, &means) {
+                        (None, _) => f32::NAN,
+                        (Some(v), Some(mu)) => ((1.0 - b) * v + b * mu[i][j]) as f32,
+                        (Some(v), None) => *v as f32,
+                    })
+                    .collect()
+            })
+            .collect();
+        let proj = (config.pca > 0 && config.pca < data.emb.ncols())
+            .then(|| Projection::fit(data.emb, config.pca, 11));
+        let exemplars = match &proj {
+            Some(p) => p.apply(data.emb),
+            None => data.emb.to_owned(),
+        };
+        Self::from_parts(
+            data.models.to_vec(),
+            config,
+            exemplars,
+            scores,
+            data.prior(),
+            proj,
+        )
+    }
+
+    pub fn from_parts(
+        models: Vec<String>,
+        config: KnnConfig,
+        exemplars: Array2<f32>,
+        scores: Vec<Vec<f32>>,
+        prior: Vec<f64>,
+        proj: Option<Projection>,
+    ) -> Self {
+        let mut pools: Vec<(Vec<usize>, Vec<usize>)> = Vec::new();
+        for (i, r) in scores.iter().enumerate() {
+            let sig: Vec<usize> = (0..models.len())
+                .filter(|&j| r.get(j).is_some_and(|v| !v.is_nan()))
+                .collect();
+            if sig.is_empty() {
+                continue;
+            }
+            match pools.iter_mut().find(|p| p.1 == sig) {
+                Some(p) => p.0.push(i),
+                None => pools.push((vec![i], sig)),
+            }
+        }
+        Self {
+            models,
+            config,
+            exemplars,
+            proj,
+            scores,
+            prior,
+            pools,
+        }
+    }
+}
+
+impl QualityPredictor for Knn {
+    fn kind(&self) -> &'static str {
+        "knn"
+    }
+
+    fn models(&self) -> &[String] {
+        &self.models
+    }
+
+    fn predict(&self, emb: ArrayView2<'_, f32>) -> Vec<Vec<f64>> {
+        let mut out = Vec::with_capacity(emb.nrows());
+        let projected;
+        let emb = match &self.proj {
+            Some(p) => {
+                projected = p.apply(emb);
+                projected.view()
+            }
+            None => emb,
+        };
+        // Similarities in blocks: one GEMM per block keeps memory bounded on large evaluation sets.
+        for block in emb.axis_chunks_iter(Axis(0), 256) {
+            let sims = block.dot(&self.exemplars.t());
+            for row in sims.rows() {
+                let mut pred = self.prior.clone();
+                // Accumulators per model, across pools (a model is normally in one pool).
+                let mut num = vec![0.0f64; self.models.len()];
+                let mut den = vec![0.0f64; self.models.len()];
+                for (idx, models) in &self.pools {
+                    let k = self.config.k.min(idx.len()).max(1);
+                    let mut cand: Vec<(f32, usize)> = idx.iter().map(|&i| (row[i], i)).collect();
+                    if cand.len() > k {
+                        cand.select_nth_unstable_by(k - 1, |a, b| b.0.total_cmp(&a.0));
+                        cand.truncate(k);
+                    }
+                    let top = cand.iter().map(|c| c.0).fold(f32::NEG_INFINITY, f32::max);
+                    for &(s, i) in &cand {
+                        // Relative to the best neighbour, so weights stay in (0, 1] whatever the temperature.
+                        let w = self
+                            .config
+                            .tau
+                            .map_or(1.0, |t| (f64::from(s - top) / t).exp());
+                        for &j in models {
+                            num[j] += w * f64::from(self.scores[i][j]);
+                            den[j] += w;
+                        }
+                    }
+                }
+                for j in 0..pred.len() {
+                    if den[j] > 0.0 {
+                        pred[j] = (num[j] + self.config.shrink * self.prior[j])
+                            / (den[j] + self.config.shrink);
+                    }
+                }
+                out.push(pred);
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,327 @@
+//! The fault-injection suite: real processes on loopback, bounded in time.
+//! Each scenario reports requests sent, succeeded, failed with the expected
+//! status, failed otherwise, and lost (no answer within a generous bound),
+//! and asserts that none is lost and every failure carries the right status.
+//! Run with `--nocapture` to see the table (docs/RELIABILITY.md keeps one).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use routemesh_proto::v1::{GenerateRequest, GenerationParams};
+use routemesh_tests::*;
+use tonic::Code;
+
+const FAST: &str =
+    "{ttft_ms: {median: 2}, tokens_per_second: {median: 2000}, output_tokens: {median: 8}}";
+/// A request without an answer after this long counts as lost.
+const LOST_AFTER: Duration = Duration::from_secs(15);
+
+#[derive(Debug, Default)]
+struct Tally {
+    sent: u64,
+    ok: u64,
+    failed_right: u64,
+    failed_wrong: Vec<String>,
+    lost: u64,
+}
+
+impl Tally {
+    fn report(&self, scenario: &str) {
+        eprintln!(
+            "| {scenario} | {} | {} | {} | {} | {} |",
+            self.sent,
+            self.ok,
+            self.failed_right,
+            self.failed_wrong.len(),
+            self.lost
+        );
+        assert_eq!(self.lost, 0, "{scenario}: requests lost");
+        assert!(
+            self.failed_wrong.is_empty(),
+            "{scenario}: wrong statuses: {:?}",
+            &self.failed_wrong[..self.failed_wrong.len().min(5)]
+        );
+        assert!(self.sent > 0 && self.ok > 0, "{scenario}: {self:?}");
+    }
+}
+
+/// Runs `clients` loops of unary requests for `duration`, judging failures by `expected`.
+async fn load(
+    url: &str,
+    clients: usize,
+    duration: Duration,
+    request: GenerateRequest,
+    expected: &'static [Code],
+) -> Tally {
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let stop_at = Instant::now() + duration;
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| {
+            let (url, tally, request) = (url.to_string(), tally.clone(), request.clone());
+            tokio::spawn(async move {
+                let mut client = gateway_client(&url).await;
+                while Instant::now() < stop_at {
+                    let result =
+                        tokio::time::timeout(LOST_AFTER, client.generate(request.clone())).await;
+                    let mut t = tally.lock().unwrap();
+                    t.sent += 1;
+                    match result {
+                        Err(_) => t.lost += 1,
+                        Ok(Ok(_)) => t.ok += 1,
+                        Ok(Err(s)) if expected.contains(&s.code()) => t.failed_right += 1,
+                        Ok(Err(s)) => {
+                            t.failed_wrong
+                                .push(format!("{:?}: {}", s.code(), s.message()))
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    Arc::try_unwrap(tally).unwrap().into_inner().unwrap()
+}
+
+fn with_deadline(mut request: GenerateRequest) -> tonic::Request<GenerateRequest> {
+    request.params = Some(GenerationParams {
+        max_tokens: Some(8),
+        ..Default::default()
+    });
+    let mut r = tonic::Request::new(request);
+    r.set_timeout(Duration::from_secs(1));
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_a_worker_under_load() {
+    let redis = shared_redis_url();
+    let mesh = unique_mesh("fault-kill");
+    let r = Some((redis.as_str(), mesh.as_str()));
+    let mut doomed = Process::start(
+        "doomed",
+        "worker",
+        &sim_worker_yaml(r, "a-doomed", "m", "small", FAST),
+        &[],
+    )
+    .unwrap();
+    let _survivor = Process::start(
+        "survivor",
+        "worker",
+        &sim_worker_yaml(r, "b-survivor", "m", "small", FAST),
+        &[],
+    )
+    .unwrap();
+    let gateway = Process::start("gateway", "gateway", &gateway_yaml(r), &[]).unwrap();
+    let url = gateway.gateway_url();
+    eventually(Duration::from_secs(10), "two workers", || {
+        let url = url.clone();
+        async move {
+            gateway_client(&url)
+                .await
+                .route(ask("hi"))
+                .await
+                .map(|d| d.into_inner().candidates.len() == 2)
+                .unwrap_or(false)
+        }
+    })
+    .await;
+    let killer = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        doomed.kill();
+    });
+    let tally = load(
+        &url,
+        4,
+        Duration::from_secs(3),
+        ask("hello"),
+        &[Code::Unavailable],
+    )
+    .await;
+    killer.await.unwrap();
+    tally.report("kill -9 one of two workers under load");
+    delete_mesh_keys(&redis, &mesh).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_accepts_and_never_answers() {
+    let blackhole = sim_worker_yaml(None, "a-blackhole", "m", "small", "{stall_rate: 1.0}");
+    let healthy =
+        sim_worker_yaml(None, "b-healthy", "m", "small", FAST).replacen("workers:\n", "", 1);
+    let mesh = Process::start(
+        "mesh",
+        "up",
+        &format!("{}{blackhole}{healthy}", gateway_yaml(None)),
+        &[],
+    )
+    .unwrap();
+    let url = mesh.gateway_url();
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let mut client = gateway_client(&url).await;
+    let stop_at = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < stop_at {
+        let result =
+            tokio::time::timeout(LOST_AFTER, client.generate(with_deadline(ask("hello")))).await;
+        let mut t = tally.lock().unwrap();
+        t.sent += 1;
+        match result {
+            Err(_) => t.lost += 1,
+            Ok(Ok(_)) => t.ok += 1,
+            // The client's 1 s deadline ends requests stuck at the black hole.
+            Ok(Err(s)) if matches!(s.code(), Code::DeadlineExceeded | Code::Cancelled) => {
+                t.failed_right += 1
+            }
+            Ok(Err(s)) => t
+                .failed_wrong
+                .push(format!("{:?}: {}", s.code(), s.message())),
+        }
+    }
+    let tally = Arc::try_unwrap(tally).unwrap().into_inner().unwrap();
+    tally.report("a worker that accepts and never answers (client deadline 1 s)");
+    // Timeouts raise the black hole's observed error rate: most traffic moves away.
+    assert!(tally.ok > tally.failed_right, "{tally:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_at_five_times_capacity() {
+    // Capacity: 2 slots + 2 queued at the worker, 8 at the gateway; 40 at once.
+    let worker = sim_worker_yaml(
+        None,
+        "w",
+        "m",
+        "small",
+        "{ttft_ms: {median: 50}, tokens_per_second: {median: 200}, output_tokens: {median: 8}}",
+    )
+    .replace(
+        "    registration_ttl",
+        "    capacity: 2\n    max_queue: 2\n    registration_ttl",
+    );
+    let mesh = Process::start(
+        "mesh",
+        "up",
+        &format!(
+            "{}{worker}",
+            gateway_yaml_with(None, "  max_concurrent_requests: 8\n")
+        ),
+        &[],
+    )
+    .unwrap();
+    let tally = load(
+        &mesh.gateway_url(),
+        40,
+        Duration::from_secs(2),
+        ask("hello"),
+        &[Code::ResourceExhausted],
+    )
+    .await;
+    tally.report("a burst at 5x capacity (40 clients, 2 slots + 2 queued)");
+    assert!(
+        tally.failed_right > 0,
+        "the excess is refused, not queued: {tally:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_disconnect_mid_stream() {
+    let worker = sim_worker_yaml(
+        None,
+        "w",
+        "m",
+        "small",
+        "{ttft_ms: {median: 2}, tokens_per_second: {median: 50}, output_tokens: {median: 200}}",
+    );
+    let mesh = Process::start(
+        "mesh",
+        "up",
+        &format!("{}{worker}", gateway_yaml(None)),
+        &[],
+    )
+    .unwrap();
+    let url = mesh.gateway_url();
+    let mut tally = Tally::default();
+    for _ in 0..10 {
+        let mut client = gateway_client(&url).await;
+        let mut stream = client
+            .generate_stream(ask("a long story"))
+            .await
+            .unwrap()
+            .into_inner();
+        stream.message().await.unwrap();
+        stream.message().await.unwrap();
+        drop(stream); // the client goes away mid-stream
+        tally.sent += 1;
+        tally.failed_right += 1;
+    }
+    // Nothing leaks: the worker's slots free up and new requests are served.
+    eventually(Duration::from_secs(10), "no request left in flight", || {
+        let url = url.clone();
+        async move {
+            let models = gateway_client(&url)
+                .await
+                .list_models(routemesh_proto::v1::ListModelsRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+                .models;
+            models.iter().flat_map(|m| &m.workers).all(|w| {
+                w.gateway_in_flight == 0 && w.load.as_ref().is_some_and(|l| l.in_flight == 0)
+            })
+        }
+    })
+    .await;
+    let mut client = gateway_client(&url).await;
+    let mut short = ask("short");
+    short.params = Some(GenerationParams {
+        max_tokens: Some(4),
+        ..Default::default()
+    });
+    for _ in 0..5 {
+        client.generate(short.clone()).await.unwrap();
+        tally.sent += 1;
+        tally.ok += 1;
+    }
+    tally.report("10 clients disconnecting mid-stream, then 5 requests");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_and_missing_keys() {
+    // sha256("sk-good")
+    let digest = "4c3fe847ba5369a26bb663f9713c893e7e9407c376d5e33038740063b5a09125";
+    let keys = format!("  auth:\n    keys:\n      - tenant: acme\n        sha256: {digest}\n");
+    let worker = sim_worker_yaml(None, "w", "m", "small", FAST);
+    let mesh = Process::start(
+        "mesh",
+        "up",
+        &format!("{}{worker}", gateway_yaml_with(None, &keys)),
+        &[],
+    )
+    .unwrap();
+    let mut client = gateway_client(&mesh.gateway_url()).await;
+    let mut tally = Tally::default();
+    for key in [None, Some("sk-bad"), Some(""), Some("sk-good-but-longer")] {
+        let mut request = tonic::Request::new(ask("hi"));
+        if let Some(k) = key {
+            request
+                .metadata_mut()
+                .insert("authorization", format!("Bearer {k}").parse().unwrap());
+        }
+        tally.sent += 1;
+        match client.generate(request).await {
+            Err(s) if s.code() == Code::Unauthenticated => tally.failed_right += 1,
+            other => tally.failed_wrong.push(format!("{key:?}: {other:?}")),
+        }
+    }
+    let mut request = tonic::Request::new(ask("hi"));
+    request
+        .metadata_mut()
+        .insert("authorization", "Bearer sk-good".parse().unwrap());
+    tally.sent += 1;
+    match client.generate(request).await {
+        Ok(_) => tally.ok += 1,
+        Err(s) => tally.failed_wrong.push(format!("good key refused: {s:?}")),
+    }
+    tally.report("missing, invalid and wrong API keys (no key expiry yet)");
+}

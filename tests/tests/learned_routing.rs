@@ -1,0 +1,222 @@
+//! The gateway routing with the default router artifact (ONNX encoder and
+//! learned quality predictor) end to end: predictions depend on the prompt,
+//! Generate follows the same decision as Route, models the artifact does not
+//! know fall back to priors. Needs the encoder assets (`./dev test` fetches
+//! them and sets ROUTEMESH_ASSETS); skips, saying so, without them.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use routemesh_proto::v1::{GenerateRequest, RouteDecision};
+use routemesh_tests::*;
+
+const FAST: &str =
+    "{ttft_ms: {median: 1}, tokens_per_second: {median: 0}, output_tokens: {median: 8}}";
+
+fn mesh_yaml(assets: &str, extra_worker: &str) -> String {
+    let artifact = workspace_root().join("router/artifacts/default");
+    let workers = [
+        sim_worker_yaml(None, "llama-8b-0", "llama-3.1-8b-instruct", "small", FAST),
+        sim_worker_yaml(None, "qwen-7b-0", "qwen2.5-7b-instruct", "small", FAST),
+        sim_worker_yaml(
+            None,
+            "nemotron-49b-0",
+            "llama-3.3-nemotron-super-49b-v1",
+            "large",
+            FAST,
+        ),
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, w)| {
+        if i == 0 {
+            w.clone()
+        } else {
+            w.replacen("workers:\n", "", 1)
+        }
+    })
+    .collect::<String>();
+    format!(
+        "{}{workers}{extra_worker}",
+        gateway_yaml_with(
+            None,
+            &format!(
+                "  router: {{artifact: {}, assets: {assets}}}\n",
+                artifact.display()
+            )
+        )
+    )
+}
+
+fn by_model(d: &RouteDecision) -> Vec<(String, f64, String)> {
+    let mut v: Vec<_> = d
+        .candidates
+        .iter()
+        .map(|c| {
+            (
+                c.model.clone(),
+                c.predicted_quality,
+                c.quality_source.clone(),
+            )
+        })
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_with_the_default_artifact() {
+    let Some(assets) = std::env::var_os("ROUTEMESH_ASSETS") else {
+        eprintln!(
+            "SKIP: ROUTEMESH_ASSETS not set (run scripts/fetch-router-assets.sh, or ./dev test)"
+        );
+        return;
+    };
+    let assets = assets.to_string_lossy().to_string();
+    let extra = sim_worker_yaml(None, "mystery-0", "mystery-model", "small", FAST).replacen(
+        "workers:\n",
+        "",
+        1,
+    );
+    let mesh = Process::start("mesh", "up", &mesh_yaml(&assets, &extra), &[]).unwrap();
+    let mut client = gateway_client(&mesh.gateway_url()).await;
+
+    let math =
+        "Let f(x) = x^3 sin(x). Compute f''(x) and evaluate it at x = pi/2, showing every step.";
+    let chat = "Write a friendly one-line greeting for a coffee shop sign.";
+    let d_math = client.route(ask(math)).await.unwrap().into_inner();
+    let d_chat = client.route(ask(chat)).await.unwrap().into_inner();
+
+    // The artifact's models are scored by the router; the unknown one by its prior.
+    for (model, quality, source) in by_model(&d_math) {
+        if model == "mystery-model" {
+            assert_eq!(source, "prior");
+            assert!((quality - 0.55).abs() < 1e-9);
+        } else {
+            assert_eq!(source, "router", "{model}");
+            assert!((0.0..=1.0).contains(&quality), "{model}: {quality}");
+        }
+    }
+    // Predictions depend on the prompt.
+    let (m, c) = (by_model(&d_math), by_model(&d_chat));
+    assert!(
+        m.iter().zip(&c).any(|(a, b)| (a.1 - b.1).abs() > 1e-3),
+        "{m:?} vs {c:?}"
+    );
+    assert!(
+        d_math.reason.contains("(router)") || d_math.reason.contains("(prior)"),
+        "{}",
+        d_math.reason
+    );
+
+    // Decisions are stable, and Generate serves where Route said.
+    let again = client.route(ask(math)).await.unwrap().into_inner();
+    assert_eq!(again.model, d_math.model);
+    let served = client
+        .generate(GenerateRequest { ..ask(math) })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(served.usage.unwrap().model, d_math.model);
+    assert_eq!(served.route.unwrap().model, d_math.model);
+
+    // Odd input: empty-looking, huge and odd-Unicode prompts route without error.
+    for prompt in [
+        ".",
+        &"word ".repeat(5000),
+        "🦀🦀 ¿qué? \u{200b}\u{202e}עברית 東京 \u{0}",
+    ] {
+        let d = client.route(ask(prompt)).await.unwrap().into_inner();
+        assert!(!d.model.is_empty());
+    }
+
+    eprintln!(
+        "math prompt -> {} ({m:?}); chat prompt -> {} ({c:?})",
+        d_math.model, d_chat.model
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feedback_moves_similar_prompts_only() {
+    let Some(assets) = std::env::var_os("ROUTEMESH_ASSETS") else {
+        eprintln!(
+            "SKIP: ROUTEMESH_ASSETS not set (run scripts/fetch-router-assets.sh, or ./dev test)"
+        );
+        return;
+    };
+    // Quality alone decides here (the harness prices the large tier like GPT-4).
+    let yaml = mesh_yaml(&assets.to_string_lossy(), "")
+        .replace("  router: {", "  cost_weight: 0.0\n  router: {");
+    let mesh = Process::start("mesh", "up", &yaml, &[]).unwrap();
+    let mut client = gateway_client(&mesh.gateway_url()).await;
+    let large = "llama-3.3-nemotron-super-49b-v1";
+    let (rated, similar, other) = (
+        "Solve for x: 3x^2 - 12x + 9 = 0.",
+        "Solve for y: 2y^2 - 8y + 6 = 0.",
+        "Write a friendly greeting for a coffee shop sign.",
+    );
+    let region = |d: &RouteDecision| d.prompt_region.clone();
+    let before_similar = client.route(ask(similar)).await.unwrap().into_inner();
+    let before_other = client.route(ask(other)).await.unwrap().into_inner();
+    assert_eq!(
+        before_similar.model, large,
+        "the router sends the equation to the large model at first: {before_similar:?}"
+    );
+    assert_eq!(
+        region(&client.route(ask(rated)).await.unwrap().into_inner()),
+        region(&before_similar),
+        "similar prompts share a region"
+    );
+    assert_ne!(region(&before_other), region(&before_similar));
+
+    // Users rate the large model's answers to the equation as wrong.
+    for i in 0..15 {
+        let req = GenerateRequest {
+            request_id: format!("fb-{i}"),
+            model: large.into(),
+            ..ask(rated)
+        };
+        let id = client.generate(req).await.unwrap().into_inner().request_id;
+        client
+            .feedback(routemesh_proto::v1::FeedbackRequest {
+                request_id: id,
+                score: 0.0,
+                comment: String::new(),
+            })
+            .await
+            .unwrap();
+    }
+    eventually(
+        std::time::Duration::from_secs(10),
+        "the similar prompt moves off the large model",
+        || {
+            let mut c = client.clone();
+            async move { c.route(ask(similar)).await.unwrap().into_inner().model != large }
+        },
+    )
+    .await;
+    let after = client.route(ask(similar)).await.unwrap().into_inner();
+    let large_after = after.candidates.iter().find(|c| c.model == large).unwrap();
+    assert_eq!(large_after.quality_source, "router+feedback");
+    // A prompt of another region keeps its prediction.
+    let other_after = client.route(ask(other)).await.unwrap().into_inner();
+    let q = |d: &RouteDecision| {
+        d.candidates
+            .iter()
+            .find(|c| c.model == large)
+            .map(|c| (c.predicted_quality, c.quality_source.clone()))
+    };
+    assert_eq!(q(&other_after), q(&before_other));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_encoder_is_a_clear_startup_error() {
+    let yaml = mesh_yaml("/nonexistent/assets", "");
+    let err = match Process::start("mesh", "up", &yaml, &[]) {
+        Ok(_) => panic!("a router named explicitly must load"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("fetch-router-assets"),
+        "the error says how to fetch the assets: {err}"
+    );
+}
