@@ -104,6 +104,9 @@ enum Command {
         #[command(subcommand)]
         command: routemesh_router::cli::RouterCommand,
     },
+    /// Load generator: open loop (--rate) or closed loop (--concurrency)
+    /// against a gateway, a worker or an OpenAI-compatible HTTP server.
+    Bench(routemesh_gateway::bench::BenchArgs),
     /// Check a configuration file and print it with every default filled in.
     CheckConfig {
         /// The file to check.
@@ -463,6 +466,7 @@ async fn main() -> anyhow::Result<()> {
             let config = load(common.config.as_deref(), None)?;
             print_cost(&config, hours, daily, json).await
         }
+        Command::Bench(args) => routemesh_gateway::bench::run(args).await,
         Command::CheckConfig { file } => {
             let config = Config::from_file(&file)?;
             print!("{}", serde_norway::to_string(&config)?);

@@ -1,0 +1,93 @@
+# Shared by the benchmark scripts in this folder (sourced, not run).
+# Everything listens on 127.0.0.1 only, and every process started here is
+# stopped on exit.
+
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+BIN=$CARGO_TARGET_DIR/release/routemesh
+WORK=$(mktemp -d -t routemesh-bench.XXXXXX)
+PIDS=()
+
+cleanup() {
+    # Only the processes this script started, by pid.
+    for pid in "${PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# The release binary: benchmarks of a debug build measure the debug build.
+build_release() {
+    (cd "$ROOT" && cargo build --release --quiet --bin routemesh)
+}
+
+# Prints what the numbers should be read with: the machine and its load.
+machine_info() {
+    echo "date:    $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+    echo "commit:  $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+    echo "cpu:     $(nproc) x $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
+    echo "memory:  $(free -h | awk '/^Mem:/ {print $2}')"
+    echo "load:    $(cut -d' ' -f1-3 /proc/loadavg) (1/5/15 min, before the run)"
+}
+
+# wait_for_file FILE SECONDS
+wait_for_file() {
+    local deadline=$((SECONDS + $2))
+    until [ -s "$1" ]; do
+        if [ $SECONDS -ge $deadline ]; then
+            echo "timed out waiting for $1" >&2
+            return 1
+        fi
+        sleep 0.05
+    done
+}
+
+# start_routemesh NAME SUBCOMMAND YAML [ARGS...]: runs `routemesh SUBCOMMAND`
+# with YAML as its config; sets PROC_PID and PROC_READY (the ready JSON file,
+# with the addresses it bound).
+start_routemesh() {
+    local name=$1 sub=$2 yaml=$3
+    shift 3
+    echo "$yaml" > "$WORK/$name.yaml"
+    # warn: per-request info logs would be measured too.
+    RUST_LOG=${RUST_LOG:-warn} "$BIN" "$sub" --config "$WORK/$name.yaml" \
+        --ready-file "$WORK/$name.ready.json" "$@" > "$WORK/$name.log" 2>&1 &
+    PROC_PID=$!
+    PIDS+=("$PROC_PID")
+    PROC_READY=$WORK/$name.ready.json
+    wait_for_file "$PROC_READY" 60 || { cat "$WORK/$name.log" >&2; return 1; }
+}
+
+# start_mesh NAME YAML: `routemesh up` on free ports; sets MESH_PID and
+# MESH_READY.
+start_mesh() {
+    start_routemesh "$1" up "$2" --listen 127.0.0.1:0 --http-listen 127.0.0.1:0
+    MESH_PID=$PROC_PID
+    MESH_READY=$PROC_READY
+}
+
+# ready_field FILE PYTHON-EXPR-ON-d
+ready_field() {
+    python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print($2)" "$1"
+}
+
+# Resident memory of a process in MiB (now, and the peak since it started).
+rss_mib() {
+    awk '/^VmRSS:/ {printf "%.1f", $2/1024}' "/proc/$1/status"
+}
+peak_rss_mib() {
+    awk '/^VmHWM:/ {printf "%.1f", $2/1024}' "/proc/$1/status"
+}
+
+# bench OUT.json ARGS...: one `routemesh bench` run, JSON kept in OUT.json.
+bench() {
+    local out=$1
+    shift
+    "$BIN" bench --json --output "$out" "$@" > /dev/null
+}
