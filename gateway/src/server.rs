@@ -119,6 +119,11 @@ fn serve_http(
         source,
     })?;
     let app = app.layer(tower_http::trace::TraceLayer::new_for_http());
+    // Without TCP_NODELAY the last SSE chunks of a stream wait ~40 ms for
+    // Nagle's algorithm (measured by the streaming benchmark).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let task = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(stop.cancelled_owned())

@@ -67,7 +67,7 @@ start_routemesh() {
 # start_mesh NAME YAML: `routemesh up` on free ports; sets MESH_PID and
 # MESH_READY.
 start_mesh() {
-    start_routemesh "$1" up "$2" --listen 127.0.0.1:0 --http-listen 127.0.0.1:0
+    start_routemesh "$1" up "$2" --listen 127.0.0.1:0 --http-listen 127.0.0.1:0 --admin-listen 127.0.0.1:0
     MESH_PID=$PROC_PID
     MESH_READY=$PROC_READY
 }

@@ -56,7 +56,7 @@ start_routemesh gateway gateway "gateway:
 static_workers:
   - {id: paced-0, model: paced, tier: small, endpoint: \"$PACED\", input_usd_per_mtok: 0.2, output_usd_per_mtok: 0.2}
   - {id: instant-0, model: instant, tier: small, endpoint: \"$INSTANT\", input_usd_per_mtok: 0.2, output_usd_per_mtok: 0.2}" \
-    --listen 127.0.0.1:0 --http-listen 127.0.0.1:0
+    --listen 127.0.0.1:0 --http-listen 127.0.0.1:0 --admin-listen 127.0.0.1:0
 GW_PID=$PROC_PID
 GATEWAY=$(ready_field "$PROC_READY" 'd["gateway"]')
 HTTP=http://$(ready_field "$PROC_READY" 'd["http"]')

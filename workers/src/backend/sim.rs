@@ -356,7 +356,10 @@ impl Backend for SimBackend {
                     None => std::future::pending::<()>().await,
                 }
             }
-            tokio::time::sleep_until(start + plan.ttft).await;
+            // A zero delay must not wait for the timer's next millisecond tick.
+            if !plan.ttft.is_zero() {
+                tokio::time::sleep_until(start + plan.ttft).await;
+            }
             if plan.fail {
                 return tx.fail(EngineError::Injected).await;
             }
