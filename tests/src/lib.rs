@@ -394,3 +394,25 @@ pub fn routing_data() -> Option<PathBuf> {
         None
     }
 }
+
+/// Waits until the gateway at `url` routes among `workers` workers (they
+/// registered and passed their first load check).
+pub async fn wait_for_pool(url: &str, workers: usize) {
+    let url = url.to_string();
+    eventually(
+        Duration::from_secs(10),
+        &format!("{workers} workers in the pool"),
+        || {
+            let url = url.clone();
+            async move {
+                gateway_client(&url)
+                    .await
+                    .route(ask("hi"))
+                    .await
+                    .map(|d| d.into_inner().candidates.len() == workers)
+                    .unwrap_or(false)
+            }
+        },
+    )
+    .await;
+}

@@ -117,18 +117,7 @@ async fn kill_9_a_worker_under_load() {
     .unwrap();
     let gateway = Process::start("gateway", "gateway", &gateway_yaml(r), &[]).unwrap();
     let url = gateway.gateway_url();
-    eventually(Duration::from_secs(10), "two workers", || {
-        let url = url.clone();
-        async move {
-            gateway_client(&url)
-                .await
-                .route(ask("hi"))
-                .await
-                .map(|d| d.into_inner().candidates.len() == 2)
-                .unwrap_or(false)
-        }
-    })
-    .await;
+    wait_for_pool(&url, 2).await;
     let killer = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_secs(1)).await;
         doomed.kill();

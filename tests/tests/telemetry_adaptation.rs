@@ -138,16 +138,7 @@ async fn a_failing_worker_loses_traffic_and_wins_it_back() {
     .unwrap();
     let gateway = Process::start("gateway", "gateway", &gateway_yaml(r), &[]).unwrap();
     let mut client = gateway_client(&gateway.gateway_url()).await;
-    eventually(Duration::from_secs(10), "both workers in the pool", || {
-        let mut c = client.clone();
-        async move {
-            c.route(ask("hi"))
-                .await
-                .map(|d| d.into_inner().candidates.len() == 2)
-                .unwrap_or(false)
-        }
-    })
-    .await;
+    wait_for_pool(&gateway.gateway_url(), 2).await;
 
     // Every failure at the flaky worker fails over to the steady one: no
     // client error, and the flaky worker's observed error rate climbs until
@@ -227,16 +218,7 @@ async fn a_slow_worker_loses_traffic_to_a_fast_one() {
     )
     .unwrap();
     let mut client = gateway_client(&gateway.gateway_url()).await;
-    eventually(Duration::from_secs(10), "both workers in the pool", || {
-        let mut c = client.clone();
-        async move {
-            c.route(ask("hi"))
-                .await
-                .map(|d| d.into_inner().candidates.len() == 2)
-                .unwrap_or(false)
-        }
-    })
-    .await;
+    wait_for_pool(&gateway.gateway_url(), 2).await;
     // At first nothing is known and the tie goes to a-slow; once its speed is
     // observed, traffic moves to the fast worker.
     send(&mut client, 5).await;
@@ -308,16 +290,7 @@ async fn feedback_moves_traffic_between_models() {
     )
     .unwrap();
     let mut client = gateway_client(&gateway.gateway_url()).await;
-    eventually(Duration::from_secs(10), "both models in the pool", || {
-        let mut c = client.clone();
-        async move {
-            c.route(ask("hi"))
-                .await
-                .map(|d| d.into_inner().candidates.len() == 2)
-                .unwrap_or(false)
-        }
-    })
-    .await;
+    wait_for_pool(&gateway.gateway_url(), 2).await;
     let first = client.generate(ask("hi")).await.unwrap().into_inner();
     assert_eq!(first.usage.as_ref().unwrap().model, "large-model");
     // Users report the large model's answers as bad.
