@@ -10,9 +10,14 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use routemesh_gateway::quality::{QualityModel, RouterSettings};
 
 fn bench(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let settings = RouterSettings {
-        artifact: Some(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../router/artifacts/default")),
+        artifact: Some(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../router/artifacts/default"),
+        ),
         ..RouterSettings::default()
     };
     let model = match runtime.block_on(QualityModel::load(&settings)) {
@@ -24,7 +29,9 @@ fn bench(c: &mut Criterion) {
     };
     let prompt = "Janet has 16 eggs, eats 3 and bakes with 4. She sells the rest at $2 each. How much does she earn?";
     runtime.block_on(model.predict(prompt)).unwrap();
-    c.bench_function("router_prediction_cache_hit", |b| b.iter(|| runtime.block_on(model.predict(prompt))));
+    c.bench_function("router_prediction_cache_hit", |b| {
+        b.iter(|| runtime.block_on(model.predict(prompt)))
+    });
     let mut i = 0u64;
     c.bench_function("router_prediction_cache_miss", |b| {
         b.iter(|| {
