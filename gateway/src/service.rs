@@ -54,6 +54,13 @@ impl std::fmt::Debug for GatewayState {
     }
 }
 
+/// The workers a request has tried, and why the last one failed.
+#[derive(Debug, Default)]
+struct Attempts {
+    excluded: Vec<String>,
+    last_failure: Option<GatewayError>,
+}
+
 /// A decision with the worker it chose.
 struct Routed {
     worker: Arc<WorkerHandle>,
@@ -300,6 +307,53 @@ impl GatewayState {
         request.set_timeout(remaining);
         routemesh_worker::trace_context::inject(span, request.metadata_mut());
         request
+    }
+
+    /// The next worker for `req`, avoiding those already tried. Running out
+    /// of workers after a failover reports that failure, not "no worker".
+    fn next_worker(
+        &self,
+        req: &ValidRequest,
+        snapshot: &Snapshot,
+        predicted: Option<&Predicted>,
+        attempts: &mut Attempts,
+    ) -> Result<Routed, GatewayError> {
+        self.route(req, snapshot, &attempts.excluded, predicted)
+            .map_err(|e| attempts.last_failure.take().unwrap_or(e))
+    }
+
+    /// After a failed call (before any token reached the client): `Ok` when
+    /// the request may move to another worker, else the error it ends with.
+    fn after_failure(
+        &self,
+        req: &ValidRequest,
+        worker: &WorkerHandle,
+        status: Status,
+        started: Instant,
+        budget: Duration,
+        attempts: &mut Attempts,
+    ) -> Result<(), GatewayError> {
+        let status = connection_lost(status);
+        self.record(req, worker, outcome_of(&status), None, started);
+        let retry = Self::should_fail_over(worker, &status);
+        let tries = attempts.excluded.len() as u32 + 1;
+        if retry && tries < self.config.max_attempts && self.retry_budget.try_withdraw() {
+            tracing::info!(worker = %worker.record.id, %status, "failing over");
+            crate::metrics::failover(&worker.record.model);
+            attempts.excluded.push(worker.record.id.clone());
+            attempts.last_failure = Some(GatewayError::Worker {
+                worker_id: worker.record.id.clone(),
+                status,
+            });
+            return Ok(());
+        }
+        if status.code() == Code::DeadlineExceeded {
+            return Err(GatewayError::Deadline(budget));
+        }
+        Err(GatewayError::Worker {
+            worker_id: worker.record.id.clone(),
+            status,
+        })
     }
 
     /// Whether another worker may be tried after `status`: the worker said no
@@ -587,21 +641,17 @@ impl GatewayService {
         let req = state.accept(request, &snapshot)?;
         state.check_limits(&req).await?;
         let predicted = state.predict(&req).await;
-        let mut excluded = Vec::new();
-        // After a failover, running out of workers reports the real failure.
-        let mut last_failure: Option<GatewayError> = None;
+        let mut attempts = Attempts::default();
         loop {
             let Routed {
                 worker,
                 explanation,
-            } = state
-                .route(&req, &snapshot, &excluded, predicted.as_ref())
-                .map_err(|e| last_failure.take().unwrap_or(e))?;
+            } = state.next_worker(&req, &snapshot, predicted.as_ref(), &mut attempts)?;
             let _in_flight = worker.begin();
             let started = Instant::now();
             let remaining = deadline.saturating_duration_since(started);
             let mut client = worker.client.clone();
-            let call_span = worker_call_span(&worker, excluded.len() + 1);
+            let call_span = worker_call_span(&worker, attempts.excluded.len() + 1);
             let call = client.generate(state.worker_request(&req, &worker, remaining, &call_span));
             let result = match tokio::time::timeout(remaining, call.instrument(call_span)).await {
                 Ok(result) => result,
@@ -626,33 +676,7 @@ impl GatewayService {
                     return Ok(with_request_id(message, &req.request_id));
                 }
                 Err(status) => {
-                    let status = connection_lost(status);
-                    state.record(&req, &worker, outcome_of(&status), None, started);
-                    let retry = GatewayState::should_fail_over(&worker, &status);
-                    let attempts = excluded.len() as u32 + 1;
-                    if retry
-                        && attempts < state.config.max_attempts
-                        && state.retry_budget.try_withdraw()
-                    {
-                        tracing::info!(worker = %worker.record.id, %status, "failing over");
-                        crate::metrics::failover(&worker.record.model);
-                        excluded.push(worker.record.id.clone());
-                        last_failure = Some(GatewayError::Worker {
-                            worker_id: worker.record.id.clone(),
-                            status,
-                        });
-                        continue;
-                    }
-                    if status.code() == Code::DeadlineExceeded
-                        || status.code() == Code::Cancelled && Instant::now() >= deadline
-                    {
-                        return Err(GatewayError::Deadline(budget).into());
-                    }
-                    return Err(GatewayError::Worker {
-                        worker_id: worker.record.id.clone(),
-                        status,
-                    }
-                    .into());
+                    state.after_failure(&req, &worker, status, started, budget, &mut attempts)?;
                 }
             }
         }
@@ -674,20 +698,16 @@ impl GatewayService {
 
         // Open a stream and wait for its first event; until then a failure
         // where no model ran moves the request to another worker.
-        let mut excluded = Vec::new();
-        // After a failover, running out of workers reports the real failure.
-        let mut last_failure: Option<GatewayError> = None;
+        let mut attempts = Attempts::default();
         let (worker, explanation, in_flight, mut upstream, first, started, call_span) = loop {
             let Routed {
                 worker,
                 explanation,
-            } = state
-                .route(&req, &snapshot, &excluded, predicted.as_ref())
-                .map_err(|e| last_failure.take().unwrap_or(e))?;
+            } = state.next_worker(&req, &snapshot, predicted.as_ref(), &mut attempts)?;
             let in_flight = worker.begin();
             let started = Instant::now();
             let remaining = deadline.saturating_duration_since(started);
-            let call_span = worker_call_span(&worker, excluded.len() + 1);
+            let call_span = worker_call_span(&worker, attempts.excluded.len() + 1);
             let opened = tokio::time::timeout(
                 remaining,
                 async {
@@ -728,27 +748,7 @@ impl GatewayService {
                     .into());
                 }
                 Err(status) => {
-                    let status = connection_lost(status);
-                    state.record(&req, &worker, outcome_of(&status), None, started);
-                    let retry = GatewayState::should_fail_over(&worker, &status);
-                    if retry
-                        && (excluded.len() as u32 + 1) < state.config.max_attempts
-                        && state.retry_budget.try_withdraw()
-                    {
-                        tracing::info!(worker = %worker.record.id, %status, "failing over before the first token");
-                        crate::metrics::failover(&worker.record.model);
-                        excluded.push(worker.record.id.clone());
-                        last_failure = Some(GatewayError::Worker {
-                            worker_id: worker.record.id.clone(),
-                            status,
-                        });
-                        continue;
-                    }
-                    return Err(GatewayError::Worker {
-                        worker_id: worker.record.id.clone(),
-                        status,
-                    }
-                    .into());
+                    state.after_failure(&req, &worker, status, started, budget, &mut attempts)?;
                 }
             }
         };
