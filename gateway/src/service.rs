@@ -54,6 +54,17 @@ impl std::fmt::Debug for GatewayState {
     }
 }
 
+/// A generation request past admission, validation and the tenant's limits.
+struct Admitted {
+    /// The request's slot under `max_concurrent_requests`; held while it runs.
+    permit: tokio::sync::OwnedSemaphorePermit,
+    budget: Duration,
+    deadline: Instant,
+    snapshot: Snapshot,
+    req: ValidRequest,
+    predicted: Option<Predicted>,
+}
+
 /// The workers a request has tried, and why the last one failed.
 #[derive(Debug, Default)]
 struct Attempts {
@@ -496,6 +507,30 @@ impl GatewayState {
         );
     }
 
+    /// Everything a generation does before choosing a worker, in order:
+    /// admission, retry budget, deadline, validation, limits, prediction.
+    async fn admit_request(
+        &self,
+        request: Request<GenerateRequest>,
+    ) -> Result<Admitted, GatewayError> {
+        let permit = self.admit()?;
+        self.retry_budget.deposit();
+        let budget = self.budget(&request);
+        let deadline = Instant::now() + budget;
+        let snapshot = self.pool.snapshot();
+        let req = self.accept(request, &snapshot)?;
+        self.check_limits(&req).await?;
+        let predicted = self.predict(&req).await;
+        Ok(Admitted {
+            permit,
+            budget,
+            deadline,
+            snapshot,
+            req,
+            predicted,
+        })
+    }
+
     /// The tenant's rate limits and budgets, checked before any work.
     async fn check_limits(&self, req: &ValidRequest) -> Result<(), GatewayError> {
         match self
@@ -633,14 +668,14 @@ impl GatewayService {
         request: Request<GenerateRequest>,
     ) -> Result<Response<GenerateResponse>, Status> {
         let state = &self.state;
-        let _admitted = state.admit()?;
-        state.retry_budget.deposit();
-        let budget = state.budget(&request);
-        let deadline = Instant::now() + budget;
-        let snapshot = state.pool.snapshot();
-        let req = state.accept(request, &snapshot)?;
-        state.check_limits(&req).await?;
-        let predicted = state.predict(&req).await;
+        let Admitted {
+            permit: _permit,
+            budget,
+            deadline,
+            snapshot,
+            req,
+            predicted,
+        } = state.admit_request(request).await?;
         let mut attempts = Attempts::default();
         loop {
             let Routed {
@@ -687,14 +722,14 @@ impl GatewayService {
         request: Request<GenerateRequest>,
     ) -> Result<Response<EventStream>, Status> {
         let state = self.state.clone();
-        let admitted = state.admit()?;
-        state.retry_budget.deposit();
-        let budget = state.budget(&request);
-        let deadline = Instant::now() + budget;
-        let snapshot = state.pool.snapshot();
-        let req = state.accept(request, &snapshot)?;
-        state.check_limits(&req).await?;
-        let predicted = state.predict(&req).await;
+        let Admitted {
+            permit: admitted,
+            budget,
+            deadline,
+            snapshot,
+            req,
+            predicted,
+        } = state.admit_request(request).await?;
 
         // Open a stream and wait for its first event; until then a failure
         // where no model ran moves the request to another worker.

@@ -416,3 +416,30 @@ pub async fn wait_for_pool(url: &str, workers: usize) {
     )
     .await;
 }
+
+/// Waits until the gateway at `url` has `n` requests in flight to its workers.
+pub async fn wait_for_in_flight(url: &str, n: u32) {
+    let url = url.to_string();
+    eventually(
+        Duration::from_secs(10),
+        &format!("{n} requests in flight"),
+        || {
+            let url = url.clone();
+            async move {
+                let models = gateway_client(&url)
+                    .await
+                    .list_models(routemesh_proto::v1::ListModelsRequest {})
+                    .await
+                    .map(|r| r.into_inner().models)
+                    .unwrap_or_default();
+                models
+                    .iter()
+                    .flat_map(|m| &m.workers)
+                    .map(|w| w.gateway_in_flight)
+                    .sum::<u32>()
+                    == n
+            }
+        },
+    )
+    .await;
+}

@@ -6,7 +6,6 @@
 
 use std::time::Duration;
 
-use routemesh_proto::v1::ListModelsRequest;
 use routemesh_tests::*;
 use tonic::Code;
 
@@ -35,25 +34,7 @@ async fn over_the_limit_is_refused_at_once_and_health_still_answers() {
             c.generate_stream(ask("hold")).await.map(|_| ())
         }));
     }
-    eventually(Duration::from_secs(10), "two requests in flight", || {
-        let url = url.clone();
-        async move {
-            let models = gateway_client(&url)
-                .await
-                .list_models(ListModelsRequest {})
-                .await
-                .unwrap()
-                .into_inner()
-                .models;
-            models
-                .iter()
-                .flat_map(|m| &m.workers)
-                .map(|w| w.gateway_in_flight)
-                .sum::<u32>()
-                == 2
-        }
-    })
-    .await;
+    wait_for_in_flight(&url, 2).await;
 
     let mut client = gateway_client(&url).await;
     let started = std::time::Instant::now();

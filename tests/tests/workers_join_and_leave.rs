@@ -187,29 +187,7 @@ async fn a_worker_killed_mid_request_fails_the_request_promptly() {
             .await
             .map(|_| ())
     });
-    eventually(
-        Duration::from_secs(10),
-        "both requests in flight at the worker",
-        || {
-            let url = url.clone();
-            async move {
-                let mut c = gateway_client(&url).await;
-                let models = c
-                    .list_models(ListModelsRequest {})
-                    .await
-                    .unwrap()
-                    .into_inner()
-                    .models;
-                models
-                    .iter()
-                    .flat_map(|m| &m.workers)
-                    .map(|w| w.gateway_in_flight)
-                    .sum::<u32>()
-                    == 2
-            }
-        },
-    )
-    .await;
+    wait_for_in_flight(&url, 2).await;
 
     let killed_at = Instant::now();
     worker.kill();
