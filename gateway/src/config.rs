@@ -177,6 +177,9 @@ pub struct GatewayConfig {
     /// refuse them with UNAVAILABLE (false).
     #[serde(default = "yes")]
     pub limits_fail_open: bool,
+    /// The per-worker circuit breaker.
+    #[serde(default)]
+    pub circuit_breaker: crate::breaker::BreakerConfig,
     /// Per-tenant settings, by tenant name.
     #[serde(default)]
     pub tenants: std::collections::HashMap<String, crate::tenants::TenantConfig>,
@@ -407,6 +410,13 @@ impl Config {
             }
         }
         crate::auth::ApiKeys::from_config(&g.auth)?;
+        g.circuit_breaker.validate()?;
+        if g.auth.redis && self.registry.redis.is_none() {
+            return bad(
+                "auth.redis",
+                "needs `registry.redis`: stored keys live in the mesh's Redis".into(),
+            );
+        }
         if g.telemetry.window < Duration::from_secs(10)
             || g.telemetry.window > Duration::from_secs(3600)
         {

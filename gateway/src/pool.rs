@@ -15,12 +15,16 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
+use crate::breaker::{Breaker, BreakerConfig, Permit, State, Transition};
+
 /// One worker and the gateway's view of it.
 #[derive(Debug)]
 pub struct WorkerHandle {
     pub record: WorkerRecord,
     pub spec: ModelSpec,
     pub client: WorkerClient<Channel>,
+    /// Whether its requests succeed (load checks say whether it answers).
+    pub breaker: Breaker,
     in_flight: AtomicU32,
     healthy: AtomicBool,
     last_load: Mutex<Option<LoadReport>>,
@@ -29,13 +33,15 @@ pub struct WorkerHandle {
     missing_since: Mutex<Option<std::time::Instant>>,
 }
 
-/// Counts a request against a worker while it lives.
+/// Counts a request against a worker while it lives, and holds the call's
+/// breaker permit (a half-open probe slot is freed if no outcome came).
 #[derive(Debug)]
-pub struct InFlight(Arc<WorkerHandle>);
+pub struct InFlight(Arc<WorkerHandle>, Permit);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.0.breaker.release(self.1);
     }
 }
 
@@ -43,6 +49,7 @@ impl WorkerHandle {
     fn new(
         record: WorkerRecord,
         tls: Option<&ClientTlsConfig>,
+        breaker: &BreakerConfig,
     ) -> Result<Self, tonic::transport::Error> {
         let mut endpoint = Endpoint::from_shared(record.endpoint.clone())?;
         if let Some(tls) = tls.filter(|_| record.endpoint.starts_with("https://")) {
@@ -65,6 +72,7 @@ impl WorkerHandle {
         Ok(Self {
             spec,
             client: WorkerClient::new(channel),
+            breaker: Breaker::new(breaker.clone()),
             record,
             in_flight: AtomicU32::new(0),
             // Healthy until a load check says otherwise: it just registered.
@@ -74,9 +82,43 @@ impl WorkerHandle {
         })
     }
 
-    pub fn begin(self: &Arc<Self>) -> InFlight {
+    /// A call begins, let through by the breaker with `permit`.
+    pub fn begin(self: &Arc<Self>, permit: Permit) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
-        InFlight(self.clone())
+        InFlight(self.clone(), permit)
+    }
+
+    /// Claims a call through the breaker; `None` if it is open (or its
+    /// half-open probe slots were just taken).
+    pub fn try_begin(self: &Arc<Self>) -> Option<InFlight> {
+        let (permit, transition) = self.breaker.acquire(tokio::time::Instant::now());
+        if let Some(t) = transition {
+            self.breaker_moved(t);
+        }
+        permit.map(|p| self.begin(p))
+    }
+
+    /// Reports a call's outcome to the breaker: `Some(true)` the worker
+    /// failed, `Some(false)` it served, `None` nothing about its health.
+    pub fn report(&self, failed: Option<bool>) {
+        let now = tokio::time::Instant::now();
+        let transition = match failed {
+            Some(true) => self.breaker.on_failure(now),
+            Some(false) => self.breaker.on_success(now),
+            None => None,
+        };
+        if let Some(t) = transition {
+            self.breaker_moved(t);
+        }
+    }
+
+    fn breaker_moved(&self, t: Transition) {
+        if t.to == State::Open {
+            tracing::warn!(worker = %self.record.id, from = t.from.as_str(), "circuit breaker opened");
+        } else {
+            tracing::info!(worker = %self.record.id, from = t.from.as_str(), to = t.to.as_str(), "circuit breaker");
+        }
+        crate::metrics::breaker_transition(&self.record.id, &self.record.model, t);
     }
 
     pub fn in_flight(&self) -> u32 {
@@ -118,7 +160,8 @@ impl WorkerHandle {
         WorkerView {
             worker_id: &self.record.id,
             model: &self.spec,
-            healthy: self.healthy(),
+            // An open breaker keeps requests away like a failed load check.
+            healthy: self.healthy() && self.breaker.allows(tokio::time::Instant::now()),
             gateway_in_flight: self.in_flight(),
             reported_in_flight: load.as_ref().map_or(0, |l| l.in_flight),
             queue_depth: load.as_ref().map_or(0, |l| l.queue_depth),
@@ -161,6 +204,7 @@ pub type Snapshot = Arc<Vec<Arc<WorkerHandle>>>;
 pub struct Pool {
     workers: RwLock<Snapshot>,
     worker_tls: Option<ClientTlsConfig>,
+    breaker: BreakerConfig,
     registry: Arc<dyn Registry>,
     load_timeout: Duration,
     missing_grace: Duration,
@@ -184,10 +228,12 @@ impl Pool {
         load_timeout: Duration,
         missing_grace: Duration,
         worker_tls: Option<ClientTlsConfig>,
+        breaker: BreakerConfig,
     ) -> Arc<Self> {
         Arc::new(Self {
             workers: RwLock::new(Arc::new(Vec::new())),
             worker_tls,
+            breaker,
             registry,
             load_timeout,
             missing_grace,
@@ -220,7 +266,7 @@ impl Pool {
                     }
                     next.push(existing.clone());
                 }
-                None => match WorkerHandle::new(record, self.worker_tls.as_ref()) {
+                None => match WorkerHandle::new(record, self.worker_tls.as_ref(), &self.breaker) {
                     Ok(handle) => {
                         let handle = Arc::new(handle);
                         joined.push(handle.clone());
@@ -279,6 +325,7 @@ impl Pool {
         futures::future::join_all(workers.iter().map(|w| w.check_load(self.load_timeout))).await;
         for w in workers.iter() {
             crate::metrics::worker_state(&w.record.id, &w.record.model, w.healthy(), w.in_flight());
+            crate::metrics::breaker_state(&w.record.id, &w.record.model, w.breaker.state());
         }
         crate::metrics::healthy_workers(workers.iter().filter(|w| w.healthy()).count());
     }

@@ -149,14 +149,20 @@ fn policy(config: &GatewayConfig, cost_weight: f64) -> Box<dyn Policy> {
 /// telemetry stays in this process.
 /// `limits` is where tenant limits are counted (Redis for a mesh of
 /// replicas); `None` counts them in this process.
+/// `keys`: API keys with their store (Redis); `None` uses the configured
+/// keys only.
 pub async fn start_gateway(
     config: GatewayConfig,
     registry: Arc<dyn Registry>,
     shared_telemetry: Option<Telemetry>,
     limits: Option<crate::limits::Limits>,
+    keys: Option<ApiKeys>,
 ) -> Result<RunningGateway, ServeError> {
-    let keys = ApiKeys::from_config(&config.auth)
-        .map_err(|(key, why)| ServeError::Config(format!("{key}: {why}")))?;
+    let keys = match keys {
+        Some(keys) => keys,
+        None => ApiKeys::from_config(&config.auth)
+            .map_err(|(key, why)| ServeError::Config(format!("{key}: {why}")))?,
+    };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServeError::Bind {
@@ -190,6 +196,7 @@ pub async fn start_gateway(
             ),
             None => None,
         },
+        config.circuit_breaker.clone(),
     );
     // Know the pool before the first request arrives.
     pool.refresh().await;
@@ -238,26 +245,11 @@ pub async fn start_gateway(
     let service = GatewayService::new(state.clone());
     // Authentication for the Gateway service only: health and reflection stay
     // open for probes and tooling.
-    let grpc_keys = keys.clone();
-    let grpc_service = GatewayServer::new(service.clone())
-        .max_decoding_message_size(config.max_request_bytes)
-        .max_encoding_message_size(usize::MAX);
-    let grpc_service = tonic::service::interceptor::InterceptedService::new(
-        grpc_service,
-        move |mut request: tonic::Request<()>| {
-            let authorization = request
-                .metadata()
-                .get("authorization")
-                .and_then(|v| v.to_str().ok());
-            match grpc_keys.authenticate(authorization) {
-                Ok(Some(tenant)) => {
-                    request.extensions_mut().insert(tenant);
-                    Ok(request)
-                }
-                Ok(None) => Ok(request),
-                Err(e) => Err(tonic::Status::from(e)),
-            }
-        },
+    let grpc_service = crate::grpc_auth::Authenticated::new(
+        GatewayServer::new(service.clone())
+            .max_decoding_message_size(config.max_request_bytes)
+            .max_encoding_message_size(usize::MAX),
+        keys.clone(),
     );
     let stop_serving = CancellationToken::new();
     let http = match http_listener {

@@ -22,7 +22,7 @@ use crate::auth::Tenant;
 use crate::config::GatewayConfig;
 use crate::error::GatewayError;
 use crate::limits::{Limits, Refusal};
-use crate::pool::{Pool, Snapshot, WorkerHandle};
+use crate::pool::{InFlight, Pool, Snapshot, WorkerHandle};
 use crate::quality::{Predicted, QualityModel};
 use crate::recent::{Recent, Served};
 use crate::retry::RetryBudget;
@@ -322,15 +322,26 @@ impl GatewayState {
 
     /// The next worker for `req`, avoiding those already tried. Running out
     /// of workers after a failover reports that failure, not "no worker".
+    /// The call is counted in flight, with the worker's breaker permit.
     fn next_worker(
         &self,
         req: &ValidRequest,
         snapshot: &Snapshot,
         predicted: Option<&Predicted>,
         attempts: &mut Attempts,
-    ) -> Result<Routed, GatewayError> {
-        self.route(req, snapshot, &attempts.excluded, predicted)
-            .map_err(|e| attempts.last_failure.take().unwrap_or(e))
+    ) -> Result<(Routed, InFlight), GatewayError> {
+        // A worker whose last half-open probe slot went to another request
+        // since routing looked is skipped for this choice only.
+        let mut skip = attempts.excluded.clone();
+        loop {
+            let routed = self
+                .route(req, snapshot, &skip, predicted)
+                .map_err(|e| attempts.last_failure.take().unwrap_or(e))?;
+            match routed.worker.try_begin() {
+                Some(in_flight) => return Ok((routed, in_flight)),
+                None => skip.push(routed.worker.record.id.clone()),
+            }
+        }
     }
 
     /// After a failed call (before any token reached the client): `Ok` when
@@ -346,6 +357,7 @@ impl GatewayState {
     ) -> Result<(), GatewayError> {
         let status = connection_lost(status);
         self.record(req, worker, outcome_of(&status), None, started);
+        worker.report(worker_fault(&status));
         let retry = Self::should_fail_over(worker, &status);
         let tries = attempts.excluded.len() as u32 + 1;
         if retry && tries < self.config.max_attempts && self.retry_budget.try_withdraw() {
@@ -579,6 +591,21 @@ impl GatewayState {
     }
 }
 
+/// What a failed call says about the worker, for its circuit breaker:
+/// `Some(true)` it is failing; `None` the client's fault (bad input) or mere
+/// load (full), which say nothing about its health.
+fn worker_fault(status: &Status) -> Option<bool> {
+    match status.code() {
+        Code::Unavailable
+        | Code::Internal
+        | Code::Unknown
+        | Code::DataLoss
+        | Code::Unimplemented
+        | Code::DeadlineExceeded => Some(true),
+        _ => None,
+    }
+}
+
 /// Our workers never answer UNKNOWN or CANCELLED themselves: from a worker
 /// call those codes mean the connection broke (the worker died or the network
 /// failed), which for the client is UNAVAILABLE. (A deadline that passed is
@@ -678,11 +705,13 @@ impl GatewayService {
         } = state.admit_request(request).await?;
         let mut attempts = Attempts::default();
         loop {
-            let Routed {
-                worker,
-                explanation,
-            } = state.next_worker(&req, &snapshot, predicted.as_ref(), &mut attempts)?;
-            let _in_flight = worker.begin();
+            let (
+                Routed {
+                    worker,
+                    explanation,
+                },
+                _in_flight,
+            ) = state.next_worker(&req, &snapshot, predicted.as_ref(), &mut attempts)?;
             let started = Instant::now();
             let remaining = deadline.saturating_duration_since(started);
             let mut client = worker.client.clone();
@@ -692,6 +721,7 @@ impl GatewayService {
                 Ok(result) => result,
                 Err(_) => {
                     state.record(&req, &worker, Outcome::Timeout, None, started);
+                    worker.report(Some(true));
                     return Err(GatewayError::Deadline(budget).into());
                 }
             };
@@ -699,6 +729,7 @@ impl GatewayService {
                 Ok(response) => {
                     let done = response.into_inner();
                     state.record(&req, &worker, Outcome::Ok, done.usage.as_ref(), started);
+                    worker.report(Some(false));
                     state.charge(&req, done.usage.as_ref()).await;
                     state.remember(&req, &worker, predicted.as_ref());
                     let message = GenerateResponse {
@@ -735,11 +766,13 @@ impl GatewayService {
         // where no model ran moves the request to another worker.
         let mut attempts = Attempts::default();
         let (worker, explanation, in_flight, mut upstream, first, started, call_span) = loop {
-            let Routed {
-                worker,
-                explanation,
-            } = state.next_worker(&req, &snapshot, predicted.as_ref(), &mut attempts)?;
-            let in_flight = worker.begin();
+            let (
+                Routed {
+                    worker,
+                    explanation,
+                },
+                in_flight,
+            ) = state.next_worker(&req, &snapshot, predicted.as_ref(), &mut attempts)?;
             let started = Instant::now();
             let remaining = deadline.saturating_duration_since(started);
             let call_span = worker_call_span(&worker, attempts.excluded.len() + 1);
@@ -760,6 +793,7 @@ impl GatewayService {
             .await
             .map_err(|_| {
                 state.record(&req, &worker, Outcome::Timeout, None, started);
+                worker.report(Some(true));
                 Status::from(GatewayError::Deadline(budget))
             })?;
             match opened {
@@ -775,6 +809,7 @@ impl GatewayService {
                     );
                 }
                 Ok((_, None)) => {
+                    worker.report(Some(true));
                     let status = Status::internal("worker closed the stream without an event");
                     return Err(GatewayError::Worker {
                         worker_id: worker.record.id.clone(),
@@ -818,6 +853,7 @@ impl GatewayService {
                         match tokio::time::timeout(remaining, upstream.message()).await {
                             Err(_) => {
                                 state.record(&req, &worker, Outcome::Timeout, None, started);
+                                worker.report(Some(true));
                                 let _ = tx.send(Err(GatewayError::Deadline(budget).into())).await;
                                 return;
                             }
@@ -841,6 +877,7 @@ impl GatewayService {
                                     worker.mark_unhealthy();
                                 }
                                 state.record(&req, &worker, outcome_of(&status), None, started);
+                                worker.report(worker_fault(&status));
                                 let status = Status::new(
                                     status.code(),
                                     format!(
@@ -882,6 +919,7 @@ impl GatewayService {
                     }
                     Some(worker_stream_event::Event::End(end)) => {
                         state.record(&req, &worker, Outcome::Ok, end.usage.as_ref(), started);
+                        worker.report(Some(false));
                         state.charge(&req, end.usage.as_ref()).await;
                         state.remember(&req, &worker, predicted.as_ref());
                         let end = StreamEnd {
