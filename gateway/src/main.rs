@@ -24,7 +24,9 @@ struct Cli {
 #[derive(clap::Args, Clone)]
 struct Common {
     /// Configuration file (YAML). `up` without one runs the embedded demo mesh.
-    #[arg(long, short, env = "ROUTEMESH_CONFIG")]
+    // Global, so `routemesh keys add ... --config FILE` takes it after the
+    // nested subcommand too.
+    #[arg(long, short, env = "ROUTEMESH_CONFIG", global = true)]
     config: Option<PathBuf>,
     /// Write a JSON file with the bound addresses once serving (for scripts and tests).
     #[arg(long)]

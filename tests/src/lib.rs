@@ -281,6 +281,30 @@ fn signal(pid: u32, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// GET `url` with curl (plus `extra` arguments, e.g. `--cacert`): the status
+/// code and the body. Status 0 means curl could not complete the request.
+pub fn curl_get(url: &str, extra: &[&str]) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "10", "-w", "\n%{http_code}"])
+        .args(extra)
+        .arg(url)
+        .output()
+        .expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// The admin port's base URL of a process that has one.
+impl Process {
+    pub fn admin_url(&self) -> String {
+        format!(
+            "http://{}",
+            self.ready["admin"].as_str().expect("an admin port")
+        )
+    }
+}
+
 /// Runs a one-shot `routemesh` command with `yaml` as its `--config`.
 pub fn run_cli(args: &[&str], yaml: &str) -> std::process::Output {
     let dir = tempfile::tempdir().expect("a temp dir");
