@@ -161,8 +161,9 @@ pub struct GatewayConfig {
     /// Live telemetry: what is recorded, and how the router reads it.
     #[serde(default)]
     pub telemetry: TelemetryConfig,
-    /// Serve the public gRPC API over TLS; with `ca`, clients must present a
-    /// certificate from that CA.
+    /// Serve the public APIs (gRPC and the OpenAI-compatible HTTP API) over
+    /// TLS; with `ca`, clients must present a certificate from that CA. The
+    /// admin port stays plain HTTP (probes and scrapes from inside the cluster).
     #[serde(default)]
     pub tls: Option<routemesh_worker::config::TlsFiles>,
     /// TLS towards workers (`https://` endpoints): the gateway's client
@@ -411,6 +412,25 @@ impl Config {
         }
         crate::auth::ApiKeys::from_config(&g.auth)?;
         g.circuit_breaker.validate()?;
+        for (key, tls) in [("tls", &g.tls), ("worker_tls", &g.worker_tls)] {
+            if let Some(tls) = tls {
+                tls.validate().map_err(|e| {
+                    (
+                        format!("gateway.{key}.{}", e.split(':').next().unwrap_or("")),
+                        e.split_once(": ")
+                            .map_or(e.clone(), |(_, why)| why.to_string()),
+                    )
+                })?;
+            }
+        }
+        if let Some(t) = &g.worker_tls
+            && t.ca.is_none()
+        {
+            return bad(
+                "worker_tls.ca",
+                "needed to verify the workers' certificates".into(),
+            );
+        }
         if g.auth.redis && self.registry.redis.is_none() {
             return bad(
                 "auth.redis",

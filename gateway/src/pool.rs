@@ -10,10 +10,11 @@ use routemesh_proto::v1::worker_client::WorkerClient;
 use routemesh_proto::v1::{LoadReport, LoadRequest};
 use routemesh_router::{ModelSpec, WorkerView};
 use routemesh_telemetry::Stats;
+use routemesh_worker::tls::{Reloading, TlsConnector};
 use routemesh_worker::{Registry, WorkerRecord};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Channel, Endpoint};
 
 use crate::breaker::{Breaker, BreakerConfig, Permit, State, Transition};
 
@@ -48,20 +49,38 @@ impl Drop for InFlight {
 impl WorkerHandle {
     fn new(
         record: WorkerRecord,
-        tls: Option<&ClientTlsConfig>,
+        tls: Option<&WorkerTls>,
         breaker: &BreakerConfig,
-    ) -> Result<Self, tonic::transport::Error> {
-        let mut endpoint = Endpoint::from_shared(record.endpoint.clone())?;
-        if let Some(tls) = tls.filter(|_| record.endpoint.starts_with("https://")) {
-            endpoint = endpoint.tls_config(tls.clone())?;
-        }
-        let channel = endpoint
+    ) -> Result<Self, String> {
+        let https = record.endpoint.starts_with("https://");
+        // With TLS the connector does the handshake (with the client
+        // certificate current at each connection), so tonic sees http://.
+        let uri = if https && tls.is_some() {
+            record.endpoint.replacen("https://", "http://", 1)
+        } else {
+            record.endpoint.clone()
+        };
+        let endpoint = Endpoint::from_shared(uri)
+            .map_err(|e| format!("{}: {e}", record.endpoint))?
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5))
-            .keep_alive_while_idle(true)
-            .connect_lazy();
+            .keep_alive_while_idle(true);
+        let channel = match tls.filter(|_| https) {
+            Some(tls) => {
+                let host = endpoint.uri().host().unwrap_or_default().to_string();
+                let connector = TlsConnector::new(tls.clone(), &host)?;
+                endpoint.connect_with_connector_lazy(connector)
+            }
+            None if https => {
+                return Err(format!(
+                    "{}: an https:// worker needs gateway.worker_tls",
+                    record.endpoint
+                ));
+            }
+            None => endpoint.connect_lazy(),
+        };
         let spec = ModelSpec {
             name: record.model.clone(),
             tier: record.tier,
@@ -201,9 +220,12 @@ impl WorkerHandle {
 
 pub type Snapshot = Arc<Vec<Arc<WorkerHandle>>>;
 
+/// The client side of TLS towards workers, following its certificate files.
+pub type WorkerTls = Reloading<rustls::ClientConfig>;
+
 pub struct Pool {
     workers: RwLock<Snapshot>,
-    worker_tls: Option<ClientTlsConfig>,
+    worker_tls: Option<WorkerTls>,
     breaker: BreakerConfig,
     registry: Arc<dyn Registry>,
     load_timeout: Duration,
@@ -227,7 +249,7 @@ impl Pool {
         registry: Arc<dyn Registry>,
         load_timeout: Duration,
         missing_grace: Duration,
-        worker_tls: Option<ClientTlsConfig>,
+        worker_tls: Option<WorkerTls>,
         breaker: BreakerConfig,
     ) -> Arc<Self> {
         Arc::new(Self {
