@@ -274,6 +274,20 @@ impl GatewayState {
         }
         let mut explanation = explain(&req.request_id, &decision, &live, took);
         explanation.prompt_region = routed.map(|p| p.region.clone()).unwrap_or_default();
+        // The policy sees an open breaker as "unhealthy"; say which it was.
+        for c in &mut explanation.candidates {
+            if !c.eligible
+                && let Some(w) = workers.iter().find(|w| w.record.id == c.worker_id)
+                && w.healthy()
+                && w.breaker.state() != crate::breaker::State::Closed
+                && !w.breaker.allows(Instant::now())
+            {
+                c.excluded_because = format!(
+                    "circuit breaker {} (recent calls failed)",
+                    w.breaker.state().as_str().replace('_', "-")
+                );
+            }
+        }
         match decision.chosen {
             Ok(i) => Ok(Routed {
                 worker: workers[i].clone(),

@@ -88,6 +88,19 @@ async fn a_failing_engine_is_cut_off_probed_and_taken_back() {
         ],
     );
     assert!(reopened >= 2.0, "failed probes re-open it: {reopened}");
+    // Route explains why the engine is skipped (unless its backoff just ran
+    // out, when it is eligible for a probe).
+    let decision = client.route(ask("hi")).await.unwrap().into_inner();
+    let engine = decision
+        .candidates
+        .iter()
+        .find(|c| c.worker_id == "engine")
+        .unwrap();
+    assert!(
+        engine.excluded_because.starts_with("circuit breaker")
+            || engine.excluded_because.is_empty(),
+        "{engine:?}"
+    );
     // The other model never noticed.
     client.generate(pinned("sim-model")).await.unwrap();
 
