@@ -413,14 +413,10 @@ impl Config {
         crate::auth::ApiKeys::from_config(&g.auth)?;
         g.circuit_breaker.validate()?;
         for (key, tls) in [("tls", &g.tls), ("worker_tls", &g.worker_tls)] {
-            if let Some(tls) = tls {
-                tls.validate().map_err(|e| {
-                    (
-                        format!("gateway.{key}.{}", e.split(':').next().unwrap_or("")),
-                        e.split_once(": ")
-                            .map_or(e.clone(), |(_, why)| why.to_string()),
-                    )
-                })?;
+            // Its errors read "<field>: <why>".
+            if let Some(Err(e)) = tls.as_ref().map(|t| t.validate()) {
+                let (field, why) = e.split_once(": ").unwrap_or(("", &e));
+                return bad(&format!("{key}.{field}"), why.to_string());
             }
         }
         if let Some(t) = &g.worker_tls
@@ -589,5 +585,23 @@ mod tests {
             "workers:\n  - model: m\n    tier: small\n    backend: {sim: {ttft_ms: {median: fast}}}\n",
         );
         assert!(e.contains("workers[0].backend.sim.ttft_ms.median"), "{e}");
+        let e = err("gateway: {tls: {cert: a, key: b, reload_interval: 1ms}}\n");
+        assert!(e.contains("gateway.tls.reload_interval: must be"), "{e}");
+        let e = err("gateway: {worker_tls: {cert: a, key: b}}\n");
+        assert!(e.contains("gateway.worker_tls.ca: needed"), "{e}");
+        let e = err("gateway: {auth: {redis: true}}\n");
+        assert!(
+            e.contains("gateway.auth.redis: needs `registry.redis`"),
+            "{e}"
+        );
+        let e = err("gateway: {circuit_breaker: {half_open_probes: 0}}\n");
+        assert!(
+            e.contains("gateway.circuit_breaker.half_open_probes"),
+            "{e}"
+        );
+        let e = err(
+            "gateway: {auth: {keys: [{tenant: a, sha256: 4c3fe847ba5369a26bb663f9713c893e7e9407c376d5e33038740063b5a09125, expires: soon}]}}\n",
+        );
+        assert!(e.contains("gateway.auth.keys[0].expires"), "{e}");
     }
 }
