@@ -350,12 +350,13 @@ async fn keys_that_expire_and_are_revoked_under_traffic() {
         );
         serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
     };
-    let expiring = add(&["--expires-in", "2s"]);
     let revoked = add(&[]);
-    let expires_ms = expiring["expires_ms"].as_u64().unwrap();
-    let key = expiring["key"].as_str().unwrap().to_string();
     let mesh = Process::start("mesh", "up", &yaml, &[]).unwrap();
     wait_for_pool_with_key(&mesh.gateway_url(), revoked["key"].as_str().unwrap()).await;
+    // Made once the mesh serves, so its 2 s of life are all under traffic.
+    let expiring = add(&["--expires-in", "2s"]);
+    let expires_ms = expiring["expires_ms"].as_u64().unwrap();
+    let key = expiring["key"].as_str().unwrap().to_string();
 
     // Three clients use the expiring key until a second past its expiry:
     // before it every request is served; after it every one is refused with
@@ -398,7 +399,10 @@ async fn keys_that_expire_and_are_revoked_under_traffic() {
             }
         }
     }
-    assert!(tally.failed_right > 0, "{tally:?}");
+    assert!(
+        tally.ok > 0 && tally.failed_right > 0,
+        "served before expiry and refused after: {tally:?}"
+    );
 
     // A revoked key stops working within the cache TTL.
     let mut client = gateway_client(&mesh.gateway_url()).await;
