@@ -371,7 +371,7 @@ impl GatewayState {
     ) -> Result<(), GatewayError> {
         let status = connection_lost(status);
         self.record(req, worker, outcome_of(&status), None, started);
-        worker.report(worker_fault(&status));
+        worker.report(worker_fault(&status, self.full_budget(budget)));
         let retry = Self::should_fail_over(worker, &status);
         let tries = attempts.excluded.len() as u32 + 1;
         if retry && tries < self.config.max_attempts && self.retry_budget.try_withdraw() {
@@ -598,6 +598,12 @@ impl GatewayState {
         })
     }
 
+    /// Whether a request's time budget was the gateway's whole
+    /// `request_timeout` (no shorter client deadline).
+    fn full_budget(&self, budget: Duration) -> bool {
+        budget >= self.config.request_timeout
+    }
+
     fn budget<T>(&self, request: &Request<T>) -> Duration {
         client_deadline(request).map_or(self.config.request_timeout, |d| {
             d.min(self.config.request_timeout)
@@ -607,15 +613,18 @@ impl GatewayState {
 
 /// What a failed call says about the worker, for its circuit breaker:
 /// `Some(true)` it is failing; `None` the client's fault (bad input) or mere
-/// load (full), which say nothing about its health.
-fn worker_fault(status: &Status) -> Option<bool> {
+/// load (full), which say nothing about its health. A deadline counts only
+/// when it was the gateway's own (`full_budget`): a client's shorter one says
+/// nothing about the worker, and counting it would let one client with tiny
+/// deadlines open every breaker.
+fn worker_fault(status: &Status, full_budget: bool) -> Option<bool> {
     match status.code() {
         Code::Unavailable
         | Code::Internal
         | Code::Unknown
         | Code::DataLoss
-        | Code::Unimplemented
-        | Code::DeadlineExceeded => Some(true),
+        | Code::Unimplemented => Some(true),
+        Code::DeadlineExceeded => full_budget.then_some(true),
         _ => None,
     }
 }
@@ -735,7 +744,7 @@ impl GatewayService {
                 Ok(result) => result,
                 Err(_) => {
                     state.record(&req, &worker, Outcome::Timeout, None, started);
-                    worker.report(Some(true));
+                    worker.report(state.full_budget(budget).then_some(true));
                     return Err(GatewayError::Deadline(budget).into());
                 }
             };
@@ -807,7 +816,7 @@ impl GatewayService {
             .await
             .map_err(|_| {
                 state.record(&req, &worker, Outcome::Timeout, None, started);
-                worker.report(Some(true));
+                worker.report(state.full_budget(budget).then_some(true));
                 Status::from(GatewayError::Deadline(budget))
             })?;
             match opened {
@@ -867,7 +876,7 @@ impl GatewayService {
                         match tokio::time::timeout(remaining, upstream.message()).await {
                             Err(_) => {
                                 state.record(&req, &worker, Outcome::Timeout, None, started);
-                                worker.report(Some(true));
+                                worker.report(state.full_budget(budget).then_some(true));
                                 let _ = tx.send(Err(GatewayError::Deadline(budget).into())).await;
                                 return;
                             }
@@ -891,7 +900,7 @@ impl GatewayService {
                                     worker.mark_unhealthy();
                                 }
                                 state.record(&req, &worker, outcome_of(&status), None, started);
-                                worker.report(worker_fault(&status));
+                                worker.report(worker_fault(&status, state.full_budget(budget)));
                                 let status = Status::new(
                                     status.code(),
                                     format!(
@@ -1060,5 +1069,29 @@ impl Gateway for GatewayService {
         Ok(Response::new(ListModelsResponse {
             models: models.into_values().collect(),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_workers_own_failures_count_against_its_breaker() {
+        for code in [Code::Unavailable, Code::Internal, Code::Unknown] {
+            assert_eq!(worker_fault(&Status::new(code, ""), false), Some(true));
+        }
+        // Load, the client's bad input, and a deadline the client shortened
+        // say nothing about the worker.
+        for code in [
+            Code::ResourceExhausted,
+            Code::InvalidArgument,
+            Code::Cancelled,
+        ] {
+            assert_eq!(worker_fault(&Status::new(code, ""), true), None);
+        }
+        let deadline = Status::deadline_exceeded("");
+        assert_eq!(worker_fault(&deadline, false), None);
+        assert_eq!(worker_fault(&deadline, true), Some(true));
     }
 }
