@@ -183,10 +183,17 @@ pub fn decision(model: &str, policy: &'static str, deciding_term: &'static str, 
 
 pub const ROUTER_CACHE: &str = "routemesh_router_cache_lookups_total";
 pub const ROUTER_INFERENCE: &str = "routemesh_router_inference_seconds";
+/// Requests routed on priors because every router slot stayed busy.
+pub const ROUTER_OVERLOADED: &str = "routemesh_router_overloaded_total";
 
 /// A router prediction looked up in the prompt cache.
 pub fn router_cache(hit: bool) {
     counter!(ROUTER_CACHE, "result" => if hit { "hit" } else { "miss" }).increment(1);
+}
+
+/// Every router slot stayed busy: the request was routed on priors.
+pub fn router_overloaded() {
+    counter!(ROUTER_OVERLOADED).increment(1);
 }
 
 /// One encoder + predictor run.

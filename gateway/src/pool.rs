@@ -28,6 +28,9 @@ pub struct WorkerHandle {
     pub breaker: Breaker,
     in_flight: AtomicU32,
     healthy: AtomicBool,
+    /// When this worker last served a call, for telling a slow load check on
+    /// saturated cores from a dead worker.
+    last_served: Mutex<Option<tokio::time::Instant>>,
     last_load: Mutex<Option<LoadReport>>,
     /// Since when the registry stopped listing this worker (while it still
     /// answers); `None` while listed.
@@ -96,6 +99,7 @@ impl WorkerHandle {
             in_flight: AtomicU32::new(0),
             // Healthy until a load check says otherwise: it just registered.
             healthy: AtomicBool::new(true),
+            last_served: Mutex::new(None),
             last_load: Mutex::new(None),
             missing_since: Mutex::new(None),
         })
@@ -123,7 +127,12 @@ impl WorkerHandle {
         let now = tokio::time::Instant::now();
         let transition = match failed {
             Some(true) => self.breaker.on_failure(now),
-            Some(false) => self.breaker.on_success(now),
+            Some(false) => {
+                if let Ok(mut last) = self.last_served.lock() {
+                    *last = Some(now);
+                }
+                self.breaker.on_success(now)
+            }
             None => None,
         };
         if let Some(t) = transition {
@@ -151,6 +160,14 @@ impl WorkerHandle {
     /// A failed call: stop routing here until a load check succeeds.
     pub fn mark_unhealthy(&self) {
         self.healthy.store(false, Ordering::Release);
+    }
+
+    fn served_within(&self, window: Duration) -> bool {
+        self.last_served
+            .lock()
+            .ok()
+            .and_then(|l| *l)
+            .is_some_and(|t| t.elapsed() <= window)
     }
 
     pub fn last_load(&self) -> Option<LoadReport> {
@@ -209,6 +226,13 @@ impl WorkerHandle {
             Ok(Err(status)) => {
                 tracing::debug!(worker = %self.record.id, %status, "load check failed");
                 self.mark_unhealthy();
+            }
+            Err(_) if self.served_within(timeout * 2) => {
+                // The data plane proves the worker alive: a load check that
+                // times out while calls are being served means the cores are
+                // saturated, and taking the only worker out would turn
+                // overload into UNAVAILABLE for everyone.
+                tracing::debug!(worker = %self.record.id, "load check timed out; worker still serving");
             }
             Err(_) => {
                 tracing::debug!(worker = %self.record.id, "load check timed out");

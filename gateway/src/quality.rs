@@ -125,7 +125,15 @@ pub struct QualityModel {
     artifact: Option<PathBuf>,
     cache: Mutex<Cache>,
     capacity: usize,
+    /// Router runs allowed at once (one per core). Beyond that a request is
+    /// routed on priors instead of queueing for the CPU: under overload an
+    /// unbounded queue of inference jobs would take the cores from the
+    /// requests already admitted.
+    inference_slots: Option<Arc<tokio::sync::Semaphore>>,
 }
+
+/// Longest a request waits for a router slot before it is routed on priors.
+const ROUTER_SLOT_WAIT: std::time::Duration = std::time::Duration::from_millis(2);
 
 fn auto_artifact() -> Option<PathBuf> {
     std::env::var_os("ROUTEMESH_ROUTER")
@@ -176,6 +184,9 @@ impl QualityModel {
                     artifact: Some(artifact),
                     cache: Mutex::default(),
                     capacity: settings.cache_entries.max(1),
+                    inference_slots: Some(Arc::new(tokio::sync::Semaphore::new(
+                        std::thread::available_parallelism().map_or(2, |n| n.get()),
+                    ))),
                 })
             }
             Err(source) if explicit => Err(QualityError::Load {
@@ -262,9 +273,27 @@ impl QualityModel {
             return Some(hit);
         }
         crate::metrics::router_cache(false);
+        let slot = match &self.inference_slots {
+            // A short wait rides out bursts (a fast-path decision is ~0.5 ms);
+            // a longer one means the cores are saturated.
+            Some(slots) => match tokio::time::timeout(
+                ROUTER_SLOT_WAIT,
+                slots.clone().acquire_owned(),
+            )
+            .await
+            {
+                Ok(Ok(permit)) => Some(permit),
+                _ => {
+                    crate::metrics::router_overloaded();
+                    return None;
+                }
+            },
+            None => None,
+        };
         let text = prompt.to_string();
         let started = std::time::Instant::now();
         let result = tokio::task::spawn_blocking(move || {
+            let _slot = slot;
             let embedding = router.embed(&[text.as_str()])?;
             let scores = router
                 .predict_embedded(embedding.view())
