@@ -1,0 +1,150 @@
+//! AVX2 kernels for the quantized dot products: the one place in the worker
+//! that uses `unsafe`.
+//!
+//! Why unsafe: std::arch loads take raw pointers, and calling a function
+//! compiled for AVX2 is only sound on a CPU that has it. Both are guarded
+//! here: every kernel derives its block count from the lengths of all its
+//! slices, so each load is in bounds, and `Kernels::detect` only enables the
+//! AVX2 path after checking the CPU at run time. `quant`'s tests compare these
+//! kernels with the scalar reference on random data.
+#![allow(unsafe_code)]
+
+use super::quant::{BLOCK, dot_q4_1_scalar, dot_q8_0_scalar};
+
+/// Which dot-product implementation this CPU runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Kernels {
+    avx2: bool,
+}
+
+impl Kernels {
+    /// The fastest kernels this CPU supports.
+    pub fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            Self {
+                avx2: std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma"),
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            Self { avx2: false }
+        }
+    }
+
+    /// Whether the SIMD path is in use (reported at load).
+    pub fn name(&self) -> &'static str {
+        if self.avx2 { "avx2" } else { "scalar" }
+    }
+
+    /// Σ over blocks of Q4_1 weights · Q8_1 activations.
+    #[inline]
+    pub fn dot_q4_1(
+        &self,
+        qs: &[u8],
+        d: &[f32],
+        m: &[f32],
+        aq: &[i8],
+        ad: &[f32],
+        as_: &[f32],
+    ) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        if self.avx2 {
+            // SAFETY: `detect` found AVX2 and FMA on this CPU.
+            return unsafe { x86::dot_q4_1(qs, d, m, aq, ad, as_) };
+        }
+        dot_q4_1_scalar(qs, d, m, aq, ad, as_)
+    }
+
+    /// Σ over blocks of Q8_0 weights · Q8_0 activations.
+    #[inline]
+    pub fn dot_q8_0(&self, qs: &[i8], d: &[f32], aq: &[i8], ad: &[f32]) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        if self.avx2 {
+            // SAFETY: `detect` found AVX2 and FMA on this CPU.
+            return unsafe { x86::dot_q8_0(qs, d, aq, ad) };
+        }
+        dot_q8_0_scalar(qs, d, aq, ad)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::BLOCK;
+    use std::arch::x86_64::*;
+
+    #[target_feature(enable = "avx2,fma")]
+    fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_extractf128_ps::<1>(v), _mm256_castps256_ps128(v));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps::<1>(s, s));
+        _mm_cvtss_f32(s)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn dot_q4_1(
+        qs: &[u8],
+        d: &[f32],
+        m: &[f32],
+        aq: &[i8],
+        ad: &[f32],
+        as_: &[f32],
+    ) -> f32 {
+        // Every slice is long enough for `nb` blocks, so every load below is in bounds.
+        let nb = d
+            .len()
+            .min(m.len())
+            .min(ad.len())
+            .min(as_.len())
+            .min(qs.len() / 16)
+            .min(aq.len() / BLOCK);
+        let mask = _mm256_set1_epi8(0x0f);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = _mm256_setzero_ps();
+        let mut offsets = 0f32;
+        for b in 0..nb {
+            // SAFETY: b < nb, so bytes b*16..b*16+16 of `qs` and b*32..b*32+32
+            // of `aq` exist; unaligned loads need no alignment.
+            let (raw, a) = unsafe {
+                (
+                    _mm_loadu_si128(qs.as_ptr().add(b * 16).cast()),
+                    _mm256_loadu_si256(aq.as_ptr().add(b * BLOCK).cast()),
+                )
+            };
+            // Low nibbles are values 0..16, high nibbles 16..32.
+            let w = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(raw), raw), mask);
+            // u8 (0..16) × i8 pairs summed to i16 cannot saturate: 2·15·128 < 2^15.
+            let pairs = _mm256_maddubs_epi16(w, a);
+            let sums = _mm256_madd_epi16(pairs, ones);
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_set1_ps(d[b] * ad[b]), acc);
+            offsets += m[b] * as_[b];
+        }
+        hsum(acc) + offsets
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn dot_q8_0(qs: &[i8], d: &[f32], aq: &[i8], ad: &[f32]) -> f32 {
+        let nb = d
+            .len()
+            .min(ad.len())
+            .min(qs.len() / BLOCK)
+            .min(aq.len() / BLOCK);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = _mm256_setzero_ps();
+        for b in 0..nb {
+            // SAFETY: b < nb, so 32 bytes at b*32 exist in both slices.
+            let (w, a) = unsafe {
+                (
+                    _mm256_loadu_si256(qs.as_ptr().add(b * BLOCK).cast()),
+                    _mm256_loadu_si256(aq.as_ptr().add(b * BLOCK).cast()),
+                )
+            };
+            // maddubs multiplies unsigned by signed: move w's sign onto a.
+            let pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w));
+            let sums = _mm256_madd_epi16(pairs, ones);
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_set1_ps(d[b] * ad[b]), acc);
+        }
+        hsum(acc)
+    }
+}
