@@ -47,9 +47,13 @@ def timed_run(tokens, n_decode):
     return ttft, n_decode / (time.perf_counter() - t1)
 
 
-# A 32-token prompt, as in DESIGN.md's figures.
-words = ("the quick brown fox jumps over the lazy dog and then " * 8).encode()
-prompt32 = llm.tokenize(words, add_bos=False, special=False)[:32]
+# A 32-token prompt (the same conversation as the local backend's bench,
+# through the same ChatML template), as in DESIGN.md's figures.
+timing_text = (
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "<|im_start|>user\nPlease tell me a short story about a quick brown fox.<|im_end|>\n<|im_start|>assistant\n"
+)
+prompt32 = llm.tokenize(timing_text.encode(), add_bos=False, special=True)
 timed_run(prompt32, 8)  # warm-up
 runs = [timed_run(prompt32, decode_tokens) for _ in range(5)]
 print(json.dumps({
@@ -57,7 +61,10 @@ print(json.dumps({
     "threads": threads,
     "golden_prompt_tokens": prompt_tokens,
     "golden_greedy": golden,
-    "ttft_ms_32_token_prompt_median": round(statistics.median(r[0] for r in runs) * 1000, 1),
+    "timing_prompt_tokens": len(prompt32),
+    "ttft_ms_median": round(statistics.median(r[0] for r in runs) * 1000, 1),
     "decode_tokens_per_s_median": round(statistics.median(r[1] for r in runs), 1),
+    "ttft_ms_best": round(min(r[0] for r in runs) * 1000, 1),
+    "decode_tokens_per_s_best": round(max(r[1] for r in runs), 1),
     "runs": [[round(a * 1000, 1), round(b, 1)] for a, b in runs],
 }, indent=1))

@@ -11,7 +11,7 @@ use half::f16;
 use rayon::prelude::*;
 
 use super::gguf::TensorType;
-use super::simd;
+use super::simd::{self, Act};
 
 pub const BLOCK: usize = 32;
 
@@ -180,7 +180,27 @@ impl QMatrix {
                     for (k, row_out) in out.chunks_exact_mut(n).enumerate() {
                         let r = first + k;
                         let (b0, b1) = (r * nb, (r + 1) * nb);
-                        for (t, o) in row_out.iter_mut().enumerate() {
+                        // Four tokens at a time share each weight block's
+                        // unpacking; the rest one by one.
+                        let quads = n / 4 * 4;
+                        for t0 in (0..quads).step_by(4) {
+                            let acts = [t0, t0 + 1, t0 + 2, t0 + 3].map(|t| x.token(t));
+                            let sums = match &self.kind {
+                                Kind::Q4_1 { d, m, qs } => kernels.dot_q4_1_x4(
+                                    &qs[b0 * 16..b1 * 16],
+                                    &d[b0..b1],
+                                    &m[b0..b1],
+                                    acts,
+                                ),
+                                Kind::Q8_0 { d, qs } => kernels.dot_q8_0_x4(
+                                    &qs[b0 * BLOCK..b1 * BLOCK],
+                                    &d[b0..b1],
+                                    acts,
+                                ),
+                            };
+                            row_out[t0..t0 + 4].copy_from_slice(&sums);
+                        }
+                        for (t, o) in row_out.iter_mut().enumerate().skip(quads) {
                             let (a0, a1) = (t * nb, (t + 1) * nb);
                             *o = match &self.kind {
                                 Kind::Q4_1 { d, m, qs } => kernels.dot_q4_1(
@@ -221,6 +241,18 @@ pub struct QActs {
     pub d: Vec<f32>,
     pub s: Vec<f32>,
     pub qs: Vec<i8>,
+}
+
+impl QActs {
+    /// Token `t`'s activations.
+    pub fn token(&self, t: usize) -> Act<'_> {
+        let (a0, a1) = (t * self.blocks, (t + 1) * self.blocks);
+        Act {
+            qs: &self.qs[a0 * BLOCK..a1 * BLOCK],
+            d: &self.d[a0..a1],
+            s: &self.s[a0..a1],
+        }
+    }
 }
 
 fn round_f16(x: f32) -> f32 {
@@ -314,7 +346,7 @@ mod tests {
     #[test]
     fn matmul_matches_float_reference_and_scalar() {
         let mut rng = StdRng::seed_from_u64(1);
-        let (rows, cols, tokens) = (37, 96, 3);
+        let (rows, cols, tokens) = (37, 96, 6);
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(2)
             .build()

@@ -11,6 +11,14 @@
 
 use super::quant::{BLOCK, dot_q4_1_scalar, dot_q8_0_scalar};
 
+/// One token's quantized activations: values, block scales, Q8_1 sums.
+#[derive(Debug, Clone, Copy)]
+pub struct Act<'a> {
+    pub qs: &'a [i8],
+    pub d: &'a [f32],
+    pub s: &'a [f32],
+}
+
 /// Which dot-product implementation this CPU runs.
 #[derive(Debug, Clone, Copy)]
 pub struct Kernels {
@@ -57,6 +65,29 @@ impl Kernels {
         dot_q4_1_scalar(qs, d, m, aq, ad, as_)
     }
 
+    /// [`Kernels::dot_q4_1`] of one weight row against four tokens at once:
+    /// the nibbles are unpacked once for all four (prompt processing).
+    #[inline]
+    pub fn dot_q4_1_x4(&self, qs: &[u8], d: &[f32], m: &[f32], acts: [Act<'_>; 4]) -> [f32; 4] {
+        #[cfg(target_arch = "x86_64")]
+        if self.avx2 {
+            // SAFETY: `detect` found AVX2 and FMA on this CPU.
+            return unsafe { x86::dot_q4_1_x4(qs, d, m, acts) };
+        }
+        acts.map(|a| dot_q4_1_scalar(qs, d, m, a.qs, a.d, a.s))
+    }
+
+    /// [`Kernels::dot_q8_0`] of one weight row against four tokens at once.
+    #[inline]
+    pub fn dot_q8_0_x4(&self, qs: &[i8], d: &[f32], acts: [Act<'_>; 4]) -> [f32; 4] {
+        #[cfg(target_arch = "x86_64")]
+        if self.avx2 {
+            // SAFETY: `detect` found AVX2 and FMA on this CPU.
+            return unsafe { x86::dot_q8_0_x4(qs, d, acts) };
+        }
+        acts.map(|a| dot_q8_0_scalar(qs, d, a.qs, a.d))
+    }
+
     /// Σ over blocks of Q8_0 weights · Q8_0 activations.
     #[inline]
     pub fn dot_q8_0(&self, qs: &[i8], d: &[f32], aq: &[i8], ad: &[f32]) -> f32 {
@@ -71,7 +102,7 @@ impl Kernels {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::BLOCK;
+    use super::{Act, BLOCK};
     use std::arch::x86_64::*;
 
     #[target_feature(enable = "avx2,fma")]
@@ -146,5 +177,74 @@ mod x86 {
             acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_set1_ps(d[b] * ad[b]), acc);
         }
         hsum(acc)
+    }
+
+    /// Blocks that every slice of four tokens' activations can supply.
+    fn act_blocks(acts: &[Act<'_>; 4]) -> usize {
+        acts.iter()
+            .map(|a| a.d.len().min(a.s.len()).min(a.qs.len() / BLOCK))
+            .min()
+            .unwrap_or(0)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn dot_q4_1_x4(qs: &[u8], d: &[f32], m: &[f32], acts: [Act<'_>; 4]) -> [f32; 4] {
+        let nb = d
+            .len()
+            .min(m.len())
+            .min(qs.len() / 16)
+            .min(act_blocks(&acts));
+        let mask = _mm256_set1_epi8(0x0f);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut offsets = [0f32; 4];
+        for b in 0..nb {
+            // SAFETY: b < nb, so 16 bytes at b*16 exist in `qs`.
+            let raw = unsafe { _mm_loadu_si128(qs.as_ptr().add(b * 16).cast()) };
+            let w = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(raw), raw), mask);
+            for t in 0..4 {
+                let act = acts[t];
+                // SAFETY: b < nb, so 32 bytes at b*32 exist in this token's values.
+                let a = unsafe { _mm256_loadu_si256(act.qs.as_ptr().add(b * BLOCK).cast()) };
+                let sums = _mm256_madd_epi16(_mm256_maddubs_epi16(w, a), ones);
+                acc[t] = _mm256_fmadd_ps(
+                    _mm256_cvtepi32_ps(sums),
+                    _mm256_set1_ps(d[b] * act.d[b]),
+                    acc[t],
+                );
+                offsets[t] += m[b] * act.s[b];
+            }
+        }
+        [
+            hsum(acc[0]) + offsets[0],
+            hsum(acc[1]) + offsets[1],
+            hsum(acc[2]) + offsets[2],
+            hsum(acc[3]) + offsets[3],
+        ]
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn dot_q8_0_x4(qs: &[i8], d: &[f32], acts: [Act<'_>; 4]) -> [f32; 4] {
+        let nb = d.len().min(qs.len() / BLOCK).min(act_blocks(&acts));
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for b in 0..nb {
+            // SAFETY: b < nb, so 32 bytes at b*32 exist in `qs`.
+            let w = unsafe { _mm256_loadu_si256(qs.as_ptr().add(b * BLOCK).cast()) };
+            let aw = _mm256_sign_epi8(w, w);
+            for t in 0..4 {
+                let act = acts[t];
+                // SAFETY: b < nb, so 32 bytes at b*32 exist in this token's values.
+                let a = unsafe { _mm256_loadu_si256(act.qs.as_ptr().add(b * BLOCK).cast()) };
+                let sums =
+                    _mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(a, w)), ones);
+                acc[t] = _mm256_fmadd_ps(
+                    _mm256_cvtepi32_ps(sums),
+                    _mm256_set1_ps(d[b] * act.d[b]),
+                    acc[t],
+                );
+            }
+        }
+        [hsum(acc[0]), hsum(acc[1]), hsum(acc[2]), hsum(acc[3])]
     }
 }
