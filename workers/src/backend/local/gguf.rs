@@ -30,8 +30,8 @@ impl TensorType {
         match self {
             Self::F32 => elements.checked_mul(4),
             Self::F16 => elements.checked_mul(2),
-            Self::Q4_1 => (elements % 32 == 0).then_some(elements / 32 * 20),
-            Self::Q8_0 => (elements % 32 == 0).then_some(elements / 32 * 34),
+            Self::Q4_1 => elements.is_multiple_of(32).then_some(elements / 32 * 20),
+            Self::Q8_0 => elements.is_multiple_of(32).then_some(elements / 32 * 34),
             Self::Other(_) => None,
         }
     }
@@ -310,7 +310,7 @@ mod tests {
         out.extend_from_slice(&2u64.to_le_bytes());
         out.extend_from_slice(&0u32.to_le_bytes());
         out.extend_from_slice(&0u64.to_le_bytes());
-        while out.len() % 32 != 0 {
+        while !out.len().is_multiple_of(32) {
             out.push(0);
         }
         out.extend_from_slice(&1.5f32.to_le_bytes());

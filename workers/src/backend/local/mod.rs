@@ -419,10 +419,10 @@ fn generate_inner(
         completion += 1;
         engine.decoded.fetch_add(1, Ordering::Relaxed);
         let (text, stopped) = stops.push(&utf8.push(tok.token_bytes(next)));
-        if !text.is_empty() {
-            if let Err(gone) = send(job, EngineEvent::Delta(text)) {
-                return Ok(Err(gone));
-            }
+        if !text.is_empty()
+            && let Err(gone) = send(job, EngineEvent::Delta(text))
+        {
+            return Ok(Err(gone));
         }
         if stopped {
             finish = FinishReason::StopSequence;
@@ -444,10 +444,10 @@ fn generate_inner(
         } else {
             rest.push_str(&stops.finish());
         }
-        if !rest.is_empty() {
-            if let Err(gone) = send(job, EngineEvent::Delta(rest)) {
-                return Ok(Err(gone));
-            }
+        if !rest.is_empty()
+            && let Err(gone) = send(job, EngineEvent::Delta(rest))
+        {
+            return Ok(Err(gone));
         }
     }
     let usage = EngineUsage {

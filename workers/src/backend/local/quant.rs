@@ -48,7 +48,7 @@ impl QMatrix {
         cols: usize,
         bytes: &[u8],
     ) -> Result<Self, String> {
-        if cols % BLOCK != 0 {
+        if !cols.is_multiple_of(BLOCK) {
             return Err(format!("{cols} columns is not a multiple of {BLOCK}"));
         }
         let blocks = rows * cols / BLOCK;

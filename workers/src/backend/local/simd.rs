@@ -100,7 +100,10 @@ impl Kernels {
     }
 }
 
+// The kernels index several slices by one block number; iterators over
+// them would hide that they share it.
 #[cfg(target_arch = "x86_64")]
+#[allow(clippy::needless_range_loop)]
 mod x86 {
     use super::{Act, BLOCK};
     use std::arch::x86_64::*;
