@@ -184,6 +184,18 @@ impl Model {
     /// Runs `tokens` at the session's next positions, extending its KV cache,
     /// and returns the logits after the last of them.
     pub fn forward(&self, s: &mut Session, tokens: &[u32], pool: &rayon::ThreadPool) -> Vec<f32> {
+        // The whole pass runs on a pool thread: each of its ~120 parallel
+        // products is then a cheap fork within the pool rather than a job
+        // injected from outside, which costs a wake-up every time.
+        pool.install(|| self.forward_on_pool(s, tokens, pool))
+    }
+
+    fn forward_on_pool(
+        &self,
+        s: &mut Session,
+        tokens: &[u32],
+        pool: &rayon::ThreadPool,
+    ) -> Vec<f32> {
         let h = &self.hyper;
         let (n, e, kv) = (tokens.len(), h.embd, h.kv_dim());
         let pos0 = s.len;
