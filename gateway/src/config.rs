@@ -608,5 +608,19 @@ mod tests {
             "workers:\n  - model: m\n    tier: small\n    backend: {sim: {ttft_ms: {median: fast}}}\n",
         );
         assert!(e.contains("workers[0].backend.sim.ttft_ms.median"), "{e}");
+        let e = err(
+            "workers:\n  - model: m\n    tier: small\n    backend: {local: {model: m.gguf, thread: 2}}\n",
+        );
+        assert!(
+            e.contains("workers[0].backend.local") && e.contains("unknown field `thread`"),
+            "{e}"
+        );
+        let e = err(
+            "workers:\n  - model: m\n    tier: small\n    backend: {local: {model: m.gguf}, sim: {}}\n",
+        );
+        assert!(
+            e.contains("exactly one of `openai`, `sim` or `local`"),
+            "{e}"
+        );
     }
 }
