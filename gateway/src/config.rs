@@ -161,8 +161,9 @@ pub struct GatewayConfig {
     /// Live telemetry: what is recorded, and how the router reads it.
     #[serde(default)]
     pub telemetry: TelemetryConfig,
-    /// Serve the public gRPC API over TLS; with `ca`, clients must present a
-    /// certificate from that CA.
+    /// Serve the public APIs (gRPC and the OpenAI-compatible HTTP API) over
+    /// TLS; with `ca`, clients must present a certificate from that CA. The
+    /// admin port stays plain HTTP (probes and scrapes from inside the cluster).
     #[serde(default)]
     pub tls: Option<routemesh_worker::config::TlsFiles>,
     /// TLS towards workers (`https://` endpoints): the gateway's client
@@ -177,6 +178,9 @@ pub struct GatewayConfig {
     /// refuse them with UNAVAILABLE (false).
     #[serde(default = "yes")]
     pub limits_fail_open: bool,
+    /// The per-worker circuit breaker.
+    #[serde(default)]
+    pub circuit_breaker: crate::breaker::BreakerConfig,
     /// Per-tenant settings, by tenant name.
     #[serde(default)]
     pub tenants: std::collections::HashMap<String, crate::tenants::TenantConfig>,
@@ -407,6 +411,28 @@ impl Config {
             }
         }
         crate::auth::ApiKeys::from_config(&g.auth)?;
+        g.circuit_breaker.validate()?;
+        for (key, tls) in [("tls", &g.tls), ("worker_tls", &g.worker_tls)] {
+            // Its errors read "<field>: <why>".
+            if let Some(Err(e)) = tls.as_ref().map(|t| t.validate()) {
+                let (field, why) = e.split_once(": ").unwrap_or(("", &e));
+                return bad(&format!("{key}.{field}"), why.to_string());
+            }
+        }
+        if let Some(t) = &g.worker_tls
+            && t.ca.is_none()
+        {
+            return bad(
+                "worker_tls.ca",
+                "needed to verify the workers' certificates".into(),
+            );
+        }
+        if g.auth.redis && self.registry.redis.is_none() {
+            return bad(
+                "auth.redis",
+                "needs `registry.redis`: stored keys live in the mesh's Redis".into(),
+            );
+        }
         if g.telemetry.window < Duration::from_secs(10)
             || g.telemetry.window > Duration::from_secs(3600)
         {
@@ -622,5 +648,23 @@ mod tests {
             e.contains("exactly one of `openai`, `sim` or `local`"),
             "{e}"
         );
+        let e = err("gateway: {tls: {cert: a, key: b, reload_interval: 1ms}}\n");
+        assert!(e.contains("gateway.tls.reload_interval: must be"), "{e}");
+        let e = err("gateway: {worker_tls: {cert: a, key: b}}\n");
+        assert!(e.contains("gateway.worker_tls.ca: needed"), "{e}");
+        let e = err("gateway: {auth: {redis: true}}\n");
+        assert!(
+            e.contains("gateway.auth.redis: needs `registry.redis`"),
+            "{e}"
+        );
+        let e = err("gateway: {circuit_breaker: {half_open_probes: 0}}\n");
+        assert!(
+            e.contains("gateway.circuit_breaker.half_open_probes"),
+            "{e}"
+        );
+        let e = err(
+            "gateway: {auth: {keys: [{tenant: a, sha256: 4c3fe847ba5369a26bb663f9713c893e7e9407c376d5e33038740063b5a09125, expires: soon}]}}\n",
+        );
+        assert!(e.contains("gateway.auth.keys[0].expires"), "{e}");
     }
 }

@@ -50,6 +50,12 @@ pub enum GatewayError {
     /// No API key, or one the gateway does not know.
     #[error("{0}")]
     Unauthenticated(&'static str),
+    /// A known API key past its expiry time.
+    #[error("API key expired at {0}; ask for a new key")]
+    KeyExpired(String),
+    /// A key not seen before cannot be checked: the key store is down.
+    #[error("API key cannot be checked (key store unavailable): {0}")]
+    KeyStoreUnavailable(String),
     /// Feedback for a request id the gateway does not remember.
     #[error("request_id: no recent request {0:?} (feedback is kept for the last requests only)")]
     UnknownRequest(String),
@@ -76,11 +82,13 @@ impl GatewayError {
                 code => code,
             },
             GatewayError::Deadline(_) => Code::DeadlineExceeded,
-            GatewayError::Unauthenticated(_) => Code::Unauthenticated,
+            GatewayError::Unauthenticated(_) | GatewayError::KeyExpired(_) => Code::Unauthenticated,
             GatewayError::Overloaded(_)
             | GatewayError::OverLimit { .. }
             | GatewayError::Saturated(_) => Code::ResourceExhausted,
-            GatewayError::LimitsUnavailable(_) => Code::Unavailable,
+            GatewayError::LimitsUnavailable(_) | GatewayError::KeyStoreUnavailable(_) => {
+                Code::Unavailable
+            }
         }
     }
 
@@ -92,12 +100,14 @@ impl GatewayError {
             | GatewayError::Unsatisfiable(_)
             | GatewayError::UnknownRequest(_)
             | GatewayError::Unauthenticated(_)
+            | GatewayError::KeyExpired(_)
             | GatewayError::OverLimit { .. } => "client",
             GatewayError::NoWorker(_)
             | GatewayError::Deadline(_)
             | GatewayError::Overloaded(_)
             | GatewayError::Saturated(_)
-            | GatewayError::LimitsUnavailable(_) => "gateway",
+            | GatewayError::LimitsUnavailable(_)
+            | GatewayError::KeyStoreUnavailable(_) => "gateway",
             GatewayError::Worker { .. } => "worker",
         }
     }

@@ -4,9 +4,12 @@
 pub mod admin;
 pub mod auth;
 pub mod bench;
+pub mod breaker;
 pub mod config;
 pub mod cost;
 pub mod error;
+pub mod grpc_auth;
+pub mod keys;
 pub mod limits;
 pub mod metrics;
 pub mod openai;

@@ -24,7 +24,9 @@ struct Cli {
 #[derive(clap::Args, Clone)]
 struct Common {
     /// Configuration file (YAML). `up` without one runs the embedded demo mesh.
-    #[arg(long, short, env = "ROUTEMESH_CONFIG")]
+    // Global, so `routemesh keys add ... --config FILE` takes it after the
+    // nested subcommand too.
+    #[arg(long, short, env = "ROUTEMESH_CONFIG", global = true)]
     config: Option<PathBuf>,
     /// Write a JSON file with the bound addresses once serving (for scripts and tests).
     #[arg(long)]
@@ -99,6 +101,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// API keys stored in Redis (`registry.redis`); gateways accept them with
+    /// `gateway.auth.redis: true`.
+    Keys {
+        #[command(flatten)]
+        common: Common,
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// The learned router: train, evaluate, score, calibrate (see router/README.md).
     Router {
         #[command(subcommand)]
@@ -112,6 +122,116 @@ enum Command {
         /// The file to check.
         file: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a key for a tenant and print it (once: only its SHA-256 is stored).
+    Add {
+        #[arg(long)]
+        tenant: String,
+        /// The key stops working after this long, e.g. 30d, 12h.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expires_in: Option<std::time::Duration>,
+        /// A label shown by `keys list`.
+        #[arg(long)]
+        name: Option<String>,
+        /// Print the key and its details as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a key: give the key, its SHA-256, or a unique prefix of the
+    /// SHA-256 (8+ hex digits, as `keys list` shows). Gateways stop accepting
+    /// it within `gateway.auth.cache_ttl`.
+    Revoke { key: String },
+    /// List stored keys (by SHA-256 prefix, never the key).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+async fn keys_command(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
+    let Some(redis) = &config.registry.redis else {
+        bail!("`routemesh keys` manages keys in Redis: the configuration needs `registry.redis`");
+    };
+    let store = routemesh_gateway::keys::RedisKeys::connect(&redis.url, &redis.mesh).await?;
+    let now = routemesh_telemetry::record::now_ms();
+    let when = |ms: u64| {
+        humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms),
+        )
+        .to_string()
+    };
+    match command {
+        KeysCommand::Add {
+            tenant,
+            expires_in,
+            name,
+            json,
+        } => {
+            let (key, listed) = store.add(&tenant, name.as_deref(), expires_in, now).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"key": key, "sha256": listed.sha256, "tenant": listed.tenant,
+                                       "expires_ms": listed.expires_ms})
+                );
+            } else {
+                println!("{key}");
+                eprintln!(
+                    "key {} for tenant {tenant:?}{}; it is shown only now",
+                    &listed.sha256[..12],
+                    listed
+                        .expires_ms
+                        .map_or(", no expiry".to_string(), |e| format!(
+                            ", expires {}",
+                            when(e)
+                        ))
+                );
+                if !config.gateway.auth.redis {
+                    eprintln!(
+                        "note: this configuration's gateways do not read keys from Redis (set gateway.auth.redis: true)"
+                    );
+                }
+            }
+        }
+        KeysCommand::Revoke { key } => {
+            let revoked = store.revoke(&key).await?;
+            eprintln!(
+                "revoked key {} of tenant {:?}; gateways refuse it within {}",
+                &revoked.sha256[..12],
+                revoked.tenant,
+                humantime::format_duration(config.gateway.auth.cache_ttl)
+            );
+        }
+        KeysCommand::List { json } => {
+            let keys = store.list().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&keys)?);
+            } else {
+                println!(
+                    "{:<14} {:<20} {:<16} {:<22} {:<22}",
+                    "SHA256", "TENANT", "NAME", "CREATED", "EXPIRES"
+                );
+                for k in keys {
+                    let expires = match k.expires_ms {
+                        None => "never".to_string(),
+                        Some(e) if e <= now => format!("{} (expired)", when(e)),
+                        Some(e) => when(e),
+                    };
+                    println!(
+                        "{:<14} {:<20} {:<16} {:<22} {expires}",
+                        &k.sha256[..12],
+                        k.tenant,
+                        k.name.as_deref().unwrap_or("-"),
+                        when(k.created_ms),
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn load(path: Option<&Path>, fallback: Option<&str>) -> anyhow::Result<Config> {
@@ -486,6 +606,11 @@ async fn main() -> anyhow::Result<()> {
             plain_logs();
             let config = load(common.config.as_deref(), None)?;
             print_cost(&config, hours, daily, json).await
+        }
+        Command::Keys { common, command } => {
+            plain_logs();
+            let config = load(common.config.as_deref(), None)?;
+            keys_command(&config, command).await
         }
         Command::Bench(args) => routemesh_gateway::bench::run(args).await,
         Command::CheckConfig { file } => {

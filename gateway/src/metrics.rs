@@ -174,3 +174,24 @@ pub fn telemetry(dropped: u64, errors: u64, buffered: u64) {
     counter!(TELEMETRY_ERRORS).absolute(errors);
     gauge!(TELEMETRY_BUFFERED).set(buffered as f64);
 }
+
+pub const BREAKER_TRANSITIONS: &str = "routemesh_circuit_breaker_transitions_total";
+/// 0 closed, 1 half-open, 2 open.
+pub const BREAKER_STATE: &str = "routemesh_circuit_breaker_state";
+
+/// A worker's circuit breaker changed state.
+pub fn breaker_transition(worker: &str, model: &str, t: crate::breaker::Transition) {
+    counter!(BREAKER_TRANSITIONS, "worker" => worker.to_string(), "model" => model.to_string(),
+             "from" => t.from.as_str(), "to" => t.to.as_str())
+    .increment(1);
+    breaker_state(worker, model, t.to);
+}
+
+pub fn breaker_state(worker: &str, model: &str, state: crate::breaker::State) {
+    let value = match state {
+        crate::breaker::State::Closed => 0.0,
+        crate::breaker::State::HalfOpen => 1.0,
+        crate::breaker::State::Open => 2.0,
+    };
+    gauge!(BREAKER_STATE, "worker" => worker.to_string(), "model" => model.to_string()).set(value);
+}

@@ -140,7 +140,7 @@ fn unix_now() -> u64 {
 
 /// Authenticates from the `Authorization` header; the tenant (if keys are on)
 /// goes into the gRPC request's extensions exactly as the gRPC edge does.
-fn authorize<T>(
+async fn authorize<T>(
     state: &HttpState,
     headers: &HeaderMap,
     request: &mut tonic::Request<T>,
@@ -148,7 +148,7 @@ fn authorize<T>(
     let authorization = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    match state.keys.authenticate(authorization) {
+    match state.keys.authenticate(authorization).await {
         Ok(Some(tenant)) => {
             request.extensions_mut().insert(tenant);
             Ok(())
@@ -437,7 +437,7 @@ async fn chat_completions(
             request.metadata_mut().insert(name, value);
         }
     }
-    if let Err(e) = authorize(&state, &headers, &mut request) {
+    if let Err(e) = authorize(&state, &headers, &mut request).await {
         return e.into_response();
     }
     if chat.stream {
@@ -555,7 +555,7 @@ async fn stream_completion(
 
 async fn list_models(State(state): State<HttpState>, headers: HeaderMap) -> Response {
     let mut request = tonic::Request::new(ListModelsRequest {});
-    if let Err(e) = authorize(&state, &headers, &mut request) {
+    if let Err(e) = authorize(&state, &headers, &mut request).await {
         return e.into_response();
     }
     match state.service.list_models(request).await {

@@ -10,10 +10,13 @@ use routemesh_proto::v1::worker_client::WorkerClient;
 use routemesh_proto::v1::{LoadReport, LoadRequest};
 use routemesh_router::{ModelSpec, WorkerView};
 use routemesh_telemetry::Stats;
+use routemesh_worker::tls::{Reloading, TlsConnector};
 use routemesh_worker::{Registry, WorkerRecord};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::breaker::{Breaker, BreakerConfig, Permit, State, Transition};
 
 /// One worker and the gateway's view of it.
 #[derive(Debug)]
@@ -21,6 +24,8 @@ pub struct WorkerHandle {
     pub record: WorkerRecord,
     pub spec: ModelSpec,
     pub client: WorkerClient<Channel>,
+    /// Whether its requests succeed (load checks say whether it answers).
+    pub breaker: Breaker,
     in_flight: AtomicU32,
     healthy: AtomicBool,
     last_load: Mutex<Option<LoadReport>>,
@@ -29,32 +34,53 @@ pub struct WorkerHandle {
     missing_since: Mutex<Option<std::time::Instant>>,
 }
 
-/// Counts a request against a worker while it lives.
+/// Counts a request against a worker while it lives, and holds the call's
+/// breaker permit (a half-open probe slot is freed if no outcome came).
 #[derive(Debug)]
-pub struct InFlight(Arc<WorkerHandle>);
+pub struct InFlight(Arc<WorkerHandle>, Permit);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.0.breaker.release(self.1);
     }
 }
 
 impl WorkerHandle {
     fn new(
         record: WorkerRecord,
-        tls: Option<&ClientTlsConfig>,
-    ) -> Result<Self, tonic::transport::Error> {
-        let mut endpoint = Endpoint::from_shared(record.endpoint.clone())?;
-        if let Some(tls) = tls.filter(|_| record.endpoint.starts_with("https://")) {
-            endpoint = endpoint.tls_config(tls.clone())?;
-        }
-        let channel = endpoint
+        tls: Option<&WorkerTls>,
+        breaker: &BreakerConfig,
+    ) -> Result<Self, String> {
+        let https = record.endpoint.starts_with("https://");
+        // With TLS the connector does the handshake (with the client
+        // certificate current at each connection), so tonic sees http://.
+        let uri = if https && tls.is_some() {
+            record.endpoint.replacen("https://", "http://", 1)
+        } else {
+            record.endpoint.clone()
+        };
+        let endpoint = Endpoint::from_shared(uri)
+            .map_err(|e| format!("{}: {e}", record.endpoint))?
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5))
-            .keep_alive_while_idle(true)
-            .connect_lazy();
+            .keep_alive_while_idle(true);
+        let channel = match tls.filter(|_| https) {
+            Some(tls) => {
+                let host = endpoint.uri().host().unwrap_or_default().to_string();
+                let connector = TlsConnector::new(tls.clone(), &host)?;
+                endpoint.connect_with_connector_lazy(connector)
+            }
+            None if https => {
+                return Err(format!(
+                    "{}: an https:// worker needs gateway.worker_tls",
+                    record.endpoint
+                ));
+            }
+            None => endpoint.connect_lazy(),
+        };
         let spec = ModelSpec {
             name: record.model.clone(),
             tier: record.tier,
@@ -65,6 +91,7 @@ impl WorkerHandle {
         Ok(Self {
             spec,
             client: WorkerClient::new(channel),
+            breaker: Breaker::new(breaker.clone()),
             record,
             in_flight: AtomicU32::new(0),
             // Healthy until a load check says otherwise: it just registered.
@@ -74,9 +101,43 @@ impl WorkerHandle {
         })
     }
 
-    pub fn begin(self: &Arc<Self>) -> InFlight {
+    /// A call begins, let through by the breaker with `permit`.
+    pub fn begin(self: &Arc<Self>, permit: Permit) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
-        InFlight(self.clone())
+        InFlight(self.clone(), permit)
+    }
+
+    /// Claims a call through the breaker; `None` if it is open (or its
+    /// half-open probe slots were just taken).
+    pub fn try_begin(self: &Arc<Self>) -> Option<InFlight> {
+        let (permit, transition) = self.breaker.acquire(tokio::time::Instant::now());
+        if let Some(t) = transition {
+            self.breaker_moved(t);
+        }
+        permit.map(|p| self.begin(p))
+    }
+
+    /// Reports a call's outcome to the breaker: `Some(true)` the worker
+    /// failed, `Some(false)` it served, `None` nothing about its health.
+    pub fn report(&self, failed: Option<bool>) {
+        let now = tokio::time::Instant::now();
+        let transition = match failed {
+            Some(true) => self.breaker.on_failure(now),
+            Some(false) => self.breaker.on_success(now),
+            None => None,
+        };
+        if let Some(t) = transition {
+            self.breaker_moved(t);
+        }
+    }
+
+    fn breaker_moved(&self, t: Transition) {
+        if t.to == State::Open {
+            tracing::warn!(worker = %self.record.id, from = t.from.as_str(), "circuit breaker opened");
+        } else {
+            tracing::info!(worker = %self.record.id, from = t.from.as_str(), to = t.to.as_str(), "circuit breaker");
+        }
+        crate::metrics::breaker_transition(&self.record.id, &self.record.model, t);
     }
 
     pub fn in_flight(&self) -> u32 {
@@ -118,7 +179,8 @@ impl WorkerHandle {
         WorkerView {
             worker_id: &self.record.id,
             model: &self.spec,
-            healthy: self.healthy(),
+            // An open breaker keeps requests away like a failed load check.
+            healthy: self.healthy() && self.breaker.allows(tokio::time::Instant::now()),
             gateway_in_flight: self.in_flight(),
             reported_in_flight: load.as_ref().map_or(0, |l| l.in_flight),
             queue_depth: load.as_ref().map_or(0, |l| l.queue_depth),
@@ -158,9 +220,13 @@ impl WorkerHandle {
 
 pub type Snapshot = Arc<Vec<Arc<WorkerHandle>>>;
 
+/// The client side of TLS towards workers, following its certificate files.
+pub type WorkerTls = Reloading<rustls::ClientConfig>;
+
 pub struct Pool {
     workers: RwLock<Snapshot>,
-    worker_tls: Option<ClientTlsConfig>,
+    worker_tls: Option<WorkerTls>,
+    breaker: BreakerConfig,
     registry: Arc<dyn Registry>,
     load_timeout: Duration,
     missing_grace: Duration,
@@ -183,11 +249,13 @@ impl Pool {
         registry: Arc<dyn Registry>,
         load_timeout: Duration,
         missing_grace: Duration,
-        worker_tls: Option<ClientTlsConfig>,
+        worker_tls: Option<WorkerTls>,
+        breaker: BreakerConfig,
     ) -> Arc<Self> {
         Arc::new(Self {
             workers: RwLock::new(Arc::new(Vec::new())),
             worker_tls,
+            breaker,
             registry,
             load_timeout,
             missing_grace,
@@ -220,7 +288,7 @@ impl Pool {
                     }
                     next.push(existing.clone());
                 }
-                None => match WorkerHandle::new(record, self.worker_tls.as_ref()) {
+                None => match WorkerHandle::new(record, self.worker_tls.as_ref(), &self.breaker) {
                     Ok(handle) => {
                         let handle = Arc::new(handle);
                         joined.push(handle.clone());
@@ -279,6 +347,7 @@ impl Pool {
         futures::future::join_all(workers.iter().map(|w| w.check_load(self.load_timeout))).await;
         for w in workers.iter() {
             crate::metrics::worker_state(&w.record.id, &w.record.model, w.healthy(), w.in_flight());
+            crate::metrics::breaker_state(&w.record.id, &w.record.model, w.breaker.state());
         }
         crate::metrics::healthy_workers(workers.iter().filter(|w| w.healthy()).count());
     }

@@ -32,6 +32,20 @@ pub struct RouterSettings {
     /// Prompts whose predictions are remembered.
     #[serde(default = "default_cache")]
     pub cache_entries: usize,
+    /// `fast`: the artifact's static-embedding fast path when it has one (about
+    /// a thousand times cheaper than the encoder; see the model card for what it
+    /// costs in quality); `full`: always the transformer encoder.
+    #[serde(default)]
+    pub path: RouterPath,
+}
+
+/// Which embedder the learned router uses (see [`RouterSettings::path`]).
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RouterPath {
+    #[default]
+    Fast,
+    Full,
 }
 
 fn yes() -> bool {
@@ -48,6 +62,7 @@ impl Default for RouterSettings {
             artifact: None,
             assets: None,
             cache_entries: default_cache(),
+            path: RouterPath::default(),
         }
     }
 }
@@ -146,6 +161,7 @@ impl QualityModel {
                 .assets
                 .as_deref()
                 .map_or_else(AssetPaths::from_env, AssetPaths::in_dir),
+            fast_path: settings.path == RouterPath::Fast,
             ..RouterConfig::default()
         };
         let path = artifact.clone();
@@ -154,7 +170,7 @@ impl QualityModel {
             .map_err(|e| QualityError::Task(e.to_string()))?;
         match loaded {
             Ok(router) => {
-                tracing::info!(artifact = %artifact.display(), models = router.models().len(), "learned router loaded");
+                tracing::info!(artifact = %artifact.display(), models = router.models().len(), path = router.path().as_str(), "learned router loaded");
                 Ok(Self {
                     router: Some(Arc::new(router)),
                     artifact: Some(artifact),
@@ -183,7 +199,7 @@ impl QualityModel {
 
     /// The router's cost weight calibrated on its training data, if any.
     pub fn calibrated_cost_weight(&self) -> Option<f64> {
-        self.router.as_ref()?.manifest().calibration.default_lambda
+        self.router.as_ref()?.calibration().default_lambda
     }
 
     /// Calibrated RouteLLM thresholds: (strong model, weak model, share of
@@ -193,8 +209,7 @@ impl QualityModel {
             return Vec::new();
         };
         router
-            .manifest()
-            .calibration
+            .calibration()
             .pairs
             .iter()
             .flat_map(|p| {
@@ -250,14 +265,14 @@ impl QualityModel {
         let text = prompt.to_string();
         let started = std::time::Instant::now();
         let result = tokio::task::spawn_blocking(move || {
-            let embedding = router.encoder().encode(&[text.as_str()])?;
+            let embedding = router.embed(&[text.as_str()])?;
             let scores = router
                 .predict_embedded(embedding.view())
                 .into_iter()
                 .next()
                 .unwrap_or_default();
             let region = region_of(embedding.row(0));
-            Ok::<_, routemesh_router::encoder::EncoderError>(RoutedPrompt {
+            Ok::<_, routemesh_router::RouterError>(RoutedPrompt {
                 scores: router.models().iter().cloned().zip(scores).collect(),
                 region,
             })

@@ -8,7 +8,9 @@ use std::time::Duration;
 use routemesh_proto::v1::gateway_server::GatewayServer;
 use routemesh_router::{LeastLoaded, Policy, PolicyKind, UtilityPolicy};
 use routemesh_worker::Registry;
+use routemesh_worker::tls;
 use tokio::task::JoinHandle;
+use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 use tower::ServiceBuilder;
@@ -108,28 +110,106 @@ async fn bind_optional(
 
 type HttpTask = JoinHandle<Result<(), std::io::Error>>;
 
-/// Serves an axum app (traced) until `stop`; returns its address and task.
+/// The public ports' TLS configurations, built from one set of files: gRPC
+/// offers HTTP/2 only, the HTTP API both HTTP/2 and HTTP/1.1.
+struct PublicTls {
+    grpc: Arc<rustls::ServerConfig>,
+    http: Arc<rustls::ServerConfig>,
+}
+
+/// Connections whose TLS handshake [`tls::accept_tls`] completed, as an axum
+/// listener.
+struct TlsListener {
+    accepted: tokio::sync::mpsc::Receiver<tls::Accepted>,
+    addr: SocketAddr,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tls::ServerTlsStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.accepted.recv().await {
+            Some(accepted) => accepted,
+            // The acceptor stopped: so does serving, by its shutdown signal.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        Ok(self.addr)
+    }
+}
+
+/// Serves an axum app (traced) until `stop`, over TLS when `tls` gives a
+/// configuration (per connection, so certificates can change); returns its
+/// address and task.
 fn serve_http(
     listener: tokio::net::TcpListener,
     app: axum::Router,
     stop: CancellationToken,
+    tls: Option<(tls::Reloading<PublicTls>, &mut TlsTasks)>,
 ) -> Result<(SocketAddr, HttpTask), ServeError> {
     let addr = listener.local_addr().map_err(|source| ServeError::Bind {
         addr: SocketAddr::from(([0, 0, 0, 0], 0)),
         source,
     })?;
     let app = app.layer(tower_http::trace::TraceLayer::new_for_http());
-    // Without TCP_NODELAY the last SSE chunks of a stream wait ~40 ms for
-    // Nagle's algorithm (measured by the streaming benchmark).
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await
-    });
+    let task = match tls {
+        Some((certs, tasks)) => {
+            let (accepted, acceptor) = tls::accept_tls(
+                listener,
+                move || certs.current().http.clone(),
+                tasks.stop.child_token(),
+            );
+            tasks.tasks.push(acceptor);
+            let listener = TlsListener { accepted, addr };
+            tokio::spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await
+            })
+        }
+        None => {
+            // Without TCP_NODELAY the last SSE chunks of a stream wait ~40 ms
+            // for Nagle's algorithm (measured by the streaming benchmark).
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            tokio::spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await
+            })
+        }
+    };
     Ok((addr, task))
+}
+
+/// The certificate watchers and TLS acceptors of a gateway, stopped when it
+/// stops (or when starting it fails part way: `stop` is cancelled on drop).
+struct TlsTasks {
+    stop: CancellationToken,
+    _guard: tokio_util::sync::DropGuard,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl TlsTasks {
+    fn new() -> Self {
+        let stop = CancellationToken::new();
+        Self {
+            _guard: stop.clone().drop_guard(),
+            stop,
+            tasks: Vec::new(),
+        }
+    }
+
+    async fn shutdown(self) {
+        self.stop.cancel();
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
 }
 
 fn policy(config: &GatewayConfig, cost_weight: f64) -> Box<dyn Policy> {
@@ -149,14 +229,20 @@ fn policy(config: &GatewayConfig, cost_weight: f64) -> Box<dyn Policy> {
 /// telemetry stays in this process.
 /// `limits` is where tenant limits are counted (Redis for a mesh of
 /// replicas); `None` counts them in this process.
+/// `keys`: API keys with their store (Redis); `None` uses the configured
+/// keys only.
 pub async fn start_gateway(
     config: GatewayConfig,
     registry: Arc<dyn Registry>,
     shared_telemetry: Option<Telemetry>,
     limits: Option<crate::limits::Limits>,
+    keys: Option<ApiKeys>,
 ) -> Result<RunningGateway, ServeError> {
-    let keys = ApiKeys::from_config(&config.auth)
-        .map_err(|(key, why)| ServeError::Config(format!("{key}: {why}")))?;
+    let keys = match keys {
+        Some(keys) => keys,
+        None => ApiKeys::from_config(&config.auth)
+            .map_err(|(key, why)| ServeError::Config(format!("{key}: {why}")))?,
+    };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServeError::Bind {
@@ -179,17 +265,46 @@ pub async fn start_gateway(
         .cost_weight
         .or_else(|| quality.calibrated_cost_weight())
         .unwrap_or(UtilityPolicy::default().cost_weight);
+    let mut tls_tasks = TlsTasks::new();
+    let worker_tls = match &config.worker_tls {
+        Some(files) => {
+            let (certs, watcher) = tls::watch(
+                files,
+                "gateway.worker_tls",
+                tls::client_config,
+                tls_tasks.stop.child_token(),
+            )
+            .map_err(ServeError::Config)?;
+            tls_tasks.tasks.push(watcher);
+            Some(certs)
+        }
+        None => None,
+    };
+    let public_tls = match &config.tls {
+        Some(files) => {
+            let (certs, watcher) = tls::watch(
+                files,
+                "gateway.tls",
+                |pem| {
+                    Ok(PublicTls {
+                        grpc: Arc::new(tls::server_config(pem, &[b"h2"])?),
+                        http: Arc::new(tls::server_config(pem, &[b"h2", b"http/1.1"])?),
+                    })
+                },
+                tls_tasks.stop.child_token(),
+            )
+            .map_err(ServeError::Config)?;
+            tls_tasks.tasks.push(watcher);
+            Some(certs)
+        }
+        None => None,
+    };
     let pool = Pool::new(
         registry,
         config.load_interval.max(Duration::from_millis(200)),
         config.missing_worker_grace,
-        match &config.worker_tls {
-            Some(t) => Some(
-                t.client_config("gateway.worker_tls")
-                    .map_err(ServeError::Config)?,
-            ),
-            None => None,
-        },
+        worker_tls,
+        config.circuit_breaker.clone(),
     );
     // Know the pool before the first request arrives.
     pool.refresh().await;
@@ -238,26 +353,11 @@ pub async fn start_gateway(
     let service = GatewayService::new(state.clone());
     // Authentication for the Gateway service only: health and reflection stay
     // open for probes and tooling.
-    let grpc_keys = keys.clone();
-    let grpc_service = GatewayServer::new(service.clone())
-        .max_decoding_message_size(config.max_request_bytes)
-        .max_encoding_message_size(usize::MAX);
-    let grpc_service = tonic::service::interceptor::InterceptedService::new(
-        grpc_service,
-        move |mut request: tonic::Request<()>| {
-            let authorization = request
-                .metadata()
-                .get("authorization")
-                .and_then(|v| v.to_str().ok());
-            match grpc_keys.authenticate(authorization) {
-                Ok(Some(tenant)) => {
-                    request.extensions_mut().insert(tenant);
-                    Ok(request)
-                }
-                Ok(None) => Ok(request),
-                Err(e) => Err(tonic::Status::from(e)),
-            }
-        },
+    let grpc_service = crate::grpc_auth::Authenticated::new(
+        GatewayServer::new(service.clone())
+            .max_decoding_message_size(config.max_request_bytes)
+            .max_encoding_message_size(usize::MAX),
+        keys.clone(),
     );
     let stop_serving = CancellationToken::new();
     let http = match http_listener {
@@ -267,7 +367,12 @@ pub async fn start_gateway(
                 keys,
                 max_body_bytes: config.max_request_bytes,
             });
-            Some(serve_http(listener, app, stop_serving.clone())?)
+            Some(serve_http(
+                listener,
+                app,
+                stop_serving.clone(),
+                public_tls.clone().map(|certs| (certs, &mut tls_tasks)),
+            )?)
         }
         None => None,
     };
@@ -278,32 +383,42 @@ pub async fn start_gateway(
             listener,
             crate::admin::router(state.clone()),
             stop_admin.clone(),
+            None,
         )?),
         None => None,
     };
     let admin_addr = admin.as_ref().map(|(a, _)| *a);
     let http_addr = http.as_ref().map(|(a, _)| *a);
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = &config.tls {
-        builder = builder
-            .tls_config(
-                tls.server_config("gateway.tls")
-                    .map_err(ServeError::Config)?,
-            )
-            .map_err(|e| ServeError::Config(format!("gateway.tls: {e}")))?;
-    }
-    let server = builder
+    let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .layer(stack)
         .add_service(health_service)
         .add_service(routemesh_proto::reflection_v1()?)
         .add_service(routemesh_proto::reflection_v1alpha()?)
-        .add_service(grpc_service)
-        .serve_with_incoming_shutdown(
+        .add_service(grpc_service);
+    let signal = stop_serving.clone().cancelled_owned();
+    // TLS is terminated here rather than by tonic, so that each new
+    // connection gets the certificate current at its handshake.
+    let server: std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<(), tonic::transport::Error>> + Send>,
+    > = match public_tls {
+        Some(certs) => {
+            let (accepted, acceptor) = tls::accept_tls(
+                listener,
+                move || certs.current().grpc.clone(),
+                tls_tasks.stop.child_token(),
+            );
+            tls_tasks.tasks.push(acceptor);
+            let incoming = tokio_stream::wrappers::ReceiverStream::new(accepted)
+                .map(|(tls, _)| Ok::<_, std::io::Error>(tls));
+            Box::pin(router.serve_with_incoming_shutdown(incoming, signal))
+        }
+        None => Box::pin(router.serve_with_incoming_shutdown(
             TcpIncoming::from(listener).with_nodelay(Some(true)),
-            stop_serving.clone().cancelled_owned(),
-        );
+            signal,
+        )),
+    };
     let mut server = tokio::spawn(server);
 
     let grace = config.drain_grace;
@@ -315,6 +430,7 @@ pub async fn start_gateway(
                 () = shutdown.cancelled() => {}
                 result = &mut server => {
                     shutdown.cancel();
+                    tls_tasks.shutdown().await;
                     return Ok(result??);
                 }
             }
@@ -341,6 +457,7 @@ pub async fn start_gateway(
                 }
             }
             let _ = maintenance.await;
+            tls_tasks.shutdown().await;
             state_for_shutdown.recorder.shutdown().await;
             stop_admin.cancel();
             if let Some((_, admin)) = admin {

@@ -22,7 +22,7 @@ use crate::auth::Tenant;
 use crate::config::GatewayConfig;
 use crate::error::GatewayError;
 use crate::limits::{Limits, Refusal};
-use crate::pool::{Pool, Snapshot, WorkerHandle};
+use crate::pool::{InFlight, Pool, Snapshot, WorkerHandle};
 use crate::quality::{Predicted, QualityModel};
 use crate::recent::{Recent, Served};
 use crate::retry::RetryBudget;
@@ -274,6 +274,20 @@ impl GatewayState {
         }
         let mut explanation = explain(&req.request_id, &decision, &live, took);
         explanation.prompt_region = routed.map(|p| p.region.clone()).unwrap_or_default();
+        // The policy sees an open breaker as "unhealthy"; say which it was.
+        for c in &mut explanation.candidates {
+            if !c.eligible
+                && let Some(w) = workers.iter().find(|w| w.record.id == c.worker_id)
+                && w.healthy()
+                && w.breaker.state() != crate::breaker::State::Closed
+                && !w.breaker.allows(Instant::now())
+            {
+                c.excluded_because = format!(
+                    "circuit breaker {} (recent calls failed)",
+                    w.breaker.state().as_str().replace('_', "-")
+                );
+            }
+        }
         match decision.chosen {
             Ok(i) => Ok(Routed {
                 worker: workers[i].clone(),
@@ -322,15 +336,26 @@ impl GatewayState {
 
     /// The next worker for `req`, avoiding those already tried. Running out
     /// of workers after a failover reports that failure, not "no worker".
+    /// The call is counted in flight, with the worker's breaker permit.
     fn next_worker(
         &self,
         req: &ValidRequest,
         snapshot: &Snapshot,
         predicted: Option<&Predicted>,
         attempts: &mut Attempts,
-    ) -> Result<Routed, GatewayError> {
-        self.route(req, snapshot, &attempts.excluded, predicted)
-            .map_err(|e| attempts.last_failure.take().unwrap_or(e))
+    ) -> Result<(Routed, InFlight), GatewayError> {
+        // A worker whose last half-open probe slot went to another request
+        // since routing looked is skipped for this choice only.
+        let mut skip = attempts.excluded.clone();
+        loop {
+            let routed = self
+                .route(req, snapshot, &skip, predicted)
+                .map_err(|e| attempts.last_failure.take().unwrap_or(e))?;
+            match routed.worker.try_begin() {
+                Some(in_flight) => return Ok((routed, in_flight)),
+                None => skip.push(routed.worker.record.id.clone()),
+            }
+        }
     }
 
     /// After a failed call (before any token reached the client): `Ok` when
@@ -346,6 +371,7 @@ impl GatewayState {
     ) -> Result<(), GatewayError> {
         let status = connection_lost(status);
         self.record(req, worker, outcome_of(&status), None, started);
+        worker.report(worker_fault(&status, self.full_budget(budget)));
         let retry = Self::should_fail_over(worker, &status);
         let tries = attempts.excluded.len() as u32 + 1;
         if retry && tries < self.config.max_attempts && self.retry_budget.try_withdraw() {
@@ -572,10 +598,34 @@ impl GatewayState {
         })
     }
 
+    /// Whether a request's time budget was the gateway's whole
+    /// `request_timeout` (no shorter client deadline).
+    fn full_budget(&self, budget: Duration) -> bool {
+        budget >= self.config.request_timeout
+    }
+
     fn budget<T>(&self, request: &Request<T>) -> Duration {
         client_deadline(request).map_or(self.config.request_timeout, |d| {
             d.min(self.config.request_timeout)
         })
+    }
+}
+
+/// What a failed call says about the worker, for its circuit breaker:
+/// `Some(true)` it is failing; `None` the client's fault (bad input) or mere
+/// load (full), which say nothing about its health. A deadline counts only
+/// when it was the gateway's own (`full_budget`): a client's shorter one says
+/// nothing about the worker, and counting it would let one client with tiny
+/// deadlines open every breaker.
+fn worker_fault(status: &Status, full_budget: bool) -> Option<bool> {
+    match status.code() {
+        Code::Unavailable
+        | Code::Internal
+        | Code::Unknown
+        | Code::DataLoss
+        | Code::Unimplemented => Some(true),
+        Code::DeadlineExceeded => full_budget.then_some(true),
+        _ => None,
     }
 }
 
@@ -678,11 +728,13 @@ impl GatewayService {
         } = state.admit_request(request).await?;
         let mut attempts = Attempts::default();
         loop {
-            let Routed {
-                worker,
-                explanation,
-            } = state.next_worker(&req, &snapshot, predicted.as_ref(), &mut attempts)?;
-            let _in_flight = worker.begin();
+            let (
+                Routed {
+                    worker,
+                    explanation,
+                },
+                _in_flight,
+            ) = state.next_worker(&req, &snapshot, predicted.as_ref(), &mut attempts)?;
             let started = Instant::now();
             let remaining = deadline.saturating_duration_since(started);
             let mut client = worker.client.clone();
@@ -692,6 +744,7 @@ impl GatewayService {
                 Ok(result) => result,
                 Err(_) => {
                     state.record(&req, &worker, Outcome::Timeout, None, started);
+                    worker.report(state.full_budget(budget).then_some(true));
                     return Err(GatewayError::Deadline(budget).into());
                 }
             };
@@ -699,6 +752,7 @@ impl GatewayService {
                 Ok(response) => {
                     let done = response.into_inner();
                     state.record(&req, &worker, Outcome::Ok, done.usage.as_ref(), started);
+                    worker.report(Some(false));
                     state.charge(&req, done.usage.as_ref()).await;
                     state.remember(&req, &worker, predicted.as_ref());
                     let message = GenerateResponse {
@@ -735,11 +789,13 @@ impl GatewayService {
         // where no model ran moves the request to another worker.
         let mut attempts = Attempts::default();
         let (worker, explanation, in_flight, mut upstream, first, started, call_span) = loop {
-            let Routed {
-                worker,
-                explanation,
-            } = state.next_worker(&req, &snapshot, predicted.as_ref(), &mut attempts)?;
-            let in_flight = worker.begin();
+            let (
+                Routed {
+                    worker,
+                    explanation,
+                },
+                in_flight,
+            ) = state.next_worker(&req, &snapshot, predicted.as_ref(), &mut attempts)?;
             let started = Instant::now();
             let remaining = deadline.saturating_duration_since(started);
             let call_span = worker_call_span(&worker, attempts.excluded.len() + 1);
@@ -760,6 +816,7 @@ impl GatewayService {
             .await
             .map_err(|_| {
                 state.record(&req, &worker, Outcome::Timeout, None, started);
+                worker.report(state.full_budget(budget).then_some(true));
                 Status::from(GatewayError::Deadline(budget))
             })?;
             match opened {
@@ -775,6 +832,7 @@ impl GatewayService {
                     );
                 }
                 Ok((_, None)) => {
+                    worker.report(Some(true));
                     let status = Status::internal("worker closed the stream without an event");
                     return Err(GatewayError::Worker {
                         worker_id: worker.record.id.clone(),
@@ -818,6 +876,7 @@ impl GatewayService {
                         match tokio::time::timeout(remaining, upstream.message()).await {
                             Err(_) => {
                                 state.record(&req, &worker, Outcome::Timeout, None, started);
+                                worker.report(state.full_budget(budget).then_some(true));
                                 let _ = tx.send(Err(GatewayError::Deadline(budget).into())).await;
                                 return;
                             }
@@ -841,6 +900,7 @@ impl GatewayService {
                                     worker.mark_unhealthy();
                                 }
                                 state.record(&req, &worker, outcome_of(&status), None, started);
+                                worker.report(worker_fault(&status, state.full_budget(budget)));
                                 let status = Status::new(
                                     status.code(),
                                     format!(
@@ -882,6 +942,7 @@ impl GatewayService {
                     }
                     Some(worker_stream_event::Event::End(end)) => {
                         state.record(&req, &worker, Outcome::Ok, end.usage.as_ref(), started);
+                        worker.report(Some(false));
                         state.charge(&req, end.usage.as_ref()).await;
                         state.remember(&req, &worker, predicted.as_ref());
                         let end = StreamEnd {
@@ -1008,5 +1069,29 @@ impl Gateway for GatewayService {
         Ok(Response::new(ListModelsResponse {
             models: models.into_values().collect(),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_workers_own_failures_count_against_its_breaker() {
+        for code in [Code::Unavailable, Code::Internal, Code::Unknown] {
+            assert_eq!(worker_fault(&Status::new(code, ""), false), Some(true));
+        }
+        // Load, the client's bad input, and a deadline the client shortened
+        // say nothing about the worker.
+        for code in [
+            Code::ResourceExhausted,
+            Code::InvalidArgument,
+            Code::Cancelled,
+        ] {
+            assert_eq!(worker_fault(&Status::new(code, ""), true), None);
+        }
+        let deadline = Status::deadline_exceeded("");
+        assert_eq!(worker_fault(&deadline, false), None);
+        assert_eq!(worker_fault(&deadline, true), Some(true));
     }
 }

@@ -26,6 +26,8 @@ pub enum UpError {
     Telemetry(#[from] routemesh_telemetry::StoreError),
     #[error("gateway: {0}")]
     Gateway(#[from] ServeError),
+    #[error("API keys: {0}")]
+    Keys(crate::keys::KeyStoreError),
 }
 
 /// Connects the registry a configuration names. `memory` holds the static
@@ -116,7 +118,26 @@ impl Mesh {
                 }
                 _ => None,
             };
-            match start_gateway(config.gateway.clone(), registry, telemetry, limits).await {
+            let keys = match (&config.registry.redis, config.gateway.auth.redis) {
+                (Some(r), true) => {
+                    let store = crate::keys::RedisKeys::connect(&r.url, &r.mesh).await;
+                    match store.map(|s| crate::auth::ApiKeys::with_redis(&config.gateway.auth, s)) {
+                        Ok(Ok(keys)) => Some(keys),
+                        Ok(Err((key, why))) => {
+                            mesh.shutdown().await;
+                            return Err(UpError::Gateway(ServeError::Config(format!(
+                                "{key}: {why}"
+                            ))));
+                        }
+                        Err(e) => {
+                            mesh.shutdown().await;
+                            return Err(UpError::Keys(e));
+                        }
+                    }
+                }
+                _ => None,
+            };
+            match start_gateway(config.gateway.clone(), registry, telemetry, limits, keys).await {
                 Ok(g) => mesh.gateway = Some(g),
                 Err(e) => {
                     mesh.shutdown().await;

@@ -1,5 +1,6 @@
-//! Router speed: decisions per second without cache hits (encoder + predictor
-//! on each prompt), by batch size and prompt length. Needs the encoder assets
+//! Router speed: decisions per second without cache hits (embedder + predictor
+//! on each prompt), on the full path (encoder) and the fast path (static
+//! embeddings), by batch size and prompt length. Needs the encoder assets
 //! (`scripts/fetch-router-assets.sh`; ROUTEMESH_ASSETS) and uses mix9 prompts
 //! from ../shared/data when present, else generated ones.
 //!
@@ -10,7 +11,7 @@
 use std::path::Path;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use routemesh_router::Router;
+use routemesh_router::{Router, RouterConfig};
 
 fn prompts() -> Vec<String> {
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/routing/mix9.jsonl");
@@ -34,40 +35,47 @@ fn prompts() -> Vec<String> {
 
 fn bench(c: &mut Criterion) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("artifacts/default");
-    let router = match Router::load(&dir) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("SKIP router bench: {e}");
-            return;
-        }
-    };
     let prompts = prompts();
-    let mut group = c.benchmark_group("router_decision_no_cache");
-    for batch in [1usize, 8, 32] {
-        group.throughput(Throughput::Elements(batch as u64));
-        group.bench_with_input(
-            BenchmarkId::new("mix9_prompts_batch", batch),
-            &batch,
-            |b, &batch| {
-                let mut i = 0;
-                b.iter(|| {
-                    let chunk: Vec<&str> = (0..batch)
-                        .map(|k| prompts[(i + k) % prompts.len()].as_str())
-                        .collect();
-                    i += batch;
-                    router.predict_batch(&chunk).unwrap()
-                });
-            },
-        );
+    for fast_path in [false, true] {
+        let cfg = RouterConfig {
+            fast_path,
+            ..RouterConfig::default()
+        };
+        let router = match Router::load_with(&dir, &cfg) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("SKIP router bench: {e}");
+                return;
+            }
+        };
+        let name = format!("router_{}_path_no_cache", router.path().as_str());
+        let mut group = c.benchmark_group(name);
+        for batch in [1usize, 8, 32] {
+            group.throughput(Throughput::Elements(batch as u64));
+            group.bench_with_input(
+                BenchmarkId::new("mix9_prompts_batch", batch),
+                &batch,
+                |b, &batch| {
+                    let mut i = 0;
+                    b.iter(|| {
+                        let chunk: Vec<&str> = (0..batch)
+                            .map(|k| prompts[(i + k) % prompts.len()].as_str())
+                            .collect();
+                        i += batch;
+                        router.predict_batch(&chunk).unwrap()
+                    });
+                },
+            );
+        }
+        for words in [8usize, 64, 256] {
+            let prompt = "routing ".repeat(words);
+            group.throughput(Throughput::Elements(1));
+            group.bench_with_input(BenchmarkId::new("prompt_words", words), &prompt, |b, p| {
+                b.iter(|| router.predict(p).unwrap())
+            });
+        }
+        group.finish();
     }
-    for words in [8usize, 64, 256] {
-        let prompt = "routing ".repeat(words);
-        group.throughput(Throughput::Elements(1));
-        group.bench_with_input(BenchmarkId::new("prompt_words", words), &prompt, |b, p| {
-            b.iter(|| router.predict(p).unwrap())
-        });
-    }
-    group.finish();
 }
 
 criterion_group! {

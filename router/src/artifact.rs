@@ -21,6 +21,11 @@ use crate::predict::{
 pub const FORMAT: &str = "routemesh-router";
 pub const FORMAT_VERSION: u32 = 1;
 pub const MANIFEST: &str = "manifest.json";
+/// Sub-directory of an artifact holding its fast path (static table + a predictor trained on it).
+pub const FAST_DIR: &str = "fast";
+const STATIC_TABLE: &str = "static_table.i8";
+const STATIC_SCALES: &str = "static_scales.f32";
+const STATIC_WEIGHTS: &str = "static_weights.f32";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArtifactError {
@@ -494,6 +499,61 @@ impl Files<'_> {
     }
 }
 
+/// Adds the fast path's static table to the (already saved) artifact in `dir`: int8 rows with one scale
+/// each (vectors are unit length, so the int8 error is a ~1e-4 cosine) and the f32 word-piece weights.
+pub fn save_static_table(
+    dir: &Path,
+    manifest: &mut Manifest,
+    table: &Array2<f32>,
+    weights: &[f32],
+) -> Result<(), ArtifactError> {
+    let (codes, scales) = quantize_rows(table);
+    let files = [
+        (
+            STATIC_TABLE,
+            codes.iter().map(|&c| c.to_le_bytes()[0]).collect(),
+        ),
+        (STATIC_SCALES, f32_bytes(scales)),
+        (STATIC_WEIGHTS, f32_bytes(weights.iter().copied())),
+    ];
+    for (name, bytes) in files {
+        let path = dir.join(name);
+        std::fs::write(&path, &bytes).map_err(|source| ArtifactError::Io { path, source })?;
+        manifest.files.insert(
+            name.to_string(),
+            FileInfo {
+                sha256: sha256(&bytes),
+                bytes: bytes.len() as u64,
+            },
+        );
+    }
+    write_manifest(dir, manifest)
+}
+
+/// The static table and word-piece weights of a fast-path artifact, verified: `([vocab, dim], [vocab])`.
+pub fn load_static_table(
+    dir: &Path,
+    manifest: &Manifest,
+) -> Result<(Array2<f32>, Vec<f32>), ArtifactError> {
+    let f = Files { dir, manifest };
+    let dim = manifest.encoder.dim;
+    let vocab = manifest
+        .files
+        .get(STATIC_WEIGHTS)
+        .map(|i| i.bytes as usize / 4)
+        .ok_or_else(|| {
+            ArtifactError::Invalid(format!("{STATIC_WEIGHTS} is not listed in files"))
+        })?;
+    let weights = read_f32(&f.read(STATIC_WEIGHTS, vocab * 4)?);
+    let scales = read_f32(&f.read(STATIC_SCALES, vocab * 4)?);
+    let codes: Vec<i8> = f
+        .read(STATIC_TABLE, vocab * dim)?
+        .into_iter()
+        .map(|b| i8::from_le_bytes([b]))
+        .collect();
+    Ok((dequantize_rows(&codes, &scales, dim), weights))
+}
+
 /// Loads the manifest and the predictor of an artifact directory, verifying every file.
 pub fn load(dir: &Path) -> Result<(Manifest, Box<dyn QualityPredictor>), ArtifactError> {
     let manifest = read_manifest(dir)?;
@@ -642,6 +702,47 @@ mod tests {
                 assert!((x - y).abs() < 2e-2, "{} {x} vs {y}", p.kind());
             }
         }
+    }
+
+    #[test]
+    fn static_table_round_trip_and_checksum() {
+        let (models, emb, q) = toy();
+        let data = TrainSet {
+            models: &models,
+            emb: emb.view(),
+            quality: &q,
+            sources: None,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let knn = Knn::train(&data, KnnConfig::default());
+        let mut m = save(
+            dir.path(),
+            info(8),
+            &knn,
+            Calibration::default(),
+            vec![],
+            serde_json::Value::Null,
+        )
+        .unwrap();
+        // Unit rows, as the encoder gives them.
+        let table = Array2::from_shape_fn((5, 8), |(i, k)| ((i * 8 + k) as f32).sin());
+        let norms = table.map_axis(ndarray::Axis(1), |r| r.dot(&r).sqrt());
+        let table = &table / &norms.insert_axis(ndarray::Axis(1));
+        let weights = vec![1.0, 2.0, 0.0, 3.5, 1.25];
+        save_static_table(dir.path(), &mut m, &table, &weights).unwrap();
+        let m = read_manifest(dir.path()).unwrap();
+        let (back, w) = load_static_table(dir.path(), &m).unwrap();
+        assert_eq!(w, weights);
+        for (a, b) in back.rows().into_iter().zip(table.rows()) {
+            assert!(a.dot(&b) > 0.9999, "{a} vs {b}");
+        }
+        // A flipped byte in the table is refused.
+        let path = dir.path().join(STATIC_TABLE);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[0] ^= 0x01;
+        std::fs::write(&path, &bytes).unwrap();
+        let err = load_static_table(dir.path(), &m).unwrap_err();
+        assert!(matches!(err, ArtifactError::Checksum { .. }), "{err}");
     }
 
     #[test]

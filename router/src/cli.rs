@@ -44,6 +44,14 @@ pub enum RouterCommand {
         seed: u64,
         #[arg(long)]
         models: Option<PathBuf>,
+        /// Predictors cross-validated next to `--predictor` under `--cv` (comma-separated; `none` for
+        /// only the router's own out-of-fold predictions).
+        #[arg(long, default_value = "knn,knn-plain,mf,ridge,source,prior")]
+        baselines: String,
+        /// Also build the fast path (`DIR/fast`): static word-piece embeddings distilled from the encoder
+        /// and the same predictor trained on them.
+        #[arg(long)]
+        fast: bool,
         #[command(flatten)]
         enc: EncoderArgs,
     },
@@ -55,6 +63,9 @@ pub enum RouterCommand {
         data: PathBuf,
         #[arg(long)]
         out: PathBuf,
+        /// Use the artifact's fast path (static embeddings) instead of the encoder.
+        #[arg(long)]
+        fast: bool,
         #[command(flatten)]
         enc: EncoderArgs,
     },
@@ -75,6 +86,9 @@ pub enum RouterCommand {
         router: Option<PathBuf>,
         #[arg(required = true)]
         prompt: Vec<String>,
+        /// Use the artifact's fast path (static embeddings) instead of the encoder.
+        #[arg(long)]
+        fast: bool,
         #[command(flatten)]
         enc: EncoderArgs,
     },
@@ -102,6 +116,13 @@ pub enum RouterCommand {
         /// Print the full route_eval-style tables, not only the summary.
         #[arg(long)]
         full: bool,
+        /// Cross-validate on precomputed embeddings instead of the encoder's: raw little-endian f32
+        /// `[rows, 384]` in the order of the data files' rows (for comparing other embedders).
+        #[arg(long)]
+        embeddings: Option<PathBuf>,
+        /// With `--router`: evaluate the artifact's fast path.
+        #[arg(long)]
+        fast: bool,
         #[command(flatten)]
         enc: EncoderArgs,
     },
@@ -186,14 +207,16 @@ pub struct EncoderArgs {
 }
 
 impl EncoderArgs {
-    pub fn load(&self) -> anyhow::Result<Encoder> {
-        let assets = self
-            .assets
+    pub fn asset_paths(&self) -> AssetPaths {
+        self.assets
             .as_deref()
             .map(AssetPaths::in_dir)
-            .unwrap_or_else(AssetPaths::from_env);
+            .unwrap_or_else(AssetPaths::from_env)
+    }
+
+    pub fn load(&self) -> anyhow::Result<Encoder> {
         Ok(Encoder::load(&EncoderConfig {
-            assets,
+            assets: self.asset_paths(),
             max_len: self.max_len,
             threads: self.threads,
             sessions: 1,
@@ -216,6 +239,8 @@ pub fn run(cmd: RouterCommand) -> anyhow::Result<()> {
             cv,
             seed,
             models,
+            baselines,
+            fast,
             enc,
         } => {
             let prices = data::Prices::load(&prices_path(models.as_deref(), &data)?)?;
@@ -225,93 +250,70 @@ pub fn run(cmd: RouterCommand) -> anyhow::Result<()> {
             let encoder = enc.load()?;
             let (rows, emb) = load_embedded(&encoder, &data)?;
             let table = data::Table::new(rows, &prices)?;
-            let groups = eval::groups(&table, &prices);
-            let mut training = serde_json::json!({
+            let provenance = serde_json::json!({
                 "data": data.iter().map(|p| p.file_name().map(|f| f.to_string_lossy().into_owned())).collect::<Vec<_>>(),
                 "rows": table.len(),
                 "predictor": spec.name(),
             });
-            let oof = match cv {
-                Some(k) => {
-                    let cands: Vec<Candidate> = [
-                        predictor.as_str(),
-                        "knn",
-                        "knn-plain",
-                        "mf",
-                        "ridge",
-                        "source",
-                        "prior",
-                    ]
-                    .iter()
-                    .map(|p| parse_candidate(p))
-                    .collect::<anyhow::Result<_>>()?;
-                    let preds = eval::cross_validate(&table, emb.view(), &cands, k, seed, |m| {
-                        eprintln!("{m}")
-                    });
-                    let names: Vec<String> = cands.iter().map(Candidate::name).collect();
-                    let text =
-                        eval::summary(&table, &eval::eval_groups(&table, &prices), &names, &preds);
-                    print!("{text}");
-                    training["cv"] = serde_json::json!({"folds": k, "seed": seed, "summary": text});
-                    preds.into_iter().next()
-                }
-                None => None,
+            let job = TrainJob {
+                table: &table,
+                prices: &prices,
+                spec: &spec,
+                predictor: &predictor,
+                baselines: baselines
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|b| !b.is_empty() && *b != "none")
+                    .collect(),
+                cv,
+                seed,
             };
-            let t = Instant::now();
-            let tq = table.quality.clone();
-            let src: Vec<String> = table.rows.iter().map(|r| r.source.clone()).collect();
-            let set = TrainSet {
-                models: &table.models,
-                emb: emb.view(),
-                quality: &tq,
-                sources: Some(&src),
-            };
-            let model = train_savable(&spec, &set);
-            eprintln!(
-                "trained {} on {} rows in {:.1?}",
-                spec.name(),
-                table.len(),
-                t.elapsed()
-            );
-            // Calibrate on out-of-fold predictions when available: in-sample kNN predictions see themselves.
-            let calib_pred = oof.unwrap_or_else(|| model.predict(emb.view()));
-            let calibration = calibrate(&table, &groups, &calib_pred);
             let info = EncoderInfo {
                 id: ENCODER_ID.into(),
                 model_sha256: encoder.model_sha256().into(),
                 max_len: encoder.max_len(),
                 dim: EMBED_DIM,
             };
-            let pools = groups
-                .iter()
-                .map(|g| g.models.iter().map(|&j| table.models[j].clone()).collect())
-                .collect();
-            let m = artifact::save(&out, info, model.as_ref(), calibration, pools, training)?;
-            let bytes: u64 = m.files.values().map(|f| f.bytes).sum();
-            eprintln!(
-                "wrote {} ({} files, {:.1} MB)",
-                out.display(),
-                m.files.len(),
-                bytes as f64 / 1e6
-            );
+            job.train_and_save(&out, emb.view(), info, provenance.clone())?;
+            if fast {
+                let t = Instant::now();
+                let embedder = distill_static(&encoder, &enc.asset_paths(), &table)?;
+                let prompts: Vec<&str> = table.rows.iter().map(|r| r.prompt.as_str()).collect();
+                let femb = embedder.embed(&prompts)?;
+                eprintln!(
+                    "fast path: static table and embeddings in {:.1?}",
+                    t.elapsed()
+                );
+                let info = EncoderInfo {
+                    id: crate::fast::STATIC_ENCODER_ID.into(),
+                    model_sha256: encoder.model_sha256().into(),
+                    max_len: embedder.max_tokens(),
+                    dim: EMBED_DIM,
+                };
+                let dir = out.join(artifact::FAST_DIR);
+                let mut m = job.train_and_save(&dir, femb.view(), info, provenance)?;
+                artifact::save_static_table(
+                    &dir,
+                    &mut m,
+                    &embedder.table().to_owned(),
+                    embedder.weights(),
+                )?;
+                eprintln!("wrote the fast path to {}", dir.display());
+            }
             Ok(())
         }
         RouterCommand::Score {
             router,
             data,
             out,
+            fast,
             enc,
         } => {
             let dir = router.unwrap_or_else(default_artifact_dir);
-            let r = load_router(&dir, &enc)?;
+            let r = load_router(&dir, &enc, fast)?;
             let rows = data::load_jsonl(&data)?;
             let prompts: Vec<&str> = rows.iter().map(|r| r.prompt.as_str()).collect();
-            let emb = embed::embed_cached(
-                r.encoder(),
-                &prompts,
-                Some(&embed::default_cache_dir()),
-                |_| {},
-            )?;
+            let emb = router_embeddings(&r, &prompts)?;
             let pred = r.predict_embedded(emb.view());
             let mut text = String::new();
             for (row, p) in rows.iter().zip(&pred) {
@@ -337,7 +339,7 @@ pub fn run(cmd: RouterCommand) -> anyhow::Result<()> {
             enc,
         } => {
             let prices = data::Prices::load(&prices_path(models.as_deref(), &data)?)?;
-            let r = load_router(&router, &enc)?;
+            let r = load_router(&router, &enc, false)?;
             let (rows, emb) = load_embedded(r.encoder(), &data)?;
             let table = data::Table::with_models(rows, r.models().to_vec(), &prices)?;
             let groups = eval::groups(&table, &prices);
@@ -366,10 +368,12 @@ pub fn run(cmd: RouterCommand) -> anyhow::Result<()> {
         RouterCommand::Predict {
             router,
             prompt,
+            fast,
             enc,
         } => {
             let dir = router.unwrap_or_else(default_artifact_dir);
-            let r = load_router(&dir, &enc)?;
+            let r = load_router(&dir, &enc, fast)?;
+            println!("{} path", r.path().as_str());
             for p in &prompt {
                 let t = Instant::now();
                 let mut q = r.predict(p)?;
@@ -391,11 +395,23 @@ pub fn run(cmd: RouterCommand) -> anyhow::Result<()> {
             models,
             pred_out,
             full,
+            embeddings,
+            fast,
             enc,
         } => {
             let prices = data::Prices::load(&prices_path(models.as_deref(), &data)?)?;
             let encoder = enc.load()?;
-            let (rows, emb) = load_embedded(&encoder, &data)?;
+            let (rows, emb) = match &embeddings {
+                Some(path) => {
+                    let mut rows = Vec::new();
+                    for p in &data {
+                        rows.extend(data::load_jsonl(p)?);
+                    }
+                    let emb = read_embeddings(path, rows.len())?;
+                    (rows, emb)
+                }
+                None => load_embedded(&encoder, &data)?,
+            };
             let table = data::Table::new(rows, &prices)?;
             let groups = eval::eval_groups(&table, &prices);
             let (names, preds) = match (cv, router) {
@@ -416,7 +432,14 @@ pub fn run(cmd: RouterCommand) -> anyhow::Result<()> {
                     )
                 }
                 (None, Some(dir)) => {
-                    let r = load_router(&dir, &enc)?;
+                    let r = load_router(&dir, &enc, fast)?;
+                    let emb = if fast {
+                        let prompts: Vec<&str> =
+                            table.rows.iter().map(|r| r.prompt.as_str()).collect();
+                        router_embeddings(&r, &prompts)?
+                    } else {
+                        emb.clone()
+                    };
                     anyhow::ensure!(
                         r.models() == table.models.as_slice()
                             || table.models.iter().all(|m| r.models().contains(m)),
@@ -512,6 +535,22 @@ pub fn load_embedded(
     Ok((rows, all))
 }
 
+/// Raw little-endian f32 `[rows, EMBED_DIM]` embeddings from a file.
+fn read_embeddings(path: &std::path::Path, rows: usize) -> anyhow::Result<ndarray::Array2<f32>> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    anyhow::ensure!(
+        bytes.len() == rows * EMBED_DIM * 4,
+        "{}: {} bytes, expected {rows} rows of {EMBED_DIM} f32",
+        path.display(),
+        bytes.len()
+    );
+    let v = bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    Ok(ndarray::Array2::from_shape_vec((rows, EMBED_DIM), v)?)
+}
+
 /// `models.json` given explicitly or next to the first data file.
 pub fn prices_path(
     explicit: Option<&std::path::Path>,
@@ -558,18 +597,143 @@ pub fn default_artifact_dir() -> PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("artifacts/default")
 }
 
-fn load_router(dir: &std::path::Path, enc: &EncoderArgs) -> anyhow::Result<crate::Router> {
-    let assets = enc
-        .assets
-        .as_deref()
-        .map(AssetPaths::in_dir)
-        .unwrap_or_else(AssetPaths::from_env);
+/// Embeddings for `r`'s active path: the fast path embeds on the spot, the encoder's are cached.
+fn router_embeddings(r: &crate::Router, prompts: &[&str]) -> anyhow::Result<ndarray::Array2<f32>> {
+    Ok(match r.path() {
+        crate::router::EmbedPath::Fast => r.embed(prompts)?,
+        crate::router::EmbedPath::Full => embed::embed_cached(
+            r.encoder(),
+            prompts,
+            Some(&embed::default_cache_dir()),
+            |_| {},
+        )?,
+    })
+}
+
+/// Loads a router on its full path, or its fast path when `fast` (and the artifact has one).
+fn load_router(
+    dir: &std::path::Path,
+    enc: &EncoderArgs,
+    fast: bool,
+) -> anyhow::Result<crate::Router> {
     let cfg = crate::router::RouterConfig {
-        assets,
+        assets: enc.asset_paths(),
         threads: enc.threads,
         sessions: 1,
+        fast_path: fast,
     };
     crate::Router::load_with(dir, &cfg).with_context(|| format!("loading router {}", dir.display()))
+}
+
+/// One predictor to train on one embedding of a table, with optional CV against the baselines.
+struct TrainJob<'a> {
+    table: &'a data::Table,
+    prices: &'a data::Prices,
+    spec: &'a PredictorSpec,
+    predictor: &'a str,
+    baselines: Vec<&'a str>,
+    cv: Option<usize>,
+    seed: u64,
+}
+
+impl TrainJob<'_> {
+    /// Trains on all rows and writes the artifact to `out`; with `cv`, records the CV summary and
+    /// calibrates on out-of-fold predictions (in-sample kNN predictions see themselves).
+    fn train_and_save(
+        &self,
+        out: &std::path::Path,
+        emb: ndarray::ArrayView2<'_, f32>,
+        encoder: EncoderInfo,
+        mut training: serde_json::Value,
+    ) -> anyhow::Result<artifact::Manifest> {
+        let table = self.table;
+        let groups = eval::groups(table, self.prices);
+        let oof = match self.cv {
+            Some(k) => {
+                let cands: Vec<Candidate> = std::iter::once(self.predictor)
+                    .chain(self.baselines.iter().copied())
+                    .map(parse_candidate)
+                    .collect::<anyhow::Result<_>>()?;
+                let preds =
+                    eval::cross_validate(table, emb, &cands, k, self.seed, |m| eprintln!("{m}"));
+                let names: Vec<String> = cands.iter().map(Candidate::name).collect();
+                let text = eval::summary(
+                    table,
+                    &eval::eval_groups(table, self.prices),
+                    &names,
+                    &preds,
+                );
+                print!("{text}");
+                training["cv"] =
+                    serde_json::json!({"folds": k, "seed": self.seed, "summary": text});
+                preds.into_iter().next()
+            }
+            None => None,
+        };
+        let t = Instant::now();
+        let tq = table.quality.clone();
+        let src: Vec<String> = table.rows.iter().map(|r| r.source.clone()).collect();
+        let set = TrainSet {
+            models: &table.models,
+            emb,
+            quality: &tq,
+            sources: Some(&src),
+        };
+        let model = train_savable(self.spec, &set);
+        eprintln!(
+            "trained {} on {} rows in {:.1?}",
+            self.spec.name(),
+            table.len(),
+            t.elapsed()
+        );
+        let calib_pred = oof.unwrap_or_else(|| model.predict(emb));
+        let calibration = calibrate(table, &groups, &calib_pred);
+        let pools = groups
+            .iter()
+            .map(|g| g.models.iter().map(|&j| table.models[j].clone()).collect())
+            .collect();
+        let m = artifact::save(out, encoder, model.as_ref(), calibration, pools, training)?;
+        let bytes: u64 = m.files.values().map(|f| f.bytes).sum();
+        eprintln!(
+            "wrote {} ({} files, {:.1} MB)",
+            out.display(),
+            m.files.len(),
+            bytes as f64 / 1e6
+        );
+        Ok(m)
+    }
+}
+
+/// The fast path's embedder: every word piece encoded alone (rows stored as the artifact will hold
+/// them, int8), weighted by IDF over the training prompts.
+pub fn distill_static(
+    encoder: &Encoder,
+    assets: &AssetPaths,
+    table: &data::Table,
+) -> anyhow::Result<crate::fast::StaticEmbedder> {
+    use crate::fast::{DEFAULT_MAX_TOKENS, StaticEmbedder, idf_weights, plain_tokenizer};
+    let vocab = encoder.embed_vocabulary(256)?;
+    let (codes, scales) = artifact::quantize_rows(&vocab);
+    let vocab = artifact::dequantize_rows(&codes, &scales, EMBED_DIM);
+    let tokenizer = plain_tokenizer(&assets.tokenizer)?;
+    let n = vocab.nrows();
+    let probe = StaticEmbedder::new(
+        tokenizer.clone(),
+        vocab.clone(),
+        vec![1.0; n],
+        DEFAULT_MAX_TOKENS,
+    )?;
+    let docs = table
+        .rows
+        .iter()
+        .map(|r| probe.token_ids(&r.prompt))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(StaticEmbedder::new(
+        tokenizer,
+        vocab,
+        idf_weights(&docs, n),
+        DEFAULT_MAX_TOKENS,
+    )?)
 }
 
 /// Trains the concrete predictor of `spec` (artifacts need the concrete type to serialise it).

@@ -286,11 +286,53 @@ impl Encoder {
                 types[[i, j]] = i64::from(t);
             }
         }
+        self.embed_ids(&ids, &mask, &types)
+    }
+
+    /// Embeds each word piece of the vocabulary alone (`[CLS] piece [SEP]`): `[vocab, 384]`, rows
+    /// L2-normalised. The starting point of the fast path's static table (see [`crate::fast`]).
+    pub fn embed_vocabulary(&self, batch: usize) -> Result<Array2<f32>, EncoderError> {
+        let vocab = self.tokenizer.get_vocab_size(true);
+        let id_of = |t: &str| {
+            self.tokenizer
+                .token_to_id(t)
+                .map(i64::from)
+                .ok_or_else(|| EncoderError::Tokenizer(format!("no {t} token")))
+        };
+        let (cls, sep) = (id_of("[CLS]")?, id_of("[SEP]")?);
+        let mut out = Array2::<f32>::zeros((vocab, EMBED_DIM));
+        let batch = batch.max(1);
+        for start in (0..vocab).step_by(batch) {
+            let n = batch.min(vocab - start);
+            let mut ids = Array2::<i64>::zeros((n, 3));
+            for i in 0..n {
+                ids[[i, 0]] = cls;
+                ids[[i, 1]] = (start + i) as i64;
+                ids[[i, 2]] = sep;
+            }
+            let mask = Array2::<i64>::ones((n, 3));
+            let types = Array2::<i64>::zeros((n, 3));
+            let e = self.embed_ids(&ids, &mask, &types)?;
+            for (i, row) in e.rows().into_iter().enumerate() {
+                out.row_mut(start + i).assign(&row);
+            }
+        }
+        Ok(out)
+    }
+
+    /// One ONNX run over padded `[b, s]` inputs, then masked mean pooling and L2 norm.
+    fn embed_ids(
+        &self,
+        ids: &Array2<i64>,
+        mask: &Array2<i64>,
+        types: &Array2<i64>,
+    ) -> Result<Array2<f32>, EncoderError> {
+        let (b, s) = ids.dim();
         let mut session = self.session()?;
         let outputs = session.run(ort::inputs![
-            "input_ids" => TensorRef::from_array_view(&ids)?,
-            "attention_mask" => TensorRef::from_array_view(&mask)?,
-            "token_type_ids" => TensorRef::from_array_view(&types)?,
+            "input_ids" => TensorRef::from_array_view(ids)?,
+            "attention_mask" => TensorRef::from_array_view(mask)?,
+            "token_type_ids" => TensorRef::from_array_view(types)?,
         ])?;
         let hidden = outputs
             .get("last_hidden_state")

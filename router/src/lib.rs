@@ -11,6 +11,7 @@ pub mod data;
 pub mod embed;
 pub mod encoder;
 pub mod eval;
+pub mod fast;
 pub mod metrics;
 pub mod policy;
 pub mod predict;

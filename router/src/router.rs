@@ -4,8 +4,11 @@ use std::path::Path;
 
 use ndarray::ArrayView2;
 
-use crate::artifact::{self, ArtifactError, Manifest};
+use ndarray::Array2;
+
+use crate::artifact::{self, ArtifactError, Calibration, Manifest};
 use crate::encoder::{AssetPaths, EMBED_DIM, ENCODER_ID, Encoder, EncoderConfig, EncoderError};
+use crate::fast::{self, STATIC_ENCODER_ID, StaticEmbedder};
 use crate::predict::QualityPredictor;
 
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +28,8 @@ pub struct RouterConfig {
     pub threads: usize,
     /// ONNX sessions, i.e. how many prompts can be encoded in parallel (see [`EncoderConfig::sessions`]).
     pub sessions: usize,
+    /// Use the artifact's fast path (static embeddings) when it has one; otherwise the full encoder.
+    pub fast_path: bool,
 }
 
 impl Default for RouterConfig {
@@ -33,8 +38,34 @@ impl Default for RouterConfig {
             assets: AssetPaths::from_env(),
             threads: 1,
             sessions: 1,
+            fast_path: true,
         }
     }
+}
+
+/// Which embedder a router's predictions come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EmbedPath {
+    /// Static word-piece embeddings (see [`crate::fast`]).
+    Fast,
+    /// The transformer encoder.
+    Full,
+}
+
+impl EmbedPath {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Fast => "fast",
+            Self::Full => "full",
+        }
+    }
+}
+
+#[derive(Debug)]
+struct FastPath {
+    manifest: Manifest,
+    embedder: StaticEmbedder,
+    predictor: Box<dyn QualityPredictor>,
 }
 
 #[derive(Debug)]
@@ -42,6 +73,7 @@ pub struct Router {
     manifest: Manifest,
     encoder: Encoder,
     predictor: Box<dyn QualityPredictor>,
+    fast: Option<FastPath>,
 }
 
 impl Router {
@@ -73,10 +105,42 @@ impl Router {
             }
             .into());
         }
+        let fast_dir = dir.join(artifact::FAST_DIR);
+        let fast = if cfg.fast_path && fast_dir.join(artifact::MANIFEST).is_file() {
+            Some(load_fast(&fast_dir, &manifest, &cfg.assets)?)
+        } else {
+            None
+        };
         Ok(Self {
             manifest,
             encoder,
             predictor,
+            fast,
+        })
+    }
+
+    /// The embedder predictions come from.
+    pub fn path(&self) -> EmbedPath {
+        if self.fast.is_some() {
+            EmbedPath::Fast
+        } else {
+            EmbedPath::Full
+        }
+    }
+
+    /// Calibrated thresholds and λ of the active path (each predictor has its own score scale).
+    pub fn calibration(&self) -> &Calibration {
+        match &self.fast {
+            Some(f) => &f.manifest.calibration,
+            None => &self.manifest.calibration,
+        }
+    }
+
+    /// Embeds prompts with the active path: `[n, 384]`, rows L2-normalised.
+    pub fn embed(&self, prompts: &[&str]) -> Result<Array2<f32>, RouterError> {
+        Ok(match &self.fast {
+            Some(f) => f.embedder.embed(prompts)?,
+            None => self.encoder.encode(prompts)?,
         })
     }
 
@@ -108,16 +172,53 @@ impl Router {
             .collect())
     }
 
-    /// `[prompt][model]` for a batch (one encoder run).
+    /// `[prompt][model]` for a batch (one encoder run on the full path).
     pub fn predict_batch(&self, prompts: &[&str]) -> Result<Vec<Vec<f64>>, RouterError> {
-        let emb = self.encoder.encode(prompts)?;
-        Ok(self.predictor.predict(emb.view()))
+        let emb = self.embed(prompts)?;
+        Ok(self.predict_embedded(emb.view()))
     }
 
-    /// For callers that already have embeddings from this router's encoder.
+    /// For embeddings from [`Router::embed`] (the active path's embedder).
     pub fn predict_embedded(&self, emb: ArrayView2<'_, f32>) -> Vec<Vec<f64>> {
-        self.predictor.predict(emb)
+        match &self.fast {
+            Some(f) => f.predictor.predict(emb),
+            None => self.predictor.predict(emb),
+        }
     }
+}
+
+/// The fast path of an artifact: its own manifest (calibrated on its own predictions), the static table
+/// and the predictor trained on static embeddings. It must derive from the same encoder as the artifact.
+fn load_fast(dir: &Path, main: &Manifest, assets: &AssetPaths) -> Result<FastPath, RouterError> {
+    let (manifest, predictor) = artifact::load(dir)?;
+    if manifest.encoder.id != STATIC_ENCODER_ID
+        || manifest.encoder.dim != EMBED_DIM
+        || manifest.models != main.models
+    {
+        return Err(ArtifactError::Invalid(format!(
+            "{}: a fast path needs encoder {STATIC_ENCODER_ID} (dim {EMBED_DIM}) and the artifact's models; \
+             found {} (dim {})",
+            dir.display(),
+            manifest.encoder.id,
+            manifest.encoder.dim
+        ))
+        .into());
+    }
+    if manifest.encoder.model_sha256 != main.encoder.model_sha256 {
+        return Err(ArtifactError::EncoderMismatch {
+            expected: main.encoder.model_sha256.clone(),
+            got: manifest.encoder.model_sha256.clone(),
+        }
+        .into());
+    }
+    let (table, weights) = artifact::load_static_table(dir, &manifest)?;
+    let tokenizer = fast::plain_tokenizer(&assets.tokenizer)?;
+    let embedder = StaticEmbedder::new(tokenizer, table, weights, manifest.encoder.max_len)?;
+    Ok(FastPath {
+        manifest,
+        embedder,
+        predictor,
+    })
 }
 
 #[cfg(test)]
@@ -142,7 +243,12 @@ mod tests {
             eprintln!("skipping: {e}");
             return;
         }
-        let r = Router::load(&dir).unwrap();
+        let full = RouterConfig {
+            fast_path: false,
+            ..RouterConfig::default()
+        };
+        let r = Router::load_with(&dir, &full).unwrap();
+        assert_eq!(r.path(), EmbedPath::Full);
         let p = r.predict("What is 17 * 23? Think step by step.").unwrap();
         assert_eq!(p.len(), r.models().len());
         assert!(p.iter().all(|(_, q)| (0.0..=1.0).contains(q)), "{p:?}");
@@ -164,5 +270,40 @@ mod tests {
                 assert!((a - b).abs() < 1e-3, "{p}: {a} vs {b}");
             }
         }
+    }
+
+    #[test]
+    fn fast_path_predicts_like_the_full_path_on_odd_inputs() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("artifacts/default");
+        if !dir.join(artifact::FAST_DIR).join("manifest.json").is_file() {
+            eprintln!("skipping: the default artifact has no fast path");
+            return;
+        }
+        if let Err(e) = AssetPaths::from_env().check() {
+            eprintln!("skipping: {e}");
+            return;
+        }
+        let r = Router::load(&dir).unwrap();
+        assert_eq!(r.path(), EmbedPath::Fast);
+        assert!(!r.calibration().pairs.is_empty());
+        let long = "ünïcödé 🚀 ".repeat(5000);
+        for odd in ["", "   ", "\u{0}\u{feff}", long.as_str()] {
+            let p = r.predict(odd).unwrap();
+            assert_eq!(p.len(), r.models().len());
+            assert!(
+                p.iter().all(|(_, q)| (0.0..=1.0).contains(q)),
+                "{odd:?}: {p:?}"
+            );
+        }
+        let prompts = ["Solve for x: 3x + 7 = 22.", "Who painted the Mona Lisa?"];
+        let batch = r.predict_batch(&prompts).unwrap();
+        for (p, b) in prompts.iter().zip(&batch) {
+            let alone = r.predict(p).unwrap();
+            for ((_, a), b) in alone.iter().zip(b) {
+                assert!((a - b).abs() < 1e-9, "{p}: {a} vs {b}");
+            }
+        }
+        // The prompt matters: different tasks get different predictions.
+        assert_ne!(batch[0], batch[1]);
     }
 }

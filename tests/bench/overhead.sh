@@ -6,6 +6,9 @@
 #
 #   tests/bench/overhead.sh [RATE...]        (default: 500 1000 2000 3000 5000)
 #   DURATION=10s WARMUP=2s OUT=dir tests/bench/overhead.sh
+#   ROUTER_EVERY_REQUEST=1 tests/bench/overhead.sh   (distinct prompts: the
+#       learned router runs on every request instead of answering from its
+#       prompt cache; needs scripts/fetch-router-assets.sh)
 #
 # Loopback only; about (WARMUP + DURATION) x 2 x rates, ~2.5 min by default.
 # Prints a Markdown table; the raw JSON reports stay in $OUT.
@@ -21,12 +24,24 @@ mkdir -p "$OUT"
 build_release
 machine_info | tee "$OUT/machine.txt"
 
+ROUTER_YAML=""
+UNIQUE=()
+if [ -n "${ROUTER_EVERY_REQUEST:-}" ]; then
+    ROUTER_YAML="  router:
+    artifact: $ROOT/router/artifacts/default
+    assets: ${ROUTEMESH_ASSETS:-$ROOT/.cache/routemesh/assets}
+    path: ${ROUTER_PATH:-fast}"
+    UNIQUE=(--unique-prompts)
+    echo "router:  on every request (${ROUTER_PATH:-fast} path)" | tee -a "$OUT/machine.txt"
+fi
+
 # Capacity and queue far above what the rates need, so the worker never
 # refuses: the benchmark measures latency, not admission.
 start_mesh overhead "gateway:
   listen: 127.0.0.1:0
   http_listen: 127.0.0.1:0
   max_concurrent_requests: 100000
+$ROUTER_YAML
 workers:
   - id: zero-0
     model: zero
@@ -47,7 +62,7 @@ for rate in "${RATES[@]}"; do
     bench "$OUT/direct-$rate.json" --target worker-generate --url "$WORKER" \
         --rate "$rate" --duration "$DURATION" --warmup "$WARMUP"
     bench "$OUT/gateway-$rate.json" --target generate --url "$GATEWAY" \
-        --rate "$rate" --duration "$DURATION" --warmup "$WARMUP"
+        --rate "$rate" --duration "$DURATION" --warmup "$WARMUP" "${UNIQUE[@]}"
     echo "rss after $rate req/s: $(rss_mib "$MESH_PID") MiB" | tee -a "$OUT/machine.txt" >&2
 done
 echo "rss:     $(rss_mib "$MESH_PID") MiB after the load" | tee -a "$OUT/machine.txt"

@@ -23,6 +23,9 @@ pub const ANSWER_PIECES: [&str; 4] = ["Hello", " from", " the fake", " engine."]
 pub struct FakeOpenAi {
     /// Every request body received, in order.
     pub requests: Arc<Mutex<Vec<Value>>>,
+    /// While set, every request gets 503 (an engine that is down while its
+    /// worker agent still answers).
+    pub failing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 pub struct RunningFake {
@@ -95,6 +98,9 @@ async fn completions(State(state): State<FakeOpenAi>, body: axum::Json<Value>) -
         .as_bool()
         .unwrap_or(false);
     let usage = json!({"prompt_tokens": 11, "completion_tokens": 4, "total_tokens": 15});
+    if state.failing.load(std::sync::atomic::Ordering::Acquire) {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "engine down");
+    }
     match prompt.as_str() {
         "error-400" => {
             return error(

@@ -312,5 +312,160 @@ async fn invalid_and_missing_keys() {
         Ok(_) => tally.ok += 1,
         Err(s) => tally.failed_wrong.push(format!("good key refused: {s:?}")),
     }
-    tally.report("missing, invalid and wrong API keys (no key expiry yet)");
+    tally.report("missing, invalid and wrong API keys, then the right one");
+}
+
+/// A request for the gateway at `url` with `key`.
+fn with_key(key: &str) -> tonic::Request<GenerateRequest> {
+    let mut request = tonic::Request::new(ask("hi"));
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {key}").parse().unwrap());
+    request
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_that_expire_and_are_revoked_under_traffic() {
+    let redis = shared_redis_url();
+    let mesh_name = unique_mesh("keys");
+    let yaml = format!(
+        "{}{}",
+        gateway_yaml_with(
+            Some((&redis, &mesh_name)),
+            "  auth: {redis: true, cache_ttl: 300ms}\n"
+        ),
+        sim_worker_yaml(Some((&redis, &mesh_name)), "w", "m", "small", FAST)
+            .split_once("workers:")
+            .map(|(_, w)| format!("workers:{w}"))
+            .unwrap(),
+    );
+    let add = |extra: &[&str]| {
+        let mut args = vec!["keys", "add", "--tenant", "acme", "--json"];
+        args.extend_from_slice(extra);
+        let out = run_cli(&args, &yaml);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let revoked = add(&[]);
+    let mesh = Process::start("mesh", "up", &yaml, &[]).unwrap();
+    wait_for_pool_with_key(&mesh.gateway_url(), revoked["key"].as_str().unwrap()).await;
+    // Made once the mesh serves, so its 2 s of life are all under traffic.
+    let expiring = add(&["--expires-in", "2s"]);
+    let expires_ms = expiring["expires_ms"].as_u64().unwrap();
+    let key = expiring["key"].as_str().unwrap().to_string();
+
+    // Three clients use the expiring key until a second past its expiry:
+    // before it every request is served; after it every one is refused with
+    // UNAUTHENTICATED naming the expiry.
+    let mut tally = Tally::default();
+    let tasks: Vec<_> = (0..3)
+        .map(|_| {
+            let (url, key) = (mesh.gateway_url(), key.clone());
+            tokio::spawn(async move {
+                let mut client = gateway_client(&url).await;
+                let mut seen = Vec::new();
+                loop {
+                    let sent_ms = routemesh_now_ms();
+                    if sent_ms > expires_ms + 1000 {
+                        return seen;
+                    }
+                    let result =
+                        tokio::time::timeout(LOST_AFTER, client.generate(with_key(&key))).await;
+                    seen.push((sent_ms, routemesh_now_ms(), result.map(|r| r.map(|_| ()))));
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        for (sent_ms, done_ms, result) in task.await.unwrap() {
+            tally.sent += 1;
+            match result {
+                Err(_) => tally.lost += 1,
+                Ok(Ok(())) if sent_ms < expires_ms => tally.ok += 1,
+                Ok(Err(s))
+                    if s.code() == Code::Unauthenticated
+                        && s.message().contains("expired")
+                        && done_ms >= expires_ms =>
+                {
+                    tally.failed_right += 1
+                }
+                other => tally
+                    .failed_wrong
+                    .push(format!("sent {sent_ms} (expiry {expires_ms}): {other:?}")),
+            }
+        }
+    }
+    assert!(
+        tally.ok > 0 && tally.failed_right > 0,
+        "served before expiry and refused after: {tally:?}"
+    );
+
+    // A revoked key stops working within the cache TTL.
+    let mut client = gateway_client(&mesh.gateway_url()).await;
+    let revoked_key = revoked["key"].as_str().unwrap();
+    client.generate(with_key(revoked_key)).await.unwrap();
+    tally.sent += 1;
+    tally.ok += 1;
+    let out = run_cli(
+        &["keys", "revoke", &revoked["sha256"].as_str().unwrap()[..12]],
+        &yaml,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let revoked_at = Instant::now();
+    loop {
+        tally.sent += 1;
+        match client.generate(with_key(revoked_key)).await {
+            Ok(_) => tally.ok += 1,
+            Err(s) if s.code() == Code::Unauthenticated && s.message() == "invalid API key" => {
+                tally.failed_right += 1;
+                break;
+            }
+            Err(s) => tally.failed_wrong.push(format!("revoked: {s:?}")),
+        }
+        assert!(
+            revoked_at.elapsed() < Duration::from_millis(1500),
+            "revocation not seen within the 300 ms cache TTL"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // `keys list` shows what is left: the expired key, marked so.
+    let out = run_cli(&["keys", "list"], &yaml);
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        listed.contains("(expired)") && listed.lines().count() == 2,
+        "{listed}"
+    );
+    delete_mesh_keys(&redis, &mesh_name).await;
+    tally.report("keys expiring and revoked under traffic (3 clients; cache TTL 300 ms)");
+}
+
+fn routemesh_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// Waits until the gateway at `url` serves a request made with `key`.
+async fn wait_for_pool_with_key(url: &str, key: &str) {
+    let (url, key) = (url.to_string(), key.to_string());
+    eventually(Duration::from_secs(10), "the pool serves", || {
+        let (url, key) = (url.clone(), key.clone());
+        async move {
+            gateway_client(&url)
+                .await
+                .generate(with_key(&key))
+                .await
+                .is_ok()
+        }
+    })
+    .await;
 }

@@ -138,6 +138,9 @@ impl WorkerConfig {
             return Err(format!("quality_prior: {q} is not in [0, 1]"));
         }
         self.backend.choice()?;
+        if let Some(tls) = &self.tls {
+            tls.validate().map_err(|e| format!("tls.{e}"))?;
+        }
         if self.registration_ttl < Duration::from_millis(100) {
             return Err("registration_ttl: must be at least 100ms".into());
         }
@@ -166,7 +169,7 @@ impl WorkerConfig {
     }
 }
 
-/// Certificate files for TLS (PEM).
+/// Certificate files for TLS (PEM), reloaded when they change.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TlsFiles {
@@ -178,42 +181,22 @@ pub struct TlsFiles {
     /// present a certificate (mutual TLS); on a client, the server's CA.
     #[serde(default)]
     pub ca: Option<std::path::PathBuf>,
+    /// How often the files are read for changes; new connections use a new
+    /// set once it loads (a set that does not load keeps the current one).
+    #[serde(default = "default_reload_interval", with = "humantime_serde")]
+    pub reload_interval: std::time::Duration,
+}
+
+fn default_reload_interval() -> std::time::Duration {
+    std::time::Duration::from_secs(10)
 }
 
 impl TlsFiles {
-    fn read(path: &std::path::Path, key: &str) -> Result<Vec<u8>, String> {
-        std::fs::read(path).map_err(|e| format!("{key}: cannot read {}: {e}", path.display()))
-    }
-
-    /// The server side: identity, and client verification when `ca` is set.
-    pub fn server_config(&self, key: &str) -> Result<tonic::transport::ServerTlsConfig, String> {
-        let identity = tonic::transport::Identity::from_pem(
-            Self::read(&self.cert, &format!("{key}.cert"))?,
-            Self::read(&self.key, &format!("{key}.key"))?,
-        );
-        let mut config = tonic::transport::ServerTlsConfig::new().identity(identity);
-        if let Some(ca) = &self.ca {
-            config = config.client_ca_root(tonic::transport::Certificate::from_pem(Self::read(
-                ca,
-                &format!("{key}.ca"),
-            )?));
+    /// Errors start with the key at fault (relative to this section).
+    pub fn validate(&self) -> Result<(), String> {
+        if self.reload_interval < std::time::Duration::from_millis(10) {
+            return Err("reload_interval: must be at least 10ms".into());
         }
-        Ok(config)
-    }
-
-    /// The client side: this side's identity (for mutual TLS) and the CA.
-    pub fn client_config(&self, key: &str) -> Result<tonic::transport::ClientTlsConfig, String> {
-        let identity = tonic::transport::Identity::from_pem(
-            Self::read(&self.cert, &format!("{key}.cert"))?,
-            Self::read(&self.key, &format!("{key}.key"))?,
-        );
-        let mut config = tonic::transport::ClientTlsConfig::new().identity(identity);
-        if let Some(ca) = &self.ca {
-            config = config.ca_certificate(tonic::transport::Certificate::from_pem(Self::read(
-                ca,
-                &format!("{key}.ca"),
-            )?));
-        }
-        Ok(config)
+        Ok(())
     }
 }

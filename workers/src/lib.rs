@@ -9,6 +9,7 @@ pub mod error;
 pub mod registry;
 pub mod server;
 pub mod service;
+pub mod tls;
 pub mod trace_context;
 
 pub use config::{BackendConfig, WorkerConfig};

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use routemesh_proto::v1::worker_server::WorkerServer;
 use tokio::task::JoinHandle;
+use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 
@@ -126,23 +127,50 @@ pub async fn start_worker(
 
     let shutdown = CancellationToken::new();
     let stop_serving = CancellationToken::new();
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = &config.tls {
-        builder = builder
-            .tls_config(tls.server_config("tls").map_err(WorkerError::Config)?)
-            .map_err(|e| WorkerError::Config(format!("tls: {e}")))?;
-    }
-    let server = builder
+    // TLS is terminated here (not by tonic) so that certificate files can
+    // be swapped while serving; the watcher and acceptor stop with the server.
+    let stop_tls = CancellationToken::new();
+    let mut tls_tasks = Vec::new();
+    let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(health_service)
         .add_service(routemesh_proto::reflection_v1()?)
         .add_service(routemesh_proto::reflection_v1alpha()?)
-        .add_service(WorkerServer::new(WorkerService::new(state.clone())))
-        .serve_with_incoming_shutdown(
+        .add_service(WorkerServer::new(WorkerService::new(state.clone())));
+    let signal = stop_serving.clone().cancelled_owned();
+    let server: std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<(), tonic::transport::Error>> + Send>,
+    > = match &config.tls {
+        Some(tls) => {
+            let (certs, watcher) = crate::tls::watch(
+                tls,
+                "tls",
+                |pem| crate::tls::server_config(pem, &[b"h2"]),
+                stop_tls.child_token(),
+            )
+            .map_err(WorkerError::Config)?;
+            let (accepted, acceptor) =
+                crate::tls::accept_tls(listener, move || certs.current(), stop_tls.child_token());
+            tls_tasks.extend([watcher, acceptor]);
+            let incoming = tokio_stream::wrappers::ReceiverStream::new(accepted)
+                .map(|(tls, _)| Ok::<_, std::io::Error>(tls));
+            Box::pin(router.serve_with_incoming_shutdown(incoming, signal))
+        }
+        None => Box::pin(router.serve_with_incoming_shutdown(
             TcpIncoming::from(listener).with_nodelay(Some(true)),
-            stop_serving.clone().cancelled_owned(),
-        );
-    let server = tokio::spawn(server);
+            signal,
+        )),
+    };
+    let server = tokio::spawn(async move {
+        // Cancels the TLS tasks however this ends, aborted included.
+        let stop_tls = stop_tls.drop_guard();
+        let result = server.await;
+        drop(stop_tls);
+        for task in tls_tasks {
+            let _ = task.await;
+        }
+        result
+    });
 
     // Announce before returning, so a caller that starts a gateway next finds us.
     if let Err(e) = registry

@@ -59,6 +59,11 @@ pub struct BenchArgs {
     /// The prompt every request carries.
     #[arg(long, default_value = "What is the capital of France?")]
     pub prompt: String,
+    /// Append the request's sequence number to the prompt (gateway gRPC
+    /// targets), so no two prompts are alike and the router's prompt cache
+    /// never hits: the learned router runs on every request.
+    #[arg(long)]
+    pub unique_prompts: bool,
     /// Model field: empty lets the gateway route (HTTP: `router`); worker
     /// targets ask the worker for its model when empty.
     #[arg(long, default_value = "")]
@@ -120,6 +125,7 @@ pub async fn measure(args: &BenchArgs) -> anyhow::Result<Report> {
     };
     let spec = RequestSpec {
         prompt: args.prompt.clone(),
+        unique_prompts: args.unique_prompts,
         model: args.model.clone(),
         max_tokens: args.max_tokens,
         api_key: args.api_key.clone(),

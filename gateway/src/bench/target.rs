@@ -53,6 +53,8 @@ impl TargetKind {
 #[derive(Debug, Clone)]
 pub struct RequestSpec {
     pub prompt: String,
+    /// Make every gateway request's prompt distinct (see `--unique-prompts`).
+    pub unique_prompts: bool,
     /// Empty: the router chooses (gateway), the worker's own model (worker,
     /// asked once with `Load`), or `router` (HTTP).
     pub model: String,
@@ -69,6 +71,7 @@ pub enum Target {
     Gateway {
         clients: Vec<GatewayClient<Channel>>,
         request: GenerateRequest,
+        unique_prompts: bool,
         stream: bool,
         auth: Option<MetadataValue<tonic::metadata::Ascii>>,
         timeout: Duration,
@@ -131,6 +134,7 @@ impl Target {
                     Self::Gateway {
                         clients,
                         request,
+                        unique_prompts: spec.unique_prompts,
                         stream: kind == TargetKind::GenerateStream,
                         auth,
                         timeout: spec.timeout,
@@ -219,12 +223,17 @@ impl Target {
             Self::Gateway {
                 clients,
                 request,
+                unique_prompts,
                 stream,
                 auth,
                 timeout,
             } => {
                 let mut client = clients[n % clients.len()].clone();
-                let mut req = tonic::Request::new(request.clone());
+                let mut body = request.clone();
+                if *unique_prompts && let Some(m) = body.messages.last_mut() {
+                    m.content.push_str(&format!(" [{n}]"));
+                }
+                let mut req = tonic::Request::new(body);
                 req.set_timeout(*timeout);
                 if let Some(auth) = auth {
                     req.metadata_mut().insert("authorization", auth.clone());

@@ -47,6 +47,20 @@ pub struct Knn {
     pub prior: Vec<f64>,
     /// Exemplar row indices per pool and the models that pool scores.
     pools: Vec<(Vec<usize>, Vec<usize>)>,
+    /// The exemplars as int8 rows with one scale each, for single-prompt queries: a scan of 4x fewer
+    /// bytes than the f32 matrix, which is what a one-row query is bound by (see [`Knn::predict`]).
+    codes: Vec<i8>,
+    code_scales: Vec<f32>,
+}
+
+/// Queries up to this many rows scan the int8 exemplars; larger batches use one f32 GEMM.
+const SCAN_ROWS: usize = 4;
+
+fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
+    a.iter()
+        .zip(b)
+        .map(|(&x, &y)| i32::from(x) * i32::from(y))
+        .sum()
 }
 
 impl Knn {
@@ -109,6 +123,7 @@ impl Knn {
                 None => pools.push((vec![i], sig)),
             }
         }
+        let (codes, code_scales) = crate::artifact::quantize_rows(&exemplars);
         Self {
             models,
             config,
@@ -117,7 +132,60 @@ impl Knn {
             scores,
             prior,
             pools,
+            codes,
+            code_scales,
         }
+    }
+
+    /// Cosine similarity of `query` (unit length) to every exemplar, from the int8 rows.
+    fn scan(&self, query: ndarray::ArrayView1<'_, f32>) -> Vec<f32> {
+        let dim = self.exemplars.ncols();
+        let max = query.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let qs = if max > 0.0 { max / 127.0 } else { 1.0 };
+        let q: Vec<i8> = query
+            .iter()
+            .map(|v| (v / qs).round().clamp(-127.0, 127.0) as i8)
+            .collect();
+        self.codes
+            .chunks_exact(dim.max(1))
+            .zip(&self.code_scales)
+            .map(|(row, &s)| dot_i8(row, &q) as f32 * s * qs)
+            .collect()
+    }
+
+    /// Similarity-weighted vote of the nearest exemplars given the similarities to all of them.
+    fn vote(&self, sims: &[f32]) -> Vec<f64> {
+        let mut pred = self.prior.clone();
+        // Accumulators per model, across pools (a model is normally in one pool).
+        let mut num = vec![0.0f64; self.models.len()];
+        let mut den = vec![0.0f64; self.models.len()];
+        for (idx, models) in &self.pools {
+            let k = self.config.k.min(idx.len()).max(1);
+            let mut cand: Vec<(f32, usize)> = idx.iter().map(|&i| (sims[i], i)).collect();
+            if cand.len() > k {
+                cand.select_nth_unstable_by(k - 1, |a, b| b.0.total_cmp(&a.0));
+                cand.truncate(k);
+            }
+            let top = cand.iter().map(|c| c.0).fold(f32::NEG_INFINITY, f32::max);
+            for &(s, i) in &cand {
+                // Relative to the best neighbour, so weights stay in (0, 1] whatever the temperature.
+                let w = self
+                    .config
+                    .tau
+                    .map_or(1.0, |t| (f64::from(s - top) / t).exp());
+                for &j in models {
+                    num[j] += w * f64::from(self.scores[i][j]);
+                    den[j] += w;
+                }
+            }
+        }
+        for j in 0..pred.len() {
+            if den[j] > 0.0 {
+                pred[j] =
+                    (num[j] + self.config.shrink * self.prior[j]) / (den[j] + self.config.shrink);
+            }
+        }
+        pred
     }
 }
 
@@ -140,41 +208,18 @@ impl QualityPredictor for Knn {
             }
             None => emb,
         };
+        if emb.nrows() <= SCAN_ROWS {
+            out.extend(emb.rows().into_iter().map(|q| self.vote(&self.scan(q))));
+            return out;
+        }
         // Similarities in blocks: one GEMM per block keeps memory bounded on large evaluation sets.
         for block in emb.axis_chunks_iter(Axis(0), 256) {
             let sims = block.dot(&self.exemplars.t());
             for row in sims.rows() {
-                let mut pred = self.prior.clone();
-                // Accumulators per model, across pools (a model is normally in one pool).
-                let mut num = vec![0.0f64; self.models.len()];
-                let mut den = vec![0.0f64; self.models.len()];
-                for (idx, models) in &self.pools {
-                    let k = self.config.k.min(idx.len()).max(1);
-                    let mut cand: Vec<(f32, usize)> = idx.iter().map(|&i| (row[i], i)).collect();
-                    if cand.len() > k {
-                        cand.select_nth_unstable_by(k - 1, |a, b| b.0.total_cmp(&a.0));
-                        cand.truncate(k);
-                    }
-                    let top = cand.iter().map(|c| c.0).fold(f32::NEG_INFINITY, f32::max);
-                    for &(s, i) in &cand {
-                        // Relative to the best neighbour, so weights stay in (0, 1] whatever the temperature.
-                        let w = self
-                            .config
-                            .tau
-                            .map_or(1.0, |t| (f64::from(s - top) / t).exp());
-                        for &j in models {
-                            num[j] += w * f64::from(self.scores[i][j]);
-                            den[j] += w;
-                        }
-                    }
+                match row.as_slice() {
+                    Some(r) => out.push(self.vote(r)),
+                    None => out.push(self.vote(&row.to_vec())),
                 }
-                for j in 0..pred.len() {
-                    if den[j] > 0.0 {
-                        pred[j] = (num[j] + self.config.shrink * self.prior[j])
-                            / (den[j] + self.config.shrink);
-                    }
-                }
-                out.push(pred);
             }
         }
         out
