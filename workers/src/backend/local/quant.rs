@@ -27,11 +27,10 @@ pub struct QMatrix {
 pub(super) enum Kind {
     /// value = d·q + m, q in 0..16; `qs` holds 16 bytes a block, the low
     /// nibbles being values 0..16 and the high nibbles 16..32 (GGML's order).
-    Q4_1 {
-        d: Vec<f32>,
-        m: Vec<f32>,
-        qs: Vec<u8>,
-    },
+    /// `dm` packs each block's d (low half) and m as f16 bits, as in the
+    /// file: decoding is memory-bound, and f32 scales would add a fifth to
+    /// the bytes read per token.
+    Q4_1 { dm: Vec<u32>, qs: Vec<u8> },
     /// value = d·q, q in -127..=127.
     Q8_0 { d: Vec<f32>, qs: Vec<i8> },
 }
@@ -57,15 +56,13 @@ impl QMatrix {
                 if bytes.len() != blocks * 20 {
                     return Err("size does not match its dimensions".into());
                 }
-                let mut d = Vec::with_capacity(blocks);
-                let mut m = Vec::with_capacity(blocks);
+                let mut dm = Vec::with_capacity(blocks);
                 let mut qs = Vec::with_capacity(blocks * 16);
                 for b in bytes.chunks_exact(20) {
-                    d.push(f16_at(b, 0));
-                    m.push(f16_at(b, 2));
+                    dm.push(u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
                     qs.extend_from_slice(&b[4..20]);
                 }
-                Kind::Q4_1 { d, m, qs }
+                Kind::Q4_1 { dm, qs }
             }
             TensorType::Q8_0 => {
                 if bytes.len() != blocks * 34 {
@@ -97,22 +94,10 @@ impl QMatrix {
             rows += part.rows;
             kind = Some(match (kind, part.kind) {
                 (None, k) => k,
-                (
-                    Some(Kind::Q4_1 {
-                        mut d,
-                        mut m,
-                        mut qs,
-                    }),
-                    Kind::Q4_1 {
-                        d: d2,
-                        m: m2,
-                        qs: qs2,
-                    },
-                ) => {
-                    d.extend(d2);
-                    m.extend(m2);
+                (Some(Kind::Q4_1 { mut dm, mut qs }), Kind::Q4_1 { dm: dm2, qs: qs2 }) => {
+                    dm.extend(dm2);
                     qs.extend(qs2);
-                    Kind::Q4_1 { d, m, qs }
+                    Kind::Q4_1 { dm, qs }
                 }
                 (Some(Kind::Q8_0 { mut d, mut qs }), Kind::Q8_0 { d: d2, qs: qs2 }) => {
                     d.extend(d2);
@@ -130,14 +115,15 @@ impl QMatrix {
     pub fn row_into(&self, r: usize, out: &mut [f32]) {
         let nb = self.cols / BLOCK;
         match &self.kind {
-            Kind::Q4_1 { d, m, qs } => {
+            Kind::Q4_1 { dm, qs } => {
                 for b in 0..nb {
                     let i = r * nb + b;
+                    let (d, m) = unpack_dm(dm[i]);
                     let q = &qs[i * 16..i * 16 + 16];
                     let o = &mut out[b * BLOCK..(b + 1) * BLOCK];
                     for j in 0..16 {
-                        o[j] = d[i] * f32::from(q[j] & 0x0f) + m[i];
-                        o[j + 16] = d[i] * f32::from(q[j] >> 4) + m[i];
+                        o[j] = d * f32::from(q[j] & 0x0f) + m;
+                        o[j + 16] = d * f32::from(q[j] >> 4) + m;
                     }
                 }
             }
@@ -186,12 +172,9 @@ impl QMatrix {
                         for t0 in (0..quads).step_by(4) {
                             let acts = [t0, t0 + 1, t0 + 2, t0 + 3].map(|t| x.token(t));
                             let sums = match &self.kind {
-                                Kind::Q4_1 { d, m, qs } => kernels.dot_q4_1_x4(
-                                    &qs[b0 * 16..b1 * 16],
-                                    &d[b0..b1],
-                                    &m[b0..b1],
-                                    acts,
-                                ),
+                                Kind::Q4_1 { dm, qs } => {
+                                    kernels.dot_q4_1_x4(&dm[b0..b1], &qs[b0 * 16..b1 * 16], acts)
+                                }
                                 Kind::Q8_0 { d, qs } => kernels.dot_q8_0_x4(
                                     &qs[b0 * BLOCK..b1 * BLOCK],
                                     &d[b0..b1],
@@ -203,10 +186,9 @@ impl QMatrix {
                         for (t, o) in row_out.iter_mut().enumerate().skip(quads) {
                             let (a0, a1) = (t * nb, (t + 1) * nb);
                             *o = match &self.kind {
-                                Kind::Q4_1 { d, m, qs } => kernels.dot_q4_1(
+                                Kind::Q4_1 { dm, qs } => kernels.dot_q4_1(
+                                    &dm[b0..b1],
                                     &qs[b0 * 16..b1 * 16],
-                                    &d[b0..b1],
-                                    &m[b0..b1],
                                     &x.qs[a0 * BLOCK..a1 * BLOCK],
                                     &x.d[a0..a1],
                                     &x.s[a0..a1],
@@ -287,10 +269,19 @@ impl QActs {
     }
 }
 
+/// A Q4_1 block's (d, m) from their packed f16 bits.
+pub fn unpack_dm(dm: u32) -> (f32, f32) {
+    (
+        f16::from_bits(dm as u16).to_f32(),
+        f16::from_bits((dm >> 16) as u16).to_f32(),
+    )
+}
+
 /// Scalar Q4_1 · Q8_1 dot product (the reference the SIMD version matches).
-pub fn dot_q4_1_scalar(qs: &[u8], d: &[f32], m: &[f32], aq: &[i8], ad: &[f32], as_: &[f32]) -> f32 {
+pub fn dot_q4_1_scalar(dm: &[u32], qs: &[u8], aq: &[i8], ad: &[f32], as_: &[f32]) -> f32 {
     let mut sum = 0f32;
-    for b in 0..d.len() {
+    for b in 0..dm.len() {
+        let (d, m) = unpack_dm(dm[b]);
         let q = &qs[b * 16..b * 16 + 16];
         let a = &aq[b * BLOCK..b * BLOCK + BLOCK];
         let mut isum = 0i32;
@@ -298,7 +289,7 @@ pub fn dot_q4_1_scalar(qs: &[u8], d: &[f32], m: &[f32], aq: &[i8], ad: &[f32], a
             isum += i32::from(q[j] & 0x0f) * i32::from(a[j]);
             isum += i32::from(q[j] >> 4) * i32::from(a[j + 16]);
         }
-        sum += d[b] * ad[b] * isum as f32 + m[b] * as_[b];
+        sum += d * ad[b] * isum as f32 + m * as_[b];
     }
     sum
 }
@@ -384,10 +375,9 @@ mod tests {
                     let (a0, a1) = (t * nb, (t + 1) * nb);
                     let (b0, b1) = (r * nb, (r + 1) * nb);
                     let scalar = match &w.kind {
-                        Kind::Q4_1 { d, m, qs } => dot_q4_1_scalar(
+                        Kind::Q4_1 { dm, qs } => dot_q4_1_scalar(
+                            &dm[b0..b1],
                             &qs[b0 * 16..b1 * 16],
-                            &d[b0..b1],
-                            &m[b0..b1],
                             &acts.qs[a0 * 32..a1 * 32],
                             &acts.d[a0..a1],
                             &acts.s[a0..a1],

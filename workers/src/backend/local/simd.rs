@@ -2,7 +2,7 @@
 //! that uses `unsafe`.
 //!
 //! Why unsafe: std::arch loads take raw pointers, and calling a function
-//! compiled for AVX2 is only sound on a CPU that has it. Both are guarded
+//! compiled for AVX2 is only sound on a CPU that has it (and F16C, for the packed scales). Both are guarded
 //! here: every kernel derives its block count from the lengths of all its
 //! slices, so each load is in bounds, and `Kernels::detect` only enables the
 //! AVX2 path after checking the CPU at run time. `quant`'s tests compare these
@@ -32,7 +32,8 @@ impl Kernels {
         {
             Self {
                 avx2: std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("fma"),
+                    && std::arch::is_x86_feature_detected!("fma")
+                    && std::arch::is_x86_feature_detected!("f16c"),
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -46,35 +47,28 @@ impl Kernels {
         if self.avx2 { "avx2" } else { "scalar" }
     }
 
-    /// Σ over blocks of Q4_1 weights · Q8_1 activations.
+    /// Σ over blocks of Q4_1 weights (packed f16 d and m, nibbles) · Q8_1
+    /// activations.
     #[inline]
-    pub fn dot_q4_1(
-        &self,
-        qs: &[u8],
-        d: &[f32],
-        m: &[f32],
-        aq: &[i8],
-        ad: &[f32],
-        as_: &[f32],
-    ) -> f32 {
+    pub fn dot_q4_1(&self, dm: &[u32], qs: &[u8], aq: &[i8], ad: &[f32], as_: &[f32]) -> f32 {
         #[cfg(target_arch = "x86_64")]
         if self.avx2 {
-            // SAFETY: `detect` found AVX2 and FMA on this CPU.
-            return unsafe { x86::dot_q4_1(qs, d, m, aq, ad, as_) };
+            // SAFETY: `detect` found AVX2, FMA and F16C on this CPU.
+            return unsafe { x86::dot_q4_1(dm, qs, aq, ad, as_) };
         }
-        dot_q4_1_scalar(qs, d, m, aq, ad, as_)
+        dot_q4_1_scalar(dm, qs, aq, ad, as_)
     }
 
     /// [`Kernels::dot_q4_1`] of one weight row against four tokens at once:
     /// the nibbles are unpacked once for all four (prompt processing).
     #[inline]
-    pub fn dot_q4_1_x4(&self, qs: &[u8], d: &[f32], m: &[f32], acts: [Act<'_>; 4]) -> [f32; 4] {
+    pub fn dot_q4_1_x4(&self, dm: &[u32], qs: &[u8], acts: [Act<'_>; 4]) -> [f32; 4] {
         #[cfg(target_arch = "x86_64")]
         if self.avx2 {
-            // SAFETY: `detect` found AVX2 and FMA on this CPU.
-            return unsafe { x86::dot_q4_1_x4(qs, d, m, acts) };
+            // SAFETY: `detect` found AVX2, FMA and F16C on this CPU.
+            return unsafe { x86::dot_q4_1_x4(dm, qs, acts) };
         }
-        acts.map(|a| dot_q4_1_scalar(qs, d, m, a.qs, a.d, a.s))
+        acts.map(|a| dot_q4_1_scalar(dm, qs, a.qs, a.d, a.s))
     }
 
     /// [`Kernels::dot_q8_0`] of one weight row against four tokens at once.
@@ -108,7 +102,7 @@ mod x86 {
     use super::{Act, BLOCK};
     use std::arch::x86_64::*;
 
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     fn hsum(v: __m256) -> f32 {
         let s = _mm_add_ps(_mm256_extractf128_ps::<1>(v), _mm256_castps256_ps128(v));
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -116,19 +110,19 @@ mod x86 {
         _mm_cvtss_f32(s)
     }
 
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) fn dot_q4_1(
-        qs: &[u8],
-        d: &[f32],
-        m: &[f32],
-        aq: &[i8],
-        ad: &[f32],
-        as_: &[f32],
-    ) -> f32 {
+    /// A block's (d, m) from packed f16 bits, converted by F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    fn unpack_dm(dm: u32) -> (f32, f32) {
+        let v = _mm_cvtph_ps(_mm_cvtsi32_si128(dm as i32));
+        (_mm_cvtss_f32(v), _mm_cvtss_f32(_mm_movehdup_ps(v)))
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) fn dot_q4_1(dm: &[u32], qs: &[u8], aq: &[i8], ad: &[f32], as_: &[f32]) -> f32 {
         // Every slice is long enough for `nb` blocks, so every load below is in bounds.
-        let nb = d
+        let nb = dm
             .len()
-            .min(m.len())
             .min(ad.len())
             .min(as_.len())
             .min(qs.len() / 16)
@@ -146,18 +140,19 @@ mod x86 {
                     _mm256_loadu_si256(aq.as_ptr().add(b * BLOCK).cast()),
                 )
             };
+            let (d, m) = unpack_dm(dm[b]);
             // Low nibbles are values 0..16, high nibbles 16..32.
             let w = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(raw), raw), mask);
             // u8 (0..16) × i8 pairs summed to i16 cannot saturate: 2·15·128 < 2^15.
             let pairs = _mm256_maddubs_epi16(w, a);
             let sums = _mm256_madd_epi16(pairs, ones);
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_set1_ps(d[b] * ad[b]), acc);
-            offsets += m[b] * as_[b];
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_set1_ps(d * ad[b]), acc);
+            offsets += m * as_[b];
         }
         hsum(acc) + offsets
     }
 
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) fn dot_q8_0(qs: &[i8], d: &[f32], aq: &[i8], ad: &[f32]) -> f32 {
         let nb = d
             .len()
@@ -190,13 +185,9 @@ mod x86 {
             .unwrap_or(0)
     }
 
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) fn dot_q4_1_x4(qs: &[u8], d: &[f32], m: &[f32], acts: [Act<'_>; 4]) -> [f32; 4] {
-        let nb = d
-            .len()
-            .min(m.len())
-            .min(qs.len() / 16)
-            .min(act_blocks(&acts));
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) fn dot_q4_1_x4(dm: &[u32], qs: &[u8], acts: [Act<'_>; 4]) -> [f32; 4] {
+        let nb = dm.len().min(qs.len() / 16).min(act_blocks(&acts));
         let mask = _mm256_set1_epi8(0x0f);
         let ones = _mm256_set1_epi16(1);
         let mut acc = [_mm256_setzero_ps(); 4];
@@ -204,6 +195,7 @@ mod x86 {
         for b in 0..nb {
             // SAFETY: b < nb, so 16 bytes at b*16 exist in `qs`.
             let raw = unsafe { _mm_loadu_si128(qs.as_ptr().add(b * 16).cast()) };
+            let (d, m) = unpack_dm(dm[b]);
             let w = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(raw), raw), mask);
             for t in 0..4 {
                 let act = acts[t];
@@ -212,10 +204,10 @@ mod x86 {
                 let sums = _mm256_madd_epi16(_mm256_maddubs_epi16(w, a), ones);
                 acc[t] = _mm256_fmadd_ps(
                     _mm256_cvtepi32_ps(sums),
-                    _mm256_set1_ps(d[b] * act.d[b]),
+                    _mm256_set1_ps(d * act.d[b]),
                     acc[t],
                 );
-                offsets[t] += m[b] * act.s[b];
+                offsets[t] += m * act.s[b];
             }
         }
         [
@@ -226,7 +218,7 @@ mod x86 {
         ]
     }
 
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) fn dot_q8_0_x4(qs: &[i8], d: &[f32], acts: [Act<'_>; 4]) -> [f32; 4] {
         let nb = d.len().min(qs.len() / BLOCK).min(act_blocks(&acts));
         let ones = _mm256_set1_epi16(1);
