@@ -18,6 +18,10 @@ cleanup() {
     for pid in "${PIDS[@]}"; do
         wait "$pid" 2>/dev/null || true
     done
+    # Keep the processes' logs with the reports: they explain errors.
+    if [ -n "${OUT:-}" ] && [ -d "$OUT" ]; then
+        cp "$WORK"/*.log "$OUT"/ 2>/dev/null || true
+    fi
     rm -rf "$WORK"
 }
 trap cleanup EXIT
