@@ -544,6 +544,38 @@ impl Config {
 /// simulated, with in-memory registry.
 pub const DEMO_CONFIG: &str = include_str!("demo.yaml");
 
+/// The demo's real small model: SmolLM2-135M-Instruct on the CPU (backend
+/// `local`), where `scripts/fetch-local-model.sh` put it.
+pub fn demo_local_model_path() -> std::path::PathBuf {
+    match std::env::var_os("ROUTEMESH_LOCAL_MODEL") {
+        Some(path) => path.into(),
+        None => routemesh_worker::backend::local::default_model_path(std::path::Path::new(
+            &std::env::var_os("ROUTEMESH_CACHE").unwrap_or_else(|| ".cache/routemesh".into()),
+        )),
+    }
+}
+
+/// Adds the local model to the demo pool as a small model, if its file is
+/// there; returns whether it did. Its price is the CPU's (near zero) and its
+/// prior modest: the router sends it what it predicts the simulated models
+/// answer little better.
+pub fn add_demo_local_worker(
+    config: &mut Config,
+    model: &std::path::Path,
+) -> Result<bool, ConfigError> {
+    if !model.is_file() {
+        return Ok(false);
+    }
+    // JSON quoting is valid YAML, whatever the path holds.
+    let path = serde_json::Value::from(model.display().to_string());
+    let yaml = format!(
+        "workers:\n  - id: smollm2-135m-0\n    model: smollm2-135m-instruct\n    tier: small\n    input_usd_per_mtok: 0.01\n    output_usd_per_mtok: 0.01\n    quality_prior: 0.3\n    capacity: 2\n    max_queue: 32\n    backend:\n      local: {{model: {path}, threads: 2}}\n"
+    );
+    let extra = Config::from_yaml(&yaml, "demo local worker")?;
+    config.workers.extend(extra.workers);
+    Ok(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -552,6 +584,23 @@ mod tests {
         Config::from_yaml(yaml, "test.yaml")
             .unwrap_err()
             .to_string()
+    }
+
+    #[test]
+    fn demo_adds_the_local_model_when_present() {
+        let mut c = Config::from_yaml(DEMO_CONFIG, "demo").unwrap();
+        let dir = std::env::temp_dir().join(format!("rm-demo-local-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let absent = dir.join("absent.gguf");
+        assert!(!add_demo_local_worker(&mut c, &absent).unwrap());
+        assert_eq!(c.workers.len(), 3);
+        let present = dir.join("model 'q'.gguf");
+        std::fs::write(&present, b"GGUF").unwrap();
+        assert!(add_demo_local_worker(&mut c, &present).unwrap());
+        let local = c.workers[3].backend.local.as_ref().unwrap();
+        assert_eq!(local.model, present);
+        assert_eq!(c.workers[3].tier, routemesh_router::Tier::Small);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -585,6 +634,20 @@ mod tests {
             "workers:\n  - model: m\n    tier: small\n    backend: {sim: {ttft_ms: {median: fast}}}\n",
         );
         assert!(e.contains("workers[0].backend.sim.ttft_ms.median"), "{e}");
+        let e = err(
+            "workers:\n  - model: m\n    tier: small\n    backend: {local: {model: m.gguf, thread: 2}}\n",
+        );
+        assert!(
+            e.contains("workers[0].backend.local") && e.contains("unknown field `thread`"),
+            "{e}"
+        );
+        let e = err(
+            "workers:\n  - model: m\n    tier: small\n    backend: {local: {model: m.gguf}, sim: {}}\n",
+        );
+        assert!(
+            e.contains("exactly one of `openai`, `sim` or `local`"),
+            "{e}"
+        );
         let e = err("gateway: {tls: {cert: a, key: b, reload_interval: 1ms}}\n");
         assert!(e.contains("gateway.tls.reload_interval: must be"), "{e}");
         let e = err("gateway: {worker_tls: {cert: a, key: b}}\n");

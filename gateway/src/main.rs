@@ -296,6 +296,7 @@ async fn serve(
     gateway: bool,
     try_prompt: Option<String>,
     once: bool,
+    note: Option<String>,
 ) -> anyhow::Result<()> {
     let service = match (workers, gateway) {
         (true, false) => "routemesh-worker",
@@ -303,6 +304,9 @@ async fn serve(
         _ => "routemesh",
     };
     let traces = routemesh_gateway::tracing_setup::init(&config.tracing, service)?;
+    if let Some(note) = note {
+        tracing::info!("{note}");
+    }
     let result = serve_traced(config, common, workers, gateway, try_prompt, once).await;
     if let Some(provider) = traces {
         // Send the last spans before exiting.
@@ -546,7 +550,24 @@ async fn main() -> anyhow::Result<()> {
         } => {
             let mut config = load(common.config.as_deref(), Some(DEMO_CONFIG))?;
             override_listen(&mut config, listen, http_listen, admin_listen);
-            serve(config, &common, true, true, try_prompt, once).await
+            let mut note = None;
+            if common.config.is_none() {
+                let model = routemesh_gateway::config::demo_local_model_path();
+                note = Some(
+                    if routemesh_gateway::config::add_demo_local_worker(&mut config, &model)? {
+                        format!(
+                            "demo pool: SmolLM2-135M-Instruct runs on the CPU (backend local) from {}",
+                            model.display()
+                        )
+                    } else {
+                        format!(
+                            "demo pool: simulated models only; {} is absent (scripts/fetch-local-model.sh fetches SmolLM2-135M-Instruct for a real small model)",
+                            model.display()
+                        )
+                    },
+                );
+            }
+            serve(config, &common, true, true, try_prompt, once, note).await
         }
         Command::Gateway {
             common,
@@ -556,11 +577,11 @@ async fn main() -> anyhow::Result<()> {
         } => {
             let mut config = load(common.config.as_deref(), None)?;
             override_listen(&mut config, listen, http_listen, admin_listen);
-            serve(config, &common, false, true, None, false).await
+            serve(config, &common, false, true, None, false, None).await
         }
         Command::Worker { common } => {
             let config = load(common.config.as_deref(), None)?;
-            serve(config, &common, true, false, None, false).await
+            serve(config, &common, true, false, None, false, None).await
         }
         Command::Telemetry {
             common,

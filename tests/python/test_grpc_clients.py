@@ -125,10 +125,19 @@ def test_grpcurl_lists_describes_and_calls(mesh):
 
 
 def test_quickstart_demo_mesh_answers(demo, stubs):
-    """The embedded demo of the quickstart: three workers, routed answers."""
+    """The embedded demo of the quickstart: three simulated workers, plus
+    SmolLM2 on the CPU when its model file is present; routed answers."""
+    local = pathlib.Path(os.environ.get("ROUTEMESH_LOCAL_MODEL") or ".cache/routemesh/models/SmolLM2-135M-Instruct.Q4_1.gguf")
     with grpc.insecure_channel(demo.gateway) as channel:
         gw = stubs.gateway_grpc.GatewayStub(channel)
         models = gw.ListModels(stubs.gateway.ListModelsRequest(), timeout=10).models
-        assert len(models) == 3 and {m.tier for m in models} == {stubs.common.TIER_SMALL, stubs.common.TIER_LARGE}
+        assert len(models) == (4 if local.is_file() else 3)
+        assert {m.tier for m in models} == {stubs.common.TIER_SMALL, stubs.common.TIER_LARGE}
         resp = gw.Generate(ask(stubs, "What is the capital of France?", params=stubs.common.GenerationParams(max_tokens=8)), timeout=20)
         assert resp.route.reason and resp.usage.model == resp.route.model
+        if local.is_file():
+            # The real small model answers when pinned, with real token counts.
+            pinned = ask(stubs, "What is the capital of France?", params=stubs.common.GenerationParams(max_tokens=3, temperature=0))
+            pinned.model = "smollm2-135m-instruct"
+            resp = gw.Generate(pinned, timeout=30)
+            assert resp.text == "L'É" and resp.usage.completion_tokens == 3 and not resp.usage.simulated

@@ -468,6 +468,33 @@ pub async fn wait_for_in_flight(url: &str, n: u32) {
     .await;
 }
 
+/// The local backend's model (SmolLM2-135M-Instruct Q4_1 GGUF):
+/// `$ROUTEMESH_LOCAL_MODEL`, else where `scripts/fetch-local-model.sh` puts
+/// it. `None`, after saying why, when it is absent; when it is required
+/// (`ROUTEMESH_REQUIRE_LOCAL_MODEL` or `CI` set, as `./dev test` does after
+/// fetching it) absence fails the test instead.
+pub fn local_model() -> Option<PathBuf> {
+    let path = std::env::var_os("ROUTEMESH_LOCAL_MODEL").map_or_else(
+        || workspace_root().join(".cache/routemesh/models/SmolLM2-135M-Instruct.Q4_1.gguf"),
+        PathBuf::from,
+    );
+    if path.is_file() {
+        return Some(path);
+    }
+    let required = std::env::var_os("ROUTEMESH_REQUIRE_LOCAL_MODEL").is_some()
+        || std::env::var_os("CI").is_some();
+    assert!(
+        !required,
+        "the local model {} is missing (run scripts/fetch-local-model.sh)",
+        path.display()
+    );
+    eprintln!(
+        "SKIPPED: the local model {} is absent; run scripts/fetch-local-model.sh to test the local backend",
+        path.display()
+    );
+    None
+}
+
 pub fn openssl(dir: &Path, args: &[&str]) {
     let out = Command::new("openssl")
         .args(args)

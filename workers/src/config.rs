@@ -7,7 +7,7 @@ use std::time::Duration;
 use routemesh_router::Tier;
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{OpenAiConfig, SimConfig};
+use crate::backend::{LocalConfig, OpenAiConfig, SimConfig};
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -65,6 +65,10 @@ pub struct BackendConfig {
     /// A simulated engine (labelled simulated wherever it shows).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sim: Option<SimConfig>,
+    /// A GGUF model run in-process on the CPU; the worker's `capacity` is
+    /// its number of slots (requests generated at once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local: Option<LocalConfig>,
 }
 
 /// The one backend a [`BackendConfig`] selects.
@@ -72,6 +76,7 @@ pub struct BackendConfig {
 pub enum BackendChoice<'a> {
     Openai(&'a OpenAiConfig),
     Sim(&'a SimConfig),
+    Local(&'a LocalConfig),
 }
 
 impl BackendConfig {
@@ -83,10 +88,11 @@ impl BackendConfig {
     }
 
     pub fn choice(&self) -> Result<BackendChoice<'_>, String> {
-        match (&self.openai, &self.sim) {
-            (Some(c), None) => Ok(BackendChoice::Openai(c)),
-            (None, Some(c)) => Ok(BackendChoice::Sim(c)),
-            _ => Err("backend: give exactly one of `openai` or `sim`".into()),
+        match (&self.openai, &self.sim, &self.local) {
+            (Some(c), None, None) => Ok(BackendChoice::Openai(c)),
+            (None, Some(c), None) => Ok(BackendChoice::Sim(c)),
+            (None, None, Some(c)) => Ok(BackendChoice::Local(c)),
+            _ => Err("backend: give exactly one of `openai`, `sim` or `local`".into()),
         }
     }
 }

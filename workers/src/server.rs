@@ -12,7 +12,7 @@ use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 
-use crate::backend::{Backend, OpenAiBackend, SimBackend};
+use crate::backend::{Backend, LocalBackend, OpenAiBackend, SimBackend};
 use crate::config::{BackendChoice, WorkerConfig};
 use crate::registry::{Registry, WorkerRecord};
 use crate::service::{WorkerService, WorkerState};
@@ -63,7 +63,7 @@ impl RunningWorker {
     }
 }
 
-fn build_backend(config: &WorkerConfig) -> Result<Arc<dyn Backend>, WorkerError> {
+async fn build_backend(config: &WorkerConfig) -> Result<Arc<dyn Backend>, WorkerError> {
     Ok(
         match config.backend.choice().map_err(WorkerError::Config)? {
             BackendChoice::Openai(c) => {
@@ -72,6 +72,11 @@ fn build_backend(config: &WorkerConfig) -> Result<Arc<dyn Backend>, WorkerError>
             BackendChoice::Sim(c) => {
                 Arc::new(SimBackend::new(c.clone(), &config.model).map_err(WorkerError::Config)?)
             }
+            BackendChoice::Local(c) => Arc::new(
+                LocalBackend::load(c, config.capacity)
+                    .await
+                    .map_err(WorkerError::Config)?,
+            ),
         },
     )
 }
@@ -82,7 +87,7 @@ pub async fn start_worker(
     registry: Arc<dyn Registry>,
 ) -> Result<RunningWorker, WorkerError> {
     config.validate().map_err(WorkerError::Config)?;
-    let backend = build_backend(&config)?;
+    let backend = build_backend(&config).await?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| WorkerError::Bind {

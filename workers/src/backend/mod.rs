@@ -1,5 +1,6 @@
 //! Inference engine backends behind one interface: what the worker agent drives.
 
+pub mod local;
 pub mod openai;
 pub mod sim;
 pub mod sse;
@@ -9,6 +10,7 @@ use std::pin::Pin;
 use futures::Stream;
 use routemesh_proto::v1::{ChatMessage, FinishReason, GenerationParams};
 
+pub use local::{LocalBackend, LocalConfig};
 pub use openai::{OpenAiBackend, OpenAiConfig};
 pub use sim::{SimBackend, SimConfig};
 

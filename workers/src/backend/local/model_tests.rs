@@ -1,0 +1,265 @@
+//! The local backend with the real default model (SmolLM2-135M-Instruct
+//! Q4_1): golden greedy output, stop sequences, max_tokens, seeded sampling,
+//! queueing on slots, cancellation, and configuration errors.
+//!
+//! Without the model file these tests print why and pass, unless
+//! `ROUTEMESH_REQUIRE_LOCAL_MODEL` or `CI` is set (`./dev test` fetches the
+//! model and sets it), where a missing model fails them.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use futures::StreamExt;
+use routemesh_proto::v1::{ChatMessage, FinishReason, GenerationParams};
+
+use super::*;
+
+fn model_path() -> Option<PathBuf> {
+    let path = std::env::var_os("ROUTEMESH_LOCAL_MODEL").map_or_else(
+        || {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../.cache/routemesh")
+                .join(DEFAULT_MODEL_FILE)
+        },
+        PathBuf::from,
+    );
+    if path.is_file() {
+        return Some(path);
+    }
+    let required = std::env::var_os("ROUTEMESH_REQUIRE_LOCAL_MODEL").is_some()
+        || std::env::var_os("CI").is_some();
+    assert!(
+        !required,
+        "the local model {} is missing (run scripts/fetch-local-model.sh)",
+        path.display()
+    );
+    eprintln!(
+        "SKIPPED: the local model {} is absent; run scripts/fetch-local-model.sh to test the local backend",
+        path.display()
+    );
+    None
+}
+
+fn backend(slots: u32) -> Option<LocalBackend> {
+    let config = LocalConfig {
+        threads: Some(2),
+        context: Some(1024),
+        ..LocalConfig::new(model_path()?)
+    };
+    Some(LocalBackend::load_blocking(&config, slots).unwrap())
+}
+
+const GOLDEN_PROMPT: &str = "What is the capital of France?";
+
+fn input(prompt: &str, params: GenerationParams) -> GenerateInput {
+    GenerateInput {
+        request_id: "t".into(),
+        messages: vec![ChatMessage {
+            role: "user".into(),
+            content: prompt.into(),
+        }],
+        params,
+    }
+}
+
+fn greedy(max_tokens: u32) -> GenerationParams {
+    GenerationParams {
+        max_tokens: Some(max_tokens),
+        temperature: Some(0.0),
+        ..Default::default()
+    }
+}
+
+/// The prompt's tokens are exactly llama.cpp's for the same conversation
+/// (llama-cpp-python 0.3.36 with the model's own jinja template), and the
+/// greedy completion is the one this engine produced when recorded.
+///
+/// Cross-check with llama.cpp (docs/BENCHMARKS.md): the answer starts
+/// "L'Étoile, la" in every engine; at the 8th token llama.cpp's own top two
+/// logits are 0.02 apart (" Cit" 2.635, " Mars" 2.617), and there its default
+/// attention picks " Cité" while its flash attention picks " Marseillaise",
+/// as this engine does; the two agree on "L'Étoile, la Marseillaise, la
+/// femme" before parting at another near-tie. Recorded on AVX2; the scalar
+/// fallback rounds differently and may part at such near-ties.
+#[tokio::test]
+async fn golden_greedy_output() {
+    let Some(b) = backend(1) else { return };
+    let messages = input(GOLDEN_PROMPT, greedy(1)).messages;
+    assert_eq!(
+        b.prompt_tokens(&messages).unwrap(),
+        [
+            1, 9690, 198, 2683, 359, 253, 5356, 5646, 11173, 3365, 3511, 308, 34519, 28, 7018, 411,
+            407, 19712, 8182, 2, 198, 1, 4093, 198, 1780, 314, 260, 3575, 282, 4649, 47, 2, 198, 1,
+            520, 9531, 198
+        ]
+    );
+    let done = b.generate(input(GOLDEN_PROMPT, greedy(24))).await.unwrap();
+    assert_eq!(done.text, GOLDEN_TEXT);
+    assert_eq!(done.finish_reason, FinishReason::Length);
+    assert_eq!(
+        (
+            done.usage.prompt_tokens,
+            done.usage.completion_tokens,
+            done.usage.estimated
+        ),
+        (37, 24, false)
+    );
+    assert!(done.text.starts_with("L'Étoile, la"));
+    // Greedy decoding is deterministic: the same again.
+    let again = b.generate(input(GOLDEN_PROMPT, greedy(24))).await.unwrap();
+    assert_eq!(again.text, done.text);
+}
+
+const GOLDEN_TEXT: &str = "L'Étoile, la Marseillaise, la femme, la femme au martyre, la";
+
+#[tokio::test]
+async fn stop_sequences_and_max_tokens() {
+    let Some(b) = backend(1) else { return };
+    let stop = GenerationParams {
+        stop: vec![", la".into()],
+        ..greedy(24)
+    };
+    let done = b.generate(input(GOLDEN_PROMPT, stop)).await.unwrap();
+    assert_eq!(done.text, "L'Étoile");
+    assert_eq!(done.finish_reason, FinishReason::StopSequence);
+
+    let done = b.generate(input(GOLDEN_PROMPT, greedy(3))).await.unwrap();
+    assert_eq!(done.text, "L'É");
+    assert_eq!(done.finish_reason, FinishReason::Length);
+    assert_eq!(done.usage.completion_tokens, 3);
+
+    // A short answer ends with the turn (<|im_end|>), not the budget.
+    let done = b
+        .generate(input("Say just the word yes.", greedy(64)))
+        .await
+        .unwrap();
+    assert_eq!(done.finish_reason, FinishReason::Stop, "{:?}", done.text);
+    assert!(done.usage.completion_tokens < 64);
+}
+
+#[tokio::test]
+async fn seeded_sampling_is_reproducible() {
+    let Some(b) = backend(1) else { return };
+    let sampled = |seed| GenerationParams {
+        max_tokens: Some(16),
+        temperature: Some(0.9),
+        top_p: Some(0.95),
+        seed: Some(seed),
+        ..Default::default()
+    };
+    let prompt = "Write one sentence about the sea.";
+    let a = b.generate(input(prompt, sampled(1))).await.unwrap().text;
+    let a2 = b.generate(input(prompt, sampled(1))).await.unwrap().text;
+    assert_eq!(a, a2);
+    let others: Vec<String> =
+        futures::future::join_all((2..5).map(|seed| b.generate(input(prompt, sampled(seed)))))
+            .await
+            .into_iter()
+            .map(|r| r.unwrap().text)
+            .collect();
+    assert!(others.iter().any(|o| *o != a), "{a:?} {others:?}");
+}
+
+/// Streams deliver deltas then an end with real counts; requests beyond the
+/// slots wait for one and then run.
+#[tokio::test]
+async fn streams_queue_for_slots() {
+    let Some(b) = backend(1) else { return };
+    let streams =
+        futures::future::join_all((0..3).map(|_| b.stream(input(GOLDEN_PROMPT, greedy(6))))).await;
+    for stream in streams {
+        let events: Vec<EngineEvent> = stream.unwrap().map(|e| e.unwrap()).collect().await;
+        let text: String = events
+            .iter()
+            .filter_map(|e| match e {
+                EngineEvent::Delta(t) => Some(t.as_str()),
+                EngineEvent::End { .. } => None,
+            })
+            .collect();
+        assert!(text.starts_with("L'Étoile"), "{text:?}");
+        assert!(events.len() >= 3);
+        match events.last() {
+            Some(EngineEvent::End {
+                finish_reason,
+                usage,
+            }) => {
+                assert_eq!(*finish_reason, FinishReason::Length);
+                assert_eq!((usage.prompt_tokens, usage.completion_tokens), (37, 6));
+            }
+            other => panic!("no end event: {other:?}"),
+        }
+    }
+}
+
+/// Dropping a stream mid-generation stops the slot within a token or two,
+/// and the slot serves the next request.
+#[tokio::test]
+async fn dropping_the_stream_stops_generation() {
+    let Some(b) = backend(1) else { return };
+    let mut busy = b.busy();
+    let mut stream = b
+        .stream(input("Tell me a very long story.", greedy(900)))
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        assert!(matches!(
+            stream.next().await,
+            Some(Ok(EngineEvent::Delta(_)))
+        ));
+    }
+    drop(stream);
+    tokio::time::timeout(Duration::from_secs(10), busy.wait_for(|&n| n == 0))
+        .await
+        .expect("the slot stops")
+        .unwrap();
+    let decoded = b.decoded_tokens();
+    assert!(
+        decoded < 40,
+        "{decoded} tokens decoded after the client left"
+    );
+    let done = b.generate(input(GOLDEN_PROMPT, greedy(2))).await.unwrap();
+    assert_eq!(done.usage.completion_tokens, 2);
+    assert_eq!(b.decoded_tokens(), decoded + 2);
+}
+
+#[tokio::test]
+async fn long_prompts_are_refused_with_the_numbers() {
+    let Some(path) = model_path() else { return };
+    let config = LocalConfig {
+        context: Some(64),
+        ..LocalConfig::new(path)
+    };
+    let b = LocalBackend::load(&config, 1).await.unwrap();
+    let err = b
+        .generate(input(&"word ".repeat(100), greedy(4)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, EngineError::Rejected(m) if m.contains("context is 64")),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn bad_model_files_are_named() {
+    let dir = std::env::temp_dir().join(format!("rm-local-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let missing = dir.join("absent.gguf");
+    let err = LocalBackend::load(&LocalConfig::new(&missing), 1)
+        .await
+        .unwrap_err();
+    assert!(
+        err.contains("backend.local.model") && err.contains(&missing.display().to_string()),
+        "{err}"
+    );
+    let text = dir.join("not-a-model.gguf");
+    std::fs::write(&text, "hello").unwrap();
+    let err = LocalBackend::load(&LocalConfig::new(&text), 1)
+        .await
+        .unwrap_err();
+    assert!(
+        err.contains(&text.display().to_string()) && err.contains("not a GGUF file"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
