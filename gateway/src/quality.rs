@@ -276,18 +276,15 @@ impl QualityModel {
         let slot = match &self.inference_slots {
             // A short wait rides out bursts (a fast-path decision is ~0.5 ms);
             // a longer one means the cores are saturated.
-            Some(slots) => match tokio::time::timeout(
-                ROUTER_SLOT_WAIT,
-                slots.clone().acquire_owned(),
-            )
-            .await
-            {
-                Ok(Ok(permit)) => Some(permit),
-                _ => {
-                    crate::metrics::router_overloaded();
-                    return None;
+            Some(slots) => {
+                match tokio::time::timeout(ROUTER_SLOT_WAIT, slots.clone().acquire_owned()).await {
+                    Ok(Ok(permit)) => Some(permit),
+                    _ => {
+                        crate::metrics::router_overloaded();
+                        return None;
+                    }
                 }
-            },
+            }
             None => None,
         };
         let text = prompt.to_string();
