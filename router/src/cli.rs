@@ -340,7 +340,10 @@ pub fn run(cmd: RouterCommand) -> anyhow::Result<()> {
         } => {
             let prices = data::Prices::load(&prices_path(models.as_deref(), &data)?)?;
             let r = load_router(&router, &enc, false)?;
-            let (rows, emb) = load_embedded(r.encoder(), &data)?;
+            let encoder = r
+                .encoder()
+                .context("the full path's encoder is not loaded")?;
+            let (rows, emb) = load_embedded(encoder, &data)?;
             let table = data::Table::with_models(rows, r.models().to_vec(), &prices)?;
             let groups = eval::groups(&table, &prices);
             let pred = r.predict_embedded(emb.view());
@@ -602,7 +605,8 @@ fn router_embeddings(r: &crate::Router, prompts: &[&str]) -> anyhow::Result<ndar
     Ok(match r.path() {
         crate::router::EmbedPath::Fast => r.embed(prompts)?,
         crate::router::EmbedPath::Full => embed::embed_cached(
-            r.encoder(),
+            r.encoder()
+                .context("the full path's encoder is not loaded")?,
             prompts,
             Some(&embed::default_cache_dir()),
             |_| {},

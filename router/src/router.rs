@@ -71,7 +71,8 @@ struct FastPath {
 #[derive(Debug)]
 pub struct Router {
     manifest: Manifest,
-    encoder: Encoder,
+    /// The transformer encoder; not loaded when the fast path serves.
+    encoder: Option<Encoder>,
     predictor: Box<dyn QualityPredictor>,
     fast: Option<FastPath>,
 }
@@ -91,6 +92,18 @@ impl Router {
             ))
             .into());
         }
+        let fast_dir = dir.join(artifact::FAST_DIR);
+        if cfg.fast_path && fast_dir.join(artifact::MANIFEST).is_file() {
+            // The fast path needs only the tokenizer: no ONNX Runtime, no encoder session (most of a
+            // gateway's memory when loaded).
+            let fast = load_fast(&fast_dir, &manifest, &cfg.assets)?;
+            return Ok(Self {
+                manifest,
+                encoder: None,
+                predictor,
+                fast: Some(fast),
+            });
+        }
         let encoder = Encoder::load(&EncoderConfig {
             assets: cfg.assets.clone(),
             max_len: manifest.encoder.max_len,
@@ -105,12 +118,8 @@ impl Router {
             }
             .into());
         }
-        let fast_dir = dir.join(artifact::FAST_DIR);
-        let fast = if cfg.fast_path && fast_dir.join(artifact::MANIFEST).is_file() {
-            Some(load_fast(&fast_dir, &manifest, &cfg.assets)?)
-        } else {
-            None
-        };
+        let encoder = Some(encoder);
+        let fast = None;
         Ok(Self {
             manifest,
             encoder,
@@ -138,10 +147,13 @@ impl Router {
 
     /// Embeds prompts with the active path: `[n, 384]`, rows L2-normalised.
     pub fn embed(&self, prompts: &[&str]) -> Result<Array2<f32>, RouterError> {
-        Ok(match &self.fast {
-            Some(f) => f.embedder.embed(prompts)?,
-            None => self.encoder.encode(prompts)?,
-        })
+        match (&self.fast, &self.encoder) {
+            (Some(f), _) => Ok(f.embedder.embed(prompts)?),
+            (None, Some(e)) => Ok(e.encode(prompts)?),
+            (None, None) => {
+                Err(ArtifactError::Invalid("router has neither path loaded".into()).into())
+            }
+        }
     }
 
     pub fn models(&self) -> &[String] {
@@ -157,8 +169,9 @@ impl Router {
         &self.manifest
     }
 
-    pub fn encoder(&self) -> &Encoder {
-        &self.encoder
+    /// The transformer encoder, loaded on the full path only.
+    pub fn encoder(&self) -> Option<&Encoder> {
+        self.encoder.as_ref()
     }
 
     /// Predicted quality per model (in [`Router::models`] order) for one prompt.
