@@ -704,8 +704,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn static_table_round_trip_and_checksum() {
+    /// A kNN artifact of the toy data saved into a fresh directory.
+    fn saved_toy_knn() -> (tempfile::TempDir, Manifest) {
         let (models, emb, q) = toy();
         let data = TrainSet {
             models: &models,
@@ -715,7 +715,7 @@ mod tests {
         };
         let dir = tempfile::tempdir().unwrap();
         let knn = Knn::train(&data, KnnConfig::default());
-        let mut m = save(
+        let m = save(
             dir.path(),
             info(8),
             &knn,
@@ -724,6 +724,12 @@ mod tests {
             serde_json::Value::Null,
         )
         .unwrap();
+        (dir, m)
+    }
+
+    #[test]
+    fn static_table_round_trip_and_checksum() {
+        let (dir, mut m) = saved_toy_knn();
         // Unit rows, as the encoder gives them.
         let table = Array2::from_shape_fn((5, 8), |(i, k)| ((i * 8 + k) as f32).sin());
         let norms = table.map_axis(ndarray::Axis(1), |r| r.dot(&r).sqrt());
@@ -747,24 +753,7 @@ mod tests {
 
     #[test]
     fn corrupt_or_foreign_artifacts_are_refused() {
-        let (models, emb, q) = toy();
-        let data = TrainSet {
-            models: &models,
-            emb: emb.view(),
-            quality: &q,
-            sources: None,
-        };
-        let dir = tempfile::tempdir().unwrap();
-        let knn = Knn::train(&data, KnnConfig::default());
-        save(
-            dir.path(),
-            info(8),
-            &knn,
-            Calibration::default(),
-            vec![],
-            serde_json::Value::Null,
-        )
-        .unwrap();
+        let (dir, _) = saved_toy_knn();
         // Flip one byte of the exemplars.
         let path = dir.path().join("exemplars.i8");
         let mut bytes = std::fs::read(&path).unwrap();

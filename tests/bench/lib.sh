@@ -95,3 +95,39 @@ bench() {
     shift
     "$BIN" bench --json --output "$out" "$@" > /dev/null
 }
+
+# start_zero_mesh NAME: `routemesh up` with one zero-delay sim worker whose
+# capacity and queue are far above what the rates need (the benchmarks
+# measure latency, not admission). With ROUTER_EVERY_REQUEST set, the
+# gateway loads the default router artifact (ROUTER_PATH: fast or full) and
+# UNIQUE_PROMPTS holds the bench flag that makes its prompt cache miss.
+UNIQUE_PROMPTS=()
+start_zero_mesh() {
+    local router_yaml=""
+    if [ -n "${ROUTER_EVERY_REQUEST:-}" ]; then
+        router_yaml="  router:
+    artifact: $ROOT/router/artifacts/default
+    assets: ${ROUTEMESH_ASSETS:-$ROOT/.cache/routemesh/assets}
+    path: ${ROUTER_PATH:-fast}"
+        UNIQUE_PROMPTS=(--unique-prompts)
+        echo "router:  on every request (${ROUTER_PATH:-fast} path)" >&2
+        if [ -n "${OUT:-}" ]; then
+            echo "router:  on every request (${ROUTER_PATH:-fast} path)" >> "$OUT/machine.txt"
+        fi
+    fi
+    start_mesh "$1" "gateway:
+  listen: 127.0.0.1:0
+  http_listen: 127.0.0.1:0
+  max_concurrent_requests: 100000
+$router_yaml
+workers:
+  - id: zero-0
+    model: zero
+    tier: small
+    input_usd_per_mtok: 0.2
+    output_usd_per_mtok: 0.2
+    capacity: 4096
+    max_queue: 16384
+    backend:
+      sim: {ttft_ms: {median: 0}, tokens_per_second: {median: 0}, output_tokens: {median: 16}}"
+}

@@ -24,34 +24,7 @@ mkdir -p "$OUT"
 build_release
 machine_info | tee "$OUT/machine.txt"
 
-ROUTER_YAML=""
-UNIQUE=()
-if [ -n "${ROUTER_EVERY_REQUEST:-}" ]; then
-    ROUTER_YAML="  router:
-    artifact: $ROOT/router/artifacts/default
-    assets: ${ROUTEMESH_ASSETS:-$ROOT/.cache/routemesh/assets}
-    path: ${ROUTER_PATH:-fast}"
-    UNIQUE=(--unique-prompts)
-    echo "router:  on every request (${ROUTER_PATH:-fast} path)" | tee -a "$OUT/machine.txt"
-fi
-
-# Capacity and queue far above what the rates need, so the worker never
-# refuses: the benchmark measures latency, not admission.
-start_mesh overhead "gateway:
-  listen: 127.0.0.1:0
-  http_listen: 127.0.0.1:0
-  max_concurrent_requests: 100000
-$ROUTER_YAML
-workers:
-  - id: zero-0
-    model: zero
-    tier: small
-    input_usd_per_mtok: 0.2
-    output_usd_per_mtok: 0.2
-    capacity: 4096
-    max_queue: 16384
-    backend:
-      sim: {ttft_ms: {median: 0}, tokens_per_second: {median: 0}, output_tokens: {median: 16}}"
+start_zero_mesh overhead
 GATEWAY=$(ready_field "$MESH_READY" 'd["gateway"]')
 WORKER=$(ready_field "$MESH_READY" 'd["workers"][0]["endpoint"]')
 echo "mesh:    gateway $GATEWAY, worker $WORKER (one process: routemesh up), pid $MESH_PID"
@@ -62,7 +35,7 @@ for rate in "${RATES[@]}"; do
     bench "$OUT/direct-$rate.json" --target worker-generate --url "$WORKER" \
         --rate "$rate" --duration "$DURATION" --warmup "$WARMUP"
     bench "$OUT/gateway-$rate.json" --target generate --url "$GATEWAY" \
-        --rate "$rate" --duration "$DURATION" --warmup "$WARMUP" "${UNIQUE[@]}"
+        --rate "$rate" --duration "$DURATION" --warmup "$WARMUP" "${UNIQUE_PROMPTS[@]}"
     echo "rss after $rate req/s: $(rss_mib "$MESH_PID") MiB" | tee -a "$OUT/machine.txt" >&2
 done
 echo "rss:     $(rss_mib "$MESH_PID") MiB after the load" | tee -a "$OUT/machine.txt"

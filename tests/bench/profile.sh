@@ -22,39 +22,15 @@ done
 build_release
 machine_info | tee "$OUT/machine.txt"
 
-ROUTER_YAML=""
-UNIQUE=()
-if [ -n "${ROUTER_EVERY_REQUEST:-}" ]; then
-    ROUTER_YAML="  router:
-    artifact: $ROOT/router/artifacts/default
-    assets: ${ROUTEMESH_ASSETS:-$ROOT/.cache/routemesh/assets}
-    path: ${ROUTER_PATH:-fast}"
-    UNIQUE=(--unique-prompts)
-fi
-
-start_mesh profile "gateway:
-  listen: 127.0.0.1:0
-  http_listen: 127.0.0.1:0
-  max_concurrent_requests: 100000
-$ROUTER_YAML
-workers:
-  - id: zero-0
-    model: zero
-    tier: small
-    input_usd_per_mtok: 0.2
-    output_usd_per_mtok: 0.2
-    capacity: 4096
-    max_queue: 16384
-    backend:
-      sim: {ttft_ms: {median: 0}, tokens_per_second: {median: 0}, output_tokens: {median: 16}}"
+start_zero_mesh profile
 GATEWAY=$(ready_field "$MESH_READY" 'd["gateway"]')
 
 # Warm up (connections, caches), then sample while the load runs.
-bench "$OUT/warmup.json" --target generate --url "$GATEWAY" --rate "$RATE" --duration 2s --warmup 0s "${UNIQUE[@]}"
+bench "$OUT/warmup.json" --target generate --url "$GATEWAY" --rate "$RATE" --duration 2s --warmup 0s "${UNIQUE_PROMPTS[@]}"
 secs=$(python3 -c "import sys; s=sys.argv[1]; print(float(s[:-2])/1000 if s.endswith('ms') else float(s.rstrip('s')))" "$DURATION")
 perf record -q -e cpu-clock -F 499 --call-graph dwarf,16384 -p "$MESH_PID" -o "$OUT/perf.data" -- sleep "$secs" 2>"$OUT/perf.log" &
 PERF_PID=$!
-bench "$OUT/load.json" --target generate --url "$GATEWAY" --rate "$RATE" --duration "$DURATION" --warmup 0s "${UNIQUE[@]}"
+bench "$OUT/load.json" --target generate --url "$GATEWAY" --rate "$RATE" --duration "$DURATION" --warmup 0s "${UNIQUE_PROMPTS[@]}"
 wait "$PERF_PID"
 
 perf script -i "$OUT/perf.data" 2>/dev/null | inferno-collapse-perf > "$OUT/stacks.folded"
