@@ -292,12 +292,7 @@ pub fn run(cmd: RouterCommand) -> anyhow::Result<()> {
                 };
                 let dir = out.join(artifact::FAST_DIR);
                 let mut m = job.train_and_save(&dir, femb.view(), info, provenance)?;
-                artifact::save_static_table(
-                    &dir,
-                    &mut m,
-                    &embedder.table().to_owned(),
-                    embedder.weights(),
-                )?;
+                artifact::save_static_table(&dir, &mut m, &embedder.table(), embedder.weights())?;
                 eprintln!("wrote the fast path to {}", dir.display());
             }
             Ok(())

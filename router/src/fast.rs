@@ -9,7 +9,7 @@
 
 use std::path::Path;
 
-use ndarray::{Array2, ArrayView2};
+use ndarray::Array2;
 use tokenizers::Tokenizer;
 
 use crate::encoder::{EMBED_DIM, EncoderError};
@@ -24,8 +24,10 @@ pub const DEFAULT_MAX_TOKENS: usize = 2048;
 #[derive(Clone)]
 pub struct StaticEmbedder {
     tokenizer: Tokenizer,
-    /// `[vocab, EMBED_DIM]`.
-    table: Array2<f32>,
+    /// `[vocab * EMBED_DIM]` int8, as the artifact stores them: 4x less memory than f32.
+    codes: Vec<i8>,
+    /// Per row: the int8 scale divided by the dequantised row's length, so each row is a unit vector.
+    row_scales: Vec<f32>,
     /// Per word piece (IDF over the training prompts); 0 drops a piece.
     weights: Vec<f32>,
     max_tokens: usize,
@@ -34,7 +36,7 @@ pub struct StaticEmbedder {
 impl std::fmt::Debug for StaticEmbedder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StaticEmbedder")
-            .field("vocab", &self.table.nrows())
+            .field("vocab", &self.row_scales.len())
             .field("max_tokens", &self.max_tokens)
             .finish()
     }
@@ -78,16 +80,42 @@ impl StaticEmbedder {
                 table.nrows()
             )));
         }
+        let (codes, scales) = crate::artifact::quantize_rows(&table);
+        let row_scales = codes
+            .chunks_exact(EMBED_DIM)
+            .zip(&scales)
+            .map(|(row, &s)| {
+                let norm = row
+                    .iter()
+                    .map(|&c| (f32::from(c) * s).powi(2))
+                    .sum::<f32>()
+                    .sqrt();
+                if norm > 0.0 { s / norm } else { 0.0 }
+            })
+            .collect();
         Ok(Self {
             tokenizer,
-            table,
+            codes,
+            row_scales,
             weights,
             max_tokens: max_tokens.max(1),
         })
     }
 
-    pub fn table(&self) -> ArrayView2<'_, f32> {
-        self.table.view()
+    /// The table as unit f32 rows `[vocab, EMBED_DIM]` (what the artifact saves, int8 again).
+    pub fn table(&self) -> Array2<f32> {
+        let mut t = Array2::<f32>::zeros((self.row_scales.len(), EMBED_DIM));
+        for ((mut out, codes), &s) in t
+            .rows_mut()
+            .into_iter()
+            .zip(self.codes.chunks_exact(EMBED_DIM))
+            .zip(&self.row_scales)
+        {
+            for (o, &c) in out.iter_mut().zip(codes) {
+                *o = f32::from(c) * s;
+            }
+        }
+        t
     }
 
     pub fn weights(&self) -> &[f32] {
@@ -136,11 +164,15 @@ impl StaticEmbedder {
             if w == 0.0 {
                 continue;
             }
-            let v = self.table.row(id);
-            if let Some(v) = v.as_slice() {
-                for (a, x) in acc.iter_mut().zip(v) {
-                    *a += w * x;
-                }
+            let (Some(&s), Some(row)) = (
+                self.row_scales.get(id),
+                self.codes.get(id * EMBED_DIM..(id + 1) * EMBED_DIM),
+            ) else {
+                continue;
+            };
+            let ws = w * s;
+            for (a, &c) in acc.iter_mut().zip(row) {
+                *a += ws * f32::from(c);
             }
         }
     }
