@@ -530,11 +530,13 @@ pub fn save_static_table(
     write_manifest(dir, manifest)
 }
 
-/// The static table and word-piece weights of a fast-path artifact, verified: `([vocab, dim], [vocab])`.
+/// The static table of a fast-path artifact, verified and as stored: int8 codes `[vocab * dim]`, one
+/// scale per row, and the word-piece weights.
+#[allow(clippy::type_complexity)]
 pub fn load_static_table(
     dir: &Path,
     manifest: &Manifest,
-) -> Result<(Array2<f32>, Vec<f32>), ArtifactError> {
+) -> Result<(Vec<i8>, Vec<f32>, Vec<f32>), ArtifactError> {
     let f = Files { dir, manifest };
     let dim = manifest.encoder.dim;
     let vocab = manifest
@@ -551,7 +553,7 @@ pub fn load_static_table(
         .into_iter()
         .map(|b| i8::from_le_bytes([b]))
         .collect();
-    Ok((dequantize_rows(&codes, &scales, dim), weights))
+    Ok((codes, scales, weights))
 }
 
 /// Loads the manifest and the predictor of an artifact directory, verifying every file.
@@ -737,7 +739,8 @@ mod tests {
         let weights = vec![1.0, 2.0, 0.0, 3.5, 1.25];
         save_static_table(dir.path(), &mut m, &table, &weights).unwrap();
         let m = read_manifest(dir.path()).unwrap();
-        let (back, w) = load_static_table(dir.path(), &m).unwrap();
+        let (codes, scales, w) = load_static_table(dir.path(), &m).unwrap();
+        let back = dequantize_rows(&codes, &scales, 8);
         assert_eq!(w, weights);
         for (a, b) in back.rows().into_iter().zip(table.rows()) {
             assert!(a.dot(&b) > 0.9999, "{a} vs {b}");

@@ -536,17 +536,13 @@ pub fn load_embedded(
 /// Raw little-endian f32 `[rows, EMBED_DIM]` embeddings from a file.
 fn read_embeddings(path: &std::path::Path, rows: usize) -> anyhow::Result<ndarray::Array2<f32>> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    anyhow::ensure!(
-        bytes.len() == rows * EMBED_DIM * 4,
-        "{}: {} bytes, expected {rows} rows of {EMBED_DIM} f32",
-        path.display(),
-        bytes.len()
-    );
-    let v = bytes
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
-    Ok(ndarray::Array2::from_shape_vec((rows, EMBED_DIM), v)?)
+    embed::f32_rows(&bytes, rows).with_context(|| {
+        format!(
+            "{}: {} bytes, expected {rows} rows of {EMBED_DIM} f32",
+            path.display(),
+            bytes.len()
+        )
+    })
 }
 
 /// `models.json` given explicitly or next to the first data file.
@@ -703,34 +699,28 @@ impl TrainJob<'_> {
     }
 }
 
-/// The fast path's embedder: every word piece encoded alone (rows stored as the artifact will hold
-/// them, int8), weighted by IDF over the training prompts.
+/// The fast path's embedder: every word piece encoded alone (kept int8, as the artifact will hold
+/// them), weighted by IDF over the training prompts.
 pub fn distill_static(
     encoder: &Encoder,
     assets: &AssetPaths,
     table: &data::Table,
 ) -> anyhow::Result<crate::fast::StaticEmbedder> {
-    use crate::fast::{DEFAULT_MAX_TOKENS, StaticEmbedder, idf_weights, plain_tokenizer};
+    use crate::fast::{
+        DEFAULT_MAX_TOKENS, StaticEmbedder, idf_weights, plain_tokenizer, token_ids,
+    };
     let vocab = encoder.embed_vocabulary(256)?;
-    let (codes, scales) = artifact::quantize_rows(&vocab);
-    let vocab = artifact::dequantize_rows(&codes, &scales, EMBED_DIM);
     let tokenizer = plain_tokenizer(&assets.tokenizer)?;
-    let n = vocab.nrows();
-    let probe = StaticEmbedder::new(
-        tokenizer.clone(),
-        vocab.clone(),
-        vec![1.0; n],
-        DEFAULT_MAX_TOKENS,
-    )?;
     let docs = table
         .rows
         .iter()
-        .map(|r| probe.token_ids(&r.prompt))
+        .map(|r| token_ids(&tokenizer, &r.prompt, DEFAULT_MAX_TOKENS))
         .collect::<Result<Vec<_>, _>>()?;
+    let weights = idf_weights(&docs, vocab.nrows());
     Ok(StaticEmbedder::new(
         tokenizer,
         vocab,
-        idf_weights(&docs, n),
+        weights,
         DEFAULT_MAX_TOKENS,
     )?)
 }

@@ -40,6 +40,18 @@ fn cache_key(enc: &Encoder, prompts: &[&str]) -> String {
     hex(&h.finalize())
 }
 
+/// Raw little-endian f32 bytes as `[rows, EMBED_DIM]`, if they are exactly that many.
+pub fn f32_rows(bytes: &[u8], rows: usize) -> Option<Array2<f32>> {
+    if bytes.len() != rows * EMBED_DIM * 4 {
+        return None;
+    }
+    let v = bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    Array2::from_shape_vec((rows, EMBED_DIM), v).ok()
+}
+
 /// Embeds `prompts`, reading/writing `cache_dir/<key>.f32` (raw little-endian f32, `[n, 384]`) when given.
 pub fn embed_cached(
     enc: &Encoder,
@@ -50,15 +62,9 @@ pub fn embed_cached(
     let path = cache_dir.map(|d| d.join(format!("{}.f32", cache_key(enc, prompts))));
     if let Some(p) = &path
         && let Ok(bytes) = std::fs::read(p)
-        && bytes.len() == prompts.len() * EMBED_DIM * 4
+        && let Some(a) = f32_rows(&bytes, prompts.len())
     {
-        let v: Vec<f32> = bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
-        if let Ok(a) = Array2::from_shape_vec((prompts.len(), EMBED_DIM), v) {
-            return Ok(a);
-        }
+        return Ok(a);
     }
     let emb = enc.encode_all(prompts, 32, progress)?;
     if let Some(p) = &path {

@@ -59,28 +59,62 @@ pub fn plain_tokenizer(path: &Path) -> Result<Tokenizer, EncoderError> {
     Ok(tokenizer)
 }
 
+/// Word-piece ids of `text` from a [`plain_tokenizer`], at most `max_tokens`.
+pub fn token_ids(
+    tokenizer: &Tokenizer,
+    text: &str,
+    max_tokens: usize,
+) -> Result<Vec<u32>, EncoderError> {
+    let enc = tokenizer
+        .encode_fast(text, false)
+        .map_err(|e| EncoderError::Tokenizer(e.to_string()))?;
+    let mut ids = enc.get_ids().to_vec();
+    ids.truncate(max_tokens);
+    Ok(ids)
+}
+
 impl StaticEmbedder {
+    /// From f32 rows `[vocab, EMBED_DIM]` (quantised to int8 here, as the artifact stores them).
     pub fn new(
         tokenizer: Tokenizer,
         table: Array2<f32>,
         weights: Vec<f32>,
         max_tokens: usize,
     ) -> Result<Self, EncoderError> {
-        if table.ncols() != EMBED_DIM || weights.len() != table.nrows() {
+        if table.ncols() != EMBED_DIM {
             return Err(EncoderError::Output(format!(
-                "static table {:?} with {} weights, expected [vocab, {EMBED_DIM}] and one weight per row",
-                table.dim(),
+                "static table {:?}, expected [vocab, {EMBED_DIM}]",
+                table.dim()
+            )));
+        }
+        let (codes, scales) = crate::artifact::quantize_rows(&table);
+        Self::from_quantized(tokenizer, codes, scales, weights, max_tokens)
+    }
+
+    /// From int8 rows (`[vocab * EMBED_DIM]`) with one scale each, as the artifact stores them.
+    pub fn from_quantized(
+        tokenizer: Tokenizer,
+        codes: Vec<i8>,
+        scales: Vec<f32>,
+        weights: Vec<f32>,
+        max_tokens: usize,
+    ) -> Result<Self, EncoderError> {
+        if codes.len() != scales.len() * EMBED_DIM || weights.len() != scales.len() {
+            return Err(EncoderError::Output(format!(
+                "static table of {} codes, {} scales and {} weights, expected [vocab, {EMBED_DIM}] \
+                 and one scale and weight per row",
+                codes.len(),
+                scales.len(),
                 weights.len()
             )));
         }
         let vocab = tokenizer.get_vocab_size(true);
-        if vocab > table.nrows() {
+        if vocab > scales.len() {
             return Err(EncoderError::Output(format!(
                 "the tokenizer has {vocab} word pieces, the static table {}",
-                table.nrows()
+                scales.len()
             )));
         }
-        let (codes, scales) = crate::artifact::quantize_rows(&table);
         let row_scales = codes
             .chunks_exact(EMBED_DIM)
             .zip(&scales)
@@ -128,13 +162,7 @@ impl StaticEmbedder {
 
     /// Word-piece ids of `text` (at most `max_tokens`).
     pub fn token_ids(&self, text: &str) -> Result<Vec<u32>, EncoderError> {
-        let enc = self
-            .tokenizer
-            .encode_fast(text, false)
-            .map_err(|e| EncoderError::Tokenizer(e.to_string()))?;
-        let mut ids = enc.get_ids().to_vec();
-        ids.truncate(self.max_tokens);
-        Ok(ids)
+        token_ids(&self.tokenizer, text, self.max_tokens)
     }
 
     /// `[n, EMBED_DIM]`, rows L2-normalised (all zero for a prompt without word pieces).

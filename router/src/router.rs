@@ -224,9 +224,15 @@ fn load_fast(dir: &Path, main: &Manifest, assets: &AssetPaths) -> Result<FastPat
         }
         .into());
     }
-    let (table, weights) = artifact::load_static_table(dir, &manifest)?;
+    let (codes, scales, weights) = artifact::load_static_table(dir, &manifest)?;
     let tokenizer = fast::plain_tokenizer(&assets.tokenizer)?;
-    let embedder = StaticEmbedder::new(tokenizer, table, weights, manifest.encoder.max_len)?;
+    let embedder = StaticEmbedder::from_quantized(
+        tokenizer,
+        codes,
+        scales,
+        weights,
+        manifest.encoder.max_len,
+    )?;
     Ok(FastPath {
         manifest,
         embedder,
