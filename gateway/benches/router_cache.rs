@@ -28,15 +28,15 @@ fn bench(c: &mut Criterion) {
         }
     };
     let prompt = "Janet has 16 eggs, eats 3 and bakes with 4. She sells the rest at $2 each. How much does she earn?";
-    runtime.block_on(model.predict(prompt)).unwrap();
+    runtime.block_on(model.predict(prompt, &[])).unwrap();
     c.bench_function("router_prediction_cache_hit", |b| {
-        b.iter(|| runtime.block_on(model.predict(prompt)))
+        b.iter(|| runtime.block_on(model.predict(prompt, &[])))
     });
     let mut i = 0u64;
     c.bench_function("router_prediction_cache_miss", |b| {
         b.iter(|| {
             i += 1;
-            runtime.block_on(model.predict(&format!("{prompt} (variant {i})")))
+            runtime.block_on(model.predict(&format!("{prompt} (variant {i})"), &[]))
         })
     });
 }

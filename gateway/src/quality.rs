@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use routemesh_router::encoder::AssetPaths;
-use routemesh_router::{Router, RouterConfig};
+use routemesh_router::{EmbedPath, Router, RouterConfig};
 use serde::{Deserialize, Serialize};
 
 /// Where the router artifact and the encoder assets are.
@@ -32,9 +32,12 @@ pub struct RouterSettings {
     /// Prompts whose predictions are remembered.
     #[serde(default = "default_cache")]
     pub cache_entries: usize,
-    /// `fast`: the artifact's static-embedding fast path when it has one (about
-    /// a thousand times cheaper than the encoder; see the model card for what it
-    /// costs in quality); `full`: always the transformer encoder.
+    /// `auto` (default): the artifact's static-embedding fast path (about a
+    /// thousand times cheaper than the encoder), except for prompts routed
+    /// within a strong/weak pair the artifact calibrated thresholds for, where
+    /// the encoder predicts (the model card shows the fast path losing APGR
+    /// there; the encoder is loaded when a pair first needs it); `fast`: always
+    /// the fast path; `full`: always the transformer encoder.
     #[serde(default)]
     pub path: RouterPath,
 }
@@ -44,6 +47,7 @@ pub struct RouterSettings {
 #[serde(rename_all = "snake_case")]
 pub enum RouterPath {
     #[default]
+    Auto,
     Fast,
     Full,
 }
@@ -169,7 +173,8 @@ impl QualityModel {
                 .assets
                 .as_deref()
                 .map_or_else(AssetPaths::from_env, AssetPaths::in_dir),
-            fast_path: settings.path == RouterPath::Fast,
+            fast_path: settings.path != RouterPath::Full,
+            escalate_pairs: settings.path == RouterPath::Auto,
             ..RouterConfig::default()
         };
         let path = artifact.clone();
@@ -254,13 +259,16 @@ impl QualityModel {
             .unwrap_or_default()
     }
 
-    /// Predicted quality per model for `prompt`, or `None` without a router
-    /// (or if the encoder fails, logged). Never blocks the async threads.
-    pub async fn predict(&self, prompt: &str) -> Option<Predicted> {
+    /// Predicted quality per model for `prompt` routed among `pool_models`,
+    /// or `None` without a router (or if the encoder fails, logged). Never
+    /// blocks the async threads.
+    pub async fn predict(&self, prompt: &str, pool_models: &[&str]) -> Option<Predicted> {
         let router = self.router.clone()?;
+        let path = router.path_for(pool_models);
         let key = {
             let mut h = std::collections::hash_map::DefaultHasher::new();
             prompt.hash(&mut h);
+            path.hash(&mut h);
             h.finish()
         };
         if let Some(hit) = self
@@ -291,12 +299,18 @@ impl QualityModel {
         let started = std::time::Instant::now();
         let result = tokio::task::spawn_blocking(move || {
             let _slot = slot;
-            let embedding = router.embed(&[text.as_str()])?;
-            let scores = router
-                .predict_embedded(embedding.view())
-                .into_iter()
-                .next()
-                .unwrap_or_default();
+            let prompts = [text.as_str()];
+            let (embedding, scores) = match router.predict_on(path, &prompts) {
+                Ok((_, e, p)) => (e, p),
+                // The encoder could not be loaded for a pair: the fast path still predicts.
+                Err(e) if path == EmbedPath::Full && router.path() == EmbedPath::Fast => {
+                    tracing::warn!(error = %e, "router encoder unavailable; predicting on the fast path");
+                    let (_, e, p) = router.predict_on(EmbedPath::Fast, &prompts)?;
+                    (e, p)
+                }
+                Err(e) => return Err(e),
+            };
+            let scores = scores.into_iter().next().unwrap_or_default();
             let region = region_of(embedding.row(0));
             Ok::<_, routemesh_router::RouterError>(RoutedPrompt {
                 scores: router.models().iter().cloned().zip(scores).collect(),

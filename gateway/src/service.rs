@@ -466,8 +466,9 @@ impl GatewayState {
 
     /// The learned router's view of this request: predictions for routing
     /// and, even for a pinned model, the prompt's region for feedback.
-    async fn predict(&self, req: &ValidRequest) -> Option<Predicted> {
-        self.quality.predict(req.routing_prompt()).await
+    async fn predict(&self, req: &ValidRequest, snapshot: &Snapshot) -> Option<Predicted> {
+        let models: Vec<&str> = snapshot.iter().map(|w| w.spec.name.as_str()).collect();
+        self.quality.predict(req.routing_prompt(), &models).await
     }
 
     /// Records one call at one worker, off the request path.
@@ -546,7 +547,7 @@ impl GatewayState {
         let snapshot = self.pool.snapshot();
         let req = self.accept(request, &snapshot)?;
         self.check_limits(&req).await?;
-        let predicted = self.predict(&req).await;
+        let predicted = self.predict(&req, &snapshot).await;
         Ok(Admitted {
             permit,
             budget,
@@ -998,7 +999,7 @@ impl Gateway for GatewayService {
         let state = &self.state;
         let snapshot = state.pool.snapshot();
         let req = state.accept(request, &snapshot)?;
-        let predicted = state.predict(&req).await;
+        let predicted = state.predict(&req, &snapshot).await;
         let routed = state.route(&req, &snapshot, &[], predicted.as_ref())?;
         Ok(with_request_id(routed.explanation, &req.request_id))
     }

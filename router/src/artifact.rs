@@ -15,7 +15,8 @@ use sha2::{Digest, Sha256};
 
 use crate::encoder::hex;
 use crate::predict::{
-    Blend, Knn, KnnConfig, MatrixFactorization, Prior, Projection, QualityPredictor, Ridge,
+    Blend, Knn, KnnConfig, MatrixFactorization, Mlp, Prior, Projection, QualityPredictor, Ridge,
+    SoftmaxClassifier, TaskMixture,
 };
 
 pub const FORMAT: &str = "routemesh-router";
@@ -105,6 +106,26 @@ pub enum PredictorInfo {
         pca: usize,
         dim: usize,
         weight: f64,
+    },
+    Mlp {
+        hidden: usize,
+    },
+    /// [`TaskMixture`]: `task.f32` holds the classifier (`[classes, dim]` weights, `[classes]` biases),
+    /// the per-task means (`[classes, models]`, NaN = not scored) and the per-model prior (`[models]`);
+    /// the residual kNN and MF use the files of those kinds.
+    Task {
+        classes: Vec<String>,
+        alpha: f64,
+        /// Residual memory (`exemplars` 0 = none).
+        k: usize,
+        tau: Option<f64>,
+        shrink: f64,
+        exemplars: usize,
+        #[serde(default)]
+        pca: usize,
+        /// MF mixed in with `mf_weight` (`mf_dim` 0 = none).
+        mf_dim: usize,
+        mf_weight: f64,
     },
 }
 
@@ -305,6 +326,58 @@ impl PredictorParts for Blend {
             pca: self.knn.proj.as_ref().map_or(0, |p| p.dims()),
             dim: self.mf.w.nrows(),
             weight: self.weight,
+        }
+    }
+}
+
+impl PredictorParts for Mlp {
+    fn parts(&self) -> Vec<(String, Vec<u8>)> {
+        let all = self
+            .w1
+            .iter()
+            .chain(self.b1.iter())
+            .chain(self.w2.iter())
+            .chain(self.b2.iter())
+            .copied();
+        vec![("mlp.f32".into(), f32_bytes(all))]
+    }
+    fn info(&self) -> PredictorInfo {
+        PredictorInfo::Mlp {
+            hidden: self.w1.nrows(),
+        }
+    }
+}
+
+impl PredictorParts for TaskMixture {
+    fn parts(&self) -> Vec<(String, Vec<u8>)> {
+        let c = &self.classifier;
+        let all =
+            c.w.iter()
+                .chain(c.b.iter())
+                .chain(self.means.iter())
+                .chain(self.prior.iter())
+                .copied();
+        let mut p = vec![("task.f32".into(), f32_bytes(all))];
+        if let Some(k) = &self.residual {
+            p.extend(knn_parts(k));
+        }
+        if let Some(m) = &self.mf {
+            p.extend(mf_parts(m));
+        }
+        p
+    }
+    fn info(&self) -> PredictorInfo {
+        let k = self.residual.as_ref();
+        PredictorInfo::Task {
+            classes: self.classifier.classes.clone(),
+            alpha: self.alpha,
+            k: k.map_or(0, |k| k.config.k),
+            tau: k.and_then(|k| k.config.tau),
+            shrink: k.map_or(0.0, |k| k.config.shrink),
+            exemplars: k.map_or(0, |k| k.exemplars.nrows()),
+            pca: k.and_then(|k| k.proj.as_ref()).map_or(0, |p| p.dims()),
+            mf_dim: self.mf.as_ref().map_or(0, |m| m.w.nrows()),
+            mf_weight: self.mf_weight,
         }
     }
 }
@@ -607,6 +680,65 @@ pub fn load(dir: &Path) -> Result<(Manifest, Box<dyn QualityPredictor>), Artifac
             mf: f.mf(dim)?,
             weight,
         }),
+        PredictorInfo::Mlp { hidden } => {
+            let h = hidden;
+            let v = read_f32(&f.read("mlp.f32", (h * e + h + m * h + m) * 4)?);
+            let shape = |err: ndarray::ShapeError| ArtifactError::Shape {
+                file: dir.join("mlp.f32"),
+                msg: err.to_string(),
+            };
+            let (a, b) = (h * e, h * e + h);
+            Box::new(Mlp {
+                models: manifest.models.clone(),
+                w1: Array2::from_shape_vec((h, e), v[..a].to_vec()).map_err(shape)?,
+                b1: Array1::from_vec(v[a..b].to_vec()),
+                w2: Array2::from_shape_vec((m, h), v[b..b + m * h].to_vec()).map_err(shape)?,
+                b2: Array1::from_vec(v[b + m * h..].to_vec()),
+            })
+        }
+        PredictorInfo::Task {
+            classes,
+            alpha,
+            k,
+            tau,
+            shrink,
+            exemplars,
+            pca,
+            mf_dim,
+            mf_weight,
+        } => {
+            let c = classes.len();
+            let v = read_f32(&f.read("task.f32", (c * e + c + c * m + m) * 4)?);
+            let shape = |err: ndarray::ShapeError| ArtifactError::Shape {
+                file: dir.join("task.f32"),
+                msg: err.to_string(),
+            };
+            let (a, b) = (c * e, c * e + c);
+            let residual = if exemplars > 0 {
+                Some(f.knn(k, tau, shrink, exemplars, pca)?)
+            } else {
+                None
+            };
+            let mf = if mf_dim > 0 {
+                Some(f.mf(mf_dim)?)
+            } else {
+                None
+            };
+            Box::new(TaskMixture {
+                models: manifest.models.clone(),
+                classifier: SoftmaxClassifier {
+                    classes,
+                    w: Array2::from_shape_vec((c, e), v[..a].to_vec()).map_err(shape)?,
+                    b: Array1::from_vec(v[a..b].to_vec()),
+                },
+                means: Array2::from_shape_vec((c, m), v[b..b + c * m].to_vec()).map_err(shape)?,
+                prior: v[b + c * m..].to_vec(),
+                residual,
+                alpha,
+                mf,
+                mf_weight,
+            })
+        }
     };
     Ok((manifest, p))
 }
@@ -616,7 +748,7 @@ pub fn load(dir: &Path) -> Result<(Manifest, Box<dyn QualityPredictor>), Artifac
 mod tests {
     use super::*;
     use crate::predict::tests::toy;
-    use crate::predict::{MfConfig, TrainSet};
+    use crate::predict::{MfConfig, MlpConfig, TaskConfig, TrainSet};
 
     fn info(dim: usize) -> EncoderInfo {
         EncoderInfo {
@@ -646,6 +778,11 @@ mod tests {
                 pca: 0,
             },
         );
+        let sources: Vec<String> = (0..q.len()).map(|i| format!("task{}", i % 3)).collect();
+        let labelled = TrainSet {
+            sources: Some(&sources),
+            ..data
+        };
         // A projected memory too: exercises pca.f32.
         let knn_pca = Knn::train(
             &data,
@@ -676,9 +813,34 @@ mod tests {
             Box::new(Ridge::train(&data, 0.1)),
             Box::new(Blend {
                 knn: knn_pca,
-                mf,
+                mf: mf.clone(),
                 weight: 0.3,
             }),
+            Box::new(Mlp::train(
+                &data,
+                &MlpConfig {
+                    hidden: 6,
+                    epochs: 20,
+                    ..MlpConfig::default()
+                },
+            )),
+            Box::new(TaskMixture::train(
+                &labelled,
+                &TaskConfig {
+                    knn: KnnConfig {
+                        k: 5,
+                        pca: 4,
+                        ..KnnConfig::default()
+                    },
+                    mf_weight: 0.2,
+                    mf: MfConfig {
+                        dim: 4,
+                        epochs: 20,
+                        ..MfConfig::default()
+                    },
+                    ..TaskConfig::default()
+                },
+            )),
         ];
         for p in preds {
             let dir = tempfile::tempdir().unwrap();

@@ -15,7 +15,8 @@ use crate::encoder::{EMBED_DIM, ENCODER_ID};
 use crate::eval::{self, Candidate};
 use crate::metrics;
 use crate::predict::{
-    Blend, Knn, KnnConfig, MatrixFactorization, MfConfig, PredictorSpec, Prior, Ridge, TrainSet,
+    Blend, Knn, KnnConfig, MatrixFactorization, MfConfig, Mlp, MlpConfig, PredictorSpec, Prior,
+    Ridge, TaskConfig, TaskMixture, TrainSet,
 };
 
 #[derive(Debug, clap::Subcommand)]
@@ -46,7 +47,7 @@ pub enum RouterCommand {
         models: Option<PathBuf>,
         /// Predictors cross-validated next to `--predictor` under `--cv` (comma-separated; `none` for
         /// only the router's own out-of-fold predictions).
-        #[arg(long, default_value = "knn,knn-plain,mf,ridge,source,prior")]
+        #[arg(long, default_value = "knn,knn-plain,mf,ridge,mlp,source,prior")]
         baselines: String,
         /// Also build the fast path (`DIR/fast`): static word-piece embeddings distilled from the encoder
         /// and the same predictor trained on them.
@@ -103,7 +104,7 @@ pub enum RouterCommand {
         #[arg(long)]
         cv: Option<usize>,
         /// Predictors to cross-validate (the first is "the router" of the full tables).
-        #[arg(long = "predictor", default_values_t = [DEFAULT_PREDICTOR.to_string(), "knn".to_string(), "mf".to_string(), "knn-plain".to_string(), "ridge".to_string(), "source".to_string(), "prior".to_string()])]
+        #[arg(long = "predictor", default_values_t = [DEFAULT_PREDICTOR.to_string(), PREVIOUS_PREDICTOR.to_string(), "knn".to_string(), "mf".to_string(), "knn-plain".to_string(), "ridge".to_string(), "mlp".to_string(), "source".to_string(), "prior".to_string()])]
         predictors: Vec<String>,
         #[arg(long, default_value_t = 1)]
         seed: u64,
@@ -130,6 +131,10 @@ pub enum RouterCommand {
 
 /// The predictor cross-validation picked for the default artifact (see its MODEL_CARD.md).
 pub const DEFAULT_PREDICTOR: &str =
+    "task:alpha=0.5,k=50,tau=0.2,shrink=5,pca=128,w=0.2,dim=64,epochs=30";
+
+/// The default artifact's predictor before the task mixture (kept as a reference in evaluations).
+pub const PREVIOUS_PREDICTOR: &str =
     "blend:k=50,tau=0.2,shrink=2,smooth=0.3,pca=128,w=0.6,dim=64,epochs=30";
 
 /// Predictor specs on the command line: `prior`, `source`, `knn[:k=32,tau=0.05,shrink=1]`,
@@ -187,8 +192,32 @@ pub fn parse_candidate(s: &str) -> anyhow::Result<Candidate> {
             mf: mf(),
             weight: get("w", 0.5),
         }),
+        "mlp" => {
+            let d = MlpConfig::default();
+            Candidate::Spec(PredictorSpec::Mlp(MlpConfig {
+                hidden: get("hidden", d.hidden as f64) as usize,
+                epochs: get("epochs", d.epochs as f64) as usize,
+                lr: get("lr", d.lr),
+                weight_decay: get("wd", d.weight_decay),
+                ..d
+            }))
+        }
+        "task" => {
+            let d = TaskConfig::default();
+            Candidate::Spec(PredictorSpec::Task(TaskConfig {
+                epochs: get("cepochs", d.epochs as f64) as usize,
+                lr: get("clr", d.lr),
+                weight_decay: get("cwd", d.weight_decay),
+                mean_shrink: get("mshrink", d.mean_shrink),
+                alpha: get("alpha", d.alpha),
+                knn: knn(d.knn.clone()),
+                mf_weight: get("w", d.mf_weight),
+                mf: mf(),
+                ..d
+            }))
+        }
         other => anyhow::bail!(
-            "unknown predictor {other:?} (prior, source, knn, knn-plain, mf, ridge, blend)"
+            "unknown predictor {other:?} (prior, source, knn, knn-plain, mf, ridge, blend, mlp, task)"
         ),
     })
 }
@@ -477,10 +506,19 @@ pub fn run(cmd: RouterCommand) -> anyhow::Result<()> {
             }
             if let Some(out) = pred_out {
                 std::fs::create_dir_all(&out)?;
+                std::fs::write(
+                    out.join("predictors.json"),
+                    serde_json::to_string_pretty(&names)?,
+                )?;
                 for (gi, g) in groups.iter().enumerate() {
                     let path = out.join(format!("group{gi}.pred.jsonl"));
                     let data_path = out.join(format!("group{gi}.data.jsonl"));
                     write_predictions(&path, &table, &g.rows, &preds[0])?;
+                    // The other candidates' too, for paired comparisons (router/tools/paired_se.py).
+                    for (c, p) in preds.iter().enumerate().skip(1) {
+                        let path = out.join(format!("group{gi}.pred{c}.jsonl"));
+                        write_predictions(&path, &table, &g.rows, p)?;
+                    }
                     let mut text = String::new();
                     for &i in &g.rows {
                         text.push_str(&serde_json::to_string(&table.rows[i])?);
@@ -616,6 +654,7 @@ fn load_router(
         threads: enc.threads,
         sessions: 1,
         fast_path: fast,
+        escalate_pairs: false,
     };
     crate::Router::load_with(dir, &cfg).with_context(|| format!("loading router {}", dir.display()))
 }
@@ -740,6 +779,8 @@ pub fn train_savable(spec: &PredictorSpec, data: &TrainSet<'_>) -> Box<dyn Savab
             mf: MatrixFactorization::train(data, mf),
             weight: *weight,
         }),
+        PredictorSpec::Mlp(c) => Box::new(Mlp::train(data, c)),
+        PredictorSpec::Task(c) => Box::new(TaskMixture::train(data, c)),
     }
 }
 
@@ -830,6 +871,19 @@ mod tests {
             panic!()
         };
         assert_eq!((weight, mf.dim), (0.3, 8));
+        let Candidate::Spec(PredictorSpec::Task(t)) = parse_candidate(DEFAULT_PREDICTOR).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (t.alpha, t.knn.k, t.knn.pca, t.mf_weight),
+            (0.5, 50, 128, 0.2)
+        );
+        assert_eq!(t.knn.shrink, 5.0);
+        assert!(matches!(
+            parse_candidate("mlp:hidden=16").unwrap(),
+            Candidate::Spec(PredictorSpec::Mlp(MlpConfig { hidden: 16, .. }))
+        ));
         assert!(parse_candidate("nope").is_err());
         assert!(parse_candidate("knn:k").is_err());
     }

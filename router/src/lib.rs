@@ -22,4 +22,4 @@ pub use crate::policy::{
     Prediction, RouteInput, Tier, UtilityPolicy, WorkerView, decide_threshold,
 };
 pub use crate::predict::QualityPredictor;
-pub use crate::router::{Router, RouterConfig, RouterError};
+pub use crate::router::{EmbedPath, Router, RouterConfig, RouterError};

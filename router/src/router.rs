@@ -1,6 +1,7 @@
 //! The gateway's entry point: load an artifact with its encoder, then prompt -> predicted quality per model.
 
 use std::path::Path;
+use std::sync::{Mutex, OnceLock};
 
 use ndarray::ArrayView2;
 
@@ -30,6 +31,11 @@ pub struct RouterConfig {
     pub sessions: usize,
     /// Use the artifact's fast path (static embeddings) when it has one; otherwise the full encoder.
     pub fast_path: bool,
+    /// With the fast path: predict with the encoder for prompts routed within a strong/weak pair (a pool
+    /// the artifact calibrated RouteLLM thresholds for), where the model card shows the fast path losing
+    /// APGR; the many-model pool stays on the fast path. The encoder is loaded the first time a pair
+    /// needs it, so a gateway whose pool has no pair never pays its memory.
+    pub escalate_pairs: bool,
 }
 
 impl Default for RouterConfig {
@@ -39,12 +45,13 @@ impl Default for RouterConfig {
             threads: 1,
             sessions: 1,
             fast_path: true,
+            escalate_pairs: false,
         }
     }
 }
 
 /// Which embedder a router's predictions come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EmbedPath {
     /// Static word-piece embeddings (see [`crate::fast`]).
     Fast,
@@ -71,10 +78,16 @@ struct FastPath {
 #[derive(Debug)]
 pub struct Router {
     manifest: Manifest,
-    /// The transformer encoder; not loaded when the fast path serves.
-    encoder: Option<Encoder>,
+    /// The transformer encoder: loaded at start on the full path, on first need when the fast path
+    /// escalates pairs to it (a failed load is kept, logged by the caller, and the fast path serves).
+    encoder: OnceLock<Result<Encoder, String>>,
+    encoder_config: EncoderConfig,
+    encoder_loading: Mutex<()>,
     predictor: Box<dyn QualityPredictor>,
     fast: Option<FastPath>,
+    escalate_pairs: bool,
+    /// The calibration of the path each pool is predicted on.
+    calibration: Calibration,
 }
 
 impl Router {
@@ -92,40 +105,106 @@ impl Router {
             ))
             .into());
         }
+        let encoder_config = EncoderConfig {
+            assets: cfg.assets.clone(),
+            max_len: manifest.encoder.max_len,
+            threads: cfg.threads,
+            sessions: cfg.sessions,
+        };
         let fast_dir = dir.join(artifact::FAST_DIR);
         if cfg.fast_path && fast_dir.join(artifact::MANIFEST).is_file() {
             // The fast path needs only the tokenizer: no ONNX Runtime, no encoder session (most of a
             // gateway's memory when loaded).
             let fast = load_fast(&fast_dir, &manifest, &cfg.assets)?;
+            let mut calibration = fast.manifest.calibration.clone();
+            if cfg.escalate_pairs {
+                // Pairs are predicted on the full path, so their thresholds are the full path's.
+                calibration.pairs = manifest.calibration.pairs.clone();
+            }
             return Ok(Self {
                 manifest,
-                encoder: None,
+                encoder: OnceLock::new(),
+                encoder_config,
+                encoder_loading: Mutex::new(()),
                 predictor,
                 fast: Some(fast),
+                escalate_pairs: cfg.escalate_pairs,
+                calibration,
             });
         }
-        let encoder = Encoder::load(&EncoderConfig {
-            assets: cfg.assets.clone(),
-            max_len: manifest.encoder.max_len,
-            threads: cfg.threads,
-            sessions: cfg.sessions,
-        })?;
-        // Embeddings from another model.onnx would silently mean something else: refuse.
-        if encoder.model_sha256() != manifest.encoder.model_sha256 {
-            return Err(ArtifactError::EncoderMismatch {
-                expected: manifest.encoder.model_sha256.clone(),
-                got: encoder.model_sha256().to_string(),
-            }
-            .into());
-        }
-        let encoder = Some(encoder);
-        let fast = None;
+        let encoder = load_encoder(&encoder_config, &manifest)?;
         Ok(Self {
+            calibration: manifest.calibration.clone(),
             manifest,
-            encoder,
+            encoder: OnceLock::from(Ok(encoder)),
+            encoder_config,
+            encoder_loading: Mutex::new(()),
             predictor,
-            fast,
+            fast: None,
+            escalate_pairs: false,
         })
+    }
+
+    /// The encoder, loading it on first use (one load at a time; a failure is remembered).
+    fn full_encoder(&self) -> Result<&Encoder, RouterError> {
+        if self.encoder.get().is_none() {
+            let _one_at_a_time = self
+                .encoder_loading
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if self.encoder.get().is_none() {
+                let loaded =
+                    load_encoder(&self.encoder_config, &self.manifest).map_err(|e| e.to_string());
+                let _ = self.encoder.set(loaded);
+            }
+        }
+        match self.encoder.get() {
+            Some(Ok(e)) => Ok(e),
+            Some(Err(e)) => Err(ArtifactError::Invalid(format!("encoder not loaded: {e}")).into()),
+            None => Err(ArtifactError::Invalid("encoder not loaded".into()).into()),
+        }
+    }
+
+    /// The path prompts routed among `pool` (model names) are predicted on: the fast path, unless it
+    /// escalates pairs and `pool` holds both models of a calibrated strong/weak pair.
+    pub fn path_for(&self, pool: &[&str]) -> EmbedPath {
+        match &self.fast {
+            None => EmbedPath::Full,
+            Some(_) if !self.escalate_pairs => EmbedPath::Fast,
+            Some(_) => {
+                let pair_in_pool =
+                    self.manifest.calibration.pairs.iter().any(|p| {
+                        pool.contains(&p.strong.as_str()) && pool.contains(&p.weak.as_str())
+                    });
+                if pair_in_pool {
+                    EmbedPath::Full
+                } else {
+                    EmbedPath::Fast
+                }
+            }
+        }
+    }
+
+    /// Embeds `prompts` on `path` and predicts from those embeddings: `([n, 384], [prompt][model])`.
+    /// The full path falls back to the fast one (with the error) if the encoder cannot be loaded.
+    #[allow(clippy::type_complexity)]
+    pub fn predict_on(
+        &self,
+        path: EmbedPath,
+        prompts: &[&str],
+    ) -> Result<(EmbedPath, Array2<f32>, Vec<Vec<f64>>), RouterError> {
+        match (path, &self.fast) {
+            (EmbedPath::Fast, Some(f)) => {
+                let emb = f.embedder.embed(prompts)?;
+                let p = f.predictor.predict(emb.view());
+                Ok((EmbedPath::Fast, emb, p))
+            }
+            _ => {
+                let emb = self.full_encoder()?.encode(prompts)?;
+                let p = self.predictor.predict(emb.view());
+                Ok((EmbedPath::Full, emb, p))
+            }
+        }
     }
 
     /// The embedder predictions come from.
@@ -137,22 +216,17 @@ impl Router {
         }
     }
 
-    /// Calibrated thresholds and λ of the active path (each predictor has its own score scale).
+    /// Calibrated thresholds and λ (each predictor has its own score scale): those of the path each
+    /// pool is predicted on (with pairs escalated, the pairs' thresholds are the full path's).
     pub fn calibration(&self) -> &Calibration {
-        match &self.fast {
-            Some(f) => &f.manifest.calibration,
-            None => &self.manifest.calibration,
-        }
+        &self.calibration
     }
 
     /// Embeds prompts with the active path: `[n, 384]`, rows L2-normalised.
     pub fn embed(&self, prompts: &[&str]) -> Result<Array2<f32>, RouterError> {
-        match (&self.fast, &self.encoder) {
-            (Some(f), _) => Ok(f.embedder.embed(prompts)?),
-            (None, Some(e)) => Ok(e.encode(prompts)?),
-            (None, None) => {
-                Err(ArtifactError::Invalid("router has neither path loaded".into()).into())
-            }
+        match &self.fast {
+            Some(f) => Ok(f.embedder.embed(prompts)?),
+            None => Ok(self.full_encoder()?.encode(prompts)?),
         }
     }
 
@@ -169,9 +243,9 @@ impl Router {
         &self.manifest
     }
 
-    /// The transformer encoder, loaded on the full path only.
+    /// The transformer encoder, if loaded (at start on the full path; on first need when escalating).
     pub fn encoder(&self) -> Option<&Encoder> {
-        self.encoder.as_ref()
+        self.encoder.get().and_then(|e| e.as_ref().ok())
     }
 
     /// Predicted quality per model (in [`Router::models`] order) for one prompt.
@@ -198,6 +272,20 @@ impl Router {
             None => self.predictor.predict(emb),
         }
     }
+}
+
+/// The encoder the artifact was trained with, refusing another `model.onnx`.
+fn load_encoder(cfg: &EncoderConfig, manifest: &Manifest) -> Result<Encoder, RouterError> {
+    let encoder = Encoder::load(cfg)?;
+    // Embeddings from another model.onnx would silently mean something else: refuse.
+    if encoder.model_sha256() != manifest.encoder.model_sha256 {
+        return Err(ArtifactError::EncoderMismatch {
+            expected: manifest.encoder.model_sha256.clone(),
+            got: encoder.model_sha256().to_string(),
+        }
+        .into());
+    }
+    Ok(encoder)
 }
 
 /// The fast path of an artifact: its own manifest (calibrated on its own predictions), the static table
@@ -324,5 +412,60 @@ mod tests {
         }
         // The prompt matters: different tasks get different predictions.
         assert_ne!(batch[0], batch[1]);
+    }
+
+    #[test]
+    fn pairs_escalate_to_the_encoder_and_the_many_model_pool_stays_fast() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("artifacts/default");
+        if !dir.join(artifact::FAST_DIR).join("manifest.json").is_file() {
+            eprintln!("skipping: the default artifact has no fast path");
+            return;
+        }
+        if let Err(e) = AssetPaths::from_env().check() {
+            eprintln!("skipping: {e}");
+            return;
+        }
+        let auto = Router::load_with(
+            &dir,
+            &RouterConfig {
+                escalate_pairs: true,
+                ..RouterConfig::default()
+            },
+        )
+        .unwrap();
+        // Nothing needed the encoder yet.
+        assert!(auto.encoder().is_none());
+        let pair = auto.manifest().calibration.pairs[0].clone();
+        let pair_pool = [pair.strong.as_str(), pair.weak.as_str(), "some-other-model"];
+        assert_eq!(auto.path_for(&pair_pool), EmbedPath::Full);
+        let many: Vec<&str> = auto.pools()[0]
+            .iter()
+            .chain(&auto.pools()[1])
+            .filter(|m| **m != pair.weak)
+            .map(String::as_str)
+            .collect();
+        assert_eq!(auto.path_for(&many), EmbedPath::Fast);
+        let fast = Router::load(&dir).unwrap();
+        let full = Router::load_with(
+            &dir,
+            &RouterConfig {
+                fast_path: false,
+                ..RouterConfig::default()
+            },
+        )
+        .unwrap();
+        // The pair's thresholds are the full path's, λ the fast path's.
+        assert_eq!(auto.calibration().pairs, full.calibration().pairs);
+        assert_eq!(
+            auto.calibration().default_lambda,
+            fast.calibration().default_lambda
+        );
+        let prompt = ["Natalia sold clips to 48 of her friends in April. How many in all?"];
+        let (path, _, on_full) = auto.predict_on(EmbedPath::Full, &prompt).unwrap();
+        assert_eq!(path, EmbedPath::Full);
+        assert!(auto.encoder().is_some());
+        assert_eq!(on_full, full.predict_batch(&prompt).unwrap());
+        let (_, _, on_fast) = auto.predict_on(EmbedPath::Fast, &prompt).unwrap();
+        assert_eq!(on_fast, fast.predict_batch(&prompt).unwrap());
     }
 }

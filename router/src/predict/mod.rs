@@ -6,15 +6,20 @@
 
 use ndarray::{Array2, ArrayView2};
 
+mod adam;
 mod knn;
 mod linear;
 mod mf;
+mod mlp;
 mod pca;
+mod task;
 
 pub use knn::{Knn, KnnConfig};
 pub use linear::Ridge;
 pub use mf::{MatrixFactorization, MfConfig};
+pub use mlp::{Mlp, MlpConfig};
 pub use pca::Projection;
+pub use task::{SoftmaxClassifier, TaskConfig, TaskMixture};
 
 /// Training examples: L2-normalised embeddings `[n, dim]` and `quality[row][model]`.
 #[derive(Debug, Clone, Copy)]
@@ -98,6 +103,10 @@ pub enum PredictorSpec {
         mf: MfConfig,
         weight: f64,
     },
+    /// One-hidden-layer perceptron (a reference).
+    Mlp(MlpConfig),
+    /// Task classifier × per-task means, plus a residual kNN (and optionally MF).
+    Task(TaskConfig),
 }
 
 impl PredictorSpec {
@@ -123,6 +132,18 @@ impl PredictorSpec {
                 mf.dim,
                 mf.smooth
             ),
+            Self::Mlp(c) => format!("MLP hidden={} epochs={}", c.hidden, c.epochs),
+            Self::Task(c) => format!(
+                "task classifier + {:.2} residual kNN(k={}{}){}",
+                c.alpha,
+                c.knn.k,
+                pca_suffix(c.knn.pca),
+                if c.mf_weight > 0.0 {
+                    format!(", {:.2} MF(d={})", c.mf_weight, c.mf.dim)
+                } else {
+                    String::new()
+                }
+            ),
         }
     }
 
@@ -140,6 +161,8 @@ impl PredictorSpec {
                 mf: MatrixFactorization::train(data, mf),
                 weight: *weight,
             }),
+            Self::Mlp(c) => Box::new(Mlp::train(data, c)),
+            Self::Task(c) => Box::new(TaskMixture::train(data, c)),
         }
     }
 }
@@ -320,6 +343,12 @@ pub(crate) mod tests {
                 ..MfConfig::default()
             }),
             PredictorSpec::Ridge { lambda: 0.1 },
+            PredictorSpec::Mlp(MlpConfig {
+                hidden: 16,
+                epochs: 200,
+                lr: 0.01,
+                ..MlpConfig::default()
+            }),
         ];
         for s in specs {
             let p = s.train(&data);
