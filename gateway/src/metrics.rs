@@ -196,9 +196,9 @@ pub fn router_overloaded() {
     counter!(ROUTER_OVERLOADED).increment(1);
 }
 
-/// One encoder + predictor run.
-pub fn router_inference(took: Duration) {
-    histogram!(ROUTER_INFERENCE).record(took.as_secs_f64());
+/// One embedder + predictor run, by the path it took (`fast` or `full`).
+pub fn router_inference(took: Duration, path: &'static str) {
+    histogram!(ROUTER_INFERENCE, "path" => path).record(took.as_secs_f64());
 }
 
 pub fn failover(model: &str) {

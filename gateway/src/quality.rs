@@ -300,27 +300,31 @@ impl QualityModel {
         let result = tokio::task::spawn_blocking(move || {
             let _slot = slot;
             let prompts = [text.as_str()];
-            let (embedding, scores) = match router.predict_on(path, &prompts) {
-                Ok((_, e, p)) => (e, p),
+            let (took, embedding, scores) = match router.predict_on(path, &prompts) {
+                Ok(done) => done,
                 // The encoder could not be loaded for a pair: the fast path still predicts.
                 Err(e) if path == EmbedPath::Full && router.path() == EmbedPath::Fast => {
                     tracing::warn!(error = %e, "router encoder unavailable; predicting on the fast path");
-                    let (_, e, p) = router.predict_on(EmbedPath::Fast, &prompts)?;
-                    (e, p)
+                    router.predict_on(EmbedPath::Fast, &prompts)?
                 }
                 Err(e) => return Err(e),
             };
             let scores = scores.into_iter().next().unwrap_or_default();
             let region = region_of(embedding.row(0));
-            Ok::<_, routemesh_router::RouterError>(RoutedPrompt {
-                scores: router.models().iter().cloned().zip(scores).collect(),
-                region,
-            })
+            Ok::<_, routemesh_router::RouterError>((
+                took,
+                RoutedPrompt {
+                    scores: router.models().iter().cloned().zip(scores).collect(),
+                    region,
+                },
+            ))
         })
         .await;
-        crate::metrics::router_inference(started.elapsed());
         let predicted: Predicted = match result {
-            Ok(Ok(routed)) => Arc::new(routed),
+            Ok(Ok((took, routed))) => {
+                crate::metrics::router_inference(started.elapsed(), took.as_str());
+                Arc::new(routed)
+            }
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "router prediction failed; using priors for this request");
                 return None;

@@ -166,11 +166,14 @@ impl Router {
     }
 
     /// The path prompts routed among `pool` (model names) are predicted on: the fast path, unless it
-    /// escalates pairs and `pool` holds both models of a calibrated strong/weak pair.
+    /// escalates pairs, `pool` holds both models of a calibrated strong/weak pair, and the encoder has not
+    /// failed to load.
     pub fn path_for(&self, pool: &[&str]) -> EmbedPath {
         match &self.fast {
             None => EmbedPath::Full,
             Some(_) if !self.escalate_pairs => EmbedPath::Fast,
+            // The encoder failed to load once (logged then): the fast path serves pairs too.
+            Some(_) if matches!(self.encoder.get(), Some(Err(_))) => EmbedPath::Fast,
             Some(_) => {
                 let pair_in_pool =
                     self.manifest.calibration.pairs.iter().any(|p| {
@@ -467,5 +470,42 @@ mod tests {
         assert_eq!(on_full, full.predict_batch(&prompt).unwrap());
         let (_, _, on_fast) = auto.predict_on(EmbedPath::Fast, &prompt).unwrap();
         assert_eq!(on_fast, fast.predict_batch(&prompt).unwrap());
+    }
+
+    #[test]
+    fn a_pair_falls_back_to_the_fast_path_when_the_encoder_cannot_load() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("artifacts/default");
+        let assets = AssetPaths::from_env();
+        if !dir.join(artifact::FAST_DIR).join("manifest.json").is_file()
+            || !assets.tokenizer.is_file()
+        {
+            eprintln!("skipping: no fast path or no tokenizer.json");
+            return;
+        }
+        // Only the tokenizer: the fast path loads, the encoder cannot.
+        let only_tokenizer = AssetPaths {
+            model: std::path::PathBuf::from("/nonexistent/model.onnx"),
+            ..assets
+        };
+        let r = Router::load_with(
+            &dir,
+            &RouterConfig {
+                assets: only_tokenizer,
+                escalate_pairs: true,
+                ..RouterConfig::default()
+            },
+        )
+        .unwrap();
+        let pair = r.manifest().calibration.pairs[0].clone();
+        let pool = [pair.strong.as_str(), pair.weak.as_str()];
+        assert_eq!(r.path_for(&pool), EmbedPath::Full);
+        let err = r.predict_on(EmbedPath::Full, &["hi"]).unwrap_err();
+        assert!(err.to_string().contains("model.onnx"), "{err}");
+        // Tried once: from now on the pair is predicted on the fast path.
+        assert_eq!(r.path_for(&pool), EmbedPath::Fast);
+        assert_eq!(
+            r.predict_on(EmbedPath::Fast, &["hi"]).unwrap().0,
+            EmbedPath::Fast
+        );
     }
 }
