@@ -141,10 +141,6 @@ impl LocalWorkers {
             .filter(|(endpoint, _)| *endpoint == record.endpoint)
             .map(|(_, service)| WorkerChannel::InProcess(service.clone()))
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.by_id.is_empty()
-    }
 }
 
 #[cfg(test)]
