@@ -176,6 +176,7 @@ async fn overview(State(state): State<Arc<GatewayState>>) -> Response {
         .map(|w| {
             let load = w.last_load();
             json!({"id": w.record.id, "model": w.record.model, "healthy": w.healthy(), "in_flight": w.in_flight(),
+                   "transport": w.transport(),
                    "breaker": w.breaker.state().as_str(),
                    "capacity": load.map_or(w.record.capacity, |l| l.capacity)})
         })

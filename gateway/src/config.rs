@@ -134,6 +134,12 @@ pub struct GatewayConfig {
     /// the workers' next heartbeat).
     #[serde(default = "default_missing_worker_grace", with = "humantime_serde")]
     pub missing_worker_grace: Duration,
+    /// `routemesh up`: call the workers this process runs in-process (no
+    /// socket); false sends them through their ports like any other worker,
+    /// as a deployment with the workers on other nodes would (benchmarks of
+    /// the network hop).
+    #[serde(default = "yes")]
+    pub in_process_workers: bool,
     /// How often each worker is asked for its load (also its health check).
     #[serde(default = "default_load_interval", with = "humantime_serde")]
     pub load_interval: Duration,

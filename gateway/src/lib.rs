@@ -21,6 +21,7 @@ pub mod server;
 pub mod service;
 pub mod tenants;
 pub mod tracing_setup;
+pub mod transport;
 pub mod up;
 pub mod validate;
 

@@ -14,16 +14,19 @@ use routemesh_worker::tls::{Reloading, TlsConnector};
 use routemesh_worker::{Registry, WorkerRecord};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 
 use crate::breaker::{Breaker, BreakerConfig, Permit, State, Transition};
+use crate::transport::{LocalWorkers, WorkerChannel};
 
 /// One worker and the gateway's view of it.
 #[derive(Debug)]
 pub struct WorkerHandle {
     pub record: WorkerRecord,
     pub spec: ModelSpec,
-    pub client: WorkerClient<Channel>,
+    /// In-process for a worker agent of this process, else over the network.
+    pub client: WorkerClient<WorkerChannel>,
+    transport: &'static str,
     /// Whether its requests succeed (load checks say whether it answers).
     pub breaker: Breaker,
     in_flight: AtomicU32,
@@ -54,7 +57,39 @@ impl WorkerHandle {
         record: WorkerRecord,
         tls: Option<&WorkerTls>,
         breaker: &BreakerConfig,
+        local: &LocalWorkers,
     ) -> Result<Self, String> {
+        let channel = match local.channel_for(&record) {
+            Some(in_process) => in_process,
+            None => WorkerChannel::Network(Self::dial(&record, tls)?),
+        };
+        let spec = ModelSpec {
+            name: record.model.clone(),
+            tier: record.tier,
+            input_usd_per_mtok: record.input_usd_per_mtok,
+            output_usd_per_mtok: record.output_usd_per_mtok,
+            quality_prior: record.quality_prior,
+        };
+        Ok(Self {
+            spec,
+            transport: channel.kind(),
+            client: WorkerClient::new(channel),
+            breaker: Breaker::new(breaker.clone()),
+            record,
+            in_flight: AtomicU32::new(0),
+            // Healthy until a load check says otherwise: it just registered.
+            healthy: AtomicBool::new(true),
+            last_served: Mutex::new(None),
+            last_load: Mutex::new(None),
+            missing_since: Mutex::new(None),
+        })
+    }
+
+    /// A lazily connected channel to the worker's endpoint.
+    fn dial(
+        record: &WorkerRecord,
+        tls: Option<&WorkerTls>,
+    ) -> Result<tonic::transport::Channel, String> {
         let https = record.endpoint.starts_with("https://");
         // With TLS the connector does the handshake (with the client
         // certificate current at each connection), so tonic sees http://.
@@ -84,25 +119,12 @@ impl WorkerHandle {
             }
             None => endpoint.connect_lazy(),
         };
-        let spec = ModelSpec {
-            name: record.model.clone(),
-            tier: record.tier,
-            input_usd_per_mtok: record.input_usd_per_mtok,
-            output_usd_per_mtok: record.output_usd_per_mtok,
-            quality_prior: record.quality_prior,
-        };
-        Ok(Self {
-            spec,
-            client: WorkerClient::new(channel),
-            breaker: Breaker::new(breaker.clone()),
-            record,
-            in_flight: AtomicU32::new(0),
-            // Healthy until a load check says otherwise: it just registered.
-            healthy: AtomicBool::new(true),
-            last_served: Mutex::new(None),
-            last_load: Mutex::new(None),
-            missing_since: Mutex::new(None),
-        })
+        Ok(channel)
+    }
+
+    /// How the gateway reaches this worker: `in-process` or `network`.
+    pub fn transport(&self) -> &'static str {
+        self.transport
     }
 
     /// A call begins, let through by the breaker with `permit`.
@@ -252,6 +274,8 @@ pub struct Pool {
     worker_tls: Option<WorkerTls>,
     breaker: BreakerConfig,
     registry: Arc<dyn Registry>,
+    /// Worker agents of this process: called without the network.
+    local: LocalWorkers,
     load_timeout: Duration,
     missing_grace: Duration,
 }
@@ -268,9 +292,11 @@ impl Pool {
     /// `missing_grace`: how long a worker that still answers its load checks
     /// stays in the pool after the registry stops listing it, so a registry
     /// that lost its data (a restarted Redis) does not empty the pool before
-    /// the workers' next heartbeat.
+    /// the workers' next heartbeat. Workers in `local` (agents of this
+    /// process) are called in-process; every other one over the network.
     pub fn new(
         registry: Arc<dyn Registry>,
+        local: LocalWorkers,
         load_timeout: Duration,
         missing_grace: Duration,
         worker_tls: Option<WorkerTls>,
@@ -281,6 +307,7 @@ impl Pool {
             worker_tls,
             breaker,
             registry,
+            local,
             load_timeout,
             missing_grace,
         })
@@ -312,7 +339,12 @@ impl Pool {
                     }
                     next.push(existing.clone());
                 }
-                None => match WorkerHandle::new(record, self.worker_tls.as_ref(), &self.breaker) {
+                None => match WorkerHandle::new(
+                    record,
+                    self.worker_tls.as_ref(),
+                    &self.breaker,
+                    &self.local,
+                ) {
                     Ok(handle) => {
                         let handle = Arc::new(handle);
                         joined.push(handle.clone());
@@ -347,7 +379,7 @@ impl Pool {
                 .any(|(a, b)| !Arc::ptr_eq(a, b));
         if changed {
             for w in &joined {
-                tracing::info!(worker = %w.record.id, model = %w.record.model, endpoint = %w.record.endpoint, "worker joined");
+                tracing::info!(worker = %w.record.id, model = %w.record.model, endpoint = %w.record.endpoint, transport = w.transport(), "worker joined");
             }
             for w in current
                 .iter()

@@ -24,6 +24,7 @@ use crate::quality::QualityModel;
 use crate::recent::Recent;
 use crate::service::{GatewayService, GatewayState};
 use crate::tenants::CostTargets;
+use crate::transport::LocalWorkers;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -231,9 +232,12 @@ fn policy(config: &GatewayConfig, cost_weight: f64) -> Box<dyn Policy> {
 /// replicas); `None` counts them in this process.
 /// `keys`: API keys with their store (Redis); `None` uses the configured
 /// keys only.
+/// `local`: worker agents running in this process, which the gateway calls
+/// in-process when the registry lists them (empty for `routemesh gateway`).
 pub async fn start_gateway(
     config: GatewayConfig,
     registry: Arc<dyn Registry>,
+    local: LocalWorkers,
     shared_telemetry: Option<Telemetry>,
     limits: Option<crate::limits::Limits>,
     keys: Option<ApiKeys>,
@@ -301,6 +305,7 @@ pub async fn start_gateway(
     };
     let pool = Pool::new(
         registry,
+        local,
         config.load_interval.max(Duration::from_millis(200)),
         config.missing_worker_grace,
         worker_tls,

@@ -13,6 +13,7 @@ use routemesh_telemetry::{RedisStore, Telemetry};
 
 use crate::config::Config;
 use crate::server::{RunningGateway, ServeError, start_gateway};
+use crate::transport::LocalWorkers;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpError {
@@ -137,7 +138,23 @@ impl Mesh {
                 }
                 _ => None,
             };
-            match start_gateway(config.gateway.clone(), registry, telemetry, limits, keys).await {
+            // The gateway calls this process's own workers without the
+            // network; they still serve on their ports for anyone else.
+            let local = if config.gateway.in_process_workers {
+                LocalWorkers::new(&mesh.workers)
+            } else {
+                LocalWorkers::default()
+            };
+            match start_gateway(
+                config.gateway.clone(),
+                registry,
+                local,
+                telemetry,
+                limits,
+                keys,
+            )
+            .await
+            {
                 Ok(g) => mesh.gateway = Some(g),
                 Err(e) => {
                     mesh.shutdown().await;

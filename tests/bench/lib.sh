@@ -101,6 +101,9 @@ bench() {
 # measure latency, not admission). With ROUTER_EVERY_REQUEST set, the
 # gateway loads the default router artifact (ROUTER_PATH: fast or full) and
 # UNIQUE_PROMPTS holds the bench flag that makes its prompt cache miss.
+# The gateway reaches the worker through its port (IN_PROCESS_WORKERS=true
+# calls it in-process instead): "added" here is the gateway as deployed, with
+# its workers on other nodes, so the hop to the worker is part of it.
 UNIQUE_PROMPTS=()
 start_zero_mesh() {
     local router_yaml=""
@@ -119,6 +122,7 @@ start_zero_mesh() {
   listen: 127.0.0.1:0
   http_listen: 127.0.0.1:0
   max_concurrent_requests: 100000
+  in_process_workers: ${IN_PROCESS_WORKERS:-false}
 $router_yaml
 workers:
   - id: zero-0

@@ -10,7 +10,9 @@
 # LiteLLM is installed by this script into its own venv
 # ($CARGO_TARGET_DIR/bench/litellm-venv, kept for the next run; ~1 min the
 # first time). routemesh runs `up` with one worker whose backend is `openai`
-# pointed at the mock, so both products call the same mock the same way.
+# pointed at the mock, so both products call the same mock the same way. The
+# gateway calls that worker in-process (IN_PROCESS_WORKERS=false: through its
+# gRPC port, the topology of runs 1-3 in docs/BENCHMARKS.md section 2).
 # Loopback only; bounded: about (WARMUP + DURATION) x 3 x rates.
 source "$(dirname "$0")/lib.sh"
 
@@ -39,9 +41,12 @@ wait_for_file "$WORK/mock.port" 10
 MOCK=http://127.0.0.1:$(cat "$WORK/mock.port")
 
 # routemesh: gateway + one openai-backend worker in front of the mock.
+IN_PROCESS_WORKERS=${IN_PROCESS_WORKERS:-true}
+echo "routemesh: gateway -> worker $( [ "$IN_PROCESS_WORKERS" = true ] && echo in-process || echo 'over gRPC (loopback TCP)')" | tee -a "$OUT/machine.txt"
 start_mesh litellm-peer "gateway:
   listen: 127.0.0.1:0
   http_listen: 127.0.0.1:0
+  in_process_workers: $IN_PROCESS_WORKERS
 workers:
   - id: mock-0
     model: mock

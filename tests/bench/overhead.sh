@@ -28,6 +28,7 @@ start_zero_mesh overhead
 GATEWAY=$(ready_field "$MESH_READY" 'd["gateway"]')
 WORKER=$(ready_field "$MESH_READY" 'd["workers"][0]["endpoint"]')
 echo "mesh:    gateway $GATEWAY, worker $WORKER (one process: routemesh up), pid $MESH_PID"
+echo "hop:     gateway -> worker $( [ "${IN_PROCESS_WORKERS:-false}" = true ] && echo in-process || echo 'over gRPC (loopback TCP), as deployed')" | tee -a "$OUT/machine.txt"
 echo "rss:     $(rss_mib "$MESH_PID") MiB idle (gateway + worker in one process)" | tee -a "$OUT/machine.txt"
 
 for rate in "${RATES[@]}"; do

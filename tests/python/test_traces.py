@@ -100,3 +100,47 @@ static_workers:
     svc, served = spans["routemesh.worker.generate"]
     assert svc == "routemesh-worker"
     assert served.parent_span_id == call.span_id, "the worker's span joins the trace under the gateway's call"
+
+
+def test_an_in_process_worker_call_stays_in_the_trace(receiver, stubs, monkeypatch):
+    """`routemesh up` calls its own worker without the network; the worker's
+    span must still be the child of the gateway's call span, through the
+    same metadata as over a connection."""
+    collector, endpoint = receiver
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
+    mesh = Running(["up"], f"""
+tracing: {{otlp_endpoint: "{endpoint}"}}
+gateway:
+  router: {{enabled: false}}
+  listen: 127.0.0.1:0
+  http_listen: null
+  admin_listen: null
+workers:
+  - id: own-w
+    model: m
+    tier: small
+    backend:
+      sim: {{ttft_ms: {{median: 1}}, tokens_per_second: {{median: 0}}, output_tokens: {{median: 4}}}}
+""")
+    try:
+        with grpc.insecure_channel(mesh.gateway) as channel:
+            gw = stubs.gateway_grpc.GatewayStub(channel)
+            req = stubs.gateway.GenerateRequest(messages=[stubs.common.ChatMessage(role="user", content="trace me")])
+            gw.Generate(req, metadata=[("traceparent", f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01")], timeout=10)
+    finally:
+        mesh.stop()  # flushes its spans
+
+    wanted = {"routemesh.generate", "routemesh.worker_call", "routemesh.worker.generate"}
+    deadline = time.monotonic() + 10
+    names = set()
+    while time.monotonic() < deadline:
+        names = {s.name for _, s in collector.spans if s.trace_id.hex() == CLIENT_TRACE}
+        if wanted <= names:
+            break
+        time.sleep(0.1)
+    spans = {s.name: s for _, s in collector.spans if s.trace_id.hex() == CLIENT_TRACE}
+    assert wanted <= set(spans), names
+    assert spans["routemesh.generate"].parent_span_id.hex() == CLIENT_SPAN
+    call = spans["routemesh.worker_call"]
+    assert call.parent_span_id == spans["routemesh.generate"].span_id
+    assert spans["routemesh.worker.generate"].parent_span_id == call.span_id, "the worker's span joins the trace under the gateway's call"

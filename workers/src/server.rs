@@ -38,6 +38,9 @@ pub struct RunningWorker {
     pub id: String,
     pub addr: SocketAddr,
     pub endpoint: String,
+    /// The Worker service this agent serves on `addr`, for a gateway in the
+    /// same process to call without the network.
+    service: WorkerServer<WorkerService>,
     shutdown: CancellationToken,
     task: JoinHandle<Result<(), WorkerError>>,
 }
@@ -60,6 +63,13 @@ impl RunningWorker {
     /// A token that, when cancelled, starts the drain.
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
+    }
+
+    /// The Worker service itself, the very one the network server runs (same
+    /// state, admission and draining), for a caller in this process. It
+    /// answers as a draining worker once this agent drains or stops.
+    pub fn in_process_service(&self) -> WorkerServer<WorkerService> {
+        self.service.clone()
     }
 }
 
@@ -131,12 +141,13 @@ pub async fn start_worker(
     // be swapped while serving; the watcher and acceptor stop with the server.
     let stop_tls = CancellationToken::new();
     let mut tls_tasks = Vec::new();
+    let service = WorkerServer::new(WorkerService::new(state.clone()));
     let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(health_service)
         .add_service(routemesh_proto::reflection_v1()?)
         .add_service(routemesh_proto::reflection_v1alpha()?)
-        .add_service(WorkerServer::new(WorkerService::new(state.clone())));
+        .add_service(service.clone());
     let signal = stop_serving.clone().cancelled_owned();
     let server: std::pin::Pin<
         Box<dyn std::future::Future<Output = Result<(), tonic::transport::Error>> + Send>,
@@ -192,7 +203,10 @@ pub async fn start_worker(
                 tokio::select! {
                     () = shutdown.cancelled() => break,
                     result = &mut server => {
-                        // The server stopped on its own: withdraw and report why.
+                        // The server stopped on its own: withdraw and report
+                        // why. In-process callers see a draining worker from
+                        // now on, as network callers see a closed port.
+                        state.draining.store(true, Ordering::Release);
                         let _ = registry.withdraw(&state.record.id).await;
                         return match result {
                             Ok(r) => r.map_err(WorkerError::from),
@@ -224,6 +238,7 @@ pub async fn start_worker(
         id,
         addr,
         endpoint,
+        service,
         shutdown,
         task,
     })

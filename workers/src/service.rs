@@ -162,6 +162,14 @@ impl WorkerService {
     }
 }
 
+impl std::fmt::Debug for WorkerService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerService")
+            .field("worker", &self.state.record.id)
+            .finish_non_exhaustive()
+    }
+}
+
 type EventStream =
     std::pin::Pin<Box<dyn futures::Stream<Item = Result<WorkerStreamEvent, Status>> + Send>>;
 
