@@ -3,6 +3,8 @@ learned router on the GPT-4 / Mixtral pair it was trained on. Needs the
 encoder assets (`./dev test` fetches them and sets ROUTEMESH_ASSETS)."""
 
 import os
+import re
+import urllib.request
 
 import openai
 import pytest
@@ -84,3 +86,15 @@ def test_threshold_names_route_monotonically(pair):
     assert counts == sorted(counts, reverse=True), counts
     # The calibrated middle threshold splits these prompts between the two models.
     assert 0 < counts[2] < len(PROMPTS), counts
+
+
+def test_the_pair_is_predicted_with_the_encoder_by_default(pair):
+    """`router.path: auto`: the fast path is weaker on a strong/weak pair, so a
+    pool holding the calibrated pair is predicted with the encoder."""
+    client = openai.OpenAI(base_url=pair.http + "/v1", api_key="-", max_retries=0, timeout=30)
+    client.chat.completions.create(model="router", messages=[{"role": "user", "content": "Is 91 a prime number? (auto path check)"}], max_tokens=4)
+    text = urllib.request.urlopen("http://" + pair.ready["admin"] + "/metrics", timeout=10).read().decode()
+    counts = {m.group(1): float(m.group(2)) for m in re.finditer(r'^routemesh_router_inference_seconds_count\{path="(\w+)"\} (\S+)$', text, re.M)}
+    assert counts.get("full", 0) >= 1, counts
+    assert counts.get("fast", 0) == 0, counts
+
