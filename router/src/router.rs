@@ -336,6 +336,20 @@ fn load_fast(dir: &Path, main: &Manifest, assets: &AssetPaths) -> Result<FastPat
 mod tests {
     use super::*;
 
+    /// The default artifact with its fast path, if it and the encoder assets are here (else says why).
+    fn default_artifact_with_assets() -> Option<std::path::PathBuf> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("artifacts/default");
+        if !dir.join(artifact::FAST_DIR).join("manifest.json").is_file() {
+            eprintln!("skipping: the default artifact has no fast path");
+            return None;
+        }
+        if let Err(e) = AssetPaths::from_env().check() {
+            eprintln!("skipping: {e}");
+            return None;
+        }
+        Some(dir)
+    }
+
     #[test]
     fn router_is_send_and_sync() {
         fn check<T: Send + Sync>() {}
@@ -384,15 +398,9 @@ mod tests {
 
     #[test]
     fn fast_path_predicts_like_the_full_path_on_odd_inputs() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("artifacts/default");
-        if !dir.join(artifact::FAST_DIR).join("manifest.json").is_file() {
-            eprintln!("skipping: the default artifact has no fast path");
+        let Some(dir) = default_artifact_with_assets() else {
             return;
-        }
-        if let Err(e) = AssetPaths::from_env().check() {
-            eprintln!("skipping: {e}");
-            return;
-        }
+        };
         let r = Router::load(&dir).unwrap();
         assert_eq!(r.path(), EmbedPath::Fast);
         assert!(!r.calibration().pairs.is_empty());
@@ -419,15 +427,9 @@ mod tests {
 
     #[test]
     fn pairs_escalate_to_the_encoder_and_the_many_model_pool_stays_fast() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("artifacts/default");
-        if !dir.join(artifact::FAST_DIR).join("manifest.json").is_file() {
-            eprintln!("skipping: the default artifact has no fast path");
+        let Some(dir) = default_artifact_with_assets() else {
             return;
-        }
-        if let Err(e) = AssetPaths::from_env().check() {
-            eprintln!("skipping: {e}");
-            return;
-        }
+        };
         let auto = Router::load_with(
             &dir,
             &RouterConfig {
