@@ -36,7 +36,8 @@ pub struct RouterSettings {
     /// thousand times cheaper than the encoder), except for prompts routed
     /// within a strong/weak pair the artifact calibrated thresholds for, where
     /// the encoder predicts (the model card shows the fast path losing APGR
-    /// there; the encoder is loaded when a pair first needs it); `fast`: always
+    /// there; the encoder is loaded at start if the pool holds such a pair,
+    /// else when a pair first needs it); `fast`: always
     /// the fast path; `full`: always the transformer encoder.
     #[serde(default)]
     pub path: RouterPath,
@@ -257,6 +258,29 @@ impl QualityModel {
             })
             .map(|pool| pool.iter().cloned().collect())
             .unwrap_or_default()
+    }
+
+    /// Gets the router ready for a pool: loads the encoder now (off the async
+    /// threads) if prompts routed among `pool_models` are predicted with it,
+    /// so the first such request does not wait for the load.
+    pub async fn prepare(&self, pool_models: &[&str]) {
+        let Some(router) = self.router.clone() else {
+            return;
+        };
+        if router.path_for(pool_models) != EmbedPath::Full || router.encoder().is_some() {
+            return;
+        }
+        let started = std::time::Instant::now();
+        match tokio::task::spawn_blocking(move || router.load_full_path()).await {
+            Ok(Ok(())) => tracing::info!(
+                took_ms = started.elapsed().as_millis() as u64,
+                "router encoder loaded for the pool's strong/weak pair"
+            ),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "router encoder unavailable; the pair is predicted on the fast path")
+            }
+            Err(e) => tracing::warn!(error = %e, "router encoder load task failed"),
+        }
     }
 
     /// Predicted quality per model for `prompt` routed among `pool_models`,

@@ -311,8 +311,14 @@ pub async fn start_gateway(
         worker_tls,
         config.circuit_breaker.clone(),
     );
-    // Know the pool before the first request arrives.
+    // Know the pool before the first request arrives, and have the router
+    // ready for it (the encoder, if the pool holds a strong/weak pair).
     pool.refresh().await;
+    {
+        let snapshot = pool.snapshot();
+        let models: Vec<&str> = snapshot.iter().map(|w| w.spec.name.as_str()).collect();
+        quality.prepare(&models).await;
+    }
     let shutdown = CancellationToken::new();
     let maintenance = pool.spawn_maintenance(
         config.discovery_interval,

@@ -165,6 +165,12 @@ impl Router {
         }
     }
 
+    /// Loads the encoder now if it is not loaded yet (a gateway whose pool holds a pair calls this at
+    /// start, so the first pair request does not wait for it). A failure is kept, as on first use.
+    pub fn load_full_path(&self) -> Result<(), RouterError> {
+        self.full_encoder().map(|_| ())
+    }
+
     /// The path prompts routed among `pool` (model names) are predicted on: the fast path, unless it
     /// escalates pairs, `pool` holds both models of a calibrated strong/weak pair, and the encoder has not
     /// failed to load.

@@ -97,4 +97,7 @@ def test_the_pair_is_predicted_with_the_encoder_by_default(pair):
     counts = {m.group(1): float(m.group(2)) for m in re.finditer(r'^routemesh_router_inference_seconds_count\{path="(\w+)"\} (\S+)$', text, re.M)}
     assert counts.get("full", 0) >= 1, counts
     assert counts.get("fast", 0) == 0, counts
+    # The encoder was loaded at start for the pair, not on the first request.
+    log = open(os.path.join(pair.dir.name, "log.txt")).read()
+    assert "router encoder loaded for the pool's strong/weak pair" in log, log[-2000:]
 
