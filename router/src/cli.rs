@@ -78,6 +78,14 @@ pub enum RouterCommand {
         data: Vec<PathBuf>,
         #[arg(long)]
         models: Option<PathBuf>,
+        /// Also calibrate the pair threshold for this share of strong-model calls (0 < S < 1;
+        /// repeatable), next to the 10%…90% grid.
+        #[arg(long = "strong-share")]
+        strong_shares: Vec<f64>,
+        /// Set the default λ to the one whose routed mean cost per request on this data is closest to
+        /// this many USD without exceeding it (instead of "the cheapest λ matching the best model").
+        #[arg(long)]
+        target_cost: Option<f64>,
         #[command(flatten)]
         enc: EncoderArgs,
     },
@@ -360,8 +368,16 @@ pub fn run(cmd: RouterCommand) -> anyhow::Result<()> {
             router,
             data,
             models,
+            strong_shares,
+            target_cost,
             enc,
         } => {
+            if let Some(bad) = strong_shares.iter().find(|s| !(**s > 0.0 && **s < 1.0)) {
+                anyhow::bail!("--strong-share {bad}: a share of strong calls is between 0 and 1");
+            }
+            if let Some(c) = target_cost.filter(|c| !(c.is_finite() && *c > 0.0)) {
+                anyhow::bail!("--target-cost {c}: a cost per request in USD is positive");
+            }
             let prices = data::Prices::load(&prices_path(models.as_deref(), &data)?)?;
             let r = load_router(&router, &enc, false)?;
             let encoder = r
@@ -371,25 +387,35 @@ pub fn run(cmd: RouterCommand) -> anyhow::Result<()> {
             let table = data::Table::with_models(rows, r.models().to_vec(), &prices)?;
             let groups = eval::groups(&table, &prices);
             let pred = r.predict_embedded(emb.view());
-            let mut manifest = r.manifest().clone();
-            // Keep what this data cannot recalibrate (a pair or pool it does not cover).
-            let new = calibrate(&table, &groups, &pred);
-            let old = std::mem::take(&mut manifest.calibration);
-            let mut pairs = new.pairs;
-            for p in old.pairs {
-                if !pairs
-                    .iter()
-                    .any(|q| q.strong == p.strong && q.weak == p.weak)
-                {
-                    pairs.push(p);
-                }
+            let cal = recalibrate(
+                &router,
+                r.manifest().clone(),
+                &table,
+                &groups,
+                &pred,
+                &strong_shares,
+                target_cost,
+            )?;
+            println!("{}", serde_json::to_string_pretty(&cal)?);
+            // The fast path has its own score scale, so its own calibration (the gateway reads it on
+            // `router.path: fast` and, for the many-model pool, on `auto`).
+            let fast_dir = router.join(artifact::FAST_DIR);
+            if fast_dir.join(artifact::MANIFEST).is_file() {
+                let rf = load_router(&router, &enc, true)?;
+                let prompts: Vec<&str> = table.rows.iter().map(|r| r.prompt.as_str()).collect();
+                let pred = rf.predict_embedded(rf.embed(&prompts)?.view());
+                eprintln!("fast path:");
+                let cal = recalibrate(
+                    &fast_dir,
+                    artifact::read_manifest(&fast_dir)?,
+                    &table,
+                    &groups,
+                    &pred,
+                    &strong_shares,
+                    target_cost,
+                )?;
+                println!("fast path: {}", serde_json::to_string_pretty(&cal)?);
             }
-            manifest.calibration = Calibration {
-                default_lambda: new.default_lambda.or(old.default_lambda),
-                pairs,
-            };
-            artifact::write_manifest(&router, &manifest)?;
-            println!("{}", serde_json::to_string_pretty(&manifest.calibration)?);
             Ok(())
         }
         RouterCommand::Predict {
@@ -787,17 +813,97 @@ pub fn train_savable(spec: &PredictorSpec, data: &TrainSet<'_>) -> Box<dyn Savab
 /// Strong-call shares the pair thresholds are calibrated for.
 pub const STRONG_SHARES: [f64; 9] = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9];
 
+/// Recalibrates `manifest` (of the artifact directory `dir`) on `pred` and rewrites it, keeping what these
+/// rows cannot recalibrate (a pair or pool they do not cover).
+#[allow(clippy::too_many_arguments)]
+fn recalibrate(
+    dir: &std::path::Path,
+    mut manifest: artifact::Manifest,
+    table: &data::Table,
+    groups: &[eval::Group],
+    pred: &[Vec<f64>],
+    shares: &[f64],
+    target_cost: Option<f64>,
+) -> anyhow::Result<Calibration> {
+    let new = calibrate_to(table, groups, pred, shares, target_cost)?;
+    let old = std::mem::take(&mut manifest.calibration);
+    let mut pairs = new.pairs;
+    for p in old.pairs {
+        if !pairs
+            .iter()
+            .any(|q| q.strong == p.strong && q.weak == p.weak)
+        {
+            pairs.push(p);
+        }
+    }
+    manifest.calibration = Calibration {
+        default_lambda: new.default_lambda.or(old.default_lambda),
+        pairs,
+    };
+    artifact::write_manifest(dir, &manifest)?;
+    Ok(manifest.calibration)
+}
+
 /// Pair thresholds (quantiles of the score gap, as RouteLLM's calibrate_threshold) and a default λ: on the
 /// largest many-model pool, the cheapest λ of the sweep whose routed quality reaches the best single
 /// model's (else the λ of the highest quality).
 pub fn calibrate(table: &data::Table, groups: &[eval::Group], pred: &[Vec<f64>]) -> Calibration {
+    calibrate_with(table, groups, pred, &[]).0
+}
+
+/// [`calibrate`] with extra strong-call shares for the pair thresholds and, given `target_cost`, the λ
+/// whose routed mean cost on these rows is the highest not above it; errors if no λ of the sweep is that
+/// cheap (the cheapest routed cost is named).
+pub fn calibrate_to(
+    table: &data::Table,
+    groups: &[eval::Group],
+    pred: &[Vec<f64>],
+    shares: &[f64],
+    target_cost: Option<f64>,
+) -> anyhow::Result<Calibration> {
+    let (mut cal, points) = calibrate_with(table, groups, pred, shares);
+    if let Some(target) = target_cost {
+        let fits = points
+            .iter()
+            .filter(|p| p.1 <= target)
+            .max_by(|a, b| a.1.total_cmp(&b.1).then(a.2.total_cmp(&b.2)));
+        match fits {
+            Some(&(lambda, cost, quality)) => {
+                eprintln!(
+                    "λ {lambda:.4} routes at {cost:.3e} USD per request (target {target:.3e}), mean quality {quality:.4}"
+                );
+                cal.default_lambda = Some(lambda);
+            }
+            None => {
+                let cheapest = points.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
+                anyhow::bail!(
+                    "--target-cost {target:.3e}: no λ routes that cheaply on this data (cheapest {cheapest:.3e} USD per request)"
+                );
+            }
+        }
+    }
+    Ok(cal)
+}
+
+/// The calibration and the λ sweep's (λ, mean cost, mean quality) points on the many-model pool.
+#[allow(clippy::type_complexity)]
+fn calibrate_with(
+    table: &data::Table,
+    groups: &[eval::Group],
+    pred: &[Vec<f64>],
+    shares: &[f64],
+) -> (Calibration, Vec<(f64, f64, f64)>) {
     let mut cal = Calibration::default();
+    let mut all_shares: Vec<f64> = STRONG_SHARES.iter().chain(shares).copied().collect();
+    all_shares.sort_by(f64::total_cmp);
+    all_shares.dedup();
+    let mut sweep = Vec::new();
     for g in groups {
         let Some((s, w)) = g.pair else { continue };
         let (js, jw) = (g.models[s], g.models[w]);
         let mut gap: Vec<f64> = g.rows.iter().map(|&i| pred[i][js] - pred[i][jw]).collect();
         gap.sort_by(f64::total_cmp);
-        let thresholds = STRONG_SHARES
+        let thresholds = all_shares
             .iter()
             .map(|&share| Threshold {
                 strong_share: share,
@@ -843,8 +949,9 @@ pub fn calibrate(table: &data::Table, groups: &[eval::Group], pred: &[Vec<f64>])
             .iter()
             .max_by(|a, b| a.2.total_cmp(&b.2).then(b.1.total_cmp(&a.1)));
         cal.default_lambda = reach.or(top).map(|p| p.0);
+        sweep = pts;
     }
-    cal
+    (cal, sweep)
 }
 
 #[cfg(test)]
@@ -971,5 +1078,48 @@ mod tests {
         // Gaps of the pair rows are -0.5 + 0..9: median 4.0.
         assert!((half.threshold - 4.0).abs() < 1e-9, "{half:?}");
         assert!(cal.default_lambda.is_some());
+    }
+
+    #[test]
+    fn calibration_to_a_share_and_a_target_cost() {
+        let (t, prices) = table();
+        let g = eval::groups(&t, &prices);
+        let pred: Vec<Vec<f64>> = (0..t.len())
+            .map(|i| {
+                t.models
+                    .iter()
+                    .map(|m| match m.as_str() {
+                        "s" => i as f64,
+                        // The expensive model looks a little better: a larger λ buys it.
+                        "c" => 0.6,
+                        _ => 0.5,
+                    })
+                    .collect()
+            })
+            .collect();
+        let cal = calibrate_to(&t, &g, &pred, &[0.25], None).unwrap();
+        let quarter = cal.pairs[0]
+            .thresholds
+            .iter()
+            .find(|t| t.strong_share == 0.25)
+            .unwrap();
+        // Gaps -0.5 + 0..9: the top quarter of the pair rows lies above the 75% quantile, 6.25.
+        assert!((quarter.threshold - 6.25).abs() < 1e-9, "{quarter:?}");
+        // Every row of the pool costs the same per model, so the sweep's mean costs are the models'.
+        let pool = g.iter().find(|g| g.models.len() > 2).unwrap();
+        let cost_of = |name: &str| {
+            let j = t.models.iter().position(|m| m == name).unwrap();
+            t.cost[pool.rows[0]][j]
+        };
+        let (cheap, dear) = (cost_of("a"), cost_of("c"));
+        let mid = (cheap + dear) / 2.0;
+        let under = calibrate_to(&t, &g, &pred, &[], Some(mid)).unwrap();
+        let over = calibrate_to(&t, &g, &pred, &[], Some(dear * 2.0)).unwrap();
+        assert!(under.default_lambda.unwrap() > over.default_lambda.unwrap());
+        let err = calibrate_to(&t, &g, &pred, &[], Some(cheap / 10.0)).unwrap_err();
+        assert!(
+            err.to_string().contains("no λ routes that cheaply"),
+            "{err}"
+        );
     }
 }
