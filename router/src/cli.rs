@@ -1054,19 +1054,25 @@ mod tests {
         );
     }
 
+    /// Predictions where the strong model's score is the row index (so the pair's gap grows with it) and
+    /// every other model gets `other(model)`.
+    fn row_index_preds(t: &Table, other: impl Fn(&str) -> f64) -> Vec<Vec<f64>> {
+        (0..t.len())
+            .map(|i| {
+                t.models
+                    .iter()
+                    .map(|m| if m == "s" { i as f64 } else { other(m) })
+                    .collect()
+            })
+            .collect()
+    }
+
     #[test]
     fn calibration_thresholds_and_lambda() {
         let (t, prices) = table();
         let g = eval::groups(&t, &prices);
         // Predicted gap = row index for the pair; truth for the pool: b and c are right, b cheaper.
-        let pred: Vec<Vec<f64>> = (0..t.len())
-            .map(|i| {
-                t.models
-                    .iter()
-                    .map(|m| if m == "s" { i as f64 } else { 0.5 })
-                    .collect()
-            })
-            .collect();
+        let pred = row_index_preds(&t, |_| 0.5);
         let cal = calibrate(&t, &g, &pred);
         let pc = &cal.pairs[0];
         assert_eq!((pc.strong.as_str(), pc.weak.as_str()), ("s", "w"));
@@ -1084,19 +1090,8 @@ mod tests {
     fn calibration_to_a_share_and_a_target_cost() {
         let (t, prices) = table();
         let g = eval::groups(&t, &prices);
-        let pred: Vec<Vec<f64>> = (0..t.len())
-            .map(|i| {
-                t.models
-                    .iter()
-                    .map(|m| match m.as_str() {
-                        "s" => i as f64,
-                        // The expensive model looks a little better: a larger λ buys it.
-                        "c" => 0.6,
-                        _ => 0.5,
-                    })
-                    .collect()
-            })
-            .collect();
+        // The most expensive model looks a little better: a small λ buys it, a large one the cheapest.
+        let pred = row_index_preds(&t, |m| if m == "c" { 0.6 } else { 0.5 });
         let cal = calibrate_to(&t, &g, &pred, &[0.25], None).unwrap();
         let quarter = cal.pairs[0]
             .thresholds

@@ -202,17 +202,31 @@ impl Router {
         path: EmbedPath,
         prompts: &[&str],
     ) -> Result<(EmbedPath, Array2<f32>, Vec<Vec<f64>>), RouterError> {
+        let path = self.resolve(path);
+        let emb = self.embed_on(path, prompts)?;
+        let p = self.predict_embedded_on(path, emb.view());
+        Ok((path, emb, p))
+    }
+
+    /// `path` if this router has it loaded, else the full path (a router without a fast path).
+    fn resolve(&self, path: EmbedPath) -> EmbedPath {
         match (path, &self.fast) {
-            (EmbedPath::Fast, Some(f)) => {
-                let emb = f.embedder.embed(prompts)?;
-                let p = f.predictor.predict(emb.view());
-                Ok((EmbedPath::Fast, emb, p))
-            }
-            _ => {
-                let emb = self.full_encoder()?.encode(prompts)?;
-                let p = self.predictor.predict(emb.view());
-                Ok((EmbedPath::Full, emb, p))
-            }
+            (EmbedPath::Fast, Some(_)) => EmbedPath::Fast,
+            _ => EmbedPath::Full,
+        }
+    }
+
+    fn embed_on(&self, path: EmbedPath, prompts: &[&str]) -> Result<Array2<f32>, RouterError> {
+        match (path, &self.fast) {
+            (EmbedPath::Fast, Some(f)) => Ok(f.embedder.embed(prompts)?),
+            _ => Ok(self.full_encoder()?.encode(prompts)?),
+        }
+    }
+
+    fn predict_embedded_on(&self, path: EmbedPath, emb: ArrayView2<'_, f32>) -> Vec<Vec<f64>> {
+        match (path, &self.fast) {
+            (EmbedPath::Fast, Some(f)) => f.predictor.predict(emb),
+            _ => self.predictor.predict(emb),
         }
     }
 
@@ -233,10 +247,7 @@ impl Router {
 
     /// Embeds prompts with the active path: `[n, 384]`, rows L2-normalised.
     pub fn embed(&self, prompts: &[&str]) -> Result<Array2<f32>, RouterError> {
-        match &self.fast {
-            Some(f) => Ok(f.embedder.embed(prompts)?),
-            None => Ok(self.full_encoder()?.encode(prompts)?),
-        }
+        self.embed_on(self.path(), prompts)
     }
 
     pub fn models(&self) -> &[String] {
@@ -276,10 +287,7 @@ impl Router {
 
     /// For embeddings from [`Router::embed`] (the active path's embedder).
     pub fn predict_embedded(&self, emb: ArrayView2<'_, f32>) -> Vec<Vec<f64>> {
-        match &self.fast {
-            Some(f) => f.predictor.predict(emb),
-            None => self.predictor.predict(emb),
-        }
+        self.predict_embedded_on(self.path(), emb)
     }
 }
 

@@ -46,11 +46,11 @@ pub struct MatrixFactorization {
     pub b: Array1<f32>,
 }
 
-fn sigmoid(x: f32) -> f32 {
+pub(super) fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
 }
 
-fn logit(p: f64) -> f32 {
+pub(super) fn logit(p: f64) -> f32 {
     let p = p.clamp(1e-3, 1.0 - 1e-3);
     (p / (1.0 - p)).ln() as f32
 }

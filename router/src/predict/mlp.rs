@@ -6,6 +6,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
 use super::adam::Adam;
+use super::mf::{logit, sigmoid};
 use super::{QualityPredictor, TrainSet};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -41,10 +42,6 @@ pub struct Mlp {
     pub b2: Array1<f32>,
 }
 
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
-}
-
 impl Mlp {
     pub fn train(data: &TrainSet<'_>, cfg: &MlpConfig) -> Self {
         let (n, d) = data.emb.dim();
@@ -55,14 +52,7 @@ impl Mlp {
         let mut w1 = Array2::from_shape_fn((h, d), |_| uniform((6.0 / d as f32).sqrt()));
         let mut b1 = Array1::<f32>::zeros(h);
         let mut w2 = Array2::from_shape_fn((m, h), |_| uniform((1.0 / h as f32).sqrt()));
-        let mut b2: Array1<f32> = data
-            .prior()
-            .iter()
-            .map(|&p| {
-                let p = p.clamp(1e-3, 1.0 - 1e-3);
-                (p / (1.0 - p)).ln() as f32
-            })
-            .collect();
+        let mut b2: Array1<f32> = data.prior().iter().map(|&p| logit(p)).collect();
         let (y, mask) = {
             let mut y = Array2::<f32>::zeros((n, m));
             let mut mask = Array2::<f32>::zeros((n, m));

@@ -6,7 +6,7 @@
 //! label-reading per-source mean is as good as kNN, MF or ridge on raw scores. Predicting the task
 //! explicitly, then correcting within it, keeps both signals apart instead of asking one vote to carry both.
 
-use ndarray::{Array1, Array2, ArrayView2, Axis};
+use ndarray::{Array1, Array2, ArrayView2, ArrayViewMut1, Axis};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 
@@ -92,7 +92,7 @@ impl SoftmaxClassifier {
                 let xb = emb.select(Axis(0), chunk);
                 let mut g = xb.dot(&w.t()) + &b;
                 for (mut row, &i) in g.rows_mut().into_iter().zip(chunk) {
-                    softmax_in_place(row.as_slice_mut());
+                    softmax_in_place(row.view_mut());
                     row[labels[i]] -= 1.0;
                 }
                 g /= chunk.len() as f32;
@@ -113,16 +113,15 @@ impl SoftmaxClassifier {
     /// Class probabilities `[n, classes]`.
     pub fn proba(&self, emb: ArrayView2<'_, f32>) -> Array2<f32> {
         let mut p = emb.dot(&self.w.t()) + &self.b;
-        for mut row in p.rows_mut() {
-            softmax_in_place(row.as_slice_mut());
+        for row in p.rows_mut() {
+            softmax_in_place(row);
         }
         p
     }
 }
 
-/// Softmax of a row (a contiguous slice once it is in standard layout, which the callers' arrays are).
-fn softmax_in_place(row: Option<&mut [f32]>) {
-    let Some(row) = row else { return };
+/// Softmax of one row of logits, in place.
+fn softmax_in_place(mut row: ArrayViewMut1<'_, f32>) {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut sum = 0.0;
     for v in row.iter_mut() {
@@ -130,7 +129,7 @@ fn softmax_in_place(row: Option<&mut [f32]>) {
         sum += *v;
     }
     if sum > 0.0 {
-        row.iter_mut().for_each(|v| *v /= sum);
+        row.mapv_inplace(|v| v / sum);
     }
 }
 
