@@ -71,7 +71,14 @@ pub struct EncoderInfo {
     pub id: String,
     pub model_sha256: String,
     pub max_len: usize,
+    /// Word pieces a truncated prompt keeps from its end (see `EncoderConfig::keep_tail`); absent is 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub keep_tail: usize,
     pub dim: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -755,6 +762,7 @@ mod tests {
             id: "test".into(),
             model_sha256: "00".into(),
             max_len: 16,
+            keep_tail: 0,
             dim,
         }
     }

@@ -241,6 +241,9 @@ pub struct EncoderArgs {
     /// Word pieces per prompt.
     #[arg(long, default_value_t = crate::encoder::DEFAULT_MAX_LEN)]
     pub max_len: usize,
+    /// Of those, how many a truncated prompt keeps from its end (0: the start only).
+    #[arg(long, default_value_t = crate::encoder::DEFAULT_KEEP_TAIL)]
+    pub keep_tail: usize,
 }
 
 impl EncoderArgs {
@@ -255,6 +258,7 @@ impl EncoderArgs {
         Ok(Encoder::load(&EncoderConfig {
             assets: self.asset_paths(),
             max_len: self.max_len,
+            keep_tail: self.keep_tail,
             threads: self.threads,
             sessions: 1,
         })?)
@@ -309,6 +313,7 @@ pub fn run(cmd: RouterCommand) -> anyhow::Result<()> {
                 id: ENCODER_ID.into(),
                 model_sha256: encoder.model_sha256().into(),
                 max_len: encoder.max_len(),
+                keep_tail: encoder.keep_tail(),
                 dim: EMBED_DIM,
             };
             job.train_and_save(&out, emb.view(), info, provenance.clone())?;
@@ -325,6 +330,7 @@ pub fn run(cmd: RouterCommand) -> anyhow::Result<()> {
                     id: crate::fast::STATIC_ENCODER_ID.into(),
                     model_sha256: encoder.model_sha256().into(),
                     max_len: embedder.max_tokens(),
+                    keep_tail: 0,
                     dim: EMBED_DIM,
                 };
                 let dir = out.join(artifact::FAST_DIR);

@@ -33,6 +33,11 @@ fn cache_key(enc: &Encoder, prompts: &[&str]) -> String {
     let mut h = Sha256::new();
     h.update(enc.model_sha256().as_bytes());
     h.update(enc.max_len().to_le_bytes());
+    if enc.keep_tail() > 0 {
+        // Only then: caches of head-only truncation keep their keys.
+        h.update(b"keep_tail");
+        h.update(enc.keep_tail().to_le_bytes());
+    }
     for p in prompts {
         h.update((p.len() as u64).to_le_bytes());
         h.update(p.as_bytes());

@@ -13,15 +13,19 @@ use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::value::TensorRef;
 use sha2::{Digest, Sha256};
-use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams, TruncationStrategy};
+use tokenizers::Tokenizer;
 
 /// Embedding width of all-MiniLM-L6-v2.
 pub const EMBED_DIM: usize = 384;
 /// Identifier recorded in router artifacts: a router only works with the encoder it was trained on.
 pub const ENCODER_ID: &str = "sentence-transformers/all-MiniLM-L6-v2@onnx-int8";
-/// all-MiniLM-L6-v2 was trained with 256 word pieces at most (its sentence-transformers config), not the
-/// 128 that the packaged tokenizer.json pads and truncates to.
-pub const DEFAULT_MAX_LEN: usize = 256;
+/// Word pieces per prompt. all-MiniLM-L6-v2 takes up to 256, but the encoder's cost is linear in them, and
+/// for routing 128 (head and tail, below) did as well as 256 in cross-validation at 40% of the worst-case
+/// latency (docs/BENCHMARKS.md, section 6).
+pub const DEFAULT_MAX_LEN: usize = 128;
+/// Of those, the word pieces a truncated prompt keeps from its end: instructions and few-shot examples tend
+/// to come first and the question last.
+pub const DEFAULT_KEEP_TAIL: usize = 64;
 /// The runtime library file name inside the onnxruntime 1.32.0 wheel.
 pub const ORT_LIB_FILE: &str = "libonnxruntime.so.1.32.0";
 /// What to run when an asset is missing.
@@ -146,12 +150,29 @@ fn environment(lib: &Path) -> Result<&'static ort::environment::Environment, Enc
     })
 }
 
+/// The word pieces the model sees: all of them up to `max_len`, else the first `max_len - keep_tail` and
+/// the last `keep_tail` (`[CLS]` and `[SEP]` stay at the ends either way).
+fn kept_pieces(ids: &[u32], max_len: usize, keep_tail: usize) -> impl Iterator<Item = u32> + '_ {
+    let (head, tail) = if ids.len() <= max_len {
+        (ids.len(), 0)
+    } else if keep_tail == 0 {
+        // Head only: the last kept piece is [SEP], as the tokenizer's own truncation gives.
+        (max_len - 1, 1)
+    } else {
+        (max_len - keep_tail, keep_tail)
+    };
+    ids[..head].iter().chain(&ids[ids.len() - tail..]).copied()
+}
+
 /// Configuration of the encoder.
 #[derive(Debug, Clone)]
 pub struct EncoderConfig {
     pub assets: AssetPaths,
-    /// Word pieces per prompt, longer prompts are truncated (keeping the start).
+    /// Word pieces per prompt (special tokens included); longer prompts are truncated.
     pub max_len: usize,
+    /// Of those, how many a truncated prompt keeps from its end (the rest from its start): long prompts
+    /// often put instructions or few-shot examples first and the question last. 0 keeps the start only.
+    pub keep_tail: usize,
     /// ONNX Runtime intra-op threads; the gateway runs the encoder on blocking threads, so keep it small.
     pub threads: usize,
     /// Independent ONNX sessions: concurrent `encode` calls run in parallel up to this many (ort's `run`
@@ -164,6 +185,7 @@ impl Default for EncoderConfig {
         Self {
             assets: AssetPaths::from_env(),
             max_len: DEFAULT_MAX_LEN,
+            keep_tail: DEFAULT_KEEP_TAIL,
             threads: 1,
             sessions: 1,
         }
@@ -178,6 +200,7 @@ pub struct Encoder {
     next: AtomicUsize,
     model_sha256: String,
     max_len: usize,
+    keep_tail: usize,
 }
 
 impl std::fmt::Debug for Encoder {
@@ -185,6 +208,7 @@ impl std::fmt::Debug for Encoder {
         f.debug_struct("Encoder")
             .field("model_sha256", &self.model_sha256)
             .field("max_len", &self.max_len)
+            .field("keep_tail", &self.keep_tail)
             .finish()
     }
 }
@@ -195,18 +219,18 @@ impl Encoder {
         let env = environment(&cfg.assets.ort_lib)?;
         let mut tokenizer = Tokenizer::from_file(&cfg.assets.tokenizer)
             .map_err(|e| EncoderError::Tokenizer(e.to_string()))?;
-        // Replace the file's fixed 128 padding/truncation: pad to the longest prompt of a batch only.
+        // The file pads and truncates to a fixed 128; `encode` truncates (head, or head and tail) and pads
+        // to the longest prompt of a batch itself.
         tokenizer
-            .with_truncation(Some(TruncationParams {
-                max_length: cfg.max_len,
-                strategy: TruncationStrategy::LongestFirst,
-                ..TruncationParams::default()
-            }))
+            .with_truncation(None)
             .map_err(|e| EncoderError::Tokenizer(e.to_string()))?;
-        tokenizer.with_padding(Some(PaddingParams {
-            strategy: PaddingStrategy::BatchLongest,
-            ..PaddingParams::default()
-        }));
+        tokenizer.with_padding(None);
+        if cfg.max_len < 2 || cfg.keep_tail >= cfg.max_len {
+            return Err(EncoderError::Tokenizer(format!(
+                "max_len {} must be at least 2 and above keep_tail {}",
+                cfg.max_len, cfg.keep_tail
+            )));
+        }
         let model_sha256 = sha256_file(&cfg.assets.model).map_err(|source| EncoderError::Io {
             path: cfg.assets.model.clone(),
             source,
@@ -227,6 +251,7 @@ impl Encoder {
             next: AtomicUsize::new(0),
             model_sha256,
             max_len: cfg.max_len,
+            keep_tail: cfg.keep_tail,
         })
     }
 
@@ -253,6 +278,10 @@ impl Encoder {
         self.max_len
     }
 
+    pub fn keep_tail(&self) -> usize {
+        self.keep_tail
+    }
+
     /// Embeds a batch of prompts: `[n, 384]`, each row L2-normalised. One ONNX run for the whole batch,
     /// padded to its longest prompt; sort big inputs by length first (see [`Encoder::encode_all`]).
     pub fn encode(&self, texts: &[&str]) -> Result<Array2<f32>, EncoderError> {
@@ -266,24 +295,18 @@ impl Encoder {
         let b = enc.len();
         let s = enc
             .iter()
-            .map(|e| e.get_ids().len())
+            .map(|e| e.get_ids().len().min(self.max_len))
             .max()
             .unwrap_or(0)
             .max(1);
         let mut ids = Array2::<i64>::zeros((b, s));
         let mut mask = Array2::<i64>::zeros((b, s));
-        let mut types = Array2::<i64>::zeros((b, s));
+        // One segment: token type ids stay 0.
+        let types = Array2::<i64>::zeros((b, s));
         for (i, e) in enc.iter().enumerate() {
-            for (j, ((&id, &m), &t)) in e
-                .get_ids()
-                .iter()
-                .zip(e.get_attention_mask())
-                .zip(e.get_type_ids())
-                .enumerate()
-            {
+            for (j, id) in kept_pieces(e.get_ids(), self.max_len, self.keep_tail).enumerate() {
                 ids[[i, j]] = i64::from(id);
-                mask[[i, j]] = i64::from(m);
-                types[[i, j]] = i64::from(t);
+                mask[[i, j]] = 1;
             }
         }
         self.embed_ids(&ids, &mask, &types)
@@ -402,6 +425,17 @@ mod tests {
     }
 
     #[test]
+    fn truncation_keeps_the_head_or_the_head_and_tail() {
+        let ids: Vec<u32> = (0..10).collect(); // 0 = [CLS], 9 = [SEP]
+        let kept = |max, tail| kept_pieces(&ids, max, tail).collect::<Vec<_>>();
+        assert_eq!(kept(10, 0), ids);
+        assert_eq!(kept(16, 4), ids);
+        assert_eq!(kept(5, 0), [0, 1, 2, 3, 9]);
+        assert_eq!(kept(5, 2), [0, 1, 2, 8, 9]);
+        assert_eq!(kept(5, 1), [0, 1, 2, 3, 9]);
+    }
+
+    #[test]
     fn missing_runtime_is_an_error_not_a_panic() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = EncoderConfig {
@@ -462,5 +496,35 @@ mod tests {
             enc.encode(&[long.as_str()]).unwrap().shape(),
             &[1, EMBED_DIM]
         );
+        // With keep_tail, a long prompt's ending counts; a short prompt is embedded as before.
+        let tailed = Encoder::load(&EncoderConfig {
+            max_len: 16,
+            keep_tail: 8,
+            ..EncoderConfig::default()
+        })
+        .unwrap();
+        let head_only = Encoder::load(&EncoderConfig {
+            max_len: 16,
+            keep_tail: 0,
+            ..EncoderConfig::default()
+        })
+        .unwrap();
+        let story = format!("{} Prove that sqrt(2) is irrational.", "bread ".repeat(40));
+        let cos = |a: &Encoder| {
+            let v = a
+                .encode(&[story.as_str(), "Prove that sqrt(2) is irrational."])
+                .unwrap();
+            v.row(0).dot(&v.row(1))
+        };
+        assert!(
+            cos(&tailed) > cos(&head_only) + 0.2,
+            "{} {}",
+            cos(&tailed),
+            cos(&head_only)
+        );
+        let short = tailed
+            .encode(&["Prove that sqrt(2) is irrational."])
+            .unwrap();
+        assert!((short.row(0).dot(&e.row(2)) - 1.0).abs() < 1e-4);
     }
 }

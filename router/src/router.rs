@@ -108,6 +108,7 @@ impl Router {
         let encoder_config = EncoderConfig {
             assets: cfg.assets.clone(),
             max_len: manifest.encoder.max_len,
+            keep_tail: manifest.encoder.keep_tail,
             threads: cfg.threads,
             sessions: cfg.sessions,
         };
