@@ -41,6 +41,17 @@ pub struct RouterSettings {
     /// the fast path; `full`: always the transformer encoder.
     #[serde(default)]
     pub path: RouterPath,
+    /// ONNX Runtime threads for one encoder pass (full path and pairs under
+    /// `auto`). Unset: the cores this process may use, at most 4. A pass is
+    /// compute-bound and router runs are already limited to one per core, so
+    /// spreading one pass over the cores cuts decision latency.
+    #[serde(default)]
+    pub encoder_threads: Option<usize>,
+}
+
+/// ONNX Runtime threads per encoder pass when `encoder_threads` is unset.
+fn default_encoder_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
 }
 
 /// Which embedder the learned router uses (see [`RouterSettings::path`]).
@@ -68,6 +79,7 @@ impl Default for RouterSettings {
             assets: None,
             cache_entries: default_cache(),
             path: RouterPath::default(),
+            encoder_threads: None,
         }
     }
 }
@@ -176,6 +188,10 @@ impl QualityModel {
                 .map_or_else(AssetPaths::from_env, AssetPaths::in_dir),
             fast_path: settings.path != RouterPath::Full,
             escalate_pairs: settings.path == RouterPath::Auto,
+            threads: settings
+                .encoder_threads
+                .unwrap_or_else(default_encoder_threads)
+                .max(1),
             ..RouterConfig::default()
         };
         let path = artifact.clone();

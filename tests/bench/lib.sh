@@ -100,7 +100,8 @@ bench() {
 # capacity and queue are far above what the rates need (the benchmarks
 # measure latency, not admission). With ROUTER_EVERY_REQUEST set, the
 # gateway loads the default router artifact (ROUTER_PATH: fast or full) and
-# UNIQUE_PROMPTS holds the bench flag that makes its prompt cache miss.
+# UNIQUE_PROMPTS holds the bench flag that makes its prompt cache miss
+# (ENCODER_THREADS sets the router's encoder_threads).
 # The gateway reaches the worker through its port (IN_PROCESS_WORKERS=true
 # calls it in-process instead): "added" here is the gateway as deployed, with
 # its workers on other nodes, so the hop to the worker is part of it.
@@ -111,7 +112,8 @@ start_zero_mesh() {
         router_yaml="  router:
     artifact: $ROOT/router/artifacts/default
     assets: ${ROUTEMESH_ASSETS:-$ROOT/.cache/routemesh/assets}
-    path: ${ROUTER_PATH:-fast}"
+    path: ${ROUTER_PATH:-fast}${ENCODER_THREADS:+
+    encoder_threads: $ENCODER_THREADS}"
         UNIQUE_PROMPTS=(--unique-prompts)
         echo "router:  on every request (${ROUTER_PATH:-fast} path)" >&2
         if [ -n "${OUT:-}" ]; then

@@ -59,6 +59,11 @@ pub struct BenchArgs {
     /// The prompt every request carries.
     #[arg(long, default_value = "What is the capital of France?")]
     pub prompt: String,
+    /// Prompts to cycle through instead of `--prompt` (gateway gRPC targets):
+    /// a JSONL file with a `prompt` field per line, as the routing data, or
+    /// plain text with one prompt per line.
+    #[arg(long)]
+    pub prompts: Option<PathBuf>,
     /// Append the request's sequence number to the prompt (gateway gRPC
     /// targets), so no two prompts are alike and the router's prompt cache
     /// never hits: the learned router runs on every request.
@@ -104,6 +109,27 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The prompts of `--prompts`: each line's `prompt` field when it is a JSON object with one, else the
+/// line itself; blank lines skipped.
+fn read_prompts(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let prompts: Vec<String> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v.get("prompt")?.as_str().map(str::to_owned))
+                .unwrap_or_else(|| l.to_owned())
+        })
+        .collect();
+    if prompts.is_empty() {
+        bail!("{} holds no prompts", path.display());
+    }
+    Ok(prompts)
+}
+
 /// Runs one benchmark and returns its report.
 pub async fn measure(args: &BenchArgs) -> anyhow::Result<Report> {
     let mode = match (args.rate, args.concurrency) {
@@ -125,6 +151,10 @@ pub async fn measure(args: &BenchArgs) -> anyhow::Result<Report> {
     };
     let spec = RequestSpec {
         prompt: args.prompt.clone(),
+        prompts: match &args.prompts {
+            Some(path) => read_prompts(path)?.into(),
+            None => Vec::new().into(),
+        },
         unique_prompts: args.unique_prompts,
         model: args.model.clone(),
         max_tokens: args.max_tokens,
@@ -277,4 +307,30 @@ async fn closed_loop(
     }
     tracker.close();
     tracker.wait().await;
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prompts_come_from_jsonl_rows_or_plain_lines() {
+        let file =
+            std::env::temp_dir().join(format!("routemesh-prompts-{}.jsonl", std::process::id()));
+        std::fs::write(
+            &file,
+            "{\"id\": 1, \"prompt\": \"What is 2+2?\"}\n\nplain text line\n{\"no\": \"prompt\"}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            read_prompts(&file).unwrap(),
+            ["What is 2+2?", "plain text line", "{\"no\": \"prompt\"}"]
+        );
+        std::fs::write(&file, "\n  \n").unwrap();
+        let err = read_prompts(&file).unwrap_err().to_string();
+        assert!(err.contains("holds no prompts"), "{err}");
+        std::fs::remove_file(&file).unwrap();
+        assert!(read_prompts(&file).is_err());
+    }
 }

@@ -3,6 +3,7 @@
 //! OpenAI-compatible HTTP endpoint. Requests are built once and cloned, so
 //! the generator spends its CPU on sending, not on building.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -26,6 +27,8 @@ pub enum TargetKind {
     Generate,
     /// `routemesh.v1.Gateway/GenerateStream` (records time to first delta).
     GenerateStream,
+    /// `routemesh.v1.Gateway/Route`: the routing decision alone, nothing generated.
+    Route,
     /// `routemesh.v1.Worker/Generate`, straight to a worker (no gateway).
     WorkerGenerate,
     /// `routemesh.v1.Worker/GenerateStream`, straight to a worker.
@@ -41,6 +44,7 @@ impl TargetKind {
         match self {
             Self::Generate => "generate",
             Self::GenerateStream => "generate-stream",
+            Self::Route => "route",
             Self::WorkerGenerate => "worker-generate",
             Self::WorkerGenerateStream => "worker-generate-stream",
             Self::Http => "http",
@@ -53,6 +57,8 @@ impl TargetKind {
 #[derive(Debug, Clone)]
 pub struct RequestSpec {
     pub prompt: String,
+    /// Gateway targets: request `n` carries `prompts[n % len]` instead of `prompt` (see `--prompts`).
+    pub prompts: Arc<[String]>,
     /// Make every gateway request's prompt distinct (see `--unique-prompts`).
     pub unique_prompts: bool,
     /// Empty: the router chooses (gateway), the worker's own model (worker,
@@ -65,14 +71,23 @@ pub struct RequestSpec {
     pub timeout: Duration,
 }
 
+/// Which gateway RPC a request makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GatewayCall {
+    Generate,
+    GenerateStream,
+    Route,
+}
+
 /// A connected target, cheap to clone into each request task.
 #[derive(Clone)]
 pub enum Target {
     Gateway {
         clients: Vec<GatewayClient<Channel>>,
         request: GenerateRequest,
+        prompts: Arc<[String]>,
         unique_prompts: bool,
-        stream: bool,
+        call: GatewayCall,
         auth: Option<MetadataValue<tonic::metadata::Ascii>>,
         timeout: Duration,
     },
@@ -111,7 +126,7 @@ impl Target {
             ..Default::default()
         });
         match kind {
-            TargetKind::Generate | TargetKind::GenerateStream => {
+            TargetKind::Generate | TargetKind::GenerateStream | TargetKind::Route => {
                 let mut clients = Vec::with_capacity(connections);
                 for _ in 0..connections {
                     clients.push(GatewayClient::new(channel(url).await?));
@@ -134,13 +149,21 @@ impl Target {
                     Self::Gateway {
                         clients,
                         request,
+                        prompts: spec.prompts.clone(),
                         unique_prompts: spec.unique_prompts,
-                        stream: kind == TargetKind::GenerateStream,
+                        call: match kind {
+                            TargetKind::GenerateStream => GatewayCall::GenerateStream,
+                            TargetKind::Route => GatewayCall::Route,
+                            _ => GatewayCall::Generate,
+                        },
                         auth,
                         timeout: spec.timeout,
                     },
                     spec.model.clone(),
                 ))
+            }
+            _ if !spec.prompts.is_empty() => {
+                bail!("--prompts is for gateway targets (generate, generate-stream, route)")
             }
             TargetKind::WorkerGenerate | TargetKind::WorkerGenerateStream => {
                 let mut clients = Vec::with_capacity(connections);
@@ -223,29 +246,45 @@ impl Target {
             Self::Gateway {
                 clients,
                 request,
+                prompts,
                 unique_prompts,
-                stream,
+                call,
                 auth,
                 timeout,
             } => {
                 let mut client = clients[n % clients.len()].clone();
                 let mut body = request.clone();
-                if *unique_prompts && let Some(m) = body.messages.last_mut() {
-                    m.content.push_str(&format!(" [{n}]"));
+                if let Some(m) = body.messages.last_mut() {
+                    if !prompts.is_empty() {
+                        m.content.clone_from(&prompts[n % prompts.len()]);
+                    }
+                    if *unique_prompts {
+                        m.content.push_str(&format!(" [{n}]"));
+                    }
                 }
                 let mut req = tonic::Request::new(body);
                 req.set_timeout(*timeout);
                 if let Some(auth) = auth {
                     req.metadata_mut().insert("authorization", auth.clone());
                 }
-                if !*stream {
-                    return match client.generate(req).await {
-                        Ok(_) => Outcome::Ok {
-                            first: None,
-                            deltas: 0,
-                        },
-                        Err(status) => grpc_error(&status),
-                    };
+                let answered = Outcome::Ok {
+                    first: None,
+                    deltas: 0,
+                };
+                match call {
+                    GatewayCall::Generate => {
+                        return client
+                            .generate(req)
+                            .await
+                            .map_or_else(|status| grpc_error(&status), |_| answered);
+                    }
+                    GatewayCall::Route => {
+                        return client
+                            .route(req)
+                            .await
+                            .map_or_else(|status| grpc_error(&status), |_| answered);
+                    }
+                    GatewayCall::GenerateStream => {}
                 }
                 let mut events = match client.generate_stream(req).await {
                     Ok(r) => r.into_inner(),

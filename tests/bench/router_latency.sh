@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The learned router's decision latency under open-loop load: the Route RPC
+# (the routing decision alone, nothing generated) at each rate, with real
+# prompts cycled from a data file and made distinct, so the prompt cache never
+# hits and the router runs on every request. Also counts the requests the
+# gateway routed on priors because every router slot was busy (they would
+# flatter the latency).
+#
+#   tests/bench/router_latency.sh [RATE...]       default: 50
+#
+#   ROUTER_PATH=full|fast|auto  (default full)   PROMPTS=FILE.jsonl (default
+#   ../shared/data/routing/mix9.jsonl)  DURATION=30s  WARMUP=3s
+#   ENCODER_THREADS=N (unset: the gateway's default)
+#
+# Needs the encoder assets (scripts/fetch-router-assets.sh).
+source "$(dirname "$0")/lib.sh"
+
+RATES=("$@")
+[ ${#RATES[@]} -gt 0 ] || RATES=(50)
+DURATION=${DURATION:-30s}
+WARMUP=${WARMUP:-3s}
+PROMPTS=${PROMPTS:-$ROOT/../shared/data/routing/mix9.jsonl}
+export ROUTER_EVERY_REQUEST=1 ROUTER_PATH=${ROUTER_PATH:-full}
+OUT=${OUT:-$CARGO_TARGET_DIR/bench/router-latency-$(date -u +%Y%m%dT%H%M%S)}
+mkdir -p "$OUT"
+[ -f "$PROMPTS" ] || { echo "no prompts file $PROMPTS (set PROMPTS)" >&2; exit 1; }
+
+build_release
+machine_info | tee "$OUT/machine.txt"
+echo "prompts: $PROMPTS" | tee -a "$OUT/machine.txt"
+
+start_zero_mesh router-latency
+GATEWAY=$(ready_field "$MESH_READY" 'd["gateway"]')
+ADMIN=$(ready_field "$MESH_READY" 'd["admin"]')
+
+# A counter's value from the gateway's /metrics (0 when absent).
+metric() {
+    curl -s "http://$ADMIN/metrics" | awk -v m="$1" '$1 == m {v = $2} END {print v + 0}'
+}
+
+echo "| rate (req/s) | answered/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | errors | routed on priors (slots busy) | router runs | generator send lag p99 ms | load 1m |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
+for rate in "${RATES[@]}"; do
+    overloaded_before=$(metric routemesh_router_overloaded_total)
+    runs_before=$(metric "routemesh_router_inference_seconds_count{path=\"$ROUTER_PATH\"}")
+    bench "$OUT/route-$rate.json" --target route --url "$GATEWAY" --prompts "$PROMPTS" \
+        --unique-prompts --rate "$rate" --duration "$DURATION" --warmup "$WARMUP"
+    overloaded=$(($(metric routemesh_router_overloaded_total) - overloaded_before))
+    runs=$(($(metric "routemesh_router_inference_seconds_count{path=\"$ROUTER_PATH\"}") - runs_before))
+    python3 - "$OUT/route-$rate.json" "$rate" "$overloaded" "$runs" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+lat, lag = r["latency_ms"] or {}, r["send_lag_ms"] or {}
+errors = ", ".join(f"{k}: {v}" for k, v in r["errors"].items()) or "0"
+load = (r.get("loadavg_after") or [float("nan")])[0]
+print(f"| {sys.argv[2]} | {r['achieved_rate']:.1f} | {lat.get('p50', 0):.2f} | {lat.get('p90', 0):.2f} | "
+      f"{lat.get('p99', 0):.2f} | {lat.get('p99_9', 0):.2f} | {lat.get('max', 0):.2f} | {errors} | "
+      f"{sys.argv[3]} | {sys.argv[4]} | {lag.get('p99', 0):.2f} | {load:.2f} |")
+PY
+done
