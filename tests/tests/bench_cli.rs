@@ -81,6 +81,7 @@ fn open_loop_reports_every_request_on_each_target() {
     for (target, url) in [
         ("generate", &gateway),
         ("generate-stream", &gateway),
+        ("route", &gateway),
         ("worker-generate", &worker),
         ("worker-generate-stream", &worker),
         ("http", &http),
@@ -145,6 +146,45 @@ fn closed_loop_and_errors_by_status() {
         "nope",
     ]);
     assert_eq!(report["errors"]["http 404"].as_u64(), Some(10), "{report}");
+}
+
+#[test]
+fn prompts_come_from_a_file_on_gateway_targets_only() {
+    let mesh = mesh();
+    let gateway = mesh.gateway_url();
+    // Prompts cycled from a data file (JSONL with a `prompt` field, or plain lines).
+    let dir = tempfile::tempdir().unwrap();
+    let prompts = dir.path().join("prompts.jsonl");
+    std::fs::write(
+        &prompts,
+        "{\"id\": \"a\", \"prompt\": \"What is 2+2?\"}\nName a prime number.\n",
+    )
+    .unwrap();
+    let prompts = prompts.to_str().unwrap();
+    let report = bench(&[
+        "--target",
+        "route",
+        "--url",
+        &gateway,
+        "--rate",
+        "20",
+        "--prompts",
+        prompts,
+        "--unique-prompts",
+    ]);
+    assert_clean(&report, 20);
+    // Only gateway targets take them.
+    let out = Command::new(routemesh_bin())
+        .args(["bench", "--target", "worker-generate", "--rate", "5"])
+        .args(["--url", &mesh.worker_endpoint(0), "--prompts", prompts])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--prompts is for gateway targets"),
+        "{stderr}"
+    );
 }
 
 #[test]

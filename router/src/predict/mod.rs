@@ -32,38 +32,13 @@ pub struct TrainSet<'a> {
 }
 
 impl TrainSet<'_> {
-    /// Mean observed quality per model (0.5 where a model has no scores at all).
-    /// Mean observed quality per (source, model) over the training rows, `None` without labels.
+    /// Mean observed quality per (source, model) for each training row, `None` without labels.
     pub fn source_means(&self) -> Option<Vec<Vec<f64>>> {
-        use std::collections::HashMap;
-        let sources = self.sources?;
-        let m = self.models.len();
-        let mut acc: HashMap<&str, (Vec<f64>, Vec<f64>)> = HashMap::new();
-        for (src, q) in sources.iter().zip(self.quality) {
-            let e = acc
-                .entry(src.as_str())
-                .or_insert_with(|| (vec![0.0; m], vec![0.0; m]));
-            for (j, v) in q.iter().enumerate() {
-                if let Some(v) = v {
-                    e.0[j] += v;
-                    e.1[j] += 1.0;
-                }
-            }
-        }
-        let prior = self.prior();
-        Some(
-            sources
-                .iter()
-                .map(|s| {
-                    let (sum, n) = &acc[s.as_str()];
-                    (0..m)
-                        .map(|j| if n[j] > 0.0 { sum[j] / n[j] } else { prior[j] })
-                        .collect()
-                })
-                .collect(),
-        )
+        let sources: Vec<&str> = self.sources?.iter().map(String::as_str).collect();
+        Some(source_mean_predictions(&sources, self, &sources))
     }
 
+    /// Mean observed quality per model (0.5 where a model has no scores at all).
     pub fn prior(&self) -> Vec<f64> {
         (0..self.models.len())
             .map(|j| {
