@@ -11,6 +11,9 @@
 #   ROUTER_PATH=full|fast|auto  (default full)   PROMPTS=FILE.jsonl (default
 #   ../shared/data/routing/mix9.jsonl)  DURATION=30s  WARMUP=3s
 #   ENCODER_THREADS=N (unset: the gateway's default)
+#   POOL=zero (one zero-delay sim worker) | pair (two: GPT-4 and Mixtral, the
+#   strong/weak pair the default artifact calibrated, which `auto` predicts
+#   with the encoder)
 #
 # Needs the encoder assets (scripts/fetch-router-assets.sh).
 source "$(dirname "$0")/lib.sh"
@@ -29,7 +32,27 @@ build_release
 machine_info | tee "$OUT/machine.txt"
 echo "prompts: $PROMPTS" | tee -a "$OUT/machine.txt"
 
-start_zero_mesh router-latency
+POOL=${POOL:-zero}
+echo "pool:    $POOL" | tee -a "$OUT/machine.txt"
+if [ "$POOL" = pair ]; then
+    sim="backend: {sim: {ttft_ms: {median: 0}, tokens_per_second: {median: 0}, output_tokens: {median: 16}}}"
+    start_mesh router-latency "gateway:
+  listen: 127.0.0.1:0
+  max_concurrent_requests: 100000
+  router:
+    artifact: $ROOT/router/artifacts/default
+    assets: ${ROUTEMESH_ASSETS:-$ROOT/.cache/routemesh/assets}
+    path: $ROUTER_PATH${ENCODER_THREADS:+
+    encoder_threads: $ENCODER_THREADS}
+workers:
+  - {id: strong-0, model: gpt-4-1106-preview, tier: large, input_usd_per_mtok: 10, output_usd_per_mtok: 30, capacity: 4096, max_queue: 16384, $sim}
+  - {id: weak-0, model: mistralai/Mixtral-8x7B-Instruct-v0.1, tier: small, input_usd_per_mtok: 0.6, output_usd_per_mtok: 0.6, capacity: 4096, max_queue: 16384, $sim}"
+    # Under auto, runs on the pair are counted under path="full".
+    METRIC_PATH=full
+else
+    start_zero_mesh router-latency
+    METRIC_PATH=$ROUTER_PATH
+fi
 GATEWAY=$(ready_field "$MESH_READY" 'd["gateway"]')
 ADMIN=$(ready_field "$MESH_READY" 'd["admin"]')
 
@@ -42,11 +65,11 @@ echo "| rate (req/s) | answered/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms
 echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
 for rate in "${RATES[@]}"; do
     overloaded_before=$(metric routemesh_router_overloaded_total)
-    runs_before=$(metric "routemesh_router_inference_seconds_count{path=\"$ROUTER_PATH\"}")
+    runs_before=$(metric "routemesh_router_inference_seconds_count{path=\"$METRIC_PATH\"}")
     bench "$OUT/route-$rate.json" --target route --url "$GATEWAY" --prompts "$PROMPTS" \
         --unique-prompts --rate "$rate" --duration "$DURATION" --warmup "$WARMUP"
     overloaded=$(($(metric routemesh_router_overloaded_total) - overloaded_before))
-    runs=$(($(metric "routemesh_router_inference_seconds_count{path=\"$ROUTER_PATH\"}") - runs_before))
+    runs=$(($(metric "routemesh_router_inference_seconds_count{path=\"$METRIC_PATH\"}") - runs_before))
     python3 - "$OUT/route-$rate.json" "$rate" "$overloaded" "$runs" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
