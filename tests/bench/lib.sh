@@ -96,9 +96,10 @@ bench() {
     "$BIN" bench --json --output "$out" "$@" > /dev/null
 }
 
-# start_zero_mesh NAME: `routemesh up` with one zero-delay sim worker whose
-# capacity and queue are far above what the rates need (the benchmarks
-# measure latency, not admission). With ROUTER_EVERY_REQUEST set, the
+# start_zero_mesh NAME [WORKERS]: `routemesh up` with one zero-delay sim
+# worker (or the YAML list items WORKERS, each given $ZERO_SIM as its
+# `backend`) whose capacity and queue are far above what the rates need (the
+# benchmarks measure latency, not admission). With ROUTER_EVERY_REQUEST set, the
 # gateway loads the default router artifact (ROUTER_PATH: fast or full) and
 # UNIQUE_PROMPTS holds the bench flag that makes its prompt cache miss
 # (ENCODER_THREADS sets the router's encoder_threads).
@@ -106,6 +107,7 @@ bench() {
 # calls it in-process instead): "added" here is the gateway as deployed, with
 # its workers on other nodes, so the hop to the worker is part of it.
 UNIQUE_PROMPTS=()
+ZERO_SIM="{sim: {ttft_ms: {median: 0}, tokens_per_second: {median: 0}, output_tokens: {median: 16}}}"
 start_zero_mesh() {
     local router_yaml=""
     if [ -n "${ROUTER_EVERY_REQUEST:-}" ]; then
@@ -127,13 +129,5 @@ start_zero_mesh() {
   in_process_workers: ${IN_PROCESS_WORKERS:-false}
 $router_yaml
 workers:
-  - id: zero-0
-    model: zero
-    tier: small
-    input_usd_per_mtok: 0.2
-    output_usd_per_mtok: 0.2
-    capacity: 4096
-    max_queue: 16384
-    backend:
-      sim: {ttft_ms: {median: 0}, tokens_per_second: {median: 0}, output_tokens: {median: 16}}"
+${2:-  - {id: zero-0, model: zero, tier: small, input_usd_per_mtok: 0.2, output_usd_per_mtok: 0.2, capacity: 4096, max_queue: 16384, backend: $ZERO_SIM\}}"
 }

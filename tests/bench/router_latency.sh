@@ -35,18 +35,8 @@ echo "prompts: $PROMPTS" | tee -a "$OUT/machine.txt"
 POOL=${POOL:-zero}
 echo "pool:    $POOL" | tee -a "$OUT/machine.txt"
 if [ "$POOL" = pair ]; then
-    sim="backend: {sim: {ttft_ms: {median: 0}, tokens_per_second: {median: 0}, output_tokens: {median: 16}}}"
-    start_mesh router-latency "gateway:
-  listen: 127.0.0.1:0
-  max_concurrent_requests: 100000
-  router:
-    artifact: $ROOT/router/artifacts/default
-    assets: ${ROUTEMESH_ASSETS:-$ROOT/.cache/routemesh/assets}
-    path: $ROUTER_PATH${ENCODER_THREADS:+
-    encoder_threads: $ENCODER_THREADS}
-workers:
-  - {id: strong-0, model: gpt-4-1106-preview, tier: large, input_usd_per_mtok: 10, output_usd_per_mtok: 30, capacity: 4096, max_queue: 16384, $sim}
-  - {id: weak-0, model: mistralai/Mixtral-8x7B-Instruct-v0.1, tier: small, input_usd_per_mtok: 0.6, output_usd_per_mtok: 0.6, capacity: 4096, max_queue: 16384, $sim}"
+    start_zero_mesh router-latency "  - {id: strong-0, model: gpt-4-1106-preview, tier: large, input_usd_per_mtok: 10, output_usd_per_mtok: 30, capacity: 4096, max_queue: 16384, backend: $ZERO_SIM}
+  - {id: weak-0, model: mistralai/Mixtral-8x7B-Instruct-v0.1, tier: small, input_usd_per_mtok: 0.6, output_usd_per_mtok: 0.6, capacity: 4096, max_queue: 16384, backend: $ZERO_SIM}"
     # Under auto, runs on the pair are counted under path="full".
     METRIC_PATH=full
 else
