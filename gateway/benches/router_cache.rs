@@ -7,7 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use routemesh_gateway::quality::{QualityModel, RouterSettings};
+use routemesh_gateway::routing::quality::{QualityModel, RouterSettings};
 
 fn bench(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread()

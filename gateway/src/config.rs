@@ -160,7 +160,7 @@ pub struct GatewayConfig {
     pub max_request_bytes: usize,
     /// API keys and their tenants.
     #[serde(default)]
-    pub auth: crate::auth::AuthConfig,
+    pub auth: crate::tenancy::auth::AuthConfig,
     /// ε of the utility policy: quality points per unit of recent error rate.
     #[serde(default = "default_error_weight")]
     pub error_weight: f64,
@@ -178,7 +178,7 @@ pub struct GatewayConfig {
     pub worker_tls: Option<routemesh_worker::config::TlsFiles>,
     /// The learned router (quality prediction).
     #[serde(default)]
-    pub router: crate::quality::RouterSettings,
+    pub router: crate::routing::quality::RouterSettings,
     /// When the limits store (Redis) is unreachable: admit requests (true, the
     /// default: availability first; spend is still recorded in telemetry) or
     /// refuse them with UNAVAILABLE (false).
@@ -186,10 +186,10 @@ pub struct GatewayConfig {
     pub limits_fail_open: bool,
     /// The per-worker circuit breaker.
     #[serde(default)]
-    pub circuit_breaker: crate::breaker::BreakerConfig,
+    pub circuit_breaker: crate::pool::breaker::BreakerConfig,
     /// Per-tenant settings, by tenant name.
     #[serde(default)]
-    pub tenants: std::collections::HashMap<String, crate::tenants::TenantConfig>,
+    pub tenants: std::collections::HashMap<String, crate::tenancy::tenants::TenantConfig>,
 }
 
 /// Telemetry is shared through `registry.redis` when that is set, and kept in
@@ -416,7 +416,7 @@ impl Config {
                 return bad(key, format!("{w} must be a finite number >= 0"));
             }
         }
-        crate::auth::ApiKeys::from_config(&g.auth)?;
+        crate::tenancy::auth::ApiKeys::from_config(&g.auth)?;
         g.circuit_breaker.validate()?;
         for (key, tls) in [("tls", &g.tls), ("worker_tls", &g.worker_tls)] {
             // Its errors read "<field>: <why>".

@@ -92,6 +92,25 @@ impl GatewayError {
         }
     }
 
+    /// The request field at fault, when the client's request was wrong.
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            GatewayError::InvalidArgument { field, .. }
+            | GatewayError::UnknownModel { field, .. } => Some(field),
+            GatewayError::UnknownRequest(_) => Some("request_id"),
+            _ => None,
+        }
+    }
+
+    /// Logs the failure at the level its side deserves: the client's
+    /// mistakes at debug, everything else as a warning.
+    pub fn log(&self) {
+        match self.side() {
+            "client" => tracing::debug!(error = %self, "request refused"),
+            side => tracing::warn!(error = %self, side, "request failed"),
+        }
+    }
+
     /// Which side failed, for logs and metrics.
     pub fn side(&self) -> &'static str {
         match self {
@@ -124,10 +143,7 @@ impl From<GatewayError> for Status {
             e,
             GatewayError::Overloaded(_) | GatewayError::OverLimit { .. }
         );
-        match e.side() {
-            "client" => tracing::debug!(error = %e, "request refused"),
-            _ => tracing::warn!(error = %e, side = e.side(), "request failed"),
-        }
+        e.log();
         let mut status = Status::new(code, e.to_string());
         if overloaded {
             status.metadata_mut().insert(

@@ -1,29 +1,24 @@
-//! The routemesh gateway: the public gRPC API in front of a pool of model
-//! workers, choosing a model and worker per request.
+//! The routemesh gateway: the public gRPC and OpenAI APIs in front of a pool
+//! of model workers, choosing a model and worker per request.
+//!
+//! A request flows through the folders in order: `api/` (the edges) ->
+//! `serve/` (admission, the one attempt loop, accounting, delivery) ->
+//! `routing/` (quality, policy, strategy) -> `pool/` (workers, breakers,
+//! transport); `tenancy/` (keys, limits, budgets, cost) is consulted on the
+//! way. `server` assembles it; `up` runs a whole mesh in one process.
 
-pub mod admin;
-pub mod auth;
+pub mod api;
 pub mod bench;
-pub mod breaker;
 pub mod config;
-pub mod cost;
 pub mod error;
-pub mod grpc_auth;
-pub mod keys;
-pub mod limits;
 pub mod metrics;
-pub mod openai;
 pub mod pool;
-pub mod quality;
-pub mod recent;
-pub mod retry;
+pub mod routing;
+pub mod serve;
 pub mod server;
-pub mod service;
-pub mod tenants;
+pub mod tenancy;
 pub mod tracing_setup;
-pub mod transport;
 pub mod up;
-pub mod validate;
 
 pub use config::{Config, ConfigError, GatewayConfig, RegistryConfig};
 pub use server::{RunningGateway, start_gateway};

@@ -155,7 +155,8 @@ async fn keys_command(config: &Config, command: KeysCommand) -> anyhow::Result<(
     let Some(redis) = &config.registry.redis else {
         bail!("`routemesh keys` manages keys in Redis: the configuration needs `registry.redis`");
     };
-    let store = routemesh_gateway::keys::RedisKeys::connect(&redis.url, &redis.mesh).await?;
+    let store =
+        routemesh_gateway::tenancy::keys::RedisKeys::connect(&redis.url, &redis.mesh).await?;
     let now = routemesh_telemetry::record::now_ms();
     let when = |ms: u64| {
         humantime::format_rfc3339_seconds(
@@ -511,7 +512,7 @@ async fn print_cost(config: &Config, hours: u64, daily: bool, json: bool) -> any
             (a.input_usd_per_mtok + a.output_usd_per_mtok)
                 .total_cmp(&(b.input_usd_per_mtok + b.output_usd_per_mtok))
         })
-        .map(|w| routemesh_gateway::cost::Counterfactual {
+        .map(|w| routemesh_gateway::tenancy::cost::Counterfactual {
             model: w.model,
             input_usd_per_mtok: w.input_usd_per_mtok,
             output_usd_per_mtok: w.output_usd_per_mtok,
@@ -519,7 +520,7 @@ async fn print_cost(config: &Config, hours: u64, daily: bool, json: bool) -> any
     let to = routemesh_telemetry::record::now_ms();
     let from = to.saturating_sub(hours.clamp(1, 24 * 400) * 3_600_000);
     let rows = telemetry.spend(from, to, daily).await?;
-    let report = routemesh_gateway::cost::report(&rows, strongest, from, to);
+    let report = routemesh_gateway::tenancy::cost::report(&rows, strongest, from, to);
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

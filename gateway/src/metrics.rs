@@ -240,18 +240,18 @@ pub const BREAKER_TRANSITIONS: &str = "routemesh_circuit_breaker_transitions_tot
 pub const BREAKER_STATE: &str = "routemesh_circuit_breaker_state";
 
 /// A worker's circuit breaker changed state.
-pub fn breaker_transition(worker: &str, model: &str, t: crate::breaker::Transition) {
+pub fn breaker_transition(worker: &str, model: &str, t: crate::pool::breaker::Transition) {
     counter!(BREAKER_TRANSITIONS, "worker" => worker.to_string(), "model" => model.to_string(),
              "from" => t.from.as_str(), "to" => t.to.as_str())
     .increment(1);
     breaker_state(worker, model, t.to);
 }
 
-pub fn breaker_state(worker: &str, model: &str, state: crate::breaker::State) {
+pub fn breaker_state(worker: &str, model: &str, state: crate::pool::breaker::State) {
     let value = match state {
-        crate::breaker::State::Closed => 0.0,
-        crate::breaker::State::HalfOpen => 1.0,
-        crate::breaker::State::Open => 2.0,
+        crate::pool::breaker::State::Closed => 0.0,
+        crate::pool::breaker::State::HalfOpen => 1.0,
+        crate::pool::breaker::State::Open => 2.0,
     };
     gauge!(BREAKER_STATE, "worker" => worker.to_string(), "model" => model.to_string()).set(value);
 }

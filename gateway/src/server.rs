@@ -17,14 +17,15 @@ use tower::ServiceBuilder;
 
 use routemesh_telemetry::{Recorder, Telemetry};
 
-use crate::auth::ApiKeys;
+use crate::api::grpc::GatewayService;
 use crate::config::GatewayConfig;
 use crate::pool::Pool;
-use crate::quality::QualityModel;
-use crate::recent::Recent;
-use crate::service::{GatewayService, GatewayState};
-use crate::tenants::CostTargets;
-use crate::transport::LocalWorkers;
+use crate::pool::transport::LocalWorkers;
+use crate::routing::quality::QualityModel;
+use crate::serve::GatewayState;
+use crate::serve::recent::Recent;
+use crate::tenancy::auth::ApiKeys;
+use crate::tenancy::tenants::CostTargets;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -239,7 +240,7 @@ pub async fn start_gateway(
     registry: Arc<dyn Registry>,
     local: LocalWorkers,
     shared_telemetry: Option<Telemetry>,
-    limits: Option<crate::limits::Limits>,
+    limits: Option<crate::tenancy::limits::Limits>,
     keys: Option<ApiKeys>,
 ) -> Result<RunningGateway, ServeError> {
     let keys = match keys {
@@ -329,16 +330,17 @@ pub async fn start_gateway(
     let state = Arc::new(GatewayState {
         pool,
         policy: policy(&config, cost_weight),
+        strategy: Box::new(crate::routing::strategy::Single),
         recent: Recent::new(config.feedback_window),
         recorder: Recorder::start(shared_telemetry, config.telemetry.recorder()),
         cost_targets: CostTargets::new(&config.tenants, cost_weight),
         quality,
-        retry_budget: crate::retry::RetryBudget::new(
+        retry_budget: crate::pool::retry::RetryBudget::new(
             config.retry_budget_ratio,
             config.retry_budget_burst,
         ),
         limits: limits.unwrap_or_else(|| {
-            crate::limits::Limits::in_memory(&config.tenants, config.limits_fail_open)
+            crate::tenancy::limits::Limits::in_memory(&config.tenants, config.limits_fail_open)
         }),
         admission: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_requests)),
         config: config.clone(),
@@ -364,7 +366,7 @@ pub async fn start_gateway(
     let service = GatewayService::new(state.clone());
     // Authentication for the Gateway service only: health and reflection stay
     // open for probes and tooling.
-    let grpc_service = crate::grpc_auth::Authenticated::new(
+    let grpc_service = crate::api::grpc_auth::Authenticated::new(
         GatewayServer::new(service.clone())
             .max_decoding_message_size(config.max_request_bytes)
             .max_encoding_message_size(usize::MAX),
@@ -373,8 +375,8 @@ pub async fn start_gateway(
     let stop_serving = CancellationToken::new();
     let http = match http_listener {
         Some(listener) => {
-            let app = crate::openai::router(crate::openai::HttpState {
-                service,
+            let app = crate::api::openai::router(crate::api::openai::HttpState {
+                state: state.clone(),
                 keys,
                 max_body_bytes: config.max_request_bytes,
             });
@@ -392,7 +394,7 @@ pub async fn start_gateway(
     let admin = match admin_listener {
         Some(listener) => Some(serve_http(
             listener,
-            crate::admin::router(state.clone()),
+            crate::api::admin::router(state.clone()),
             stop_admin.clone(),
             None,
         )?),

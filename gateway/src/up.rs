@@ -12,8 +12,8 @@ use routemesh_worker::{
 use routemesh_telemetry::{RedisStore, Telemetry};
 
 use crate::config::Config;
+use crate::pool::transport::LocalWorkers;
 use crate::server::{RunningGateway, ServeError, start_gateway};
-use crate::transport::LocalWorkers;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpError {
@@ -28,7 +28,7 @@ pub enum UpError {
     #[error("gateway: {0}")]
     Gateway(#[from] ServeError),
     #[error("API keys: {0}")]
-    Keys(crate::keys::KeyStoreError),
+    Keys(crate::tenancy::keys::KeyStoreError),
 }
 
 /// Connects the registry a configuration names. `memory` holds the static
@@ -102,7 +102,7 @@ impl Mesh {
             };
             let limits = match &config.registry.redis {
                 Some(r) if config.gateway.tenants.values().any(|t| t.has_limits()) => {
-                    match crate::limits::Limits::redis(
+                    match crate::tenancy::limits::Limits::redis(
                         &r.url,
                         &r.mesh,
                         &config.gateway.tenants,
@@ -121,8 +121,10 @@ impl Mesh {
             };
             let keys = match (&config.registry.redis, config.gateway.auth.redis) {
                 (Some(r), true) => {
-                    let store = crate::keys::RedisKeys::connect(&r.url, &r.mesh).await;
-                    match store.map(|s| crate::auth::ApiKeys::with_redis(&config.gateway.auth, s)) {
+                    let store = crate::tenancy::keys::RedisKeys::connect(&r.url, &r.mesh).await;
+                    match store
+                        .map(|s| crate::tenancy::auth::ApiKeys::with_redis(&config.gateway.auth, s))
+                    {
                         Ok(Ok(keys)) => Some(keys),
                         Ok(Err((key, why))) => {
                             mesh.shutdown().await;

@@ -5,6 +5,7 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 pub mod fake_openai;
+pub mod rogue_worker;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -13,6 +13,9 @@ pub enum Outcome {
     Timeout,
     /// The worker refused for lack of capacity.
     Overloaded,
+    /// The client went away before the answer was complete: nobody's fault,
+    /// and not counted as an error. What was generated is still charged.
+    Cancelled,
 }
 
 /// One served (or failed) request at one worker.

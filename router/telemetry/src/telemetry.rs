@@ -182,6 +182,7 @@ impl Telemetry {
                     Outcome::WorkerError => add(f, "err", 1.0),
                     Outcome::Timeout => add(f, "timeout", 1.0),
                     Outcome::Overloaded => add(f, "overloaded", 1.0),
+                    Outcome::Cancelled => add(f, "cancelled", 1.0),
                 }
                 add(f, "tok_in", f64::from(r.prompt_tokens));
                 add(f, "tok_out", f64::from(r.completion_tokens));

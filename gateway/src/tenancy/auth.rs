@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::error::GatewayError;
-use crate::keys::{RedisKeys, StoredKey, digest};
+use crate::tenancy::keys::{RedisKeys, StoredKey, digest};
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]

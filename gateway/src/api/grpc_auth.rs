@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 use tonic::body::Body;
 use tonic::server::NamedService;
 
-use crate::auth::ApiKeys;
+use crate::tenancy::auth::ApiKeys;
 
 /// `inner`, answering UNAUTHENTICATED (or UNAVAILABLE when keys cannot be
 /// checked) before it when the request's `authorization` is not accepted.

@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use crate::tenants::TenantConfig;
+use crate::tenancy::tenants::TenantConfig;
 
 /// A limit a request ran into; named in the RESOURCE_EXHAUSTED message.
 #[derive(Debug, Clone, PartialEq)]

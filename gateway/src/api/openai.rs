@@ -1,9 +1,10 @@
 //! The OpenAI-compatible HTTP API: `POST /v1/chat/completions` (plain and
 //! SSE) and `GET /v1/models`, served beside gRPC on the same routing path.
 //!
-//! Requests are translated into the gRPC service's messages and run through
-//! the very same `GatewayService` methods, so validation, routing, failover,
-//! deadlines and accounting are shared; only the wire format differs.
+//! Requests are translated into the native request and run through the very
+//! same serving path as gRPC, so validation, routing, failover, deadlines and
+//! accounting are shared; only the wire format differs. Failures map to HTTP
+//! from the path's typed errors (`GatewayError`), never from message text.
 
 use std::convert::Infallible;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -16,21 +17,24 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures::StreamExt;
 use routemesh_proto::v1::{
-    ChatMessage, FinishReason, GenerateRequest, GenerationParams, ListModelsRequest, RouteDecision,
-    RoutingHints, Tier as WireTier, Usage, gateway_server::Gateway, generate_stream_event,
+    ChatMessage, FinishReason, GenerateRequest, GenerationParams, RouteDecision, RoutingHints,
+    Tier as WireTier, Usage, generate_stream_event,
 };
 use serde_json::{Value, json};
 use tonic::Code;
+use tracing::Instrument;
 
-use crate::auth::ApiKeys;
-use crate::service::{GatewayService, HttpApi};
+use crate::error::GatewayError;
+use crate::serve::{Api, GatewayState, Incoming};
+use crate::tenancy::auth::ApiKeys;
+use crate::tenancy::auth::Tenant;
 
 /// The virtual model that asks the router to choose.
 pub const ROUTER_MODEL: &str = "router";
 
 #[derive(Clone)]
 pub struct HttpState {
-    pub service: GatewayService,
+    pub state: std::sync::Arc<GatewayState>,
     pub keys: ApiKeys,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
@@ -112,15 +116,12 @@ fn http_status(code: Code) -> (StatusCode, &'static str) {
     }
 }
 
-fn status_response(status: &tonic::Status) -> ApiError {
-    let (http, kind) = http_status(status.code());
-    // The gRPC messages start with the field at fault ("params.top_p: ...").
-    let param = status
-        .message()
-        .split_once(": ")
-        .map(|(field, _)| field)
-        .filter(|f| !f.contains(' '));
-    openai_error(http, kind, param, status.message().to_string())
+/// A failure of the serving path in OpenAI's shape; `param` names the field
+/// at fault when the request was wrong.
+fn gateway_error(e: GatewayError) -> ApiError {
+    e.log();
+    let (http, kind) = http_status(e.code());
+    openai_error(http, kind, e.field(), e.to_string())
 }
 
 fn bad_request(param: &str, message: impl Into<String>) -> ApiError {
@@ -138,24 +139,16 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Authenticates from the `Authorization` header; the tenant (if keys are on)
-/// goes into the gRPC request's extensions exactly as the gRPC edge does.
-async fn authorize<T>(
-    state: &HttpState,
-    headers: &HeaderMap,
-    request: &mut tonic::Request<T>,
-) -> Result<(), ApiError> {
+/// Authenticates from the `Authorization` header: the tenant, if keys are on.
+async fn authorize(state: &HttpState, headers: &HeaderMap) -> Result<Option<Tenant>, ApiError> {
     let authorization = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    match state.keys.authenticate(authorization).await {
-        Ok(Some(tenant)) => {
-            request.extensions_mut().insert(tenant);
-            Ok(())
-        }
-        Ok(None) => Ok(()),
-        Err(e) => Err(status_response(&tonic::Status::from(e))),
-    }
+    state
+        .keys
+        .authenticate(authorization)
+        .await
+        .map_err(gateway_error)
 }
 
 /// A chat request parsed from OpenAI's JSON.
@@ -425,28 +418,58 @@ async fn chat_completions(
     if chat.requested_model.is_empty() {
         return bad_request("model", "must not be empty").into_response();
     }
-    let mut request = tonic::Request::new(chat.grpc);
-    request.extensions_mut().insert(HttpApi);
+    let tenant = match authorize(&state, &headers).await {
+        Ok(tenant) => tenant,
+        Err(e) => return e.into_response(),
+    };
     // W3C trace context from HTTP headers continues like gRPC metadata.
+    let mut metadata = tonic::metadata::MetadataMap::new();
     for name in ["traceparent", "tracestate"] {
         if let Some(value) = headers
             .get(name)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok())
         {
-            request.metadata_mut().insert(name, value);
+            metadata.insert(name, value);
         }
     }
-    if let Err(e) = authorize(&state, &headers, &mut request).await {
-        return e.into_response();
-    }
-    if chat.stream {
-        stream_completion(state, request, chat.include_usage).await
+    let method = if chat.stream {
+        "GenerateStream"
     } else {
-        match state.service.generate(request).await {
-            Err(status) => status_response(&status).into_response(),
-            Ok(response) => {
-                let done = response.into_inner();
+        "Generate"
+    };
+    let span = crate::api::request_span(
+        Api::Http,
+        method,
+        &chat.grpc.request_id,
+        &chat.grpc.model,
+        &metadata,
+    );
+    let incoming = Incoming {
+        message: chat.grpc,
+        tenant,
+        deadline: None,
+    };
+    let start = tokio::time::Instant::now();
+    if chat.stream {
+        let events = state.state.generate_stream(incoming).instrument(span).await;
+        let code = events
+            .as_ref()
+            .map_or_else(GatewayError::code, |_| Code::Ok);
+        crate::metrics::request("http", method, code, start.elapsed());
+        match events {
+            Ok((request_id, events)) => {
+                stream_completion(request_id, events, chat.include_usage).await
+            }
+            Err(e) => gateway_error(e).into_response(),
+        }
+    } else {
+        let done = state.state.generate(incoming).instrument(span).await;
+        let code = done.as_ref().map_or_else(GatewayError::code, |_| Code::Ok);
+        crate::metrics::request("http", method, code, start.elapsed());
+        match done {
+            Err(e) => gateway_error(e).into_response(),
+            Ok(done) => {
                 let usage = done.usage.unwrap_or_default();
                 let route = done.route.unwrap_or_default();
                 let body = json!({
@@ -476,31 +499,25 @@ fn sse_data(value: &Value) -> Bytes {
 }
 
 async fn stream_completion(
-    state: HttpState,
-    request: tonic::Request<GenerateRequest>,
+    request_id: String,
+    mut events: crate::serve::EventStream,
     include_usage: bool,
 ) -> Response {
-    let response = match state.service.generate_stream(request).await {
-        Ok(r) => r,
-        Err(status) => return status_response(&status).into_response(),
-    };
-    let request_id = response
-        .metadata()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
-    let mut events = response.into_inner();
     // The gateway sends the routing decision first: it sets the headers.
     let route = match events.next().await {
         Some(Ok(e)) => match e.event {
             Some(generate_stream_event::Event::Route(route)) => route,
             _ => RouteDecision::default(),
         },
-        Some(Err(status)) => return status_response(&status).into_response(),
+        Some(Err(e)) => return gateway_error(e).into_response(),
         None => {
-            return status_response(&tonic::Status::internal("stream ended before it began"))
-                .into_response();
+            return openai_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                None,
+                "stream ended before it began".into(),
+            )
+            .into_response();
         }
     };
     let id = format!("chatcmpl-{request_id}");
@@ -533,9 +550,10 @@ async fn stream_completion(
                         _ => Some((Vec::new(), Some(events))),
                     },
                     // Mid-stream failures arrive as an error event, as OpenAI sends them.
-                    Some(Err(status)) => {
-                        let (_, kind) = http_status(status.code());
-                        let error = json!({"error": {"message": status.message(), "type": kind, "param": Value::Null, "code": Value::Null}});
+                    Some(Err(e)) => {
+                        e.log();
+                        let (_, kind) = http_status(e.code());
+                        let error = json!({"error": {"message": e.to_string(), "type": kind, "param": Value::Null, "code": Value::Null}});
                         Some((vec![sse_data(&error)], None))
                     }
                     None => None,
@@ -554,35 +572,28 @@ async fn stream_completion(
 }
 
 async fn list_models(State(state): State<HttpState>, headers: HeaderMap) -> Response {
-    let mut request = tonic::Request::new(ListModelsRequest {});
-    if let Err(e) = authorize(&state, &headers, &mut request).await {
+    if let Err(e) = authorize(&state, &headers).await {
         return e.into_response();
     }
-    match state.service.list_models(request).await {
-        Err(status) => status_response(&status).into_response(),
-        Ok(models) => {
-            let mut data = vec![
-                json!({"id": ROUTER_MODEL, "object": "model", "created": 0, "owned_by": "routemesh",
-                                       "routemesh": {"virtual": true, "description": "learned routing with the gateway's default policy"}}),
-            ];
-            for (strong, weak, share, threshold) in
-                state.service.state().quality.calibrated_thresholds()
-            {
-                data.push(json!({"id": format!("router-mf-{threshold:.3}"), "object": "model", "created": 0, "owned_by": "routemesh",
-                                 "routemesh": {"virtual": true, "description": format!(
-                                     "RouteLLM-style threshold routing between the pool's most and least expensive models; about {:.0}% strong calls on the {strong} / {weak} training prompts", share * 100.0)}}));
-            }
-            for m in models.into_inner().models {
-                let tier = if m.tier == WireTier::Large as i32 {
-                    "large"
-                } else {
-                    "small"
-                };
-                data.push(json!({"id": m.name, "object": "model", "created": 0, "owned_by": "routemesh",
-                                 "routemesh": {"tier": tier, "input_usd_per_mtok": m.input_usd_per_mtok,
-                                               "output_usd_per_mtok": m.output_usd_per_mtok, "healthy_workers": m.healthy_workers}}));
-            }
-            axum::Json(json!({"object": "list", "data": data})).into_response()
-        }
+    let models = state.state.list_models();
+    let mut data = vec![
+        json!({"id": ROUTER_MODEL, "object": "model", "created": 0, "owned_by": "routemesh",
+                               "routemesh": {"virtual": true, "description": "learned routing with the gateway's default policy"}}),
+    ];
+    for (strong, weak, share, threshold) in state.state.quality.calibrated_thresholds() {
+        data.push(json!({"id": format!("router-mf-{threshold:.3}"), "object": "model", "created": 0, "owned_by": "routemesh",
+                         "routemesh": {"virtual": true, "description": format!(
+                             "RouteLLM-style threshold routing between the pool's most and least expensive models; about {:.0}% strong calls on the {strong} / {weak} training prompts", share * 100.0)}}));
     }
+    for m in models.models {
+        let tier = if m.tier == WireTier::Large as i32 {
+            "large"
+        } else {
+            "small"
+        };
+        data.push(json!({"id": m.name, "object": "model", "created": 0, "owned_by": "routemesh",
+                         "routemesh": {"tier": tier, "input_usd_per_mtok": m.input_usd_per_mtok,
+                                       "output_usd_per_mtok": m.output_usd_per_mtok, "healthy_workers": m.healthy_workers}}));
+    }
+    axum::Json(json!({"object": "list", "data": data})).into_response()
 }

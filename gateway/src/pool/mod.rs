@@ -16,8 +16,25 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
 
-use crate::breaker::{Breaker, BreakerConfig, Permit, State, Transition};
-use crate::transport::{LocalWorkers, WorkerChannel};
+pub mod breaker;
+pub(crate) mod retry;
+pub mod transport;
+
+use self::breaker::{Breaker, BreakerConfig, Permit, State, Transition};
+use self::transport::{LocalWorkers, WorkerChannel};
+
+/// What one finished call says about a worker's health, for its breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// It answered.
+    Served,
+    /// It failed (its own fault: an error, a broken connection, a timeout
+    /// of the gateway's whole budget).
+    Failed,
+    /// Nothing about its health: the client's bad input, a client's own
+    /// short deadline, a client that left, or mere load.
+    NoSignal,
+}
 
 /// One worker and the gateway's view of it.
 #[derive(Debug)]
@@ -143,19 +160,18 @@ impl WorkerHandle {
         permit.map(|p| self.begin(p))
     }
 
-    /// Reports a call's outcome to the breaker: `Some(true)` the worker
-    /// failed, `Some(false)` it served, `None` nothing about its health.
-    pub fn report(&self, failed: Option<bool>) {
+    /// Reports a call's outcome to the breaker.
+    pub(crate) fn report(&self, verdict: Verdict) {
         let now = tokio::time::Instant::now();
-        let transition = match failed {
-            Some(true) => self.breaker.on_failure(now),
-            Some(false) => {
+        let transition = match verdict {
+            Verdict::Failed => self.breaker.on_failure(now),
+            Verdict::Served => {
                 if let Ok(mut last) = self.last_served.lock() {
                     *last = Some(now);
                 }
                 self.breaker.on_success(now)
             }
-            None => None,
+            Verdict::NoSignal => None,
         };
         if let Some(t) = transition {
             self.breaker_moved(t);
@@ -265,6 +281,15 @@ impl WorkerHandle {
 }
 
 pub type Snapshot = Arc<Vec<Arc<WorkerHandle>>>;
+
+/// The most expensive model among `workers`: what "everything to the
+/// strongest model" would have cost, the counterfactual of the cost report.
+pub fn strongest(workers: &[Arc<WorkerHandle>]) -> Option<&ModelSpec> {
+    workers.iter().map(|w| &w.spec).max_by(|a, b| {
+        (a.input_usd_per_mtok + a.output_usd_per_mtok)
+            .total_cmp(&(b.input_usd_per_mtok + b.output_usd_per_mtok))
+    })
+}
 
 /// The client side of TLS towards workers, following its certificate files.
 pub type WorkerTls = Reloading<rustls::ClientConfig>;

@@ -11,8 +11,8 @@ use axum::routing::get;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::cost::{Counterfactual, report};
-use crate::service::GatewayState;
+use crate::serve::GatewayState;
+use crate::tenancy::cost::{Counterfactual, report};
 
 /// The built-in overview page: spend, savings, routing mix, latency and
 /// worker health, drawn from `/v1/overview` with no dependency.
@@ -83,21 +83,13 @@ struct CostQuery {
 }
 
 /// The pool's most expensive model: the "everything to the strongest model"
-/// counterfactual.
-pub fn strongest(state: &GatewayState) -> Option<Counterfactual> {
-    state
-        .pool
-        .snapshot()
-        .iter()
-        .max_by(|a, b| {
-            (a.record.input_usd_per_mtok + a.record.output_usd_per_mtok)
-                .total_cmp(&(b.record.input_usd_per_mtok + b.record.output_usd_per_mtok))
-        })
-        .map(|w| Counterfactual {
-            model: w.record.model.clone(),
-            input_usd_per_mtok: w.record.input_usd_per_mtok,
-            output_usd_per_mtok: w.record.output_usd_per_mtok,
-        })
+/// counterfactual of the cost report.
+fn strongest(state: &GatewayState) -> Option<Counterfactual> {
+    crate::pool::strongest(&state.pool.snapshot()).map(|spec| Counterfactual {
+        model: spec.name.clone(),
+        input_usd_per_mtok: spec.input_usd_per_mtok,
+        output_usd_per_mtok: spec.output_usd_per_mtok,
+    })
 }
 
 async fn cost(State(state): State<Arc<GatewayState>>, Query(q): Query<CostQuery>) -> Response {

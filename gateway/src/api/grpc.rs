@@ -1,0 +1,153 @@
+//! The gRPC Gateway service: reads the transport's facts (tenant, deadline,
+//! trace), hands the request to the serving path, and counts each call.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use routemesh_proto::v1::{
+    FeedbackRequest, FeedbackResponse, GenerateRequest, GenerateResponse, GenerateStreamEvent,
+    ListModelsRequest, ListModelsResponse, RouteDecision, gateway_server::Gateway,
+};
+use tokio::time::Instant;
+use tonic::{Code, Request, Response, Status};
+use tracing::Instrument;
+
+use crate::serve::{Api, GatewayState, Incoming};
+use crate::tenancy::auth::Tenant;
+
+#[derive(Debug, Clone)]
+pub struct GatewayService {
+    state: Arc<GatewayState>,
+}
+
+impl GatewayService {
+    pub fn new(state: Arc<GatewayState>) -> Self {
+        Self { state }
+    }
+}
+
+/// The client's deadline from its `grpc-timeout` header, if it sent one.
+fn client_deadline<T>(request: &Request<T>) -> Option<Duration> {
+    let value = request.metadata().get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// The request as the serving path takes it, with its server span.
+fn incoming(
+    request: Request<GenerateRequest>,
+    method: &'static str,
+) -> (Incoming<GenerateRequest>, tracing::Span) {
+    let message = request.get_ref();
+    let span = crate::api::request_span(
+        Api::Grpc,
+        method,
+        &message.request_id,
+        &message.model,
+        request.metadata(),
+    );
+    let deadline = client_deadline(&request);
+    let tenant = request.extensions().get::<Tenant>().cloned();
+    let incoming = Incoming {
+        message: request.into_inner(),
+        tenant,
+        deadline,
+    };
+    (incoming, span)
+}
+
+fn with_request_id<T>(message: T, request_id: &str) -> Response<T> {
+    let mut response = Response::new(message);
+    if let Ok(value) = request_id.parse() {
+        response.metadata_mut().insert("x-request-id", value);
+    }
+    response
+}
+
+fn code_of<T>(result: &Result<T, Status>) -> Code {
+    result.as_ref().map_or_else(Status::code, |_| Code::Ok)
+}
+
+type EventStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<GenerateStreamEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Gateway for GatewayService {
+    async fn generate(
+        &self,
+        request: Request<GenerateRequest>,
+    ) -> Result<Response<GenerateResponse>, Status> {
+        let start = Instant::now();
+        let (incoming, span) = incoming(request, "Generate");
+        let result = self
+            .state
+            .generate(incoming)
+            .instrument(span)
+            .await
+            .map(|done| {
+                let request_id = done.request_id.clone();
+                with_request_id(done, &request_id)
+            })
+            .map_err(Status::from);
+        crate::metrics::request("grpc", "Generate", code_of(&result), start.elapsed());
+        result
+    }
+
+    type GenerateStreamStream = EventStream;
+
+    async fn generate_stream(
+        &self,
+        request: Request<GenerateRequest>,
+    ) -> Result<Response<Self::GenerateStreamStream>, Status> {
+        let start = Instant::now();
+        let (incoming, span) = incoming(request, "GenerateStream");
+        let result = self
+            .state
+            .generate_stream(incoming)
+            .instrument(span)
+            .await
+            .map(|(request_id, events)| {
+                let events: EventStream = events.map(|e| e.map_err(Status::from)).boxed();
+                with_request_id(events, &request_id)
+            })
+            .map_err(Status::from);
+        // Time to the first event: a stream's later failures are counted per
+        // worker call.
+        crate::metrics::request("grpc", "GenerateStream", code_of(&result), start.elapsed());
+        result
+    }
+
+    async fn route(
+        &self,
+        request: Request<GenerateRequest>,
+    ) -> Result<Response<RouteDecision>, Status> {
+        let (incoming, _) = incoming(request, "Route");
+        let decision = self.state.route_only(incoming).await?;
+        let request_id = decision.request_id.clone();
+        Ok(with_request_id(decision, &request_id))
+    }
+
+    async fn feedback(
+        &self,
+        request: Request<FeedbackRequest>,
+    ) -> Result<Response<FeedbackResponse>, Status> {
+        Ok(Response::new(self.state.feedback(request.into_inner())?))
+    }
+
+    async fn list_models(
+        &self,
+        _request: Request<ListModelsRequest>,
+    ) -> Result<Response<ListModelsResponse>, Status> {
+        Ok(Response::new(self.state.list_models()))
+    }
+}

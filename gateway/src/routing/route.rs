@@ -1,0 +1,271 @@
+//! One routing decision: the pool's workers as the policy sees them, the
+//! predicted quality of each model, the policy's choice and its explanation.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use routemesh_proto::v1::{RouteCandidate, RouteDecision};
+use routemesh_router::{Decision, NoCandidate, Policy, Prediction, RouteInput, WorkerView};
+use routemesh_telemetry::LiveSnapshot;
+use tokio::time::Instant;
+
+use crate::error::GatewayError;
+use crate::pool::WorkerHandle;
+use crate::routing::quality::Predicted;
+use crate::serve::GatewayState;
+use crate::serve::validate::{ValidRequest, tier_to_wire};
+
+/// A decision with the worker it chose.
+pub(crate) struct Routed {
+    pub(crate) worker: Arc<WorkerHandle>,
+    pub(crate) explanation: RouteDecision,
+}
+
+/// RouteLLM-style threshold routing between the pool's strongest and weakest
+/// models, for requests that name a `router-<name>-<threshold>` model.
+struct Threshold(f64);
+
+impl Policy for Threshold {
+    fn name(&self) -> &'static str {
+        "threshold"
+    }
+
+    fn decide(&self, input: &RouteInput<'_>, workers: &[WorkerView<'_>]) -> Decision {
+        routemesh_router::decide_threshold(self.0, input, workers)
+    }
+}
+
+impl GatewayState {
+    /// Routes `req` among `workers`, leaving out those in `skip`.
+    pub(crate) fn route(
+        &self,
+        req: &ValidRequest,
+        workers: &[&Arc<WorkerHandle>],
+        skip: &[String],
+        predicted: Option<&Predicted>,
+    ) -> Result<Routed, GatewayError> {
+        let start = Instant::now();
+        let workers: Vec<&Arc<WorkerHandle>> = workers
+            .iter()
+            .copied()
+            .filter(|w| !skip.contains(&w.record.id))
+            .collect();
+        let live = self.recorder.snapshot();
+        let min_requests = f64::from(self.config.telemetry.min_requests);
+        let views: Vec<_> = workers
+            .iter()
+            .map(|w| w.view(live.snapshot.workers.get(&w.record.id), min_requests))
+            .collect();
+        let predictions = self.predictions(&workers, &live, predicted);
+        let input = RouteInput {
+            prompt_tokens: req.prompt_tokens_estimate(),
+            max_tokens: req.max_tokens(),
+            hints: &req.hints,
+            pinned_model: req.pinned_model.as_deref(),
+            predicted_quality: Some(&predictions),
+            cost_weight: self.cost_targets.cost_weight(&req.tenant),
+        };
+        let span = tracing::info_span!(
+            "routemesh.route",
+            routemesh.policy = tracing::field::Empty,
+            routemesh.model = tracing::field::Empty,
+            routemesh.worker = tracing::field::Empty,
+            routemesh.reason = tracing::field::Empty,
+            routemesh.candidates = views.len(),
+            routemesh.telemetry = live.source,
+        );
+        let _route = span.enter();
+        let threshold = req.threshold.map(Threshold);
+        let policy: &dyn Policy = match &threshold {
+            Some(threshold) => threshold,
+            None => self.policy.as_ref(),
+        };
+        let decision = policy.decide(&input, &views);
+        let took = start.elapsed();
+        span.record("routemesh.policy", decision.policy);
+        span.record("routemesh.reason", decision.reason.as_str());
+        if let Some(chosen) = decision.chosen_candidate() {
+            span.record("routemesh.model", chosen.model.as_str());
+            span.record("routemesh.worker", chosen.worker_id.as_str());
+            crate::metrics::decision(
+                &chosen.model,
+                decision.policy,
+                deciding_term(req, &decision),
+                took,
+            );
+        }
+        let mut explanation = explain(&req.request_id, &decision, &live, took);
+        explanation.prompt_region = predicted.map(|p| p.region.clone()).unwrap_or_default();
+        // The policy sees an open breaker as "unhealthy"; say which it was.
+        for c in &mut explanation.candidates {
+            if !c.eligible
+                && let Some(w) = workers.iter().find(|w| w.record.id == c.worker_id)
+                && w.healthy()
+                && w.breaker.state() != crate::pool::breaker::State::Closed
+                && !w.breaker.allows(Instant::now())
+            {
+                c.excluded_because = format!(
+                    "circuit breaker {} (recent calls failed)",
+                    w.breaker.state().as_str().replace('_', "-")
+                );
+            }
+        }
+        match decision.chosen {
+            Ok(i) => Ok(Routed {
+                worker: workers[i].clone(),
+                explanation,
+            }),
+            Err(NoCandidate::HintsUnsatisfiable) => {
+                Err(GatewayError::Unsatisfiable(decision.reason))
+            }
+            Err(NoCandidate::Saturated) => Err(GatewayError::Saturated(decision.reason)),
+            Err(NoCandidate::EmptyPool) => {
+                Err(GatewayError::NoWorker("no worker is registered".into()))
+            }
+            Err(NoCandidate::Unavailable) => {
+                let tried = if skip.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (already failed: {})", skip.join(", "))
+                };
+                Err(GatewayError::NoWorker(format!(
+                    "{}{tried}",
+                    decision.reason
+                )))
+            }
+        }
+    }
+
+    /// Predicted quality per model: the learned router's where it knows the
+    /// model (within one of its comparable pools), else the tier prior; then
+    /// moved towards the feedback received for the model (a Beta-style
+    /// posterior mean with the prediction worth `feedback_prior_weight` scores).
+    fn predictions(
+        &self,
+        workers: &[&Arc<WorkerHandle>],
+        live: &LiveSnapshot,
+        routed: Option<&Predicted>,
+    ) -> HashMap<String, Prediction> {
+        let weight = self.config.telemetry.feedback_prior_weight;
+        let models: Vec<&str> = workers.iter().map(|w| w.spec.name.as_str()).collect();
+        let comparable = if routed.is_some() {
+            self.quality.comparable(&models)
+        } else {
+            Default::default()
+        };
+        let mut out = HashMap::new();
+        for w in workers {
+            if out.contains_key(&w.spec.name) {
+                continue;
+            }
+            let learned = routed
+                .filter(|_| comparable.contains(&w.spec.name))
+                .and_then(|p| p.scores.get(&w.spec.name))
+                .copied();
+            let (base, base_source) = match learned {
+                Some(q) => (q, "router"),
+                None => (w.spec.prior_quality(), "prior"),
+            };
+            // With a router, feedback counts where it was given: on prompts of
+            // the same region. Without one, for the model as a whole.
+            let feedback = live
+                .snapshot
+                .feedback
+                .get(&w.spec.name)
+                .and_then(|f| match routed {
+                    Some(p) => f.by_region.get(&p.region).copied(),
+                    None => Some((f.sum, f.count)),
+                });
+            let prediction = match feedback.filter(|(_, n)| *n > 0.0) {
+                Some((sum, count)) => Prediction {
+                    quality: (base * weight + sum) / (weight + count),
+                    source: if base_source == "router" {
+                        "router+feedback"
+                    } else {
+                        "prior+feedback"
+                    },
+                },
+                None => Prediction {
+                    quality: base,
+                    source: base_source,
+                },
+            };
+            out.insert(w.spec.name.clone(), prediction);
+        }
+        out
+    }
+}
+
+fn explain(
+    request_id: &str,
+    decision: &Decision,
+    live: &LiveSnapshot,
+    elapsed: std::time::Duration,
+) -> RouteDecision {
+    let chosen = decision.chosen_candidate();
+    let telemetry = &live.snapshot;
+    RouteDecision {
+        request_id: request_id.to_string(),
+        model: chosen.map(|c| c.model.clone()).unwrap_or_default(),
+        worker_id: chosen.map(|c| c.worker_id.clone()).unwrap_or_default(),
+        policy: decision.policy.to_string(),
+        reason: decision.reason.clone(),
+        candidates: decision
+            .candidates
+            .iter()
+            .map(|c| {
+                let observed = telemetry.workers.get(&c.worker_id);
+                RouteCandidate {
+                    model: c.model.clone(),
+                    worker_id: c.worker_id.clone(),
+                    tier: tier_to_wire(c.tier) as i32,
+                    predicted_quality: c.predicted_quality,
+                    quality_source: c.quality_source.to_string(),
+                    expected_cost_usd: c.expected_cost_usd,
+                    expected_latency_ms: c.expected_latency_ms.unwrap_or(0.0),
+                    load: c.load,
+                    score: if c.score.is_finite() { c.score } else { 0.0 },
+                    eligible: c.eligible(),
+                    excluded_because: c.excluded_because.clone(),
+                    latency_source: c.latency_source.to_string(),
+                    observed_error_rate: observed.map_or(0.0, |o| o.error_rate),
+                    observed_requests: observed.map_or(0.0, |o| o.requests),
+                    observed_ttft_ms_p50: observed.and_then(|o| o.ttft_ms_p50).unwrap_or(0.0),
+                    feedback_count: telemetry.feedback.get(&c.model).map_or(0.0, |f| f.count),
+                }
+            })
+            .collect(),
+        decision_time_us: elapsed.as_secs_f64() * 1e6,
+        telemetry_source: live.source.to_string(),
+        prompt_region: String::new(),
+    }
+}
+
+/// The term that decided a routing decision, for the decisions metric.
+fn deciding_term(req: &ValidRequest, decision: &Decision) -> &'static str {
+    let Some(chosen) = decision.chosen_candidate() else {
+        return "none";
+    };
+    let eligible: Vec<_> = decision
+        .candidates
+        .iter()
+        .filter(|c| c.eligible())
+        .collect();
+    if req.pinned_model.is_some() {
+        "pinned"
+    } else if eligible.iter().all(|c| c.model == chosen.model) {
+        "only-eligible-model"
+    } else if eligible
+        .iter()
+        .all(|c| c.predicted_quality <= chosen.predicted_quality)
+    {
+        "quality"
+    } else if eligible
+        .iter()
+        .all(|c| c.expected_cost_usd >= chosen.expected_cost_usd)
+    {
+        "cost"
+    } else {
+        "latency-or-load"
+    }
+}

@@ -1,0 +1,22 @@
+//! Strategies: how one request is driven through calls to workers. A strategy
+//! asks [`Flight::call`] for a step (route, call, fail over), may look at the
+//! answer, and decides whether to call again; the serving path delivers
+//! whatever answer it ends with. A new way of combining models (a cascade
+//! that escalates weak answers) is one new file here.
+
+mod single;
+
+use crate::error::GatewayError;
+use crate::serve::{Answer, Delivery, Flight};
+
+pub(crate) use single::Single;
+
+#[async_trait::async_trait]
+pub(crate) trait Strategy: Send + Sync {
+    fn name(&self) -> &'static str;
+
+    /// Drives `flight` to the answer it returns to the client, in the
+    /// client's `delivery` where it can (a strategy that must read an answer
+    /// before deciding asks for it whole; the serving path streams it).
+    async fn run(&self, flight: &mut Flight, delivery: Delivery) -> Result<Answer, GatewayError>;
+}

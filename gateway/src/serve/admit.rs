@@ -1,0 +1,116 @@
+//! Everything a generation passes before any worker is chosen, in order: a
+//! slot under `max_concurrent_requests`, the retry budget's deposit, the
+//! deadline, validation and the tenant, the tenant's limits, the prediction.
+
+use std::time::Duration;
+
+use routemesh_proto::v1::GenerateRequest;
+use tokio::time::Instant;
+
+use super::{Flight, GatewayState, Incoming};
+use crate::error::GatewayError;
+use crate::pool::Snapshot;
+use crate::routing::quality::Predicted;
+use crate::serve::validate::{ValidRequest, validate};
+use crate::tenancy::auth::Tenant;
+use crate::tenancy::limits::Refusal;
+
+impl GatewayState {
+    /// Admits a generation or refuses it with the reason.
+    pub(crate) async fn admit(
+        self: &std::sync::Arc<Self>,
+        incoming: Incoming<GenerateRequest>,
+    ) -> Result<Flight, GatewayError> {
+        let permit = self.take_slot()?;
+        self.retry_budget.deposit();
+        let budget = self.budget(incoming.deadline);
+        let deadline = Instant::now() + budget;
+        let snapshot = self.pool.snapshot();
+        let req = self.accept(incoming, &snapshot)?;
+        self.check_limits(&req).await?;
+        let predicted = self.predict(&req, &snapshot).await;
+        Ok(Flight::new(
+            self.clone(),
+            permit,
+            budget,
+            deadline,
+            snapshot,
+            req,
+            predicted,
+        ))
+    }
+
+    /// Validates the request and settles its tenant: the API key's when keys
+    /// are on (the request's own `tenant` must then be empty or the same).
+    pub(crate) fn accept(
+        &self,
+        incoming: Incoming<GenerateRequest>,
+        snapshot: &Snapshot,
+    ) -> Result<ValidRequest, GatewayError> {
+        let Incoming {
+            message: mut request,
+            tenant,
+            ..
+        } = incoming;
+        if let Some(Tenant(tenant)) = tenant {
+            if !request.tenant.is_empty() && request.tenant != tenant {
+                return Err(GatewayError::invalid(
+                    "tenant",
+                    format!(
+                        "the API key belongs to tenant {tenant:?}; leave tenant empty or use that"
+                    ),
+                ));
+            }
+            request.tenant = tenant;
+        }
+        let mut models: Vec<&str> = snapshot.iter().map(|w| w.record.model.as_str()).collect();
+        models.sort_unstable();
+        models.dedup();
+        validate(request, &self.config, &models)
+    }
+
+    /// The learned router's view of this request: predictions for routing
+    /// and, even for a pinned model, the prompt's region for feedback.
+    pub(crate) async fn predict(
+        &self,
+        req: &ValidRequest,
+        snapshot: &Snapshot,
+    ) -> Option<Predicted> {
+        let models: Vec<&str> = snapshot.iter().map(|w| w.spec.name.as_str()).collect();
+        self.quality.predict(req.routing_prompt(), &models).await
+    }
+
+    /// The tenant's rate limits and budgets, checked before any work.
+    async fn check_limits(&self, req: &ValidRequest) -> Result<(), GatewayError> {
+        match self
+            .limits
+            .admit(&req.tenant, routemesh_telemetry::record::now_ms())
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(Refusal::Over { limit, value }) => Err(GatewayError::OverLimit {
+                tenant: req.tenant.clone(),
+                limit,
+                value,
+            }),
+            Err(Refusal::StoreDown(e)) => Err(GatewayError::LimitsUnavailable(e)),
+        }
+    }
+
+    /// A slot for a generation, or a refusal at once: queueing here would
+    /// only add latency in front of workers that are already full.
+    fn take_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, GatewayError> {
+        self.admission.clone().try_acquire_owned().map_err(|_| {
+            crate::metrics::shed();
+            GatewayError::Overloaded(self.config.max_concurrent_requests)
+        })
+    }
+
+    /// The request's time budget: the client's deadline if it is shorter than
+    /// the gateway's `request_timeout`.
+    fn budget(&self, client_deadline: Option<Duration>) -> Duration {
+        client_deadline.map_or(self.config.request_timeout, |d| {
+            d.min(self.config.request_timeout)
+        })
+    }
+}

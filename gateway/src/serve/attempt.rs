@@ -1,0 +1,290 @@
+//! The one attempt loop: choose a worker, call it, and move the request to
+//! another worker while no model has run, for whole answers and streams
+//! alike. Strategies call it once per step ([`Flight::call`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use routemesh_proto::v1::{
+    RouteDecision, WorkerGenerateRequest, WorkerGenerateResponse, WorkerStreamEvent,
+};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
+use tonic::Streaming;
+use tracing::Instrument;
+
+use super::GatewayState;
+use super::call::CallGuard;
+use crate::error::GatewayError;
+use crate::pool::{InFlight, Snapshot, WorkerHandle};
+use crate::routing::quality::Predicted;
+use crate::routing::route::Routed;
+use crate::serve::validate::ValidRequest;
+
+/// How the client wants the answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Delivery {
+    /// One response when the answer is complete.
+    Whole,
+    /// Events as tokens are generated.
+    Stream,
+}
+
+/// Which workers one step of a strategy may call.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Step {
+    /// Only workers serving these models (`None`: the whole pool).
+    pub(crate) models: Option<Vec<String>>,
+}
+
+impl Step {
+    /// The whole pool, as the policy sees fit.
+    pub(crate) fn whole_pool() -> Self {
+        Self::default()
+    }
+
+    fn admits(&self, worker: &WorkerHandle) -> bool {
+        self.models
+            .as_ref()
+            .is_none_or(|models| models.contains(&worker.record.model))
+    }
+}
+
+/// What a call answered.
+// Made and moved once per request: the size of its variants does not matter.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Answer {
+    /// A complete answer, already accounted.
+    Whole {
+        response: WorkerGenerateResponse,
+        route: RouteDecision,
+        worker: Arc<WorkerHandle>,
+    },
+    /// A stream whose first event has arrived; accounted when it ends.
+    Stream(OpenStream),
+}
+
+/// A worker's stream, open, with its first event in hand.
+pub(crate) struct OpenStream {
+    pub(crate) guard: CallGuard,
+    pub(crate) upstream: Streaming<WorkerStreamEvent>,
+    pub(crate) first: WorkerStreamEvent,
+    pub(crate) route: RouteDecision,
+    /// The worker call's span, which lasts as long as the stream.
+    pub(crate) span: tracing::Span,
+}
+
+/// A request past admission, on its way through its strategy's calls.
+pub(crate) struct Flight {
+    pub(crate) state: Arc<GatewayState>,
+    pub(crate) req: ValidRequest,
+    pub(crate) predicted: Option<Predicted>,
+    pub(crate) snapshot: Snapshot,
+    /// The request's time: its budget, and when it runs out.
+    pub(crate) budget: Duration,
+    pub(crate) deadline: Instant,
+    /// Workers that failed this request; not tried again.
+    failed_workers: Vec<String>,
+    /// Why the last worker failed, reported if no other worker is left.
+    last_failure: Option<GatewayError>,
+    calls: usize,
+    /// The request's slot under `max_concurrent_requests`, held to the end
+    /// (a stream's end).
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Flight {
+    pub(crate) fn new(
+        state: Arc<GatewayState>,
+        permit: OwnedSemaphorePermit,
+        budget: Duration,
+        deadline: Instant,
+        snapshot: Snapshot,
+        req: ValidRequest,
+        predicted: Option<Predicted>,
+    ) -> Self {
+        Self {
+            state,
+            req,
+            predicted,
+            snapshot,
+            budget,
+            deadline,
+            failed_workers: Vec::new(),
+            last_failure: None,
+            calls: 0,
+            _permit: permit,
+        }
+    }
+
+    /// One step: routes among the workers `step` admits, calls the chosen
+    /// one, and fails over to another while no model has run (within
+    /// `max_attempts` and the retry budget). Ends with an answer, or with
+    /// the error the request fails with.
+    pub(crate) async fn call(
+        &mut self,
+        step: &Step,
+        delivery: Delivery,
+    ) -> Result<Answer, GatewayError> {
+        loop {
+            let (routed, in_flight) = self.next_worker(step)?;
+            let worker = routed.worker;
+            self.calls += 1;
+            let full_budget = self.state.full_budget(self.budget);
+            let guard = CallGuard::begin(
+                self.state.clone(),
+                worker.clone(),
+                in_flight,
+                &self.req.tenant,
+                full_budget,
+            );
+            let remaining = self.deadline.saturating_duration_since(Instant::now());
+            let span = worker_call_span(&worker, self.calls);
+            let request = self.worker_request(&worker, remaining, &span);
+            let opened = tokio::time::timeout(
+                remaining,
+                open(&worker, request, delivery).instrument(span.clone()),
+            )
+            .await;
+            let failure = match opened {
+                Err(_) => {
+                    guard.timed_out();
+                    return Err(GatewayError::Deadline(self.budget));
+                }
+                Ok(Ok(Opened::Whole(response))) => {
+                    guard.served(response.usage.as_ref()).await;
+                    return Ok(Answer::Whole {
+                        response,
+                        route: routed.explanation,
+                        worker,
+                    });
+                }
+                Ok(Ok(Opened::Stream(opened))) => {
+                    let (upstream, first) = *opened;
+                    return Ok(Answer::Stream(OpenStream {
+                        guard,
+                        upstream,
+                        first,
+                        route: routed.explanation,
+                        span,
+                    }));
+                }
+                Ok(Err(status)) => guard.failed(status),
+            };
+            self.fail_over_or_end(&worker, failure)?;
+        }
+    }
+
+    /// After a failed call (before any token reached the client): `Ok` when
+    /// the request may move to another worker, else the error it ends with.
+    fn fail_over_or_end(
+        &mut self,
+        worker: &WorkerHandle,
+        status: tonic::Status,
+    ) -> Result<(), GatewayError> {
+        // The worker said no model ran, or it could not be reached at all.
+        let no_model_ran = routemesh_worker::error::is_retryable(&status)
+            || status.code() == tonic::Code::Unavailable;
+        let state = &self.state;
+        if no_model_ran
+            && self.calls < state.config.max_attempts as usize
+            && state.retry_budget.try_withdraw()
+        {
+            tracing::info!(worker = %worker.record.id, %status, "failing over");
+            crate::metrics::failover(&worker.record.model);
+            self.failed_workers.push(worker.record.id.clone());
+            self.last_failure = Some(GatewayError::Worker {
+                worker_id: worker.record.id.clone(),
+                status,
+            });
+            return Ok(());
+        }
+        if status.code() == tonic::Code::DeadlineExceeded {
+            return Err(GatewayError::Deadline(self.budget));
+        }
+        Err(GatewayError::Worker {
+            worker_id: worker.record.id.clone(),
+            status,
+        })
+    }
+
+    /// The next worker for this step, avoiding those that failed. Running
+    /// out of workers after a failover reports that failure, not "no worker".
+    /// The call is counted in flight, with the worker's breaker permit.
+    fn next_worker(&mut self, step: &Step) -> Result<(Routed, InFlight), GatewayError> {
+        // A worker whose last half-open probe slot went to another request
+        // since routing looked is skipped for this choice only.
+        let mut skip = self.failed_workers.clone();
+        let candidates: Vec<&Arc<WorkerHandle>> =
+            self.snapshot.iter().filter(|w| step.admits(w)).collect();
+        loop {
+            let routed = self
+                .state
+                .route(&self.req, &candidates, &skip, self.predicted.as_ref())
+                .map_err(|e| self.last_failure.take().unwrap_or(e))?;
+            match routed.worker.try_begin() {
+                Some(in_flight) => return Ok((routed, in_flight)),
+                None => skip.push(routed.worker.record.id.clone()),
+            }
+        }
+    }
+
+    fn worker_request(
+        &self,
+        worker: &WorkerHandle,
+        remaining: Duration,
+        span: &tracing::Span,
+    ) -> tonic::Request<WorkerGenerateRequest> {
+        let req = &self.req;
+        let mut request = tonic::Request::new(WorkerGenerateRequest {
+            request_id: req.request_id.clone(),
+            model: worker.record.model.clone(),
+            messages: req.messages.clone(),
+            params: Some(req.params.clone()),
+            tenant: req.tenant.clone(),
+        });
+        // The client's deadline and trace travel to the worker.
+        request.set_timeout(remaining);
+        routemesh_worker::trace_context::inject(span, request.metadata_mut());
+        request
+    }
+}
+
+/// A worker call that answered: all of it, or a stream's first event.
+enum Opened {
+    Whole(WorkerGenerateResponse),
+    Stream(Box<(Streaming<WorkerStreamEvent>, WorkerStreamEvent)>),
+}
+
+async fn open(
+    worker: &WorkerHandle,
+    request: tonic::Request<WorkerGenerateRequest>,
+    delivery: Delivery,
+) -> Result<Opened, tonic::Status> {
+    let mut client = worker.client.clone();
+    match delivery {
+        Delivery::Whole => Ok(Opened::Whole(client.generate(request).await?.into_inner())),
+        Delivery::Stream => {
+            let mut upstream = client.generate_stream(request).await?.into_inner();
+            match upstream.message().await? {
+                Some(first) => Ok(Opened::Stream(Box::new((upstream, first)))),
+                // Not a connection loss (the stream ended cleanly) and no
+                // sign of whether a model ran: the worker's fault, no retry.
+                None => Err(tonic::Status::internal(
+                    "worker closed the stream without an event",
+                )),
+            }
+        }
+    }
+}
+
+/// The client span of one call to one worker (one per attempt).
+fn worker_call_span(worker: &WorkerHandle, attempt: usize) -> tracing::Span {
+    tracing::info_span!(
+        "routemesh.worker_call",
+        otel.kind = "client",
+        routemesh.worker = %worker.record.id,
+        gen_ai.request.model = %worker.record.model,
+        routemesh.attempt = attempt,
+    )
+}

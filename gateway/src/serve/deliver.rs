@@ -1,0 +1,268 @@
+//! The answer in the shape the client asked for: one response, or a stream of
+//! events relayed from the worker (or made from a whole answer). The request
+//! is remembered for feedback once its answer is complete.
+
+use routemesh_proto::v1::{
+    GenerateResponse, GenerateStreamEvent, RouteDecision, StreamEnd, Usage, generate_stream_event,
+    worker_stream_event,
+};
+use routemesh_worker::driven::driven_stream;
+use tokio::sync::mpsc::Sender;
+use tracing::Instrument;
+
+use super::attempt::OpenStream;
+use super::recent::Served;
+use super::{Answer, EventStream, Flight};
+use crate::error::GatewayError;
+use crate::pool::WorkerHandle;
+
+/// The whole answer as one response.
+pub(super) async fn whole(
+    flight: Flight,
+    answer: Answer,
+) -> Result<GenerateResponse, GatewayError> {
+    let (text, finish_reason, usage, route, worker) = match answer {
+        Answer::Whole {
+            response,
+            route,
+            worker,
+        } => (
+            response.text,
+            response.finish_reason,
+            response.usage,
+            route,
+            worker,
+        ),
+        Answer::Stream(open) => collect(&flight, open).await?,
+    };
+    remember(&flight, &worker);
+    Ok(GenerateResponse {
+        request_id: flight.req.request_id.clone(),
+        text,
+        finish_reason,
+        usage,
+        route: Some(route),
+    })
+}
+
+type Collected = (
+    String,
+    i32,
+    Option<Usage>,
+    RouteDecision,
+    std::sync::Arc<WorkerHandle>,
+);
+
+/// A stream read to its end, for a client that wants one answer.
+async fn collect(flight: &Flight, open: OpenStream) -> Result<Collected, GatewayError> {
+    let OpenStream {
+        guard,
+        mut upstream,
+        first,
+        route,
+        span: _,
+    } = open;
+    let worker = guard.worker().clone();
+    let mut text = String::new();
+    let mut next = Some(first);
+    loop {
+        let item = match next.take() {
+            Some(item) => item,
+            None => match tokio::time::timeout_at(flight.deadline, upstream.message()).await {
+                Err(_) => {
+                    guard.timed_out();
+                    return Err(GatewayError::Deadline(flight.budget));
+                }
+                Ok(Ok(Some(item))) => item,
+                Ok(Ok(None)) => {
+                    let status = guard.failed(tonic::Status::unavailable(
+                        "stream ended without an end event",
+                    ));
+                    return Err(worker_error(&worker, status));
+                }
+                Ok(Err(status)) => {
+                    let status = guard.failed(status);
+                    return Err(worker_error(&worker, status));
+                }
+            },
+        };
+        match item.event {
+            Some(worker_stream_event::Event::Delta(delta)) => text.push_str(&delta.text),
+            Some(worker_stream_event::Event::End(end)) => {
+                guard.served(end.usage.as_ref()).await;
+                return Ok((text, end.finish_reason, end.usage, route, worker));
+            }
+            None => {}
+        }
+    }
+}
+
+/// The answer as a stream of events: the route first, then the tokens, then
+/// the end. A worker's stream is relayed as it arrives.
+pub(super) fn stream(flight: Flight, answer: Answer) -> EventStream {
+    // The request span lasts as long as the stream.
+    let request_span = tracing::Span::current();
+    match answer {
+        Answer::Whole {
+            response,
+            route,
+            worker,
+        } => {
+            remember(&flight, &worker);
+            let request_id = flight.req.request_id.clone();
+            let event = |event| {
+                Ok(GenerateStreamEvent {
+                    request_id: request_id.clone(),
+                    event: Some(event),
+                })
+            };
+            let events = vec![
+                event(generate_stream_event::Event::Route(route)),
+                event(generate_stream_event::Event::Delta(
+                    routemesh_proto::v1::TextDelta {
+                        text: response.text,
+                    },
+                )),
+                event(generate_stream_event::Event::End(StreamEnd {
+                    finish_reason: response.finish_reason,
+                    usage: response.usage,
+                })),
+            ];
+            Box::pin(futures::stream::iter(events))
+        }
+        Answer::Stream(open) => {
+            let span = open.span.clone();
+            driven_stream(move |tx| {
+                relay(flight, open, tx)
+                    .instrument(span)
+                    .instrument(request_span)
+            })
+        }
+    }
+}
+
+/// Relays a worker's stream to the client until it ends, one way or another.
+async fn relay(
+    flight: Flight,
+    open: OpenStream,
+    tx: Sender<Result<GenerateStreamEvent, GatewayError>>,
+) {
+    let OpenStream {
+        guard,
+        mut upstream,
+        first,
+        route,
+        span: _,
+    } = open;
+    let worker = guard.worker().clone();
+    let req = &flight.req;
+    let event = |event| {
+        Ok(GenerateStreamEvent {
+            request_id: req.request_id.clone(),
+            event: Some(event),
+        })
+    };
+    // What the worker generated so far, charged if the client leaves.
+    let mut deltas_sent = 0u32;
+    let generated = |deltas: u32| Usage {
+        prompt_tokens: req.prompt_tokens_estimate(),
+        completion_tokens: deltas,
+        cost_usd: worker
+            .spec
+            .expected_cost_usd(req.prompt_tokens_estimate(), deltas),
+        ..Usage::default()
+    };
+    // Sending waits on the client's flow control: a client that stops
+    // reading is bounded by the same deadline as a worker that stops writing.
+    let send = |item| tokio::time::timeout_at(flight.deadline, tx.send(item));
+    if !matches!(
+        send(event(generate_stream_event::Event::Route(route))).await,
+        Ok(Ok(()))
+    ) {
+        guard.client_gone(generated(0)).await;
+        return;
+    }
+    let mut next = Some(first);
+    loop {
+        let item = match next.take() {
+            Some(item) => item,
+            None => match tokio::time::timeout_at(flight.deadline, upstream.message()).await {
+                Err(_) => {
+                    guard.timed_out();
+                    let _ = send(Err(GatewayError::Deadline(flight.budget))).await;
+                    return;
+                }
+                Ok(Ok(Some(item))) => item,
+                Ok(Ok(None)) => {
+                    let status = guard.failed(tonic::Status::unavailable(format!(
+                        "stream ended without an end event after {deltas_sent} deltas"
+                    )));
+                    let _ = send(Err(worker_error(&worker, status))).await;
+                    return;
+                }
+                Ok(Err(status)) => {
+                    let status = guard.failed(status);
+                    let status = tonic::Status::new(
+                        status.code(),
+                        format!(
+                            "mid-stream after {deltas_sent} deltas: {}",
+                            status.message()
+                        ),
+                    );
+                    let _ = send(Err(worker_error(&worker, status))).await;
+                    return;
+                }
+            },
+        };
+        match item.event {
+            Some(worker_stream_event::Event::Delta(delta)) => {
+                deltas_sent += 1;
+                if !matches!(
+                    send(event(generate_stream_event::Event::Delta(delta))).await,
+                    Ok(Ok(()))
+                ) {
+                    // Client gone (or not reading): dropping `upstream`
+                    // cancels the worker.
+                    guard.client_gone(generated(deltas_sent)).await;
+                    return;
+                }
+            }
+            Some(worker_stream_event::Event::End(end)) => {
+                guard.served(end.usage.as_ref()).await;
+                remember(&flight, &worker);
+                let end = StreamEnd {
+                    finish_reason: end.finish_reason,
+                    usage: end.usage,
+                };
+                let _ = send(event(generate_stream_event::Event::End(end))).await;
+                return;
+            }
+            None => {}
+        }
+    }
+}
+
+fn worker_error(worker: &WorkerHandle, status: tonic::Status) -> GatewayError {
+    GatewayError::Worker {
+        worker_id: worker.record.id.clone(),
+        status,
+    }
+}
+
+/// Remembers who answered the request, so its feedback reaches that model.
+fn remember(flight: &Flight, worker: &WorkerHandle) {
+    let req = &flight.req;
+    flight.state.recent.remember(
+        &req.request_id,
+        Served {
+            model: worker.record.model.clone(),
+            worker_id: worker.record.id.clone(),
+            tenant: req.tenant.clone(),
+            region: flight
+                .predicted
+                .as_ref()
+                .map(|p| p.region.clone())
+                .unwrap_or_default(),
+        },
+    );
+}

@@ -1,0 +1,8 @@
+//! Who is asking and what they may spend: API keys and tenants, rate limits
+//! and budgets, per-tenant cost targets, and the cost report.
+
+pub mod auth;
+pub mod cost;
+pub mod keys;
+pub mod limits;
+pub mod tenants;
