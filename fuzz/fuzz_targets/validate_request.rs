@@ -7,7 +7,7 @@
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
 use routemesh_gateway::GatewayConfig;
-use routemesh_gateway::validate::validate;
+use routemesh_gateway::request::validate;
 use routemesh_proto::v1::GenerateRequest;
 
 fuzz_target!(|data: &[u8]| {

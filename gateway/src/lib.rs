@@ -13,6 +13,7 @@ pub mod config;
 pub mod error;
 pub mod metrics;
 pub mod pool;
+pub mod request;
 pub mod routing;
 pub mod serve;
 pub mod server;

@@ -22,8 +22,8 @@ use crate::config::GatewayConfig;
 use crate::pool::Pool;
 use crate::pool::transport::LocalWorkers;
 use crate::routing::quality::QualityModel;
-use crate::serve::GatewayState;
-use crate::serve::recent::Recent;
+use crate::serve::Recent;
+use crate::serve::{GatewayState, Pipeline};
 use crate::tenancy::auth::ApiKeys;
 use crate::tenancy::tenants::CostTargets;
 
@@ -329,12 +329,14 @@ pub async fn start_gateway(
 
     let state = Arc::new(GatewayState {
         pool,
-        policy: policy(&config, cost_weight),
-        strategy: Box::new(crate::routing::strategy::Single),
+        routing: crate::routing::Routing::new(
+            policy(&config, cost_weight),
+            quality,
+            &config.telemetry,
+        ),
         recent: Recent::new(config.feedback_window),
         recorder: Recorder::start(shared_telemetry, config.telemetry.recorder()),
         cost_targets: CostTargets::new(&config.tenants, cost_weight),
-        quality,
         retry_budget: crate::pool::retry::RetryBudget::new(
             config.retry_budget_ratio,
             config.retry_budget_burst,
@@ -363,7 +365,12 @@ pub async fn start_gateway(
     let stack = ServiceBuilder::new()
         .layer(tower_http::trace::TraceLayer::new_for_grpc())
         .into_inner();
-    let service = GatewayService::new(state.clone());
+    let pipeline = Arc::new(Pipeline::new(
+        state.clone(),
+        Box::new(crate::serve::strategy::Single),
+    ));
+    let strategy = pipeline.strategy();
+    let service = GatewayService::new(pipeline.clone());
     // Authentication for the Gateway service only: health and reflection stay
     // open for probes and tooling.
     let grpc_service = crate::api::grpc_auth::Authenticated::new(
@@ -376,7 +383,7 @@ pub async fn start_gateway(
     let http = match http_listener {
         Some(listener) => {
             let app = crate::api::openai::router(crate::api::openai::HttpState {
-                state: state.clone(),
+                pipeline,
                 keys,
                 max_body_bytes: config.max_request_bytes,
             });
@@ -479,7 +486,7 @@ pub async fn start_gateway(
             result
         }
     });
-    tracing::info!(%addr, http = ?http_addr, admin = ?admin_addr, policy = state.policy.name(), "gateway serving");
+    tracing::info!(%addr, http = ?http_addr, admin = ?admin_addr, policy = state.routing.policy.name(), strategy, "gateway serving");
     Ok(RunningGateway {
         addr,
         http_addr,

@@ -64,7 +64,7 @@ async fn ready(State(state): State<Arc<GatewayState>>) -> Response {
         "ready": healthy > 0,
         "workers": pool.len(),
         "healthy_workers": healthy,
-        "router": state.quality.artifact().map(|p| p.display().to_string()),
+        "router": state.routing.quality.artifact().map(|p| p.display().to_string()),
     });
     let status = if healthy > 0 {
         StatusCode::OK
@@ -181,7 +181,7 @@ async fn overview(State(state): State<Arc<GatewayState>>) -> Response {
         "models": models,
         "large_share": if served > 0.0 { large / served } else { 0.0 },
         "workers": workers,
-        "router": state.quality.artifact().map(|p| p.display().to_string()),
+        "router": state.routing.quality.artifact().map(|p| p.display().to_string()),
     }))
     .into_response()
 }

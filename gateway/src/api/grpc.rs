@@ -13,17 +13,17 @@ use tokio::time::Instant;
 use tonic::{Code, Request, Response, Status};
 use tracing::Instrument;
 
-use crate::serve::{Api, GatewayState, Incoming};
+use crate::serve::{Api, Incoming, Pipeline};
 use crate::tenancy::auth::Tenant;
 
 #[derive(Debug, Clone)]
 pub struct GatewayService {
-    state: Arc<GatewayState>,
+    pipeline: Arc<Pipeline>,
 }
 
 impl GatewayService {
-    pub fn new(state: Arc<GatewayState>) -> Self {
-        Self { state }
+    pub fn new(pipeline: Arc<Pipeline>) -> Self {
+        Self { pipeline }
     }
 }
 
@@ -90,7 +90,7 @@ impl Gateway for GatewayService {
         let start = Instant::now();
         let (incoming, span) = incoming(request, "Generate");
         let result = self
-            .state
+            .pipeline
             .generate(incoming)
             .instrument(span)
             .await
@@ -112,7 +112,7 @@ impl Gateway for GatewayService {
         let start = Instant::now();
         let (incoming, span) = incoming(request, "GenerateStream");
         let result = self
-            .state
+            .pipeline
             .generate_stream(incoming)
             .instrument(span)
             .await
@@ -132,7 +132,7 @@ impl Gateway for GatewayService {
         request: Request<GenerateRequest>,
     ) -> Result<Response<RouteDecision>, Status> {
         let (incoming, _) = incoming(request, "Route");
-        let decision = self.state.route_only(incoming).await?;
+        let decision = self.pipeline.route_only(incoming).await?;
         let request_id = decision.request_id.clone();
         Ok(with_request_id(decision, &request_id))
     }
@@ -141,13 +141,15 @@ impl Gateway for GatewayService {
         &self,
         request: Request<FeedbackRequest>,
     ) -> Result<Response<FeedbackResponse>, Status> {
-        Ok(Response::new(self.state.feedback(request.into_inner())?))
+        Ok(Response::new(
+            self.pipeline.state().feedback(request.into_inner())?,
+        ))
     }
 
     async fn list_models(
         &self,
         _request: Request<ListModelsRequest>,
     ) -> Result<Response<ListModelsResponse>, Status> {
-        Ok(Response::new(self.state.list_models()))
+        Ok(Response::new(self.pipeline.state().list_models()))
     }
 }

@@ -1,7 +1,46 @@
 //! Choosing where a request goes: predicted quality (the learned router,
-//! priors and feedback), the policy's decision with its explanation, and the
-//! strategies that drive a request through one or more calls.
+//! priors and feedback) and the policy's decision with its explanation. Pure
+//! decisions: nothing here calls a worker (strategies, which do, live in
+//! `serve/`).
 
 pub mod quality;
 pub(crate) mod route;
-pub(crate) mod strategy;
+
+use routemesh_router::Policy;
+
+use self::quality::QualityModel;
+
+/// The routing brain of a gateway: the configured policy and the quality
+/// model (the learned router, or priors), with the telemetry settings that
+/// decide how much observations and feedback count.
+pub struct Routing {
+    pub policy: Box<dyn Policy>,
+    pub quality: QualityModel,
+    /// Calls a worker must have served before its observed speed is used.
+    pub(crate) min_requests: f64,
+    /// How many feedback scores a prediction is worth.
+    pub(crate) feedback_prior_weight: f64,
+}
+
+impl Routing {
+    pub fn new(
+        policy: Box<dyn Policy>,
+        quality: QualityModel,
+        telemetry: &crate::config::TelemetryConfig,
+    ) -> Self {
+        Self {
+            policy,
+            quality,
+            min_requests: f64::from(telemetry.min_requests),
+            feedback_prior_weight: telemetry.feedback_prior_weight,
+        }
+    }
+}
+
+impl std::fmt::Debug for Routing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Routing")
+            .field("policy", &self.policy.name())
+            .finish()
+    }
+}

@@ -9,11 +9,11 @@ use routemesh_router::{Decision, NoCandidate, Policy, Prediction, RouteInput, Wo
 use routemesh_telemetry::LiveSnapshot;
 use tokio::time::Instant;
 
+use super::Routing;
 use crate::error::GatewayError;
 use crate::pool::WorkerHandle;
+use crate::request::{ValidRequest, tier_to_wire};
 use crate::routing::quality::Predicted;
-use crate::serve::GatewayState;
-use crate::serve::validate::{ValidRequest, tier_to_wire};
 
 /// A decision with the worker it chose.
 pub(crate) struct Routed {
@@ -35,35 +35,49 @@ impl Policy for Threshold {
     }
 }
 
-impl GatewayState {
-    /// Routes `req` among `workers`, leaving out those in `skip`.
+/// What one decision is made from, besides the pool.
+pub(crate) struct RouteContext<'a> {
+    pub(crate) req: &'a ValidRequest,
+    /// The learned router's predictions for the prompt, if it ran.
+    pub(crate) predicted: Option<&'a Predicted>,
+    /// Live telemetry: observed speed, errors and feedback.
+    pub(crate) live: &'a LiveSnapshot,
+    /// The tenant's λ (quality per USD), if it has a cost target.
+    pub(crate) cost_weight: Option<f64>,
+}
+
+impl Routing {
+    /// Routes a request among `workers`, leaving out those in `skip`.
     pub(crate) fn route(
         &self,
-        req: &ValidRequest,
+        cx: &RouteContext<'_>,
         workers: &[&Arc<WorkerHandle>],
         skip: &[String],
-        predicted: Option<&Predicted>,
     ) -> Result<Routed, GatewayError> {
+        let RouteContext {
+            req,
+            predicted,
+            live,
+            cost_weight,
+        } = *cx;
         let start = Instant::now();
         let workers: Vec<&Arc<WorkerHandle>> = workers
             .iter()
             .copied()
             .filter(|w| !skip.contains(&w.record.id))
             .collect();
-        let live = self.recorder.snapshot();
-        let min_requests = f64::from(self.config.telemetry.min_requests);
         let views: Vec<_> = workers
             .iter()
-            .map(|w| w.view(live.snapshot.workers.get(&w.record.id), min_requests))
+            .map(|w| w.view(live.snapshot.workers.get(&w.record.id), self.min_requests))
             .collect();
-        let predictions = self.predictions(&workers, &live, predicted);
+        let predictions = self.predictions(&workers, live, predicted);
         let input = RouteInput {
             prompt_tokens: req.prompt_tokens_estimate(),
             max_tokens: req.max_tokens(),
             hints: &req.hints,
             pinned_model: req.pinned_model.as_deref(),
             predicted_quality: Some(&predictions),
-            cost_weight: self.cost_targets.cost_weight(&req.tenant),
+            cost_weight,
         };
         let span = tracing::info_span!(
             "routemesh.route",
@@ -94,7 +108,7 @@ impl GatewayState {
                 took,
             );
         }
-        let mut explanation = explain(&req.request_id, &decision, &live, took);
+        let mut explanation = explain(&req.request_id, &decision, live, took);
         explanation.prompt_region = predicted.map(|p| p.region.clone()).unwrap_or_default();
         // The policy sees an open breaker as "unhealthy"; say which it was.
         for c in &mut explanation.candidates {
@@ -146,7 +160,7 @@ impl GatewayState {
         live: &LiveSnapshot,
         routed: Option<&Predicted>,
     ) -> HashMap<String, Prediction> {
-        let weight = self.config.telemetry.feedback_prior_weight;
+        let weight = self.feedback_prior_weight;
         let models: Vec<&str> = workers.iter().map(|w| w.spec.name.as_str()).collect();
         let comparable = if routed.is_some() {
             self.quality.comparable(&models)

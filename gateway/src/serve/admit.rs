@@ -7,11 +7,13 @@ use std::time::Duration;
 use routemesh_proto::v1::GenerateRequest;
 use tokio::time::Instant;
 
-use super::{Flight, GatewayState, Incoming};
+use super::attempt::Flight;
+use super::incoming::Incoming;
+use super::state::GatewayState;
 use crate::error::GatewayError;
 use crate::pool::Snapshot;
+use crate::request::{ValidRequest, validate};
 use crate::routing::quality::Predicted;
-use crate::serve::validate::{ValidRequest, validate};
 use crate::tenancy::auth::Tenant;
 use crate::tenancy::limits::Refusal;
 
@@ -77,7 +79,10 @@ impl GatewayState {
         snapshot: &Snapshot,
     ) -> Option<Predicted> {
         let models: Vec<&str> = snapshot.iter().map(|w| w.spec.name.as_str()).collect();
-        self.quality.predict(req.routing_prompt(), &models).await
+        self.routing
+            .quality
+            .predict(req.routing_prompt(), &models)
+            .await
     }
 
     /// The tenant's rate limits and budgets, checked before any work.

@@ -13,13 +13,13 @@ use tokio::time::Instant;
 use tonic::Streaming;
 use tracing::Instrument;
 
-use super::GatewayState;
 use super::call::CallGuard;
+use super::state::GatewayState;
 use crate::error::GatewayError;
 use crate::pool::{InFlight, Snapshot, WorkerHandle};
+use crate::request::ValidRequest;
 use crate::routing::quality::Predicted;
-use crate::routing::route::Routed;
-use crate::serve::validate::ValidRequest;
+use crate::routing::route::{RouteContext, Routed};
 
 /// How the client wants the answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -217,10 +217,18 @@ impl Flight {
         let mut skip = self.failed_workers.clone();
         let candidates: Vec<&Arc<WorkerHandle>> =
             self.snapshot.iter().filter(|w| step.admits(w)).collect();
+        let live = self.state.recorder.snapshot();
+        let cx = RouteContext {
+            req: &self.req,
+            predicted: self.predicted.as_ref(),
+            live: &live,
+            cost_weight: self.state.cost_targets.cost_weight(&self.req.tenant),
+        };
         loop {
             let routed = self
                 .state
-                .route(&self.req, &candidates, &skip, self.predicted.as_ref())
+                .routing
+                .route(&cx, &candidates, &skip)
                 .map_err(|e| self.last_failure.take().unwrap_or(e))?;
             match routed.worker.try_begin() {
                 Some(in_flight) => return Ok((routed, in_flight)),

@@ -11,7 +11,7 @@ use routemesh_telemetry::{Outcome, RequestRecord};
 use tokio::time::Instant;
 use tonic::{Code, Status};
 
-use super::GatewayState;
+use super::state::GatewayState;
 use crate::pool::{InFlight, Verdict, WorkerHandle};
 
 /// A call in progress at `worker`.

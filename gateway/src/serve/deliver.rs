@@ -10,11 +10,16 @@ use routemesh_worker::driven::driven_stream;
 use tokio::sync::mpsc::Sender;
 use tracing::Instrument;
 
-use super::attempt::OpenStream;
+use super::attempt::{Answer, Flight, OpenStream};
 use super::recent::Served;
-use super::{Answer, EventStream, Flight};
 use crate::error::GatewayError;
 use crate::pool::WorkerHandle;
+
+/// The events of a streamed generation: the route, deltas, then the end (or
+/// an error, mid-stream).
+pub type EventStream = std::pin::Pin<
+    Box<dyn futures::Stream<Item = Result<GenerateStreamEvent, GatewayError>> + Send>,
+>;
 
 /// The whole answer as one response.
 pub(super) async fn whole(

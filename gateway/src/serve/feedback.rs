@@ -4,7 +4,7 @@
 use routemesh_proto::v1::{FeedbackRequest, FeedbackResponse};
 use routemesh_telemetry::FeedbackEvent;
 
-use super::GatewayState;
+use super::state::GatewayState;
 use crate::error::GatewayError;
 
 impl GatewayState {

@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 
 use routemesh_proto::v1::{ListModelsResponse, ModelInfo, WorkerInfo};
 
-use super::GatewayState;
-use crate::serve::validate::tier_to_wire;
+use super::state::GatewayState;
+use crate::request::tier_to_wire;
 
 impl GatewayState {
     pub fn list_models(&self) -> ListModelsResponse {

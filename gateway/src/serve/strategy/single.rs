@@ -3,7 +3,7 @@
 
 use super::Strategy;
 use crate::error::GatewayError;
-use crate::serve::{Answer, Delivery, Flight, Step};
+use crate::serve::attempt::{Answer, Delivery, Flight, Step};
 
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Single;

@@ -1,18 +1,18 @@
 //! Strategies: how one request is driven through calls to workers. A strategy
-//! asks [`Flight::call`] for a step (route, call, fail over), may look at the
+//! asks `Flight::call` for a step (route, call, fail over), may look at the
 //! answer, and decides whether to call again; the serving path delivers
 //! whatever answer it ends with. A new way of combining models (a cascade
 //! that escalates weak answers) is one new file here.
 
 mod single;
 
+use super::attempt::{Answer, Delivery, Flight};
 use crate::error::GatewayError;
-use crate::serve::{Answer, Delivery, Flight};
 
 pub(crate) use single::Single;
 
 #[async_trait::async_trait]
-pub(crate) trait Strategy: Send + Sync {
+pub(crate) trait Strategy: Send + Sync + std::fmt::Debug {
     fn name(&self) -> &'static str;
 
     /// Drives `flight` to the answer it returns to the client, in the

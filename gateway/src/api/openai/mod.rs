@@ -1,10 +1,14 @@
 //! The OpenAI-compatible HTTP API: `POST /v1/chat/completions` (plain and
 //! SSE) and `GET /v1/models`, served beside gRPC on the same routing path.
 //!
-//! Requests are translated into the native request and run through the very
-//! same serving path as gRPC, so validation, routing, failover, deadlines and
-//! accounting are shared; only the wire format differs. Failures map to HTTP
-//! from the path's typed errors (`GatewayError`), never from message text.
+//! Requests are translated into the native request (`request`) and run
+//! through the very same serving path as gRPC, so validation, routing,
+//! failover, deadlines and accounting are shared; only the wire format
+//! differs. Failures map to HTTP from the path's typed errors (`error`),
+//! never from message text.
+
+mod error;
+mod request;
 
 use std::convert::Infallible;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -17,24 +21,22 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures::StreamExt;
 use routemesh_proto::v1::{
-    ChatMessage, FinishReason, GenerateRequest, GenerationParams, RouteDecision, RoutingHints,
-    Tier as WireTier, Usage, generate_stream_event,
+    FinishReason, RouteDecision, Tier as WireTier, Usage, generate_stream_event,
 };
 use serde_json::{Value, json};
 use tonic::Code;
 use tracing::Instrument;
 
+use self::error::{ApiError, bad_request, gateway_error, http_status, openai_error};
+pub use self::request::ROUTER_MODEL;
+use self::request::parse_chat;
 use crate::error::GatewayError;
-use crate::serve::{Api, GatewayState, Incoming};
-use crate::tenancy::auth::ApiKeys;
-use crate::tenancy::auth::Tenant;
-
-/// The virtual model that asks the router to choose.
-pub const ROUTER_MODEL: &str = "router";
+use crate::serve::{Api, Incoming, Pipeline};
+use crate::tenancy::auth::{ApiKeys, Tenant};
 
 #[derive(Clone)]
 pub struct HttpState {
-    pub state: std::sync::Arc<GatewayState>,
+    pub pipeline: std::sync::Arc<Pipeline>,
     pub keys: ApiKeys,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
@@ -58,81 +60,6 @@ pub fn router(state: HttpState) -> Router {
 }
 
 /// An error in OpenAI's JSON shape.
-#[derive(Debug)]
-struct ApiError {
-    status: StatusCode,
-    kind: &'static str,
-    param: Option<String>,
-    message: String,
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = json!({"error": {"message": self.message, "type": self.kind, "param": self.param, "code": Value::Null}});
-        let mut response = (self.status, axum::Json(body)).into_response();
-        if self.status == StatusCode::TOO_MANY_REQUESTS {
-            // Whole seconds: the pushback rounded up.
-            let secs = crate::error::RETRY_PUSHBACK_MS.div_ceil(1000).to_string();
-            if let Ok(v) = HeaderValue::from_str(&secs) {
-                response.headers_mut().insert(header::RETRY_AFTER, v);
-            }
-        }
-        response
-    }
-}
-
-fn openai_error(
-    status: StatusCode,
-    kind: &'static str,
-    param: Option<&str>,
-    message: String,
-) -> ApiError {
-    ApiError {
-        status,
-        kind,
-        param: param.map(str::to_owned),
-        message,
-    }
-}
-
-/// The HTTP status and OpenAI error type for a gRPC status: the one place the
-/// HTTP edge translates failures.
-fn http_status(code: Code) -> (StatusCode, &'static str) {
-    match code {
-        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => {
-            (StatusCode::BAD_REQUEST, "invalid_request_error")
-        }
-        Code::NotFound => (StatusCode::NOT_FOUND, "not_found_error"),
-        Code::Unauthenticated => (StatusCode::UNAUTHORIZED, "authentication_error"),
-        Code::PermissionDenied => (StatusCode::FORBIDDEN, "permission_error"),
-        Code::ResourceExhausted => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error"),
-        Code::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable_error"),
-        Code::DeadlineExceeded => (StatusCode::GATEWAY_TIMEOUT, "timeout_error"),
-        Code::Cancelled => (
-            StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
-            "cancelled",
-        ),
-        _ => (StatusCode::INTERNAL_SERVER_ERROR, "server_error"),
-    }
-}
-
-/// A failure of the serving path in OpenAI's shape; `param` names the field
-/// at fault when the request was wrong.
-fn gateway_error(e: GatewayError) -> ApiError {
-    e.log();
-    let (http, kind) = http_status(e.code());
-    openai_error(http, kind, e.field(), e.to_string())
-}
-
-fn bad_request(param: &str, message: impl Into<String>) -> ApiError {
-    openai_error(
-        StatusCode::BAD_REQUEST,
-        "invalid_request_error",
-        Some(param),
-        format!("{param}: {}", message.into()),
-    )
-}
-
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -152,215 +79,6 @@ async fn authorize(state: &HttpState, headers: &HeaderMap) -> Result<Option<Tena
 }
 
 /// A chat request parsed from OpenAI's JSON.
-struct ChatRequest {
-    grpc: GenerateRequest,
-    stream: bool,
-    include_usage: bool,
-    /// What the client asked for, echoed in responses when routed.
-    requested_model: String,
-}
-
-fn text_of(content: &Value, i: usize) -> Result<String, ApiError> {
-    match content {
-        Value::String(s) => Ok(s.clone()),
-        Value::Null => Ok(String::new()),
-        // Content parts: only text parts are supported.
-        Value::Array(parts) => parts
-            .iter()
-            .enumerate()
-            .map(|(j, part)| {
-                match (
-                    part.get("type").and_then(Value::as_str),
-                    part.get("text").and_then(Value::as_str),
-                ) {
-                    (Some("text"), Some(text)) => Ok(text.to_string()),
-                    _ => Err(bad_request(
-                        &format!("messages[{i}].content[{j}]"),
-                        "only text content parts are supported",
-                    )),
-                }
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map(|parts| parts.join("")),
-        _ => Err(bad_request(
-            &format!("messages[{i}].content"),
-            "must be a string or an array of text parts",
-        )),
-    }
-}
-
-fn opt_f64(body: &Value, key: &str) -> Result<Option<f64>, ApiError> {
-    match body.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => v
-            .as_f64()
-            .map(Some)
-            .ok_or_else(|| bad_request(key, "must be a number")),
-    }
-}
-
-fn opt_u64(body: &Value, key: &str) -> Result<Option<u64>, ApiError> {
-    match body.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => v
-            .as_u64()
-            .map(Some)
-            .ok_or_else(|| bad_request(key, "must be a non-negative integer")),
-    }
-}
-
-fn parse_chat(body: &[u8]) -> Result<ChatRequest, ApiError> {
-    let body: Value = serde_json::from_slice(body).map_err(|e| {
-        openai_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request_error",
-            None,
-            format!("request body is not valid JSON: {e}"),
-        )
-    })?;
-    if !body.is_object() {
-        return Err(openai_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request_error",
-            None,
-            "request body must be a JSON object".into(),
-        ));
-    }
-    let model = match body.get("model") {
-        Some(Value::String(m)) => m.clone(),
-        _ => {
-            return Err(bad_request(
-                "model",
-                "required: a model name from /v1/models, or \"router\"",
-            ));
-        }
-    };
-    let Some(messages) = body.get("messages").and_then(Value::as_array) else {
-        return Err(bad_request("messages", "required: an array of messages"));
-    };
-    let mut chat = Vec::with_capacity(messages.len());
-    for (i, m) in messages.iter().enumerate() {
-        let role = m
-            .get("role")
-            .and_then(Value::as_str)
-            .ok_or_else(|| bad_request(&format!("messages[{i}].role"), "required"))?;
-        // OpenAI's newer name for the system role.
-        let role = if role == "developer" { "system" } else { role };
-        let content = text_of(m.get("content").unwrap_or(&Value::Null), i)?;
-        chat.push(ChatMessage {
-            role: role.to_string(),
-            content,
-        });
-    }
-    if let Some(n) = opt_u64(&body, "n")?
-        && n != 1
-    {
-        return Err(bad_request("n", "only n = 1 is supported"));
-    }
-    let max_tokens = match opt_u64(&body, "max_completion_tokens")? {
-        Some(n) => Some(n),
-        None => opt_u64(&body, "max_tokens")?,
-    };
-    let stop = match body.get("stop") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(a)) => a
-            .iter()
-            .map(|s| {
-                s.as_str()
-                    .map(str::to_owned)
-                    .ok_or_else(|| bad_request("stop", "must be a string or an array of strings"))
-            })
-            .collect::<Result<_, _>>()?,
-        Some(_) => {
-            return Err(bad_request(
-                "stop",
-                "must be a string or an array of strings",
-            ));
-        }
-    };
-    let params = GenerationParams {
-        max_tokens: max_tokens.map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
-        temperature: opt_f64(&body, "temperature")?.map(|t| t as f32),
-        top_p: opt_f64(&body, "top_p")?.map(|t| t as f32),
-        stop,
-        seed: opt_u64(&body, "seed")?,
-    };
-    let hints = match body.get("routing") {
-        None | Some(Value::Null) => None,
-        Some(r) if r.is_object() => Some(parse_hints(r)?),
-        Some(_) => return Err(bad_request("routing", "must be an object")),
-    };
-    let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
-    let include_usage = body
-        .pointer("/stream_options/include_usage")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
-    let requested_model = model.clone();
-    let grpc = GenerateRequest {
-        request_id: String::new(),
-        model: if model == ROUTER_MODEL {
-            String::new()
-        } else {
-            model
-        },
-        messages: chat,
-        params: Some(params),
-        hints,
-        tenant: String::new(),
-    };
-    Ok(ChatRequest {
-        grpc,
-        stream,
-        include_usage,
-        requested_model,
-    })
-}
-
-/// routemesh's extension: `"routing": {"max_cost_usd", "latency_slo_ms",
-/// "quality_floor", "allowed_models", "allowed_tiers": ["small"|"large"]}`.
-fn parse_hints(r: &Value) -> Result<RoutingHints, ApiError> {
-    let strings = |key: &str| -> Result<Vec<String>, ApiError> {
-        match r.get(key) {
-            None | Some(Value::Null) => Ok(Vec::new()),
-            Some(Value::Array(a)) => a
-                .iter()
-                .map(|s| {
-                    s.as_str().map(str::to_owned).ok_or_else(|| {
-                        bad_request(&format!("routing.{key}"), "must be an array of strings")
-                    })
-                })
-                .collect(),
-            Some(_) => Err(bad_request(
-                &format!("routing.{key}"),
-                "must be an array of strings",
-            )),
-        }
-    };
-    let tiers = strings("allowed_tiers")?
-        .iter()
-        .map(|t| match t.as_str() {
-            "small" => Ok(WireTier::Small as i32),
-            "large" => Ok(WireTier::Large as i32),
-            other => Err(bad_request(
-                "routing.allowed_tiers",
-                format!("{other:?} is not \"small\" or \"large\""),
-            )),
-        })
-        .collect::<Result<_, _>>()?;
-    Ok(RoutingHints {
-        allowed_models: strings("allowed_models")?,
-        allowed_tiers: tiers,
-        max_cost_usd: opt_f64(r, "max_cost_usd")
-            .map_err(|_| bad_request("routing.max_cost_usd", "must be a number"))?,
-        latency_slo_ms: opt_u64(r, "latency_slo_ms")
-            .map_err(|_| bad_request("routing.latency_slo_ms", "must be a non-negative integer"))?
-            .map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
-        quality_floor: opt_f64(r, "quality_floor")
-            .map_err(|_| bad_request("routing.quality_floor", "must be a number"))?,
-    })
-}
-
 fn finish_reason(reason: i32) -> &'static str {
     match FinishReason::try_from(reason) {
         Ok(FinishReason::Length) => "length",
@@ -452,7 +170,11 @@ async fn chat_completions(
     };
     let start = tokio::time::Instant::now();
     if chat.stream {
-        let events = state.state.generate_stream(incoming).instrument(span).await;
+        let events = state
+            .pipeline
+            .generate_stream(incoming)
+            .instrument(span)
+            .await;
         let code = events
             .as_ref()
             .map_or_else(GatewayError::code, |_| Code::Ok);
@@ -464,7 +186,7 @@ async fn chat_completions(
             Err(e) => gateway_error(e).into_response(),
         }
     } else {
-        let done = state.state.generate(incoming).instrument(span).await;
+        let done = state.pipeline.generate(incoming).instrument(span).await;
         let code = done.as_ref().map_or_else(GatewayError::code, |_| Code::Ok);
         crate::metrics::request("http", method, code, start.elapsed());
         match done {
@@ -575,12 +297,18 @@ async fn list_models(State(state): State<HttpState>, headers: HeaderMap) -> Resp
     if let Err(e) = authorize(&state, &headers).await {
         return e.into_response();
     }
-    let models = state.state.list_models();
+    let models = state.pipeline.state().list_models();
     let mut data = vec![
         json!({"id": ROUTER_MODEL, "object": "model", "created": 0, "owned_by": "routemesh",
                                "routemesh": {"virtual": true, "description": "learned routing with the gateway's default policy"}}),
     ];
-    for (strong, weak, share, threshold) in state.state.quality.calibrated_thresholds() {
+    for (strong, weak, share, threshold) in state
+        .pipeline
+        .state()
+        .routing
+        .quality
+        .calibrated_thresholds()
+    {
         data.push(json!({"id": format!("router-mf-{threshold:.3}"), "object": "model", "created": 0, "owned_by": "routemesh",
                          "routemesh": {"virtual": true, "description": format!(
                              "RouteLLM-style threshold routing between the pool's most and least expensive models; about {:.0}% strong calls on the {strong} / {weak} training prompts", share * 100.0)}}));
