@@ -3,10 +3,10 @@
 //! and cached by prompt; the tier/price prior otherwise. Feedback moves
 //! either (see `GatewayState::predictions`).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use routemesh_router::encoder::AssetPaths;
 use routemesh_router::{EmbedPath, Router, RouterConfig};
@@ -130,18 +130,15 @@ pub enum QualityError {
     Task(String),
 }
 
-#[derive(Debug, Default)]
-struct Cache {
-    map: HashMap<u64, Predicted>,
-    order: VecDeque<u64>,
-}
+/// Predictions by prompt and embedder; bounded, so old prompts are forgotten.
+type Cache = quick_cache::sync::Cache<u64, Predicted>;
 
 #[derive(Debug, Default)]
 pub struct QualityModel {
     router: Option<Arc<Router>>,
     artifact: Option<PathBuf>,
-    cache: Mutex<Cache>,
-    capacity: usize,
+    /// `None` without a router.
+    cache: Option<Cache>,
     /// Router runs allowed at once (one per core). Beyond that a request is
     /// routed on priors instead of queueing for the CPU: under overload an
     /// unbounded queue of inference jobs would take the cores from the
@@ -204,8 +201,7 @@ impl QualityModel {
                 Ok(Self {
                     router: Some(Arc::new(router)),
                     artifact: Some(artifact),
-                    cache: Mutex::default(),
-                    capacity: settings.cache_entries.max(1),
+                    cache: Some(Cache::new(settings.cache_entries.max(1))),
                     inference_slots: Some(Arc::new(tokio::sync::Semaphore::new(
                         std::thread::available_parallelism().map_or(2, |n| n.get()),
                     ))),
@@ -311,12 +307,7 @@ impl QualityModel {
             path.hash(&mut h);
             h.finish()
         };
-        if let Some(hit) = self
-            .cache
-            .lock()
-            .ok()
-            .and_then(|c| c.map.get(&key).cloned())
-        {
+        if let Some(hit) = self.cache.as_ref().and_then(|c| c.get(&key)) {
             crate::metrics::router_cache(true);
             return Some(hit);
         }
@@ -374,15 +365,8 @@ impl QualityModel {
                 return None;
             }
         };
-        if let Ok(mut cache) = self.cache.lock() {
-            if cache.map.insert(key, predicted.clone()).is_none() {
-                cache.order.push_back(key);
-            }
-            while cache.order.len() > self.capacity {
-                if let Some(old) = cache.order.pop_front() {
-                    cache.map.remove(&old);
-                }
-            }
+        if let Some(cache) = &self.cache {
+            cache.insert(key, predicted.clone());
         }
         Some(predicted)
     }

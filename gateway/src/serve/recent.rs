@@ -1,8 +1,6 @@
 //! Recently served requests, remembered so Feedback can attribute a score to
-//! the model and worker that answered. Bounded: the oldest are forgotten.
-
-use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+//! the model and worker that answered. Bounded: the least useful are
+//! forgotten first (S3-FIFO), so a flood of requests never grows it.
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Served {
@@ -15,38 +13,22 @@ pub struct Served {
 
 #[derive(Debug)]
 pub struct Recent {
-    capacity: usize,
-    inner: Mutex<(HashMap<String, Served>, VecDeque<String>)>,
+    served: quick_cache::sync::Cache<String, Served>,
 }
 
 impl Recent {
     pub fn new(capacity: usize) -> Self {
         Self {
-            capacity: capacity.max(1),
-            inner: Mutex::default(),
+            served: quick_cache::sync::Cache::new(capacity.max(1)),
         }
     }
 
     pub fn remember(&self, request_id: &str, served: Served) {
-        let Ok(mut guard) = self.inner.lock() else {
-            return;
-        };
-        let (map, order) = &mut *guard;
-        if map.insert(request_id.to_string(), served).is_none() {
-            order.push_back(request_id.to_string());
-        }
-        while order.len() > self.capacity {
-            if let Some(old) = order.pop_front() {
-                map.remove(&old);
-            }
-        }
+        self.served.insert(request_id.to_string(), served);
     }
 
     pub fn lookup(&self, request_id: &str) -> Option<Served> {
-        self.inner
-            .lock()
-            .ok()
-            .and_then(|g| g.0.get(request_id).cloned())
+        self.served.get(request_id)
     }
 }
 
@@ -54,19 +36,31 @@ impl Recent {
 mod tests {
     use super::*;
 
-    #[test]
-    fn forgets_the_oldest() {
-        let r = Recent::new(2);
-        let s = |m: &str| Served {
-            model: m.into(),
+    fn served(model: &str) -> Served {
+        Served {
+            model: model.into(),
             worker_id: "w".into(),
             tenant: "t".into(),
             region: String::new(),
-        };
-        r.remember("a", s("1"));
-        r.remember("b", s("2"));
-        r.remember("c", s("3"));
-        assert_eq!(r.lookup("a"), None);
-        assert_eq!(r.lookup("c").map(|s| s.model), Some("3".into()));
+        }
+    }
+
+    #[test]
+    fn remembers_recent_requests_and_stays_bounded() {
+        let r = Recent::new(100);
+        r.remember("a", served("1"));
+        assert_eq!(r.lookup("a").map(|s| s.model), Some("1".into()));
+        assert_eq!(r.lookup("b"), None);
+        for i in 0..10_000 {
+            r.remember(&format!("req-{i}"), served("x"));
+        }
+        let kept = (0..10_000)
+            .filter(|i| r.lookup(&format!("req-{i}")).is_some())
+            .count();
+        assert!(kept <= 100, "{kept} of 10000 kept with a capacity of 100");
+        assert!(
+            r.lookup("req-9999").is_some(),
+            "the newest request is remembered"
+        );
     }
 }
