@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use routemesh_router::{PolicyKind, Tier};
+use routemesh_mesh::Tier;
+use routemesh_router::PolicyKind;
 use routemesh_worker::WorkerConfig;
 use serde::{Deserialize, Serialize};
 
@@ -605,7 +606,7 @@ mod tests {
         assert!(add_demo_local_worker(&mut c, &present).unwrap());
         let local = c.workers[3].backend.local.as_ref().unwrap();
         assert_eq!(local.model, present);
-        assert_eq!(c.workers[3].tier, routemesh_router::Tier::Small);
+        assert_eq!(c.workers[3].tier, routemesh_mesh::Tier::Small);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -15,6 +15,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures::StreamExt;
+use routemesh_mesh::Tier;
 use routemesh_proto::v1::{
     ChatMessage, FinishReason, GenerateRequest, GenerationParams, ListModelsRequest, RouteDecision,
     RoutingHints, Tier as WireTier, Usage, gateway_server::Gateway, generate_stream_event,
@@ -24,6 +25,7 @@ use tonic::Code;
 
 use crate::auth::ApiKeys;
 use crate::service::{GatewayService, HttpApi};
+use crate::validate::tier_to_wire;
 
 /// The virtual model that asks the router to choose.
 pub const ROUTER_MODEL: &str = "router";
@@ -346,13 +348,9 @@ fn parse_hints(r: &Value) -> Result<RoutingHints, ApiError> {
     };
     let tiers = strings("allowed_tiers")?
         .iter()
-        .map(|t| match t.as_str() {
-            "small" => Ok(WireTier::Small as i32),
-            "large" => Ok(WireTier::Large as i32),
-            other => Err(bad_request(
-                "routing.allowed_tiers",
-                format!("{other:?} is not \"small\" or \"large\""),
-            )),
+        .map(|t| match t.parse::<Tier>() {
+            Ok(tier) => Ok(tier_to_wire(tier) as i32),
+            Err(e) => Err(bad_request("routing.allowed_tiers", e.to_string())),
         })
         .collect::<Result<_, _>>()?;
     Ok(RoutingHints {
@@ -574,12 +572,12 @@ async fn list_models(State(state): State<HttpState>, headers: HeaderMap) -> Resp
             }
             for m in models.into_inner().models {
                 let tier = if m.tier == WireTier::Large as i32 {
-                    "large"
+                    Tier::Large
                 } else {
-                    "small"
+                    Tier::Small
                 };
                 data.push(json!({"id": m.name, "object": "model", "created": 0, "owned_by": "routemesh",
-                                 "routemesh": {"tier": tier, "input_usd_per_mtok": m.input_usd_per_mtok,
+                                 "routemesh": {"tier": tier.as_str(), "input_usd_per_mtok": m.input_usd_per_mtok,
                                                "output_usd_per_mtok": m.output_usd_per_mtok, "healthy_workers": m.healthy_workers}}));
             }
             axum::Json(json!({"object": "list", "data": data})).into_response()

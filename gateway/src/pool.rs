@@ -6,9 +6,10 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use routemesh_mesh::ModelSpec;
 use routemesh_proto::v1::worker_client::WorkerClient;
 use routemesh_proto::v1::{LoadReport, LoadRequest};
-use routemesh_router::{ModelSpec, WorkerView};
+use routemesh_router::WorkerView;
 use routemesh_telemetry::Stats;
 use routemesh_worker::tls::{Reloading, TlsConnector};
 use routemesh_worker::{Registry, WorkerRecord};

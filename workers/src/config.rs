@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use routemesh_router::Tier;
+use routemesh_mesh::Tier;
 use serde::{Deserialize, Serialize};
 
 use crate::backend::{LocalConfig, OpenAiConfig, SimConfig};

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::AsyncCommands;
-use routemesh_router::Tier;
+use routemesh_mesh::Tier;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
