@@ -503,9 +503,8 @@ impl GatewayState {
             cost_usd: usage.cost_usd,
         };
         let counterfactual = crate::admin::strongest(self).map_or(0.0, |c| {
-            (c.input_usd_per_mtok * f64::from(usage.prompt_tokens)
-                + c.output_usd_per_mtok * f64::from(usage.completion_tokens))
-                / 1e6
+            c.prices()
+                .cost_usd(usage.prompt_tokens, usage.completion_tokens)
         });
         crate::metrics::worker_call(
             &req.tenant,

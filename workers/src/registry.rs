@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::AsyncCommands;
-use routemesh_mesh::Tier;
+use routemesh_mesh::{Tier, TokenPrices};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
@@ -27,6 +27,16 @@ pub struct WorkerRecord {
     /// "openai", "sim" or "local".
     pub backend: String,
     pub simulated: bool,
+}
+
+impl WorkerRecord {
+    /// The prices the worker charges.
+    pub fn prices(&self) -> TokenPrices {
+        TokenPrices {
+            input_usd_per_mtok: self.input_usd_per_mtok,
+            output_usd_per_mtok: self.output_usd_per_mtok,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

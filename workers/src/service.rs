@@ -69,9 +69,10 @@ impl WorkerState {
     }
 
     fn usage(&self, engine: &EngineUsage, ttft_ms: f64, total_ms: f64) -> Usage {
-        let cost = (self.record.input_usd_per_mtok * f64::from(engine.prompt_tokens)
-            + self.record.output_usd_per_mtok * f64::from(engine.completion_tokens))
-            / 1e6;
+        let cost = self
+            .record
+            .prices()
+            .cost_usd(engine.prompt_tokens, engine.completion_tokens);
         Usage {
             prompt_tokens: engine.prompt_tokens,
             completion_tokens: engine.completion_tokens,
