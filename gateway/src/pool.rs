@@ -7,12 +7,12 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use routemesh_mesh::ModelSpec;
+use routemesh_mesh::{Registry, WorkerRecord};
 use routemesh_proto::v1::worker_client::WorkerClient;
 use routemesh_proto::v1::{LoadReport, LoadRequest};
 use routemesh_router::WorkerView;
 use routemesh_telemetry::Stats;
 use routemesh_worker::tls::{Reloading, TlsConnector};
-use routemesh_worker::{Registry, WorkerRecord};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;

@@ -14,8 +14,8 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::backend::{Backend, LocalBackend, OpenAiBackend, SimBackend};
 use crate::config::{BackendChoice, WorkerConfig};
-use crate::registry::{Registry, WorkerRecord};
 use crate::service::{WorkerService, WorkerState};
+use routemesh_mesh::{Registry, WorkerRecord};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {

@@ -17,7 +17,7 @@ use crate::admission::Admission;
 use crate::backend::{Backend, EngineEvent, EngineUsage, GenerateInput};
 use crate::driven::driven_stream;
 use crate::error::{draining_status, engine_status, overloaded_status, wrong_model_status};
-use crate::registry::WorkerRecord;
+use routemesh_mesh::WorkerRecord;
 
 /// Recent per-request speed figures for the load report.
 #[derive(Debug, Default)]

@@ -8,8 +8,12 @@
 //! this instead of the router (the ML crate) and the router links it for the
 //! tier and price of a model.
 
-pub mod model;
-pub mod tier;
+mod model;
+mod redis_conn;
+mod registry;
+mod tier;
 
 pub use model::{ModelSpec, TokenPrices};
+pub use redis_conn::{Patience, RedisConn, key_prefix};
+pub use registry::{MemoryRegistry, RedisRegistry, Registry, RegistryError, WorkerRecord};
 pub use tier::{ParseTierError, Tier};
