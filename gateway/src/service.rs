@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use routemesh_mesh::driven::driven_stream;
 use routemesh_proto::v1::{
     FeedbackRequest, FeedbackResponse, GenerateRequest, GenerateResponse, GenerateStreamEvent,
     ListModelsRequest, ListModelsResponse, ModelInfo, RouteCandidate, RouteDecision, StreamEnd,
@@ -13,7 +14,6 @@ use routemesh_proto::v1::{
 };
 use routemesh_router::{Decision, NoCandidate, Policy, Prediction, RouteInput};
 use routemesh_telemetry::{FeedbackEvent, LiveSnapshot, Outcome, Recorder, RequestRecord};
-use routemesh_worker::driven::driven_stream;
 use tokio::time::Instant;
 use tonic::{Code, Request, Response, Status};
 use tracing::Instrument;
@@ -330,7 +330,7 @@ impl GatewayState {
         });
         // The client's deadline and trace travel to the worker.
         request.set_timeout(remaining);
-        routemesh_worker::trace_context::inject(span, request.metadata_mut());
+        routemesh_mesh::trace_context::inject(span, request.metadata_mut());
         request
     }
 
@@ -659,7 +659,7 @@ fn request_span(request: &Request<GenerateRequest>, method: &'static str) -> tra
         routemesh.request_id = %request.get_ref().request_id,
         gen_ai.request.model = %request.get_ref().model,
     );
-    routemesh_worker::trace_context::continue_trace(&span, request.metadata());
+    routemesh_mesh::trace_context::continue_trace(&span, request.metadata());
     span
 }
 

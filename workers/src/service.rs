@@ -15,9 +15,9 @@ use tracing::Instrument;
 
 use crate::admission::Admission;
 use crate::backend::{Backend, EngineEvent, EngineUsage, GenerateInput};
-use crate::driven::driven_stream;
 use crate::error::{draining_status, engine_status, overloaded_status, wrong_model_status};
 use routemesh_mesh::WorkerRecord;
+use routemesh_mesh::driven::driven_stream;
 
 /// Recent per-request speed figures for the load report.
 #[derive(Debug, Default)]
@@ -210,7 +210,7 @@ fn worker_span(request: &Request<WorkerGenerateRequest>, method: &'static str) -
         routemesh.request_id = %request.get_ref().request_id,
         gen_ai.request.model = %request.get_ref().model,
     );
-    crate::trace_context::continue_trace(&span, request.metadata());
+    routemesh_mesh::trace_context::continue_trace(&span, request.metadata());
     span
 }
 

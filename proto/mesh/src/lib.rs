@@ -8,10 +8,13 @@
 //! this instead of the router (the ML crate) and the router links it for the
 //! tier and price of a model.
 
+pub mod driven;
 mod model;
 mod redis_conn;
 mod registry;
 mod tier;
+pub mod tls;
+pub mod trace_context;
 
 pub use model::{ModelSpec, TokenPrices};
 pub use redis_conn::{Patience, RedisConn, key_prefix};
