@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use routemesh_router::{PolicyKind, Tier};
+use routemesh_mesh::Tier;
+use routemesh_router::PolicyKind;
 use routemesh_worker::WorkerConfig;
 use serde::{Deserialize, Serialize};
 
@@ -171,11 +172,11 @@ pub struct GatewayConfig {
     /// TLS; with `ca`, clients must present a certificate from that CA. The
     /// admin port stays plain HTTP (probes and scrapes from inside the cluster).
     #[serde(default)]
-    pub tls: Option<routemesh_worker::config::TlsFiles>,
+    pub tls: Option<routemesh_mesh::tls::TlsFiles>,
     /// TLS towards workers (`https://` endpoints): the gateway's client
     /// certificate for mutual TLS and the workers' CA.
     #[serde(default)]
-    pub worker_tls: Option<routemesh_worker::config::TlsFiles>,
+    pub worker_tls: Option<routemesh_mesh::tls::TlsFiles>,
     /// The learned router (quality prediction).
     #[serde(default)]
     pub router: crate::routing::quality::RouterSettings,
@@ -421,6 +422,7 @@ impl Config {
         for (key, tls) in [("tls", &g.tls), ("worker_tls", &g.worker_tls)] {
             // Its errors read "<field>: <why>".
             if let Some(Err(e)) = tls.as_ref().map(|t| t.validate()) {
+                let e = e.to_string();
                 let (field, why) = e.split_once(": ").unwrap_or(("", &e));
                 return bad(&format!("{key}.{field}"), why.to_string());
             }
@@ -605,7 +607,7 @@ mod tests {
         assert!(add_demo_local_worker(&mut c, &present).unwrap());
         let local = c.workers[3].backend.local.as_ref().unwrap();
         assert_eq!(local.model, present);
-        assert_eq!(c.workers[3].tier, routemesh_router::Tier::Small);
+        assert_eq!(c.workers[3].tier, routemesh_mesh::Tier::Small);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

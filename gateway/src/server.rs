@@ -5,10 +5,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use routemesh_mesh::{Registry, tls};
 use routemesh_proto::v1::gateway_server::GatewayServer;
 use routemesh_router::{LeastLoaded, Policy, PolicyKind, UtilityPolicy};
-use routemesh_worker::Registry;
-use routemesh_worker::tls;
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
@@ -279,7 +278,7 @@ pub async fn start_gateway(
                 tls::client_config,
                 tls_tasks.stop.child_token(),
             )
-            .map_err(ServeError::Config)?;
+            .map_err(|e| ServeError::Config(e.to_string()))?;
             tls_tasks.tasks.push(watcher);
             Some(certs)
         }
@@ -298,7 +297,7 @@ pub async fn start_gateway(
                 },
                 tls_tasks.stop.child_token(),
             )
-            .map_err(ServeError::Config)?;
+            .map_err(|e| ServeError::Config(e.to_string()))?;
             tls_tasks.tasks.push(watcher);
             Some(certs)
         }

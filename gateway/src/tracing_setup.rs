@@ -52,7 +52,8 @@ pub enum TracingError {
 
 /// Only routemesh's own spans are exported: HTTP/2 and gRPC plumbing would
 /// drown them.
-const EXPORTED: &str = "routemesh_gateway=info,routemesh_worker=info,routemesh_telemetry=info,off";
+const EXPORTED: &str =
+    "routemesh_gateway=info,routemesh_worker=info,routemesh_mesh=info,routemesh_telemetry=info,off";
 
 /// Installs logging, and tracing when `config` names a collector. The
 /// returned provider must be shut down at exit so the last spans are sent.

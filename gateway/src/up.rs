@@ -3,11 +3,9 @@
 
 use std::sync::Arc;
 
-use routemesh_worker::registry::RegistryError;
+use routemesh_mesh::{MemoryRegistry, RedisRegistry, Registry, RegistryError, WorkerRecord};
 use routemesh_worker::server::WorkerError;
-use routemesh_worker::{
-    MemoryRegistry, RedisRegistry, Registry, RunningWorker, WorkerRecord, start_worker,
-};
+use routemesh_worker::{RunningWorker, start_worker};
 
 use routemesh_telemetry::{RedisStore, Telemetry};
 

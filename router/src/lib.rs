@@ -18,8 +18,8 @@ pub mod predict;
 pub mod router;
 
 pub use crate::policy::{
-    CandidateScore, Decision, Hints, LeastLoaded, ModelSpec, NoCandidate, Policy, PolicyKind,
-    Prediction, RouteInput, Tier, UtilityPolicy, WorkerView, decide_threshold,
+    CandidateScore, Decision, Hints, LeastLoaded, NoCandidate, Policy, PolicyKind, Prediction,
+    RouteInput, UtilityPolicy, WorkerView, decide_threshold,
 };
 pub use crate::predict::QualityPredictor;
 pub use crate::router::{EmbedPath, Router, RouterConfig, RouterError};

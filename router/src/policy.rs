@@ -7,59 +7,8 @@
 
 use std::collections::HashMap;
 
+use routemesh_mesh::{ModelSpec, Tier};
 use serde::{Deserialize, Serialize};
-
-/// Size class of a model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Tier {
-    Small,
-    Large,
-}
-
-impl Tier {
-    /// Quality assumed for a model of this tier until something better is known.
-    ///
-    /// The numbers are the mean correctness of a 7B-9B and a GPT-4-class model
-    /// over the RouteLLM/LLMRouter evaluation rows in `shared/data`, rounded.
-    pub fn default_quality_prior(self) -> f64 {
-        match self {
-            Tier::Small => 0.55,
-            Tier::Large => 0.80,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Tier::Small => "small",
-            Tier::Large => "large",
-        }
-    }
-}
-
-/// A model as the router knows it: its tier, prices and quality prior.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ModelSpec {
-    pub name: String,
-    pub tier: Tier,
-    pub input_usd_per_mtok: f64,
-    pub output_usd_per_mtok: f64,
-    /// Quality assumed when no predictor knows the model; `None` uses the tier's prior.
-    pub quality_prior: Option<f64>,
-}
-
-impl ModelSpec {
-    pub fn expected_cost_usd(&self, prompt_tokens: u32, completion_tokens: u32) -> f64 {
-        (self.input_usd_per_mtok * f64::from(prompt_tokens)
-            + self.output_usd_per_mtok * f64::from(completion_tokens))
-            / 1e6
-    }
-
-    pub fn prior_quality(&self) -> f64 {
-        self.quality_prior
-            .unwrap_or_else(|| self.tier.default_quality_prior())
-    }
-}
 
 /// One worker as the gateway sees it at decision time.
 #[derive(Debug, Clone)]

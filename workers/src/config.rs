@@ -4,7 +4,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use routemesh_router::Tier;
+use routemesh_mesh::Tier;
+use routemesh_mesh::tls::TlsFiles;
 use serde::{Deserialize, Serialize};
 
 use crate::backend::{LocalConfig, OpenAiConfig, SimConfig};
@@ -166,37 +167,5 @@ impl WorkerConfig {
                     .replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "-")
             )
         })
-    }
-}
-
-/// Certificate files for TLS (PEM), reloaded when they change.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct TlsFiles {
-    /// This side's certificate chain.
-    pub cert: std::path::PathBuf,
-    /// This side's private key.
-    pub key: std::path::PathBuf,
-    /// CA that peers' certificates must chain to: on a server, clients must
-    /// present a certificate (mutual TLS); on a client, the server's CA.
-    #[serde(default)]
-    pub ca: Option<std::path::PathBuf>,
-    /// How often the files are read for changes; new connections use a new
-    /// set once it loads (a set that does not load keeps the current one).
-    #[serde(default = "default_reload_interval", with = "humantime_serde")]
-    pub reload_interval: std::time::Duration,
-}
-
-fn default_reload_interval() -> std::time::Duration {
-    std::time::Duration::from_secs(10)
-}
-
-impl TlsFiles {
-    /// Errors start with the key at fault (relative to this section).
-    pub fn validate(&self) -> Result<(), String> {
-        if self.reload_interval < std::time::Duration::from_millis(10) {
-            return Err("reload_interval: must be at least 10ms".into());
-        }
-        Ok(())
     }
 }

@@ -4,14 +4,9 @@
 pub mod admission;
 pub mod backend;
 pub mod config;
-pub mod driven;
 pub mod error;
-pub mod registry;
 pub mod server;
 pub mod service;
-pub mod tls;
-pub mod trace_context;
 
 pub use config::{BackendConfig, WorkerConfig};
-pub use registry::{MemoryRegistry, RedisRegistry, Registry, WorkerRecord};
 pub use server::{RunningWorker, start_worker};

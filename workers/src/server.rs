@@ -14,8 +14,8 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::backend::{Backend, LocalBackend, OpenAiBackend, SimBackend};
 use crate::config::{BackendChoice, WorkerConfig};
-use crate::registry::{Registry, WorkerRecord};
 use crate::service::{WorkerService, WorkerState};
+use routemesh_mesh::{Registry, WorkerRecord, tls};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -152,16 +152,16 @@ pub async fn start_worker(
     let server: std::pin::Pin<
         Box<dyn std::future::Future<Output = Result<(), tonic::transport::Error>> + Send>,
     > = match &config.tls {
-        Some(tls) => {
-            let (certs, watcher) = crate::tls::watch(
-                tls,
+        Some(tls_files) => {
+            let (certs, watcher) = tls::watch(
+                tls_files,
                 "tls",
-                |pem| crate::tls::server_config(pem, &[b"h2"]),
+                |pem| tls::server_config(pem, &[b"h2"]),
                 stop_tls.child_token(),
             )
-            .map_err(WorkerError::Config)?;
+            .map_err(|e| WorkerError::Config(e.to_string()))?;
             let (accepted, acceptor) =
-                crate::tls::accept_tls(listener, move || certs.current(), stop_tls.child_token());
+                tls::accept_tls(listener, move || certs.current(), stop_tls.child_token());
             tls_tasks.extend([watcher, acceptor]);
             let incoming = tokio_stream::wrappers::ReceiverStream::new(accepted)
                 .map(|(tls, _)| Ok::<_, std::io::Error>(tls));

@@ -15,9 +15,9 @@ use tracing::Instrument;
 
 use crate::admission::Admission;
 use crate::backend::{Backend, EngineEvent, EngineUsage, GenerateInput};
-use crate::driven::driven_stream;
 use crate::error::{draining_status, engine_status, overloaded_status, wrong_model_status};
-use crate::registry::WorkerRecord;
+use routemesh_mesh::WorkerRecord;
+use routemesh_mesh::driven::driven_stream;
 
 /// Recent per-request speed figures for the load report.
 #[derive(Debug, Default)]
@@ -69,9 +69,10 @@ impl WorkerState {
     }
 
     fn usage(&self, engine: &EngineUsage, ttft_ms: f64, total_ms: f64) -> Usage {
-        let cost = (self.record.input_usd_per_mtok * f64::from(engine.prompt_tokens)
-            + self.record.output_usd_per_mtok * f64::from(engine.completion_tokens))
-            / 1e6;
+        let cost = self
+            .record
+            .prices()
+            .cost_usd(engine.prompt_tokens, engine.completion_tokens);
         Usage {
             prompt_tokens: engine.prompt_tokens,
             completion_tokens: engine.completion_tokens,
@@ -209,7 +210,7 @@ fn worker_span(request: &Request<WorkerGenerateRequest>, method: &'static str) -
         routemesh.request_id = %request.get_ref().request_id,
         gen_ai.request.model = %request.get_ref().model,
     );
-    crate::trace_context::continue_trace(&span, request.metadata());
+    routemesh_mesh::trace_context::continue_trace(&span, request.metadata());
     span
 }
 

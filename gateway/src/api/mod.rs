@@ -29,6 +29,6 @@ pub(crate) fn request_span(
         routemesh.request_id = %request_id,
         gen_ai.request.model = %model,
     );
-    routemesh_worker::trace_context::continue_trace(&span, metadata);
+    routemesh_mesh::trace_context::continue_trace(&span, metadata);
     span
 }

@@ -6,12 +6,13 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use routemesh_mesh::ModelSpec;
+use routemesh_mesh::tls::{Reloading, TlsConnector};
+use routemesh_mesh::{Registry, WorkerRecord};
 use routemesh_proto::v1::worker_client::WorkerClient;
 use routemesh_proto::v1::{LoadReport, LoadRequest};
-use routemesh_router::{ModelSpec, WorkerView};
+use routemesh_router::WorkerView;
 use routemesh_telemetry::Stats;
-use routemesh_worker::tls::{Reloading, TlsConnector};
-use routemesh_worker::{Registry, WorkerRecord};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
@@ -125,7 +126,7 @@ impl WorkerHandle {
         let channel = match tls.filter(|_| https) {
             Some(tls) => {
                 let host = endpoint.uri().host().unwrap_or_default().to_string();
-                let connector = TlsConnector::new(tls.clone(), &host)?;
+                let connector = TlsConnector::new(tls.clone(), &host).map_err(|e| e.to_string())?;
                 endpoint.connect_with_connector_lazy(connector)
             }
             None if https => {

@@ -17,9 +17,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures::FutureExt;
+use routemesh_mesh::WorkerRecord;
 use routemesh_proto::v1::worker_server::WorkerServer;
 use routemesh_worker::RunningWorker;
-use routemesh_worker::WorkerRecord;
 use routemesh_worker::service::WorkerService;
 use tonic::body::Body;
 use tonic::transport::Channel;
@@ -148,9 +148,10 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
+    use routemesh_mesh::{MemoryRegistry, Registry};
     use routemesh_proto::v1::worker_client::WorkerClient;
     use routemesh_proto::v1::{ChatMessage, LoadRequest, WorkerGenerateRequest};
-    use routemesh_worker::{MemoryRegistry, Registry, WorkerConfig, start_worker};
+    use routemesh_worker::{WorkerConfig, start_worker};
     use tonic::Code;
 
     use super::*;

@@ -253,7 +253,7 @@ impl Flight {
         });
         // The client's deadline and trace travel to the worker.
         request.set_timeout(remaining);
-        routemesh_worker::trace_context::inject(span, request.metadata_mut());
+        routemesh_mesh::trace_context::inject(span, request.metadata_mut());
         request
     }
 }

@@ -127,7 +127,8 @@ impl CallGuard {
         };
         // What the same tokens would have cost on the pool's strongest model.
         let counterfactual = crate::pool::strongest(&state.pool.snapshot()).map_or(0.0, |spec| {
-            spec.expected_cost_usd(usage.prompt_tokens, usage.completion_tokens)
+            spec.prices()
+                .cost_usd(usage.prompt_tokens, usage.completion_tokens)
         });
         crate::metrics::worker_call(
             &self.tenant,

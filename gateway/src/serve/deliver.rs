@@ -2,11 +2,11 @@
 //! events relayed from the worker (or made from a whole answer). The request
 //! is remembered for feedback once its answer is complete.
 
+use routemesh_mesh::driven::driven_stream;
 use routemesh_proto::v1::{
     GenerateResponse, GenerateStreamEvent, RouteDecision, StreamEnd, Usage, generate_stream_event,
     worker_stream_event,
 };
-use routemesh_worker::driven::driven_stream;
 use tokio::sync::mpsc::Sender;
 use tracing::Instrument;
 

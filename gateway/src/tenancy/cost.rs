@@ -3,6 +3,7 @@
 //! expensive model (same token counts, that model's prices). The difference is
 //! what routing saved.
 
+use routemesh_mesh::TokenPrices;
 use serde::Serialize;
 
 use routemesh_telemetry::SpendRow;
@@ -16,10 +17,17 @@ pub struct Counterfactual {
 }
 
 impl Counterfactual {
+    /// The compared model's prices.
+    pub fn prices(&self) -> TokenPrices {
+        TokenPrices {
+            input_usd_per_mtok: self.input_usd_per_mtok,
+            output_usd_per_mtok: self.output_usd_per_mtok,
+        }
+    }
+
     fn cost(&self, row: &SpendRow) -> f64 {
-        (self.input_usd_per_mtok * row.prompt_tokens
-            + self.output_usd_per_mtok * row.completion_tokens)
-            / 1e6
+        self.prices()
+            .cost_usd(row.prompt_tokens, row.completion_tokens)
     }
 }
 

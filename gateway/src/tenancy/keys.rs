@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use redis::AsyncCommands;
+use routemesh_mesh::{Patience, RedisConn};
 use sha2::{Digest, Sha256};
 
 /// How long an expired key's entry is kept, to answer "expired" rather than
@@ -51,14 +52,13 @@ pub enum KeyStoreError {
 /// The Redis side of API keys, shared by every gateway replica of a mesh.
 #[derive(Clone)]
 pub struct RedisKeys {
-    conn: redis::aio::ConnectionManager,
-    prefix: String,
+    redis: RedisConn,
 }
 
 impl std::fmt::Debug for RedisKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisKeys")
-            .field("prefix", &self.prefix)
+            .field("prefix", &self.redis.prefix())
             .finish()
     }
 }
@@ -79,30 +79,29 @@ pub fn generate_key() -> String {
 
 impl RedisKeys {
     pub async fn connect(url: &str, mesh: &str) -> Result<Self, KeyStoreError> {
-        let client = redis::Client::open(url)?;
         // Short timeouts: a lookup sits on the request path (on a cache miss).
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_millis(500)))
-            .set_response_timeout(Some(Duration::from_millis(500)))
-            .set_number_of_retries(1);
-        let conn = redis::aio::ConnectionManager::new_with_config(client, config).await?;
+        let patience = Patience {
+            connect_timeout: Duration::from_millis(500),
+            response_timeout: Duration::from_millis(500),
+            retries: 1,
+            max_retry_delay: None,
+        };
         Ok(Self {
-            conn,
-            prefix: format!("rm:v1:{{{mesh}}}:"),
+            redis: RedisConn::connect(url, mesh, patience).await?,
         })
     }
 
     fn key_of(&self, sha256_hex: &str) -> String {
-        format!("{}apikey:{sha256_hex}", self.prefix)
+        self.redis.key(&format!("apikey:{sha256_hex}"))
     }
 
     fn index(&self) -> String {
-        format!("{}apikeys", self.prefix)
+        self.redis.key("apikeys")
     }
 
     /// The key with this digest, if stored (expired ones included).
     pub async fn get(&self, digest: &[u8; 32]) -> Result<Option<StoredKey>, KeyStoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.redis.manager();
         let fields: HashMap<String, String> =
             conn.hgetall(self.key_of(&hex::encode(digest))).await?;
         Ok(fields.get("tenant").map(|tenant| StoredKey {
@@ -149,7 +148,7 @@ impl RedisKeys {
                 .arg(e.saturating_add(EXPIRED_KEPT_MS))
                 .ignore();
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.redis.manager();
         pipe.query_async::<()>(&mut conn).await?;
         Ok((
             key,
@@ -165,7 +164,7 @@ impl RedisKeys {
 
     /// Every stored key; index entries whose key Redis already dropped are pruned.
     pub async fn list(&self) -> Result<Vec<ListedKey>, KeyStoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.redis.manager();
         let hashes: Vec<String> = conn.smembers(self.index()).await?;
         let mut pipe = redis::pipe();
         for h in &hashes {
@@ -218,7 +217,7 @@ impl RedisKeys {
             [] => return Err(KeyStoreError::NotFound(which.into())),
             _ => return Err(KeyStoreError::Ambiguous(which.into())),
         };
-        let mut conn = self.conn.clone();
+        let mut conn = self.redis.manager();
         redis::pipe()
             .atomic()
             .del(self.key_of(&key.sha256))

@@ -11,6 +11,8 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use routemesh_mesh::{Patience, RedisConn};
+
 use crate::tenancy::tenants::TenantConfig;
 
 /// A limit a request ran into; named in the RESOURCE_EXHAUSTED message.
@@ -65,8 +67,7 @@ struct Memory {
 enum Store {
     Memory(Mutex<Memory>),
     Redis {
-        conn: redis::aio::ConnectionManager,
-        prefix: String,
+        redis: RedisConn,
         script: redis::Script,
     },
 }
@@ -107,17 +108,17 @@ impl Limits {
         tenants: &HashMap<String, TenantConfig>,
         fail_open: bool,
     ) -> Result<Self, redis::RedisError> {
-        let client = redis::Client::open(url)?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(std::time::Duration::from_millis(500)))
-            .set_response_timeout(Some(std::time::Duration::from_millis(500)))
-            .set_number_of_retries(1);
-        let conn = redis::aio::ConnectionManager::new_with_config(client, config).await?;
+        // Short timeouts: admission sits on the request path.
+        let patience = Patience {
+            connect_timeout: std::time::Duration::from_millis(500),
+            response_timeout: std::time::Duration::from_millis(500),
+            retries: 1,
+            max_retry_delay: None,
+        };
         Ok(Self {
             tenants: limited(tenants),
             store: Store::Redis {
-                conn,
-                prefix: format!("rm:v1:{{{mesh}}}:"),
+                redis: RedisConn::connect(url, mesh, patience).await?,
                 script: redis::Script::new(ADMIT),
             },
             fail_open,
@@ -170,17 +171,13 @@ impl Limits {
                 }
                 Ok(())
             }
-            Store::Redis {
-                conn,
-                prefix,
-                script,
-            } => {
-                let mut conn = conn.clone();
+            Store::Redis { redis, script } => {
+                let mut conn = redis.manager();
                 let result: Result<(i64, String), _> = script
-                    .key(format!("{prefix}{rpm}"))
-                    .key(format!("{prefix}{tpm}"))
-                    .key(format!("{prefix}{day}"))
-                    .key(format!("{prefix}{month}"))
+                    .key(redis.key(&rpm))
+                    .key(redis.key(&tpm))
+                    .key(redis.key(&day))
+                    .key(redis.key(&month))
                     .arg(limits[0])
                     .arg(limits[1])
                     .arg(limits[2])
@@ -219,31 +216,31 @@ impl Limits {
                     *m.counters.entry(month).or_insert(0.0) += cost_usd;
                 }
             }
-            Store::Redis { conn, prefix, .. } => {
-                let mut conn = conn.clone();
+            Store::Redis { redis, .. } => {
+                let mut conn = redis.manager();
                 let result = redis::pipe()
                     .cmd("INCRBY")
-                    .arg(format!("{prefix}{tpm}"))
+                    .arg(redis.key(&tpm))
                     .arg(tokens)
                     .ignore()
                     .cmd("PEXPIRE")
-                    .arg(format!("{prefix}{tpm}"))
+                    .arg(redis.key(&tpm))
                     .arg(120_000)
                     .ignore()
                     .cmd("INCRBYFLOAT")
-                    .arg(format!("{prefix}{day}"))
+                    .arg(redis.key(&day))
                     .arg(cost_usd)
                     .ignore()
                     .cmd("PEXPIRE")
-                    .arg(format!("{prefix}{day}"))
+                    .arg(redis.key(&day))
                     .arg(2 * DAY_MS)
                     .ignore()
                     .cmd("INCRBYFLOAT")
-                    .arg(format!("{prefix}{month}"))
+                    .arg(redis.key(&month))
                     .arg(cost_usd)
                     .ignore()
                     .cmd("PEXPIRE")
-                    .arg(format!("{prefix}{month}"))
+                    .arg(redis.key(&month))
                     .arg(2 * MONTH_MS)
                     .ignore()
                     .query_async::<()>(&mut conn)

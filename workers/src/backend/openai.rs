@@ -370,11 +370,11 @@ impl EventSender {
     }
 }
 
-/// Runs `produce` as the body of an engine stream (see `crate::driven`).
+/// Runs `produce` as the body of an engine stream (see `routemesh_mesh::driven`).
 pub(crate) fn async_stream_events<F, Fut>(produce: F) -> EngineStream
 where
     F: FnOnce(EventSender) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    crate::driven::driven_stream(|tx| produce(EventSender(tx)))
+    routemesh_mesh::driven::driven_stream(|tx| produce(EventSender(tx)))
 }

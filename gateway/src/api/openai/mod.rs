@@ -20,6 +20,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures::StreamExt;
+use routemesh_mesh::Tier;
 use routemesh_proto::v1::{
     FinishReason, RouteDecision, Tier as WireTier, Usage, generate_stream_event,
 };
@@ -315,12 +316,12 @@ async fn list_models(State(state): State<HttpState>, headers: HeaderMap) -> Resp
     }
     for m in models.models {
         let tier = if m.tier == WireTier::Large as i32 {
-            "large"
+            Tier::Large
         } else {
-            "small"
+            Tier::Small
         };
         data.push(json!({"id": m.name, "object": "model", "created": 0, "owned_by": "routemesh",
-                         "routemesh": {"tier": tier, "input_usd_per_mtok": m.input_usd_per_mtok,
+                         "routemesh": {"tier": tier.as_str(), "input_usd_per_mtok": m.input_usd_per_mtok,
                                        "output_usd_per_mtok": m.output_usd_per_mtok, "healthy_workers": m.healthy_workers}}));
     }
     axum::Json(json!({"object": "list", "data": data})).into_response()

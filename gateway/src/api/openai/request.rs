@@ -1,12 +1,13 @@
 //! A chat-completions request body parsed into the native request, with a
 //! 400 naming the field at fault for anything it cannot carry.
 
-use routemesh_proto::v1::{
-    ChatMessage, GenerateRequest, GenerationParams, RoutingHints, Tier as WireTier,
-};
+use routemesh_mesh::Tier;
+use routemesh_proto::v1::{ChatMessage, GenerateRequest, GenerationParams, RoutingHints};
 use serde_json::Value;
 
 use axum::http::StatusCode;
+
+use crate::request::tier_to_wire;
 
 use super::error::{ApiError, bad_request, openai_error};
 
@@ -200,13 +201,9 @@ fn parse_hints(r: &Value) -> Result<RoutingHints, ApiError> {
     };
     let tiers = strings("allowed_tiers")?
         .iter()
-        .map(|t| match t.as_str() {
-            "small" => Ok(WireTier::Small as i32),
-            "large" => Ok(WireTier::Large as i32),
-            other => Err(bad_request(
-                "routing.allowed_tiers",
-                format!("{other:?} is not \"small\" or \"large\""),
-            )),
+        .map(|t| match t.parse::<Tier>() {
+            Ok(tier) => Ok(tier_to_wire(tier) as i32),
+            Err(e) => Err(bad_request("routing.allowed_tiers", e.to_string())),
         })
         .collect::<Result<_, _>>()?;
     Ok(RoutingHints {

@@ -12,6 +12,7 @@ pub mod gguf;
 mod model;
 mod quant;
 mod sample;
+mod scalar;
 mod simd;
 mod tokenizer;
 

@@ -4,16 +4,15 @@
 //! Activations are quantized to 8 bits per 32-value block before each product,
 //! as llama.cpp does (Q8_1 against Q4_1, Q8_0 against Q8_0), so the integer
 //! dot products and their rounding match the reference engine's and the
-//! greedy outputs agree. The hot loops live in `simd` (AVX2) with the scalar
-//! versions here as the reference they are tested against and the fallback.
+//! greedy outputs agree. The hot loops live in `simd` (AVX2), which falls back
+//! to the reference kernels in `scalar` that the tests hold it to.
 
 use half::f16;
 use rayon::prelude::*;
 
 use super::gguf::TensorType;
+use super::scalar::{BLOCK, unpack_dm};
 use super::simd::{self, Act};
-
-pub const BLOCK: usize = 32;
 
 /// A weight matrix of `rows` rows of `cols` values, quantized per 32 values.
 #[derive(Debug)]
@@ -269,47 +268,9 @@ impl QActs {
     }
 }
 
-/// A Q4_1 block's (d, m) from their packed f16 bits.
-pub fn unpack_dm(dm: u32) -> (f32, f32) {
-    (
-        f16::from_bits(dm as u16).to_f32(),
-        f16::from_bits((dm >> 16) as u16).to_f32(),
-    )
-}
-
-/// Scalar Q4_1 · Q8_1 dot product (the reference the SIMD version matches).
-pub fn dot_q4_1_scalar(dm: &[u32], qs: &[u8], aq: &[i8], ad: &[f32], as_: &[f32]) -> f32 {
-    let mut sum = 0f32;
-    for b in 0..dm.len() {
-        let (d, m) = unpack_dm(dm[b]);
-        let q = &qs[b * 16..b * 16 + 16];
-        let a = &aq[b * BLOCK..b * BLOCK + BLOCK];
-        let mut isum = 0i32;
-        for j in 0..16 {
-            isum += i32::from(q[j] & 0x0f) * i32::from(a[j]);
-            isum += i32::from(q[j] >> 4) * i32::from(a[j + 16]);
-        }
-        sum += d * ad[b] * isum as f32 + m * as_[b];
-    }
-    sum
-}
-
-/// Scalar Q8_0 · Q8_0 dot product.
-pub fn dot_q8_0_scalar(qs: &[i8], d: &[f32], aq: &[i8], ad: &[f32]) -> f32 {
-    let mut sum = 0f32;
-    for b in 0..d.len() {
-        let isum: i32 = qs[b * BLOCK..b * BLOCK + BLOCK]
-            .iter()
-            .zip(&aq[b * BLOCK..b * BLOCK + BLOCK])
-            .map(|(&w, &a)| i32::from(w) * i32::from(a))
-            .sum();
-        sum += d[b] * ad[b] * isum as f32;
-    }
-    sum
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::scalar::{dot_q4_1_scalar, dot_q8_0_scalar};
     use super::*;
     use rand::{Rng, SeedableRng, rngs::StdRng};
 

@@ -9,7 +9,7 @@
 //! kernels with the scalar reference on random data.
 #![allow(unsafe_code)]
 
-use super::quant::{BLOCK, dot_q4_1_scalar, dot_q8_0_scalar};
+use super::scalar::{BLOCK, dot_q4_1_scalar, dot_q8_0_scalar};
 
 /// One token's quantized activations: values, block scales, Q8_1 sums.
 #[derive(Debug, Clone, Copy)]

@@ -6,11 +6,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::AsyncCommands;
-use routemesh_router::Tier;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-/// What a worker announces about itself.
+use crate::model::TokenPrices;
+use crate::redis_conn::{Patience, RedisConn};
+use crate::tier::Tier;
+
+/// What a worker announces about itself. Stored as JSON in Redis: a field
+/// added here needs `#[serde(default)]` so that older records still parse.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorkerRecord {
     pub id: String,
@@ -29,6 +33,17 @@ pub struct WorkerRecord {
     pub simulated: bool,
 }
 
+impl WorkerRecord {
+    /// The prices the worker charges.
+    pub fn prices(&self) -> TokenPrices {
+        TokenPrices {
+            input_usd_per_mtok: self.input_usd_per_mtok,
+            output_usd_per_mtok: self.output_usd_per_mtok,
+        }
+    }
+}
+
+/// Why a registry operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     #[error("registry redis error: {0}")]
@@ -113,7 +128,7 @@ impl Registry for MemoryRegistry {
 /// (the JSON record, with a TTL that Redis's own clock expires).
 #[derive(Clone)]
 pub struct RedisRegistry {
-    conn: redis::aio::ConnectionManager,
+    redis: RedisConn,
     index_key: String,
     record_prefix: String,
     round_trips: Arc<std::sync::atomic::AtomicU64>,
@@ -127,24 +142,23 @@ impl std::fmt::Debug for RedisRegistry {
     }
 }
 
-/// The key prefix of everything routemesh stores for mesh `mesh`.
-pub fn mesh_prefix(mesh: &str) -> String {
-    format!("rm:v1:{{{mesh}}}:")
-}
+/// Announcements and listings run in the background (heartbeats, pool
+/// refreshes), so they can wait longer than a request-path lookup.
+const PATIENCE: Patience = Patience {
+    connect_timeout: Duration::from_secs(2),
+    response_timeout: Duration::from_secs(2),
+    retries: 2,
+    max_retry_delay: None,
+};
 
 impl RedisRegistry {
+    /// Connects to the registry of mesh `mesh` at `url`.
     pub async fn connect(url: &str, mesh: &str) -> Result<Self, RegistryError> {
-        let client = redis::Client::open(url)?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(2)))
-            .set_number_of_retries(2);
-        let conn = redis::aio::ConnectionManager::new_with_config(client, config).await?;
-        let prefix = mesh_prefix(mesh);
+        let redis = RedisConn::connect(url, mesh, PATIENCE).await?;
         Ok(Self {
-            conn,
-            index_key: format!("{prefix}workers"),
-            record_prefix: format!("{prefix}worker:"),
+            index_key: redis.key("workers"),
+            record_prefix: redis.key("worker:"),
+            redis,
             round_trips: Default::default(),
         })
     }
@@ -158,7 +172,7 @@ impl Registry for RedisRegistry {
             source,
         })?;
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-        let mut conn = self.conn.clone();
+        let mut conn = self.redis.manager();
         self.round_trips
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.round_trips
@@ -179,7 +193,7 @@ impl Registry for RedisRegistry {
     }
 
     async fn withdraw(&self, id: &str) -> Result<(), RegistryError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.redis.manager();
         self.round_trips
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.round_trips
@@ -196,7 +210,7 @@ impl Registry for RedisRegistry {
     }
 
     async fn list(&self) -> Result<Vec<WorkerRecord>, RegistryError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.redis.manager();
         self.round_trips
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.round_trips

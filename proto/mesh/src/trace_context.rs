@@ -39,7 +39,7 @@ impl Injector for Write<'_> {
 }
 
 /// The trace context a caller sent (empty when it sent none).
-pub fn extract(metadata: &MetadataMap) -> Context {
+fn extract(metadata: &MetadataMap) -> Context {
     opentelemetry::global::get_text_map_propagator(|p| p.extract(&Read(metadata)))
 }
 

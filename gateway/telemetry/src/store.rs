@@ -7,6 +7,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use routemesh_mesh::{Patience, RedisConn};
+
 /// Increments to one hash, and how long the hash lives after this write.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HashUpdate {
@@ -142,15 +144,14 @@ impl HashStore for MemoryStore {
 /// works on Redis Cluster); every write pipelined into one round trip.
 #[derive(Clone)]
 pub struct RedisStore {
-    conn: redis::aio::ConnectionManager,
-    prefix: String,
+    redis: RedisConn,
     round_trips: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStore")
-            .field("prefix", &self.prefix)
+            .field("prefix", &self.redis.prefix())
             .finish()
     }
 }
@@ -162,22 +163,20 @@ fn ttl_ms(ttl: Duration) -> i64 {
 impl RedisStore {
     /// Connects (and keeps reconnecting with backoff) to `url`.
     pub async fn connect(url: &str, mesh: &str) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url)?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(1)))
-            .set_response_timeout(Some(Duration::from_secs(1)))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_secs(2));
-        let conn = redis::aio::ConnectionManager::new_with_config(client, config).await?;
+        let patience = Patience {
+            connect_timeout: Duration::from_secs(1),
+            response_timeout: Duration::from_secs(1),
+            retries: 1,
+            max_retry_delay: Some(Duration::from_secs(2)),
+        };
         Ok(Self {
-            conn,
-            prefix: format!("rm:v1:{{{mesh}}}:"),
+            redis: RedisConn::connect(url, mesh, patience).await?,
             round_trips: Default::default(),
         })
     }
 
     fn key(&self, key: &str) -> String {
-        format!("{}{key}", self.prefix)
+        self.redis.key(key)
     }
 
     fn trip(&self) {
@@ -204,7 +203,7 @@ impl HashStore for RedisStore {
             }
             pipe.cmd("PEXPIRE").arg(&key).arg(ttl_ms(u.ttl)).ignore();
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.redis.manager();
         self.trip();
         pipe.query_async::<()>(&mut conn).await?;
         Ok(())
@@ -220,7 +219,7 @@ impl HashStore for RedisStore {
             return Ok(());
         }
         let key = self.key(index);
-        let mut conn = self.conn.clone();
+        let mut conn = self.redis.manager();
         self.trip();
         redis::pipe()
             .cmd("SADD")
@@ -237,7 +236,7 @@ impl HashStore for RedisStore {
     }
 
     async fn index(&self, index: &str) -> Result<Vec<String>, StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.redis.manager();
         self.trip();
         let mut members: Vec<String> = redis::cmd("SMEMBERS")
             .arg(self.key(index))
@@ -255,7 +254,7 @@ impl HashStore for RedisStore {
         for k in keys {
             pipe.cmd("HGETALL").arg(self.key(k));
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.redis.manager();
         self.trip();
         let raw: Vec<HashMap<String, String>> = pipe.query_async(&mut conn).await?;
         Ok(raw

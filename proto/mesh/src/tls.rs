@@ -10,22 +10,105 @@
 //! already open keep the certificate they were made with.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use serde::{Deserialize, Serialize};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::TlsFiles;
+/// Certificate files for TLS (PEM), reloaded when they change.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// This side's certificate chain.
+    pub cert: PathBuf,
+    /// This side's private key.
+    pub key: PathBuf,
+    /// CA that peers' certificates must chain to: on a server, clients must
+    /// present a certificate (mutual TLS); on a client, the server's CA.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// How often the files are read for changes; new connections use a new
+    /// set once it loads (a set that does not load keeps the current one).
+    #[serde(default = "default_reload_interval", with = "humantime_serde")]
+    pub reload_interval: Duration,
+}
+
+fn default_reload_interval() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl TlsFiles {
+    /// Checks what serde cannot; the error names the key at fault
+    /// (relative to this section).
+    pub fn validate(&self) -> Result<(), TlsError> {
+        if self.reload_interval < Duration::from_millis(10) {
+            return Err(TlsError::Invalid {
+                part: "reload_interval",
+                reason: "must be at least 10ms".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Why TLS could not be set up. Every message starts with the part at fault
+/// (`cert`, `key`, `ca`, `cert and key`, or a key of [`TlsFiles`]), so that
+/// configuration errors can name the key.
+///
+/// Comparable, so that a reload that keeps failing the same way is reported
+/// once rather than on every tick.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TlsError {
+    /// A file could not be read.
+    #[error("{part}: cannot read {path}: {reason}")]
+    Read {
+        part: &'static str,
+        path: String,
+        reason: String,
+    },
+    /// A part does not hold what it should.
+    #[error("{part}: {reason}")]
+    Invalid { part: &'static str, reason: String },
+    /// rustls refused the protocol versions (never, with the ring provider).
+    #[error("{0}")]
+    Protocol(String),
+    /// A host that cannot be a TLS server name.
+    #[error("{host:?} is not a valid TLS server name: {reason}")]
+    ServerName { host: String, reason: String },
+    /// The files under configuration key `what` did not load at startup.
+    /// (`cause` is part of the message, so it is not also a `source()`.)
+    #[error("{what}.{cause}")]
+    Config {
+        what: &'static str,
+        cause: Box<TlsError>,
+    },
+}
+
+fn invalid(part: &'static str, reason: impl ToString) -> TlsError {
+    TlsError::Invalid {
+        part,
+        reason: reason.to_string(),
+    }
+}
+
+fn read_error(part: &'static str, path: &Path, e: &std::io::Error) -> TlsError {
+    TlsError::Read {
+        part,
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    }
+}
 
 /// Successful and failed reloads, by what was reloaded and the outcome.
-pub const RELOADS: &str = "routemesh_tls_reloads_total";
+const RELOADS: &str = "routemesh_tls_reloads_total";
 /// A TLS handshake must finish within this, so a silent client cannot hold
 /// a task forever.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -33,17 +116,16 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The bytes of one set of files.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pem {
-    pub cert: Vec<u8>,
-    pub key: Vec<u8>,
-    pub ca: Option<Vec<u8>>,
+    cert: Vec<u8>,
+    key: Vec<u8>,
+    ca: Option<Vec<u8>>,
 }
 
 impl Pem {
     /// Reads the files (at startup; blocking is fine there).
-    pub fn read_now(files: &TlsFiles) -> Result<Self, String> {
-        let read = |p: &PathBuf, what: &str| {
-            std::fs::read(p).map_err(|e| format!("{what}: cannot read {}: {e}", p.display()))
-        };
+    fn read_now(files: &TlsFiles) -> Result<Self, TlsError> {
+        let read =
+            |p: &PathBuf, what: &'static str| std::fs::read(p).map_err(|e| read_error(what, p, &e));
         Ok(Pem {
             cert: read(&files.cert, "cert")?,
             key: read(&files.key, "key")?,
@@ -52,11 +134,11 @@ impl Pem {
     }
 
     /// Reads the files without blocking the runtime.
-    async fn read(files: &TlsFiles) -> Result<Self, String> {
+    async fn read(files: &TlsFiles) -> Result<Self, TlsError> {
         let read = |p: PathBuf, what: &'static str| async move {
             tokio::fs::read(&p)
                 .await
-                .map_err(|e| format!("{what}: cannot read {}: {e}", p.display()))
+                .map_err(|e| read_error(what, &p, &e))
         };
         Ok(Pem {
             cert: read(files.cert.clone(), "cert").await?,
@@ -68,32 +150,32 @@ impl Pem {
         })
     }
 
-    fn chain(&self) -> Result<Vec<CertificateDer<'static>>, String> {
+    fn chain(&self) -> Result<Vec<CertificateDer<'static>>, TlsError> {
         let chain = CertificateDer::pem_slice_iter(&self.cert)
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("cert: {e}"))?;
+            .map_err(|e| invalid("cert", e))?;
         if chain.is_empty() {
-            return Err("cert: no certificate in the file".into());
+            return Err(invalid("cert", "no certificate in the file"));
         }
         Ok(chain)
     }
 
-    fn private_key(&self) -> Result<PrivateKeyDer<'static>, String> {
-        PrivateKeyDer::from_pem_slice(&self.key).map_err(|e| format!("key: {e}"))
+    fn private_key(&self) -> Result<PrivateKeyDer<'static>, TlsError> {
+        PrivateKeyDer::from_pem_slice(&self.key).map_err(|e| invalid("key", e))
     }
 
-    fn roots(&self) -> Result<Option<RootCertStore>, String> {
+    fn roots(&self) -> Result<Option<RootCertStore>, TlsError> {
         let Some(ca) = &self.ca else {
             return Ok(None);
         };
         let mut roots = RootCertStore::empty();
         for cert in CertificateDer::pem_slice_iter(ca) {
             roots
-                .add(cert.map_err(|e| format!("ca: {e}"))?)
-                .map_err(|e| format!("ca: {e}"))?;
+                .add(cert.map_err(|e| invalid("ca", e))?)
+                .map_err(|e| invalid("ca", e))?;
         }
         if roots.is_empty() {
-            return Err("ca: no certificate in the file".into());
+            return Err(invalid("ca", "no certificate in the file"));
         }
         Ok(Some(roots))
     }
@@ -105,10 +187,10 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 /// A server configuration: this side's certificate, and with a CA, client
 /// certificates required (mutual TLS). `alpn`: the protocols offered.
-pub fn server_config(pem: &Pem, alpn: &[&[u8]]) -> Result<ServerConfig, String> {
+pub fn server_config(pem: &Pem, alpn: &[&[u8]]) -> Result<ServerConfig, TlsError> {
     let builder = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| TlsError::Protocol(e.to_string()))?;
     let builder = match pem.roots()? {
         Some(roots) => {
             let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
@@ -116,30 +198,30 @@ pub fn server_config(pem: &Pem, alpn: &[&[u8]]) -> Result<ServerConfig, String> 
                 provider(),
             )
             .build()
-            .map_err(|e| format!("ca: {e}"))?;
+            .map_err(|e| invalid("ca", e))?;
             builder.with_client_cert_verifier(verifier)
         }
         None => builder.with_no_client_auth(),
     };
     let mut config = builder
         .with_single_cert(pem.chain()?, pem.private_key()?)
-        .map_err(|e| format!("cert and key: {e}"))?;
+        .map_err(|e| invalid("cert and key", e))?;
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(config)
 }
 
 /// A client configuration for gRPC (HTTP/2): the CA that servers'
 /// certificates must chain to, and this side's certificate for mutual TLS.
-pub fn client_config(pem: &Pem) -> Result<ClientConfig, String> {
+pub fn client_config(pem: &Pem) -> Result<ClientConfig, TlsError> {
     let roots = pem
         .roots()?
-        .ok_or("ca: needed to verify the servers' certificates")?;
+        .ok_or_else(|| invalid("ca", "needed to verify the servers' certificates"))?;
     let mut config = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .map_err(|e| TlsError::Protocol(e.to_string()))?
         .with_root_certificates(roots)
         .with_client_auth_cert(pem.chain()?, pem.private_key()?)
-        .map_err(|e| format!("cert and key: {e}"))?;
+        .map_err(|e| invalid("cert and key", e))?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(config)
 }
@@ -184,12 +266,15 @@ pub fn watch<T, F>(
     what: &'static str,
     build: F,
     stop: CancellationToken,
-) -> Result<(Reloading<T>, JoinHandle<()>), String>
+) -> Result<(Reloading<T>, JoinHandle<()>), TlsError>
 where
     T: Send + Sync + 'static,
-    F: Fn(&Pem) -> Result<T, String> + Send + 'static,
+    F: Fn(&Pem) -> Result<T, TlsError> + Send + 'static,
 {
-    let prefix = |e: String| format!("{what}.{e}");
+    let prefix = |e: TlsError| TlsError::Config {
+        what,
+        cause: Box::new(e),
+    };
     let pem = Pem::read_now(files).map_err(prefix)?;
     let reloading = Reloading {
         current: Arc::new(RwLock::new(Arc::new(build(&pem).map_err(prefix)?))),
@@ -312,10 +397,15 @@ impl std::fmt::Debug for TlsConnector {
 }
 
 impl TlsConnector {
-    pub fn new(config: Reloading<ClientConfig>, host: &str) -> Result<Self, String> {
+    pub fn new(config: Reloading<ClientConfig>, host: &str) -> Result<Self, TlsError> {
         let host = host.trim_start_matches('[').trim_end_matches(']');
-        let server_name = rustls::pki_types::ServerName::try_from(host.to_string())
-            .map_err(|e| format!("{host:?} is not a valid TLS server name: {e}"))?;
+        let server_name =
+            rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|e| {
+                TlsError::ServerName {
+                    host: host.to_string(),
+                    reason: e.to_string(),
+                }
+            })?;
         Ok(Self {
             config,
             server_name,
@@ -363,9 +453,52 @@ mod tests {
             key: Vec::new(),
             ca: None,
         };
-        let e = server_config(&pem, &[b"h2"]).unwrap_err();
+        let e = server_config(&pem, &[b"h2"]).unwrap_err().to_string();
         assert!(e.starts_with("cert:") || e.starts_with("key:"), "{e}");
         let e = client_config(&pem).unwrap_err();
-        assert!(e.starts_with("ca:"), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "ca: needed to verify the servers' certificates"
+        );
+    }
+
+    #[test]
+    fn startup_errors_name_the_configuration_key() {
+        let files = TlsFiles {
+            cert: "/nonexistent/routemesh-test/cert.pem".into(),
+            key: "/nonexistent/routemesh-test/key.pem".into(),
+            ca: None,
+            reload_interval: Duration::from_secs(10),
+        };
+        let stop = CancellationToken::new();
+        let e = watch(&files, "gateway.tls", client_config, stop).unwrap_err();
+        let message = e.to_string();
+        assert!(
+            message.starts_with(
+                "gateway.tls.cert: cannot read /nonexistent/routemesh-test/cert.pem: "
+            ),
+            "{message}"
+        );
+        assert!(matches!(
+            e,
+            TlsError::Config { what: "gateway.tls", ref cause }
+                if matches!(**cause, TlsError::Read { part: "cert", .. })
+        ));
+    }
+
+    #[test]
+    fn reload_interval_is_checked() {
+        let mut files = TlsFiles {
+            cert: "c".into(),
+            key: "k".into(),
+            ca: None,
+            reload_interval: Duration::from_millis(10),
+        };
+        assert_eq!(files.validate(), Ok(()));
+        files.reload_interval = Duration::from_millis(9);
+        assert_eq!(
+            files.validate().unwrap_err().to_string(),
+            "reload_interval: must be at least 10ms"
+        );
     }
 }

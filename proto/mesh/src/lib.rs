@@ -1,0 +1,22 @@
+//! The shared ground under the routemesh gateway and its workers: model tiers
+//! and specs with the one price formula, worker records and the registry they
+//! are announced to, the Redis connection with its versioned key prefix, TLS
+//! from reloading PEM files, W3C trace context over gRPC, and producer-driven
+//! streams.
+//!
+//! Nothing here knows about routing or inference, so the worker agent links
+//! this instead of the router (the ML crate) and the router links it for the
+//! tier and price of a model.
+
+pub mod driven;
+mod model;
+mod redis_conn;
+mod registry;
+mod tier;
+pub mod tls;
+pub mod trace_context;
+
+pub use model::{ModelSpec, TokenPrices};
+pub use redis_conn::{Patience, RedisConn, key_prefix};
+pub use registry::{MemoryRegistry, RedisRegistry, Registry, RegistryError, WorkerRecord};
+pub use tier::{ParseTierError, Tier};
