@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use crate::routing::policy::PolicyKind;
 use routemesh_mesh::Tier;
-use routemesh_router::PolicyKind;
 use routemesh_worker::WorkerConfig;
 use serde::{Deserialize, Serialize};
 
@@ -245,7 +245,7 @@ fn default_feedback_days() -> u32 {
     7
 }
 fn default_error_weight() -> f64 {
-    routemesh_router::UtilityPolicy::default().error_weight
+    crate::routing::policy::UtilityPolicy::default().error_weight
 }
 
 impl Default for TelemetryConfig {
@@ -274,10 +274,10 @@ fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 50051))
 }
 fn default_latency_weight() -> f64 {
-    routemesh_router::UtilityPolicy::default().latency_weight
+    crate::routing::policy::UtilityPolicy::default().latency_weight
 }
 fn default_load_weight() -> f64 {
-    routemesh_router::UtilityPolicy::default().load_weight
+    crate::routing::policy::UtilityPolicy::default().load_weight
 }
 fn default_request_timeout() -> Duration {
     Duration::from_secs(120)

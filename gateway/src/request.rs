@@ -1,9 +1,9 @@
 //! Turns a client's GenerateRequest into a validated request, or an error that
 //! names the field at fault. Nothing downstream re-checks these rules.
 
+use crate::routing::policy::Hints;
 use routemesh_mesh::Tier;
 use routemesh_proto::v1::{ChatMessage, GenerateRequest, GenerationParams, Tier as WireTier};
-use routemesh_router::Hints;
 
 use crate::config::GatewayConfig;
 use crate::error::GatewayError;

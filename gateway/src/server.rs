@@ -5,9 +5,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::routing::policy::{LeastLoaded, Policy, PolicyKind, UtilityPolicy};
 use routemesh_mesh::{Registry, tls};
 use routemesh_proto::v1::gateway_server::GatewayServer;
-use routemesh_router::{LeastLoaded, Policy, PolicyKind, UtilityPolicy};
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;

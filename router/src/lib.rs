@@ -1,9 +1,7 @@
-//! routemesh's routing brain: the learned model router (encoder, quality
-//! predictors, metrics, artifacts, CLI) and the policies that turn predicted
-//! quality, cost and latency into a decision with its explanation.
-//!
-//! No networking lives here: the gateway feeds in a view of the pool and gets
-//! back a decision.
+//! routemesh's learned router: the encoder, the quality predictors and their
+//! artifacts, which predict how well each model would answer a prompt. The
+//! policies that turn predictions, cost and latency into a decision live in
+//! the gateway (`routing::policy`).
 
 pub mod artifact;
 pub mod cli;
@@ -13,13 +11,8 @@ pub mod encoder;
 pub mod eval;
 pub mod fast;
 pub mod metrics;
-pub mod policy;
 pub mod predict;
 pub mod router;
 
-pub use crate::policy::{
-    CandidateScore, Decision, Hints, LeastLoaded, NoCandidate, Policy, PolicyKind, Prediction,
-    RouteInput, UtilityPolicy, WorkerView, decide_threshold,
-};
 pub use crate::predict::QualityPredictor;
 pub use crate::router::{EmbedPath, Router, RouterConfig, RouterError};

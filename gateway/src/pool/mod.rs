@@ -6,12 +6,12 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use crate::routing::policy::{Health, LatencySource, WorkerView};
 use routemesh_mesh::ModelSpec;
 use routemesh_mesh::tls::{Reloading, TlsConnector};
 use routemesh_mesh::{Registry, WorkerRecord};
 use routemesh_proto::v1::worker_client::WorkerClient;
 use routemesh_proto::v1::{LoadReport, LoadRequest};
-use routemesh_router::WorkerView;
 use routemesh_telemetry::Stats;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -196,6 +196,20 @@ impl WorkerHandle {
         self.healthy.load(Ordering::Acquire)
     }
 
+    /// Whether it may take requests now: its load checks, then its breaker
+    /// (which keeps requests away while the worker still answers checks).
+    fn health(&self) -> Health {
+        if !self.healthy() {
+            Health::Down
+        } else if self.breaker.allows(tokio::time::Instant::now()) {
+            Health::Up
+        } else {
+            Health::CircuitOpen {
+                half_open: self.breaker.state() == State::HalfOpen,
+            }
+        }
+    }
+
     /// A failed call: stop routing here until a load check succeeds.
     pub fn mark_unhealthy(&self) {
         self.healthy.store(false, Ordering::Release);
@@ -227,16 +241,15 @@ impl WorkerHandle {
         let observed_latency = observed.and_then(|o| o.latency_ms_p50);
         let (ttft_ms_p50, tokens_per_second_p50, latency_source) =
             match (telemetry_speed, reported_speed) {
-                (Some((ttft, tps)), _) => (ttft, tps, "telemetry"),
-                (None, Some((ttft, tps))) => (ttft, tps, "load-report"),
-                (None, None) if observed_latency.is_some() => (0.0, 0.0, "telemetry"),
-                (None, None) => (0.0, 0.0, "unknown"),
+                (Some((ttft, tps)), _) => (ttft, tps, LatencySource::Telemetry),
+                (None, Some((ttft, tps))) => (ttft, tps, LatencySource::LoadReport),
+                (None, None) if observed_latency.is_some() => (0.0, 0.0, LatencySource::Telemetry),
+                (None, None) => (0.0, 0.0, LatencySource::Unknown),
             };
         WorkerView {
             worker_id: &self.record.id,
             model: &self.spec,
-            // An open breaker keeps requests away like a failed load check.
-            healthy: self.healthy() && self.breaker.allows(tokio::time::Instant::now()),
+            health: self.health(),
             gateway_in_flight: self.in_flight(),
             reported_in_flight: load.as_ref().map_or(0, |l| l.in_flight),
             queue_depth: load.as_ref().map_or(0, |l| l.queue_depth),

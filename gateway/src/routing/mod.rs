@@ -3,10 +3,11 @@
 //! decisions: nothing here calls a worker (strategies, which do, live in
 //! `serve/`).
 
+pub mod policy;
 pub mod quality;
 pub(crate) mod route;
 
-use routemesh_router::Policy;
+use self::policy::Policy;
 
 use self::quality::QualityModel;
 

@@ -4,8 +4,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use super::policy::{
+    Decision, NoCandidate, Policy, Prediction, QualitySource, RouteInput, Threshold,
+};
 use routemesh_proto::v1::{RouteCandidate, RouteDecision};
-use routemesh_router::{Decision, NoCandidate, Policy, Prediction, RouteInput, WorkerView};
 use routemesh_telemetry::LiveSnapshot;
 use tokio::time::Instant;
 
@@ -19,20 +21,6 @@ use crate::routing::quality::Predicted;
 pub(crate) struct Routed {
     pub(crate) worker: Arc<WorkerHandle>,
     pub(crate) explanation: RouteDecision,
-}
-
-/// RouteLLM-style threshold routing between the pool's strongest and weakest
-/// models, for requests that name a `router-<name>-<threshold>` model.
-struct Threshold(f64);
-
-impl Policy for Threshold {
-    fn name(&self) -> &'static str {
-        "threshold"
-    }
-
-    fn decide(&self, input: &RouteInput<'_>, workers: &[WorkerView<'_>]) -> Decision {
-        routemesh_router::decide_threshold(self.0, input, workers)
-    }
 }
 
 /// What one decision is made from, besides the pool.
@@ -110,20 +98,6 @@ impl Routing {
         }
         let mut explanation = explain(&req.request_id, &decision, live, took);
         explanation.prompt_region = predicted.map(|p| p.region.clone()).unwrap_or_default();
-        // The policy sees an open breaker as "unhealthy"; say which it was.
-        for c in &mut explanation.candidates {
-            if !c.eligible
-                && let Some(w) = workers.iter().find(|w| w.record.id == c.worker_id)
-                && w.healthy()
-                && w.breaker.state() != crate::pool::breaker::State::Closed
-                && !w.breaker.allows(Instant::now())
-            {
-                c.excluded_because = format!(
-                    "circuit breaker {} (recent calls failed)",
-                    w.breaker.state().as_str().replace('_', "-")
-                );
-            }
-        }
         match decision.chosen {
             Ok(i) => Ok(Routed {
                 worker: workers[i].clone(),
@@ -177,8 +151,8 @@ impl Routing {
                 .and_then(|p| p.scores.get(&w.spec.name))
                 .copied();
             let (base, base_source) = match learned {
-                Some(q) => (q, "router"),
-                None => (w.spec.prior_quality(), "prior"),
+                Some(q) => (q, QualitySource::Router),
+                None => (w.spec.prior_quality(), QualitySource::Prior),
             };
             // With a router, feedback counts where it was given: on prompts of
             // the same region. Without one, for the model as a whole.
@@ -193,11 +167,7 @@ impl Routing {
             let prediction = match feedback.filter(|(_, n)| *n > 0.0) {
                 Some((sum, count)) => Prediction {
                     quality: (base * weight + sum) / (weight + count),
-                    source: if base_source == "router" {
-                        "router+feedback"
-                    } else {
-                        "prior+feedback"
-                    },
+                    source: base_source.with_feedback(),
                 },
                 None => Prediction {
                     quality: base,
@@ -234,14 +204,18 @@ fn explain(
                     worker_id: c.worker_id.clone(),
                     tier: tier_to_wire(c.tier) as i32,
                     predicted_quality: c.predicted_quality,
-                    quality_source: c.quality_source.to_string(),
+                    quality_source: c.quality_source.as_str().to_string(),
                     expected_cost_usd: c.expected_cost_usd,
                     expected_latency_ms: c.expected_latency_ms.unwrap_or(0.0),
                     load: c.load,
                     score: if c.score.is_finite() { c.score } else { 0.0 },
                     eligible: c.eligible(),
-                    excluded_because: c.excluded_because.clone(),
-                    latency_source: c.latency_source.to_string(),
+                    excluded_because: c
+                        .excluded
+                        .as_ref()
+                        .map(ToString::to_string)
+                        .unwrap_or_default(),
+                    latency_source: c.latency_source.as_str().to_string(),
                     observed_error_rate: observed.map_or(0.0, |o| o.error_rate),
                     observed_requests: observed.map_or(0.0, |o| o.requests),
                     observed_ttft_ms_p50: observed.and_then(|o| o.ttft_ms_p50).unwrap_or(0.0),

@@ -1,0 +1,281 @@
+//! The policies' decisions and explanations on small hand-made pools.
+
+use std::collections::HashMap;
+
+use routemesh_mesh::{ModelSpec, Tier};
+
+use super::*;
+
+fn small() -> ModelSpec {
+    ModelSpec {
+        name: "small".into(),
+        tier: Tier::Small,
+        input_usd_per_mtok: 0.1,
+        output_usd_per_mtok: 0.1,
+        quality_prior: None,
+    }
+}
+
+fn large() -> ModelSpec {
+    ModelSpec {
+        name: "large".into(),
+        tier: Tier::Large,
+        input_usd_per_mtok: 10.0,
+        output_usd_per_mtok: 30.0,
+        quality_prior: None,
+    }
+}
+
+fn view<'a>(id: &'a str, model: &'a ModelSpec, in_flight: u32) -> WorkerView<'a> {
+    WorkerView {
+        worker_id: id,
+        model,
+        health: Health::Up,
+        gateway_in_flight: in_flight,
+        reported_in_flight: 0,
+        queue_depth: 0,
+        capacity: 4,
+        max_queue: 4,
+        ttft_ms_p50: 0.0,
+        tokens_per_second_p50: 0.0,
+        latency_source: LatencySource::Unknown,
+        error_rate: 0.0,
+        observed_latency_ms_p50: None,
+    }
+}
+
+fn input(hints: &Hints) -> RouteInput<'_> {
+    RouteInput {
+        prompt_tokens: 100,
+        max_tokens: 256,
+        hints,
+        pinned_model: None,
+        predicted_quality: None,
+        cost_weight: None,
+    }
+}
+
+#[test]
+fn least_loaded_prefers_idle_worker_then_cheaper() {
+    let (s, l) = (small(), large());
+    let hints = Hints::default();
+    let workers = [view("s1", &s, 3), view("s2", &s, 1), view("l1", &l, 1)];
+    let d = LeastLoaded.decide(&input(&hints), &workers);
+    assert_eq!(
+        d.chosen_candidate().map(|c| c.worker_id.as_str()),
+        Some("s2")
+    );
+}
+
+#[test]
+fn utility_trades_quality_for_cost() {
+    let (s, l) = (small(), large());
+    let hints = Hints::default();
+    let workers = [view("s1", &s, 0), view("l1", &l, 0)];
+    // Priors: small 0.55, large 0.80; large costs ~0.0087 USD -> 0.17 at λ=20.
+    let d = UtilityPolicy::default().decide(&input(&hints), &workers);
+    assert_eq!(
+        d.chosen_candidate().map(|c| c.model.as_str()),
+        Some("large")
+    );
+    let pricey = UtilityPolicy {
+        cost_weight: 100.0,
+        ..Default::default()
+    };
+    let d = pricey.decide(&input(&hints), &workers);
+    assert_eq!(
+        d.chosen_candidate().map(|c| c.model.as_str()),
+        Some("small")
+    );
+    assert!(d.reason.contains("prior"), "{}", d.reason);
+}
+
+#[test]
+fn predictions_override_priors() {
+    let (s, l) = (small(), large());
+    let hints = Hints::default();
+    let workers = [view("s1", &s, 0), view("l1", &l, 0)];
+    let p = Prediction {
+        quality: 0.9,
+        source: QualitySource::Router,
+    };
+    let predicted = HashMap::from([("small".to_string(), p), ("large".to_string(), p)]);
+    let mut inp = input(&hints);
+    inp.predicted_quality = Some(&predicted);
+    let d = UtilityPolicy::default().decide(&inp, &workers);
+    let chosen = d
+        .chosen_candidate()
+        .map(|c| (c.model.as_str(), c.quality_source));
+    assert_eq!(chosen, Some(("small", QualitySource::Router)));
+}
+
+#[test]
+fn hints_exclude_with_named_reasons() {
+    let (s, l) = (small(), large());
+    let workers = [view("s1", &s, 0), view("l1", &l, 0)];
+    let hints = Hints {
+        max_cost_usd: Some(0.001),
+        ..Default::default()
+    };
+    let d = UtilityPolicy::default().decide(&input(&hints), &workers);
+    assert_eq!(
+        d.chosen_candidate().map(|c| c.model.as_str()),
+        Some("small")
+    );
+    assert!(matches!(
+        d.candidates[1].excluded,
+        Some(Exclusion::OverMaxCost { .. })
+    ));
+    assert!(
+        d.candidates[1]
+            .excluded
+            .as_ref()
+            .is_some_and(|e| e.to_string().contains("max_cost_usd"))
+    );
+
+    let hints = Hints {
+        quality_floor: Some(0.99),
+        ..Default::default()
+    };
+    let d = UtilityPolicy::default().decide(&input(&hints), &workers);
+    assert_eq!(d.chosen, Err(NoCandidate::HintsUnsatisfiable));
+    assert!(d.reason.contains("quality_floor"), "{}", d.reason);
+
+    let hints = Hints {
+        allowed_tiers: vec![Tier::Large],
+        ..Default::default()
+    };
+    let d = LeastLoaded.decide(&input(&hints), &workers);
+    assert_eq!(
+        d.chosen_candidate().map(|c| c.model.as_str()),
+        Some("large")
+    );
+}
+
+#[test]
+fn unhealthy_or_full_is_unavailable_not_unsatisfiable() {
+    let s = small();
+    let mut w = view("s1", &s, 0);
+    w.health = Health::Down;
+    let hints = Hints::default();
+    let d = LeastLoaded.decide(&input(&hints), &[w]);
+    assert_eq!(d.chosen, Err(NoCandidate::Unavailable));
+    let full = view("s2", &s, 8);
+    let d = LeastLoaded.decide(&input(&hints), &[full]);
+    assert_eq!(d.chosen, Err(NoCandidate::Saturated));
+    let d = LeastLoaded.decide(&input(&hints), &[]);
+    assert_eq!(d.chosen, Err(NoCandidate::EmptyPool));
+}
+
+#[test]
+fn pinned_model_only() {
+    let (s, l) = (small(), large());
+    let hints = Hints::default();
+    let workers = [view("s1", &s, 0), view("l1", &l, 3)];
+    let mut inp = input(&hints);
+    inp.pinned_model = Some("large");
+    let d = LeastLoaded.decide(&inp, &workers);
+    assert_eq!(
+        d.chosen_candidate().map(|c| c.worker_id.as_str()),
+        Some("l1")
+    );
+}
+
+#[test]
+fn failing_workers_lose_traffic() {
+    let s = small();
+    let hints = Hints::default();
+    let mut failing = view("s1", &s, 0);
+    failing.error_rate = 0.5;
+    let healthy = view("s2", &s, 1);
+    let d = UtilityPolicy::default().decide(&input(&hints), &[failing, healthy]);
+    assert_eq!(
+        d.chosen_candidate().map(|c| c.worker_id.as_str()),
+        Some("s2")
+    );
+    assert!(d.reason.contains("error rate 0.000"), "{}", d.reason);
+}
+
+#[test]
+fn a_tenant_cost_weight_overrides_the_policy() {
+    let (s, l) = (small(), large());
+    let hints = Hints::default();
+    let workers = [view("s1", &s, 0), view("l1", &l, 0)];
+    let mut inp = input(&hints);
+    inp.cost_weight = Some(100.0);
+    let d = UtilityPolicy::default().decide(&inp, &workers);
+    assert_eq!(
+        d.chosen_candidate().map(|c| c.model.as_str()),
+        Some("small")
+    );
+}
+
+#[test]
+fn threshold_routing_picks_strong_only_past_the_gap() {
+    let (s, l) = (small(), large());
+    let hints = Hints::default();
+    let workers = [view("s1", &s, 0), view("l1", &l, 0)];
+    let predicted = HashMap::from([
+        (
+            "small".to_string(),
+            Prediction {
+                quality: 0.5,
+                source: QualitySource::Router,
+            },
+        ),
+        (
+            "large".to_string(),
+            Prediction {
+                quality: 0.7,
+                source: QualitySource::Router,
+            },
+        ),
+    ]);
+    let mut inp = input(&hints);
+    inp.predicted_quality = Some(&predicted);
+    let d = Threshold(0.1).decide(&inp, &workers);
+    assert_eq!(
+        d.chosen_candidate().map(|c| c.model.as_str()),
+        Some("large")
+    );
+    assert!(d.reason.contains(">= threshold 0.1"), "{}", d.reason);
+    let d = Threshold(0.3).decide(&inp, &workers);
+    assert_eq!(
+        d.chosen_candidate().map(|c| c.model.as_str()),
+        Some("small")
+    );
+    assert_eq!(d.policy, "threshold");
+}
+
+#[test]
+fn latency_slo_uses_reported_speed() {
+    let s = small();
+    let mut w = view("s1", &s, 0);
+    w.ttft_ms_p50 = 100.0;
+    w.tokens_per_second_p50 = 50.0;
+    // 100 ms + 256 tokens / 50 tok/s = 5.22 s.
+    let hints = Hints {
+        latency_slo_ms: Some(1000),
+        ..Default::default()
+    };
+    let d = LeastLoaded.decide(&input(&hints), &[w]);
+    assert!(matches!(
+        d.candidates[0].excluded,
+        Some(Exclusion::OverLatencySlo { slo_ms: 1000, .. })
+    ));
+}
+
+#[test]
+fn an_open_breaker_is_named_and_makes_the_pool_unavailable() {
+    let s = small();
+    let mut w = view("s1", &s, 0);
+    w.health = Health::CircuitOpen { half_open: false };
+    let hints = Hints::default();
+    let d = LeastLoaded.decide(&input(&hints), &[w]);
+    assert_eq!(d.chosen, Err(NoCandidate::Unavailable));
+    let why = d.candidates[0].excluded.as_ref().map(ToString::to_string);
+    assert_eq!(
+        why.as_deref(),
+        Some("circuit breaker open (recent calls failed)")
+    );
+}
