@@ -33,7 +33,7 @@ pub enum GatewayError {
     #[error("tenant {tenant:?} is over its {limit} limit ({value}); retry later")]
     OverLimit {
         tenant: String,
-        limit: &'static str,
+        limit: crate::tenancy::limits::LimitKind,
         value: String,
     },
     /// Limits cannot be checked and the gateway fails closed.

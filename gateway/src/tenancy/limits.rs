@@ -15,11 +15,59 @@ use routemesh_mesh::{Patience, RedisConn};
 
 use crate::tenancy::tenants::TenantConfig;
 
+/// One of a tenant's limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LimitKind {
+    RequestsPerMinute,
+    TokensPerMinute,
+    BudgetUsdPerDay,
+    BudgetUsdPerMonth,
+}
+
+impl LimitKind {
+    /// The limit's name in the tenant configuration and in messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitKind::RequestsPerMinute => "requests_per_minute",
+            LimitKind::TokensPerMinute => "tokens_per_minute",
+            LimitKind::BudgetUsdPerDay => "budget_usd_per_day",
+            LimitKind::BudgetUsdPerMonth => "budget_usd_per_month",
+        }
+    }
+
+    /// The limit the admission script named.
+    fn from_script(name: &str) -> Option<Self> {
+        [
+            LimitKind::RequestsPerMinute,
+            LimitKind::TokensPerMinute,
+            LimitKind::BudgetUsdPerDay,
+            LimitKind::BudgetUsdPerMonth,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == name)
+    }
+
+    /// How long one window of the limit lasts.
+    fn window_ms(self) -> u64 {
+        match self {
+            LimitKind::RequestsPerMinute | LimitKind::TokensPerMinute => MINUTE_MS,
+            LimitKind::BudgetUsdPerDay => DAY_MS,
+            LimitKind::BudgetUsdPerMonth => MONTH_MS,
+        }
+    }
+}
+
+impl std::fmt::Display for LimitKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A limit a request ran into; named in the RESOURCE_EXHAUSTED message.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Refusal {
     Over {
-        limit: &'static str,
+        limit: LimitKind,
         value: String,
     },
     /// The limits store is down and the gateway fails closed.
@@ -59,9 +107,36 @@ end
 return {0, ''}
 "#;
 
+/// Counters of this process: one per tenant and limit, for the limit's
+/// current window only (a new window starts from zero and replaces the old
+/// one), so the map is bounded by the tenants with limits.
 #[derive(Debug, Default)]
 struct Memory {
-    counters: HashMap<String, f64>,
+    counters: HashMap<(String, LimitKind), (u64, f64)>,
+}
+
+impl Memory {
+    fn get(&self, tenant: &str, kind: LimitKind, now_ms: u64) -> f64 {
+        let window = now_ms / kind.window_ms();
+        self.counters
+            .get(&(tenant.to_string(), kind))
+            .filter(|(w, _)| *w == window)
+            .map_or(0.0, |(_, v)| *v)
+    }
+
+    /// Adds `amount` to the current window's counter; returns the new value.
+    fn add(&mut self, tenant: &str, kind: LimitKind, now_ms: u64, amount: f64) -> f64 {
+        let window = now_ms / kind.window_ms();
+        let counter = self
+            .counters
+            .entry((tenant.to_string(), kind))
+            .or_insert((window, 0.0));
+        if counter.0 != window {
+            *counter = (window, 0.0);
+        }
+        counter.1 += amount;
+        counter.1
+    }
 }
 
 enum Store {
@@ -137,37 +212,34 @@ impl Limits {
             or_none(t.budget_usd_per_day),
             or_none(t.budget_usd_per_month),
         ];
-        let over = |name: &'static str| {
-            let value = match name {
-                "requests_per_minute" => limits[0],
-                "tokens_per_minute" => limits[1],
-                "budget_usd_per_day" => limits[2],
-                _ => limits[3],
+        let over = |limit: LimitKind| {
+            let value = match limit {
+                LimitKind::RequestsPerMinute => limits[0],
+                LimitKind::TokensPerMinute => limits[1],
+                LimitKind::BudgetUsdPerDay => limits[2],
+                LimitKind::BudgetUsdPerMonth => limits[3],
             };
             Refusal::Over {
-                limit: name,
+                limit,
                 value: format!("{value}"),
             }
         };
         match &self.store {
             Store::Memory(m) => {
                 let Ok(mut m) = m.lock() else { return Ok(()) };
-                let get = |m: &Memory, k: &str| m.counters.get(k).copied().unwrap_or(0.0);
-                for (key, limit, name) in [
-                    (&tpm, limits[1], "tokens_per_minute"),
-                    (&day, limits[2], "budget_usd_per_day"),
-                    (&month, limits[3], "budget_usd_per_month"),
+                for (limit, kind) in [
+                    (limits[1], LimitKind::TokensPerMinute),
+                    (limits[2], LimitKind::BudgetUsdPerDay),
+                    (limits[3], LimitKind::BudgetUsdPerMonth),
                 ] {
-                    if limit >= 0.0 && get(&m, key) >= limit {
-                        return Err(over(name));
+                    if limit >= 0.0 && m.get(tenant, kind, now_ms) >= limit {
+                        return Err(over(kind));
                     }
                 }
-                if limits[0] >= 0.0 {
-                    let n = m.counters.entry(rpm).or_insert(0.0);
-                    *n += 1.0;
-                    if *n > limits[0] {
-                        return Err(over("requests_per_minute"));
-                    }
+                if limits[0] >= 0.0
+                    && m.add(tenant, LimitKind::RequestsPerMinute, now_ms, 1.0) > limits[0]
+                {
+                    return Err(over(LimitKind::RequestsPerMinute));
                 }
                 Ok(())
             }
@@ -186,12 +258,9 @@ impl Limits {
                     .await;
                 match result {
                     Ok((0, _)) => Ok(()),
-                    Ok((_, name)) => Err(over(match name.as_str() {
-                        "tokens_per_minute" => "tokens_per_minute",
-                        "budget_usd_per_day" => "budget_usd_per_day",
-                        "budget_usd_per_month" => "budget_usd_per_month",
-                        _ => "requests_per_minute",
-                    })),
+                    Ok((_, name)) => Err(over(
+                        LimitKind::from_script(&name).unwrap_or(LimitKind::RequestsPerMinute),
+                    )),
                     Err(e) if self.fail_open => {
                         tracing::warn!(error = %e, "limits store unreachable; admitting (limits_fail_open)");
                         Ok(())
@@ -211,9 +280,9 @@ impl Limits {
         match &self.store {
             Store::Memory(m) => {
                 if let Ok(mut m) = m.lock() {
-                    *m.counters.entry(tpm).or_insert(0.0) += tokens as f64;
-                    *m.counters.entry(day).or_insert(0.0) += cost_usd;
-                    *m.counters.entry(month).or_insert(0.0) += cost_usd;
+                    m.add(tenant, LimitKind::TokensPerMinute, now_ms, tokens as f64);
+                    m.add(tenant, LimitKind::BudgetUsdPerDay, now_ms, cost_usd);
+                    m.add(tenant, LimitKind::BudgetUsdPerMonth, now_ms, cost_usd);
                 }
             }
             Store::Redis { redis, .. } => {
@@ -281,7 +350,7 @@ mod tests {
         assert_eq!(
             l.admit("t", now).await,
             Err(Refusal::Over {
-                limit: "requests_per_minute",
+                limit: LimitKind::RequestsPerMinute,
                 value: "2".into()
             })
         );
@@ -290,13 +359,41 @@ mod tests {
         assert!(matches!(
             l.admit("t", now + 2 * MINUTE_MS).await,
             Err(Refusal::Over {
-                limit: "budget_usd_per_day",
+                limit: LimitKind::BudgetUsdPerDay,
                 ..
             })
         ));
         assert!(
             l.admit("other", now).await.is_ok(),
             "tenants without limits pass"
+        );
+    }
+
+    #[tokio::test]
+    async fn memory_forgets_past_windows() {
+        let tenants = HashMap::from([(
+            "t".to_string(),
+            TenantConfig {
+                requests_per_minute: Some(100),
+                tokens_per_minute: Some(100_000),
+                budget_usd_per_day: Some(100.0),
+                ..Default::default()
+            },
+        )]);
+        let l = Limits::in_memory(&tenants, true);
+        // A month of minutes, each with a request and a charge.
+        for minute in 0..(30 * 24 * 60) {
+            let now = minute * MINUTE_MS;
+            assert!(l.admit("t", now).await.is_ok());
+            l.charge("t", 10, 0.0001, now).await;
+        }
+        let Store::Memory(m) = &l.store else {
+            panic!("in memory")
+        };
+        let counters = m.lock().map(|m| m.counters.len()).unwrap_or(0);
+        assert!(
+            counters <= 4,
+            "{counters} counters kept for one tenant after a month"
         );
     }
 }
