@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::encoder::hex;
+use crate::predict::quant::{dequantize_rows, quantize_rows};
 use crate::predict::{
     Blend, Knn, KnnConfig, MatrixFactorization, Mlp, Prior, Projection, QualityPredictor, Ridge,
     SoftmaxClassifier, TaskMixture,
@@ -190,34 +191,6 @@ fn read_f32(b: &[u8]) -> Vec<f32> {
     b.chunks_exact(4)
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         .collect()
-}
-
-/// Per-row symmetric int8 quantisation: (codes `[n*dim]`, scales `[n]`).
-pub fn quantize_rows(a: &Array2<f32>) -> (Vec<i8>, Vec<f32>) {
-    let mut codes = Vec::with_capacity(a.len());
-    let mut scales = Vec::with_capacity(a.nrows());
-    for r in a.rows() {
-        let max = r.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-        let s = if max > 0.0 { max / 127.0 } else { 1.0 };
-        scales.push(s);
-        codes.extend(r.iter().map(|v| (v / s).round().clamp(-127.0, 127.0) as i8));
-    }
-    (codes, scales)
-}
-
-/// Inverse of [`quantize_rows`], renormalised to unit length (cosine similarity is what kNN needs).
-pub fn dequantize_rows(codes: &[i8], scales: &[f32], dim: usize) -> Array2<f32> {
-    let mut a = Array2::<f32>::zeros((scales.len(), dim));
-    for (i, mut r) in a.rows_mut().into_iter().enumerate() {
-        for (k, v) in r.iter_mut().enumerate() {
-            *v = f32::from(codes[i * dim + k]) * scales[i];
-        }
-        let n = r.dot(&r).sqrt();
-        if n > 0.0 {
-            r.mapv_inplace(|v| v / n);
-        }
-    }
-    a
 }
 
 /// The files of one predictor, by name.
@@ -946,15 +919,5 @@ mod tests {
             load(empty.path()).unwrap_err(),
             ArtifactError::Io { .. }
         ));
-    }
-
-    #[test]
-    fn quantisation_keeps_cosine() {
-        let (_, emb, _) = toy();
-        let (c, s) = quantize_rows(&emb);
-        let d = dequantize_rows(&c, &s, emb.ncols());
-        for (a, b) in emb.rows().into_iter().zip(d.rows()) {
-            assert!(a.dot(&b) > 0.999);
-        }
     }
 }

@@ -13,6 +13,7 @@ use ndarray::Array2;
 use tokenizers::Tokenizer;
 
 use crate::encoder::{EMBED_DIM, EncoderError};
+use crate::predict::quant::quantize_rows;
 
 /// Identifier of static-embedding artifacts (the `encoder.id` of a `fast/` sub-artifact).
 pub const STATIC_ENCODER_ID: &str = "routemesh/static-minilm-l6-v2-distilled@v1";
@@ -87,7 +88,7 @@ impl StaticEmbedder {
                 table.dim()
             )));
         }
-        let (codes, scales) = crate::artifact::quantize_rows(&table);
+        let (codes, scales) = quantize_rows(&table);
         Self::from_quantized(tokenizer, codes, scales, weights, max_tokens)
     }
 

@@ -6,6 +6,7 @@
 
 use ndarray::{Array2, ArrayView2, Axis};
 
+use super::quant::quantize_rows;
 use super::{Projection, QualityPredictor, TrainSet};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -123,7 +124,7 @@ impl Knn {
                 None => pools.push((vec![i], sig)),
             }
         }
-        let (codes, code_scales) = crate::artifact::quantize_rows(&exemplars);
+        let (codes, code_scales) = quantize_rows(&exemplars);
         Self {
             models,
             config,

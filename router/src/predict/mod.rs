@@ -12,6 +12,7 @@ mod linear;
 mod mf;
 mod mlp;
 mod pca;
+pub mod quant;
 mod task;
 
 pub use knn::{Knn, KnnConfig};
