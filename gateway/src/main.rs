@@ -112,7 +112,7 @@ enum Command {
     /// The learned router: train, evaluate, score, calibrate (see router/README.md).
     Router {
         #[command(subcommand)]
-        command: routemesh_router::cli::RouterCommand,
+        command: routemesh_router_train::cli::RouterCommand,
     },
     /// Load generator: open loop (--rate) or closed loop (--concurrency)
     /// against a gateway, a worker or an OpenAI-compatible HTTP server.
@@ -595,7 +595,7 @@ async fn main() -> anyhow::Result<()> {
         // CPU-bound and synchronous (ONNX, training): off the async runtime.
         Command::Router { command } => {
             plain_logs();
-            tokio::task::spawn_blocking(move || routemesh_router::cli::run(command)).await?
+            tokio::task::spawn_blocking(move || routemesh_router_train::cli::run(command)).await?
         }
         Command::Cost {
             common,

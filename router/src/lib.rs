@@ -1,18 +1,16 @@
-//! routemesh's routing brain: the learned model router (encoder, quality
-//! predictors, metrics, artifacts, CLI) and the policies that turn predicted
-//! quality, cost and latency into a decision with its explanation.
+//! routemesh's routing brain at serving time: the learned model router
+//! (encoder, fast path, quality predictors, artifact loading) and the policies
+//! that turn predicted quality, cost and latency into a decision with its
+//! explanation.
 //!
 //! No networking lives here: the gateway feeds in a view of the pool and gets
-//! back a decision.
+//! back a decision. Training, evaluation, metrics and their command line are
+//! in `routemesh-router-train` (`router/train`), which only the binary links.
 
 pub mod artifact;
-pub mod cli;
-pub mod data;
 pub mod embed;
 pub mod encoder;
-pub mod eval;
 pub mod fast;
-pub mod metrics;
 pub mod policy;
 pub mod predict;
 pub mod router;

@@ -7,7 +7,7 @@ use rand::seq::SliceRandom;
 
 use crate::data::{Prices, Table};
 use crate::metrics::{self, Report};
-use crate::predict::{PredictorSpec, TrainSet, select_rows, source_mean_predictions};
+use routemesh_router::predict::{PredictorSpec, TrainSet, select_rows, source_mean_predictions};
 
 /// Rows scored for exactly the same models (one source file's pool, e.g. mix9's nine models).
 #[derive(Debug, Clone, PartialEq)]

@@ -5,16 +5,16 @@ use std::time::Instant;
 
 use anyhow::Context;
 
-use crate::artifact::{
-    self, Calibration, EncoderInfo, PairCalibration, SavablePredictor, Threshold,
-};
 use crate::data;
-use crate::embed;
-use crate::encoder::{AssetPaths, Encoder, EncoderConfig};
-use crate::encoder::{EMBED_DIM, ENCODER_ID};
 use crate::eval::{self, Candidate};
 use crate::metrics;
-use crate::predict::{
+use routemesh_router::artifact::{
+    self, Calibration, EncoderInfo, PairCalibration, SavablePredictor, Threshold,
+};
+use routemesh_router::embed;
+use routemesh_router::encoder::{AssetPaths, Encoder, EncoderConfig};
+use routemesh_router::encoder::{EMBED_DIM, ENCODER_ID};
+use routemesh_router::predict::{
     Blend, Knn, KnnConfig, MatrixFactorization, MfConfig, Mlp, MlpConfig, PredictorSpec, Prior,
     Ridge, TaskConfig, TaskMixture, TrainSet,
 };
@@ -239,10 +239,10 @@ pub struct EncoderArgs {
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
     /// Word pieces per prompt.
-    #[arg(long, default_value_t = crate::encoder::DEFAULT_MAX_LEN)]
+    #[arg(long, default_value_t = routemesh_router::encoder::DEFAULT_MAX_LEN)]
     pub max_len: usize,
     /// Of those, how many a truncated prompt keeps from its end (0: the start only).
-    #[arg(long, default_value_t = crate::encoder::DEFAULT_KEEP_TAIL)]
+    #[arg(long, default_value_t = routemesh_router::encoder::DEFAULT_KEEP_TAIL)]
     pub keep_tail: usize,
 }
 
@@ -327,7 +327,7 @@ pub fn run(cmd: RouterCommand) -> anyhow::Result<()> {
                     t.elapsed()
                 );
                 let info = EncoderInfo {
-                    id: crate::fast::STATIC_ENCODER_ID.into(),
+                    id: routemesh_router::fast::STATIC_ENCODER_ID.into(),
                     model_sha256: encoder.model_sha256().into(),
                     max_len: embedder.max_tokens(),
                     keep_tail: 0,
@@ -546,7 +546,7 @@ pub fn run(cmd: RouterCommand) -> anyhow::Result<()> {
                     let path = out.join(format!("group{gi}.pred.jsonl"));
                     let data_path = out.join(format!("group{gi}.data.jsonl"));
                     write_predictions(&path, &table, &g.rows, &preds[0])?;
-                    // The other candidates' too, for paired comparisons (router/tools/paired_se.py).
+                    // The other candidates' too, for paired comparisons (router/train/tools/paired_se.py).
                     for (c, p) in preds.iter().enumerate().skip(1) {
                         let path = out.join(format!("group{gi}.pred{c}.jsonl"));
                         write_predictions(&path, &table, &g.rows, p)?;
@@ -656,16 +656,20 @@ pub fn write_predictions(
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
 
-/// The artifact committed in this source tree.
+/// The artifact committed in this source tree (`router/artifacts/default`, next to this crate).
 pub fn default_artifact_dir() -> PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("artifacts/default")
+    let train = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    train.parent().unwrap_or(train).join("artifacts/default")
 }
 
 /// Embeddings for `r`'s active path: the fast path embeds on the spot, the encoder's are cached.
-fn router_embeddings(r: &crate::Router, prompts: &[&str]) -> anyhow::Result<ndarray::Array2<f32>> {
+fn router_embeddings(
+    r: &routemesh_router::Router,
+    prompts: &[&str],
+) -> anyhow::Result<ndarray::Array2<f32>> {
     Ok(match r.path() {
-        crate::router::EmbedPath::Fast => r.embed(prompts)?,
-        crate::router::EmbedPath::Full => embed::embed_cached(
+        routemesh_router::router::EmbedPath::Fast => r.embed(prompts)?,
+        routemesh_router::router::EmbedPath::Full => embed::embed_cached(
             r.encoder()
                 .context("the full path's encoder is not loaded")?,
             prompts,
@@ -680,15 +684,16 @@ fn load_router(
     dir: &std::path::Path,
     enc: &EncoderArgs,
     fast: bool,
-) -> anyhow::Result<crate::Router> {
-    let cfg = crate::router::RouterConfig {
+) -> anyhow::Result<routemesh_router::Router> {
+    let cfg = routemesh_router::router::RouterConfig {
         assets: enc.asset_paths(),
         threads: enc.threads,
         sessions: 1,
         fast_path: fast,
         escalate_pairs: false,
     };
-    crate::Router::load_with(dir, &cfg).with_context(|| format!("loading router {}", dir.display()))
+    routemesh_router::Router::load_with(dir, &cfg)
+        .with_context(|| format!("loading router {}", dir.display()))
 }
 
 /// One predictor to train on one embedding of a table, with optional CV against the baselines.
@@ -776,8 +781,8 @@ pub fn distill_static(
     encoder: &Encoder,
     assets: &AssetPaths,
     table: &data::Table,
-) -> anyhow::Result<crate::fast::StaticEmbedder> {
-    use crate::fast::{
+) -> anyhow::Result<routemesh_router::fast::StaticEmbedder> {
+    use routemesh_router::fast::{
         DEFAULT_MAX_TOKENS, StaticEmbedder, idf_weights, plain_tokenizer, token_ids,
     };
     let vocab = encoder.embed_vocabulary(256)?;

@@ -1,0 +1,12 @@
+//! Training side of routemesh's learned router: routing data and its cost model, cross-validated
+//! evaluation, the route_eval.py metrics, and the `routemesh router ...` command line (train, eval, score,
+//! calibrate, predict).
+//!
+//! The serving path never links this crate: the gateway library uses `routemesh-router` (encoder, fast
+//! path, predictors' inference, artifact loading) and only the `routemesh` binary's `router` subcommand
+//! calls into here.
+
+pub mod cli;
+pub mod data;
+pub mod eval;
+pub mod metrics;
