@@ -5,19 +5,18 @@ use std::time::Instant;
 
 use anyhow::Context;
 
-use crate::data;
-use crate::eval::{self, Candidate};
-use crate::metrics;
-use routemesh_router::artifact::{
-    self, Calibration, EncoderInfo, PairCalibration, SavablePredictor, Threshold,
-};
+use routemesh_router::artifact::{self, Calibration, EncoderInfo, PairCalibration, Threshold};
 use routemesh_router::embed;
 use routemesh_router::encoder::{AssetPaths, Encoder, EncoderConfig};
 use routemesh_router::encoder::{EMBED_DIM, ENCODER_ID};
-use routemesh_router::predict::{
-    Blend, Knn, KnnConfig, MatrixFactorization, MfConfig, Mlp, MlpConfig, PredictorSpec, Prior,
-    Ridge, TaskConfig, TaskMixture, TrainSet,
-};
+use routemesh_router::predict::KnnConfig;
+
+use crate::data;
+use crate::distill;
+use crate::eval::{self, Candidate};
+use crate::fit::{MfConfig, MlpConfig, PredictorSpec, TaskConfig, TrainSet};
+use crate::metrics;
+use crate::save::{self, SavablePredictor};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum RouterCommand {
@@ -319,7 +318,7 @@ pub fn run(cmd: RouterCommand) -> anyhow::Result<()> {
             job.train_and_save(&out, emb.view(), info, provenance.clone())?;
             if fast {
                 let t = Instant::now();
-                let embedder = distill_static(&encoder, &enc.asset_paths(), &table)?;
+                let embedder = distill::distill_static(&encoder, &enc.asset_paths(), &table)?;
                 let prompts: Vec<&str> = table.rows.iter().map(|r| r.prompt.as_str()).collect();
                 let femb = embedder.embed(&prompts)?;
                 eprintln!(
@@ -335,7 +334,7 @@ pub fn run(cmd: RouterCommand) -> anyhow::Result<()> {
                 };
                 let dir = out.join(artifact::FAST_DIR);
                 let mut m = job.train_and_save(&dir, femb.view(), info, provenance)?;
-                artifact::save_static_table(&dir, &mut m, &embedder.table(), embedder.weights())?;
+                save::save_static_table(&dir, &mut m, &embedder.table(), embedder.weights())?;
                 eprintln!("wrote the fast path to {}", dir.display());
             }
             Ok(())
@@ -763,7 +762,7 @@ impl TrainJob<'_> {
             .iter()
             .map(|g| g.models.iter().map(|&j| table.models[j].clone()).collect())
             .collect();
-        let m = artifact::save(out, encoder, model.as_ref(), calibration, pools, training)?;
+        let m = save::save(out, encoder, model.as_ref(), calibration, pools, training)?;
         let bytes: u64 = m.files.values().map(|f| f.bytes).sum();
         eprintln!(
             "wrote {} ({} files, {:.1} MB)",
@@ -775,50 +774,9 @@ impl TrainJob<'_> {
     }
 }
 
-/// The fast path's embedder: every word piece encoded alone (kept int8, as the artifact will hold
-/// them), weighted by IDF over the training prompts.
-pub fn distill_static(
-    encoder: &Encoder,
-    assets: &AssetPaths,
-    table: &data::Table,
-) -> anyhow::Result<routemesh_router::fast::StaticEmbedder> {
-    use routemesh_router::fast::{
-        DEFAULT_MAX_TOKENS, StaticEmbedder, idf_weights, plain_tokenizer, token_ids,
-    };
-    let vocab = encoder.embed_vocabulary(256)?;
-    let tokenizer = plain_tokenizer(&assets.tokenizer)?;
-    let docs = table
-        .rows
-        .iter()
-        .map(|r| token_ids(&tokenizer, &r.prompt, DEFAULT_MAX_TOKENS))
-        .collect::<Result<Vec<_>, _>>()?;
-    let weights = idf_weights(&docs, vocab.nrows());
-    Ok(StaticEmbedder::new(
-        tokenizer,
-        vocab,
-        weights,
-        DEFAULT_MAX_TOKENS,
-    )?)
-}
-
 /// Trains the concrete predictor of `spec` (artifacts need the concrete type to serialise it).
 pub fn train_savable(spec: &PredictorSpec, data: &TrainSet<'_>) -> Box<dyn SavablePredictor> {
-    match spec {
-        PredictorSpec::Prior => Box::new(Prior {
-            models: data.models.to_vec(),
-            prior: data.prior(),
-        }),
-        PredictorSpec::Knn(c) => Box::new(Knn::train(data, c.clone())),
-        PredictorSpec::Mf(c) => Box::new(MatrixFactorization::train(data, c)),
-        PredictorSpec::Ridge { lambda } => Box::new(Ridge::train(data, *lambda)),
-        PredictorSpec::Blend { knn, mf, weight } => Box::new(Blend {
-            knn: Knn::train(data, knn.clone()),
-            mf: MatrixFactorization::train(data, mf),
-            weight: *weight,
-        }),
-        PredictorSpec::Mlp(c) => Box::new(Mlp::train(data, c)),
-        PredictorSpec::Task(c) => Box::new(TaskMixture::train(data, c)),
-    }
+    spec.train_savable(data)
 }
 
 /// Strong-call shares the pair thresholds are calibrated for.
@@ -851,7 +809,7 @@ fn recalibrate(
         default_lambda: new.default_lambda.or(old.default_lambda),
         pairs,
     };
-    artifact::write_manifest(dir, &manifest)?;
+    save::write_manifest(dir, &manifest)?;
     Ok(manifest.calibration)
 }
 
