@@ -3,7 +3,6 @@
 
 pub mod admin;
 pub mod auth;
-pub mod bench;
 pub mod breaker;
 pub mod config;
 pub mod cost;

@@ -116,7 +116,7 @@ enum Command {
     },
     /// Load generator: open loop (--rate) or closed loop (--concurrency)
     /// against a gateway, a worker or an OpenAI-compatible HTTP server.
-    Bench(routemesh_gateway::bench::BenchArgs),
+    Bench(routemesh_bench::BenchArgs),
     /// Check a configuration file and print it with every default filled in.
     CheckConfig {
         /// The file to check.
@@ -612,7 +612,7 @@ async fn main() -> anyhow::Result<()> {
             let config = load(common.config.as_deref(), None)?;
             keys_command(&config, command).await
         }
-        Command::Bench(args) => routemesh_gateway::bench::run(args).await,
+        Command::Bench(args) => routemesh_bench::run(args).await,
         Command::CheckConfig { file } => {
             let config = Config::from_file(&file)?;
             print!("{}", serde_norway::to_string(&config)?);
