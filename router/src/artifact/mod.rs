@@ -5,7 +5,7 @@
 //! router exactly or refuses with a clear error. Exemplar embeddings are stored as int8 with one scale
 //! per row (4x smaller than f32; cosine error ~1e-4), scores as f16.
 //!
-//! This module is what an artifact is (its manifest, errors and file names) and [`load`] reads one;
+//! This module is what an artifact is (its manifest, errors and file names) and [`load()`] reads one;
 //! `routemesh-router-train` writes them.
 
 use std::collections::BTreeMap;
@@ -129,9 +129,9 @@ pub enum PredictorInfo {
     Mlp {
         hidden: usize,
     },
-    /// [`TaskMixture`]: `task.f32` holds the classifier (`[classes, dim]` weights, `[classes]` biases),
-    /// the per-task means (`[classes, models]`, NaN = not scored) and the per-model prior (`[models]`);
-    /// the residual kNN and MF use the files of those kinds.
+    /// [`TaskMixture`](crate::predict::TaskMixture): `task.f32` holds the classifier (`[classes, dim]`
+    /// weights, `[classes]` biases), the per-task means (`[classes, models]`, NaN = not scored) and the
+    /// per-model prior (`[models]`); the residual kNN and MF use the files of those kinds.
     Task {
         classes: Vec<String>,
         alpha: f64,
