@@ -8,7 +8,6 @@
 //! way. `server` assembles it; `up` runs a whole mesh in one process.
 
 pub mod api;
-pub mod bench;
 pub mod config;
 pub mod error;
 pub mod metrics;

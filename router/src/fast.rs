@@ -6,6 +6,7 @@
 //! IDF-weighted mean of a prompt's pieces lands where the encoder would put the whole prompt. Embedding
 //! is then tokenising plus a weighted sum: tens of microseconds. A router artifact may carry such a
 //! table with a predictor trained on its embeddings (`fast/`), used instead of the encoder when present.
+//! Distilling the table is training (`routemesh-router-train`); embedding with it is here.
 
 use std::path::Path;
 
@@ -13,6 +14,7 @@ use ndarray::Array2;
 use tokenizers::Tokenizer;
 
 use crate::encoder::{EMBED_DIM, EncoderError};
+use crate::predict::quant::quantize_rows;
 
 /// Identifier of static-embedding artifacts (the `encoder.id` of a `fast/` sub-artifact).
 pub const STATIC_ENCODER_ID: &str = "routemesh/static-minilm-l6-v2-distilled@v1";
@@ -87,7 +89,7 @@ impl StaticEmbedder {
                 table.dim()
             )));
         }
-        let (codes, scales) = crate::artifact::quantize_rows(&table);
+        let (codes, scales) = quantize_rows(&table);
         Self::from_quantized(tokenizer, codes, scales, weights, max_tokens)
     }
 
@@ -203,41 +205,5 @@ impl StaticEmbedder {
                 *a += ws * f32::from(c);
             }
         }
-    }
-}
-
-/// IDF weights `ln((n + 1) / (df + 1)) + 1` of each word piece over a corpus of token-id lists.
-pub fn idf_weights(docs: &[Vec<u32>], vocab: usize) -> Vec<f32> {
-    let mut df = vec![0u32; vocab];
-    let mut seen = vec![u32::MAX; vocab];
-    for (d, ids) in docs.iter().enumerate() {
-        for &id in ids {
-            let id = id as usize;
-            if id < vocab && seen[id] != d as u32 {
-                seen[id] = d as u32;
-                df[id] += 1;
-            }
-        }
-    }
-    let n = docs.len() as f64;
-    df.iter()
-        .map(|&c| (((n + 1.0) / (f64::from(c) + 1.0)).ln() + 1.0) as f32)
-        .collect()
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn idf_counts_documents_not_occurrences() {
-        let docs = vec![vec![0, 0, 1], vec![0], vec![2]];
-        let w = idf_weights(&docs, 4);
-        // df: 0 -> 2, 1 -> 1, 2 -> 1, 3 -> 0.
-        assert!((w[0] - ((4.0f32 / 3.0).ln() + 1.0)).abs() < 1e-6);
-        assert!((w[1] - (2.0f32.ln() + 1.0)).abs() < 1e-6);
-        assert_eq!(w[1], w[2]);
-        assert!(w[3] > w[1]);
     }
 }

@@ -1,16 +1,15 @@
-//! routemesh's learned router: the encoder, the quality predictors and their
-//! artifacts, which predict how well each model would answer a prompt. The
-//! policies that turn predictions, cost and latency into a decision live in
-//! the gateway (`routing::policy`).
+//! routemesh's learned router at serving time: the encoder, the fast path,
+//! the quality predictors and artifact loading, which predict how well each
+//! model would answer a prompt. No networking lives here. The policies that
+//! turn predictions, cost and latency into a decision live in the gateway
+//! (`routing::policy`); training, evaluation, metrics and their command line
+//! are in `routemesh-router-train` (`router/train`), which only the binary
+//! links.
 
 pub mod artifact;
-pub mod cli;
-pub mod data;
 pub mod embed;
 pub mod encoder;
-pub mod eval;
 pub mod fast;
-pub mod metrics;
 pub mod predict;
 pub mod router;
 

@@ -299,10 +299,7 @@ pub type Snapshot = Arc<Vec<Arc<WorkerHandle>>>;
 /// The most expensive model among `workers`: what "everything to the
 /// strongest model" would have cost, the counterfactual of the cost report.
 pub fn strongest(workers: &[Arc<WorkerHandle>]) -> Option<&ModelSpec> {
-    workers.iter().map(|w| &w.spec).max_by(|a, b| {
-        (a.input_usd_per_mtok + a.output_usd_per_mtok)
-            .total_cmp(&(b.input_usd_per_mtok + b.output_usd_per_mtok))
-    })
+    routemesh_mesh::TokenPrices::most_expensive(workers.iter().map(|w| &w.spec), |s| s.prices())
 }
 
 /// The client side of TLS towards workers, following its certificate files.

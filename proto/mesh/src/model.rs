@@ -28,6 +28,23 @@ impl TokenPrices {
             + self.output_usd_per_mtok * completion_tokens.into())
             / 1e6
     }
+
+    /// How expensive the model is, to rank models by: the sum of its two
+    /// prices. "The strongest model" of a pool is the one that ranks highest.
+    pub fn rank(&self) -> f64 {
+        self.input_usd_per_mtok + self.output_usd_per_mtok
+    }
+
+    /// The most expensive of `items` by their prices: the pool's strongest
+    /// model, the "everything to the strongest model" counterfactual.
+    pub fn most_expensive<T>(
+        items: impl IntoIterator<Item = T>,
+        prices: impl Fn(&T) -> TokenPrices,
+    ) -> Option<T> {
+        items
+            .into_iter()
+            .max_by(|a, b| prices(a).rank().total_cmp(&prices(b).rank()))
+    }
 }
 
 /// A model as the router knows it: its tier, prices and quality prior.

@@ -6,7 +6,8 @@
 
 use ndarray::{Array2, ArrayView2, Axis};
 
-use super::{Projection, QualityPredictor, TrainSet};
+use super::quant::quantize_rows;
+use super::{Projection, QualityPredictor};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct KnnConfig {
@@ -15,9 +16,9 @@ pub struct KnnConfig {
     pub tau: Option<f64>,
     /// Pseudo-count pulling thin or dissimilar neighbourhoods towards the model's mean.
     pub shrink: f64,
-    /// Training only: exemplar targets become `(1 − smooth)·own score + smooth·mean of its source`, which
-    /// turns neighbour votes into a soft task identification (outcomes within a task are noisy, task
-    /// means are not).
+    /// Training only (recorded, not used to predict): exemplar targets become
+    /// `(1 − smooth)·own score + smooth·mean of its source`, which turns neighbour votes into a soft task
+    /// identification (outcomes within a task are noisy, task means are not).
     pub smooth: f64,
     /// Keep this many principal components of the embeddings (0 = the full embedding).
     pub pca: usize,
@@ -64,44 +65,8 @@ fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
 }
 
 impl Knn {
-    pub fn train(data: &TrainSet<'_>, config: KnnConfig) -> Self {
-        let means = if config.smooth > 0.0 {
-            data.source_means()
-        } else {
-            None
-        };
-        let b = config.smooth.clamp(0.0, 1.0);
-        let scores = data
-            .quality
-            .iter()
-            .enumerate()
-            .map(|(i, r)| {
-                r.iter()
-                    .enumerate()
-                    .map(|(j, v)| match (v, &means) {
-                        (None, _) => f32::NAN,
-                        (Some(v), Some(mu)) => ((1.0 - b) * v + b * mu[i][j]) as f32,
-                        (Some(v), None) => *v as f32,
-                    })
-                    .collect()
-            })
-            .collect();
-        let proj = (config.pca > 0 && config.pca < data.emb.ncols())
-            .then(|| Projection::fit(data.emb, config.pca, 11));
-        let exemplars = match &proj {
-            Some(p) => p.apply(data.emb),
-            None => data.emb.to_owned(),
-        };
-        Self::from_parts(
-            data.models.to_vec(),
-            config,
-            exemplars,
-            scores,
-            data.prior(),
-            proj,
-        )
-    }
-
+    /// A memory from its parts (what training produces and an artifact stores): `exemplars` `[n, dim]`
+    /// unit rows (projected by `proj` when set), `scores[row][model]` with NaN = not scored.
     pub fn from_parts(
         models: Vec<String>,
         config: KnnConfig,
@@ -123,7 +88,7 @@ impl Knn {
                 None => pools.push((vec![i], sig)),
             }
         }
-        let (codes, code_scales) = crate::artifact::quantize_rows(&exemplars);
+        let (codes, code_scales) = quantize_rows(&exemplars);
         Self {
             models,
             config,

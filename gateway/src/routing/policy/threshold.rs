@@ -24,9 +24,7 @@ impl Policy for Threshold {
             workers
                 .iter()
                 .find(|w| w.worker_id == c.worker_id)
-                .map_or(0.0, |w| {
-                    w.model.input_usd_per_mtok + w.model.output_usd_per_mtok
-                })
+                .map_or(0.0, |w| w.model.prices().rank())
         };
         let eligible: Vec<&CandidateScore> = candidates.iter().filter(|c| c.eligible()).collect();
         let strong = eligible

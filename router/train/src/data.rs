@@ -235,14 +235,14 @@ pub fn load_many(paths: &[PathBuf]) -> Result<Vec<Row>, DataError> {
 }
 
 /// The shared data folder if present: `$ROUTEMESH_DATA`, else `../shared/data/routing` from the
-/// workspace root. Tests use it to skip (with a message) when the data is absent.
+/// workspace root (this crate is `router/train` in it). Tests use it to skip (with a message) when the data is absent.
 pub fn shared_data_dir() -> Option<PathBuf> {
     if let Some(d) = std::env::var_os("ROUTEMESH_DATA") {
         return Some(PathBuf::from(d)).filter(|p| p.is_dir());
     }
     let here = Path::new(env!("CARGO_MANIFEST_DIR"));
     [
-        here.join("../../shared/data/routing"),
+        here.join("../../../shared/data/routing"),
         PathBuf::from("/work/shared/data/routing"),
     ]
     .into_iter()

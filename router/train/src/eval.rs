@@ -6,8 +6,8 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 
 use crate::data::{Prices, Table};
+use crate::fit::{PredictorSpec, TrainSet, select_rows, source_mean_predictions};
 use crate::metrics::{self, Report};
-use crate::predict::{PredictorSpec, TrainSet, select_rows, source_mean_predictions};
 
 /// Rows scored for exactly the same models (one source file's pool, e.g. mix9's nine models).
 #[derive(Debug, Clone, PartialEq)]

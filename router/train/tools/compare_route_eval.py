@@ -2,7 +2,7 @@
 """Compare routemesh's own metrics with shared/tools/route_eval.py on the same predictions.
 
   router-cli eval --cv 5 DATA... --pred-out DIR      # writes DIR/group*.{data,pred}.jsonl + group*.report.json
-  .venv/bin/python router/tools/compare_route_eval.py DIR [--route-eval PATH] [--models models.json]
+  .venv/bin/python router/train/tools/compare_route_eval.py DIR [--route-eval PATH] [--models models.json]
 
 For every group it runs route_eval.py --json and prints the largest absolute difference per metric.
 Exit code 1 if any metric differs by more than 1e-9 (10-bin CPT is reported but not enforced: np.interp on
@@ -12,7 +12,7 @@ import argparse, glob, json, os, subprocess, sys
 
 ap = argparse.ArgumentParser()
 ap.add_argument("dir")
-ap.add_argument("--route-eval", default=os.path.join(os.path.dirname(__file__), "../../../shared/tools/route_eval.py"))
+ap.add_argument("--route-eval", default=os.path.join(os.path.dirname(__file__), "../../../../shared/tools/route_eval.py"))
 ap.add_argument("--models", default=None)
 a = ap.parse_args()
 if not os.path.exists(a.route_eval):

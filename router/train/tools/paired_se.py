@@ -2,7 +2,7 @@
 """Is the router better than each reference by more than the noise? Paired bootstrap over rows.
 
   router-cli eval --cv 5 DATA... --pred-out DIR     # DIR/group*.pred.jsonl (router), group*.pred<c>.jsonl
-  .venv/bin/python router/tools/paired_se.py DIR [--boot 200] [--route-eval PATH]
+  .venv/bin/python router/train/tools/paired_se.py DIR [--boot 200] [--route-eval PATH]
 
 For every group and reference it prints the router's and the reference's metric (APGR for a strong/weak
 pair, AIQ for many models), the reference's own bootstrap standard error, and the standard error of the
@@ -17,7 +17,7 @@ ap = argparse.ArgumentParser()
 ap.add_argument("dir")
 ap.add_argument("--boot", type=int, default=200)
 ap.add_argument("--seed", type=int, default=0)
-ap.add_argument("--route-eval", default=os.path.join(os.path.dirname(__file__), "../../../shared/tools/route_eval.py"))
+ap.add_argument("--route-eval", default=os.path.join(os.path.dirname(__file__), "../../../../shared/tools/route_eval.py"))
 a = ap.parse_args()
 
 spec = importlib.util.spec_from_file_location("route_eval", a.route_eval)

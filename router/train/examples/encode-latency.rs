@@ -4,7 +4,7 @@
 //! lengths. Encodes every k-th prompt of a JSONL data file (up to `--prompts`) one at a time, for each
 //! `--max-len`/`--keep-tail`/`--threads` combination given, and prints p50/p90/p99/max.
 //!
-//! `cargo run --release -p routemesh-router --example encode-latency -- ../shared/data/routing/mix9.jsonl`
+//! `cargo run --release -p routemesh-router-train --example encode-latency -- ../shared/data/routing/mix9.jsonl`
 
 use std::path::PathBuf;
 use std::time::Instant;

@@ -1,9 +1,10 @@
 //! Checks against the real routing data in ../shared/data (skipped, with a message, when it is absent).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use routemesh_router::data::{self, Prices, Table};
-use routemesh_router::eval;
-use routemesh_router::predict::{KnnConfig, PredictorSpec};
+use routemesh_router::predict::KnnConfig;
+use routemesh_router_train::data::{self, Prices, Table};
+use routemesh_router_train::eval;
+use routemesh_router_train::fit::PredictorSpec;
 
 fn shared() -> Option<std::path::PathBuf> {
     let d = data::shared_data_dir();

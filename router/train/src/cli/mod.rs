@@ -1,0 +1,57 @@
+//! `routemesh router ...`: train, evaluate, score and calibrate routers from the command line.
+//!
+//! One module per command (`train`, `eval`, `score` with `predict`, `calibrate`), the predictor specs they
+//! parse (`spec`) and what they read (`inputs`).
+
+use std::path::PathBuf;
+
+mod calibrate;
+mod eval;
+mod inputs;
+mod score;
+mod spec;
+mod train;
+
+pub use calibrate::{CalibrateArgs, STRONG_SHARES, calibrate, calibrate_to};
+pub use eval::{EvalArgs, write_predictions};
+pub use inputs::{EncoderArgs, default_artifact_dir, load_embedded, prices_path};
+pub use score::{PredictArgs, ScoreArgs};
+pub use spec::{DEFAULT_PREDICTOR, PREVIOUS_PREDICTOR, parse_candidate};
+pub use train::{TrainArgs, train_savable};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum RouterCommand {
+    /// Embed prompts of JSONL files into the embedding cache (train/eval do this on demand).
+    Embed {
+        #[arg(required = true)]
+        data: Vec<PathBuf>,
+        #[command(flatten)]
+        enc: EncoderArgs,
+    },
+    /// Train a router on JSONL files and write the artifact directory.
+    Train(TrainArgs),
+    /// Write route_eval.py predictions (`{"id", "scores"}` per line) of a router for data rows.
+    Score(ScoreArgs),
+    /// Recompute a router's strong/weak thresholds and default λ on (held-out) data; rewrites the manifest.
+    Calibrate(CalibrateArgs),
+    /// Predicted quality per model for prompts given as arguments (a quick look, and a latency check).
+    Predict(PredictArgs),
+    /// Evaluate a router artifact on data, or cross-validate predictors (`--cv K`) next to baselines.
+    Eval(EvalArgs),
+}
+
+pub fn run(cmd: RouterCommand) -> anyhow::Result<()> {
+    match cmd {
+        RouterCommand::Embed { data, enc } => {
+            let enc = enc.load()?;
+            let (_, e) = load_embedded(&enc, &data)?;
+            eprintln!("{} embeddings ready", e.nrows());
+            Ok(())
+        }
+        RouterCommand::Train(args) => train::run(args),
+        RouterCommand::Score(args) => score::score(args),
+        RouterCommand::Calibrate(args) => calibrate::run(args),
+        RouterCommand::Predict(args) => score::predict(args),
+        RouterCommand::Eval(args) => eval::run(args),
+    }
+}
