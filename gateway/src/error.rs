@@ -5,6 +5,8 @@
 
 use tonic::{Code, Status};
 
+use crate::tenancy::auth::AuthError;
+
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
     /// The request itself is wrong; `field` names the part at fault.
@@ -47,15 +49,9 @@ pub enum GatewayError {
     /// The gateway is at its concurrency limit.
     #[error("gateway at its limit of {0} concurrent requests; retry with backoff")]
     Overloaded(usize),
-    /// No API key, or one the gateway does not know.
-    #[error("{0}")]
-    Unauthenticated(&'static str),
-    /// A known API key past its expiry time.
-    #[error("API key expired at {0}; ask for a new key")]
-    KeyExpired(String),
-    /// A key not seen before cannot be checked: the key store is down.
-    #[error("API key cannot be checked (key store unavailable): {0}")]
-    KeyStoreUnavailable(String),
+    /// The request's credentials were not accepted.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
     /// Feedback for a request id the gateway does not remember.
     #[error("request_id: no recent request {0:?} (feedback is kept for the last requests only)")]
     UnknownRequest(String),
@@ -82,13 +78,12 @@ impl GatewayError {
                 code => code,
             },
             GatewayError::Deadline(_) => Code::DeadlineExceeded,
-            GatewayError::Unauthenticated(_) | GatewayError::KeyExpired(_) => Code::Unauthenticated,
+            GatewayError::Auth(AuthError::KeyStoreUnavailable(_)) => Code::Unavailable,
+            GatewayError::Auth(_) => Code::Unauthenticated,
             GatewayError::Overloaded(_)
             | GatewayError::OverLimit { .. }
             | GatewayError::Saturated(_) => Code::ResourceExhausted,
-            GatewayError::LimitsUnavailable(_) | GatewayError::KeyStoreUnavailable(_) => {
-                Code::Unavailable
-            }
+            GatewayError::LimitsUnavailable(_) => Code::Unavailable,
         }
     }
 
@@ -118,15 +113,14 @@ impl GatewayError {
             | GatewayError::UnknownModel { .. }
             | GatewayError::Unsatisfiable(_)
             | GatewayError::UnknownRequest(_)
-            | GatewayError::Unauthenticated(_)
-            | GatewayError::KeyExpired(_)
+            | GatewayError::Auth(AuthError::Unauthenticated(_) | AuthError::KeyExpired(_))
             | GatewayError::OverLimit { .. } => "client",
             GatewayError::NoWorker(_)
             | GatewayError::Deadline(_)
             | GatewayError::Overloaded(_)
             | GatewayError::Saturated(_)
             | GatewayError::LimitsUnavailable(_)
-            | GatewayError::KeyStoreUnavailable(_) => "gateway",
+            | GatewayError::Auth(AuthError::KeyStoreUnavailable(_)) => "gateway",
             GatewayError::Worker { .. } => "worker",
         }
     }

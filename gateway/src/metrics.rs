@@ -239,19 +239,21 @@ pub const BREAKER_TRANSITIONS: &str = "routemesh_circuit_breaker_transitions_tot
 /// 0 closed, 1 half-open, 2 open.
 pub const BREAKER_STATE: &str = "routemesh_circuit_breaker_state";
 
-/// A worker's circuit breaker changed state.
-pub fn breaker_transition(worker: &str, model: &str, t: crate::pool::breaker::Transition) {
+/// A worker's circuit breaker changed state (`to_value` as [`breaker_state`]).
+pub fn breaker_transition(
+    worker: &str,
+    model: &str,
+    from: &'static str,
+    to: &'static str,
+    to_value: f64,
+) {
     counter!(BREAKER_TRANSITIONS, "worker" => worker.to_string(), "model" => model.to_string(),
-             "from" => t.from.as_str(), "to" => t.to.as_str())
+             "from" => from, "to" => to)
     .increment(1);
-    breaker_state(worker, model, t.to);
+    breaker_state(worker, model, to_value);
 }
 
-pub fn breaker_state(worker: &str, model: &str, state: crate::pool::breaker::State) {
-    let value = match state {
-        crate::pool::breaker::State::Closed => 0.0,
-        crate::pool::breaker::State::HalfOpen => 1.0,
-        crate::pool::breaker::State::Open => 2.0,
-    };
+/// A worker's circuit breaker state: 0 closed, 1 half-open, 2 open.
+pub fn breaker_state(worker: &str, model: &str, value: f64) {
     gauge!(BREAKER_STATE, "worker" => worker.to_string(), "model" => model.to_string()).set(value);
 }

@@ -1,12 +1,13 @@
 //! Turns a client's GenerateRequest into a validated request, or an error that
 //! names the field at fault. Nothing downstream re-checks these rules.
 
-use crate::routing::policy::Hints;
 use routemesh_mesh::Tier;
-use routemesh_proto::v1::{ChatMessage, GenerateRequest, GenerationParams, Tier as WireTier};
+use routemesh_proto::v1::{ChatMessage, GenerateRequest, GenerationParams};
 
 use crate::config::GatewayConfig;
 use crate::error::GatewayError;
+use crate::routing::policy::Hints;
+use crate::routing::route::RouteRequest;
 
 /// The model names that ask the router to choose.
 pub const ROUTED_MODELS: &[&str] = &["", "router"];
@@ -41,6 +42,18 @@ impl ValidRequest {
         u32::try_from(self.prompt_chars.div_ceil(4)).unwrap_or(u32::MAX)
     }
 
+    /// What a routing decision needs to know of the request.
+    pub(crate) fn routing(&self) -> RouteRequest<'_> {
+        RouteRequest {
+            request_id: &self.request_id,
+            prompt_tokens: self.prompt_tokens_estimate(),
+            max_tokens: self.max_tokens(),
+            hints: &self.hints,
+            pinned_model: self.pinned_model.as_deref(),
+            threshold: self.threshold,
+        }
+    }
+
     /// The text the router judges: the last user turn.
     pub fn routing_prompt(&self) -> &str {
         self.messages
@@ -51,22 +64,13 @@ impl ValidRequest {
     }
 }
 
-pub fn tier_from_wire(value: i32, field: &str) -> Result<Tier, GatewayError> {
-    match WireTier::try_from(value) {
-        Ok(WireTier::Small) => Ok(Tier::Small),
-        Ok(WireTier::Large) => Ok(Tier::Large),
-        _ => Err(GatewayError::invalid(
+fn tier_from_wire(value: i32, field: &str) -> Result<Tier, GatewayError> {
+    Tier::from_wire(value).ok_or_else(|| {
+        GatewayError::invalid(
             field,
             format!("{value} is not a tier (TIER_SMALL = 1, TIER_LARGE = 2)"),
-        )),
-    }
-}
-
-pub fn tier_to_wire(tier: Tier) -> WireTier {
-    match tier {
-        Tier::Small => WireTier::Small,
-        Tier::Large => WireTier::Large,
-    }
+        )
+    })
 }
 
 /// The threshold of a RouteLLM-style model name, `router-<name>-<threshold>`

@@ -331,7 +331,8 @@ pub async fn start_gateway(
         routing: crate::routing::Routing::new(
             policy(&config, cost_weight),
             quality,
-            &config.telemetry,
+            config.telemetry.min_requests,
+            config.telemetry.feedback_prior_weight,
         ),
         recent: Recent::new(config.feedback_window),
         recorder: Recorder::start(shared_telemetry, config.telemetry.recorder()),

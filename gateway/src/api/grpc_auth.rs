@@ -65,7 +65,10 @@ where
                         request.extensions_mut().insert(tenant);
                     }
                     Ok(None) => {}
-                    Err(e) => return Ok(tonic::Status::from(e).into_http()),
+                    Err(e) => {
+                        let status = tonic::Status::from(crate::error::GatewayError::from(e));
+                        return Ok(status.into_http());
+                    }
                 }
             }
             inner.call(request).await

@@ -104,6 +104,16 @@ pub enum State {
 }
 
 impl State {
+    /// The state as the `routemesh_circuit_breaker_state` gauge shows it:
+    /// 0 closed, 1 half-open, 2 open.
+    pub fn gauge_value(self) -> f64 {
+        match self {
+            State::Closed => 0.0,
+            State::HalfOpen => 1.0,
+            State::Open => 2.0,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             State::Closed => "closed",

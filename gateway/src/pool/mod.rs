@@ -6,13 +6,11 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use crate::routing::policy::{Health, LatencySource, WorkerView};
 use routemesh_mesh::ModelSpec;
 use routemesh_mesh::tls::{Reloading, TlsConnector};
 use routemesh_mesh::{Registry, WorkerRecord};
 use routemesh_proto::v1::worker_client::WorkerClient;
 use routemesh_proto::v1::{LoadReport, LoadRequest};
-use routemesh_telemetry::Stats;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
@@ -185,7 +183,13 @@ impl WorkerHandle {
         } else {
             tracing::info!(worker = %self.record.id, from = t.from.as_str(), to = t.to.as_str(), "circuit breaker");
         }
-        crate::metrics::breaker_transition(&self.record.id, &self.record.model, t);
+        crate::metrics::breaker_transition(
+            &self.record.id,
+            &self.record.model,
+            t.from.as_str(),
+            t.to.as_str(),
+            t.to.gauge_value(),
+        );
     }
 
     pub fn in_flight(&self) -> u32 {
@@ -194,20 +198,6 @@ impl WorkerHandle {
 
     pub fn healthy(&self) -> bool {
         self.healthy.load(Ordering::Acquire)
-    }
-
-    /// Whether it may take requests now: its load checks, then its breaker
-    /// (which keeps requests away while the worker still answers checks).
-    fn health(&self) -> Health {
-        if !self.healthy() {
-            Health::Down
-        } else if self.breaker.allows(tokio::time::Instant::now()) {
-            Health::Up
-        } else {
-            Health::CircuitOpen {
-                half_open: self.breaker.state() == State::HalfOpen,
-            }
-        }
     }
 
     /// A failed call: stop routing here until a load check succeeds.
@@ -225,42 +215,6 @@ impl WorkerHandle {
 
     pub fn last_load(&self) -> Option<LoadReport> {
         self.last_load.lock().ok().and_then(|l| l.clone())
-    }
-
-    /// The policy's view of this worker. Speed comes from what the gateways
-    /// observed (`observed`, every replica's telemetry) once there are
-    /// `min_requests` of it, else from the worker's own load report.
-    pub fn view(&self, observed: Option<&Stats>, min_requests: f64) -> WorkerView<'_> {
-        let load = self.last_load();
-        let engine = load.as_ref().and_then(|l| l.engine.as_ref());
-        let observed = observed.filter(|o| o.requests >= min_requests);
-        let telemetry_speed = observed.and_then(|o| Some((o.ttft_ms_p50?, o.tokens_per_second?)));
-        let reported_speed = engine
-            .filter(|e| e.tokens_per_second_p50 > 0.0)
-            .map(|e| (e.time_to_first_token_ms_p50, e.tokens_per_second_p50));
-        let observed_latency = observed.and_then(|o| o.latency_ms_p50);
-        let (ttft_ms_p50, tokens_per_second_p50, latency_source) =
-            match (telemetry_speed, reported_speed) {
-                (Some((ttft, tps)), _) => (ttft, tps, LatencySource::Telemetry),
-                (None, Some((ttft, tps))) => (ttft, tps, LatencySource::LoadReport),
-                (None, None) if observed_latency.is_some() => (0.0, 0.0, LatencySource::Telemetry),
-                (None, None) => (0.0, 0.0, LatencySource::Unknown),
-            };
-        WorkerView {
-            worker_id: &self.record.id,
-            model: &self.spec,
-            health: self.health(),
-            gateway_in_flight: self.in_flight(),
-            reported_in_flight: load.as_ref().map_or(0, |l| l.in_flight),
-            queue_depth: load.as_ref().map_or(0, |l| l.queue_depth),
-            capacity: load.as_ref().map_or(self.record.capacity, |l| l.capacity),
-            max_queue: load.as_ref().map_or(self.record.max_queue, |l| l.max_queue),
-            ttft_ms_p50,
-            tokens_per_second_p50,
-            latency_source,
-            error_rate: observed.map_or(0.0, |o| o.error_rate),
-            observed_latency_ms_p50: observed_latency,
-        }
     }
 
     async fn check_load(&self, timeout: Duration) {
@@ -439,7 +393,11 @@ impl Pool {
         futures::future::join_all(workers.iter().map(|w| w.check_load(self.load_timeout))).await;
         for w in workers.iter() {
             crate::metrics::worker_state(&w.record.id, &w.record.model, w.healthy(), w.in_flight());
-            crate::metrics::breaker_state(&w.record.id, &w.record.model, w.breaker.state());
+            crate::metrics::breaker_state(
+                &w.record.id,
+                &w.record.model,
+                w.breaker.state().gauge_value(),
+            );
         }
         crate::metrics::healthy_workers(workers.iter().filter(|w| w.healthy()).count());
     }

@@ -6,6 +6,7 @@
 pub mod policy;
 pub mod quality;
 pub(crate) mod route;
+mod view;
 
 use self::policy::Policy;
 
@@ -24,16 +25,20 @@ pub struct Routing {
 }
 
 impl Routing {
+    /// `min_requests`: calls a worker must have served before its observed
+    /// speed counts; `feedback_prior_weight`: how many feedback scores a
+    /// prediction is worth.
     pub fn new(
         policy: Box<dyn Policy>,
         quality: QualityModel,
-        telemetry: &crate::config::TelemetryConfig,
+        min_requests: u32,
+        feedback_prior_weight: f64,
     ) -> Self {
         Self {
             policy,
             quality,
-            min_requests: f64::from(telemetry.min_requests),
-            feedback_prior_weight: telemetry.feedback_prior_weight,
+            min_requests: f64::from(min_requests),
+            feedback_prior_weight,
         }
     }
 }

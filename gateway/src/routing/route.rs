@@ -12,9 +12,10 @@ use routemesh_telemetry::LiveSnapshot;
 use tokio::time::Instant;
 
 use super::Routing;
+use super::policy::Hints;
+use super::view::view_of;
 use crate::error::GatewayError;
 use crate::pool::WorkerHandle;
-use crate::request::{ValidRequest, tier_to_wire};
 use crate::routing::quality::Predicted;
 
 /// A decision with the worker it chose.
@@ -24,8 +25,22 @@ pub(crate) struct Routed {
 }
 
 /// What one decision is made from, besides the pool.
+/// What a decision needs to know of the request.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RouteRequest<'a> {
+    pub(crate) request_id: &'a str,
+    /// Estimated from the prompt's length.
+    pub(crate) prompt_tokens: u32,
+    pub(crate) max_tokens: u32,
+    pub(crate) hints: &'a Hints,
+    /// A model the client named; only its workers may serve.
+    pub(crate) pinned_model: Option<&'a str>,
+    /// RouteLLM-style threshold routing (model `router-<name>-<threshold>`).
+    pub(crate) threshold: Option<f64>,
+}
+
 pub(crate) struct RouteContext<'a> {
-    pub(crate) req: &'a ValidRequest,
+    pub(crate) req: RouteRequest<'a>,
     /// The learned router's predictions for the prompt, if it ran.
     pub(crate) predicted: Option<&'a Predicted>,
     /// Live telemetry: observed speed, errors and feedback.
@@ -56,14 +71,20 @@ impl Routing {
             .collect();
         let views: Vec<_> = workers
             .iter()
-            .map(|w| w.view(live.snapshot.workers.get(&w.record.id), self.min_requests))
+            .map(|w| {
+                view_of(
+                    w,
+                    live.snapshot.workers.get(&w.record.id),
+                    self.min_requests,
+                )
+            })
             .collect();
         let predictions = self.predictions(&workers, live, predicted);
         let input = RouteInput {
-            prompt_tokens: req.prompt_tokens_estimate(),
-            max_tokens: req.max_tokens(),
-            hints: &req.hints,
-            pinned_model: req.pinned_model.as_deref(),
+            prompt_tokens: req.prompt_tokens,
+            max_tokens: req.max_tokens,
+            hints: req.hints,
+            pinned_model: req.pinned_model,
             predicted_quality: Some(&predictions),
             cost_weight,
         };
@@ -92,11 +113,11 @@ impl Routing {
             crate::metrics::decision(
                 &chosen.model,
                 decision.policy,
-                deciding_term(req, &decision),
+                deciding_term(&req, &decision),
                 took,
             );
         }
-        let mut explanation = explain(&req.request_id, &decision, live, took);
+        let mut explanation = explain(req.request_id, &decision, live, took);
         explanation.prompt_region = predicted.map(|p| p.region.clone()).unwrap_or_default();
         match decision.chosen {
             Ok(i) => Ok(Routed {
@@ -202,7 +223,7 @@ fn explain(
                 RouteCandidate {
                     model: c.model.clone(),
                     worker_id: c.worker_id.clone(),
-                    tier: tier_to_wire(c.tier) as i32,
+                    tier: c.tier.to_wire(),
                     predicted_quality: c.predicted_quality,
                     quality_source: c.quality_source.as_str().to_string(),
                     expected_cost_usd: c.expected_cost_usd,
@@ -230,7 +251,7 @@ fn explain(
 }
 
 /// The term that decided a routing decision, for the decisions metric.
-fn deciding_term(req: &ValidRequest, decision: &Decision) -> &'static str {
+fn deciding_term(req: &RouteRequest<'_>, decision: &Decision) -> &'static str {
     let Some(chosen) = decision.chosen_candidate() else {
         return "none";
     };

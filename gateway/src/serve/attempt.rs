@@ -219,7 +219,7 @@ impl Flight {
             self.snapshot.iter().filter(|w| step.admits(w)).collect();
         let live = self.state.recorder.snapshot();
         let cx = RouteContext {
-            req: &self.req,
+            req: self.req.routing(),
             predicted: self.predicted.as_ref(),
             live: &live,
             cost_weight: self.state.cost_targets.cost_weight(&self.req.tenant),

@@ -87,7 +87,7 @@ impl Pipeline {
         let predicted = state.predict(&req, &snapshot).await;
         let live = state.recorder.snapshot();
         let cx = RouteContext {
-            req: &req,
+            req: req.routing(),
             predicted: predicted.as_ref(),
             live: &live,
             cost_weight: state.cost_targets.cost_weight(&req.tenant),

@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use routemesh_proto::v1::{ListModelsResponse, ModelInfo, WorkerInfo};
 
 use super::state::GatewayState;
-use crate::request::tier_to_wire;
 
 impl GatewayState {
     pub fn list_models(&self) -> ListModelsResponse {
@@ -16,7 +15,7 @@ impl GatewayState {
                 .entry(w.record.model.as_str())
                 .or_insert_with(|| ModelInfo {
                     name: w.record.model.clone(),
-                    tier: tier_to_wire(w.record.tier) as i32,
+                    tier: w.record.tier.to_wire(),
                     input_usd_per_mtok: w.record.input_usd_per_mtok,
                     output_usd_per_mtok: w.record.output_usd_per_mtok,
                     workers: Vec::new(),

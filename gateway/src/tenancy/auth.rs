@@ -10,8 +10,21 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::GatewayError;
 use crate::tenancy::keys::{RedisKeys, StoredKey, digest};
+
+/// Why a request's credentials were not accepted.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum AuthError {
+    /// No API key, or one the gateway does not know.
+    #[error("{0}")]
+    Unauthenticated(&'static str),
+    /// A known API key past its expiry time.
+    #[error("API key expired at {0}; ask for a new key")]
+    KeyExpired(String),
+    /// A key not seen before cannot be checked: the key store is down.
+    #[error("API key cannot be checked (key store unavailable): {0}")]
+    KeyStoreUnavailable(String),
+}
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -186,7 +199,7 @@ impl ApiKeys {
     pub async fn authenticate(
         &self,
         authorization: Option<&str>,
-    ) -> Result<Option<Tenant>, GatewayError> {
+    ) -> Result<Option<Tenant>, AuthError> {
         self.authenticate_at(authorization, routemesh_telemetry::record::now_ms())
             .await
     }
@@ -195,7 +208,7 @@ impl ApiKeys {
         &self,
         authorization: Option<&str>,
         now_ms: u64,
-    ) -> Result<Option<Tenant>, GatewayError> {
+    ) -> Result<Option<Tenant>, AuthError> {
         if !self.enabled() {
             return Ok(None);
         }
@@ -206,7 +219,7 @@ impl ApiKeys {
             })
             .map(str::trim)
             .filter(|k| !k.is_empty())
-            .ok_or(GatewayError::Unauthenticated(
+            .ok_or(AuthError::Unauthenticated(
                 "missing API key: send `authorization: Bearer <key>`",
             ))?;
         let digest = digest(key);
@@ -214,9 +227,9 @@ impl ApiKeys {
             Some(k) => Some(k.clone()),
             None => self.lookup(&digest).await?,
         };
-        let found = found.ok_or(GatewayError::Unauthenticated("invalid API key"))?;
+        let found = found.ok_or(AuthError::Unauthenticated("invalid API key"))?;
         match found.expires_ms {
-            Some(at) if at <= now_ms => Err(GatewayError::KeyExpired(format_ms(at))),
+            Some(at) if at <= now_ms => Err(AuthError::KeyExpired(format_ms(at))),
             _ => Ok(Some(Tenant(found.tenant))),
         }
     }
@@ -224,7 +237,7 @@ impl ApiKeys {
     /// A key from the store, through the cache. While the store is down a
     /// key seen before keeps its last known state; an unseen one cannot be
     /// checked (UNAVAILABLE).
-    async fn lookup(&self, digest: &[u8; 32]) -> Result<Option<StoredKey>, GatewayError> {
+    async fn lookup(&self, digest: &[u8; 32]) -> Result<Option<StoredKey>, AuthError> {
         let Some(store) = &self.inner.store else {
             return Ok(None);
         };
@@ -264,7 +277,7 @@ impl ApiKeys {
                     tracing::debug!(error = %e, "key store unavailable; using the cached key");
                     Ok(c.key)
                 }
-                None => Err(GatewayError::KeyStoreUnavailable(e)),
+                None => Err(AuthError::KeyStoreUnavailable(e)),
             },
         }
     }
@@ -333,8 +346,11 @@ mod tests {
             .authenticate_at(Some("Bearer sk-acme"), at)
             .await
             .unwrap_err();
-        assert!(matches!(e, GatewayError::KeyExpired(_)), "{e:?}");
-        assert_eq!(e.code(), tonic::Code::Unauthenticated);
+        assert!(matches!(e, AuthError::KeyExpired(_)), "{e:?}");
+        assert_eq!(
+            crate::error::GatewayError::from(e.clone()).code(),
+            tonic::Code::Unauthenticated
+        );
         assert!(
             e.to_string().contains("expired at 2026-01-01T00:00:00Z"),
             "{e}"
@@ -389,7 +405,7 @@ mod tests {
             .authenticate_at(Some("Bearer k1"), 1_000)
             .await
             .unwrap_err();
-        assert!(matches!(e, GatewayError::KeyExpired(_)), "{e:?}");
+        assert!(matches!(e, AuthError::KeyExpired(_)), "{e:?}");
 
         // With a zero TTL, revocation is seen at once.
         let (keys, set, down2) = stored(Duration::ZERO);
@@ -408,7 +424,11 @@ mod tests {
             .authenticate_at(Some("Bearer k3"), 0)
             .await
             .unwrap_err();
-        assert_eq!(e.code(), tonic::Code::Unavailable, "{e}");
+        assert_eq!(
+            crate::error::GatewayError::from(e.clone()).code(),
+            tonic::Code::Unavailable,
+            "{e}"
+        );
         down2(false);
         set("k2", None);
         let e = keys

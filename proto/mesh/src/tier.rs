@@ -42,6 +42,32 @@ impl Tier {
     }
 }
 
+/// The tier on the wire (`routemesh.v1.Tier`).
+impl From<Tier> for routemesh_proto::v1::Tier {
+    fn from(tier: Tier) -> Self {
+        match tier {
+            Tier::Small => routemesh_proto::v1::Tier::Small,
+            Tier::Large => routemesh_proto::v1::Tier::Large,
+        }
+    }
+}
+
+impl Tier {
+    /// The tier a wire value names; `None` for unspecified or unknown values.
+    pub fn from_wire(value: i32) -> Option<Self> {
+        match routemesh_proto::v1::Tier::try_from(value) {
+            Ok(routemesh_proto::v1::Tier::Small) => Some(Tier::Small),
+            Ok(routemesh_proto::v1::Tier::Large) => Some(Tier::Large),
+            _ => None,
+        }
+    }
+
+    /// The tier as a wire value.
+    pub fn to_wire(self) -> i32 {
+        routemesh_proto::v1::Tier::from(self) as i32
+    }
+}
+
 impl fmt::Display for Tier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

@@ -76,7 +76,7 @@ async fn authorize(state: &HttpState, headers: &HeaderMap) -> Result<Option<Tena
         .keys
         .authenticate(authorization)
         .await
-        .map_err(gateway_error)
+        .map_err(|e| gateway_error(e.into()))
 }
 
 /// A chat request parsed from OpenAI's JSON.

@@ -7,8 +7,6 @@ use serde_json::Value;
 
 use axum::http::StatusCode;
 
-use crate::request::tier_to_wire;
-
 use super::error::{ApiError, bad_request, openai_error};
 
 /// The virtual model that asks the router to choose.
@@ -202,7 +200,7 @@ fn parse_hints(r: &Value) -> Result<RoutingHints, ApiError> {
     let tiers = strings("allowed_tiers")?
         .iter()
         .map(|t| match t.parse::<Tier>() {
-            Ok(tier) => Ok(tier_to_wire(tier) as i32),
+            Ok(tier) => Ok(tier.to_wire()),
             Err(e) => Err(bad_request("routing.allowed_tiers", e.to_string())),
         })
         .collect::<Result<_, _>>()?;
