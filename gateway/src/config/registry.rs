@@ -1,0 +1,53 @@
+//! The `registry:` and `static_workers:` sections: where workers announce
+//! themselves, and the workers a gateway dials without a registry.
+
+use routemesh_mesh::Tier;
+use serde::{Deserialize, Serialize};
+
+/// Where workers announce themselves: in the gateway's process (the default,
+/// when `redis` is absent) or in Redis.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisRegistryConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RedisRegistryConfig {
+    /// e.g. `redis://127.0.0.1:6379/0`.
+    pub url: String,
+    /// Name of this mesh: gateways and workers with the same mesh see each other.
+    #[serde(default = "default_mesh")]
+    pub mesh: String,
+}
+
+fn default_mesh() -> String {
+    "default".into()
+}
+
+/// A worker known from configuration rather than a registry.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StaticWorker {
+    pub id: String,
+    pub model: String,
+    pub tier: Tier,
+    /// e.g. `http://10.0.0.7:50061`.
+    pub endpoint: String,
+    #[serde(default)]
+    pub input_usd_per_mtok: f64,
+    #[serde(default)]
+    pub output_usd_per_mtok: f64,
+    #[serde(default)]
+    pub quality_prior: Option<f64>,
+    #[serde(default = "default_static_capacity")]
+    pub capacity: u32,
+    #[serde(default = "default_static_capacity")]
+    pub max_queue: u32,
+}
+
+fn default_static_capacity() -> u32 {
+    4
+}
