@@ -60,11 +60,6 @@ impl RunningWorker {
         }
     }
 
-    /// A token that, when cancelled, starts the drain.
-    pub fn shutdown_token(&self) -> CancellationToken {
-        self.shutdown.clone()
-    }
-
     /// The Worker service itself, the very one the network server runs (same
     /// state, admission and draining), for a caller in this process. It
     /// answers as a draining worker once this agent drains or stops.
