@@ -8,6 +8,7 @@
 //! way. `server` assembles it; `up` runs a whole mesh in one process.
 
 pub mod api;
+mod cache;
 pub mod config;
 pub mod error;
 pub mod metrics;

@@ -201,7 +201,7 @@ impl QualityModel {
                 Ok(Self {
                     router: Some(Arc::new(router)),
                     artifact: Some(artifact),
-                    cache: Some(Cache::new(settings.cache_entries.max(1))),
+                    cache: Some(crate::cache::bounded(settings.cache_entries)),
                     inference_slots: Some(Arc::new(tokio::sync::Semaphore::new(
                         std::thread::available_parallelism().map_or(2, |n| n.get()),
                     ))),

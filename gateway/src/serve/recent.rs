@@ -19,7 +19,7 @@ pub struct Recent {
 impl Recent {
     pub fn new(capacity: usize) -> Self {
         Self {
-            served: quick_cache::sync::Cache::new(capacity.max(1)),
+            served: crate::cache::bounded(capacity),
         }
     }
 
