@@ -7,15 +7,15 @@
 //! transport); `tenancy/` (keys, limits, budgets, cost) is consulted on the
 //! way. `server` assembles it; `up` runs a whole mesh in one process.
 
-pub mod api;
+pub(crate) mod api;
 mod cache;
 pub mod config;
 pub mod error;
-pub mod metrics;
+pub(crate) mod metrics;
 pub mod pool;
 pub mod request;
 pub mod routing;
-pub mod serve;
+pub(crate) mod serve;
 pub mod server;
 pub mod tenancy;
 pub mod tracing_setup;

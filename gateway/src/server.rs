@@ -52,7 +52,6 @@ pub struct RunningGateway {
     pub http_addr: Option<SocketAddr>,
     /// The admin port (metrics, health, cost), when enabled.
     pub admin_addr: Option<SocketAddr>,
-    pub state: Arc<GatewayState>,
     shutdown: CancellationToken,
     task: JoinHandle<Result<(), ServeError>>,
 }
@@ -491,7 +490,6 @@ pub async fn start_gateway(
         addr,
         http_addr,
         admin_addr,
-        state,
         shutdown,
         task,
     })

@@ -17,7 +17,7 @@ use tonic::transport::Endpoint;
 
 pub mod breaker;
 pub(crate) mod retry;
-pub mod transport;
+pub(crate) mod transport;
 
 use self::breaker::{Breaker, BreakerConfig, Permit, State, Transition};
 use self::transport::{LocalWorkers, WorkerChannel};

@@ -28,13 +28,3 @@ pub struct Incoming<T> {
     pub tenant: Option<Tenant>,
     pub deadline: Option<Duration>,
 }
-
-impl<T> Incoming<T> {
-    pub fn new(message: T) -> Self {
-        Self {
-            message,
-            tenant: None,
-            deadline: None,
-        }
-    }
-}

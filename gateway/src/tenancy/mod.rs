@@ -4,5 +4,5 @@
 pub mod auth;
 pub mod cost;
 pub mod keys;
-pub mod limits;
+pub(crate) mod limits;
 pub mod tenants;
