@@ -7,6 +7,8 @@
 //! transport); `tenancy/` (keys, limits, budgets, cost) is consulted on the
 //! way. `server` assembles it; `up` runs a whole mesh in one process.
 
+#![warn(unreachable_pub)]
+
 pub(crate) mod api;
 mod cache;
 pub mod config;

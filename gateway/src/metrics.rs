@@ -12,29 +12,29 @@ use std::time::Duration;
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-pub const REQUESTS: &str = "routemesh_requests_total";
-pub const REQUEST_DURATION: &str = "routemesh_request_duration_seconds";
-pub const TTFT: &str = "gen_ai_server_time_to_first_token_seconds";
-pub const TIME_PER_OUTPUT_TOKEN: &str = "gen_ai_server_time_per_output_token_seconds";
-pub const TOKENS: &str = "gen_ai_client_token_usage";
+pub(crate) const REQUESTS: &str = "routemesh_requests_total";
+pub(crate) const REQUEST_DURATION: &str = "routemesh_request_duration_seconds";
+pub(crate) const TTFT: &str = "gen_ai_server_time_to_first_token_seconds";
+pub(crate) const TIME_PER_OUTPUT_TOKEN: &str = "gen_ai_server_time_per_output_token_seconds";
+pub(crate) const TOKENS: &str = "gen_ai_client_token_usage";
 /// Cost per request; spend is its `_sum` (a float counter: `metrics`
 /// counters are integers, and a histogram's sum survives restarts as a
 /// counter does in `rate()`).
-pub const COST: &str = "routemesh_request_cost_usd";
+pub(crate) const COST: &str = "routemesh_request_cost_usd";
 /// What each request would have cost on the pool's most expensive model, from
 /// its token counts: savings = this `_sum` minus the cost `_sum`.
-pub const COUNTERFACTUAL_COST: &str = "routemesh_request_counterfactual_cost_usd";
-pub const WORKER_CALLS: &str = "routemesh_worker_calls_total";
-pub const DECISIONS: &str = "routemesh_routing_decisions_total";
-pub const DECISION_DURATION: &str = "routemesh_routing_decision_duration_seconds";
-pub const FAILOVERS: &str = "routemesh_failovers_total";
-pub const SHED: &str = "routemesh_shed_total";
-pub const WORKER_HEALTHY: &str = "routemesh_worker_healthy";
-pub const WORKER_IN_FLIGHT: &str = "routemesh_worker_in_flight";
-pub const HEALTHY_WORKERS: &str = "routemesh_healthy_workers";
-pub const TELEMETRY_DROPPED: &str = "routemesh_telemetry_dropped_total";
-pub const TELEMETRY_ERRORS: &str = "routemesh_telemetry_store_errors_total";
-pub const TELEMETRY_BUFFERED: &str = "routemesh_telemetry_buffered_records";
+pub(crate) const COUNTERFACTUAL_COST: &str = "routemesh_request_counterfactual_cost_usd";
+pub(crate) const WORKER_CALLS: &str = "routemesh_worker_calls_total";
+pub(crate) const DECISIONS: &str = "routemesh_routing_decisions_total";
+pub(crate) const DECISION_DURATION: &str = "routemesh_routing_decision_duration_seconds";
+pub(crate) const FAILOVERS: &str = "routemesh_failovers_total";
+pub(crate) const SHED: &str = "routemesh_shed_total";
+pub(crate) const WORKER_HEALTHY: &str = "routemesh_worker_healthy";
+pub(crate) const WORKER_IN_FLIGHT: &str = "routemesh_worker_in_flight";
+pub(crate) const HEALTHY_WORKERS: &str = "routemesh_healthy_workers";
+pub(crate) const TELEMETRY_DROPPED: &str = "routemesh_telemetry_dropped_total";
+pub(crate) const TELEMETRY_ERRORS: &str = "routemesh_telemetry_store_errors_total";
+pub(crate) const TELEMETRY_BUFFERED: &str = "routemesh_telemetry_buffered_records";
 
 const SECONDS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -48,7 +48,7 @@ const USD_BUCKETS: &[f64] = &[1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0];
 const MAX_TENANTS: usize = 200;
 
 /// The process's Prometheus recorder, installed once.
-pub fn handle() -> Option<&'static PrometheusHandle> {
+pub(crate) fn handle() -> Option<&'static PrometheusHandle> {
     static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
@@ -82,7 +82,12 @@ fn tenant_label(tenant: &str) -> String {
 }
 
 /// One client request finished (either API), with its final gRPC code.
-pub fn request(api: &'static str, method: &'static str, code: tonic::Code, duration: Duration) {
+pub(crate) fn request(
+    api: &'static str,
+    method: &'static str,
+    code: tonic::Code,
+    duration: Duration,
+) {
     let code = format!("{code:?}");
     counter!(REQUESTS, "api" => api, "method" => method, "code" => code).increment(1);
     histogram!(REQUEST_DURATION, "api" => api, "method" => method).record(duration.as_secs_f64());
@@ -90,7 +95,7 @@ pub fn request(api: &'static str, method: &'static str, code: tonic::Code, durat
 
 /// One call to a worker that served (or failed).
 #[allow(clippy::too_many_arguments)]
-pub fn worker_call(
+pub(crate) fn worker_call(
     tenant: &str,
     model: &str,
     tier: &'static str,
@@ -176,71 +181,76 @@ fn served_handles(
 }
 
 /// A routing decision.
-pub fn decision(model: &str, policy: &'static str, deciding_term: &'static str, took: Duration) {
+pub(crate) fn decision(
+    model: &str,
+    policy: &'static str,
+    deciding_term: &'static str,
+    took: Duration,
+) {
     counter!(DECISIONS, "model" => model.to_string(), "policy" => policy, "reason" => deciding_term).increment(1);
     histogram!(DECISION_DURATION).record(took.as_secs_f64());
 }
 
-pub const ROUTER_CACHE: &str = "routemesh_router_cache_lookups_total";
-pub const ROUTER_INFERENCE: &str = "routemesh_router_inference_seconds";
+pub(crate) const ROUTER_CACHE: &str = "routemesh_router_cache_lookups_total";
+pub(crate) const ROUTER_INFERENCE: &str = "routemesh_router_inference_seconds";
 /// Requests routed on priors because every router slot stayed busy.
-pub const ROUTER_OVERLOADED: &str = "routemesh_router_overloaded_total";
+pub(crate) const ROUTER_OVERLOADED: &str = "routemesh_router_overloaded_total";
 
 /// A router prediction looked up in the prompt cache.
-pub fn router_cache(hit: bool) {
+pub(crate) fn router_cache(hit: bool) {
     counter!(ROUTER_CACHE, "result" => if hit { "hit" } else { "miss" }).increment(1);
 }
 
 /// Every router slot stayed busy: the request was routed on priors.
-pub fn router_overloaded() {
+pub(crate) fn router_overloaded() {
     counter!(ROUTER_OVERLOADED).increment(1);
 }
 
 /// One embedder + predictor run, by the path it took (`fast` or `full`).
-pub fn router_inference(took: Duration, path: &'static str) {
+pub(crate) fn router_inference(took: Duration, path: &'static str) {
     histogram!(ROUTER_INFERENCE, "path" => path).record(took.as_secs_f64());
 }
 
-pub fn failover(model: &str) {
+pub(crate) fn failover(model: &str) {
     counter!(FAILOVERS, "model" => model.to_string()).increment(1);
 }
 
-pub fn shed() {
+pub(crate) fn shed() {
     counter!(SHED).increment(1);
 }
 
 /// Pool state, set by the maintenance loop.
-pub fn worker_state(worker: &str, model: &str, healthy: bool, in_flight: u32) {
+pub(crate) fn worker_state(worker: &str, model: &str, healthy: bool, in_flight: u32) {
     gauge!(WORKER_HEALTHY, "worker" => worker.to_string(), "model" => model.to_string())
         .set(f64::from(u8::from(healthy)));
     gauge!(WORKER_IN_FLIGHT, "worker" => worker.to_string(), "model" => model.to_string())
         .set(f64::from(in_flight));
 }
 
-pub fn healthy_workers(count: usize) {
+pub(crate) fn healthy_workers(count: usize) {
     gauge!(HEALTHY_WORKERS).set(count as f64);
 }
 
-pub const REDIS_ROUND_TRIPS: &str = "routemesh_redis_round_trips_total";
+pub(crate) const REDIS_ROUND_TRIPS: &str = "routemesh_redis_round_trips_total";
 
 /// Round trips to Redis so far, by what made them.
-pub fn redis_round_trips(telemetry: u64, registry: u64) {
+pub(crate) fn redis_round_trips(telemetry: u64, registry: u64) {
     counter!(REDIS_ROUND_TRIPS, "component" => "telemetry").absolute(telemetry);
     counter!(REDIS_ROUND_TRIPS, "component" => "registry").absolute(registry);
 }
 
-pub fn telemetry(dropped: u64, errors: u64, buffered: u64) {
+pub(crate) fn telemetry(dropped: u64, errors: u64, buffered: u64) {
     counter!(TELEMETRY_DROPPED).absolute(dropped);
     counter!(TELEMETRY_ERRORS).absolute(errors);
     gauge!(TELEMETRY_BUFFERED).set(buffered as f64);
 }
 
-pub const BREAKER_TRANSITIONS: &str = "routemesh_circuit_breaker_transitions_total";
+pub(crate) const BREAKER_TRANSITIONS: &str = "routemesh_circuit_breaker_transitions_total";
 /// 0 closed, 1 half-open, 2 open.
-pub const BREAKER_STATE: &str = "routemesh_circuit_breaker_state";
+pub(crate) const BREAKER_STATE: &str = "routemesh_circuit_breaker_state";
 
 /// A worker's circuit breaker changed state (`to_value` as [`breaker_state`]).
-pub fn breaker_transition(
+pub(crate) fn breaker_transition(
     worker: &str,
     model: &str,
     from: &'static str,
@@ -254,6 +264,6 @@ pub fn breaker_transition(
 }
 
 /// A worker's circuit breaker state: 0 closed, 1 half-open, 2 open.
-pub fn breaker_state(worker: &str, model: &str, value: f64) {
+pub(crate) fn breaker_state(worker: &str, model: &str, value: f64) {
     gauge!(BREAKER_STATE, "worker" => worker.to_string(), "model" => model.to_string()).set(value);
 }

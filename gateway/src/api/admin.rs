@@ -18,7 +18,7 @@ use crate::tenancy::cost::{Counterfactual, report};
 /// worker health, drawn from `/v1/overview` with no dependency.
 const PAGE: &str = include_str!("admin_page.html");
 
-pub fn router(state: Arc<GatewayState>) -> Router {
+pub(crate) fn router(state: Arc<GatewayState>) -> Router {
     Router::new()
         .route("/", get(|| async { axum::response::Html(PAGE) }))
         .route("/v1/overview", get(overview))

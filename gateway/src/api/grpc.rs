@@ -17,12 +17,12 @@ use crate::serve::{Api, Incoming, Pipeline};
 use crate::tenancy::auth::Tenant;
 
 #[derive(Debug, Clone)]
-pub struct GatewayService {
+pub(crate) struct GatewayService {
     pipeline: Arc<Pipeline>,
 }
 
 impl GatewayService {
-    pub fn new(pipeline: Arc<Pipeline>) -> Self {
+    pub(crate) fn new(pipeline: Arc<Pipeline>) -> Self {
         Self { pipeline }
     }
 }

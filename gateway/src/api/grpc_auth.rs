@@ -16,13 +16,13 @@ use crate::tenancy::auth::ApiKeys;
 /// `inner`, answering UNAUTHENTICATED (or UNAVAILABLE when keys cannot be
 /// checked) before it when the request's `authorization` is not accepted.
 #[derive(Debug, Clone)]
-pub struct Authenticated<S> {
+pub(crate) struct Authenticated<S> {
     inner: S,
     keys: ApiKeys,
 }
 
 impl<S> Authenticated<S> {
-    pub fn new(inner: S, keys: ApiKeys) -> Self {
+    pub(crate) fn new(inner: S, keys: ApiKeys) -> Self {
         Self { inner, keys }
     }
 }

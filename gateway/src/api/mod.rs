@@ -2,10 +2,10 @@
 //! OpenAI-compatible HTTP API, and the admin port. Each turns its wire format
 //! into the serving path's calls and the path's errors into its own codes.
 
-pub mod admin;
-pub mod grpc;
-pub mod grpc_auth;
-pub mod openai;
+pub(crate) mod admin;
+pub(crate) mod grpc;
+pub(crate) mod grpc_auth;
+pub(crate) mod openai;
 
 use tonic::metadata::MetadataMap;
 

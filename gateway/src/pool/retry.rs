@@ -4,7 +4,7 @@
 use std::sync::Mutex;
 
 #[derive(Debug)]
-pub struct RetryBudget {
+pub(crate) struct RetryBudget {
     tokens: Mutex<f64>,
     ratio: f64,
     burst: f64,
@@ -13,7 +13,7 @@ pub struct RetryBudget {
 impl RetryBudget {
     /// `ratio`: retries allowed per request served; `burst`: retries
     /// available at once (also the starting balance).
-    pub fn new(ratio: f64, burst: f64) -> Self {
+    pub(crate) fn new(ratio: f64, burst: f64) -> Self {
         Self {
             tokens: Mutex::new(burst),
             ratio,
@@ -22,14 +22,14 @@ impl RetryBudget {
     }
 
     /// A request was admitted: it earns a share of a retry.
-    pub fn deposit(&self) {
+    pub(crate) fn deposit(&self) {
         if let Ok(mut t) = self.tokens.lock() {
             *t = (*t + self.ratio).min(self.burst);
         }
     }
 
     /// Spends one retry if the budget has it.
-    pub fn try_withdraw(&self) -> bool {
+    pub(crate) fn try_withdraw(&self) -> bool {
         match self.tokens.lock() {
             Ok(mut t) if *t >= 1.0 => {
                 *t -= 1.0;

@@ -26,7 +26,7 @@ use tonic::transport::Channel;
 
 /// What a transport fails with; tonic's client turns it into a `Status` by
 /// looking through it (a refused connection stays UNAVAILABLE).
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 type ResponseFuture =
     Pin<Box<dyn Future<Output = Result<http::Response<Body>, BoxError>> + Send + 'static>>;

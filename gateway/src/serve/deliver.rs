@@ -17,7 +17,7 @@ use crate::pool::WorkerHandle;
 
 /// The events of a streamed generation: the route, deltas, then the end (or
 /// an error, mid-stream).
-pub type EventStream = std::pin::Pin<
+pub(crate) type EventStream = std::pin::Pin<
     Box<dyn futures::Stream<Item = Result<GenerateStreamEvent, GatewayError>> + Send>,
 >;
 

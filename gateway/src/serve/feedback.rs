@@ -8,7 +8,10 @@ use super::state::GatewayState;
 use crate::error::GatewayError;
 
 impl GatewayState {
-    pub fn feedback(&self, request: FeedbackRequest) -> Result<FeedbackResponse, GatewayError> {
+    pub(crate) fn feedback(
+        &self,
+        request: FeedbackRequest,
+    ) -> Result<FeedbackResponse, GatewayError> {
         let FeedbackRequest {
             request_id,
             score,

@@ -6,13 +6,13 @@ use crate::tenancy::auth::Tenant;
 
 /// Which API a request came in on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Api {
+pub(crate) enum Api {
     Grpc,
     Http,
 }
 
 impl Api {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Api::Grpc => "grpc",
             Api::Http => "http",
@@ -23,7 +23,7 @@ impl Api {
 /// The message, the tenant its credentials proved (if keys are on), and the
 /// client's own deadline.
 #[derive(Debug)]
-pub struct Incoming<T> {
+pub(crate) struct Incoming<T> {
     pub message: T,
     pub tenant: Option<Tenant>,
     pub deadline: Option<Duration>,

@@ -24,17 +24,17 @@ use std::sync::Arc;
 use routemesh_proto::v1::{GenerateRequest, GenerateResponse, RouteDecision};
 
 use self::attempt::Delivery;
-pub use self::deliver::EventStream;
-pub use self::incoming::{Api, Incoming};
+pub(crate) use self::deliver::EventStream;
+pub(crate) use self::incoming::{Api, Incoming};
 pub(crate) use self::recent::Recent;
-pub use self::state::GatewayState;
+pub(crate) use self::state::GatewayState;
 use self::strategy::Strategy;
 use crate::error::GatewayError;
 use crate::routing::route::RouteContext;
 
 /// The serving path: the shared state and the strategy each request follows.
 #[derive(Debug)]
-pub struct Pipeline {
+pub(crate) struct Pipeline {
     state: Arc<GatewayState>,
     strategy: Box<dyn Strategy>,
 }
@@ -44,17 +44,17 @@ impl Pipeline {
         Self { state, strategy }
     }
 
-    pub fn state(&self) -> &Arc<GatewayState> {
+    pub(crate) fn state(&self) -> &Arc<GatewayState> {
         &self.state
     }
 
     /// The strategy's name, as configuration and logs say it.
-    pub fn strategy(&self) -> &'static str {
+    pub(crate) fn strategy(&self) -> &'static str {
         self.strategy.name()
     }
 
     /// Generates a whole answer.
-    pub async fn generate(
+    pub(crate) async fn generate(
         &self,
         incoming: Incoming<GenerateRequest>,
     ) -> Result<GenerateResponse, GatewayError> {
@@ -66,7 +66,7 @@ impl Pipeline {
     /// Generates a stream of events, with the request's id. The routing
     /// decision and the first token have arrived when this returns; failures
     /// before that fail the call.
-    pub async fn generate_stream(
+    pub(crate) async fn generate_stream(
         &self,
         incoming: Incoming<GenerateRequest>,
     ) -> Result<(String, EventStream), GatewayError> {
@@ -77,7 +77,7 @@ impl Pipeline {
     }
 
     /// The decision a generation would get now, without calling any worker.
-    pub async fn route_only(
+    pub(crate) async fn route_only(
         &self,
         incoming: Incoming<GenerateRequest>,
     ) -> Result<RouteDecision, GatewayError> {

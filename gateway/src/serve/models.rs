@@ -7,7 +7,7 @@ use routemesh_proto::v1::{ListModelsResponse, ModelInfo, WorkerInfo};
 use super::state::GatewayState;
 
 impl GatewayState {
-    pub fn list_models(&self) -> ListModelsResponse {
+    pub(crate) fn list_models(&self) -> ListModelsResponse {
         let snapshot = self.pool.snapshot();
         let mut models: BTreeMap<&str, ModelInfo> = BTreeMap::new();
         for w in snapshot.iter() {

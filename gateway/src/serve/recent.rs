@@ -3,7 +3,7 @@
 //! forgotten first (S3-FIFO), so a flood of requests never grows it.
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct Served {
+pub(crate) struct Served {
     pub model: String,
     pub worker_id: String,
     pub tenant: String,
@@ -12,22 +12,22 @@ pub struct Served {
 }
 
 #[derive(Debug)]
-pub struct Recent {
+pub(crate) struct Recent {
     served: quick_cache::sync::Cache<String, Served>,
 }
 
 impl Recent {
-    pub fn new(capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize) -> Self {
         Self {
             served: crate::cache::bounded(capacity),
         }
     }
 
-    pub fn remember(&self, request_id: &str, served: Served) {
+    pub(crate) fn remember(&self, request_id: &str, served: Served) {
         self.served.insert(request_id.to_string(), served);
     }
 
-    pub fn lookup(&self, request_id: &str) -> Option<Served> {
+    pub(crate) fn lookup(&self, request_id: &str) -> Option<Served> {
         self.served.get(request_id)
     }
 }

@@ -15,7 +15,7 @@ use crate::routing::Routing;
 use crate::tenancy::limits::Limits;
 use crate::tenancy::tenants::CostTargets;
 
-pub struct GatewayState {
+pub(crate) struct GatewayState {
     pub pool: Arc<Pool>,
     pub routing: Routing,
     pub config: GatewayConfig,

@@ -29,21 +29,21 @@ use tonic::Code;
 use tracing::Instrument;
 
 use self::error::{ApiError, bad_request, gateway_error, http_status, openai_error};
-pub use self::request::ROUTER_MODEL;
+pub(crate) use self::request::ROUTER_MODEL;
 use self::request::parse_chat;
 use crate::error::GatewayError;
 use crate::serve::{Api, Incoming, Pipeline};
 use crate::tenancy::auth::{ApiKeys, Tenant};
 
 #[derive(Clone)]
-pub struct HttpState {
+pub(crate) struct HttpState {
     pub pipeline: std::sync::Arc<Pipeline>,
     pub keys: ApiKeys,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
 }
 
-pub fn router(state: HttpState) -> Router {
+pub(crate) fn router(state: HttpState) -> Router {
     let limit = state.max_body_bytes;
     Router::new()
         .route("/v1/chat/completions", post(chat_completions))

@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use super::error::{ApiError, bad_request, openai_error};
 
 /// The virtual model that asks the router to choose.
-pub const ROUTER_MODEL: &str = "router";
+pub(crate) const ROUTER_MODEL: &str = "router";
 
 pub(super) struct ChatRequest {
     pub(super) grpc: GenerateRequest,
