@@ -16,10 +16,13 @@ use routemesh_tests::*;
 use tonic::Code;
 
 /// A gateway whose only worker is `rogue`, with a breaker that opens on the
-/// first failure it is told of (and stays open for the test).
+/// first failure it is told of (and stays open for the test). Load checks get
+/// a second (`load_interval`): a check slowed by a busy test machine must not
+/// take the worker out, which would be a different failure than the one
+/// under test.
 async fn gateway_for(rogue: &RunningRogue) -> Process {
     let yaml = format!(
-        "gateway:\n  listen: 127.0.0.1:0\n  http_listen: null\n  admin_listen: 127.0.0.1:0\n  discovery_interval: 100ms\n  load_interval: 100ms\n  request_timeout: 20s\n  router: {{enabled: false}}\n  circuit_breaker: {{failures: 1, open_for: 60s, max_open_for: 60s}}\n  telemetry: {{window: 10s, snapshot_interval: 50ms, flush_interval: 20ms, min_requests: 3}}\nstatic_workers:\n  - {{id: rogue, model: rogue-model, tier: small, endpoint: \"{}\"}}\n",
+        "gateway:\n  listen: 127.0.0.1:0\n  http_listen: null\n  admin_listen: 127.0.0.1:0\n  discovery_interval: 100ms\n  load_interval: 1s\n  request_timeout: 20s\n  router: {{enabled: false}}\n  circuit_breaker: {{failures: 1, open_for: 60s, max_open_for: 60s}}\n  telemetry: {{window: 10s, snapshot_interval: 50ms, flush_interval: 20ms, min_requests: 3}}\nstatic_workers:\n  - {{id: rogue, model: rogue-model, tier: small, endpoint: \"{}\"}}\n",
         rogue.endpoint
     );
     let gateway = Process::start("gateway", "gateway", &yaml, &[]).unwrap();
