@@ -169,6 +169,14 @@ impl Flight {
                         span,
                     }));
                 }
+                // tonic's channel enforces the deadline we sent with the call
+                // too, and may fire a moment before our own timer, failing the
+                // call as CANCELLED ("Timeout expired"): that is our deadline,
+                // not a broken connection.
+                Ok(Err(_)) if Instant::now() >= self.deadline => {
+                    guard.timed_out();
+                    return Err(GatewayError::Deadline(self.budget));
+                }
                 Ok(Err(status)) => guard.failed(status),
             };
             self.fail_over_or_end(&worker, failure)?;

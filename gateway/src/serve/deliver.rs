@@ -8,6 +8,7 @@ use routemesh_proto::v1::{
     worker_stream_event,
 };
 use tokio::sync::mpsc::Sender;
+use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::attempt::{Answer, Flight, OpenStream};
@@ -84,6 +85,11 @@ async fn collect(flight: &Flight, open: OpenStream) -> Result<Collected, Gateway
                         "stream ended without an end event",
                     ));
                     return Err(worker_error(&worker, status));
+                }
+                // The channel's own copy of our deadline (see `Flight::call`).
+                Ok(Err(_)) if Instant::now() >= flight.deadline => {
+                    guard.timed_out();
+                    return Err(GatewayError::Deadline(flight.budget));
                 }
                 Ok(Err(status)) => {
                     let status = guard.failed(status);
@@ -203,6 +209,12 @@ async fn relay(
                         "stream ended without an end event after {deltas_sent} deltas"
                     )));
                     let _ = send(Err(worker_error(&worker, status))).await;
+                    return;
+                }
+                // The channel's own copy of our deadline (see `Flight::call`).
+                Ok(Err(_)) if Instant::now() >= flight.deadline => {
+                    guard.timed_out();
+                    let _ = send(Err(GatewayError::Deadline(flight.budget))).await;
                     return;
                 }
                 Ok(Err(status)) => {
