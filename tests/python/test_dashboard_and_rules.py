@@ -28,7 +28,7 @@ PROMQL_WORDS = {
 def declared_metrics():
     """Metric names the gateway declares (gateway/src/metrics.rs)."""
     source = (ROOT / "gateway" / "src" / "metrics.rs").read_text()
-    names = set(re.findall(r'pub const \w+: &str = "([a-z_:]+)"', source))
+    names = set(re.findall(r'pub(?:\(crate\))? const \w+: &str = "([a-z_:]+)"', source))
     return names | {f"{n}_{s}" for n in names for s in ("bucket", "sum", "count")}
 
 
