@@ -4,14 +4,16 @@
 
 use routemesh_mesh::driven::driven_stream;
 use routemesh_proto::v1::{
-    GenerateResponse, GenerateStreamEvent, RouteDecision, StreamEnd, Usage, generate_stream_event,
-    worker_stream_event,
+    GenerateResponse, GenerateStreamEvent, RouteDecision, StreamEnd, Usage, WorkerStreamEvent,
+    generate_stream_event, worker_stream_event,
 };
 use tokio::sync::mpsc::Sender;
 use tokio::time::Instant;
+use tonic::Streaming;
 use tracing::Instrument;
 
 use super::attempt::{Answer, Flight, OpenStream};
+use super::call::CallGuard;
 use super::recent::Served;
 use crate::error::GatewayError;
 use crate::pool::WorkerHandle;
@@ -74,27 +76,9 @@ async fn collect(flight: &Flight, open: OpenStream) -> Result<Collected, Gateway
     loop {
         let item = match next.take() {
             Some(item) => item,
-            None => match tokio::time::timeout_at(flight.deadline, upstream.message()).await {
-                Err(_) => {
-                    guard.timed_out();
-                    return Err(GatewayError::Deadline(flight.budget));
-                }
-                Ok(Ok(Some(item))) => item,
-                Ok(Ok(None)) => {
-                    let status = guard.failed(tonic::Status::unavailable(
-                        "stream ended without an end event",
-                    ));
-                    return Err(worker_error(&worker, status));
-                }
-                // The channel's own copy of our deadline (see `Flight::call`).
-                Ok(Err(_)) if Instant::now() >= flight.deadline => {
-                    guard.timed_out();
-                    return Err(GatewayError::Deadline(flight.budget));
-                }
-                Ok(Err(status)) => {
-                    let status = guard.failed(status);
-                    return Err(worker_error(&worker, status));
-                }
+            None => match next_event(&mut upstream, flight.deadline).await {
+                Ok(item) => item,
+                Err(broken) => return Err(broken.settle(guard, flight, None)),
             },
         };
         match item.event {
@@ -197,36 +181,11 @@ async fn relay(
     loop {
         let item = match next.take() {
             Some(item) => item,
-            None => match tokio::time::timeout_at(flight.deadline, upstream.message()).await {
-                Err(_) => {
-                    guard.timed_out();
-                    let _ = send(Err(GatewayError::Deadline(flight.budget))).await;
-                    return;
-                }
-                Ok(Ok(Some(item))) => item,
-                Ok(Ok(None)) => {
-                    let status = guard.failed(tonic::Status::unavailable(format!(
-                        "stream ended without an end event after {deltas_sent} deltas"
-                    )));
-                    let _ = send(Err(worker_error(&worker, status))).await;
-                    return;
-                }
-                // The channel's own copy of our deadline (see `Flight::call`).
-                Ok(Err(_)) if Instant::now() >= flight.deadline => {
-                    guard.timed_out();
-                    let _ = send(Err(GatewayError::Deadline(flight.budget))).await;
-                    return;
-                }
-                Ok(Err(status)) => {
-                    let status = guard.failed(status);
-                    let status = tonic::Status::new(
-                        status.code(),
-                        format!(
-                            "mid-stream after {deltas_sent} deltas: {}",
-                            status.message()
-                        ),
-                    );
-                    let _ = send(Err(worker_error(&worker, status))).await;
+            None => match next_event(&mut upstream, flight.deadline).await {
+                Ok(item) => item,
+                Err(broken) => {
+                    let error = broken.settle(guard, &flight, Some(deltas_sent));
+                    let _ = send(Err(error)).await;
                     return;
                 }
             },
@@ -259,10 +218,53 @@ async fn relay(
     }
 }
 
-fn worker_error(worker: &WorkerHandle, status: tonic::Status) -> GatewayError {
-    GatewayError::Worker {
-        worker_id: worker.record.id.clone(),
-        status,
+/// How reading a worker's stream failed.
+enum Broken {
+    /// The request's deadline passed.
+    Deadline,
+    /// The worker failed, or its stream ended without its end event.
+    Status(tonic::Status),
+}
+
+/// The next event of a worker's stream, within the request's deadline.
+async fn next_event(
+    upstream: &mut Streaming<WorkerStreamEvent>,
+    deadline: Instant,
+) -> Result<WorkerStreamEvent, Broken> {
+    match tokio::time::timeout_at(deadline, upstream.message()).await {
+        Err(_) => Err(Broken::Deadline),
+        Ok(Ok(Some(item))) => Ok(item),
+        Ok(Ok(None)) => Err(Broken::Status(tonic::Status::unavailable(
+            "stream ended without an end event",
+        ))),
+        // The channel's own copy of our deadline (see `Flight::call`).
+        Ok(Err(_)) if Instant::now() >= deadline => Err(Broken::Deadline),
+        Ok(Err(status)) => Err(Broken::Status(status)),
+    }
+}
+
+impl Broken {
+    /// Accounts the call the failure ended and returns the error the
+    /// request ends with; `deltas_sent`: how far a relayed stream had got.
+    fn settle(self, guard: CallGuard, flight: &Flight, deltas_sent: Option<u32>) -> GatewayError {
+        match self {
+            Broken::Deadline => {
+                guard.timed_out();
+                GatewayError::Deadline(flight.budget)
+            }
+            Broken::Status(status) => {
+                let worker_id = guard.worker().record.id.clone();
+                let status = guard.failed(status);
+                let status = match deltas_sent {
+                    Some(n) => tonic::Status::new(
+                        status.code(),
+                        format!("mid-stream after {n} deltas: {}", status.message()),
+                    ),
+                    None => status,
+                };
+                GatewayError::Worker { worker_id, status }
+            }
+        }
     }
 }
 
