@@ -72,14 +72,11 @@ async fn collect(flight: &Flight, open: OpenStream) -> Result<Collected, Gateway
     } = open;
     let worker = guard.worker().clone();
     let mut text = String::new();
-    let mut next = Some(first);
+    let mut first = Some(first);
     loop {
-        let item = match next.take() {
-            Some(item) => item,
-            None => match next_event(&mut upstream, flight.deadline).await {
-                Ok(item) => item,
-                Err(broken) => return Err(broken.settle(guard, flight, None)),
-            },
+        let item = match next_event(&mut first, &mut upstream, flight.deadline).await {
+            Ok(item) => item,
+            Err(broken) => return Err(broken.settle(guard, flight, None)),
         };
         match item.event {
             Some(worker_stream_event::Event::Delta(delta)) => text.push_str(&delta.text),
@@ -177,18 +174,15 @@ async fn relay(
         guard.client_gone(generated(0)).await;
         return;
     }
-    let mut next = Some(first);
+    let mut first = Some(first);
     loop {
-        let item = match next.take() {
-            Some(item) => item,
-            None => match next_event(&mut upstream, flight.deadline).await {
-                Ok(item) => item,
-                Err(broken) => {
-                    let error = broken.settle(guard, &flight, Some(deltas_sent));
-                    let _ = send(Err(error)).await;
-                    return;
-                }
-            },
+        let item = match next_event(&mut first, &mut upstream, flight.deadline).await {
+            Ok(item) => item,
+            Err(broken) => {
+                let error = broken.settle(guard, &flight, Some(deltas_sent));
+                let _ = send(Err(error)).await;
+                return;
+            }
         };
         match item.event {
             Some(worker_stream_event::Event::Delta(delta)) => {
@@ -226,11 +220,16 @@ enum Broken {
     Status(tonic::Status),
 }
 
-/// The next event of a worker's stream, within the request's deadline.
+/// The next event of a worker's stream: the `first` one, which the attempt
+/// loop already read, then the rest within the request's deadline.
 async fn next_event(
+    first: &mut Option<WorkerStreamEvent>,
     upstream: &mut Streaming<WorkerStreamEvent>,
     deadline: Instant,
 ) -> Result<WorkerStreamEvent, Broken> {
+    if let Some(item) = first.take() {
+        return Ok(item);
+    }
     match tokio::time::timeout_at(deadline, upstream.message()).await {
         Err(_) => Err(Broken::Deadline),
         Ok(Ok(Some(item))) => Ok(item),

@@ -14,7 +14,7 @@ const T0: u64 = 1_790_000_000_000; // a fixed instant at the start of a 10 s slo
 const MIN: u64 = 60_000;
 
 fn redis_url() -> String {
-    std::env::var("ROUTEMESH_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+    routemesh_tests::shared_redis_url()
 }
 
 async fn stores() -> Vec<(&'static str, Arc<dyn HashStore>, Option<String>)> {
@@ -29,20 +29,8 @@ async fn stores() -> Vec<(&'static str, Arc<dyn HashStore>, Option<String>)> {
 }
 
 async fn cleanup(mesh: Option<String>) {
-    let Some(mesh) = mesh else { return };
-    let client = redis::Client::open(redis_url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("rm:v1:{{{mesh}}}:*"))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    if !keys.is_empty() {
-        let _: () = redis::cmd("DEL")
-            .arg(keys)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
+    if let Some(mesh) = mesh {
+        routemesh_tests::delete_mesh_keys(&redis_url(), &mesh).await;
     }
 }
 

@@ -4,7 +4,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -12,51 +11,7 @@ use std::time::Duration;
 use routemesh_telemetry::{
     Outcome, Recorder, RecorderConfig, RedisStore, RequestRecord, Telemetry,
 };
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Redis(Child);
-
-impl Redis {
-    fn start(port: u16) -> Self {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server installed");
-        // Owned from here on: dropped (killed and reaped) on every path.
-        let redis = Self(child);
-        for _ in 0..500 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return redis;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        panic!("redis-server did not start on {port}");
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use routemesh_tests::{OwnRedis, free_port};
 
 fn record(i: u32) -> RequestRecord {
     RequestRecord {
@@ -86,7 +41,7 @@ async fn until(what: &str, mut check: impl FnMut() -> bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn buffers_through_an_outage_and_converges_after() {
     let port = free_port();
-    let redis = Redis::start(port);
+    let redis = OwnRedis::start_on(port).unwrap();
     let url = format!("redis://127.0.0.1:{port}");
     let store = RedisStore::connect(&url, "outage").await.unwrap();
     let config = RecorderConfig {
@@ -131,7 +86,7 @@ async fn buffers_through_an_outage_and_converges_after() {
     .await;
 
     // Redis returns (empty: it keeps nothing on disk); the buffered records arrive.
-    let _redis = Redis::start(port);
+    let _redis = OwnRedis::start_on(port).unwrap();
     until("buffer flushed to the new Redis", || {
         recorder.stats.buffered.load(Ordering::Relaxed) == 0
     })

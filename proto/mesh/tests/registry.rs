@@ -12,7 +12,7 @@ use routemesh_mesh::{
 };
 
 fn redis_url() -> String {
-    std::env::var("ROUTEMESH_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+    routemesh_tests::shared_redis_url()
 }
 
 fn fresh_mesh() -> String {
@@ -36,20 +36,7 @@ fn record(id: &str, tier: Tier) -> WorkerRecord {
 }
 
 async fn cleanup(mesh: &str) {
-    let client = redis::Client::open(redis_url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("rm:v1:{{{mesh}}}:*"))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    if !keys.is_empty() {
-        let _: () = redis::cmd("DEL")
-            .arg(keys)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-    }
+    routemesh_tests::delete_mesh_keys(&redis_url(), mesh).await;
 }
 
 /// What every registry does: announced records are listed (sorted by id)
