@@ -106,6 +106,7 @@ impl Worker for RogueWorker {
             text: "ok ok".into(),
             finish_reason: FinishReason::Stop as i32,
             usage: Some(usage(&request.model)),
+            confidence: None,
         }))
     }
 
@@ -138,6 +139,7 @@ impl Worker for RogueWorker {
                     event: Some(worker_stream_event::Event::End(StreamEnd {
                         finish_reason: FinishReason::Stop as i32,
                         usage: Some(usage(&model)),
+                        confidence: None,
                     })),
                 }),
             ])),

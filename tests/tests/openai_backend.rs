@@ -35,6 +35,7 @@ fn request(prompt: &str) -> WorkerGenerateRequest {
             ..Default::default()
         }),
         tenant: "t".into(),
+        want_logprobs: false,
     }
 }
 

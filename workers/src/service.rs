@@ -241,6 +241,7 @@ impl WorkerService {
                     text: done.text,
                     finish_reason: done.finish_reason as i32,
                     usage: Some(state.usage(&done.usage, ttft, total)),
+                    confidence: None,
                 }))
             }
             Err(e) => {
@@ -290,6 +291,7 @@ impl WorkerService {
                             let end = StreamEnd {
                                 finish_reason: finish_reason as i32,
                                 usage: Some(state.usage(&usage, ttft, total)),
+                                confidence: None,
                             };
                             let _ = tx
                                 .send(Ok(WorkerStreamEvent {

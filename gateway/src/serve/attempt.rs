@@ -258,6 +258,7 @@ impl Flight {
             messages: req.messages.clone(),
             params: Some(req.params.clone()),
             tenant: req.tenant.clone(),
+            want_logprobs: false,
         });
         // The client's deadline and trace travel to the worker.
         request.set_timeout(remaining);

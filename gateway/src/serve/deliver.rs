@@ -118,6 +118,7 @@ pub(super) fn stream(flight: Flight, answer: Answer) -> EventStream {
                 event(generate_stream_event::Event::End(StreamEnd {
                     finish_reason: response.finish_reason,
                     usage: response.usage,
+                    confidence: response.confidence,
                 })),
             ];
             Box::pin(futures::stream::iter(events))
@@ -203,6 +204,7 @@ async fn relay(
                 let end = StreamEnd {
                     finish_reason: end.finish_reason,
                     usage: end.usage,
+                    confidence: end.confidence,
                 };
                 let _ = send(event(generate_stream_event::Event::End(end))).await;
                 return;
