@@ -188,6 +188,7 @@ impl Target {
                     messages,
                     params,
                     tenant: "bench".into(),
+                    want_logprobs: false,
                 };
                 Ok((
                     Self::Worker {
