@@ -28,6 +28,18 @@ pub(crate) const WORKER_CALLS: &str = "routemesh_worker_calls_total";
 pub(crate) const DECISIONS: &str = "routemesh_routing_decisions_total";
 pub(crate) const DECISION_DURATION: &str = "routemesh_routing_decision_duration_seconds";
 pub(crate) const FAILOVERS: &str = "routemesh_failovers_total";
+/// A cascade's verdicts on answers, by verifier, model and verdict
+/// (`accepted`, `escalated`, `kept`: judged weak but nothing stronger could
+/// be called, `unverifiable`).
+pub(crate) const CASCADE_VERDICTS: &str = "routemesh_cascade_verdicts_total";
+/// Escalations by the model pair (`from_model` judged weak, `to_model`
+/// answered instead) and verifier.
+pub(crate) const CASCADE_ESCALATIONS: &str = "routemesh_cascade_escalations_total";
+/// Cheap steps skipped because the router predicted the cheap model would
+/// fail (cascade routing), by the model skipped.
+pub(crate) const CASCADE_SKIPS: &str = "routemesh_cascade_skips_total";
+/// Time a verifier took to judge one answer (its model calls included).
+pub(crate) const CASCADE_VERIFY_DURATION: &str = "routemesh_cascade_verify_duration_seconds";
 pub(crate) const SHED: &str = "routemesh_shed_total";
 pub(crate) const WORKER_HEALTHY: &str = "routemesh_worker_healthy";
 pub(crate) const WORKER_IN_FLIGHT: &str = "routemesh_worker_in_flight";
@@ -213,6 +225,22 @@ pub(crate) fn router_inference(took: Duration, path: &'static str) {
 
 pub(crate) fn failover(model: &str) {
     counter!(FAILOVERS, "model" => model.to_string()).increment(1);
+}
+
+pub(crate) fn cascade_verdict(verifier: &str, model: &str, verdict: &'static str, took: Duration) {
+    counter!(CASCADE_VERDICTS, "verifier" => verifier.to_string(), "model" => model.to_string(), "verdict" => verdict)
+        .increment(1);
+    histogram!(CASCADE_VERIFY_DURATION, "verifier" => verifier.to_string())
+        .record(took.as_secs_f64());
+}
+
+pub(crate) fn cascade_escalation(verifier: &str, from_model: &str, to_model: &str) {
+    counter!(CASCADE_ESCALATIONS, "verifier" => verifier.to_string(), "from_model" => from_model.to_string(), "to_model" => to_model.to_string())
+        .increment(1);
+}
+
+pub(crate) fn cascade_skip(model: &str) {
+    counter!(CASCADE_SKIPS, "model" => model.to_string()).increment(1);
 }
 
 pub(crate) fn shed() {

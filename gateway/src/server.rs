@@ -366,7 +366,7 @@ pub async fn start_gateway(
         .into_inner();
     let pipeline = Arc::new(Pipeline::new(
         state.clone(),
-        Box::new(crate::serve::strategy::Single),
+        crate::serve::strategy::from_config(&config),
     ));
     let strategy = pipeline.strategy();
     let service = GatewayService::new(pipeline.clone());

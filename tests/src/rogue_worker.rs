@@ -7,6 +7,8 @@
 //! - `fail-mid`: two deltas, then an INTERNAL error;
 //! - `endless`: a delta every 20 ms, never ending (a client or deadline ends it);
 //! - `stall`: never answers (unary and streaming);
+//! - a prompt containing `refuse`: UNAVAILABLE before any model runs (a
+//!   worker whose engine is gone), so the gateway fails over;
 //! - anything else: a normal answer (`ok ok` and an end event with usage).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -102,6 +104,9 @@ impl Worker for RogueWorker {
         if prompt(&request) == "stall" {
             std::future::pending::<()>().await;
         }
+        if prompt(&request).contains("refuse") {
+            return Err(Status::unavailable("the engine is gone"));
+        }
         Ok(Response::new(WorkerGenerateResponse {
             text: "ok ok".into(),
             finish_reason: FinishReason::Stop as i32,
@@ -119,6 +124,9 @@ impl Worker for RogueWorker {
         self.calls.fetch_add(1, Ordering::AcqRel);
         let request = request.into_inner();
         let model = request.model.clone();
+        if prompt(&request).contains("refuse") {
+            return Err(Status::unavailable("the engine is gone"));
+        }
         let events: EventStream = match prompt(&request).as_str() {
             "close-at-once" => Box::pin(futures::stream::empty()),
             "no-end" => Box::pin(futures::stream::iter([delta("ok"), delta(" ok")])),

@@ -18,6 +18,14 @@ pub struct GatewayConfig {
     /// Routing policy: `utility` (quality − λ·cost − μ·latency) or `least-loaded`.
     #[serde(default)]
     pub policy: PolicyKind,
+    /// How a request is driven: `single` (one routing decision) or `cascade`
+    /// (the cheap model first, escalating weak answers; see `cascade`).
+    #[serde(default)]
+    pub strategy: super::cascade::StrategyKind,
+    /// The cascade's steps, verifier and acceptance threshold (read with
+    /// `strategy: cascade`).
+    #[serde(default)]
+    pub cascade: super::cascade::CascadeConfig,
     /// λ of the utility policy: quality points per USD of expected cost.
     /// Unset: the loaded router artifact's calibrated λ, else 20.
     #[serde(default)]

@@ -2,6 +2,7 @@
 //! `worker`. Parsed strictly (unknown keys are errors), then validated; every
 //! error names the key at fault and why.
 
+mod cascade;
 mod gateway;
 mod registry;
 
@@ -11,6 +12,9 @@ use std::time::Duration;
 use routemesh_worker::WorkerConfig;
 use serde::{Deserialize, Serialize};
 
+pub use self::cascade::{
+    CascadeConfig, ConfidenceConfig, SelfCheckConfig, StrategyKind, Unverifiable, VerifierKind,
+};
 pub use self::gateway::{GatewayConfig, TelemetryConfig};
 pub use self::registry::{RedisRegistryConfig, RegistryConfig, StaticWorker};
 
@@ -111,6 +115,7 @@ impl Config {
         }
         crate::tenancy::auth::ApiKeys::from_config(&g.auth)?;
         g.circuit_breaker.validate()?;
+        g.cascade.validate()?;
         for (key, tls) in [("tls", &g.tls), ("worker_tls", &g.worker_tls)] {
             // Its errors read "<field>: <why>".
             if let Some(Err(e)) = tls.as_ref().map(|t| t.validate()) {

@@ -370,4 +370,57 @@ impl QualityModel {
         }
         Some(predicted)
     }
+
+    /// The learned answer verifier's id, when the router artifact has one.
+    pub fn verifier_id(&self) -> Option<&str> {
+        self.router.as_ref()?.verifier().map(|v| v.id())
+    }
+
+    /// The learned verifier's acceptance threshold under which `share` of its
+    /// training answers by `model` would be escalated.
+    pub fn verifier_threshold(&self, model: &str, share: f64) -> Option<f64> {
+        Some(
+            self.router
+                .as_ref()?
+                .verifier()?
+                .threshold_for_escalation_share(model, share),
+        )
+    }
+
+    /// P(`answer` by `model` to `prompt` is good) from the learned verifier;
+    /// `None` without one, or if it fails (logged). Runs off the async
+    /// threads.
+    pub async fn verify_answer(
+        &self,
+        model: &str,
+        prompt: &str,
+        answer: &str,
+        predicted_quality: Option<f64>,
+    ) -> Option<f64> {
+        let router = self.router.clone()?;
+        router.verifier()?;
+        let (model, prompt, answer) = (model.to_string(), prompt.to_string(), answer.to_string());
+        let scored = tokio::task::spawn_blocking(move || {
+            let verifier = router.verifier()?;
+            Some(verifier.score(&routemesh_router::verify::VerifyInput {
+                model: &model,
+                prompt: &prompt,
+                answer: &answer,
+                predicted_quality,
+            }))
+        })
+        .await;
+        match scored {
+            Ok(Some(Ok(score))) => Some(score),
+            Ok(Some(Err(e))) => {
+                tracing::warn!(error = %e, "answer verifier failed; the answer is unjudged");
+                None
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "answer verifier task failed; the answer is unjudged");
+                None
+            }
+        }
+    }
 }

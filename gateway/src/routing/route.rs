@@ -247,6 +247,9 @@ fn explain(
         decision_time_us: elapsed.as_secs_f64() * 1e6,
         telemetry_source: live.source.to_string(),
         prompt_region: String::new(),
+        strategy: "single".to_string(),
+        cascade: Vec::new(),
+        escalated: false,
     }
 }
 

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use routemesh_proto::v1::{
-    RouteDecision, WorkerGenerateRequest, WorkerGenerateResponse, WorkerStreamEvent,
+    ChatMessage, GenerationParams, RouteDecision, WorkerGenerateRequest, WorkerGenerateResponse,
+    WorkerStreamEvent,
 };
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
@@ -18,6 +19,7 @@ use super::state::GatewayState;
 use crate::error::GatewayError;
 use crate::pool::{InFlight, Snapshot, WorkerHandle};
 use crate::request::ValidRequest;
+use crate::routing::policy::Hints;
 use crate::routing::quality::Predicted;
 use crate::routing::route::{RouteContext, Routed};
 
@@ -30,11 +32,25 @@ pub(crate) enum Delivery {
     Stream,
 }
 
-/// Which workers one step of a strategy may call.
+/// Which workers one step of a strategy may call, and what it asks them.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Step {
     /// Only workers serving these models (`None`: the whole pool).
     pub(crate) models: Option<Vec<String>>,
+    /// Routing hints for this step instead of the request's (a cascade
+    /// routes its steps on what is left of the request's budget).
+    pub(crate) hints: Option<Hints>,
+    /// The conversation to send instead of the request's (a verification
+    /// question about an answer).
+    pub(crate) messages: Option<Vec<ChatMessage>>,
+    /// Sampling parameters instead of the request's.
+    pub(crate) params: Option<GenerationParams>,
+    /// Ask the engine for its token log-probabilities.
+    pub(crate) want_logprobs: bool,
+    /// A follow-up call (a cascade's escalation or verification question):
+    /// its tokens are not the request's counterfactual, which the first
+    /// answer already counted.
+    pub(crate) follow_up: bool,
 }
 
 impl Step {
@@ -88,6 +104,10 @@ pub(crate) struct Flight {
     /// Why the last worker failed, reported if no other worker is left.
     last_failure: Option<GatewayError>,
     calls: usize,
+    /// What the request's calls other than the one whose answer is returned
+    /// cost (a cascade's weak answers and verification questions): the
+    /// client is told the request's whole cost.
+    pub(crate) other_calls_cost_usd: f64,
     /// The request's slot under `max_concurrent_requests`, held to the end
     /// (a stream's end).
     _permit: OwnedSemaphorePermit,
@@ -113,6 +133,7 @@ impl Flight {
             failed_workers: Vec::new(),
             last_failure: None,
             calls: 0,
+            other_calls_cost_usd: 0.0,
             _permit: permit,
         }
     }
@@ -126,10 +147,12 @@ impl Flight {
         step: &Step,
         delivery: Delivery,
     ) -> Result<Answer, GatewayError> {
+        let mut attempts = 0;
         loop {
             let (routed, in_flight) = self.next_worker(step)?;
             let worker = routed.worker;
             self.calls += 1;
+            attempts += 1;
             let full_budget = self.state.full_budget(self.budget);
             let guard = CallGuard::begin(
                 self.state.clone(),
@@ -137,10 +160,11 @@ impl Flight {
                 in_flight,
                 &self.req.tenant,
                 full_budget,
-            );
+            )
+            .follow_up(step.follow_up);
             let remaining = self.deadline.saturating_duration_since(Instant::now());
             let span = worker_call_span(&worker, self.calls);
-            let request = self.worker_request(&worker, remaining, &span);
+            let request = self.worker_request(step, &worker, remaining, &span);
             let opened = tokio::time::timeout(
                 remaining,
                 open(&worker, request, delivery).instrument(span.clone()),
@@ -179,7 +203,7 @@ impl Flight {
                 }
                 Ok(Err(status)) => guard.failed(status),
             };
-            self.fail_over_or_end(&worker, failure)?;
+            self.fail_over_or_end(&worker, failure, attempts)?;
         }
     }
 
@@ -189,13 +213,14 @@ impl Flight {
         &mut self,
         worker: &WorkerHandle,
         status: tonic::Status,
+        attempts: usize,
     ) -> Result<(), GatewayError> {
         // The worker said no model ran, or it could not be reached at all.
         let no_model_ran = routemesh_worker::error::is_retryable(&status)
             || status.code() == tonic::Code::Unavailable;
         let state = &self.state;
         if no_model_ran
-            && self.calls < state.config.max_attempts as usize
+            && attempts < state.config.max_attempts as usize
             && state.retry_budget.try_withdraw()
         {
             tracing::info!(worker = %worker.record.id, %status, "failing over");
@@ -226,8 +251,12 @@ impl Flight {
         let candidates: Vec<&Arc<WorkerHandle>> =
             self.snapshot.iter().filter(|w| step.admits(w)).collect();
         let live = self.state.recorder.snapshot();
+        let mut req = self.req.routing();
+        if let Some(hints) = &step.hints {
+            req.hints = hints;
+        }
         let cx = RouteContext {
-            req: self.req.routing(),
+            req,
             predicted: self.predicted.as_ref(),
             live: &live,
             cost_weight: self.state.cost_targets.cost_weight(&self.req.tenant),
@@ -247,6 +276,7 @@ impl Flight {
 
     fn worker_request(
         &self,
+        step: &Step,
         worker: &WorkerHandle,
         remaining: Duration,
         span: &tracing::Span,
@@ -255,10 +285,10 @@ impl Flight {
         let mut request = tonic::Request::new(WorkerGenerateRequest {
             request_id: req.request_id.clone(),
             model: worker.record.model.clone(),
-            messages: req.messages.clone(),
-            params: Some(req.params.clone()),
+            messages: step.messages.as_ref().unwrap_or(&req.messages).clone(),
+            params: Some(step.params.as_ref().unwrap_or(&req.params).clone()),
             tenant: req.tenant.clone(),
-            want_logprobs: false,
+            want_logprobs: step.want_logprobs,
         });
         // The client's deadline and trace travel to the worker.
         request.set_timeout(remaining);

@@ -26,6 +26,8 @@ pub(crate) struct CallGuard {
     /// Counts the call against the worker and holds its breaker permit;
     /// released when the call is accounted.
     in_flight: Option<InFlight>,
+    /// A cascade's follow-up call: its tokens are not the request's counterfactual.
+    follow_up: bool,
 }
 
 impl CallGuard {
@@ -43,7 +45,14 @@ impl CallGuard {
             started: Instant::now(),
             full_budget,
             in_flight: Some(in_flight),
+            follow_up: false,
         }
+    }
+
+    /// Marks a cascade's follow-up call (see `RequestRecord::follow_up`).
+    pub(crate) fn follow_up(mut self, follow_up: bool) -> Self {
+        self.follow_up = follow_up;
+        self
     }
 
     pub(crate) fn worker(&self) -> &Arc<WorkerHandle> {
@@ -124,12 +133,18 @@ impl CallGuard {
             prompt_tokens: usage.prompt_tokens,
             completion_tokens: usage.completion_tokens,
             cost_usd: usage.cost_usd,
+            follow_up: self.follow_up,
         };
-        // What the same tokens would have cost on the pool's strongest model.
-        let counterfactual = crate::pool::strongest(&state.pool.snapshot()).map_or(0.0, |spec| {
-            spec.prices()
-                .cost_usd(usage.prompt_tokens, usage.completion_tokens)
-        });
+        // What the same tokens would have cost on the pool's strongest model
+        // (a follow-up's request was counted on its first answer).
+        let counterfactual = if self.follow_up {
+            0.0
+        } else {
+            crate::pool::strongest(&state.pool.snapshot()).map_or(0.0, |spec| {
+                spec.prices()
+                    .cost_usd(usage.prompt_tokens, usage.completion_tokens)
+            })
+        };
         crate::metrics::worker_call(
             &self.tenant,
             &worker.record.model,

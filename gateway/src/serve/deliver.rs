@@ -48,7 +48,7 @@ pub(super) async fn whole(
         request_id: flight.req.request_id.clone(),
         text,
         finish_reason,
-        usage,
+        usage: whole_cost(&flight, usage),
         route: Some(route),
     })
 }
@@ -89,6 +89,15 @@ async fn collect(flight: &Flight, open: OpenStream) -> Result<Collected, Gateway
     }
 }
 
+/// The answer's usage with the request's whole cost: a cascade's earlier
+/// calls are billed too. Token counts stay the answering model's.
+fn whole_cost(flight: &Flight, usage: Option<Usage>) -> Option<Usage> {
+    usage.map(|mut usage| {
+        usage.cost_usd += flight.other_calls_cost_usd;
+        usage
+    })
+}
+
 /// The answer as a stream of events: the route first, then the tokens, then
 /// the end. A worker's stream is relayed as it arrives.
 pub(super) fn stream(flight: Flight, answer: Answer) -> EventStream {
@@ -117,7 +126,7 @@ pub(super) fn stream(flight: Flight, answer: Answer) -> EventStream {
                 )),
                 event(generate_stream_event::Event::End(StreamEnd {
                     finish_reason: response.finish_reason,
-                    usage: response.usage,
+                    usage: whole_cost(&flight, response.usage),
                     confidence: response.confidence,
                 })),
             ];
@@ -203,7 +212,7 @@ async fn relay(
                 remember(&flight, &worker);
                 let end = StreamEnd {
                     finish_reason: end.finish_reason,
-                    usage: end.usage,
+                    usage: whole_cost(&flight, end.usage),
                     confidence: end.confidence,
                 };
                 let _ = send(event(generate_stream_event::Event::End(end))).await;

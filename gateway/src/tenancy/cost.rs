@@ -25,9 +25,13 @@ impl Counterfactual {
         }
     }
 
+    /// What the row's requests would have cost on this model. A cascade's
+    /// follow-up calls are left out: their requests were counted on their
+    /// first answer.
     fn cost(&self, row: &SpendRow) -> f64 {
-        self.prices()
-            .cost_usd(row.prompt_tokens, row.completion_tokens)
+        let input = (row.prompt_tokens - row.follow_up_prompt_tokens).max(0.0);
+        let output = (row.completion_tokens - row.follow_up_completion_tokens).max(0.0);
+        self.prices().cost_usd(input, output)
     }
 }
 
@@ -99,7 +103,7 @@ pub fn report(
     for row in rows {
         let cf = counterfactual
             .as_ref()
-            .map_or(row.cost_usd, |c| c.cost(row));
+            .map_or(row.cost_usd - row.follow_up_cost_usd, |c| c.cost(row));
         total.add(row, cf);
         tenants
             .entry(&row.tenant)
@@ -184,6 +188,9 @@ mod tests {
             requests: n,
             prompt_tokens: tin,
             completion_tokens: tout,
+            follow_up_cost_usd: 0.0,
+            follow_up_prompt_tokens: 0.0,
+            follow_up_completion_tokens: 0.0,
         }
     }
 

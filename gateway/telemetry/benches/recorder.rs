@@ -26,6 +26,7 @@ fn bench(c: &mut Criterion) {
         prompt_tokens: 100,
         completion_tokens: 64,
         cost_usd: 3.3e-5,
+        follow_up: false,
     };
     c.bench_function("recorder_record_on_request_path", |b| {
         b.iter(|| recorder.record(record.clone()))

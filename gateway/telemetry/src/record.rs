@@ -32,6 +32,12 @@ pub struct RequestRecord {
     pub prompt_tokens: u32,
     pub completion_tokens: u32,
     pub cost_usd: f64,
+    /// A follow-up call of a request another call answers too: a cascade's
+    /// escalation after a weak answer, or a verification question. Its
+    /// tokens are spend but not counterfactual: a request's counterfactual
+    /// is counted once, on its first answer.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub follow_up: bool,
 }
 
 impl RequestRecord {

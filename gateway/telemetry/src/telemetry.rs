@@ -120,6 +120,12 @@ pub struct SpendRow {
     pub requests: f64,
     pub prompt_tokens: f64,
     pub completion_tokens: f64,
+    /// The part of the above spent on cascade follow-up calls (escalations
+    /// and verification questions, whose requests another call counted):
+    /// not part of the counterfactual.
+    pub follow_up_cost_usd: f64,
+    pub follow_up_prompt_tokens: f64,
+    pub follow_up_completion_tokens: f64,
 }
 
 #[derive(Clone)]
@@ -198,6 +204,11 @@ impl Telemetry {
                 add(f, spend_field("n"), 1.0);
                 add(f, spend_field("tok_in"), f64::from(r.prompt_tokens));
                 add(f, spend_field("tok_out"), f64::from(r.completion_tokens));
+                if r.follow_up {
+                    add(f, spend_field("fu_cost"), r.cost_usd);
+                    add(f, spend_field("fu_in"), f64::from(r.prompt_tokens));
+                    add(f, spend_field("fu_out"), f64::from(r.completion_tokens));
+                }
             }
         }
         let mut updates: Vec<HashUpdate> = slots
@@ -355,12 +366,18 @@ impl Telemetry {
                         requests: 0.0,
                         prompt_tokens: 0.0,
                         completion_tokens: 0.0,
+                        follow_up_cost_usd: 0.0,
+                        follow_up_prompt_tokens: 0.0,
+                        follow_up_completion_tokens: 0.0,
                     });
                 match kind {
                     "cost" => row.cost_usd += value,
                     "n" => row.requests += value,
                     "tok_in" => row.prompt_tokens += value,
                     "tok_out" => row.completion_tokens += value,
+                    "fu_cost" => row.follow_up_cost_usd += value,
+                    "fu_in" => row.follow_up_prompt_tokens += value,
+                    "fu_out" => row.follow_up_completion_tokens += value,
                     _ => {}
                 }
             }

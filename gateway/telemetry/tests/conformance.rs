@@ -56,6 +56,7 @@ fn record(
         prompt_tokens: 10,
         completion_tokens: tokens,
         cost_usd: cost,
+        follow_up: false,
     }
 }
 

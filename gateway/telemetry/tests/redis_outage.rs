@@ -25,6 +25,7 @@ fn record(i: u32) -> RequestRecord {
         prompt_tokens: 1,
         completion_tokens: 2,
         cost_usd: 0.001,
+        follow_up: false,
     }
 }
 

@@ -112,6 +112,11 @@ fn route_headers(headers: &mut HeaderMap, request_id: &str, route: &RouteDecisio
     set("x-routemesh-model", route.model.clone());
     set("x-routemesh-worker", route.worker_id.clone());
     set("x-routemesh-policy", route.policy.clone());
+    set("x-routemesh-strategy", route.strategy.clone());
+    if route.strategy == "cascade" {
+        // Whether the answer is a stronger model's after a weak first one.
+        set("x-routemesh-escalated", route.escalated.to_string());
+    }
     if let Some(c) = chosen {
         set(
             "x-routemesh-predicted-quality",

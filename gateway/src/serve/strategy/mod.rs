@@ -4,12 +4,24 @@
 //! whatever answer it ends with. A new way of combining models (a cascade
 //! that escalates weak answers) is one new file here.
 
+mod cascade;
 mod single;
+mod verify;
 
 use super::attempt::{Answer, Delivery, Flight};
+use crate::config::{GatewayConfig, StrategyKind};
 use crate::error::GatewayError;
 
+pub(crate) use cascade::Cascade;
 pub(crate) use single::Single;
+
+/// The strategy the configuration names.
+pub(crate) fn from_config(config: &GatewayConfig) -> Box<dyn Strategy> {
+    match config.strategy {
+        StrategyKind::Single => Box::new(Single),
+        StrategyKind::Cascade => Box::new(Cascade::new(config.cascade.clone())),
+    }
+}
 
 #[async_trait::async_trait]
 pub(crate) trait Strategy: Send + Sync + std::fmt::Debug {
