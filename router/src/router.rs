@@ -11,6 +11,8 @@ use crate::artifact::{self, ArtifactError, Calibration, Manifest};
 use crate::encoder::{AssetPaths, EMBED_DIM, ENCODER_ID, Encoder, EncoderConfig, EncoderError};
 use crate::fast::{self, STATIC_ENCODER_ID, StaticEmbedder};
 use crate::predict::QualityPredictor;
+use crate::verify::{AnswerVerifier, VERIFIER_DIR, VerifyError};
+use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RouterError {
@@ -18,6 +20,8 @@ pub enum RouterError {
     Artifact(#[from] ArtifactError),
     #[error(transparent)]
     Encoder(#[from] EncoderError),
+    #[error(transparent)]
+    Verify(#[from] VerifyError),
 }
 
 /// A loaded router. `Send + Sync`; `predict` is synchronous CPU work (run it on a blocking thread).
@@ -71,7 +75,8 @@ impl EmbedPath {
 #[derive(Debug)]
 struct FastPath {
     manifest: Manifest,
-    embedder: StaticEmbedder,
+    /// Shared with the answer verifier, which embeds with the same table.
+    embedder: Arc<StaticEmbedder>,
     predictor: Box<dyn QualityPredictor>,
 }
 
@@ -88,6 +93,8 @@ pub struct Router {
     escalate_pairs: bool,
     /// The calibration of the path each pool is predicted on.
     calibration: Calibration,
+    /// The answer verifier of cascades, when the artifact has `verifier/`.
+    verifier: Option<AnswerVerifier>,
 }
 
 impl Router {
@@ -117,6 +124,7 @@ impl Router {
             // The fast path needs only the tokenizer: no ONNX Runtime, no encoder session (most of a
             // gateway's memory when loaded).
             let fast = load_fast(&fast_dir, &manifest, &cfg.assets)?;
+            let verifier = load_verifier(dir, Some(fast.embedder.clone()), &cfg.assets)?;
             let mut calibration = fast.manifest.calibration.clone();
             if cfg.escalate_pairs {
                 // Pairs are predicted on the full path, so their thresholds are the full path's.
@@ -131,10 +139,14 @@ impl Router {
                 fast: Some(fast),
                 escalate_pairs: cfg.escalate_pairs,
                 calibration,
+                verifier,
             });
         }
         let encoder = load_encoder(&encoder_config, &manifest)?;
+        // Loaded on its own: the verifier's embedder does not depend on which path routes.
+        let verifier = load_verifier(dir, None, &cfg.assets)?;
         Ok(Self {
+            verifier,
             calibration: manifest.calibration.clone(),
             manifest,
             encoder: OnceLock::from(Ok(encoder)),
@@ -269,6 +281,11 @@ impl Router {
         self.encoder.get().and_then(|e| e.as_ref().ok())
     }
 
+    /// The answer verifier of cascades, loaded with the artifact from `verifier/` when present.
+    pub fn verifier(&self) -> Option<&AnswerVerifier> {
+        self.verifier.as_ref()
+    }
+
     /// Predicted quality per model (in [`Router::models`] order) for one prompt.
     pub fn predict(&self, prompt: &str) -> Result<Vec<(String, f64)>, RouterError> {
         let p = self.predict_batch(&[prompt])?;
@@ -341,9 +358,22 @@ fn load_fast(dir: &Path, main: &Manifest, assets: &AssetPaths) -> Result<FastPat
     )?;
     Ok(FastPath {
         manifest,
-        embedder,
+        embedder: Arc::new(embedder),
         predictor,
     })
+}
+
+/// The artifact's `verifier/`, if it has one (an artifact without it loads as before).
+fn load_verifier(
+    dir: &Path,
+    embedder: Option<Arc<StaticEmbedder>>,
+    assets: &AssetPaths,
+) -> Result<Option<AnswerVerifier>, RouterError> {
+    let vdir = dir.join(VERIFIER_DIR);
+    if !vdir.join(artifact::MANIFEST).is_file() {
+        return Ok(None);
+    }
+    AnswerVerifier::load(&vdir, embedder, assets).map(Some)
 }
 
 #[cfg(test)]

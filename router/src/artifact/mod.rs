@@ -190,6 +190,32 @@ pub struct Manifest {
     pub training: serde_json::Value,
 }
 
+/// Reads `dir/name`, listed in `files`, and checks its sha256 and size (for sub-artifacts with their
+/// own manifests, such as `verifier/`).
+pub fn read_checked(
+    dir: &Path,
+    files: &BTreeMap<String, FileInfo>,
+    name: &str,
+) -> Result<Vec<u8>, ArtifactError> {
+    let path = dir.join(name);
+    let info = files
+        .get(name)
+        .ok_or_else(|| ArtifactError::Invalid(format!("{name} is not listed in files")))?;
+    let bytes = std::fs::read(&path).map_err(|source| ArtifactError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    let got = sha256(&bytes);
+    if got != info.sha256 || bytes.len() as u64 != info.bytes {
+        return Err(ArtifactError::Checksum {
+            file: path,
+            expected: info.sha256.clone(),
+            got,
+        });
+    }
+    Ok(bytes)
+}
+
 /// sha256 of a file's bytes, lowercase hex (as the manifest records it).
 fn sha256(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))

@@ -13,3 +13,4 @@ pub mod eval;
 pub mod fit;
 pub mod metrics;
 pub mod save;
+pub mod verifier;

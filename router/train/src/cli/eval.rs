@@ -47,6 +47,9 @@ pub struct EvalArgs {
     /// With `--router`: evaluate the artifact's fast path.
     #[arg(long)]
     pub fast: bool,
+    /// The answer verifier(s) cross-validated in the cascade table (rows with `responses`).
+    #[command(flatten)]
+    pub verifier: super::verify::VerifierOpts,
     #[command(flatten)]
     pub enc: EncoderArgs,
 }
@@ -63,6 +66,7 @@ pub(super) fn run(args: EvalArgs) -> anyhow::Result<()> {
         full,
         embeddings,
         fast,
+        verifier,
         enc,
     } = args;
     let prices = data::Prices::load(&prices_path(models.as_deref(), &data)?)?;
@@ -80,14 +84,22 @@ pub(super) fn run(args: EvalArgs) -> anyhow::Result<()> {
     };
     let table = data::Table::new(rows, &prices)?;
     let groups = eval::eval_groups(&table, &prices);
+    let mut cascade = String::new();
     let (names, preds) = match (cv, router) {
-        (Some(k), _) => {
+        (Some(k), router) => {
             let cands = predictors
                 .iter()
                 .map(|p| parse_candidate(p))
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let preds =
                 eval::cross_validate(&table, emb.view(), &cands, k, seed, |m| eprintln!("{m}"));
+            if table.rows.iter().any(|r| r.responses.is_some()) {
+                // The verifier embeds with an artifact's static table: the given one, else the default.
+                let dir = router.clone().unwrap_or_else(super::inputs::default_artifact_dir);
+                cascade = super::verify::cascade_eval(
+                    &table, &groups, &preds[0], k, seed, &verifier, &dir, &enc, &encoder,
+                )?;
+            }
             (
                 cands
                     .iter()
@@ -128,6 +140,7 @@ pub(super) fn run(args: EvalArgs) -> anyhow::Result<()> {
         (None, None) => anyhow::bail!("give --router DIR or --cv K"),
     };
     print!("{}", eval::summary(&table, &groups, &names, &preds));
+    print!("{cascade}");
     if full {
         for g in &groups {
             let main = eval::group_report(&table, g, &preds[0]);

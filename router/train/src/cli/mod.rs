@@ -1,6 +1,7 @@
 //! `routemesh router ...`: train, evaluate, score and calibrate routers from the command line.
 //!
-//! One module per command (`train`, `eval`, `score` with `predict`, `calibrate`), the predictor specs they
+//! One module per command (`train`, `eval`, `score` with `predict`, `calibrate`, `verify` with
+//! `train-verifier`), the predictor specs they
 //! parse (`spec`) and what they read (`inputs`).
 
 use std::path::PathBuf;
@@ -11,6 +12,7 @@ mod inputs;
 mod score;
 mod spec;
 mod train;
+mod verify;
 
 pub use calibrate::{CalibrateArgs, STRONG_SHARES, calibrate, calibrate_to};
 pub use eval::{EvalArgs, write_predictions};
@@ -18,6 +20,7 @@ pub use inputs::{EncoderArgs, default_artifact_dir, load_embedded, prices_path};
 pub use score::{PredictArgs, ScoreArgs};
 pub use spec::{DEFAULT_PREDICTOR, PREVIOUS_PREDICTOR, parse_candidate};
 pub use train::{TrainArgs, train_savable};
+pub use verify::{TrainVerifierArgs, VerifierOpts, VerifyArgs, auc, parse_verifier_spec};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum RouterCommand {
@@ -36,8 +39,13 @@ pub enum RouterCommand {
     Calibrate(CalibrateArgs),
     /// Predicted quality per model for prompts given as arguments (a quick look, and a latency check).
     Predict(PredictArgs),
-    /// Evaluate a router artifact on data, or cross-validate predictors (`--cv K`) next to baselines.
+    /// Evaluate a router artifact on data, or cross-validate predictors (`--cv K`) next to baselines;
+    /// rows with recorded `responses` also get the cascade table (answer verifier vs routing).
     Eval(EvalArgs),
+    /// Write the answer verifier's `{"id", "accept": {model: P(recorded answer is good)}}` per data row.
+    Verify(VerifyArgs),
+    /// Train only the answer verifier of an existing artifact (writes `DIR/verifier/`, nothing else).
+    TrainVerifier(TrainVerifierArgs),
 }
 
 pub fn run(cmd: RouterCommand) -> anyhow::Result<()> {
@@ -53,5 +61,7 @@ pub fn run(cmd: RouterCommand) -> anyhow::Result<()> {
         RouterCommand::Calibrate(args) => calibrate::run(args),
         RouterCommand::Predict(args) => score::predict(args),
         RouterCommand::Eval(args) => eval::run(args),
+        RouterCommand::Verify(args) => verify::verify(args),
+        RouterCommand::TrainVerifier(args) => verify::train_verifier_cmd(args),
     }
 }

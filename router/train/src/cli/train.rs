@@ -43,6 +43,9 @@ pub struct TrainArgs {
     /// and the same predictor trained on them.
     #[arg(long)]
     pub fast: bool,
+    /// The answer verifier, trained into `DIR/verifier` when the rows carry `responses`.
+    #[command(flatten)]
+    pub verifier: super::verify::VerifierOpts,
     #[command(flatten)]
     pub enc: EncoderArgs,
 }
@@ -57,6 +60,7 @@ pub(super) fn run(args: TrainArgs) -> anyhow::Result<()> {
         models,
         baselines,
         fast,
+        verifier,
         enc,
     } = args;
     let prices = data::Prices::load(&prices_path(models.as_deref(), &data)?)?;
@@ -112,6 +116,15 @@ pub(super) fn run(args: TrainArgs) -> anyhow::Result<()> {
         let mut m = job.train_and_save(&dir, femb.view(), info, provenance)?;
         save::save_static_table(&dir, &mut m, &embedder.table(), embedder.weights())?;
         eprintln!("wrote the fast path to {}", dir.display());
+    }
+    if table.rows.iter().any(|r| r.responses.is_some()) {
+        let mut opts = verifier;
+        if !out.join(artifact::FAST_DIR).join(artifact::MANIFEST).is_file() {
+            // The verifier's embeddings come from the artifact's own static table.
+            eprintln!("no fast path in {}: the verifier uses hand features only", out.display());
+            opts.verifier = vec![format!("hand@{}", crate::verifier::DEFAULT_LAMBDA)];
+        }
+        super::verify::train_and_save(&out, &table, &opts, None, &enc)?;
     }
     Ok(())
 }

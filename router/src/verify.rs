@@ -1,0 +1,872 @@
+//! The learned answer verifier of cascades (FrugalGPT-style): P(an answer is good) from the prompt and
+//! one model's answer, so a gateway can return a cheap model's answer or escalate it.
+//!
+//! A logistic regression over features that cost microseconds: hand features of the answer (length, a
+//! final-answer marker, truncation, and the calculator annotations `<<a*b=c>>` re-done: how many are
+//! arithmetically wrong, whether the final number is the last computed value), optionally the static
+//! (fast-path) embeddings of the answer and of the prompt, the router's predicted quality of the model
+//! for the prompt (stacked), and a bias per answering model (unknown models get the mean bias, so any
+//! model is scored). No ONNX Runtime: the embedder is the artifact's `fast/` table, loaded here on its
+//! own so the verifier does not depend on which path routes.
+//!
+//! Stored as the sub-directory `verifier/` of a router artifact: `manifest.json` (features, models,
+//! calibration quantiles) and `weights.f32` (standardisation, weights, biases), checked by sha256.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::artifact::{self, ArtifactError, FileInfo};
+use crate::encoder::{AssetPaths, EMBED_DIM};
+use crate::fast::{self, STATIC_ENCODER_ID, StaticEmbedder};
+use crate::router::RouterError;
+
+/// Sub-directory of a router artifact holding its answer verifier.
+pub const VERIFIER_DIR: &str = "verifier";
+pub const VERIFIER_FORMAT: &str = "routemesh-verifier";
+pub const VERIFIER_FORMAT_VERSION: u32 = 1;
+/// The weight file: `mean[d]`, `scale[d]`, `w[d]`, `bias`, `model_bias[models]` as little-endian f32.
+pub const VERIFIER_WEIGHTS: &str = "weights.f32";
+/// Calibration quantiles are stored at every percent: `quantiles[k]` = score below which k% fall.
+pub const QUANTILE_POINTS: usize = 101;
+
+/// Names of the hand features, in the order [`hand_features`] returns them.
+pub const HAND_FEATURES: [&str; 15] = [
+    "ln_answer_chars",
+    "final_marker",
+    "ln_annotations",
+    "wrong_annotations",
+    "any_wrong_annotation",
+    "unclosed_annotation",
+    "truncated",
+    "final_is_last_computed",
+    "final_not_integer",
+    "final_in_prompt",
+    "prompt_number_coverage",
+    "hedging",
+    "log10_final",
+    "ln_prompt_chars",
+    "ln_numbers_per_prompt_number",
+];
+pub const N_HAND: usize = HAND_FEATURES.len();
+
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("{dir}: not a verifier (format {found:?} v{version}; this build reads {VERIFIER_FORMAT:?} v{VERIFIER_FORMAT_VERSION})")]
+    Format {
+        dir: std::path::PathBuf,
+        found: String,
+        version: u32,
+    },
+    #[error("verifier: {0}")]
+    Invalid(String),
+}
+
+/// What a verifier reads; each part adds its features in this order.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FeatureSet {
+    /// [`HAND_FEATURES`].
+    pub hand: bool,
+    /// The static embedding of the answer (384).
+    pub answer_embedding: bool,
+    /// The static embedding of the prompt (384).
+    pub prompt_embedding: bool,
+    /// The router's predicted quality of the answering model (the training default when unknown).
+    pub predicted_quality: bool,
+}
+
+impl FeatureSet {
+    pub fn needs_embedder(&self) -> bool {
+        self.answer_embedding || self.prompt_embedding
+    }
+
+    /// Features before the per-model biases.
+    pub fn dim(&self) -> usize {
+        usize::from(self.hand) * N_HAND
+            + usize::from(self.answer_embedding) * EMBED_DIM
+            + usize::from(self.prompt_embedding) * EMBED_DIM
+            + usize::from(self.predicted_quality)
+    }
+
+    /// `hand+answer+prompt+pq`-style name (for metrics labels and tables).
+    pub fn name(&self) -> String {
+        let parts: Vec<&str> = [
+            (self.hand, "hand"),
+            (self.answer_embedding, "answer"),
+            (self.prompt_embedding, "prompt"),
+            (self.predicted_quality, "pq"),
+        ]
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, n)| *n)
+        .collect();
+        parts.join("+")
+    }
+}
+
+/// Score quantiles of the training answers, per answering model and over all of them.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct VerifierCalibration {
+    /// [`QUANTILE_POINTS`] scores per model, ascending.
+    pub per_model: BTreeMap<String, Vec<f64>>,
+    pub all: Vec<f64>,
+    /// Whether the scores were out-of-fold (else in-sample, slightly optimistic).
+    #[serde(default)]
+    pub out_of_fold: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct VerifierManifest {
+    pub format: String,
+    pub format_version: u32,
+    pub id: String,
+    /// Answering models with their own bias, in the weight file's order.
+    pub models: Vec<String>,
+    pub features: FeatureSet,
+    /// sha256 of `model.onnx` the fast table was distilled from, when the verifier embeds.
+    #[serde(default)]
+    pub embedder_model_sha256: Option<String>,
+    /// Substituted for an unknown predicted quality (the training rows' mean).
+    pub default_quality: f64,
+    pub files: BTreeMap<String, FileInfo>,
+    pub calibration: VerifierCalibration,
+    /// Free-form provenance (data, CV results).
+    #[serde(default)]
+    pub training: serde_json::Value,
+}
+
+/// One answer to verify.
+#[derive(Debug, Clone, Copy)]
+pub struct VerifyInput<'a> {
+    pub model: &'a str,
+    pub prompt: &'a str,
+    pub answer: &'a str,
+    /// the router's predicted quality of `model` for this prompt, when known
+    pub predicted_quality: Option<f64>,
+}
+
+/// The linear part of a verifier: standardisation, weights and biases.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerifierWeights {
+    pub mean: Vec<f64>,
+    pub scale: Vec<f64>,
+    pub w: Vec<f64>,
+    pub bias: f64,
+    /// Per [`VerifierManifest::models`].
+    pub model_bias: Vec<f64>,
+}
+
+impl VerifierWeights {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        self.mean
+            .iter()
+            .chain(&self.scale)
+            .chain(&self.w)
+            .chain(std::iter::once(&self.bias))
+            .chain(&self.model_bias)
+            .flat_map(|&v| (v as f32).to_le_bytes())
+            .collect()
+    }
+
+    pub fn from_bytes(bytes: &[u8], dim: usize, models: usize) -> Result<Self, VerifyError> {
+        let want = (3 * dim + 1 + models) * 4;
+        if bytes.len() != want {
+            return Err(VerifyError::Invalid(format!(
+                "{VERIFIER_WEIGHTS}: {} bytes, {dim} features and {models} models need {want}",
+                bytes.len()
+            )));
+        }
+        let v: Vec<f64> = bytes
+            .chunks_exact(4)
+            .map(|c| f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+            .collect();
+        Ok(Self {
+            mean: v[..dim].to_vec(),
+            scale: v[dim..2 * dim].to_vec(),
+            w: v[2 * dim..3 * dim].to_vec(),
+            bias: v[3 * dim],
+            model_bias: v[3 * dim + 1..].to_vec(),
+        })
+    }
+
+    /// The logit for raw features `x` of an answer by model index `model` (None: unknown model).
+    pub fn logit(&self, x: &[f64], model: Option<usize>) -> f64 {
+        let mut z = self.bias;
+        for (((&x, &m), &s), &w) in x.iter().zip(&self.mean).zip(&self.scale).zip(&self.w) {
+            z += w * (x - m) / s;
+        }
+        z + match model.and_then(|j| self.model_bias.get(j)) {
+            Some(&b) => b,
+            // Model-agnostic: the mean answering model.
+            None if self.model_bias.is_empty() => 0.0,
+            None => self.model_bias.iter().sum::<f64>() / self.model_bias.len() as f64,
+        }
+    }
+}
+
+pub fn sigmoid(z: f64) -> f64 {
+    1.0 / (1.0 + (-z).exp())
+}
+
+/// A loaded answer verifier. `Send + Sync`; `score` is synchronous CPU work of tens of microseconds.
+#[derive(Debug)]
+pub struct AnswerVerifier {
+    manifest: VerifierManifest,
+    weights: VerifierWeights,
+    embedder: Option<Arc<StaticEmbedder>>,
+}
+
+impl AnswerVerifier {
+    /// A verifier from its parts (what training produces; loading checks the same things).
+    pub fn new(
+        manifest: VerifierManifest,
+        weights: VerifierWeights,
+        embedder: Option<Arc<StaticEmbedder>>,
+    ) -> Result<Self, VerifyError> {
+        let d = manifest.features.dim();
+        if weights.mean.len() != d
+            || weights.scale.len() != d
+            || weights.w.len() != d
+            || weights.model_bias.len() != manifest.models.len()
+        {
+            return Err(VerifyError::Invalid(format!(
+                "weights for {} features and {} models, the manifest has {d} and {}",
+                weights.w.len(),
+                weights.model_bias.len(),
+                manifest.models.len()
+            )));
+        }
+        if weights.scale.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+            return Err(VerifyError::Invalid("non-positive feature scale".into()));
+        }
+        if manifest.features.needs_embedder() && embedder.is_none() {
+            return Err(VerifyError::Invalid(
+                "the verifier reads static embeddings and none was given".into(),
+            ));
+        }
+        Ok(Self {
+            manifest,
+            weights,
+            embedder,
+        })
+    }
+
+    /// Loads `dir` (an artifact's `verifier/`); its static embedder, if it needs one, is `embedder` or
+    /// else the artifact's `fast/` table next to it (loaded from `assets`' tokenizer).
+    pub fn load(
+        dir: &Path,
+        embedder: Option<Arc<StaticEmbedder>>,
+        assets: &AssetPaths,
+    ) -> Result<Self, RouterError> {
+        let path = dir.join(artifact::MANIFEST);
+        let text = std::fs::read_to_string(&path).map_err(|source| ArtifactError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let manifest: VerifierManifest =
+            serde_json::from_str(&text).map_err(|source| ArtifactError::Json { path, source })?;
+        if manifest.format != VERIFIER_FORMAT || manifest.format_version != VERIFIER_FORMAT_VERSION
+        {
+            return Err(VerifyError::Format {
+                dir: dir.into(),
+                found: manifest.format,
+                version: manifest.format_version,
+            }
+            .into());
+        }
+        let bytes = artifact::read_checked(dir, &manifest.files, VERIFIER_WEIGHTS)?;
+        let weights = VerifierWeights::from_bytes(
+            &bytes,
+            manifest.features.dim(),
+            manifest.models.len(),
+        )?;
+        let embedder = match (manifest.features.needs_embedder(), embedder) {
+            (false, _) => None,
+            (true, Some(e)) => Some(e),
+            (true, None) => {
+                let fast_dir = dir
+                    .parent()
+                    .map(|p| p.join(artifact::FAST_DIR))
+                    .ok_or_else(|| VerifyError::Invalid("no artifact around verifier/".into()))?;
+                Some(Arc::new(load_static_embedder(&fast_dir, assets)?.1))
+            }
+        };
+        Ok(Self::new(manifest, weights, embedder)?)
+    }
+
+    /// P(the answer is good) in [0, 1].
+    pub fn score(&self, input: &VerifyInput<'_>) -> Result<f64, RouterError> {
+        let x = self.features(input)?;
+        let j = self.manifest.models.iter().position(|m| m == input.model);
+        Ok(sigmoid(self.weights.logit(&x, j)).clamp(0.0, 1.0))
+    }
+
+    /// The raw (unstandardised) feature vector of an answer.
+    pub fn features(&self, input: &VerifyInput<'_>) -> Result<Vec<f64>, RouterError> {
+        raw_features(
+            &self.manifest.features,
+            self.embedder.as_deref(),
+            input,
+            self.manifest.default_quality,
+        )
+    }
+
+    /// answering models it was trained on (it must still score others, model-agnostically)
+    pub fn models(&self) -> &[String] {
+        &self.manifest.models
+    }
+
+    /// the acceptance threshold under which `share` (0..1) of the training answers of `model` (or of
+    /// all, for an unknown model) would be escalated
+    pub fn threshold_for_escalation_share(&self, model: &str, share: f64) -> f64 {
+        let c = &self.manifest.calibration;
+        let q = c
+            .per_model
+            .get(model)
+            .filter(|q| !q.is_empty())
+            .unwrap_or(&c.all);
+        quantile_at(q, share)
+    }
+
+    /// e.g. "learned-v1", for metrics labels and explanations
+    pub fn id(&self) -> &str {
+        &self.manifest.id
+    }
+
+    pub fn manifest(&self) -> &VerifierManifest {
+        &self.manifest
+    }
+
+    pub fn weights(&self) -> &VerifierWeights {
+        &self.weights
+    }
+}
+
+/// The score at `share` of stored percentile points (linear between them; 0 escalates nothing, 1
+/// everything). Monotone in `share`; NaN counts as 0.
+fn quantile_at(q: &[f64], share: f64) -> f64 {
+    let Some(&first) = q.first() else {
+        return 0.5;
+    };
+    let share = if share.is_nan() {
+        0.0
+    } else {
+        share.clamp(0.0, 1.0)
+    };
+    if share <= 0.0 {
+        // Nothing is below 0: no answer escalated.
+        return 0.0_f64.min(first);
+    }
+    if share >= 1.0 {
+        // Everything is escalated: above the highest score.
+        return 1.0_f64.max(q[q.len() - 1]);
+    }
+    let pos = share * (q.len() - 1) as f64;
+    let i = pos.floor() as usize;
+    let t = pos - i as f64;
+    match (q.get(i), q.get(i + 1)) {
+        (Some(&a), Some(&b)) => a + t * (b - a),
+        (Some(&a), None) => a,
+        _ => first,
+    }
+}
+
+/// [`QUANTILE_POINTS`] percentiles of `scores` (what calibration stores).
+pub fn percentiles(scores: &[f64]) -> Vec<f64> {
+    let mut s: Vec<f64> = scores.iter().copied().filter(|v| v.is_finite()).collect();
+    s.sort_by(f64::total_cmp);
+    if s.is_empty() {
+        return Vec::new();
+    }
+    (0..QUANTILE_POINTS)
+        .map(|k| {
+            let pos = k as f64 / (QUANTILE_POINTS - 1) as f64 * (s.len() - 1) as f64;
+            let i = pos.floor() as usize;
+            let t = pos - i as f64;
+            let b = s.get(i + 1).copied().unwrap_or(s[i]);
+            s[i] + t * (b - s[i])
+        })
+        .collect()
+}
+
+/// Loads the static embedder of a `fast/` sub-artifact (manifest, table) with the tokenizer of `assets`:
+/// `(model.onnx sha256 it derives from, embedder)`.
+pub fn load_static_embedder(
+    fast_dir: &Path,
+    assets: &AssetPaths,
+) -> Result<(String, StaticEmbedder), RouterError> {
+    let manifest = artifact::read_manifest(fast_dir)?;
+    if manifest.encoder.id != STATIC_ENCODER_ID || manifest.encoder.dim != EMBED_DIM {
+        return Err(ArtifactError::Invalid(format!(
+            "{}: not a static table ({})",
+            fast_dir.display(),
+            manifest.encoder.id
+        ))
+        .into());
+    }
+    let (codes, scales, weights) = artifact::load_static_table(fast_dir, &manifest)?;
+    let tokenizer = fast::plain_tokenizer(&assets.tokenizer)?;
+    let e = StaticEmbedder::from_quantized(
+        tokenizer,
+        codes,
+        scales,
+        weights,
+        manifest.encoder.max_len,
+    )?;
+    Ok((manifest.encoder.model_sha256, e))
+}
+
+/// The raw features of `input` under `set` (shared by training and serving, so they cannot drift).
+pub fn raw_features(
+    set: &FeatureSet,
+    embedder: Option<&StaticEmbedder>,
+    input: &VerifyInput<'_>,
+    default_quality: f64,
+) -> Result<Vec<f64>, RouterError> {
+    let mut x = Vec::with_capacity(set.dim());
+    if set.hand {
+        x.extend(hand_features(input.prompt, input.answer));
+    }
+    for (on, text) in [
+        (set.answer_embedding, input.answer),
+        (set.prompt_embedding, input.prompt),
+    ] {
+        if !on {
+            continue;
+        }
+        let e = embedder.ok_or_else(|| VerifyError::Invalid("no static embedder".into()))?;
+        let v = e.embed(&[text])?;
+        x.extend(v.iter().map(|&f| f64::from(f)));
+    }
+    if set.predicted_quality {
+        let q = input
+            .predicted_quality
+            .filter(|q| q.is_finite())
+            .unwrap_or(default_quality);
+        x.push(q.clamp(0.0, 1.0));
+    }
+    Ok(x)
+}
+
+/// One calculator annotation `<<expr=result>>` of an answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Annotation {
+    /// The expression evaluated here, `None` when it does not parse as arithmetic.
+    pub computed: Option<f64>,
+    /// The result the answer wrote, `None` when it is not a number.
+    pub written: Option<f64>,
+}
+
+impl Annotation {
+    /// Both sides are numbers and they differ (beyond rounding the answer may have done).
+    pub fn is_wrong(&self) -> bool {
+        match (self.computed, self.written) {
+            (Some(c), Some(w)) => {
+                let tol = 1e-6 * c.abs().max(1.0);
+                // Written results are often rounded to two decimals or to an integer: not wrong.
+                (c - w).abs() > tol && (c - w).abs() > 0.01_f64.max(0.005 * c.abs().min(1.0))
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The calculator annotations of an answer, in order, and whether one is left open (`<<` without `>>`).
+pub fn annotations(answer: &str) -> (Vec<Annotation>, bool) {
+    let mut out = Vec::new();
+    let mut rest = answer;
+    let mut unclosed = false;
+    while let Some(start) = rest.find("<<") {
+        let body = &rest[start + 2..];
+        let Some(end) = body.find(">>") else {
+            unclosed = true;
+            break;
+        };
+        let inner = &body[..end];
+        if let Some(eq) = inner.rfind('=') {
+            out.push(Annotation {
+                computed: eval_arith(&inner[..eq]),
+                written: parse_number(&inner[eq + 1..]),
+            });
+        } else {
+            out.push(Annotation {
+                computed: None,
+                written: None,
+            });
+        }
+        rest = &body[end + 2..];
+    }
+    (out, unclosed)
+}
+
+/// A number as answers write it: `1,234.5`, `$12`, `50%` (as 50), with surrounding blanks.
+pub fn parse_number(s: &str) -> Option<f64> {
+    let t: String = s
+        .trim()
+        .trim_end_matches('.')
+        .chars()
+        .filter(|c| !matches!(c, ',' | '$' | '%' | ' '))
+        .collect();
+    if t.is_empty() {
+        return None;
+    }
+    t.parse::<f64>().ok().filter(|v| v.is_finite())
+}
+
+/// Evaluates `+ - * / ( )` arithmetic over decimal numbers (`x`/`×` multiply, `÷` divides, commas in
+/// numbers are ignored, a trailing `%` is taken as written); `None` for anything else.
+pub fn eval_arith(expr: &str) -> Option<f64> {
+    let toks = tokenize(expr)?;
+    let mut p = Parser { toks: &toks, i: 0 };
+    let v = p.expr()?;
+    (p.i == toks.len() && v.is_finite()).then_some(v)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Tok {
+    Num(f64),
+    Op(char),
+}
+
+fn tokenize(s: &str) -> Option<Vec<Tok>> {
+    let mut out = Vec::new();
+    let chars: Vec<char> = s.chars().collect();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        match c {
+            ' ' | '$' | '%' => i += 1,
+            '0'..='9' | '.' => {
+                let mut t = String::new();
+                while i < chars.len() && (chars[i].is_ascii_digit() || matches!(chars[i], '.' | ','))
+                {
+                    if chars[i] != ',' {
+                        t.push(chars[i]);
+                    }
+                    i += 1;
+                }
+                out.push(Tok::Num(t.parse().ok()?));
+            }
+            '+' | '-' | '*' | '/' | '(' | ')' => {
+                out.push(Tok::Op(c));
+                i += 1;
+            }
+            'x' | 'X' | '×' => {
+                out.push(Tok::Op('*'));
+                i += 1;
+            }
+            '÷' => {
+                out.push(Tok::Op('/'));
+                i += 1;
+            }
+            _ => return None,
+        }
+    }
+    Some(out)
+}
+
+struct Parser<'a> {
+    toks: &'a [Tok],
+    i: usize,
+}
+
+impl Parser<'_> {
+    fn peek(&self) -> Option<Tok> {
+        self.toks.get(self.i).copied()
+    }
+
+    fn expr(&mut self) -> Option<f64> {
+        let mut v = self.term()?;
+        while let Some(Tok::Op(op @ ('+' | '-'))) = self.peek() {
+            self.i += 1;
+            let r = self.term()?;
+            v = if op == '+' { v + r } else { v - r };
+        }
+        Some(v)
+    }
+
+    fn term(&mut self) -> Option<f64> {
+        let mut v = self.unary()?;
+        while let Some(Tok::Op(op @ ('*' | '/'))) = self.peek() {
+            self.i += 1;
+            let r = self.unary()?;
+            v = if op == '*' { v * r } else { v / r };
+        }
+        Some(v)
+    }
+
+    fn unary(&mut self) -> Option<f64> {
+        match self.peek()? {
+            Tok::Op('-') => {
+                self.i += 1;
+                Some(-self.unary()?)
+            }
+            Tok::Op('+') => {
+                self.i += 1;
+                self.unary()
+            }
+            Tok::Op('(') => {
+                self.i += 1;
+                let v = self.expr()?;
+                if self.peek()? != Tok::Op(')') {
+                    return None;
+                }
+                self.i += 1;
+                Some(v)
+            }
+            Tok::Num(v) => {
+                self.i += 1;
+                Some(v)
+            }
+            Tok::Op(_) => None,
+        }
+    }
+}
+
+/// Numbers written in `text` (digits with optional thousands commas and decimals), in order.
+pub fn numbers(text: &str) -> Vec<f64> {
+    let mut out = Vec::new();
+    let b = text.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i].is_ascii_digit() {
+            let start = i;
+            while i < b.len()
+                && (b[i].is_ascii_digit()
+                    || ((b[i] == b',' || b[i] == b'.')
+                        && b.get(i + 1).is_some_and(u8::is_ascii_digit)))
+            {
+                i += 1;
+            }
+            let neg = start > 0 && b[start - 1] == b'-';
+            if let Some(v) = parse_number(&text[start..i]) {
+                out.push(if neg { -v } else { v });
+            }
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
+
+/// The number after the final-answer marker `####`, if the answer has one.
+pub fn marked_final(answer: &str) -> Option<f64> {
+    let at = answer.rfind("####")?;
+    numbers(&answer[at + 4..]).first().copied()
+}
+
+fn same(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-6 * a.abs().max(1.0)
+}
+
+/// The [`HAND_FEATURES`] of an answer to a prompt.
+pub fn hand_features(prompt: &str, answer: &str) -> [f64; N_HAND] {
+    let (anns, unclosed) = annotations(answer);
+    let wrong = anns.iter().filter(|a| a.is_wrong()).count() as f64;
+    let marked = marked_final(answer);
+    let answer_numbers = numbers(answer);
+    let final_number = marked.or_else(|| answer_numbers.last().copied());
+    let last_computed = anns.iter().rev().find_map(|a| a.written.or(a.computed));
+    let prompt_numbers = numbers(prompt);
+    let trimmed = answer.trim_end();
+    // No final marker and the text stops mid-sentence or mid-annotation: a cut-off generation.
+    let ends_cleanly = trimmed
+        .chars()
+        .last()
+        .is_some_and(|c| matches!(c, '.' | '!' | '?' | ')' | '"' | '*' | '$') || c.is_ascii_digit());
+    let truncated = marked.is_none() && (!ends_cleanly || unclosed);
+    let covered = prompt_numbers
+        .iter()
+        .filter(|p| answer_numbers.iter().any(|a| same(**p, *a)))
+        .count();
+    let lower = answer.to_lowercase();
+    let hedging = [
+        "approximately",
+        "assum",
+        "not possible",
+        "cannot",
+        "can't",
+        "however",
+        "mistake",
+        "actually",
+        "round",
+    ]
+    .iter()
+    .any(|w| lower.contains(w));
+    let b = |v: bool| f64::from(u8::from(v));
+    [
+        (answer.chars().count() as f64).ln_1p(),
+        b(marked.is_some()),
+        (anns.len() as f64).ln_1p(),
+        wrong,
+        b(wrong > 0.0),
+        b(unclosed),
+        b(truncated),
+        b(matches!((final_number, last_computed), (Some(f), Some(l)) if same(f, l))),
+        b(final_number.is_some_and(|f| (f - f.round()).abs() > 1e-9)),
+        b(marked.is_some_and(|f| prompt_numbers.iter().any(|p| same(*p, f)))),
+        if prompt_numbers.is_empty() {
+            1.0
+        } else {
+            covered as f64 / prompt_numbers.len() as f64
+        },
+        b(hedging),
+        final_number.map_or(0.0, |f| (f.abs() + 1.0).log10()),
+        (prompt.chars().count() as f64).ln_1p(),
+        (answer_numbers.len() as f64 / prompt_numbers.len().max(1) as f64).ln_1p(),
+    ]
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arithmetic_by_hand() {
+        assert_eq!(eval_arith("3*60"), Some(180.0));
+        assert_eq!(eval_arith("80000+50000"), Some(130000.0));
+        assert_eq!(eval_arith("(2+3)*4 - 6/3"), Some(18.0));
+        assert_eq!(eval_arith("1,200 x 2"), Some(2400.0));
+        assert_eq!(eval_arith("-5+2"), Some(-3.0));
+        assert_eq!(eval_arith("10/4"), Some(2.5));
+        assert_eq!(eval_arith("2^3"), None);
+        assert_eq!(eval_arith("(1+2"), None);
+        assert_eq!(eval_arith("a+b"), None);
+    }
+
+    #[test]
+    fn annotations_by_hand() {
+        // 3*60 = 180 is right, 180*3 = 560 is wrong (540), the third is not arithmetic, the last is open.
+        let a = "So 3 x 60 = <<3*60=180>>180. Then <<180*3=560>>560. <<half=x>> and <<15+2";
+        let (anns, unclosed) = annotations(a);
+        assert!(unclosed);
+        assert_eq!(anns.len(), 3);
+        assert!(!anns[0].is_wrong());
+        assert!(anns[1].is_wrong());
+        assert_eq!(anns[1].computed, Some(540.0));
+        assert_eq!(anns[1].written, Some(560.0));
+        assert!(!anns[2].is_wrong(), "unparsed is not counted wrong");
+        // Rounded results are not wrong.
+        let (anns, _) = annotations("<<10/3=3.33>>");
+        assert!(!anns[0].is_wrong());
+    }
+
+    #[test]
+    fn hand_features_by_hand() {
+        let prompt = "James runs 3 sprints 3 times a week, 60 meters each. How many meters a week?";
+        let good = "He runs 3*60 = <<3*60=180>>180 meters a session, 180*3 = <<180*3=540>>540.\n#### 540";
+        let f = hand_features(prompt, good);
+        let get = |f: &[f64; N_HAND], name: &str| {
+            f[HAND_FEATURES.iter().position(|n| *n == name).unwrap()]
+        };
+        assert_eq!(get(&f, "final_marker"), 1.0);
+        assert_eq!(get(&f, "wrong_annotations"), 0.0);
+        assert_eq!(get(&f, "final_is_last_computed"), 1.0);
+        assert_eq!(get(&f, "truncated"), 0.0);
+        assert_eq!(get(&f, "prompt_number_coverage"), 1.0);
+        assert!((get(&f, "log10_final") - 541f64.log10()).abs() < 1e-12);
+        let bad = "He runs <<3*60=180>>180, then <<180*3=560>>560 so the total is 56";
+        let f = hand_features(prompt, bad);
+        assert_eq!(get(&f, "final_marker"), 0.0);
+        assert_eq!(get(&f, "wrong_annotations"), 1.0);
+        assert_eq!(get(&f, "any_wrong_annotation"), 1.0);
+        assert_eq!(get(&f, "final_is_last_computed"), 0.0);
+        assert_eq!(get(&f, "truncated"), 0.0, "ends on a digit");
+        let cut = "The house's value is 80,000 + 50,000 = $<<80000+50000=130000>>130,00 and the";
+        let f = hand_features("", cut);
+        assert_eq!(get(&f, "truncated"), 1.0);
+        assert_eq!(get(&f, "final_not_integer"), 0.0);
+        assert_eq!(numbers("a -3.5 and 1,200 or 7."), vec![-3.5, 1200.0, 7.0]);
+    }
+
+    fn toy(features: FeatureSet) -> AnswerVerifier {
+        let d = features.dim();
+        let manifest = VerifierManifest {
+            format: VERIFIER_FORMAT.into(),
+            format_version: VERIFIER_FORMAT_VERSION,
+            id: "test-v1".into(),
+            models: vec!["weak".into(), "strong".into()],
+            features,
+            embedder_model_sha256: None,
+            default_quality: 0.7,
+            files: BTreeMap::new(),
+            calibration: VerifierCalibration {
+                per_model: [("weak".to_string(), percentiles(&[0.1, 0.2, 0.4, 0.9]))].into(),
+                all: percentiles(&[0.1, 0.5, 0.9]),
+                out_of_fold: true,
+            },
+            training: serde_json::Value::Null,
+        };
+        let weights = VerifierWeights {
+            mean: vec![0.0; d],
+            scale: vec![1.0; d],
+            w: (0..d).map(|i| if i % 2 == 0 { 3.0 } else { -2.0 }).collect(),
+            bias: 0.1,
+            model_bias: vec![-0.5, 0.5],
+        };
+        AnswerVerifier::new(manifest, weights, None).unwrap()
+    }
+
+    #[test]
+    fn scores_are_probabilities_for_any_input() {
+        let v = toy(FeatureSet {
+            hand: true,
+            answer_embedding: false,
+            prompt_embedding: false,
+            predicted_quality: true,
+        });
+        let long = "<<1/0=9>> ünï 🚀 ".repeat(2000);
+        for model in ["weak", "strong", "never-seen"] {
+            for (p, a) in [("", ""), ("2+2?", "#### 4"), (long.as_str(), long.as_str())] {
+                for pq in [None, Some(0.3), Some(f64::NAN), Some(7.0)] {
+                    let s = v
+                        .score(&VerifyInput {
+                            model,
+                            prompt: p,
+                            answer: a,
+                            predicted_quality: pq,
+                        })
+                        .unwrap();
+                    assert!((0.0..=1.0).contains(&s), "{model} {pq:?}: {s}");
+                }
+            }
+        }
+        // Round trip of the weight file.
+        let w = v.weights();
+        let back = VerifierWeights::from_bytes(&w.to_bytes(), w.w.len(), 2).unwrap();
+        assert_eq!(back, *w);
+        assert!(VerifierWeights::from_bytes(&w.to_bytes(), w.w.len(), 3).is_err());
+    }
+
+    #[test]
+    fn thresholds_are_monotone_in_the_share() {
+        let v = toy(FeatureSet {
+            hand: true,
+            answer_embedding: false,
+            prompt_embedding: false,
+            predicted_quality: false,
+        });
+        for model in ["weak", "unknown"] {
+            let mut last = f64::NEG_INFINITY;
+            for k in 0..=100 {
+                let t = v.threshold_for_escalation_share(model, k as f64 / 100.0);
+                assert!(t >= last, "{model} {k}: {t} < {last}");
+                last = t;
+            }
+            assert!(v.threshold_for_escalation_share(model, 0.0) <= 0.1);
+            assert!(v.threshold_for_escalation_share(model, 1.0) >= 0.9);
+        }
+        assert!((v.threshold_for_escalation_share("weak", 0.5) - 0.3).abs() < 1e-9);
+        assert_eq!(v.threshold_for_escalation_share("weak", f64::NAN), 0.0);
+        assert_eq!(v.id(), "test-v1");
+    }
+
+    #[test]
+    fn verifier_is_send_and_sync() {
+        fn check<T: Send + Sync + std::fmt::Debug>() {}
+        check::<AnswerVerifier>();
+    }
+}
