@@ -214,4 +214,29 @@ mod tests {
         assert_eq!(r.by_model[0].savings_usd, 0.0);
         assert!(r.render().contains("TENANT"));
     }
+
+    #[test]
+    fn a_cascades_escalation_is_spend_but_not_a_second_counterfactual() {
+        let strong = Counterfactual {
+            model: "large".into(),
+            input_usd_per_mtok: 10.0,
+            output_usd_per_mtok: 30.0,
+        };
+        // One request: the small model answered (100 in, 50 out), was judged
+        // weak, and "large" answered again (100 in, 60 out, a follow-up).
+        let mut escalation = row("a", "large", 0.0028, 1.0, 100.0, 60.0);
+        escalation.follow_up_cost_usd = 0.0028;
+        escalation.follow_up_prompt_tokens = 100.0;
+        escalation.follow_up_completion_tokens = 60.0;
+        let rows = [row("a", "small", 0.00003, 1.0, 100.0, 50.0), escalation];
+        let r = report(&rows, Some(strong.clone()), 0, 1);
+        // The counterfactual is the one request on "large": (10·100 + 30·50)/1e6.
+        assert!((r.total.counterfactual_usd - 0.0025).abs() < 1e-12, "{r:?}");
+        assert!((r.total.cost_usd - 0.00283).abs() < 1e-12);
+        // Escalating cost more than the large model alone would have: negative savings, shown as such.
+        assert!(r.total.savings_usd < 0.0);
+        // Without a known strongest model, spend is its own counterfactual, once.
+        let r = report(&rows, None, 0, 1);
+        assert!((r.total.counterfactual_usd - 0.00003).abs() < 1e-12, "{r:?}");
+    }
 }
