@@ -74,6 +74,15 @@ panel("Router latency (p99) and cache hit ratio", "timeseries", [
     ("sum(rate(routemesh_router_cache_lookups_total{result=\"hit\"}[$__rate_interval])) / sum(rate(routemesh_router_cache_lookups_total[$__rate_interval]))", "cache hit ratio"),
 ], "s", x=16)
 y += 8
+row("Cascades")
+panel("Verdicts on first answers", "timeseries", [("sum by (verdict) (rate(routemesh_cascade_verdicts_total[$__rate_interval]))", "{{verdict}}")], "reqps", x=0,
+      description="strategy: cascade. accepted: the cheap answer was returned; escalated: judged weak, a stronger model answered; kept: judged weak, nothing stronger could run; unverifiable: the verifier could not judge")
+panel("Escalations by model pair", "timeseries", [("sum by (from_model, to_model) (rate(routemesh_cascade_escalations_total[$__rate_interval]))", "{{from_model}} -> {{to_model}}")], "reqps", x=8)
+panel("Escalated share and verifier time (p99)", "timeseries", [
+    ("sum(rate(routemesh_cascade_verdicts_total{verdict=\"escalated\"}[$__rate_interval])) / sum(rate(routemesh_cascade_verdicts_total[$__rate_interval]))", "escalated share"),
+    ("histogram_quantile(0.99, sum by (le, verifier) (rate(routemesh_cascade_verify_duration_seconds_bucket[$__rate_interval])))", "verify p99 {{verifier}}"),
+], "short", x=16)
+y += 8
 row("Health")
 panel("Healthy workers", "stat", [("sum(routemesh_healthy_workers)", "healthy")], "short", x=0)
 panel("Worker in flight", "timeseries", [("sum by (worker) (routemesh_worker_in_flight)", "{{worker}}")], "short", x=8)

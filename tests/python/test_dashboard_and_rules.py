@@ -74,7 +74,7 @@ def test_dashboard_structure():
     dash = json.loads(DASHBOARD.read_text())
     assert dash["uid"] and dash["title"]
     titles = [p["title"] for p in dash["panels"] if p["type"] == "row"]
-    assert titles == ["Cost: what routing saved", "Performance", "Routing", "Health"]
+    assert titles == ["Cost: what routing saved", "Performance", "Routing", "Cascades", "Health"]
     for p in dash["panels"]:
         g = p["gridPos"]
         assert 0 <= g["x"] and g["x"] + g["w"] <= 24, p["title"]
