@@ -39,7 +39,14 @@ fn answers() -> Vec<(String, String, String)> {
                 (
                     "weak".to_string(),
                     format!("Tom has {i} apples and buys {} more. How many?", i % 7),
-                    format!("He has {i} + {} = <<{i}+{}={}>>{} apples.\n#### {}", i % 7, i % 7, i + i % 7, i + i % 7, i + i % 7),
+                    format!(
+                        "He has {i} + {} = <<{i}+{}={}>>{} apples.\n#### {}",
+                        i % 7,
+                        i % 7,
+                        i + i % 7,
+                        i + i % 7,
+                        i + i % 7
+                    ),
                 )
             })
             .collect(),

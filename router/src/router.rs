@@ -396,6 +396,47 @@ mod tests {
     }
 
     #[test]
+    fn the_verifier_loads_with_the_artifact_on_either_path_and_is_optional() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("artifacts/default");
+        // No verifier/ in a directory: none, not an error.
+        let empty = tempfile::tempdir().unwrap();
+        assert!(
+            load_verifier(empty.path(), None, &AssetPaths::from_env())
+                .unwrap()
+                .is_none()
+        );
+        if !dir.join(VERIFIER_DIR).join("manifest.json").is_file() {
+            eprintln!("skipping: the default artifact has no verifier");
+            return;
+        }
+        let Some(dir) = default_artifact_with_assets() else {
+            return;
+        };
+        for fast_path in [true, false] {
+            let r = Router::load_with(
+                &dir,
+                &RouterConfig {
+                    fast_path,
+                    ..RouterConfig::default()
+                },
+            )
+            .unwrap();
+            let v = r.verifier().expect("the default artifact has a verifier");
+            assert_eq!(v.id(), "learned-v1");
+            assert!(!v.models().is_empty());
+            let s = v
+                .score(&crate::verify::VerifyInput {
+                    model: &v.models()[0],
+                    prompt: "What is 3 * 60?",
+                    answer: "3 * 60 = <<3*60=180>>180\n#### 180",
+                    predicted_quality: None,
+                })
+                .unwrap();
+            assert!((0.0..=1.0).contains(&s));
+        }
+    }
+
+    #[test]
     fn router_is_send_and_sync() {
         fn check<T: Send + Sync>() {}
         check::<Router>();

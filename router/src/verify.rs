@@ -54,7 +54,9 @@ pub const N_HAND: usize = HAND_FEATURES.len();
 
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
-    #[error("{dir}: not a verifier (format {found:?} v{version}; this build reads {VERIFIER_FORMAT:?} v{VERIFIER_FORMAT_VERSION})")]
+    #[error(
+        "{dir}: not a verifier (format {found:?} v{version}; this build reads {VERIFIER_FORMAT:?} v{VERIFIER_FORMAT_VERSION})"
+    )]
     Format {
         dir: std::path::PathBuf,
         found: String,
@@ -277,11 +279,8 @@ impl AnswerVerifier {
             .into());
         }
         let bytes = artifact::read_checked(dir, &manifest.files, VERIFIER_WEIGHTS)?;
-        let weights = VerifierWeights::from_bytes(
-            &bytes,
-            manifest.features.dim(),
-            manifest.models.len(),
-        )?;
+        let weights =
+            VerifierWeights::from_bytes(&bytes, manifest.features.dim(), manifest.models.len())?;
         let embedder = match (manifest.features.needs_embedder(), embedder) {
             (false, _) => None,
             (true, Some(e)) => Some(e),
@@ -540,7 +539,8 @@ fn tokenize(s: &str) -> Option<Vec<Tok>> {
             ' ' | '$' | '%' => i += 1,
             '0'..='9' | '.' => {
                 let mut t = String::new();
-                while i < chars.len() && (chars[i].is_ascii_digit() || matches!(chars[i], '.' | ','))
+                while i < chars.len()
+                    && (chars[i].is_ascii_digit() || matches!(chars[i], '.' | ','))
                 {
                     if chars[i] != ',' {
                         t.push(chars[i]);
@@ -672,10 +672,9 @@ pub fn hand_features(prompt: &str, answer: &str) -> [f64; N_HAND] {
     let prompt_numbers = numbers(prompt);
     let trimmed = answer.trim_end();
     // No final marker and the text stops mid-sentence or mid-annotation: a cut-off generation.
-    let ends_cleanly = trimmed
-        .chars()
-        .last()
-        .is_some_and(|c| matches!(c, '.' | '!' | '?' | ')' | '"' | '*' | '$') || c.is_ascii_digit());
+    let ends_cleanly = trimmed.chars().last().is_some_and(|c| {
+        matches!(c, '.' | '!' | '?' | ')' | '"' | '*' | '$') || c.is_ascii_digit()
+    });
     let truncated = marked.is_none() && (!ends_cleanly || unclosed);
     let covered = prompt_numbers
         .iter()
@@ -757,7 +756,8 @@ mod tests {
     #[test]
     fn hand_features_by_hand() {
         let prompt = "James runs 3 sprints 3 times a week, 60 meters each. How many meters a week?";
-        let good = "He runs 3*60 = <<3*60=180>>180 meters a session, 180*3 = <<180*3=540>>540.\n#### 540";
+        let good =
+            "He runs 3*60 = <<3*60=180>>180 meters a session, 180*3 = <<180*3=540>>540.\n#### 540";
         let f = hand_features(prompt, good);
         let get = |f: &[f64; N_HAND], name: &str| {
             f[HAND_FEATURES.iter().position(|n| *n == name).unwrap()]
@@ -803,8 +803,11 @@ mod tests {
         let weights = VerifierWeights {
             mean: vec![0.0; d],
             scale: vec![1.0; d],
-            w: (0..d).map(|i| if i % 2 == 0 { 3.0 } else { -2.0 }).collect(),
-            bias: 0.1,
+            w: (0..d)
+                .map(|i| if i % 2 == 0 { 3.0 } else { -2.0 })
+                .collect(),
+            // Exact in f32, so the weight file round-trips bit for bit.
+            bias: 0.125,
             model_bias: vec![-0.5, 0.5],
         };
         AnswerVerifier::new(manifest, weights, None).unwrap()

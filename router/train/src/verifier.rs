@@ -9,22 +9,22 @@ use std::sync::Arc;
 
 use ndarray::{Array1, Array2, Axis};
 use rand::{Rng, SeedableRng};
+use routemesh_router::RouterError;
 use routemesh_router::fast::StaticEmbedder;
 use routemesh_router::verify::{
     AnswerVerifier, FeatureSet, HAND_FEATURES, VERIFIER_FORMAT, VERIFIER_FORMAT_VERSION,
     VerifierCalibration, VerifierManifest, VerifierWeights, VerifyInput, percentiles, raw_features,
     sigmoid,
 };
-use routemesh_router::RouterError;
 
 use crate::data::Table;
 use crate::metrics::{binary_metrics, cpt, trapz};
 
 /// The feature set `routemesh router train` uses unless told otherwise (chosen by 5-fold CV on GSM8K:
 /// docs/BENCHMARKS.md, "Cascade verifier (issue 17)").
-pub const DEFAULT_FEATURES: &str = "hand,answer,prompt";
+pub const DEFAULT_FEATURES: &str = "hand";
 /// L2 penalty of the default verifier (standardised features).
-pub const DEFAULT_LAMBDA: f64 = 30.0;
+pub const DEFAULT_LAMBDA: f64 = 10.0;
 
 /// `hand,answer,prompt,pq` -> a [`FeatureSet`].
 pub fn parse_features(spec: &str) -> Result<FeatureSet, String> {
@@ -34,7 +34,11 @@ pub fn parse_features(spec: &str) -> Result<FeatureSet, String> {
         prompt_embedding: false,
         predicted_quality: false,
     };
-    for part in spec.split([',', '+']).map(str::trim).filter(|p| !p.is_empty()) {
+    for part in spec
+        .split([',', '+'])
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+    {
         match part {
             "hand" => f.hand = true,
             "answer" => f.answer_embedding = true,
@@ -435,7 +439,10 @@ pub fn curve(
         );
     }
     let cpt50 = cpt(&xs, &pgr, 0.5);
-    let at = pgr.iter().position(|&v| v >= 0.5 - 1e-12).unwrap_or(pgr.len() - 1);
+    let at = pgr
+        .iter()
+        .position(|&v| v >= 0.5 - 1e-12)
+        .unwrap_or(pgr.len() - 1);
     CurveStats {
         apgr: trapz(&pgr, &xs),
         cpt50,
@@ -512,6 +519,8 @@ pub struct CascadeLine {
     pub se: f64,
     pub se_vs_routing: Option<(f64, f64)>,
     pub se_vs_reference: Option<(f64, f64)>,
+    /// Cascade routing only: (this − plain cascade with the learned verifier, se).
+    pub vs_cascade: Option<(f64, f64)>,
 }
 
 /// The cascade table: routing, cascade with both verifiers, cascade routing; `boot` bootstrap resamples.
@@ -564,6 +573,7 @@ pub fn cascade_table(p: &PairRows, s: &CascadeScores, boot: usize, seed: u64) ->
             se: sd(&samples[k]),
             se_vs_routing: (k > 0).then(|| diff(k, 0)),
             se_vs_reference: (k > 1).then(|| diff(k, 1)),
+            vs_cascade: (k == 3).then(|| diff(3, 2)),
         })
         .collect()
 }
@@ -588,22 +598,28 @@ pub fn format_cascade(p: &PairRows, lines: &[CascadeLine], boot: usize) -> Strin
         "policy", "APGR", "se", "CPT50", "cost@50", "- routing (se)", "- reference (se)"
     );
     for l in lines {
-        let d = |x: Option<(f64, f64)>| {
-            x.map_or("-".to_string(), |(d, s)| format!("{d:+.3} ({s:.3})"))
-        };
+        let d =
+            |x: Option<(f64, f64)>| x.map_or("-".to_string(), |(d, s)| format!("{d:+.3} ({s:.3})"));
         let _ = writeln!(
             o,
             "{:36}{:>7.3}{:>7.3}{:>8}{:>11.6}{:>20}{:>20}",
             l.name,
             l.stats.apgr,
             l.se,
-            l.stats
-                .cpt50
-                .map_or("-".into(), |c| format!("{c:.1}%")),
+            l.stats.cpt50.map_or("-".into(), |c| format!("{c:.1}%")),
             l.stats.cost50,
             d(l.se_vs_routing),
             d(l.se_vs_reference)
         );
+    }
+    for l in lines {
+        if let Some((d, s)) = l.vs_cascade {
+            let _ = writeln!(
+                o,
+                "{} minus the plain cascade: {d:+.3} (paired se {s:.3})",
+                l.name
+            );
+        }
     }
     o
 }
@@ -657,7 +673,7 @@ mod tests {
     }
 
     #[test]
-    fn folds_match_cross_validation() {
+    fn folds_are_balanced_and_specs_parse() {
         let f = fold_of(10, 5, 1);
         for k in 0..5 {
             assert_eq!(f.iter().filter(|&&x| x == k).count(), 2);

@@ -95,7 +95,9 @@ pub(super) fn run(args: EvalArgs) -> anyhow::Result<()> {
                 eval::cross_validate(&table, emb.view(), &cands, k, seed, |m| eprintln!("{m}"));
             if table.rows.iter().any(|r| r.responses.is_some()) {
                 // The verifier embeds with an artifact's static table: the given one, else the default.
-                let dir = router.clone().unwrap_or_else(super::inputs::default_artifact_dir);
+                let dir = router
+                    .clone()
+                    .unwrap_or_else(super::inputs::default_artifact_dir);
                 cascade = super::verify::cascade_eval(
                     &table, &groups, &preds[0], k, seed, &verifier, &dir, &enc, &encoder,
                 )?;

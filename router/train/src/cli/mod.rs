@@ -65,3 +65,20 @@ pub fn run(cmd: RouterCommand) -> anyhow::Result<()> {
         RouterCommand::TrainVerifier(args) => verify::train_verifier_cmd(args),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::RouterCommand;
+
+    #[derive(Debug, clap::Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        cmd: RouterCommand,
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        // Duplicate flags (e.g. from flattened option groups) only show up at parse time otherwise.
+        <Cli as clap::CommandFactory>::command().debug_assert();
+    }
+}

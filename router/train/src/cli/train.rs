@@ -119,9 +119,16 @@ pub(super) fn run(args: TrainArgs) -> anyhow::Result<()> {
     }
     if table.rows.iter().any(|r| r.responses.is_some()) {
         let mut opts = verifier;
-        if !out.join(artifact::FAST_DIR).join(artifact::MANIFEST).is_file() {
+        if !out
+            .join(artifact::FAST_DIR)
+            .join(artifact::MANIFEST)
+            .is_file()
+        {
             // The verifier's embeddings come from the artifact's own static table.
-            eprintln!("no fast path in {}: the verifier uses hand features only", out.display());
+            eprintln!(
+                "no fast path in {}: the verifier uses hand features only",
+                out.display()
+            );
             opts.verifier = vec![format!("hand@{}", crate::verifier::DEFAULT_LAMBDA)];
         }
         super::verify::train_and_save(&out, &table, &opts, None, &enc)?;

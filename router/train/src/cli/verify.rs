@@ -77,7 +77,10 @@ pub fn parse_verifier_spec(spec: &str) -> anyhow::Result<(FeatureSet, f64)> {
 }
 
 /// The static embedder of `dir/fast`, with the sha256 of the model.onnx it derives from.
-pub fn artifact_embedder(dir: &Path, enc: &EncoderArgs) -> anyhow::Result<(String, StaticEmbedder)> {
+pub fn artifact_embedder(
+    dir: &Path,
+    enc: &EncoderArgs,
+) -> anyhow::Result<(String, StaticEmbedder)> {
     let fast = dir.join(artifact::FAST_DIR);
     load_static_embedder(&fast, &enc.asset_paths()).with_context(|| {
         format!(
@@ -204,8 +207,7 @@ pub(super) fn verify(args: VerifyArgs) -> anyhow::Result<()> {
             dir.display()
         )
     })?;
-    let file =
-        std::fs::File::open(&data).with_context(|| format!("reading {}", data.display()))?;
+    let file = std::fs::File::open(&data).with_context(|| format!("reading {}", data.display()))?;
     let mut text = String::new();
     let mut n = 0;
     for (i, line) in BufReader::new(file).lines().enumerate() {
@@ -245,11 +247,7 @@ pub(super) fn verify(args: VerifyArgs) -> anyhow::Result<()> {
         n += 1;
     }
     std::fs::write(&out, text).with_context(|| format!("writing {}", out.display()))?;
-    eprintln!(
-        "wrote {n} rows of {} scores to {}",
-        v.id(),
-        out.display()
-    );
+    eprintln!("wrote {n} rows of {} scores to {}", v.id(), out.display());
     Ok(())
 }
 
@@ -404,7 +402,9 @@ fn reference_oof(
             x[[i, emb.ncols() + c]] = *v;
         }
     }
-    let jw = sub.model_index(weak).context("weak model not in the table")?;
+    let jw = sub
+        .model_index(weak)
+        .context("weak model not in the table")?;
     let y: Vec<f64> = (0..n).map(|i| sub.quality[i][jw].unwrap_or(0.0)).collect();
     let mut best: Option<(f64, Vec<f64>)> = None;
     for lambda in [0.3, 1.0, 3.0] {
@@ -546,9 +546,16 @@ mod tests {
             }
         }
         let r = load_router(&copy, &enc(), true).unwrap();
-        assert!(r.verifier().is_none(), "an artifact without verifier/ loads as before");
+        assert!(
+            r.verifier().is_none(),
+            "an artifact without verifier/ loads as before"
+        );
         let data = tmp.path().join("rows.jsonl");
-        std::fs::write(&data, "{\"id\": \"a\", \"prompt\": \"x\", \"scores\": {}}\n").unwrap();
+        std::fs::write(
+            &data,
+            "{\"id\": \"a\", \"prompt\": \"x\", \"scores\": {}}\n",
+        )
+        .unwrap();
         let err = verify(VerifyArgs {
             router: Some(copy),
             data,
