@@ -71,9 +71,10 @@ fn mesh(cascade: &str, strong_ttft_ms: u32, more: &str) -> Mesh {
         )
     };
     let yaml = format!(
-        "gateway:\n  listen: 127.0.0.1:0\n  http_listen: 127.0.0.1:0\n  admin_listen: 127.0.0.1:0\n  request_timeout: 20s\n  load_interval: 100ms\n  discovery_interval: 100ms\n  strategy: cascade\n  cascade: {cascade}\nworkers:\n  - id: cheap-0\n    model: cheap\n    tier: small\n    input_usd_per_mtok: 0.2\n    output_usd_per_mtok: 0.2\n    backend:\n      sim: {}\n  - id: strong-0\n    model: strong\n    tier: large\n    input_usd_per_mtok: 12\n    output_usd_per_mtok: 36\n    backend:\n      sim: {}\n{more}",
+        "gateway:\n  listen: 127.0.0.1:0\n  http_listen: 127.0.0.1:0\n  admin_listen: 127.0.0.1:0\n  request_timeout: 20s\n  load_interval: 100ms\n  discovery_interval: 100ms\n  strategy: cascade\n  cascade: {cascade}\n  router: {{artifact: {artifact}}}\nworkers:\n  - id: cheap-0\n    model: cheap\n    tier: small\n    input_usd_per_mtok: 0.2\n    output_usd_per_mtok: 0.2\n    backend:\n      sim: {}\n  - id: strong-0\n    model: strong\n    tier: large\n    input_usd_per_mtok: 12\n    output_usd_per_mtok: 36\n    backend:\n      sim: {}\n{more}",
         sim("cheap", 0),
         sim("strong", strong_ttft_ms),
+        artifact = workspace_root().join("router/artifacts/default").display(),
     );
     let process = Process::start("cascade-mesh", "up", &yaml, &[]).unwrap();
     Mesh { process, _dir: dir }
@@ -389,7 +390,7 @@ async fn the_learned_verifier_judges_answers_from_their_text() {
         let route = response.route.unwrap();
         let step = &route.cascade[0];
         assert_eq!(step.verifier, "learned");
-        assert_eq!(step.outcome, "accepted");
+        assert_eq!(step.outcome, "accepted", "{step:?}");
         assert!((0.0..=1.0).contains(&step.score), "{step:?}");
         scores.push(step.score);
     }

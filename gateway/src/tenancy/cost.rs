@@ -237,6 +237,9 @@ mod tests {
         assert!(r.total.savings_usd < 0.0);
         // Without a known strongest model, spend is its own counterfactual, once.
         let r = report(&rows, None, 0, 1);
-        assert!((r.total.counterfactual_usd - 0.00003).abs() < 1e-12, "{r:?}");
+        assert!(
+            (r.total.counterfactual_usd - 0.00003).abs() < 1e-12,
+            "{r:?}"
+        );
     }
 }
