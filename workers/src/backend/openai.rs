@@ -429,3 +429,34 @@ where
 {
     routemesh_mesh::driven::driven_stream(|tx| produce(EventSender(tx)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logprobs_are_read_leniently() {
+        let read = |v: Value| {
+            let mut s = LogprobSummary::default();
+            let present = add_logprobs(Some(&v), &mut s);
+            (
+                present,
+                s.finish()
+                    .map(|c| (c.tokens, c.mean_logprob, c.min_logprob)),
+            )
+        };
+        let entries = serde_json::json!({"content": [
+            {"token": "a", "logprob": -0.5, "top_logprobs": []},
+            {"token": "b", "logprob": -1.5, "top_logprobs": []},
+        ]});
+        assert_eq!(read(entries), (true, Some((2, -1.0, -1.5))));
+        // No log-probabilities: absent, not an error.
+        assert_eq!(read(Value::Null), (false, None));
+        assert_eq!(read(serde_json::json!({"content": null})), (false, None));
+        // An entry without a number leaves its token unaccounted for.
+        let odd = serde_json::json!({"content": [{"logprob": -0.1}, {"logprob": "x"}]});
+        assert_eq!(read(odd), (true, None));
+        let mut s = LogprobSummary::default();
+        assert!(!add_logprobs(None, &mut s));
+    }
+}

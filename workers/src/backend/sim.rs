@@ -580,6 +580,46 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn synthetic_confidence_only_when_configured_and_asked() {
+        let asked = |prompt: &str| GenerateInput {
+            want_logprobs: true,
+            ..input(prompt, GenerationParams::default())
+        };
+        // No model, so by default nothing to report even when asked.
+        let plain = SimBackend::new(SimConfig::instant(), "m").unwrap();
+        assert_eq!(plain.generate(asked("hi")).await.unwrap().confidence, None);
+
+        let sim = SimBackend::new(
+            SimConfig {
+                logprobs: Some(SimLogprobs::default()),
+                ..SimConfig::instant()
+            },
+            "m",
+        )
+        .unwrap();
+        let done = sim
+            .generate(input("hi", GenerationParams::default()))
+            .await
+            .unwrap();
+        assert_eq!(done.confidence, None);
+        for (prompt, lp) in [("hi", -0.05), ("I am unsure", -2.5)] {
+            let done = sim.generate(asked(prompt)).await.unwrap();
+            let c = done.confidence.unwrap();
+            assert_eq!(c.tokens, done.usage.completion_tokens);
+            assert!((c.mean_logprob - lp).abs() < 1e-12 && c.min_logprob == lp);
+        }
+        let bad = SimConfig {
+            logprobs: Some(SimLogprobs {
+                sure: 0.5,
+                ..SimLogprobs::default()
+            }),
+            ..SimConfig::default()
+        };
+        let err = SimBackend::new(bad, "m").unwrap_err();
+        assert!(err.contains("backend.sim.logprobs.sure"), "{err}");
+    }
+
     #[test]
     fn pieces_keep_whitespace() {
         assert_eq!(pieces("a  b\nc"), vec!["a  ", "b\n", "c"]);
