@@ -8,7 +8,8 @@
 //! log-probability (`logprobs.content[]`, unary and per SSE chunk), so tests
 //! can script a cascade's engine-confidence verifier: [`UNSURE_LOGPROBS`]
 //! when the prompt contains `unsure`, else [`SURE_LOGPROBS`]. The prompt
-//! `no-logprobs` plays an engine that ignores the parameter.
+//! `no-logprobs` plays an engine that ignores the parameter, and
+//! `partial-logprobs` one that streams them for the first two pieces only.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -177,10 +178,12 @@ async fn completions(State(state): State<FakeOpenAi>, body: axum::Json<Value>) -
         _ => {}
     }
     for (i, piece) in ANSWER_PIECES.iter().enumerate() {
-        let lp = logprobs.map_or(
-            Value::Null,
-            |lps| json!({"content": [token_logprob(piece, lps[i])], "refusal": null}),
-        );
+        let lp = logprobs
+            .filter(|_| i < 2 || prompt != "partial-logprobs")
+            .map_or(
+                Value::Null,
+                |lps| json!({"content": [token_logprob(piece, lps[i])], "refusal": null}),
+            );
         events.push(chunk_with(json!({"content": piece}), None, lp));
     }
     events.push(chunk(json!({}), Some("stop")));

@@ -1,7 +1,8 @@
 //! Engine confidence through real worker processes: `want_logprobs` makes the
 //! `openai` backend ask its engine for `logprobs` (and only then) and reduce
 //! them to mean and minimum, unary and streamed; an engine that ignores the
-//! parameter leaves the confidence unset; the `sim` backend reports its
+//! parameter (or covers only part of a stream) leaves the confidence unset;
+//! the `sim` backend reports its
 //! configured synthetic values; the `local` backend reports the model's own
 //! log-probabilities over exactly the completion's tokens.
 
@@ -109,6 +110,12 @@ async fn openai_and_sim_confidence() {
     assert!(!done.text.is_empty());
     assert!(done.confidence.is_none(), "{:?}", done.confidence);
     let end = streamed(&mut openai, request("fake-model", "no-logprobs", true)).await;
+    assert!(end.usage.is_some());
+    assert!(end.confidence.is_none(), "{:?}", end.confidence);
+
+    // Log-probabilities for only part of a streamed answer: a summary of the
+    // rest would overstate the engine's certainty, so there is none.
+    let end = streamed(&mut openai, request("fake-model", "partial-logprobs", true)).await;
     assert!(end.usage.is_some());
     assert!(end.confidence.is_none(), "{:?}", end.confidence);
 
