@@ -2,9 +2,9 @@
 //! `openai` backend ask its engine for `logprobs` (and only then) and reduce
 //! them to mean and minimum, unary and streamed; an engine that ignores the
 //! parameter (or covers only part of a stream) leaves the confidence unset;
-//! the `sim` backend reports its
-//! configured synthetic values; the `local` backend reports the model's own
-//! log-probabilities over exactly the completion's tokens.
+//! the `sim` backend reports its configured synthetic values; the `local`
+//! backend reports the model's own log-probabilities over exactly the
+//! completion's tokens.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
