@@ -3,6 +3,13 @@
 //! prompt, so one server covers every case: `error-400`, `error-429`,
 //! `error-503`, `slow`, `malformed`, `midstream-error`, `no-usage`; anything
 //! else gets a normal answer.
+//!
+//! Asked for `"logprobs": true`, it gives each answer token a scripted
+//! log-probability (`logprobs.content[]`, unary and per SSE chunk), so tests
+//! can script a cascade's engine-confidence verifier: [`UNSURE_LOGPROBS`]
+//! when the prompt contains `unsure`, else [`SURE_LOGPROBS`]. The prompt
+//! `no-logprobs` plays an engine that ignores the parameter, and
+//! `partial-logprobs` one that streams them for the first two pieces only.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -18,6 +25,12 @@ use axum::routing::post;
 use serde_json::{Value, json};
 
 pub const ANSWER_PIECES: [&str; 4] = ["Hello", " from", " the fake", " engine."];
+
+/// Per-piece log-probabilities of a confident answer: mean -0.05, min -0.12.
+pub const SURE_LOGPROBS: [f64; 4] = [-0.01, -0.05, -0.12, -0.02];
+/// Per-piece log-probabilities of an unsure answer (prompt contains
+/// `unsure`): mean -2.5, min -3.5.
+pub const UNSURE_LOGPROBS: [f64; 4] = [-1.5, -3.5, -2.0, -3.0];
 
 #[derive(Clone, Default)]
 pub struct FakeOpenAi {
@@ -79,9 +92,18 @@ fn sse(events: Vec<String>) -> Response {
 }
 
 fn chunk(delta: Value, finish: Option<&str>) -> String {
+    chunk_with(delta, finish, Value::Null)
+}
+
+fn chunk_with(delta: Value, finish: Option<&str>, logprobs: Value) -> String {
     json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 0, "model": "fake",
-           "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+           "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}]})
     .to_string()
+}
+
+/// One `logprobs.content[]` entry as OpenAI sends it.
+fn token_logprob(piece: &str, logprob: f64) -> Value {
+    json!({"token": piece, "logprob": logprob, "bytes": piece.as_bytes(), "top_logprobs": []})
 }
 
 async fn completions(State(state): State<FakeOpenAi>, body: axum::Json<Value>) -> Response {
@@ -98,6 +120,14 @@ async fn completions(State(state): State<FakeOpenAi>, body: axum::Json<Value>) -
         .as_bool()
         .unwrap_or(false);
     let usage = json!({"prompt_tokens": 11, "completion_tokens": 4, "total_tokens": 15});
+    let logprobs =
+        (body["logprobs"].as_bool() == Some(true) && prompt != "no-logprobs").then(|| {
+            if prompt.contains("unsure") {
+                UNSURE_LOGPROBS
+            } else {
+                SURE_LOGPROBS
+            }
+        });
     if state.failing.load(std::sync::atomic::Ordering::Acquire) {
         return error(StatusCode::SERVICE_UNAVAILABLE, "engine down");
     }
@@ -120,6 +150,14 @@ async fn completions(State(state): State<FakeOpenAi>, body: axum::Json<Value>) -
             "id": "chatcmpl-fake", "object": "chat.completion", "created": 0, "model": "fake",
             "choices": [{"index": 0, "message": {"role": "assistant", "content": ANSWER_PIECES.concat()}, "finish_reason": "stop"}],
         });
+        if let Some(lps) = logprobs {
+            let content: Vec<Value> = ANSWER_PIECES
+                .iter()
+                .zip(lps)
+                .map(|(p, lp)| token_logprob(p, lp))
+                .collect();
+            answer["choices"][0]["logprobs"] = json!({"content": content, "refusal": null});
+        }
         if prompt != "no-usage" {
             answer["usage"] = usage;
         }
@@ -139,8 +177,14 @@ async fn completions(State(state): State<FakeOpenAi>, body: axum::Json<Value>) -
         }
         _ => {}
     }
-    for piece in ANSWER_PIECES {
-        events.push(chunk(json!({"content": piece}), None));
+    for (i, piece) in ANSWER_PIECES.iter().enumerate() {
+        let lp = logprobs
+            .filter(|_| i < 2 || prompt != "partial-logprobs")
+            .map_or(
+                Value::Null,
+                |lps| json!({"content": [token_logprob(piece, lps[i])], "refusal": null}),
+            );
+        events.push(chunk_with(json!({"content": piece}), None, lp));
     }
     events.push(chunk(json!({}), Some("stop")));
     if include_usage && prompt != "no-usage" {

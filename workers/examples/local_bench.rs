@@ -44,6 +44,7 @@ async fn main() -> Result<(), String> {
                 temperature: Some(0.0),
                 ..Default::default()
             },
+            want_logprobs: false,
         })
         .await
         .map_err(|e| e.to_string())?;

@@ -6,15 +6,16 @@ use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 use routemesh_proto::v1::{
-    EngineFigures, LoadReport, LoadRequest, StreamEnd, TextDelta, Usage, WorkerGenerateRequest,
-    WorkerGenerateResponse, WorkerStreamEvent, worker_server::Worker, worker_stream_event,
+    AnswerConfidence, EngineFigures, LoadReport, LoadRequest, StreamEnd, TextDelta, Usage,
+    WorkerGenerateRequest, WorkerGenerateResponse, WorkerStreamEvent, worker_server::Worker,
+    worker_stream_event,
 };
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use crate::admission::Admission;
-use crate::backend::{Backend, EngineEvent, EngineUsage, GenerateInput};
+use crate::backend::{Backend, Confidence, EngineEvent, EngineUsage, GenerateInput};
 use crate::error::{draining_status, engine_status, overloaded_status, wrong_model_status};
 use routemesh_mesh::WorkerRecord;
 use routemesh_mesh::driven::driven_stream;
@@ -144,8 +145,19 @@ impl WorkerState {
             request_id: req.request_id.clone(),
             messages: req.messages.clone(),
             params: req.params.clone().unwrap_or_default(),
+            want_logprobs: req.want_logprobs,
         })
     }
+}
+
+/// The wire form of an engine's confidence, only when it was asked for: a
+/// backend that computed one anyway does not make the caller pay to read it.
+fn wire_confidence(asked: bool, confidence: Option<Confidence>) -> Option<AnswerConfidence> {
+    confidence.filter(|_| asked).map(|c| AnswerConfidence {
+        tokens: c.tokens,
+        mean_logprob: c.mean_logprob,
+        min_logprob: c.min_logprob,
+    })
 }
 
 fn ms_since(t: Instant) -> f64 {
@@ -222,6 +234,7 @@ impl WorkerService {
         let start = Instant::now();
         let state = &self.state;
         let input = state.check(request.get_ref())?;
+        let asked = input.want_logprobs;
         let _slot = state
             .admission
             .acquire()
@@ -241,7 +254,7 @@ impl WorkerService {
                     text: done.text,
                     finish_reason: done.finish_reason as i32,
                     usage: Some(state.usage(&done.usage, ttft, total)),
-                    confidence: None,
+                    confidence: wire_confidence(asked, done.confidence),
                 }))
             }
             Err(e) => {
@@ -259,6 +272,7 @@ impl WorkerService {
         let start = Instant::now();
         let state = self.state.clone();
         let input = state.check(request.get_ref())?;
+        let asked = input.want_logprobs;
         let slot = state
             .admission
             .acquire()
@@ -284,6 +298,7 @@ impl WorkerService {
                         Ok(EngineEvent::End {
                             finish_reason,
                             usage,
+                            confidence,
                         }) => {
                             let total = ms_since(start);
                             let ttft = ttft.unwrap_or(total);
@@ -291,7 +306,7 @@ impl WorkerService {
                             let end = StreamEnd {
                                 finish_reason: finish_reason as i32,
                                 usage: Some(state.usage(&usage, ttft, total)),
-                                confidence: None,
+                                confidence: wire_confidence(asked, confidence),
                             };
                             let _ = tx
                                 .send(Ok(WorkerStreamEvent {

@@ -1,5 +1,6 @@
 //! Inference engine backends behind one interface: what the worker agent drives.
 
+pub mod confidence;
 pub mod local;
 pub mod openai;
 pub mod sim;
@@ -10,6 +11,7 @@ use std::pin::Pin;
 use futures::Stream;
 use routemesh_proto::v1::{ChatMessage, FinishReason, GenerationParams};
 
+pub use confidence::{Confidence, LogprobSummary};
 pub use local::{LocalBackend, LocalConfig};
 pub use openai::{OpenAiBackend, OpenAiConfig};
 pub use sim::{SimBackend, SimConfig};
@@ -20,6 +22,10 @@ pub struct GenerateInput {
     pub request_id: String,
     pub messages: Vec<ChatMessage>,
     pub params: GenerationParams,
+    /// Report a [`Confidence`] from the engine's token log-probabilities.
+    /// Off unless asked: computing or requesting them costs something, and
+    /// some engines reject the request parameter.
+    pub want_logprobs: bool,
 }
 
 impl GenerateInput {
@@ -66,6 +72,8 @@ pub struct Completion {
     /// When the first token was produced, for engines that know it even on a
     /// unary call; `None` when the whole completion arrived at once.
     pub time_to_first_token: Option<std::time::Duration>,
+    /// Set when log-probabilities were asked for and the engine gave them.
+    pub confidence: Option<Confidence>,
 }
 
 /// One event of a streamed completion.
@@ -75,6 +83,9 @@ pub enum EngineEvent {
     End {
         finish_reason: FinishReason,
         usage: EngineUsage,
+        /// Over the whole completion; set when log-probabilities were asked
+        /// for and the engine gave them.
+        confidence: Option<Confidence>,
     },
 }
 
@@ -128,6 +139,44 @@ pub trait Backend: Send + Sync + 'static {
     }
     async fn generate(&self, input: GenerateInput) -> Result<Completion, EngineError>;
     async fn stream(&self, input: GenerateInput) -> Result<EngineStream, EngineError>;
+}
+
+/// A unary completion read from an engine's own stream: the text of its
+/// deltas and what its end event reports. `start` is when the request
+/// reached the backend, for the time to first token; `engine` names the
+/// engine in the error for a stream that ends without an end event.
+pub(crate) async fn collect(
+    mut stream: EngineStream,
+    start: tokio::time::Instant,
+    engine: &str,
+) -> Result<Completion, EngineError> {
+    use futures::StreamExt;
+    let mut text = String::new();
+    let mut first = None;
+    while let Some(event) = stream.next().await {
+        match event? {
+            EngineEvent::Delta(piece) => {
+                first.get_or_insert_with(|| start.elapsed());
+                text.push_str(&piece);
+            }
+            EngineEvent::End {
+                finish_reason,
+                usage,
+                confidence,
+            } => {
+                return Ok(Completion {
+                    text,
+                    finish_reason,
+                    usage,
+                    time_to_first_token: first,
+                    confidence,
+                });
+            }
+        }
+    }
+    Err(EngineError::Malformed(format!(
+        "{engine} stream ended without an end event"
+    )))
 }
 
 /// Applies stop sequences to generated text: the text up to the earliest stop

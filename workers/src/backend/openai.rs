@@ -11,7 +11,7 @@ use serde_json::Value;
 use super::sse::SseParser;
 use super::{
     Backend, Completion, EngineError, EngineEvent, EngineStream, EngineUsage, GenerateInput,
-    estimate_tokens,
+    LogprobSummary, estimate_tokens,
 };
 
 /// Where the engine is and how long to wait for it.
@@ -107,6 +107,11 @@ impl OpenAiBackend {
             if let Some(s) = p.seed {
                 obj.insert("seed".into(), s.into());
             }
+            // Only when asked: some engines reject the parameter, and those
+            // that accept it do more work for it.
+            if input.want_logprobs {
+                obj.insert("logprobs".into(), true.into());
+            }
             if stream {
                 obj.insert(
                     "stream_options".into(),
@@ -199,6 +204,10 @@ struct WireChoice {
     message: Option<WireMessage>,
     delta: Option<WireMessage>,
     finish_reason: Option<String>,
+    /// Read leniently (see [`add_logprobs`]): an engine's odd log-probability
+    /// format must not fail an answer that was otherwise fine.
+    #[serde(default)]
+    logprobs: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -211,6 +220,26 @@ struct WireChunk {
     #[serde(default)]
     choices: Vec<WireChoice>,
     usage: Option<WireUsage>,
+}
+
+/// Adds one choice's token log-probabilities (chat-completions format:
+/// `logprobs.content[].logprob`) to `summary`. Returns whether the choice
+/// carried any; an entry without a numeric log-probability spoils the
+/// summary, as the tokens it covers would be unaccounted for.
+fn add_logprobs(logprobs: Option<&Value>, summary: &mut LogprobSummary) -> bool {
+    let Some(tokens) = logprobs
+        .and_then(|l| l.get("content"))
+        .and_then(Value::as_array)
+    else {
+        return false;
+    };
+    for token in tokens {
+        match token.get("logprob").and_then(Value::as_f64) {
+            Some(lp) => summary.push(lp),
+            None => summary.spoil(),
+        }
+    }
+    !tokens.is_empty()
 }
 
 fn usage_or_estimate(
@@ -263,11 +292,18 @@ impl Backend for OpenAiBackend {
         let usage = usage_or_estimate(wire.usage.as_ref(), input.prompt_chars(), || {
             estimate_tokens(text.chars().count())
         });
+        // An engine that ignores `logprobs` sends none: no confidence, no error.
+        let confidence = input.want_logprobs.then(|| {
+            let mut summary = LogprobSummary::default();
+            add_logprobs(choice.logprobs.as_ref(), &mut summary);
+            summary.finish()
+        });
         Ok(Completion {
             finish_reason: finish_reason(choice.finish_reason.as_deref()),
             text,
             usage,
             time_to_first_token: None,
+            confidence: confidence.flatten(),
         })
     }
 
@@ -275,12 +311,17 @@ impl Backend for OpenAiBackend {
         let resp = self.send(&input, true).await?;
         let timeout = self.timeout;
         let prompt_chars = input.prompt_chars();
+        let want_logprobs = input.want_logprobs;
         let mut body = resp.bytes_stream();
         let stream = async_stream_events(move |tx| async move {
             let mut parser = SseParser::default();
             let mut finish = None;
             let mut usage: Option<WireUsage> = None;
             let mut deltas = 0u32;
+            let mut logprobs = LogprobSummary::default();
+            // Text deltas that came without log-probabilities: a summary of
+            // the others would not cover the whole answer.
+            let mut uncovered = 0u32;
             let mut done = false;
             while !done {
                 let chunk = match tokio::time::timeout(timeout, body.next()).await {
@@ -306,12 +347,17 @@ impl Backend for OpenAiBackend {
                         usage = chunk.usage;
                     }
                     for choice in chunk.choices {
+                        let covered =
+                            want_logprobs && add_logprobs(choice.logprobs.as_ref(), &mut logprobs);
                         if let Some(text) = choice
                             .delta
                             .and_then(|d| d.content)
                             .filter(|t| !t.is_empty())
                         {
                             deltas += 1;
+                            if !covered {
+                                uncovered += 1;
+                            }
                             if !tx.send(EngineEvent::Delta(text)).await {
                                 return;
                             }
@@ -329,9 +375,14 @@ impl Backend for OpenAiBackend {
             }
             // Engines that stream without usage emit about one token per delta.
             let usage = usage_or_estimate(usage.as_ref(), prompt_chars, || deltas);
+            if uncovered > 0 {
+                logprobs.spoil();
+            }
+            let confidence = want_logprobs.then(|| logprobs.finish()).flatten();
             tx.send(EngineEvent::End {
                 finish_reason: finish_reason(finish.as_deref()),
                 usage,
+                confidence,
             })
             .await;
         });
@@ -377,4 +428,35 @@ where
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     routemesh_mesh::driven::driven_stream(|tx| produce(EventSender(tx)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logprobs_are_read_leniently() {
+        let read = |v: Value| {
+            let mut s = LogprobSummary::default();
+            let present = add_logprobs(Some(&v), &mut s);
+            (
+                present,
+                s.finish()
+                    .map(|c| (c.tokens, c.mean_logprob, c.min_logprob)),
+            )
+        };
+        let entries = serde_json::json!({"content": [
+            {"token": "a", "logprob": -0.5, "top_logprobs": []},
+            {"token": "b", "logprob": -1.5, "top_logprobs": []},
+        ]});
+        assert_eq!(read(entries), (true, Some((2, -1.0, -1.5))));
+        // No log-probabilities: absent, not an error.
+        assert_eq!(read(Value::Null), (false, None));
+        assert_eq!(read(serde_json::json!({"content": null})), (false, None));
+        // An entry without a number leaves its token unaccounted for.
+        let odd = serde_json::json!({"content": [{"logprob": -0.1}, {"logprob": "x"}]});
+        assert_eq!(read(odd), (true, None));
+        let mut s = LogprobSummary::default();
+        assert!(!add_logprobs(None, &mut s));
+    }
 }

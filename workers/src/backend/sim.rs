@@ -5,6 +5,11 @@
 //! stalls, and (with `replay`) the recorded answer and score of a routing
 //! dataset row, so routing quality can be measured end to end. Everything it
 //! returns is marked simulated.
+//!
+//! It has no model, so it has no log-probabilities: asked for them, it
+//! reports no confidence unless `logprobs` configures a synthetic one (see
+//! [`SimLogprobs`]). It never derives one from a replayed row's score, which
+//! would hand a cascade's verifier the answer it is meant to estimate.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -21,9 +26,8 @@ use tokio::time::Instant;
 use super::openai::async_stream_events;
 use super::{
     Backend, Completion, EngineError, EngineEvent, EngineStream, EngineUsage, GenerateInput,
-    estimate_tokens,
+    LogprobSummary, estimate_tokens,
 };
-use futures::StreamExt;
 
 /// A log-normal distribution given by its median and spread (σ of the log).
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq)]
@@ -83,6 +87,39 @@ pub struct SimConfig {
     /// Seed for reproducible runs; each request mixes in its request id.
     #[serde(default)]
     pub seed: Option<u64>,
+    /// A synthetic confidence to report when a request asks for
+    /// log-probabilities; unset, none is reported.
+    #[serde(default)]
+    pub logprobs: Option<SimLogprobs>,
+}
+
+/// Synthetic per-token log-probabilities, chosen by the prompt so tests and
+/// demos can script a cascade's accept or escalate: every generated token
+/// gets `unsure` when the last user message contains the word `unsure`, and
+/// `sure` otherwise. Nothing about the text is measured.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SimLogprobs {
+    #[serde(default = "default_sure")]
+    pub sure: f64,
+    #[serde(default = "default_unsure")]
+    pub unsure: f64,
+}
+
+fn default_sure() -> f64 {
+    -0.05
+}
+fn default_unsure() -> f64 {
+    -2.5
+}
+
+impl Default for SimLogprobs {
+    fn default() -> Self {
+        Self {
+            sure: default_sure(),
+            unsure: default_unsure(),
+        }
+    }
 }
 
 fn default_ttft() -> Spread {
@@ -116,6 +153,7 @@ impl Default for SimConfig {
             replay: None,
             replay_model: None,
             seed: None,
+            logprobs: None,
         }
     }
 }
@@ -236,6 +274,15 @@ impl SimBackend {
                 return Err(format!("backend.sim.{name}: {rate} is not in [0, 1]"));
             }
         }
+        if let Some(lp) = &config.logprobs {
+            for (name, v) in [("sure", lp.sure), ("unsure", lp.unsure)] {
+                if !(v.is_finite() && v <= 0.0) {
+                    return Err(format!(
+                        "backend.sim.logprobs.{name}: {v} is not a log-probability (<= 0)"
+                    ));
+                }
+            }
+        }
         let replay = match &config.replay {
             Some(path) => load_replay(path, config.replay_model.as_deref().unwrap_or(model))?,
             None => HashMap::new(),
@@ -290,6 +337,17 @@ impl SimBackend {
             fail: rng.random_bool(self.config.error_rate),
             stall: rng.random_bool(self.config.stall_rate),
             replay_quality: recorded.and_then(|r| r.score),
+            logprob: self
+                .config
+                .logprobs
+                .filter(|_| input.want_logprobs)
+                .map(|lp| {
+                    if prompt.contains("unsure") {
+                        lp.unsure
+                    } else {
+                        lp.sure
+                    }
+                }),
         }
     }
 }
@@ -301,6 +359,8 @@ struct Plan {
     fail: bool,
     stall: bool,
     replay_quality: Option<f64>,
+    /// Each token's synthetic log-probability, when one is to be reported.
+    logprob: Option<f64>,
 }
 
 #[async_trait::async_trait]
@@ -315,31 +375,7 @@ impl Backend for SimBackend {
 
     async fn generate(&self, input: GenerateInput) -> Result<Completion, EngineError> {
         let start = Instant::now();
-        let mut stream = self.stream(input).await?;
-        let mut text = String::new();
-        let mut first = None;
-        while let Some(event) = stream.next().await {
-            match event? {
-                EngineEvent::Delta(piece) => {
-                    first.get_or_insert_with(|| start.elapsed());
-                    text.push_str(&piece);
-                }
-                EngineEvent::End {
-                    finish_reason,
-                    usage,
-                } => {
-                    return Ok(Completion {
-                        text,
-                        finish_reason,
-                        usage,
-                        time_to_first_token: first,
-                    });
-                }
-            }
-        }
-        Err(EngineError::Malformed(
-            "simulated stream ended without an end event".into(),
-        ))
+        super::collect(self.stream(input).await?, start, "simulated").await
     }
 
     async fn stream(&self, input: GenerateInput) -> Result<EngineStream, EngineError> {
@@ -424,9 +460,15 @@ impl Backend for SimBackend {
                 estimated: true,
                 replay_quality: plan.replay_quality,
             };
+            let confidence = plan.logprob.and_then(|lp| {
+                let mut summary = LogprobSummary::default();
+                (0..produced).for_each(|_| summary.push(lp));
+                summary.finish()
+            });
             tx.send(EngineEvent::End {
                 finish_reason: finish,
                 usage,
+                confidence,
             })
             .await;
         }))
@@ -446,6 +488,7 @@ mod tests {
                 content: prompt.into(),
             }],
             params,
+            want_logprobs: false,
         }
     }
 
@@ -535,6 +578,46 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[tokio::test]
+    async fn synthetic_confidence_only_when_configured_and_asked() {
+        let asked = |prompt: &str| GenerateInput {
+            want_logprobs: true,
+            ..input(prompt, GenerationParams::default())
+        };
+        // No model, so by default nothing to report even when asked.
+        let plain = SimBackend::new(SimConfig::instant(), "m").unwrap();
+        assert_eq!(plain.generate(asked("hi")).await.unwrap().confidence, None);
+
+        let sim = SimBackend::new(
+            SimConfig {
+                logprobs: Some(SimLogprobs::default()),
+                ..SimConfig::instant()
+            },
+            "m",
+        )
+        .unwrap();
+        let done = sim
+            .generate(input("hi", GenerationParams::default()))
+            .await
+            .unwrap();
+        assert_eq!(done.confidence, None);
+        for (prompt, lp) in [("hi", -0.05), ("I am unsure", -2.5)] {
+            let done = sim.generate(asked(prompt)).await.unwrap();
+            let c = done.confidence.unwrap();
+            assert_eq!(c.tokens, done.usage.completion_tokens);
+            assert!((c.mean_logprob - lp).abs() < 1e-12 && c.min_logprob == lp);
+        }
+        let bad = SimConfig {
+            logprobs: Some(SimLogprobs {
+                sure: 0.5,
+                ..SimLogprobs::default()
+            }),
+            ..SimConfig::default()
+        };
+        let err = SimBackend::new(bad, "m").unwrap_err();
+        assert!(err.contains("backend.sim.logprobs.sure"), "{err}");
     }
 
     #[test]

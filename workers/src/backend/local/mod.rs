@@ -23,13 +23,13 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use routemesh_proto::v1::{ChatMessage, FinishReason};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc as tokio_mpsc;
 
 use super::{
     Backend, Completion, EngineError, EngineEvent, EngineStream, EngineUsage, GenerateInput,
+    LogprobSummary,
 };
 use model::{Model, Session};
 use sample::Sampler;
@@ -90,6 +90,7 @@ struct Job {
     temperature: f32,
     top_p: f32,
     seed: Option<u64>,
+    want_logprobs: bool,
     events: tokio_mpsc::Sender<Result<EngineEvent, EngineError>>,
 }
 
@@ -410,12 +411,18 @@ fn generate_inner(
     let mut utf8 = Utf8Stream::default();
     let mut stops = StopFilter::new(&job.stops);
     let mut completion = 0usize;
+    let mut logprobs = LogprobSummary::default();
     let mut finish = FinishReason::Length;
     while completion < budget {
         let next = sampler.next(&logits);
         if tok.is_end_of_turn(next) {
             finish = FinishReason::Stop;
             break;
+        }
+        // Over the tokens counted as the completion (the end-of-turn token
+        // is not one), so `tokens` matches `completion_tokens`.
+        if job.want_logprobs {
+            logprobs.push(sample::log_prob(&logits, next));
         }
         completion += 1;
         engine.decoded.fetch_add(1, Ordering::Relaxed);
@@ -462,6 +469,7 @@ fn generate_inner(
         EngineEvent::End {
             finish_reason: finish,
             usage,
+            confidence: logprobs.finish(),
         },
     ))
 }
@@ -474,31 +482,7 @@ impl Backend for LocalBackend {
 
     async fn generate(&self, input: GenerateInput) -> Result<Completion, EngineError> {
         let start = tokio::time::Instant::now();
-        let mut stream = self.stream(input).await?;
-        let mut text = String::new();
-        let mut first: Option<Duration> = None;
-        while let Some(event) = stream.next().await {
-            match event? {
-                EngineEvent::Delta(piece) => {
-                    first.get_or_insert_with(|| start.elapsed());
-                    text.push_str(&piece);
-                }
-                EngineEvent::End {
-                    finish_reason,
-                    usage,
-                } => {
-                    return Ok(Completion {
-                        text,
-                        finish_reason,
-                        usage,
-                        time_to_first_token: first,
-                    });
-                }
-            }
-        }
-        Err(EngineError::Malformed(
-            "local engine stream ended without an end event".into(),
-        ))
+        super::collect(self.stream(input).await?, start, "local engine").await
     }
 
     async fn stream(&self, input: GenerateInput) -> Result<EngineStream, EngineError> {
@@ -510,6 +494,7 @@ impl Backend for LocalBackend {
             temperature: params.temperature.unwrap_or(self.engine.temperature),
             top_p: params.top_p.unwrap_or(1.0),
             seed: params.seed,
+            want_logprobs: input.want_logprobs,
             messages: input.messages,
             events,
         };

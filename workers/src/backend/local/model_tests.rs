@@ -1,6 +1,7 @@
 //! The local backend with the real default model (SmolLM2-135M-Instruct
 //! Q4_1): golden greedy output, stop sequences, max_tokens, seeded sampling,
-//! queueing on slots, cancellation, and configuration errors.
+//! queueing on slots, cancellation, configuration errors, and the engine
+//! confidence (log-probabilities of the generated tokens).
 //!
 //! Without the model file these tests print why and pass, unless
 //! `ROUTEMESH_REQUIRE_LOCAL_MODEL` or `CI` is set (`./dev test` fetches the
@@ -59,6 +60,7 @@ fn input(prompt: &str, params: GenerationParams) -> GenerateInput {
             content: prompt.into(),
         }],
         params,
+        want_logprobs: false,
     }
 }
 
@@ -111,6 +113,49 @@ async fn golden_greedy_output() {
 }
 
 const GOLDEN_TEXT: &str = "L'Étoile, la Marseillaise, la femme, la femme au martyre, la";
+
+/// Asked for, the confidence covers exactly the completion's tokens (not the
+/// end of turn), with the model's log-probabilities: each <= 0, and for a
+/// greedy token at least -ln(vocabulary), as the argmax has at least the
+/// uniform share. Not asked for, there is none.
+#[tokio::test]
+async fn confidence_covers_the_completion_tokens() {
+    let Some(b) = backend(1) else { return };
+    let floor = -(b.engine.model.hyper.vocab as f64).ln();
+    let asked = |params| GenerateInput {
+        want_logprobs: true,
+        ..input(GOLDEN_PROMPT, params)
+    };
+    let done = b.generate(input(GOLDEN_PROMPT, greedy(8))).await.unwrap();
+    assert_eq!(done.confidence, None);
+    let stop = GenerationParams {
+        stop: vec![", la".into()],
+        ..greedy(24)
+    };
+    for params in [greedy(24), stop] {
+        let done = b.generate(asked(params)).await.unwrap();
+        let c = done.confidence.expect("a confidence");
+        assert_eq!(c.tokens, done.usage.completion_tokens, "{c:?}");
+        assert!(
+            floor <= c.min_logprob && c.min_logprob <= c.mean_logprob && c.mean_logprob <= 0.0,
+            "{c:?} (floor {floor})"
+        );
+    }
+    // "Hi" ends its own turn: the end-of-turn token is not covered.
+    let done = b
+        .generate(GenerateInput {
+            want_logprobs: true,
+            ..input("Reply with one word: hi", greedy(48))
+        })
+        .await
+        .unwrap();
+    if done.finish_reason == FinishReason::Stop {
+        assert_eq!(
+            done.confidence.map(|c| c.tokens),
+            Some(done.usage.completion_tokens)
+        );
+    }
+}
 
 #[tokio::test]
 async fn stop_sequences_and_max_tokens() {
@@ -182,6 +227,7 @@ async fn streams_queue_for_slots() {
             Some(EngineEvent::End {
                 finish_reason,
                 usage,
+                confidence: None,
             }) => {
                 assert_eq!(*finish_reason, FinishReason::Length);
                 assert_eq!((usage.prompt_tokens, usage.completion_tokens), (37, 6));

@@ -83,6 +83,24 @@ fn nucleus_len(sorted: &[(f32, u32)], mass: f32) -> Option<usize> {
     None
 }
 
+/// The model's log-probability of `token` under `logits`: the log-softmax
+/// at temperature 1, whatever the sampler's temperature or nucleus, so it
+/// measures the model's own certainty (as OpenAI-compatible engines report
+/// it) rather than the sampling settings. One pass of exponentials over the
+/// vocabulary, about as costly as the greedy argmax; run only when asked.
+pub fn log_prob(logits: &[f32], token: u32) -> f64 {
+    let Some(&chosen) = logits.get(token as usize) else {
+        return f64::NAN;
+    };
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if !max.is_finite() {
+        return f64::NAN;
+    }
+    // Summed in f64: 49k terms in f32 would lose the small ones.
+    let sum: f64 = logits.iter().map(|&l| f64::from((l - max).exp())).sum();
+    f64::from(chosen - max) - sum.ln()
+}
+
 /// The index of the largest logit (the first, on ties).
 pub fn argmax(logits: &[f32]) -> u32 {
     let mut best = 0;
@@ -97,6 +115,19 @@ pub fn argmax(logits: &[f32]) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_prob_is_the_log_softmax() {
+        let logits = [1.0f32, 2.0, 3.0];
+        let z: f64 = logits.iter().map(|&l| f64::from(l).exp()).sum();
+        for (i, &l) in logits.iter().enumerate() {
+            let expected = f64::from(l) - z.ln();
+            assert!((log_prob(&logits, i as u32) - expected).abs() < 1e-6);
+        }
+        // Large logits do not overflow; a certain token is log 1 = 0.
+        assert!(log_prob(&[1000.0, 0.0], 0).abs() < 1e-9);
+        assert!(log_prob(&[1.0], 3).is_nan());
+    }
 
     #[test]
     fn greedy_takes_the_largest() {
