@@ -10,6 +10,10 @@
 //! when the prompt contains `unsure`, else [`SURE_LOGPROBS`]. The prompt
 //! `no-logprobs` plays an engine that ignores the parameter, and
 //! `partial-logprobs` one that streams them for the first two pieces only.
+//!
+//! A verification question (a cascade's self-check: the last message holds
+//! `Proposed answer:`) gets a one-word verdict, `Incorrect` when the
+//! question says `unsure`, else `Correct` (unary only).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -146,9 +150,17 @@ async fn completions(State(state): State<FakeOpenAi>, body: axum::Json<Value>) -
         _ => {}
     }
     if !stream {
+        let content = match (
+            prompt.contains("Proposed answer:"),
+            prompt.contains("unsure"),
+        ) {
+            (true, true) => "Incorrect".to_string(),
+            (true, false) => "Correct".to_string(),
+            (false, _) => ANSWER_PIECES.concat(),
+        };
         let mut answer = json!({
             "id": "chatcmpl-fake", "object": "chat.completion", "created": 0, "model": "fake",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": ANSWER_PIECES.concat()}, "finish_reason": "stop"}],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
         });
         if let Some(lps) = logprobs {
             let content: Vec<Value> = ANSWER_PIECES

@@ -407,3 +407,81 @@ async fn the_learned_verifier_judges_answers_from_their_text() {
     assert_eq!(response.text, STRONG_SHIRT);
     assert!(response.route.unwrap().escalated);
 }
+
+/// A mesh whose cheap model is an OpenAI-compatible engine (the fake), so
+/// its answers come with scripted log-probabilities and verdicts.
+fn engine_mesh(cascade: &str, base_url: &str) -> Process {
+    let yaml = format!(
+        "gateway:\n  listen: 127.0.0.1:0\n  http_listen: null\n  admin_listen: 127.0.0.1:0\n  request_timeout: 20s\n  load_interval: 100ms\n  discovery_interval: 100ms\n  router: {{enabled: false}}\n  strategy: cascade\n  cascade: {cascade}\nworkers:\n  - id: engine-0\n    model: cheap\n    tier: small\n    input_usd_per_mtok: 0.2\n    output_usd_per_mtok: 0.2\n    backend:\n      openai:\n        base_url: {base_url}\n        timeout: 5s\n  - id: strong-0\n    model: strong\n    tier: large\n    input_usd_per_mtok: 12\n    output_usd_per_mtok: 36\n    backend:\n      sim: {{tokens_per_second: {{median: 0}}, ttft_ms: {{median: 0}}}}\n"
+    );
+    Process::start("engine-cascade", "up", &yaml, &[]).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_confidence_and_self_check_judge_real_engine_answers() {
+    let fake = routemesh_tests::fake_openai::FakeOpenAi::start().await;
+
+    // Engine confidence: the fake's log-probs are sure (mean -0.05) unless
+    // the prompt says "unsure" (mean -2.5); the default logistic puts them
+    // at about 0.93 and nearly 0.
+    let m = engine_mesh("{verifier: confidence}", &fake.base_url);
+    wait_for_pool(&m.gateway_url(), 2).await;
+    let sure = generate(&m, request("What is 2+2?", None)).await;
+    let route = sure.route.unwrap();
+    assert!(!route.escalated, "{route:?}");
+    let step = &route.cascade[0];
+    assert_eq!(
+        (step.verifier.as_str(), step.outcome.as_str()),
+        ("confidence", "accepted")
+    );
+    assert!(step.score > 0.9, "{step:?}");
+    let unsure = generate(&m, request("unsure: what is 2+2?", None)).await;
+    let route = unsure.route.unwrap();
+    assert!(route.escalated, "{route:?}");
+    assert!(route.cascade[0].score < 0.01, "{:?}", route.cascade[0]);
+    assert_eq!(unsure.usage.unwrap().model, "strong");
+    // The engine was asked for log-probs on the cheap step only.
+    let asked: Vec<bool> = fake
+        .state
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|b| b["logprobs"].as_bool() == Some(true))
+        .collect();
+    assert_eq!(asked, [true, true]);
+    drop(m);
+
+    // Self-check (AutoMix): the cheap model is asked whether its answer is
+    // correct, twice; each verdict is a billed call.
+    fake.state.requests.lock().unwrap().clear();
+    let m = engine_mesh(
+        "{verifier: self-check, self_check: {samples: 2}}",
+        &fake.base_url,
+    );
+    wait_for_pool(&m.gateway_url(), 2).await;
+    let judged = generate(&m, request("What is 2+2?", None)).await;
+    let route = judged.route.unwrap();
+    let step = &route.cascade[0];
+    assert_eq!(
+        (step.verifier.as_str(), step.outcome.as_str(), step.score),
+        ("self-check", "accepted", 1.0)
+    );
+    // Three calls to the engine: the answer and two verdicts, all in the cost.
+    let requests = fake.state.requests.lock().unwrap().clone();
+    assert_eq!(requests.len(), 3);
+    let question = requests[1]["messages"].as_array().unwrap().last().unwrap()["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        question.contains("What is 2+2?")
+            && question.contains("Proposed answer: Hello from the fake engine."),
+        "{question}"
+    );
+    assert!(judged.usage.unwrap().cost_usd > step.cost_usd);
+    let doubted = generate(&m, request("unsure: what is 2+2?", None)).await;
+    let route = doubted.route.unwrap();
+    assert_eq!(route.cascade[0].score, 0.0);
+    assert!(route.escalated);
+}
