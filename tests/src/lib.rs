@@ -430,11 +430,20 @@ pub async fn wait_for_pool(url: &str, workers: usize) {
         || {
             let url = url.clone();
             async move {
+                // The pool as the gateway lists it (a cascade's dry run
+                // shows only its first step's candidates).
                 gateway_client(&url)
                     .await
-                    .route(ask("hi"))
+                    .list_models(routemesh_proto::v1::ListModelsRequest {})
                     .await
-                    .map(|d| d.into_inner().candidates.len() == workers)
+                    .map(|r| {
+                        r.into_inner()
+                            .models
+                            .iter()
+                            .map(|m| m.workers.len())
+                            .sum::<usize>()
+                            == workers
+                    })
                     .unwrap_or(false)
             }
         },

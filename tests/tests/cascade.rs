@@ -249,6 +249,19 @@ async fn an_accepted_answer_is_the_cheap_one_alone() {
     let m = &mesh.process;
     wait_for_pool(&m.gateway_url(), 2).await;
 
+    // The dry run shows the cascade's first call: among the cheap tier.
+    let mut client = gateway_client(&m.gateway_url()).await;
+    let dry = client
+        .route(request(EGGS, None))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (dry.strategy.as_str(), dry.model.as_str()),
+        ("cascade", "cheap")
+    );
+    assert!(dry.candidates.iter().all(|c| c.model == "cheap"), "{dry:?}");
+
     let response = generate(m, request(EGGS, None)).await;
     assert_eq!(response.text, CHEAP_EGGS);
     let route = response.route.unwrap();
@@ -484,4 +497,47 @@ async fn engine_confidence_and_self_check_judge_real_engine_answers() {
     let route = doubted.route.unwrap();
     assert_eq!(route.cascade[0].score, 0.0);
     assert!(route.escalated);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cascade_routing_skips_a_cheap_model_predicted_to_fail() {
+    // Models the router knows, so it predicts both; `direct_below: 1.0` is
+    // above any prediction: every prompt skips the cheap step.
+    let weak = "mistralai/Mixtral-8x7B-Instruct-v0.1";
+    let strong = "gpt-4-1106-preview";
+    let sim = "{tokens_per_second: {median: 0}, ttft_ms: {median: 0}}";
+    let yaml = format!(
+        "gateway:\n  listen: 127.0.0.1:0\n  http_listen: null\n  admin_listen: 127.0.0.1:0\n  load_interval: 100ms\n  discovery_interval: 100ms\n  router: {{artifact: {}}}\n  strategy: cascade\n  cascade: {{direct_below: 1.0}}\nworkers:\n  - id: weak-0\n    model: {weak}\n    tier: small\n    input_usd_per_mtok: 0.6\n    output_usd_per_mtok: 0.6\n    backend: {{sim: {sim}}}\n  - id: strong-0\n    model: {strong}\n    tier: large\n    input_usd_per_mtok: 10\n    output_usd_per_mtok: 30\n    backend: {{sim: {sim}}}\n",
+        workspace_root().join("router/artifacts/default").display()
+    );
+    let m = Process::start("skip-mesh", "up", &yaml, &[]).unwrap();
+    wait_for_pool(&m.gateway_url(), 2).await;
+    let mut client = gateway_client(&m.gateway_url()).await;
+    let dry = client
+        .route(request(EGGS, None))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(dry.model, strong, "the dry run shows the skip too");
+
+    let response = generate(&m, request(EGGS, None)).await;
+    let route = response.route.unwrap();
+    assert_eq!(route.model, strong);
+    let steps: Vec<(&str, &str)> = route
+        .cascade
+        .iter()
+        .map(|s| (s.model.as_str(), s.outcome.as_str()))
+        .collect();
+    assert_eq!(steps, [(weak, "skipped"), (strong, "answering")]);
+    assert!(route.cascade[0].score < 1.0 && route.cascade[0].threshold == 1.0);
+    // Not an escalation: nothing was answered and replaced.
+    assert!(!route.escalated);
+    assert_eq!(
+        metric(&m, "routemesh_cascade_skips_total", &[("model", weak)]),
+        1.0
+    );
+    assert_eq!(
+        metric(&m, "routemesh_worker_calls_total", &[("worker", "weak-0")]),
+        0.0
+    );
 }

@@ -92,7 +92,17 @@ impl Pipeline {
             live: &live,
             cost_weight: state.cost_targets.cost_weight(&req.tenant),
         };
-        let workers: Vec<_> = snapshot.iter().collect();
-        Ok(state.routing.route(&cx, &workers, &[])?.explanation)
+        // A strategy that narrows the first call (a cascade's cheap step)
+        // is shown as that call would be routed.
+        let first = self
+            .strategy
+            .first_step_models(&snapshot, &req, predicted.as_ref());
+        let workers: Vec<_> = snapshot
+            .iter()
+            .filter(|w| first.as_ref().is_none_or(|m| m.contains(&w.record.model)))
+            .collect();
+        let mut decision = state.routing.route(&cx, &workers, &[])?.explanation;
+        decision.strategy = self.strategy.name().to_string();
+        Ok(decision)
     }
 }

@@ -21,8 +21,9 @@ use super::verify::{Judged, Verifier};
 use super::{Single, Strategy};
 use crate::config::{CascadeConfig, Unverifiable, VerifierKind};
 use crate::error::GatewayError;
-use crate::pool::WorkerHandle;
+use crate::pool::{Snapshot, WorkerHandle};
 use crate::routing::policy::Hints;
+use crate::routing::quality::Predicted;
 use crate::serve::attempt::{Answer, Delivery, Flight, Step};
 
 #[derive(Debug)]
@@ -83,10 +84,9 @@ fn tier_rank(tier: Tier) -> usize {
 }
 
 /// The models the request's hints allow, once each, weakest first.
-fn ladder(flight: &Flight) -> Vec<Rung> {
-    let hints = &flight.req.hints;
+fn ladder(snapshot: &Snapshot, hints: &Hints) -> Vec<Rung> {
     let mut rungs: Vec<Rung> = Vec::new();
-    for worker in flight.snapshot.iter() {
+    for worker in snapshot.iter() {
         let model = &worker.record.model;
         let allowed = (hints.allowed_models.is_empty() || hints.allowed_models.contains(model))
             && (hints.allowed_tiers.is_empty()
@@ -106,6 +106,22 @@ fn ladder(flight: &Flight) -> Vec<Rung> {
             .then(a.model.cmp(&b.model))
     });
     rungs
+}
+
+/// The models of the step after `above` (the first step: the cheapest
+/// tier).
+fn step_models(rungs: &[Rung], above: Option<&Rung>) -> Vec<String> {
+    let Some(lowest) = rungs.first() else {
+        return Vec::new();
+    };
+    rungs
+        .iter()
+        .filter(|r| match above {
+            None => r.tier == lowest.tier,
+            Some(a) => r.stronger_than(a),
+        })
+        .map(|r| r.model.clone())
+        .collect()
 }
 
 /// What the request has spent so far, against its hints.
@@ -144,17 +160,32 @@ impl Strategy for Cascade {
         "cascade"
     }
 
+    fn first_step_models(
+        &self,
+        snapshot: &Snapshot,
+        req: &crate::request::ValidRequest,
+        predicted: Option<&Predicted>,
+    ) -> Option<Vec<String>> {
+        if req.pinned_model.is_some() || req.threshold.is_some() {
+            return None;
+        }
+        let rungs = ladder(snapshot, &req.hints);
+        let above = self.skip_cheap(&rungs, predicted).map(|(r, _, _)| r);
+        let models = step_models(&rungs, above.as_ref());
+        (!models.is_empty()).then_some(models)
+    }
+
     async fn run(&self, flight: &mut Flight, delivery: Delivery) -> Result<Answer, GatewayError> {
         // A model the client named, or RouteLLM threshold routing, is one
         // decision by definition.
         if flight.req.pinned_model.is_some() || flight.req.threshold.is_some() {
             return Single.run(flight, delivery).await;
         }
-        let rungs = ladder(flight);
-        let Some(lowest) = rungs.first().cloned() else {
+        let rungs = ladder(&flight.snapshot, &flight.req.hints);
+        if rungs.is_empty() {
             // Nothing the hints allow: routing says why.
             return Single.run(flight, delivery).await;
-        };
+        }
         let prompt = flight.req.routing_prompt().to_string();
         let mut spent = Spent {
             cost_usd: 0.0,
@@ -167,52 +198,27 @@ impl Strategy for Cascade {
 
         // Cascade routing: when every cheap model is predicted to fail, its
         // answer would be escalated anyway.
-        if let (Some(below), Some(predicted)) = (self.config.direct_below, &flight.predicted) {
-            let cheap: Vec<&Rung> = rungs.iter().filter(|r| r.tier == lowest.tier).collect();
-            let best = cheap
-                .iter()
-                .filter_map(|r| predicted.scores.get(&r.model).map(|q| (r, *q)))
-                .max_by(|a, b| a.1.total_cmp(&b.1));
-            let has_stronger = rungs.iter().any(|r| r.tier > lowest.tier);
-            if let Some((rung, quality)) = best
-                && quality < below
-                && has_stronger
-                && cheap.len()
-                    == cheap
-                        .iter()
-                        .filter(|r| predicted.scores.contains_key(&r.model))
-                        .count()
-            {
-                crate::metrics::cascade_skip(&rung.model);
-                trail.push(CascadeStep {
-                    model: rung.model.clone(),
-                    outcome: "skipped".into(),
-                    score: quality,
-                    threshold: below,
-                    reason: format!(
-                        "the router predicts {quality:.2} for {}, under direct_below {below}: straight to a stronger model",
-                        rung.model
-                    ),
-                    ..CascadeStep::default()
-                });
-                above = cheap
-                    .iter()
-                    .max_by(|a, b| a.price.total_cmp(&b.price))
-                    .map(|r| (*r).clone());
-            }
+        if let Some((skipped, quality, below)) = self.skip_cheap(&rungs, flight.predicted.as_ref())
+        {
+            crate::metrics::cascade_skip(&skipped.model);
+            trail.push(CascadeStep {
+                model: skipped.model.clone(),
+                outcome: "skipped".into(),
+                score: quality,
+                threshold: below,
+                reason: format!(
+                    "the router predicts {quality:.2} for {}, under direct_below {below}: straight to a stronger model",
+                    skipped.model
+                ),
+                ..CascadeStep::default()
+            });
+            above = Some(skipped);
         }
 
         let max_steps = self.config.max_steps as usize;
         let mut answered = 0usize;
         loop {
-            let candidates: Vec<String> = rungs
-                .iter()
-                .filter(|r| match &above {
-                    None => r.tier == lowest.tier,
-                    Some(a) => r.stronger_than(a),
-                })
-                .map(|r| r.model.clone())
-                .collect();
+            let candidates = step_models(&rungs, above.as_ref());
             let escalating = kept.is_some();
             if candidates.is_empty() {
                 // Only reachable after a weak answer: nothing stronger.
@@ -338,6 +344,36 @@ impl Strategy for Cascade {
 }
 
 impl Cascade {
+    /// The cheap rung to skip (the most expensive of the cheapest tier, so
+    /// the next step is the tier above), with the best predicted quality
+    /// among the cheap models and `direct_below`, when the router predicts
+    /// every cheap model under `direct_below` and a stronger model exists.
+    fn skip_cheap(
+        &self,
+        rungs: &[Rung],
+        predicted: Option<&Predicted>,
+    ) -> Option<(Rung, f64, f64)> {
+        let below = self.config.direct_below?;
+        let predicted = predicted?;
+        let lowest = rungs.first()?;
+        let cheap: Vec<&Rung> = rungs.iter().filter(|r| r.tier == lowest.tier).collect();
+        if !rungs.iter().any(|r| r.tier > lowest.tier) {
+            return None;
+        }
+        // Every cheap model must be predicted: one the router does not know
+        // may well answer.
+        let qualities: Option<Vec<f64>> = cheap
+            .iter()
+            .map(|r| predicted.scores.get(&r.model).copied())
+            .collect();
+        let best = qualities?.into_iter().fold(f64::NEG_INFINITY, f64::max);
+        if best >= below {
+            return None;
+        }
+        let top = cheap.iter().max_by(|a, b| a.price.total_cmp(&b.price))?;
+        Some(((*top).clone(), best, below))
+    }
+
     /// Ends with the weak answer in hand when no escalation can run: the
     /// client's `quality_floor` makes that an error naming why; without one
     /// the answer is returned, its decision saying it was kept and why.

@@ -31,4 +31,15 @@ pub(crate) trait Strategy: Send + Sync + std::fmt::Debug {
     /// client's `delivery` where it can (a strategy that must read an answer
     /// before deciding asks for it whole; the serving path streams it).
     async fn run(&self, flight: &mut Flight, delivery: Delivery) -> Result<Answer, GatewayError>;
+
+    /// For a dry run (`Route`): the models the first call would route
+    /// among, when the strategy narrows the pool (`None`: the whole pool).
+    fn first_step_models(
+        &self,
+        _snapshot: &crate::pool::Snapshot,
+        _req: &crate::request::ValidRequest,
+        _predicted: Option<&crate::routing::quality::Predicted>,
+    ) -> Option<Vec<String>> {
+        None
+    }
 }

@@ -128,8 +128,17 @@ impl Verifier {
         let mut judgement = Judgement::default();
         let (mut correct, mut read) = (0u32, 0u32);
         for _ in 0..self.self_check.samples {
-            let Answer::Whole { response, .. } = flight.call(&step, Delivery::Whole).await? else {
-                continue;
+            let response = match flight.call(&step, Delivery::Whole).await {
+                Ok(Answer::Whole { response, .. }) => response,
+                Ok(Answer::Stream(_)) => continue,
+                // Out of time: the request is over.
+                Err(e @ GatewayError::Deadline(_)) => return Err(e),
+                // A verdict that could not be had is no verdict: the answer
+                // in hand is judged on the others (or is unverifiable).
+                Err(e) => {
+                    tracing::info!(error = %e, "a self-check call failed; judging without it");
+                    continue;
+                }
             };
             judgement.cost_usd += response.usage.as_ref().map_or(0.0, |u| u.cost_usd);
             if let Some(verdict) = read_verdict(&response.text) {
