@@ -34,6 +34,7 @@ PRICES = {WEAK: (0.6, 0.6), STRONG: (10.0, 30.0)}
 
 
 def stubs(out: pathlib.Path):
+    out.mkdir(parents=True, exist_ok=True)
     protos = [str(p) for p in (ROOT / "proto").rglob("*.proto")]
     subprocess.run(
         [sys.executable, "-m", "grpc_tools.protoc", f"-I{ROOT / 'proto'}", f"--python_out={out}",
