@@ -1,11 +1,13 @@
 //! Training side of routemesh's learned router: routing data and its cost model, fitting the predictors,
 //! writing artifacts, cross-validated evaluation, the route_eval.py metrics, and the
-//! `routemesh router ...` command line (train, eval, score, calibrate, predict).
+//! `routemesh router ...` command line (train, eval, score, calibrate, predict), and the cascade's
+//! acceptance threshold calibrated on recorded answers.
 //!
 //! The serving path never links this crate: the gateway library uses `routemesh-router` (encoder, fast
 //! path, predictors' inference, artifact loading) and only the `routemesh` binary's `router` subcommand
 //! calls into here.
 
+pub mod cascade_threshold;
 pub mod cli;
 pub mod data;
 pub mod distill;

@@ -1,5 +1,6 @@
 //! `routemesh router calibrate` and the calibration `train` records: strong/weak thresholds per share of
 //! strong calls (quantiles of the predicted score gap) and the default λ for argmax(quality − λ·cost).
+//! `--cascade` is handed to [`super::cascade`] (the gateway cascade's acceptance threshold).
 
 use std::path::PathBuf;
 
@@ -16,20 +17,41 @@ use crate::save;
 // `RouterCommand::Calibrate`).
 #[derive(Debug, clap::Args)]
 pub struct CalibrateArgs {
-    #[arg(long)]
-    pub router: PathBuf,
+    /// Artifact directory (required unless --cascade, which defaults to router/artifacts/default of
+    /// this source tree and reads its verifier).
+    #[arg(long, required_unless_present = "cascade")]
+    pub router: Option<PathBuf>,
     #[arg(required = true)]
     pub data: Vec<PathBuf>,
     #[arg(long)]
     pub models: Option<PathBuf>,
     /// Also calibrate the pair threshold for this share of strong-model calls (0 < S < 1;
     /// repeatable), next to the 10%…90% grid.
-    #[arg(long = "strong-share")]
+    #[arg(long = "strong-share", conflicts_with = "cascade")]
     pub strong_shares: Vec<f64>,
     /// Set the default λ to the one whose routed mean cost per request on this data is closest to
     /// this many USD without exceeding it (instead of "the cheapest λ matching the best model").
+    /// With --cascade: the cascade's mean cost per request (the weak call on every request, the
+    /// strong call on escalated ones); the largest escalation share within it is taken.
     #[arg(long)]
     pub target_cost: Option<f64>,
+    /// Calibrate the gateway cascade's acceptance threshold instead (writes nothing: prints the
+    /// `gateway.cascade.accept_threshold` to paste). Scores the weak model's recorded answers
+    /// (`responses`) with the artifact's verifier and reports the escalation share, cost per request
+    /// and quality the threshold gives on these rows. Rows the verifier was trained on score
+    /// in-sample (optimistic): calibrate on held-out rows where you have them.
+    #[arg(long)]
+    pub cascade: bool,
+    /// With --cascade: the share of requests to escalate (0..1; the nearest share the rows allow).
+    #[arg(long, requires = "cascade", conflicts_with = "target_cost")]
+    pub escalation_share: Option<f64>,
+    /// With --cascade: the model answering first (default: of the two models with recorded answers,
+    /// the cheaper in models.json).
+    #[arg(long, requires = "cascade")]
+    pub weak: Option<String>,
+    /// With --cascade: the model escalated to (default: the other model with recorded answers).
+    #[arg(long, requires = "cascade")]
+    pub strong: Option<String>,
     #[command(flatten)]
     pub enc: EncoderArgs,
 }
@@ -41,8 +63,25 @@ pub(super) fn run(args: CalibrateArgs) -> anyhow::Result<()> {
         models,
         strong_shares,
         target_cost,
+        cascade,
+        escalation_share,
+        weak,
+        strong,
         enc,
     } = args;
+    if cascade {
+        return super::cascade::run(super::cascade::CascadeOpts {
+            router,
+            data,
+            models,
+            escalation_share,
+            target_cost,
+            weak,
+            strong,
+            enc,
+        });
+    }
+    let router = router.context("--router DIR: the artifact whose manifest is recalibrated")?;
     if let Some(bad) = strong_shares.iter().find(|s| !(**s > 0.0 && **s < 1.0)) {
         anyhow::bail!("--strong-share {bad}: a share of strong calls is between 0 and 1");
     }

@@ -1,12 +1,13 @@
 //! `routemesh router ...`: train, evaluate, score and calibrate routers from the command line.
 //!
-//! One module per command (`train`, `eval`, `score` with `predict`, `calibrate`, `verify` with
-//! `train-verifier`), the predictor specs they
+//! One module per command (`train`, `eval`, `score` with `predict`, `calibrate` with its `--cascade`
+//! mode in `cascade`, `verify` with `train-verifier`), the predictor specs they
 //! parse (`spec`) and what they read (`inputs`).
 
 use std::path::PathBuf;
 
 mod calibrate;
+mod cascade;
 mod eval;
 mod inputs;
 mod score;
@@ -35,7 +36,12 @@ pub enum RouterCommand {
     Train(TrainArgs),
     /// Write route_eval.py predictions (`{"id", "scores"}` per line) of a router for data rows.
     Score(ScoreArgs),
-    /// Recompute a router's strong/weak thresholds and default λ on (held-out) data; rewrites the manifest.
+    /// Recompute a router's strong/weak thresholds and default λ on (held-out) data; rewrites the manifest
+    /// (`--cascade`: the gateway cascade's acceptance threshold instead, printed, nothing written).
+    ///
+    /// With --cascade: the acceptance threshold for a target escalation share or cost per request, from
+    /// the artifact verifier's scores of the weak model's recorded answers. The verifier's own training
+    /// rows score in-sample, so the share, cost and quality it reports on them are optimistic.
     Calibrate(CalibrateArgs),
     /// Predicted quality per model for prompts given as arguments (a quick look, and a latency check).
     Predict(PredictArgs),
