@@ -245,7 +245,11 @@ pub fn sigmoid(z: f64) -> f64 {
 /// `ln(p / (1 − p))`, with `p` clamped to `[1e-6, 1 − 1e-6]` so saturated scores stay finite (the
 /// clamp cascade routing's stacker uses; NaN counts as 0.5).
 pub fn logit(p: f64) -> f64 {
-    let p = if p.is_nan() { 0.5 } else { p.clamp(1e-6, 1.0 - 1e-6) };
+    let p = if p.is_nan() {
+        0.5
+    } else {
+        p.clamp(1e-6, 1.0 - 1e-6)
+    };
     (p / (1.0 - p)).ln()
 }
 
@@ -965,8 +969,11 @@ mod tests {
             gap_mean,
             rows: 4,
         });
-        m.calibration.adjusted_per_model =
-            [("weak".to_string(), percentiles(&[0.05, 0.3, 0.35, 0.8, 0.97]))].into();
+        m.calibration.adjusted_per_model = [(
+            "weak".to_string(),
+            percentiles(&[0.05, 0.3, 0.35, 0.8, 0.97]),
+        )]
+        .into();
         AnswerVerifier::new(m, v.weights().clone(), None).unwrap()
     }
 
@@ -1043,7 +1050,10 @@ mod tests {
         // (serde_json's default float parsing may differ in the last bit: compare the new fields.)
         assert_eq!(back.gap_adjustment, v.manifest().gap_adjustment);
         assert_eq!(
-            back.calibration.adjusted_per_model.keys().collect::<Vec<_>>(),
+            back.calibration
+                .adjusted_per_model
+                .keys()
+                .collect::<Vec<_>>(),
             ["weak"]
         );
     }

@@ -343,7 +343,9 @@ pub fn fit_gap_adjustment(gap: &[f64], weak_score: &[f64], gain: &[f64]) -> Opti
     }
     let x = Array2::from_shape_vec(
         (n, 2),
-        (0..n).flat_map(|i| [gap[i], logit(weak_score[i])]).collect(),
+        (0..n)
+            .flat_map(|i| [gap[i], logit(weak_score[i])])
+            .collect(),
     )
     .ok()?;
     let (w, _) = fit_ridge(&x, gain, 1.0);
@@ -439,8 +441,7 @@ pub fn serving_form(
         let tr: Vec<usize> = (0..n).filter(|&i| fold[p.rows[i]] != f).collect();
         let pick = |v: &[f64]| -> Vec<f64> { tr.iter().map(|&i| v[i]).collect() };
         let gain: Vec<f64> = tr.iter().map(|&i| p.q_strong[i] - p.q_weak[i]).collect();
-        let Some((k, gap_mean)) = fit_gap_adjustment(&pick(routing), &pick(verifier), &gain)
-        else {
+        let Some((k, gap_mean)) = fit_gap_adjustment(&pick(routing), &pick(verifier), &gain) else {
             continue;
         };
         for i in (0..n).filter(|&i| fold[p.rows[i]] == f) {

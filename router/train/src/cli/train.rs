@@ -143,15 +143,7 @@ pub(super) fn run(args: TrainArgs) -> anyhow::Result<()> {
                 opts.verifier_seed,
             )?,
         };
-        super::verify::train_and_save(
-            &out,
-            &table,
-            &prices,
-            &opts,
-            None,
-            Some(&router_oof),
-            &enc,
-        )?;
+        super::verify::train_and_save(&out, &table, &prices, &opts, None, Some(&router_oof), &enc)?;
     }
     Ok(())
 }
