@@ -11,6 +11,11 @@
 //!
 //! Stored as the sub-directory `verifier/` of a router artifact: `manifest.json` (features, models,
 //! calibration quantiles) and `weights.f32` (standardisation, weights, biases), checked by sha256.
+//!
+//! Cascade routing at serving time: the manifest may carry a [`GapAdjustment`] fitted on one weak/strong
+//! pair, which turns the stacked escalation score of training (`b + w_gap·gap + w_logit·logit(p)`,
+//! `w_logit < 0`) into a plain acceptance threshold on the gap-adjusted logit
+//! `logit(p) − k·(gap − gap_mean)` with `k = w_gap / |w_logit|` ([`AnswerVerifier::adjusted_score`]).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -117,6 +122,28 @@ pub struct VerifierCalibration {
     /// Whether the scores were out-of-fold (else in-sample, slightly optimistic).
     #[serde(default)]
     pub out_of_fold: bool,
+    /// [`QUANTILE_POINTS`] gap-adjusted scores ([`AnswerVerifier::adjusted_score`]) per answering model,
+    /// ascending; only the weak model of the [`GapAdjustment`] pair (the one whose answers are verified).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub adjusted_per_model: BTreeMap<String, Vec<f64>>,
+}
+
+/// How the verifier's score is adjusted for the router's predicted gap (strong − weak) of a prompt, fitted
+/// on one pair's rows: accept iff `logit(p) − gap_weight·(gap − gap_mean)` clears a threshold, which is
+/// the stacked escalation score of cascade routing with one cutoff.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GapAdjustment {
+    /// The cheap model whose answers are verified.
+    pub weak: String,
+    /// The model an escalation goes to.
+    pub strong: String,
+    /// `k = w_gap / |w_logit|` of the stacker: logit units per unit of predicted gap.
+    pub gap_weight: f64,
+    /// Mean predicted gap of the training rows (centres the adjustment, so an average prompt is unchanged).
+    pub gap_mean: f64,
+    /// Rows (prompts with both answers) it was fitted on.
+    #[serde(default)]
+    pub rows: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -137,6 +164,9 @@ pub struct VerifierManifest {
     /// Free-form provenance (data, CV results).
     #[serde(default)]
     pub training: serde_json::Value,
+    /// The gap adjustment of cascade routing, when one was fitted (older manifests have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gap_adjustment: Option<GapAdjustment>,
 }
 
 /// One answer to verify.
@@ -210,6 +240,17 @@ impl VerifierWeights {
 
 pub fn sigmoid(z: f64) -> f64 {
     1.0 / (1.0 + (-z).exp())
+}
+
+/// `ln(p / (1 − p))`, with `p` clamped to `[1e-6, 1 − 1e-6]` so saturated scores stay finite (the
+/// clamp cascade routing's stacker uses; NaN counts as 0.5).
+pub fn logit(p: f64) -> f64 {
+    let p = if p.is_nan() {
+        0.5
+    } else {
+        p.clamp(1e-6, 1.0 - 1e-6)
+    };
+    (p / (1.0 - p)).ln()
 }
 
 /// A loaded answer verifier. `Send + Sync`; `score` is synchronous CPU work of tens of microseconds.
@@ -329,6 +370,43 @@ impl AnswerVerifier {
         quantile_at(q, share)
     }
 
+    /// The pair the gap adjustment was fitted on, `(weak, strong)`, when it was.
+    pub fn gap_pair(&self) -> Option<(&str, &str)> {
+        self.manifest
+            .gap_adjustment
+            .as_ref()
+            .map(|g| (g.weak.as_str(), g.strong.as_str()))
+    }
+
+    /// P(good) adjusted for the router's predicted gap (strong − weak) of the prompt:
+    /// `sigmoid(logit(score) − k·(gap − gap_mean))`; the plain score without a fitted adjustment (or for a
+    /// non-finite gap, which says nothing about the prompt).
+    pub fn adjusted_score(&self, score: f64, gap: f64) -> f64 {
+        match &self.manifest.gap_adjustment {
+            Some(g) if gap.is_finite() && g.gap_weight.is_finite() => {
+                adjust(score, gap, g.gap_weight, g.gap_mean)
+            }
+            _ => score,
+        }
+    }
+
+    /// Like [`Self::threshold_for_escalation_share`], on adjusted scores: the threshold under which
+    /// `share` of the training answers of `model` would be escalated when they are compared after
+    /// [`Self::adjusted_score`]. Falls back to the plain thresholds for a model without adjusted
+    /// percentiles (no adjustment fitted, or not the pair's weak model), where the adjustment is not used.
+    pub fn adjusted_threshold_for_escalation_share(&self, model: &str, share: f64) -> f64 {
+        match self
+            .manifest
+            .calibration
+            .adjusted_per_model
+            .get(model)
+            .filter(|q| !q.is_empty() && self.manifest.gap_adjustment.is_some())
+        {
+            Some(q) => quantile_at(q, share),
+            None => self.threshold_for_escalation_share(model, share),
+        }
+    }
+
     /// e.g. "learned-v1", for metrics labels and explanations
     pub fn id(&self) -> &str {
         &self.manifest.id
@@ -341,6 +419,12 @@ impl AnswerVerifier {
     pub fn weights(&self) -> &VerifierWeights {
         &self.weights
     }
+}
+
+/// `sigmoid(logit(score) − k·(gap − gap_mean))`, the gap-adjusted P(good) (shared with training, so the
+/// stored percentiles and serving compute the same number).
+pub fn adjust(score: f64, gap: f64, k: f64, gap_mean: f64) -> f64 {
+    sigmoid(logit(score) - k * (gap - gap_mean)).clamp(0.0, 1.0)
 }
 
 /// The score at `share` of stored percentile points (linear between them; 0 escalates nothing, 1
@@ -797,8 +881,10 @@ mod tests {
                 per_model: [("weak".to_string(), percentiles(&[0.1, 0.2, 0.4, 0.9]))].into(),
                 all: percentiles(&[0.1, 0.5, 0.9]),
                 out_of_fold: true,
+                adjusted_per_model: BTreeMap::new(),
             },
             training: serde_json::Value::Null,
+            gap_adjustment: None,
         };
         let weights = VerifierWeights {
             mean: vec![0.0; d],
@@ -865,6 +951,132 @@ mod tests {
         assert!((v.threshold_for_escalation_share("weak", 0.5) - 0.3).abs() < 1e-9);
         assert_eq!(v.threshold_for_escalation_share("weak", f64::NAN), 0.0);
         assert_eq!(v.id(), "test-v1");
+    }
+
+    /// `toy` with a gap adjustment of `k`, `gap_mean` fitted on (weak, strong) and adjusted percentiles.
+    fn adjusted_toy(k: f64, gap_mean: f64) -> AnswerVerifier {
+        let v = toy(FeatureSet {
+            hand: true,
+            answer_embedding: false,
+            prompt_embedding: false,
+            predicted_quality: false,
+        });
+        let mut m = v.manifest().clone();
+        m.gap_adjustment = Some(GapAdjustment {
+            weak: "weak".into(),
+            strong: "strong".into(),
+            gap_weight: k,
+            gap_mean,
+            rows: 4,
+        });
+        m.calibration.adjusted_per_model = [(
+            "weak".to_string(),
+            percentiles(&[0.05, 0.3, 0.35, 0.8, 0.97]),
+        )]
+        .into();
+        AnswerVerifier::new(m, v.weights().clone(), None).unwrap()
+    }
+
+    #[test]
+    fn adjusted_score_by_hand() {
+        let v = adjusted_toy(2.0, 0.1);
+        assert_eq!(v.gap_pair(), Some(("weak", "strong")));
+        // logit(0.8) = ln 4; gap 0.35: ln 4 − 2·0.25 = ln 4 − 0.5.
+        let want = 1.0 / (1.0 + (-(4f64.ln() - 0.5)).exp());
+        assert!((v.adjusted_score(0.8, 0.35) - want).abs() < 1e-12);
+        // At the mean gap the score is unchanged; a smaller gap than average raises it.
+        assert!((v.adjusted_score(0.8, 0.1) - 0.8).abs() < 1e-12);
+        // gap −0.4: logit(0.5) + 2·0.5 = 1.
+        assert!((v.adjusted_score(0.5, -0.4) - sigmoid(1.0)).abs() < 1e-12);
+        // Saturated scores stay finite and in [0, 1]; a NaN gap leaves the score alone.
+        for s in [0.0, 1.0] {
+            let a = v.adjusted_score(s, 3.0);
+            assert!((0.0..=1.0).contains(&a), "{s}: {a}");
+        }
+        assert_eq!(v.adjusted_score(0.3, f64::NAN), 0.3);
+        assert!((logit(0.5)).abs() < 1e-15 && logit(f64::NAN) == 0.0);
+    }
+
+    #[test]
+    fn adjusted_score_is_the_plain_score_without_an_adjustment() {
+        let v = toy(FeatureSet {
+            hand: true,
+            answer_embedding: false,
+            prompt_embedding: false,
+            predicted_quality: false,
+        });
+        assert_eq!(v.gap_pair(), None);
+        for s in [0.0, 0.2, 0.5, 0.999, 1.0] {
+            for gap in [-1.0, 0.0, 0.7] {
+                assert_eq!(v.adjusted_score(s, gap), s);
+            }
+        }
+        for share in [0.0, 0.25, 0.5, 1.0] {
+            for model in ["weak", "strong", "unknown"] {
+                assert_eq!(
+                    v.adjusted_threshold_for_escalation_share(model, share),
+                    v.threshold_for_escalation_share(model, share)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_manifest_without_the_gap_fields_loads() {
+        // The shape verifier manifests had before the gap adjustment (no gap_adjustment, no
+        // adjusted_per_model).
+        let old = serde_json::json!({
+            "format": VERIFIER_FORMAT,
+            "format_version": VERIFIER_FORMAT_VERSION,
+            "id": "learned-v1",
+            "models": ["weak", "strong"],
+            "features": {"hand": true, "answer_embedding": false, "prompt_embedding": false,
+                         "predicted_quality": false},
+            "embedder_model_sha256": null,
+            "default_quality": 0.75,
+            "files": {},
+            "calibration": {"per_model": {"weak": [0.1, 0.9]}, "all": [0.1, 0.9], "out_of_fold": true},
+            "training": {"answers": 4}
+        });
+        let m: VerifierManifest = serde_json::from_value(old).unwrap();
+        assert!(m.gap_adjustment.is_none());
+        assert!(m.calibration.adjusted_per_model.is_empty());
+        // And a new one round-trips, writing nothing new when there is no adjustment.
+        let text = serde_json::to_string(&m).unwrap();
+        assert!(!text.contains("gap_adjustment") && !text.contains("adjusted_per_model"));
+        let v = adjusted_toy(1.5, -0.2);
+        let back: VerifierManifest =
+            serde_json::from_str(&serde_json::to_string(v.manifest()).unwrap()).unwrap();
+        // (serde_json's default float parsing may differ in the last bit: compare the new fields.)
+        assert_eq!(back.gap_adjustment, v.manifest().gap_adjustment);
+        assert_eq!(
+            back.calibration
+                .adjusted_per_model
+                .keys()
+                .collect::<Vec<_>>(),
+            ["weak"]
+        );
+    }
+
+    #[test]
+    fn adjusted_thresholds_are_monotone_in_the_share() {
+        let v = adjusted_toy(2.0, 0.1);
+        for model in ["weak", "strong", "unknown"] {
+            let mut last = f64::NEG_INFINITY;
+            for k in 0..=100 {
+                let t = v.adjusted_threshold_for_escalation_share(model, k as f64 / 100.0);
+                assert!(t >= last, "{model} {k}: {t} < {last}");
+                last = t;
+            }
+        }
+        // The weak model reads its adjusted percentiles (median 0.35), others the plain ones.
+        assert!((v.adjusted_threshold_for_escalation_share("weak", 0.5) - 0.35).abs() < 1e-9);
+        assert_eq!(
+            v.adjusted_threshold_for_escalation_share("strong", 0.5),
+            v.threshold_for_escalation_share("strong", 0.5)
+        );
+        assert_eq!(v.adjusted_threshold_for_escalation_share("weak", 0.0), 0.0);
+        assert_eq!(v.adjusted_threshold_for_escalation_share("weak", 1.0), 1.0);
     }
 
     #[test]

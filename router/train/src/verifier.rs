@@ -2,7 +2,8 @@
 //! `responses`, a logistic regression on their features (Newton/IRLS, L2), out-of-fold scores under the
 //! router's folds, the reference verifier of issue 17 (ridge on the encoder embedding of prompt + answer
 //! plus four hand features), and the cascade metrics: cascade and cascade routing APGR/CPT and cost next
-//! to prompt-only routing, with bootstrap paired standard errors.
+//! to prompt-only routing, with bootstrap paired standard errors; and the gap adjustment that lets a
+//! gateway serve cascade routing with one threshold ([`fit_gap_adjustment`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,12 +13,12 @@ use rand::{Rng, SeedableRng};
 use routemesh_router::RouterError;
 use routemesh_router::fast::StaticEmbedder;
 use routemesh_router::verify::{
-    AnswerVerifier, FeatureSet, HAND_FEATURES, VERIFIER_FORMAT, VERIFIER_FORMAT_VERSION,
-    VerifierCalibration, VerifierManifest, VerifierWeights, VerifyInput, percentiles, raw_features,
-    sigmoid,
+    AnswerVerifier, FeatureSet, GapAdjustment, HAND_FEATURES, VERIFIER_FORMAT,
+    VERIFIER_FORMAT_VERSION, VerifierCalibration, VerifierManifest, VerifierWeights, VerifyInput,
+    adjust, logit, percentiles, raw_features, sigmoid,
 };
 
-use crate::data::Table;
+use crate::data::{Prices, Table};
 use crate::metrics::{binary_metrics, cpt, trapz};
 
 /// The feature set `routemesh router train` uses unless told otherwise (chosen by 5-fold CV on GSM8K:
@@ -267,6 +268,7 @@ pub fn train_verifier(
     embedder: Option<Arc<StaticEmbedder>>,
     embedder_model_sha256: Option<String>,
     training: serde_json::Value,
+    gap: Option<&GapFit>,
 ) -> Result<AnswerVerifier, RouterError> {
     let w = fit_logistic(&a.x, &a.model, a.models.len(), &a.label, lambda);
     let in_sample: Vec<f64>;
@@ -313,11 +315,140 @@ pub fn train_verifier(
             per_model,
             all: percentiles(scores),
             out_of_fold: oof.is_some(),
+            adjusted_per_model: gap
+                .map(|g| {
+                    [(g.adjustment.weak.clone(), percentiles(&g.adjusted_weak))]
+                        .into_iter()
+                        .collect()
+                })
+                .unwrap_or_default(),
         },
         training,
+        gap_adjustment: gap.map(|g| g.adjustment.clone()),
     };
     let embedder = if set.needs_embedder() { embedder } else { None };
     Ok(AnswerVerifier::new(manifest, w, embedder)?)
+}
+
+/// The stacker of cascade routing reduced to its serving form: ridge (λ = 1, as [`cascade_routing`]) of
+/// the realised gain `q_strong − q_weak` on `[gap, logit(p)]`, giving `k = w_gap / |w_logit|` and the mean
+/// gap, so that "escalate iff the stacked score exceeds a cutoff" is "accept iff
+/// `logit(p) − k·(gap − gap_mean)` clears a threshold". `None` when the fit does not say a better answer
+/// means less escalation (`w_logit >= 0`: then no threshold on the adjusted score is equivalent) or there
+/// are too few rows.
+pub fn fit_gap_adjustment(gap: &[f64], weak_score: &[f64], gain: &[f64]) -> Option<(f64, f64)> {
+    let n = gap.len();
+    if n < 3 || weak_score.len() != n || gain.len() != n {
+        return None;
+    }
+    let x = Array2::from_shape_vec(
+        (n, 2),
+        (0..n)
+            .flat_map(|i| [gap[i], logit(weak_score[i])])
+            .collect(),
+    )
+    .ok()?;
+    let (w, _) = fit_ridge(&x, gain, 1.0);
+    let k = w[0] / -w[1];
+    let gap_mean = gap.iter().sum::<f64>() / n as f64;
+    (w[1] < 0.0 && k.is_finite() && gap_mean.is_finite()).then_some((k, gap_mean))
+}
+
+/// A fitted gap adjustment and the adjusted (out-of-fold) scores of the weak model's training answers,
+/// whose percentiles calibrate the adjusted thresholds.
+#[derive(Debug, Clone)]
+pub struct GapFit {
+    pub adjustment: GapAdjustment,
+    pub adjusted_weak: Vec<f64>,
+    /// The rows' mean realised gain `q_strong − q_weak` (provenance).
+    pub mean_gain: f64,
+}
+
+/// Fits the gap adjustment of the pair with the most rows where both models answered, from the router's
+/// out-of-fold predictions `router_pred` (`[row][table model]`) and the verifier's out-of-fold `scores`
+/// of `a`'s answers. The strong model of a pair is the pricier one (as in [`crate::eval::groups`]).
+pub fn fit_gap(
+    table: &Table,
+    prices: &Prices,
+    a: &Answers,
+    scores: &[f64],
+    router_pred: &[Vec<f64>],
+) -> Option<GapFit> {
+    // Score of each (row, answering model) in `a`.
+    let mut score_of: BTreeMap<(usize, usize), f64> = BTreeMap::new();
+    for (k, (&r, &m)) in a.row.iter().zip(&a.model).enumerate() {
+        if let Some(j) = table.model_index(&a.models[m]) {
+            score_of.insert((r, j), scores[k]);
+        }
+    }
+    let pair_rows = |js: usize, jw: usize| -> Vec<usize> {
+        (0..table.len())
+            .filter(|&i| {
+                score_of.contains_key(&(i, jw))
+                    && table.quality[i][js].is_some()
+                    && table.rows[i].response(&table.models[js]).is_some()
+            })
+            .collect()
+    };
+    let (js, jw, rows) = crate::eval::groups(table, prices)
+        .into_iter()
+        .filter_map(|g| {
+            let (s, w) = g.pair?;
+            let (js, jw) = (g.models[s], g.models[w]);
+            Some((js, jw, pair_rows(js, jw)))
+        })
+        .max_by_key(|(.., rows)| rows.len())?;
+    let gap: Vec<f64> = rows
+        .iter()
+        .map(|&i| router_pred[i][js] - router_pred[i][jw])
+        .collect();
+    let weak: Vec<f64> = rows.iter().map(|&i| score_of[&(i, jw)]).collect();
+    let gain: Vec<f64> = rows
+        .iter()
+        .map(|&i| table.quality[i][js].unwrap_or(0.0) - table.quality[i][jw].unwrap_or(0.0))
+        .collect();
+    let (k, gap_mean) = fit_gap_adjustment(&gap, &weak, &gain)?;
+    Some(GapFit {
+        adjusted_weak: weak
+            .iter()
+            .zip(&gap)
+            .map(|(&p, &g)| adjust(p, g, k, gap_mean))
+            .collect(),
+        mean_gain: gain.iter().sum::<f64>() / gain.len() as f64,
+        adjustment: GapAdjustment {
+            weak: table.models[jw].clone(),
+            strong: table.models[js].clone(),
+            gap_weight: k,
+            gap_mean,
+            rows: rows.len(),
+        },
+    })
+}
+
+/// Cascade routing in its serving form, out-of-fold: per fold, [`fit_gap_adjustment`] on the training
+/// folds, then the test rows' escalation score is `−adjusted_score` (what a gateway compares to one
+/// threshold; no strong-direct rule). A fold whose fit fails falls back to the plain score.
+pub fn serving_form(
+    p: &PairRows,
+    routing: &[f64],
+    verifier: &[f64],
+    fold: &[usize],
+    folds: usize,
+) -> Vec<f64> {
+    let n = p.rows.len();
+    let mut out: Vec<f64> = verifier.iter().map(|v| -v).collect();
+    for f in 0..folds {
+        let tr: Vec<usize> = (0..n).filter(|&i| fold[p.rows[i]] != f).collect();
+        let pick = |v: &[f64]| -> Vec<f64> { tr.iter().map(|&i| v[i]).collect() };
+        let gain: Vec<f64> = tr.iter().map(|&i| p.q_strong[i] - p.q_weak[i]).collect();
+        let Some((k, gap_mean)) = fit_gap_adjustment(&pick(routing), &pick(verifier), &gain) else {
+            continue;
+        };
+        for i in (0..n).filter(|&i| fold[p.rows[i]] == f) {
+            out[i] = -adjust(verifier[i], routing[i], k, gap_mean);
+        }
+    }
+    out
 }
 
 /// Writes `v` into `dir` (an artifact's `verifier/`): `weights.f32` and `manifest.json`.
@@ -463,6 +594,8 @@ pub struct CascadeScores {
     /// with the most favourable weak answer): strong-direct when even that would escalate.
     pub combined: Vec<f64>,
     pub combined_direct: Vec<f64>,
+    /// Cascade routing as a gateway serves it: −(gap-adjusted P(good)), one threshold ([`serving_form`]).
+    pub serving: Vec<f64>,
 }
 
 /// Stacks the router's gap and the verifier's logit into one escalation score (ridge on the realised
@@ -521,6 +654,8 @@ pub struct CascadeLine {
     pub se_vs_reference: Option<(f64, f64)>,
     /// Cascade routing only: (this − plain cascade with the learned verifier, se).
     pub vs_cascade: Option<(f64, f64)>,
+    /// The serving form only: (this − stacked cascade routing, se).
+    pub vs_stacked: Option<(f64, f64)>,
 }
 
 /// The cascade table: routing, cascade with both verifiers, cascade routing; `boot` bootstrap resamples.
@@ -528,7 +663,7 @@ pub fn cascade_table(p: &PairRows, s: &CascadeScores, boot: usize, seed: u64) ->
     let n = p.rows.len();
     let none = vec![f64::NEG_INFINITY; n];
     type Policy<'a> = (&'a str, &'a [f64], &'a [f64], bool);
-    let policies: [Policy; 4] = [
+    let policies: [Policy; 5] = [
         ("prompt-only routing (router gap)", &none, &s.routing, false),
         ("cascade, reference verifier", &none, &s.reference, true),
         ("cascade, learned verifier", &none, &s.cascade, true),
@@ -536,6 +671,12 @@ pub fn cascade_table(p: &PairRows, s: &CascadeScores, boot: usize, seed: u64) ->
             "cascade routing (gap + verifier)",
             &s.combined_direct,
             &s.combined,
+            true,
+        ),
+        (
+            "cascade routing, serving form (adjusted threshold)",
+            &none,
+            &s.serving,
             true,
         ),
     ];
@@ -573,7 +714,8 @@ pub fn cascade_table(p: &PairRows, s: &CascadeScores, boot: usize, seed: u64) ->
             se: sd(&samples[k]),
             se_vs_routing: (k > 0).then(|| diff(k, 0)),
             se_vs_reference: (k > 1).then(|| diff(k, 1)),
-            vs_cascade: (k == 3).then(|| diff(3, 2)),
+            vs_cascade: (k >= 3).then(|| diff(k, 2)),
+            vs_stacked: (k == 4).then(|| diff(4, 3)),
         })
         .collect()
 }
@@ -594,7 +736,7 @@ pub fn format_cascade(p: &PairRows, lines: &[CascadeLine], boot: usize) -> Strin
     );
     let _ = writeln!(
         o,
-        "{:36}{:>7}{:>7}{:>8}{:>11}{:>20}{:>20}",
+        "{:52}{:>7}{:>7}{:>8}{:>11}{:>20}{:>20}",
         "policy", "APGR", "se", "CPT50", "cost@50", "- routing (se)", "- reference (se)"
     );
     for l in lines {
@@ -602,7 +744,7 @@ pub fn format_cascade(p: &PairRows, lines: &[CascadeLine], boot: usize) -> Strin
             |x: Option<(f64, f64)>| x.map_or("-".to_string(), |(d, s)| format!("{d:+.3} ({s:.3})"));
         let _ = writeln!(
             o,
-            "{:36}{:>7.3}{:>7.3}{:>8}{:>11.6}{:>20}{:>20}",
+            "{:52}{:>7.3}{:>7.3}{:>8}{:>11.6}{:>20}{:>20}",
             l.name,
             l.stats.apgr,
             l.se,
@@ -617,6 +759,13 @@ pub fn format_cascade(p: &PairRows, lines: &[CascadeLine], boot: usize) -> Strin
             let _ = writeln!(
                 o,
                 "{} minus the plain cascade: {d:+.3} (paired se {s:.3})",
+                l.name
+            );
+        }
+        if let Some((d, s)) = l.vs_stacked {
+            let _ = writeln!(
+                o,
+                "{} minus the stacked cascade routing: {d:+.3} (paired se {s:.3})",
                 l.name
             );
         }

@@ -95,7 +95,7 @@ pub(super) fn run(args: TrainArgs) -> anyhow::Result<()> {
         keep_tail: encoder.keep_tail(),
         dim: EMBED_DIM,
     };
-    job.train_and_save(&out, emb.view(), info, provenance.clone())?;
+    let (_, router_oof) = job.train_and_save(&out, emb.view(), info, provenance.clone())?;
     if fast {
         let t = Instant::now();
         let embedder = distill::distill_static(&encoder, &enc.asset_paths(), &table)?;
@@ -113,7 +113,7 @@ pub(super) fn run(args: TrainArgs) -> anyhow::Result<()> {
             dim: EMBED_DIM,
         };
         let dir = out.join(artifact::FAST_DIR);
-        let mut m = job.train_and_save(&dir, femb.view(), info, provenance)?;
+        let (mut m, _) = job.train_and_save(&dir, femb.view(), info, provenance)?;
         save::save_static_table(&dir, &mut m, &embedder.table(), embedder.weights())?;
         eprintln!("wrote the fast path to {}", dir.display());
     }
@@ -131,7 +131,19 @@ pub(super) fn run(args: TrainArgs) -> anyhow::Result<()> {
             );
             opts.verifier = vec![format!("hand@{}", crate::verifier::DEFAULT_LAMBDA)];
         }
-        super::verify::train_and_save(&out, &table, &opts, None, &enc)?;
+        // The gap adjustment of cascade routing is fitted on the router's out-of-fold predictions: those
+        // of `--cv` when it ran (same predictor, same rows), else a cross-validation of its own.
+        let router_oof = match router_oof {
+            Some(p) => p,
+            None => super::verify::router_oof(
+                &table,
+                emb.view(),
+                &predictor,
+                opts.verifier_cv,
+                opts.verifier_seed,
+            )?,
+        };
+        super::verify::train_and_save(&out, &table, &prices, &opts, None, Some(&router_oof), &enc)?;
     }
     Ok(())
 }
@@ -149,14 +161,15 @@ struct TrainJob<'a> {
 
 impl TrainJob<'_> {
     /// Trains on all rows and writes the artifact to `out`; with `cv`, records the CV summary and
-    /// calibrates on out-of-fold predictions (in-sample kNN predictions see themselves).
+    /// calibrates on out-of-fold predictions (in-sample kNN predictions see themselves), which it also
+    /// returns.
     fn train_and_save(
         &self,
         out: &std::path::Path,
         emb: ndarray::ArrayView2<'_, f32>,
         encoder: EncoderInfo,
         mut training: serde_json::Value,
-    ) -> anyhow::Result<artifact::Manifest> {
+    ) -> anyhow::Result<(artifact::Manifest, Option<Vec<Vec<f64>>>)> {
         let table = self.table;
         let groups = eval::groups(table, self.prices);
         let oof = match self.cv {
@@ -197,7 +210,7 @@ impl TrainJob<'_> {
             table.len(),
             t.elapsed()
         );
-        let calib_pred = oof.unwrap_or_else(|| model.predict(emb));
+        let calib_pred = oof.clone().unwrap_or_else(|| model.predict(emb));
         let calibration = calibrate(table, &groups, &calib_pred);
         let pools = groups
             .iter()
@@ -211,7 +224,7 @@ impl TrainJob<'_> {
             m.files.len(),
             bytes as f64 / 1e6
         );
-        Ok(m)
+        Ok((m, oof))
     }
 }
 

@@ -11,8 +11,9 @@ use routemesh_router::fast::StaticEmbedder;
 use routemesh_router::verify::{FeatureSet, VERIFIER_DIR, VerifyInput, load_static_embedder};
 use routemesh_router::{artifact, embed, encoder::Encoder};
 
-use super::inputs::{EncoderArgs, default_artifact_dir, load_router};
-use crate::data::{self, Table};
+use super::inputs::{EncoderArgs, default_artifact_dir, load_embedded, load_router};
+use super::spec::{DEFAULT_PREDICTOR, parse_candidate};
+use crate::data::{self, Prices, Table};
 use crate::eval;
 use crate::verifier::{
     self, Answers, CascadeScores, DEFAULT_FEATURES, DEFAULT_LAMBDA, PairRows, answers, fold_of,
@@ -44,6 +45,11 @@ pub struct TrainVerifierArgs {
     pub opts: VerifierOpts,
     #[arg(long)]
     pub models: Option<PathBuf>,
+    /// The artifact's predictor spec, cross-validated on `data` (`--verifier-cv` folds, `--verifier-seed`)
+    /// for the out-of-fold predicted gaps the gap adjustment of cascade routing is fitted on; `none`
+    /// skips the adjustment (the verifier then has plain thresholds only).
+    #[arg(long, default_value = DEFAULT_PREDICTOR)]
+    pub gap_predictor: String,
     #[command(flatten)]
     pub enc: EncoderArgs,
 }
@@ -91,12 +97,16 @@ pub fn artifact_embedder(
 }
 
 /// Trains the first verifier spec of `opts` on `table`'s answers and writes it to `artifact/verifier`.
-/// `pq` are out-of-fold router predictions (`[row][table model]`) for the stacked feature, if wanted.
+/// `pq` are out-of-fold router predictions (`[row][table model]`) for the stacked feature, if wanted;
+/// `router_oof` the router's out-of-fold predictions the gap adjustment is fitted on (none: no
+/// adjustment).
 pub fn train_and_save(
     artifact_dir: &Path,
     table: &Table,
+    prices: &Prices,
     opts: &VerifierOpts,
     pq: Option<&[Vec<f64>]>,
+    router_oof: Option<&[Vec<f64>]>,
     enc: &EncoderArgs,
 ) -> anyhow::Result<()> {
     let spec = opts
@@ -124,7 +134,8 @@ pub fn train_and_save(
     let k = opts.verifier_cv.clamp(2, table.len().max(2));
     let oof = oof_scores(&a, &fold, k, lambda);
     let auc = auc(&oof, &a.label);
-    let training = serde_json::json!({
+    let gap = router_oof.and_then(|r| verifier::fit_gap(table, prices, &a, &oof, r));
+    let mut training = serde_json::json!({
         "answers": a.row.len(),
         "rows": table.len(),
         "features": set.name(),
@@ -133,7 +144,23 @@ pub fn train_and_save(
         "folds": k,
         "seed": opts.verifier_seed,
     });
-    let v = verifier::train_verifier(&a, set, lambda, Some(&oof), embedder, sha, training)?;
+    if let Some(g) = &gap {
+        training["gap_adjustment"] = serde_json::json!({
+            "fitted_on": "the router's and the verifier's out-of-fold scores of the pair's rows",
+            "rows": g.adjustment.rows,
+            "mean_gain": g.mean_gain,
+        });
+    }
+    let v = verifier::train_verifier(
+        &a,
+        set,
+        lambda,
+        Some(&oof),
+        embedder,
+        sha,
+        training,
+        gap.as_ref(),
+    )?;
     let dir = artifact_dir.join(VERIFIER_DIR);
     verifier::save_verifier(&dir, &v)?;
     eprintln!(
@@ -143,7 +170,41 @@ pub fn train_and_save(
         dir.display(),
         t.elapsed()
     );
+    match (&gap, router_oof) {
+        (Some(g), _) => eprintln!(
+            "gap adjustment for {} -> {} on {} rows: k = {:.4} logit per unit of gap, gap mean {:.4}",
+            g.adjustment.weak,
+            g.adjustment.strong,
+            g.adjustment.rows,
+            g.adjustment.gap_weight,
+            g.adjustment.gap_mean
+        ),
+        (None, Some(_)) => eprintln!(
+            "no gap adjustment: no strong/weak pair with answers, or the stacker's verifier weight is \
+             not negative"
+        ),
+        (None, None) => {}
+    }
     Ok(())
+}
+
+/// The router's out-of-fold predictions (`[row][table model]`) of predictor `spec` on `table`, under the
+/// folds of `eval --cv` (`folds`, `seed`): what the gap adjustment is fitted on.
+pub fn router_oof(
+    table: &Table,
+    emb: ndarray::ArrayView2<'_, f32>,
+    spec: &str,
+    folds: usize,
+    seed: u64,
+) -> anyhow::Result<Vec<Vec<f64>>> {
+    let cand = parse_candidate(spec)?;
+    let t = std::time::Instant::now();
+    let mut preds = eval::cross_validate(table, emb, &[cand], folds, seed, |m| eprintln!("{m}"));
+    eprintln!(
+        "out-of-fold router predictions ({folds} folds) for the gap adjustment in {:.1?}",
+        t.elapsed()
+    );
+    preds.pop().context("no predictions")
 }
 
 /// Area under the ROC curve of `score` for binary `label` (ties count half).
@@ -179,15 +240,40 @@ pub(super) fn train_verifier_cmd(args: TrainVerifierArgs) -> anyhow::Result<()> 
         data,
         opts,
         models,
+        gap_predictor,
         enc,
     } = args;
     let prices = data::Prices::load(&super::inputs::prices_path(models.as_deref(), &data)?)?;
-    let rows = data::load_many(&data)?;
-    let table = Table::new(rows, &prices)?;
     // Refuse a directory that is not an artifact: the verifier belongs to one.
-    artifact::read_manifest(&router)
+    let manifest = artifact::read_manifest(&router)
         .with_context(|| format!("{} is not a router artifact", router.display()))?;
-    train_and_save(&router, &table, &opts, None, &enc)
+    if gap_predictor == "none" {
+        let table = Table::new(data::load_many(&data)?, &prices)?;
+        return train_and_save(&router, &table, &prices, &opts, None, None, &enc);
+    }
+    // The gap adjustment needs predicted gaps the verifier's rows were not trained on: the artifact's
+    // predictor family cross-validated on these rows (the artifact itself has seen them).
+    let cand = parse_candidate(&gap_predictor)?;
+    if let Some(trained) = manifest.training.get("predictor").and_then(|p| p.as_str())
+        && trained != cand.name()
+    {
+        eprintln!(
+            "warning: the artifact's predictor is {trained:?}, the gap adjustment cross-validates \
+             {:?} (--gap-predictor)",
+            cand.name()
+        );
+    }
+    let encoder = enc.load()?;
+    let (rows, emb) = load_embedded(&encoder, &data)?;
+    let table = Table::new(rows, &prices)?;
+    let oof = router_oof(
+        &table,
+        emb.view(),
+        &gap_predictor,
+        opts.verifier_cv,
+        opts.verifier_seed,
+    )?;
+    train_and_save(&router, &table, &prices, &opts, None, Some(&oof), &enc)
 }
 
 pub(super) fn verify(args: VerifyArgs) -> anyhow::Result<()> {
@@ -342,12 +428,14 @@ pub(super) fn cascade_eval(
         let reference = reference_oof(&sub, mw, &sub_fold, k, encoder)?;
         let (combined, combined_direct) =
             verifier::cascade_routing(&p, &routing, &variants[0].1, &sub_fold, k);
+        let serving = verifier::serving_form(&p, &routing, &variants[0].1, &sub_fold, k);
         let scores = CascadeScores {
             routing: routing.clone(),
             cascade: variants[0].1.iter().map(|v| -v).collect(),
             reference: reference.iter().map(|v| -v).collect(),
             combined,
             combined_direct,
+            serving,
         };
         let boot = 200;
         let lines = verifier::cascade_table(&p, &scores, boot, seed);
