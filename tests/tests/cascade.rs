@@ -499,18 +499,50 @@ async fn engine_confidence_and_self_check_judge_real_engine_answers() {
     assert!(route.escalated);
 }
 
+const WEAK: &str = "mistralai/Mixtral-8x7B-Instruct-v0.1";
+const STRONG: &str = "gpt-4-1106-preview";
+
+/// The GPT-4/Mixtral pair the router and the verifier's gap adjustment know.
+fn pair_mesh(cascade: &str) -> Process {
+    let (weak, strong) = (WEAK, STRONG);
+    let sim = "{tokens_per_second: {median: 0}, ttft_ms: {median: 0}}";
+    let yaml = format!(
+        "gateway:\n  listen: 127.0.0.1:0\n  http_listen: null\n  admin_listen: 127.0.0.1:0\n  load_interval: 100ms\n  discovery_interval: 100ms\n  router: {{artifact: {}}}\n  strategy: cascade\n  cascade: {cascade}\nworkers:\n  - id: weak-0\n    model: {weak}\n    tier: small\n    input_usd_per_mtok: 0.6\n    output_usd_per_mtok: 0.6\n    backend: {{sim: {sim}}}\n  - id: strong-0\n    model: {strong}\n    tier: large\n    input_usd_per_mtok: 10\n    output_usd_per_mtok: 30\n    backend: {{sim: {sim}}}\n",
+        workspace_root().join("router/artifacts/default").display()
+    );
+    Process::start("pair-mesh", "up", &yaml, &[]).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pairs_cheap_answer_is_judged_with_the_routers_gap() {
+    let m = pair_mesh("{verifier: learned, accept_threshold: 0.0}");
+    wait_for_pool(&m.gateway_url(), 2).await;
+    let response = generate(&m, request(EGGS, None)).await;
+    let step = &response.route.unwrap().cascade[0];
+    assert_eq!(
+        (step.model.as_str(), step.outcome.as_str()),
+        (WEAK, "accepted")
+    );
+    assert!(
+        step.reason
+            .contains("adjusted for the router's predicted gap"),
+        "{step:?}"
+    );
+    drop(m);
+    // Turned off, the plain score.
+    let m = pair_mesh("{verifier: learned, accept_threshold: 0.0, use_router_gap: false}");
+    wait_for_pool(&m.gateway_url(), 2).await;
+    let response = generate(&m, request(EGGS, None)).await;
+    let step = &response.route.unwrap().cascade[0];
+    assert!(!step.reason.contains("adjusted"), "{step:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cascade_routing_skips_a_cheap_model_predicted_to_fail() {
     // Models the router knows, so it predicts both; `direct_below: 1.0` is
     // above any prediction: every prompt skips the cheap step.
-    let weak = "mistralai/Mixtral-8x7B-Instruct-v0.1";
-    let strong = "gpt-4-1106-preview";
-    let sim = "{tokens_per_second: {median: 0}, ttft_ms: {median: 0}}";
-    let yaml = format!(
-        "gateway:\n  listen: 127.0.0.1:0\n  http_listen: null\n  admin_listen: 127.0.0.1:0\n  load_interval: 100ms\n  discovery_interval: 100ms\n  router: {{artifact: {}}}\n  strategy: cascade\n  cascade: {{direct_below: 1.0}}\nworkers:\n  - id: weak-0\n    model: {weak}\n    tier: small\n    input_usd_per_mtok: 0.6\n    output_usd_per_mtok: 0.6\n    backend: {{sim: {sim}}}\n  - id: strong-0\n    model: {strong}\n    tier: large\n    input_usd_per_mtok: 10\n    output_usd_per_mtok: 30\n    backend: {{sim: {sim}}}\n",
-        workspace_root().join("router/artifacts/default").display()
-    );
-    let m = Process::start("skip-mesh", "up", &yaml, &[]).unwrap();
+    let (weak, strong) = (WEAK, STRONG);
+    let m = pair_mesh("{direct_below: 1.0}");
     wait_for_pool(&m.gateway_url(), 2).await;
     let mut client = gateway_client(&m.gateway_url()).await;
     let dry = client

@@ -87,6 +87,13 @@ pub struct CascadeConfig {
     /// lower quality.
     #[serde(default)]
     pub unverifiable: Unverifiable,
+    /// Cascade routing for the pair the learned verifier's gap adjustment
+    /// was fitted on (GPT-4/Mixtral in the default artifact): the cheap
+    /// model's score is adjusted by the router's predicted quality gap, so a
+    /// prompt the router thinks needs the strong model needs a surer answer
+    /// to be accepted (cross-validated: cascade APGR 0.795 against 0.761).
+    #[serde(default = "yes")]
+    pub use_router_gap: bool,
     #[serde(default)]
     pub self_check: SelfCheckConfig,
     #[serde(default)]
@@ -212,6 +219,9 @@ impl CascadeConfig {
     }
 }
 
+fn yes() -> bool {
+    true
+}
 fn default_max_steps() -> u32 {
     2
 }

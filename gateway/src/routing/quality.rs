@@ -377,14 +377,36 @@ impl QualityModel {
     }
 
     /// The learned verifier's acceptance threshold under which `share` of its
-    /// training answers by `model` would be escalated.
-    pub fn verifier_threshold(&self, model: &str, share: f64) -> Option<f64> {
-        Some(
-            self.router
-                .as_ref()?
-                .verifier()?
-                .threshold_for_escalation_share(model, share),
-        )
+    /// training answers by `model` would be escalated (of their
+    /// gap-adjusted scores with `gap_adjusted`).
+    pub fn verifier_threshold(&self, model: &str, share: f64, gap_adjusted: bool) -> Option<f64> {
+        let verifier = self.router.as_ref()?.verifier()?;
+        Some(if gap_adjusted {
+            verifier.adjusted_threshold_for_escalation_share(model, share)
+        } else {
+            verifier.threshold_for_escalation_share(model, share)
+        })
+    }
+
+    /// Cascade routing at serving time: the learned verifier's `score` of
+    /// an answer by `model`, adjusted for how much better the router
+    /// predicts the stronger model of the pair the adjustment was fitted on
+    /// would do on this prompt. `None` when it does not apply (another
+    /// model, no fitted pair, no prediction for both).
+    pub fn adjust_for_gap(
+        &self,
+        model: &str,
+        score: f64,
+        predicted: Option<&Predicted>,
+    ) -> Option<f64> {
+        let verifier = self.router.as_ref()?.verifier()?;
+        let (weak, strong) = verifier.gap_pair()?;
+        if model != weak {
+            return None;
+        }
+        let scores = &predicted?.scores;
+        let gap = scores.get(strong)? - scores.get(weak)?;
+        Some(verifier.adjusted_score(score, gap))
     }
 
     /// P(`answer` by `model` to `prompt` is good) from the learned verifier;

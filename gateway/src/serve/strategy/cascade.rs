@@ -43,7 +43,7 @@ impl Cascade {
     /// The score an answer by `model` needs: the client's `quality_floor`,
     /// else the configured threshold, else the learned verifier's threshold
     /// for the target escalation share, else 0.5.
-    fn threshold(&self, flight: &Flight, model: &str) -> f64 {
+    fn threshold(&self, flight: &Flight, model: &str, gap_adjusted: bool) -> f64 {
         if let Some(floor) = flight.req.hints.quality_floor {
             return floor;
         }
@@ -52,11 +52,12 @@ impl Cascade {
         }
         if self.verifier.kind() == VerifierKind::Learned
             && let Some(share) = self.config.target_escalation_share
-            && let Some(t) = flight
-                .state
-                .routing
-                .quality
-                .verifier_threshold(model, share)
+            && let Some(t) =
+                flight
+                    .state
+                    .routing
+                    .quality
+                    .verifier_threshold(model, share, gap_adjusted)
         {
             return t;
         }
@@ -276,7 +277,6 @@ impl Strategy for Cascade {
                 return Ok(finish(answer, trail, "answering", &self.config));
             };
             let model = worker.record.model.clone();
-            let threshold = self.threshold(flight, &model);
             let started = std::time::Instant::now();
             let judgement = self
                 .verifier
@@ -290,6 +290,7 @@ impl Strategy for Cascade {
                     },
                 )
                 .await?;
+            let threshold = self.threshold(flight, &model, judgement.gap_adjusted);
             flight.other_calls_cost_usd += judgement.cost_usd;
             spent.cost_usd += cost_of(&response) + judgement.cost_usd;
             let accepted = match judgement.score {
@@ -302,9 +303,13 @@ impl Strategy for Cascade {
                 (Some(_), false) => "escalated",
             };
             crate::metrics::cascade_verdict(self.verifier.id(), &model, verdict, started.elapsed());
-            let score_text = judgement
-                .score
-                .map_or("no score".to_string(), |s| format!("{s:.3}"));
+            let score_text = judgement.score.map_or("no score".to_string(), |s| {
+                if judgement.gap_adjusted {
+                    format!("{s:.3} (adjusted for the router's predicted gap)")
+                } else {
+                    format!("{s:.3}")
+                }
+            });
             trail.push(CascadeStep {
                 model: model.clone(),
                 worker_id: worker.record.id.clone(),

@@ -25,11 +25,15 @@ pub(crate) struct Judged<'a> {
 pub(crate) struct Judgement {
     pub(crate) score: Option<f64>,
     pub(crate) cost_usd: f64,
+    /// The learned score was adjusted for the router's predicted gap
+    /// (cascade routing): its thresholds are the adjusted ones.
+    pub(crate) gap_adjusted: bool,
 }
 
 #[derive(Debug)]
 pub(crate) struct Verifier {
     kind: VerifierKind,
+    use_router_gap: bool,
     confidence: ConfidenceConfig,
     self_check: SelfCheckConfig,
 }
@@ -38,6 +42,7 @@ impl Verifier {
     pub(crate) fn new(config: &CascadeConfig) -> Self {
         Self {
             kind: config.verifier,
+            use_router_gap: config.use_router_gap,
             confidence: config.confidence.clone(),
             self_check: config.self_check.clone(),
         }
@@ -69,29 +74,37 @@ impl Verifier {
                 .predicted
                 .as_ref()
                 .and_then(|p| p.scores.get(judged.model).copied());
-            flight
-                .state
-                .routing
-                .quality
+            let quality = &flight.state.routing.quality;
+            let score = quality
                 .verify_answer(judged.model, judged.prompt, judged.answer, predicted)
-                .await
+                .await?;
+            let adjusted = self
+                .use_router_gap
+                .then(|| quality.adjust_for_gap(judged.model, score, flight.predicted.as_ref()))
+                .flatten();
+            Some(adjusted.map_or((score, false), |a| (a, true)))
         };
         let confidence = || judged.confidence.and_then(|c| self.confidence_score(c));
-        let score = match self.kind {
-            VerifierKind::Learned => learned().await,
-            VerifierKind::Confidence => confidence(),
+        let (score, gap_adjusted) = match self.kind {
+            VerifierKind::Learned => learned().await.map_or((None, false), |(s, a)| (Some(s), a)),
+            VerifierKind::Confidence => (confidence(), false),
+            // The mean of the probabilities each can give (the learned one
+            // gap-adjusted where that applies).
             VerifierKind::Combined => {
-                let scores: Vec<f64> = [learned().await, confidence()]
+                let scores: Vec<f64> = [learned().await.map(|(s, _)| s), confidence()]
                     .into_iter()
                     .flatten()
                     .collect();
-                (!scores.is_empty()).then(|| scores.iter().sum::<f64>() / scores.len() as f64)
+                let mean =
+                    (!scores.is_empty()).then(|| scores.iter().sum::<f64>() / scores.len() as f64);
+                (mean, false)
             }
-            VerifierKind::SelfCheck => None,
+            VerifierKind::SelfCheck => (None, false),
         };
         Ok(Judgement {
             score,
             cost_usd: 0.0,
+            gap_adjusted,
         })
     }
 
