@@ -373,7 +373,7 @@ fn load_verifier(
     if !vdir.join(artifact::MANIFEST).is_file() {
         return Ok(None);
     }
-    AnswerVerifier::load(&vdir, embedder, assets).map(Some)
+    Ok(Some(AnswerVerifier::load(&vdir, embedder, assets)?))
 }
 
 #[cfg(test)]

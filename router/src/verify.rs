@@ -24,9 +24,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::artifact::{self, ArtifactError, FileInfo};
-use crate::encoder::{AssetPaths, EMBED_DIM};
+use crate::encoder::{AssetPaths, EMBED_DIM, EncoderError};
 use crate::fast::{self, STATIC_ENCODER_ID, StaticEmbedder};
-use crate::router::RouterError;
 
 /// Sub-directory of a router artifact holding its answer verifier.
 pub const VERIFIER_DIR: &str = "verifier";
@@ -69,6 +68,10 @@ pub enum VerifyError {
     },
     #[error("verifier: {0}")]
     Invalid(String),
+    #[error(transparent)]
+    Artifact(#[from] ArtifactError),
+    #[error(transparent)]
+    Encoder(#[from] EncoderError),
 }
 
 /// What a verifier reads; each part adds its features in this order.
@@ -302,7 +305,7 @@ impl AnswerVerifier {
         dir: &Path,
         embedder: Option<Arc<StaticEmbedder>>,
         assets: &AssetPaths,
-    ) -> Result<Self, RouterError> {
+    ) -> Result<Self, VerifyError> {
         let path = dir.join(artifact::MANIFEST);
         let text = std::fs::read_to_string(&path).map_err(|source| ArtifactError::Io {
             path: path.clone(),
@@ -337,14 +340,14 @@ impl AnswerVerifier {
     }
 
     /// P(the answer is good) in [0, 1].
-    pub fn score(&self, input: &VerifyInput<'_>) -> Result<f64, RouterError> {
+    pub fn score(&self, input: &VerifyInput<'_>) -> Result<f64, VerifyError> {
         let x = self.features(input)?;
         let j = self.manifest.models.iter().position(|m| m == input.model);
         Ok(sigmoid(self.weights.logit(&x, j)).clamp(0.0, 1.0))
     }
 
     /// The raw (unstandardised) feature vector of an answer.
-    pub fn features(&self, input: &VerifyInput<'_>) -> Result<Vec<f64>, RouterError> {
+    pub fn features(&self, input: &VerifyInput<'_>) -> Result<Vec<f64>, VerifyError> {
         raw_features(
             &self.manifest.features,
             self.embedder.as_deref(),
@@ -479,7 +482,7 @@ pub fn percentiles(scores: &[f64]) -> Vec<f64> {
 pub fn load_static_embedder(
     fast_dir: &Path,
     assets: &AssetPaths,
-) -> Result<(String, StaticEmbedder), RouterError> {
+) -> Result<(String, StaticEmbedder), VerifyError> {
     let manifest = artifact::read_manifest(fast_dir)?;
     if manifest.encoder.id != STATIC_ENCODER_ID || manifest.encoder.dim != EMBED_DIM {
         return Err(ArtifactError::Invalid(format!(
@@ -507,7 +510,7 @@ pub fn raw_features(
     embedder: Option<&StaticEmbedder>,
     input: &VerifyInput<'_>,
     default_quality: f64,
-) -> Result<Vec<f64>, RouterError> {
+) -> Result<Vec<f64>, VerifyError> {
     let mut x = Vec::with_capacity(set.dim());
     if set.hand {
         x.extend(hand_features(input.prompt, input.answer));
