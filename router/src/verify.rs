@@ -319,8 +319,7 @@ impl AnswerVerifier {
                 dir: dir.into(),
                 found: manifest.format,
                 version: manifest.format_version,
-            }
-            .into());
+            });
         }
         let bytes = artifact::read_checked(dir, &manifest.files, VERIFIER_WEIGHTS)?;
         let weights =
@@ -336,7 +335,7 @@ impl AnswerVerifier {
                 Some(Arc::new(load_static_embedder(&fast_dir, assets)?.1))
             }
         };
-        Ok(Self::new(manifest, weights, embedder)?)
+        Self::new(manifest, weights, embedder)
     }
 
     /// P(the answer is good) in [0, 1].
