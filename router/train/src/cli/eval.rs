@@ -137,6 +137,7 @@ pub(super) fn run(args: EvalArgs) -> anyhow::Result<()> {
                 "note: rows the artifact was trained on are scored in-sample (its kNN memory \
                  contains them): use --cv for unbiased numbers"
             );
+            cascade = super::verify::artifact_cascade_eval(&table, &groups, &p, &r)?;
             (vec![format!("artifact {}", dir.display())], vec![p])
         }
         (None, None) => anyhow::bail!("give --router DIR or --cv K"),

@@ -461,6 +461,97 @@ pub(super) fn cascade_eval(
     Ok(out)
 }
 
+/// The cascade section of `eval --router`: a trained artifact's own verifier (and its gap adjustment)
+/// on rows with both models' answers, next to the artifact's routing, on the same rows. In-sample for
+/// rows the artifact was trained on, like the routing numbers beside it.
+pub(super) fn artifact_cascade_eval(
+    table: &Table,
+    groups: &[eval::Group],
+    pred: &[Vec<f64>],
+    router: &routemesh_router::Router,
+) -> anyhow::Result<String> {
+    use std::fmt::Write;
+    let Some(v) = router.verifier() else {
+        return Ok(String::new());
+    };
+    let mut out = String::new();
+    for g in groups {
+        let Some((s, w)) = g.pair else { continue };
+        let (js, jw) = (g.models[s], g.models[w]);
+        let (ms, mw) = (&table.models[js], &table.models[jw]);
+        let rows: Vec<usize> = g
+            .rows
+            .iter()
+            .copied()
+            .filter(|&i| table.rows[i].response(mw).is_some())
+            .collect();
+        if rows.is_empty() {
+            continue;
+        }
+        let p = PairRows {
+            rows: rows.clone(),
+            q_strong: rows
+                .iter()
+                .map(|&i| table.quality[i][js].unwrap_or(0.0))
+                .collect(),
+            q_weak: rows
+                .iter()
+                .map(|&i| table.quality[i][jw].unwrap_or(0.0))
+                .collect(),
+            cost_strong: rows.iter().map(|&i| table.cost[i][js]).collect(),
+            cost_weak: rows.iter().map(|&i| table.cost[i][jw]).collect(),
+        };
+        let gap: Vec<f64> = rows.iter().map(|&i| pred[i][js] - pred[i][jw]).collect();
+        let mut plain = Vec::with_capacity(rows.len());
+        let mut adjusted = Vec::with_capacity(rows.len());
+        for (k, &i) in rows.iter().enumerate() {
+            let row = &table.rows[i];
+            let score = v.score(&VerifyInput {
+                model: mw,
+                prompt: &row.prompt,
+                answer: row.response(mw).unwrap_or_default(),
+                predicted_quality: Some(pred[i][jw]),
+            })?;
+            plain.push(-score);
+            adjusted.push(-v.adjusted_score(score, gap[k]));
+        }
+        let none = vec![f64::NEG_INFINITY; rows.len()];
+        let all: Vec<usize> = (0..rows.len()).collect();
+        let n = rows.len() as f64;
+        let _ = writeln!(
+            out,
+            "
+== cascade of {} ({mw} first, then {ms}), {} rows with its answer; verifier {}; cost per request in USD (weak only {:.6}, strong only {:.6})",
+            g.name(table),
+            rows.len(),
+            v.id(),
+            p.cost_weak.iter().sum::<f64>() / n,
+            p.cost_strong.iter().sum::<f64>() / n,
+        );
+        let _ = writeln!(
+            out,
+            "{:52}{:>7}{:>8}{:>11}",
+            "policy", "APGR", "CPT50", "cost@50"
+        );
+        for (name, escalate, cascade) in [
+            ("routing (the artifact's predicted gap)", &gap, false),
+            ("cascade, the artifact's verifier", &plain, true),
+            ("cascade routing, gap-adjusted verifier", &adjusted, true),
+        ] {
+            let c = verifier::curve(&p, &all, &none, escalate, cascade);
+            let _ = writeln!(
+                out,
+                "{:52}{:>7.3}{:>8}{:>11.6}",
+                name,
+                c.apgr,
+                c.cpt50.map_or("-".into(), |x| format!("{x:.1}%")),
+                c.cost50
+            );
+        }
+    }
+    Ok(out)
+}
+
 /// The reference verifier of issue 17, out-of-fold: ridge on the encoder embedding of prompt + the weak
 /// model's answer plus length, final marker, truncation and wrong-annotation count; trained on the weak
 /// model's answers. The best of three penalties is reported (in its favour).
