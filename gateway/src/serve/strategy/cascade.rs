@@ -3,8 +3,9 @@
 //! prompt the router predicts the cheap models will fail skips them.
 //!
 //! Steps climb a ladder of models ordered by tier, then price: the first
-//! step routes among the lowest rung (the policy picks, as for any request),
-//! each escalation among the models stronger than the one that answered.
+//! step routes among the cheapest tier (the policy picks, as for any
+//! request), each escalation among the tiers above the one that answered (in
+//! the top tier, among its pricier models).
 //! Every step but the last is generated whole and judged by the verifier;
 //! the last is returned unchecked, in the client's delivery (so a streamed
 //! cascade never shows text it later replaces). The request's hints hold
@@ -109,16 +110,20 @@ fn ladder(snapshot: &Snapshot, hints: &Hints) -> Vec<Rung> {
     rungs
 }
 
-/// The models of the step after `above` (the first step: the cheapest
-/// tier).
+/// The models of the step after `above`. The first step: the cheapest
+/// tier. An escalation: the tiers above the weak answer's, or, when there
+/// is none, the pricier models of its own tier (a weak answer is escalated
+/// to a stronger kind of model, not to its cheaper-than-large neighbour).
 fn step_models(rungs: &[Rung], above: Option<&Rung>) -> Vec<String> {
     let Some(lowest) = rungs.first() else {
         return Vec::new();
     };
+    let higher_tier = above.is_some_and(|a| rungs.iter().any(|r| r.tier > a.tier));
     rungs
         .iter()
         .filter(|r| match above {
             None => r.tier == lowest.tier,
+            Some(a) if higher_tier => r.tier > a.tier,
             Some(a) => r.stronger_than(a),
         })
         .map(|r| r.model.clone())
@@ -484,4 +489,63 @@ fn finish(
     route.escalated = trail.iter().any(|s| s.outcome == "escalated");
     route.cascade = trail;
     answer
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rung(model: &str, tier: usize, price: f64) -> Rung {
+        Rung {
+            model: model.into(),
+            tier,
+            price,
+        }
+    }
+
+    #[test]
+    fn steps_climb_by_tier_then_price() {
+        // Weakest first, as `ladder` sorts them.
+        let rungs = [
+            rung("small-a", 0, 0.4),
+            rung("small-b", 0, 1.2),
+            rung("large-a", 1, 40.0),
+            rung("large-b", 1, 60.0),
+        ];
+        // The first step: the whole cheapest tier, for the policy to choose.
+        assert_eq!(step_models(&rungs, None), ["small-a", "small-b"]);
+        // After a small model's weak answer: the large tier.
+        assert_eq!(step_models(&rungs, Some(&rungs[0])), ["large-a", "large-b"]);
+        assert_eq!(step_models(&rungs, Some(&rungs[1])), ["large-a", "large-b"]);
+        // Within the top tier: the pricier models.
+        assert_eq!(step_models(&rungs, Some(&rungs[2])), ["large-b"]);
+        assert!(step_models(&rungs, Some(&rungs[3])).is_empty());
+        assert!(step_models(&[], None).is_empty());
+    }
+
+    #[test]
+    fn later_steps_get_what_is_left_of_the_budget_and_no_floor() {
+        let spent = Spent {
+            cost_usd: 0.0004,
+            started: Instant::now(),
+        };
+        let hints = Hints {
+            max_cost_usd: Some(0.001),
+            latency_slo_ms: Some(60_000),
+            quality_floor: Some(0.9),
+            allowed_models: vec!["a".into()],
+            ..Hints::default()
+        };
+        let next = spent.hints(&hints);
+        assert!((next.max_cost_usd.unwrap() - 0.0006).abs() < 1e-12);
+        assert!(next.latency_slo_ms.unwrap() <= 60_000 && next.latency_slo_ms.unwrap() > 59_000);
+        assert_eq!(next.quality_floor, None);
+        assert_eq!(next.allowed_models, ["a"]);
+        // Overspent: nothing left, never negative.
+        let over = Spent {
+            cost_usd: 0.002,
+            started: Instant::now(),
+        };
+        assert_eq!(over.hints(&hints).max_cost_usd, Some(0.0));
+    }
 }
