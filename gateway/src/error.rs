@@ -52,7 +52,15 @@ pub enum GatewayError {
     /// The request's credentials were not accepted.
     #[error(transparent)]
     Auth(#[from] AuthError),
-    /// Feedback for a request id the gateway does not remember.
+    /// The tenant sent more Feedback this minute than
+    /// `gateway.feedback_per_minute` allows.
+    #[error(
+        "tenant {tenant:?} is over its feedback limit of {per_minute} per minute \
+         (gateway.feedback_per_minute, per gateway); retry later"
+    )]
+    FeedbackRateLimited { tenant: String, per_minute: u32 },
+    /// Feedback for a request id the gateway does not remember (or that
+    /// another tenant made: the same answer, so ids are not revealed).
     #[error("request_id: no recent request {0:?} (feedback is kept for the last requests only)")]
     UnknownRequest(String),
 }
@@ -82,6 +90,7 @@ impl GatewayError {
             GatewayError::Auth(_) => Code::Unauthenticated,
             GatewayError::Overloaded(_)
             | GatewayError::OverLimit { .. }
+            | GatewayError::FeedbackRateLimited { .. }
             | GatewayError::Saturated(_) => Code::ResourceExhausted,
             GatewayError::LimitsUnavailable(_) => Code::Unavailable,
         }
@@ -114,7 +123,8 @@ impl GatewayError {
             | GatewayError::Unsatisfiable(_)
             | GatewayError::UnknownRequest(_)
             | GatewayError::Auth(AuthError::Unauthenticated(_) | AuthError::KeyExpired(_))
-            | GatewayError::OverLimit { .. } => "client",
+            | GatewayError::OverLimit { .. }
+            | GatewayError::FeedbackRateLimited { .. } => "client",
             GatewayError::NoWorker(_)
             | GatewayError::Deadline(_)
             | GatewayError::Overloaded(_)
@@ -135,7 +145,9 @@ impl From<GatewayError> for Status {
         let code = e.code();
         let overloaded = matches!(
             e,
-            GatewayError::Overloaded(_) | GatewayError::OverLimit { .. }
+            GatewayError::Overloaded(_)
+                | GatewayError::OverLimit { .. }
+                | GatewayError::FeedbackRateLimited { .. }
         );
         e.log();
         let mut status = Status::new(code, e.to_string());

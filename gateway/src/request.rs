@@ -27,6 +27,10 @@ pub struct ValidRequest {
     pub params: GenerationParams,
     pub hints: Hints,
     pub tenant: String,
+    /// The tenant the request's API key authenticated (`None` without
+    /// auth): who owns the request id, and so who may score it. Unlike
+    /// `tenant`, never taken from the request itself.
+    pub owner: Option<String>,
     pub prompt_chars: usize,
     /// RouteLLM-style threshold routing (model `router-<name>-<threshold>`).
     pub threshold: Option<f64>,
@@ -283,6 +287,7 @@ pub fn validate(
         params,
         hints,
         tenant,
+        owner: None,
         prompt_chars,
         threshold,
     })

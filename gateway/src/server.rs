@@ -334,6 +334,7 @@ pub async fn start_gateway(
             config.telemetry.feedback_prior_weight,
         ),
         recent: Recent::new(config.feedback_window),
+        feedback_rate: crate::serve::FeedbackRate::new(config.feedback_per_minute),
         recorder: Recorder::start(shared_telemetry, config.telemetry.recorder()),
         cost_targets: CostTargets::new(&config.tenants, cost_weight),
         retry_budget: crate::pool::retry::RetryBudget::new(

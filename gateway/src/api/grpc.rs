@@ -141,8 +141,12 @@ impl Gateway for GatewayService {
         &self,
         request: Request<FeedbackRequest>,
     ) -> Result<Response<FeedbackResponse>, Status> {
+        // Without auth every caller is the same anonymous owner (`None`).
+        let owner = request.extensions().get::<Tenant>().map(|t| t.0.clone());
         Ok(Response::new(
-            self.pipeline.state().feedback(request.into_inner())?,
+            self.pipeline
+                .state()
+                .feedback(&owner, request.into_inner())?,
         ))
     }
 

@@ -85,6 +85,10 @@ pub struct GatewayConfig {
     /// Request ids remembered for Feedback.
     #[serde(default = "default_feedback_window")]
     pub feedback_window: usize,
+    /// Feedback calls each tenant may make per minute, counted by each
+    /// gateway in its own memory (N replicas admit up to N times as many).
+    #[serde(default = "default_feedback_per_minute")]
+    pub feedback_per_minute: u32,
     /// On shutdown, how long in-flight requests may take to finish.
     #[serde(default = "default_drain_grace", with = "humantime_serde")]
     pub drain_grace: Duration,
@@ -259,6 +263,9 @@ fn default_load_interval() -> Duration {
 fn default_feedback_window() -> usize {
     // About 470 bytes each (measured): 20,000 remembered requests ~ 9 MiB.
     20_000
+}
+fn default_feedback_per_minute() -> u32 {
+    60
 }
 fn default_max_request_bytes() -> usize {
     4 << 20

@@ -113,6 +113,12 @@ impl Config {
                 return bad(key, format!("{w} must be a finite number >= 0"));
             }
         }
+        if g.feedback_per_minute == 0 {
+            return bad(
+                "feedback_per_minute",
+                "must be at least 1 (Feedback would always be refused)".into(),
+            );
+        }
         crate::tenancy::auth::ApiKeys::from_config(&g.auth)?;
         g.circuit_breaker.validate()?;
         g.cascade.validate()?;

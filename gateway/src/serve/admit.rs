@@ -54,6 +54,7 @@ impl GatewayState {
             tenant,
             ..
         } = incoming;
+        let owner = tenant.as_ref().map(|Tenant(t)| t.clone());
         if let Some(Tenant(tenant)) = tenant {
             if !request.tenant.is_empty() && request.tenant != tenant {
                 return Err(GatewayError::invalid(
@@ -68,7 +69,9 @@ impl GatewayState {
         let mut models: Vec<&str> = snapshot.iter().map(|w| w.record.model.as_str()).collect();
         models.sort_unstable();
         models.dedup();
-        validate(request, &self.config, &models)
+        let mut valid = validate(request, &self.config, &models)?;
+        valid.owner = owner;
+        Ok(valid)
     }
 
     /// The learned router's view of this request: predictions for routing

@@ -278,20 +278,21 @@ impl Broken {
     }
 }
 
-/// Remembers who answered the request, so its feedback reaches that model.
+/// Remembers who answered the request, so its feedback reaches that model;
+/// under its owner (the API key's tenant), so only that tenant can score it.
 fn remember(flight: &Flight, worker: &WorkerHandle) {
     let req = &flight.req;
     flight.state.recent.remember(
+        &req.owner,
         &req.request_id,
-        Served {
-            model: worker.record.model.clone(),
-            worker_id: worker.record.id.clone(),
-            tenant: req.tenant.clone(),
-            region: flight
+        Served::new(
+            worker.record.model.clone(),
+            worker.record.id.clone(),
+            flight
                 .predicted
                 .as_ref()
                 .map(|p| p.region.clone())
                 .unwrap_or_default(),
-        },
+        ),
     );
 }

@@ -1,17 +1,34 @@
 //! Feedback: a client's score for an answer, attributed to the model that
 //! gave it and the prompt's region, for the router to learn from.
+//!
+//! Feedback moves every tenant's routing, so it is guarded: only the tenant
+//! whose API key made a request may score it (another tenant gets the same
+//! NOT_FOUND as for an unknown id, so ids are not revealed); a request holds
+//! one score, a later one replaces it (500 scores on one request move a
+//! model exactly as its last one does); and each tenant may send
+//! `gateway.feedback_per_minute` Feedback calls a minute.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
 
 use routemesh_proto::v1::{FeedbackRequest, FeedbackResponse};
 use routemesh_telemetry::FeedbackEvent;
 
+use super::recent::{Owner, Scored};
 use super::state::GatewayState;
 use crate::error::GatewayError;
 
 impl GatewayState {
+    /// Records `owner`'s score for one of its requests.
     pub(crate) fn feedback(
         &self,
+        owner: &Owner,
         request: FeedbackRequest,
     ) -> Result<FeedbackResponse, GatewayError> {
+        let now_ms = routemesh_telemetry::record::now_ms();
+        // Before anything else, so a flood of calls (valid or not) costs
+        // the gateway a counter each.
+        self.feedback_rate.admit(owner, now_ms)?;
         let FeedbackRequest {
             request_id,
             score,
@@ -34,17 +51,104 @@ impl GatewayState {
         }
         let served = self
             .recent
-            .lookup(&request_id)
+            .lookup(owner, &request_id)
             .ok_or(GatewayError::UnknownRequest(request_id))?;
-        self.recorder.feedback(FeedbackEvent {
-            at_ms: routemesh_telemetry::record::now_ms(),
+        // Held while the event is queued: two concurrent scores for one
+        // request are recorded one after the other, the second replacing
+        // the first, never both counted as new.
+        let mut scored = served
+            .scored
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let earlier = *scored;
+        let event = FeedbackEvent {
+            at_ms: earlier.map_or(now_ms, |e| e.at_ms),
             model: served.model.clone(),
-            region: served.region,
+            region: served.region.clone(),
             score,
-        });
+            replaces: earlier.map(|e| e.score),
+        };
+        // A dropped event (telemetry channel full) leaves the request's
+        // recorded score as it was, so the next replacement's difference is
+        // taken from what the aggregate really holds.
+        if self.recorder.feedback(event) {
+            *scored = Some(Scored {
+                score,
+                at_ms: earlier.map_or(now_ms, |e| e.at_ms),
+            });
+        }
+        drop(scored);
         Ok(FeedbackResponse {
             model: served.model,
             worker_id: served.worker_id,
         })
+    }
+}
+
+/// Feedback calls per tenant in the current minute, in this gateway's
+/// memory only: with N replicas a tenant may send N times the limit (shared
+/// counting through Redis belongs with the shared feedback state). The map
+/// holds the current minute only, so it never grows beyond the tenants
+/// that sent feedback within one minute.
+#[derive(Debug)]
+pub(crate) struct FeedbackRate {
+    per_minute: u32,
+    counts: Mutex<(u64, HashMap<Owner, u32>)>,
+}
+
+impl FeedbackRate {
+    pub(crate) fn new(per_minute: u32) -> Self {
+        Self {
+            per_minute,
+            counts: Mutex::new((0, HashMap::new())),
+        }
+    }
+
+    /// Counts one call of `owner` at `now_ms`, or refuses it when the
+    /// tenant has used up this minute's calls.
+    pub(crate) fn admit(&self, owner: &Owner, now_ms: u64) -> Result<(), GatewayError> {
+        let minute = now_ms / 60_000;
+        let mut guard = self
+            .counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (current, counts) = &mut *guard;
+        if *current != minute {
+            *current = minute;
+            counts.clear();
+        }
+        let used = counts.entry(owner.clone()).or_insert(0);
+        if *used >= self.per_minute {
+            return Err(GatewayError::FeedbackRateLimited {
+                tenant: owner.clone().unwrap_or_else(|| "(anonymous)".into()),
+                per_minute: self.per_minute,
+            });
+        }
+        *used += 1;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_tenant_gets_its_own_calls_per_minute() {
+        let rate = FeedbackRate::new(3);
+        let (a, b) = (Some("a".to_string()), Some("b".to_string()));
+        let t0 = 10 * 60_000;
+        for _ in 0..3 {
+            assert!(rate.admit(&a, t0).is_ok());
+        }
+        let refused = rate.admit(&a, t0 + 1).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        assert!(
+            refused.to_string().contains("gateway.feedback_per_minute"),
+            "{refused}"
+        );
+        assert!(rate.admit(&b, t0 + 2).is_ok(), "b has its own calls");
+        assert!(rate.admit(&None, t0 + 3).is_ok(), "so has anonymous");
+        assert!(rate.admit(&a, t0 + 60_000).is_ok(), "a new minute");
     }
 }

@@ -25,6 +25,7 @@ use routemesh_proto::v1::{GenerateRequest, GenerateResponse, RouteDecision};
 
 use self::attempt::Delivery;
 pub(crate) use self::deliver::EventStream;
+pub(crate) use self::feedback::FeedbackRate;
 pub(crate) use self::incoming::{Api, Incoming};
 pub(crate) use self::recent::Recent;
 pub(crate) use self::state::GatewayState;

@@ -1,19 +1,53 @@
 //! Recently served requests, remembered so Feedback can attribute a score to
 //! the model and worker that answered. Bounded: the least useful are
 //! forgotten first (S3-FIFO), so a flood of requests never grows it.
+//!
+//! Requests are keyed by their owner (the tenant whose API key made them,
+//! `None` without auth) and their id: a client-chosen id is namespaced by
+//! its tenant, so another tenant choosing the same id neither overwrites
+//! the request nor can score it. Each remembered request also holds the
+//! score it was given, so a second score replaces the first.
 
-#[derive(Debug, Clone, PartialEq)]
+use std::sync::{Arc, Mutex};
+
+#[derive(Debug, Clone)]
 pub(crate) struct Served {
     pub model: String,
     pub worker_id: String,
-    pub tenant: String,
     /// The prompt's region (router only), where its feedback counts.
     pub region: String,
+    /// The score this request was given, shared by every copy of this entry
+    /// so that concurrent Feedback calls for one request see each other.
+    pub scored: Arc<Mutex<Option<Scored>>>,
 }
+
+/// A score already counted for a request.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Scored {
+    pub score: f64,
+    /// When it was first recorded: a replacement is recorded in the same
+    /// day's feedback, so both expire from the window together.
+    pub at_ms: u64,
+}
+
+impl Served {
+    pub(crate) fn new(model: String, worker_id: String, region: String) -> Self {
+        Self {
+            model,
+            worker_id,
+            region,
+            scored: Arc::default(),
+        }
+    }
+}
+
+/// Who made a request: the tenant its API key authenticated, or `None`
+/// when auth is off (every caller is then the same anonymous tenant).
+pub(crate) type Owner = Option<String>;
 
 #[derive(Debug)]
 pub(crate) struct Recent {
-    served: quick_cache::sync::Cache<String, Served>,
+    served: quick_cache::sync::Cache<(Owner, String), Served>,
 }
 
 impl Recent {
@@ -23,12 +57,15 @@ impl Recent {
         }
     }
 
-    pub(crate) fn remember(&self, request_id: &str, served: Served) {
-        self.served.insert(request_id.to_string(), served);
+    pub(crate) fn remember(&self, owner: &Owner, request_id: &str, served: Served) {
+        self.served
+            .insert((owner.clone(), request_id.to_string()), served);
     }
 
-    pub(crate) fn lookup(&self, request_id: &str) -> Option<Served> {
-        self.served.get(request_id)
+    /// The request `owner` made with this id; another tenant's request with
+    /// the same id is not found (not revealed).
+    pub(crate) fn lookup(&self, owner: &Owner, request_id: &str) -> Option<Served> {
+        self.served.get(&(owner.clone(), request_id.to_string()))
     }
 }
 
@@ -37,30 +74,40 @@ mod tests {
     use super::*;
 
     fn served(model: &str) -> Served {
-        Served {
-            model: model.into(),
-            worker_id: "w".into(),
-            tenant: "t".into(),
-            region: String::new(),
-        }
+        Served::new(model.into(), "w".into(), String::new())
+    }
+
+    fn model(r: &Recent, owner: &Owner, id: &str) -> Option<String> {
+        r.lookup(owner, id).map(|s| s.model)
     }
 
     #[test]
     fn remembers_recent_requests_and_stays_bounded() {
         let r = Recent::new(100);
-        r.remember("a", served("1"));
-        assert_eq!(r.lookup("a").map(|s| s.model), Some("1".into()));
-        assert_eq!(r.lookup("b"), None);
+        r.remember(&None, "a", served("1"));
+        assert_eq!(model(&r, &None, "a"), Some("1".into()));
+        assert_eq!(model(&r, &None, "b"), None);
         for i in 0..10_000 {
-            r.remember(&format!("req-{i}"), served("x"));
+            r.remember(&None, &format!("req-{i}"), served("x"));
         }
         let kept = (0..10_000)
-            .filter(|i| r.lookup(&format!("req-{i}")).is_some())
+            .filter(|i| r.lookup(&None, &format!("req-{i}")).is_some())
             .count();
         assert!(kept <= 100, "{kept} of 10000 kept with a capacity of 100");
         assert!(
-            r.lookup("req-9999").is_some(),
+            r.lookup(&None, "req-9999").is_some(),
             "the newest request is remembered"
         );
+    }
+
+    #[test]
+    fn request_ids_are_namespaced_by_owner() {
+        let r = Recent::new(100);
+        let (a, b) = (Some("a".to_string()), Some("b".to_string()));
+        r.remember(&a, "id", served("a-model"));
+        r.remember(&b, "id", served("b-model"));
+        assert_eq!(model(&r, &a, "id"), Some("a-model".into()));
+        assert_eq!(model(&r, &b, "id"), Some("b-model".into()));
+        assert_eq!(model(&r, &None, "id"), None, "anonymous is not a or b");
     }
 }

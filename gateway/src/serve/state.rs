@@ -21,6 +21,8 @@ pub(crate) struct GatewayState {
     pub config: GatewayConfig,
     /// Who answered recent requests, for feedback.
     pub(crate) recent: Recent,
+    /// Feedback calls per tenant this minute (`gateway.feedback_per_minute`).
+    pub(crate) feedback_rate: super::feedback::FeedbackRate,
     pub recorder: Recorder,
     pub cost_targets: CostTargets,
     /// Requests generating now, bounded by `max_concurrent_requests`; a

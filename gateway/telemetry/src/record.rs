@@ -57,6 +57,10 @@ pub struct FeedbackEvent {
     /// empty when unknown. Feedback is kept per (model, region) and per model.
     pub region: String,
     pub score: f64,
+    /// The earlier score of the same request that this one replaces (one
+    /// score per request). `at_ms` is then the earlier score's time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaces: Option<f64>,
 }
 
 /// Milliseconds since the Unix epoch, now.

@@ -143,12 +143,16 @@ impl Recorder {
         }
     }
 
-    pub fn feedback(&self, event: FeedbackEvent) {
+    /// Queues a feedback score; false when it was dropped (the channel is
+    /// full), so the caller does not count a score that was never recorded.
+    pub fn feedback(&self, event: FeedbackEvent) -> bool {
         if self.tx.try_send(Event::Feedback(event)).is_err() {
             self.stats
                 .dropped_channel_full
                 .fetch_add(1, Ordering::Relaxed);
+            return false;
         }
+        true
     }
 
     /// The telemetry that reports (spend, snapshots on demand) read.

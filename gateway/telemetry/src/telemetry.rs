@@ -236,12 +236,27 @@ impl Telemetry {
     }
 
     /// Records feedback scores, per model and per (model, region), by day.
+    ///
+    /// The store keeps only additive sums (a sum and a count per day and
+    /// region, incremented in place, shared by every replica), not one row
+    /// per request, so a score that replaces an earlier one for the same
+    /// request is recorded as its difference: `score - replaced` added to
+    /// the sum and nothing to the count. The mean then counts the request
+    /// once, with its latest score. The difference lands in the earlier
+    /// score's day (`at_ms` is that score's time), so the score and its
+    /// corrections leave the `feedback_days` window together.
     pub async fn record_feedback(&self, batch: &[FeedbackEvent]) -> Result<(), StoreError> {
         let mut days: HashMap<u64, HashMap<String, f64>> = HashMap::new();
         for e in batch {
             let f = days.entry(e.at_ms / DAY_MS).or_default();
-            add(f, format!("{}{SEP}{}{SEP}sum", e.model, e.region), e.score);
-            add(f, format!("{}{SEP}{}{SEP}n", e.model, e.region), 1.0);
+            let sum = format!("{}{SEP}{}{SEP}sum", e.model, e.region);
+            match e.replaces {
+                Some(earlier) => add(f, sum, e.score - earlier),
+                None => {
+                    add(f, sum, e.score);
+                    add(f, format!("{}{SEP}{}{SEP}n", e.model, e.region), 1.0);
+                }
+            }
         }
         let updates: Vec<HashUpdate> = days
             .into_iter()

@@ -272,6 +272,7 @@ async fn feedback_per_model_and_region() {
             model: model.into(),
             region: region.into(),
             score,
+            replaces: None,
         };
         t.record_feedback(&[
             fb("small", "math", 0.0),
@@ -291,6 +292,35 @@ async fn feedback_per_model_and_region() {
 }
 
 #[tokio::test]
+async fn a_replaced_score_counts_once() {
+    for (name, store, mesh) in stores().await {
+        let t = Telemetry::new(store);
+        let fb = |score: f64, replaces: Option<f64>| FeedbackEvent {
+            at_ms: T0,
+            model: "large".into(),
+            region: "math".into(),
+            score,
+            replaces,
+        };
+        // One request scored 0.2, then 0.0 (replacing 0.2), then 0.6
+        // (replacing 0.0); another request scored 1.0.
+        t.record_feedback(&[fb(0.2, None), fb(0.0, Some(0.2))])
+            .await
+            .unwrap();
+        t.record_feedback(&[fb(0.6, Some(0.0)), fb(1.0, None)])
+            .await
+            .unwrap();
+        let s = t.snapshot(T0, 300, 7).await.unwrap();
+        let large = &s.feedback["large"];
+        assert_eq!(large.count, 2.0, "{name}");
+        assert!((large.sum - 1.6).abs() < 1e-9, "{name}: {large:?}");
+        let (sum, n) = large.by_region["math"];
+        assert!((sum - 1.6).abs() < 1e-9 && n == 2.0, "{name}");
+        cleanup(mesh).await;
+    }
+}
+
+#[tokio::test]
 async fn redis_keys_are_hash_tagged_and_expire() {
     let mesh = format!("ttl-{}", uuid::Uuid::new_v4().simple());
     let t = Telemetry::new(Arc::new(
@@ -304,6 +334,7 @@ async fn redis_keys_are_hash_tagged_and_expire() {
         model: "m".into(),
         region: String::new(),
         score: 1.0,
+        replaces: None,
     }])
     .await
     .unwrap();
