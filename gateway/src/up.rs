@@ -46,6 +46,8 @@ pub async fn connect_registry(config: &Config) -> Result<Arc<dyn Registry>, UpEr
                 quality_prior: w.quality_prior,
                 backend: "static".into(),
                 simulated: false,
+                expected_ttft_ms: w.expected_ttft_ms,
+                expected_tokens_per_second: w.expected_tokens_per_second,
             }),
         )),
         Some(r) => Arc::new(RedisRegistry::connect(&r.url, &r.mesh).await?),

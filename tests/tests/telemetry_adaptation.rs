@@ -115,7 +115,8 @@ async fn a_failing_worker_loses_traffic_and_wins_it_back() {
     let mesh = unique_mesh("failing");
     let _cleanup = Cleanup(redis.clone(), mesh.clone());
     let r = Some((redis.as_str(), mesh.as_str()));
-    // "a-flaky" sorts first, so with equal scores it would win every tie.
+    // "a-flaky" sorts first, so with equal scores it would win every tie; it
+    // declares the same speed as the steady one (its sim's), so it does.
     let mut flaky = Process::start(
         "flaky",
         "worker",
@@ -124,7 +125,7 @@ async fn a_failing_worker_loses_traffic_and_wins_it_back() {
             "a-flaky",
             "m",
             "small",
-            "{error_rate: 1.0, ttft_ms: {median: 1}}",
+            "{error_rate: 1.0, ttft_ms: {median: 2}, tokens_per_second: {median: 2000}, output_tokens: {median: 8}}",
         ),
         &[],
     )
@@ -189,6 +190,8 @@ async fn a_slow_worker_loses_traffic_to_a_fast_one() {
     let mesh = unique_mesh("slow");
     let _cleanup = Cleanup(redis.clone(), mesh.clone());
     let r = Some((redis.as_str(), mesh.as_str()));
+    // The slow worker declares itself fast (a wrong `expected_*`), so it
+    // takes the traffic until its real speed is observed.
     let _slow = Process::start(
         "slow",
         "worker",
@@ -198,6 +201,10 @@ async fn a_slow_worker_loses_traffic_to_a_fast_one() {
             "m",
             "small",
             "{ttft_ms: {median: 400}, tokens_per_second: {median: 40}, output_tokens: {median: 8}}",
+        )
+        .replace(
+            "    backend:",
+            "    expected_ttft_ms: 1\n    expected_tokens_per_second: 100000\n    backend:",
         ),
         &[],
     )
@@ -219,8 +226,8 @@ async fn a_slow_worker_loses_traffic_to_a_fast_one() {
     .unwrap();
     let mut client = gateway_client(&gateway.gateway_url()).await;
     wait_for_pool(&gateway.gateway_url(), 2).await;
-    // At first nothing is known and the tie goes to a-slow; once its speed is
-    // observed, traffic moves to the fast worker.
+    // At first only declared figures are known and a-slow claims to be the
+    // faster; once its speed is observed, traffic moves to the fast worker.
     send(&mut client, 5).await;
     eventually(
         Duration::from_secs(15),
@@ -232,10 +239,9 @@ async fn a_slow_worker_loses_traffic_to_a_fast_one() {
                     .route(ask("hi"))
                     .await
                     .map(|d| {
-                        d.into_inner()
-                            .candidates
-                            .iter()
-                            .all(|c| c.latency_source != "unknown")
+                        d.into_inner().candidates.iter().all(|c| {
+                            ["telemetry", "load-report"].contains(&c.latency_source.as_str())
+                        })
                     })
                     .unwrap_or(false);
                 known && send(&mut c, 5).await.get("b-fast") == Some(&5)
@@ -258,7 +264,10 @@ async fn a_slow_worker_loses_traffic_to_a_fast_one() {
         slow.expected_latency_ms > fast.expected_latency_ms * 5.0,
         "{slow:?} vs {fast:?}"
     );
-    assert_ne!(slow.latency_source, "unknown");
+    assert!(
+        ["telemetry", "load-report"].contains(&slow.latency_source.as_str()),
+        "{slow:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

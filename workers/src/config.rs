@@ -10,6 +10,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::{LocalConfig, OpenAiConfig, SimConfig};
 
+/// The decode speed a sim engine configured as instant declares: fast
+/// enough that decoding adds nothing measurable to an expected latency.
+pub const INSTANT_TOKENS_PER_SECOND: f64 = 1e9;
+
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerConfig {
@@ -28,6 +32,15 @@ pub struct WorkerConfig {
     /// Quality assumed before the router knows the model, in [0, 1].
     #[serde(default)]
     pub quality_prior: Option<f64>,
+    /// Median time to first token (milliseconds) gateways assume until
+    /// they have observed this worker; unset, a `sim` backend's configured
+    /// `ttft_ms`, else the tier's observed median or default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_ttft_ms: Option<f64>,
+    /// Decode speed (tokens per second) assumed the same way; unset, a
+    /// `sim` backend's configured `tokens_per_second`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_tokens_per_second: Option<f64>,
     /// Address to listen on; port 0 picks a free port.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
@@ -138,6 +151,11 @@ impl WorkerConfig {
         {
             return Err(format!("quality_prior: {q} is not in [0, 1]"));
         }
+        routemesh_mesh::check_declared_speed(
+            self.expected_ttft_ms,
+            self.expected_tokens_per_second,
+        )
+        .map_err(|(key, why)| format!("{key}: {why}"))?;
         self.backend.choice()?;
         if let Some(tls) = &self.tls {
             tls.validate().map_err(|e| format!("tls.{e}"))?;
@@ -156,6 +174,25 @@ impl WorkerConfig {
             ));
         }
         Ok(())
+    }
+
+    /// The speed the worker declares to gateways: its `expected_*` keys,
+    /// each falling back to a sim engine's configured medians (a sim's speed
+    /// is known before it serves anything). A sim decode speed of 0 means
+    /// instant decoding; it is declared as [`INSTANT_TOKENS_PER_SECOND`]
+    /// because a record's 0 (and JSON's lack of infinity) would read as
+    /// "nothing declared".
+    pub fn declared_speed(&self) -> (Option<f64>, Option<f64>) {
+        let sim = self.backend.sim.as_ref();
+        let sim_ttft = sim.map(|s| s.ttft_ms.median.max(0.0));
+        let sim_tps = sim.map(|s| match s.tokens_per_second.median {
+            tps if tps > 0.0 => tps,
+            _ => INSTANT_TOKENS_PER_SECOND,
+        });
+        (
+            self.expected_ttft_ms.or(sim_ttft),
+            self.expected_tokens_per_second.or(sim_tps),
+        )
     }
 
     pub fn worker_id(&self) -> String {

@@ -113,6 +113,7 @@ pub async fn start_worker(
         .advertise
         .clone()
         .unwrap_or_else(|| format!("{scheme}://{addr}"));
+    let (expected_ttft_ms, expected_tokens_per_second) = config.declared_speed();
     let record = WorkerRecord {
         id: id.clone(),
         model: config.model.clone(),
@@ -125,6 +126,8 @@ pub async fn start_worker(
         quality_prior: config.quality_prior,
         backend: backend.kind().to_string(),
         simulated: backend.simulated(),
+        expected_ttft_ms,
+        expected_tokens_per_second,
     };
     let state = WorkerState::new(record, backend);
     let (health, health_service) = tonic_health::server::health_reporter();

@@ -240,6 +240,8 @@ impl Config {
                     format!("{:?} must start with http:// or https://", w.endpoint),
                 ));
             }
+            routemesh_mesh::check_declared_speed(w.expected_ttft_ms, w.expected_tokens_per_second)
+                .map_err(|(key, why)| (format!("static_workers[{i}].{key}"), why))?;
             if !ids.insert(w.id.clone()) {
                 return Err((
                     format!("static_workers[{i}].id"),

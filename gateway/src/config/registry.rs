@@ -46,6 +46,13 @@ pub struct StaticWorker {
     pub capacity: u32,
     #[serde(default = "default_static_capacity")]
     pub max_queue: u32,
+    /// Median time to first token to assume until the worker is observed
+    /// (milliseconds); unset, the tier's observed median or default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_ttft_ms: Option<f64>,
+    /// Decode speed to assume until observed, tokens per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_tokens_per_second: Option<f64>,
 }
 
 fn default_static_capacity() -> u32 {

@@ -1,5 +1,6 @@
 //! How the policy sees a worker of the pool: its health (load checks and
-//! circuit breaker), load, and speed from telemetry or its own reports.
+//! circuit breaker), load, and speed from telemetry or its own reports,
+//! with the figures it registered for when nothing is measured yet.
 
 use routemesh_telemetry::Stats;
 
@@ -44,6 +45,9 @@ pub(crate) fn view_of<'a>(
         latency_source,
         error_rate: observed.map_or(0.0, |o| o.error_rate),
         observed_latency_ms_p50: observed_latency,
+        // Used by screening only while nothing is measured (`Unknown`).
+        declared_ttft_ms: w.record.expected_ttft_ms,
+        declared_tokens_per_second: w.record.expected_tokens_per_second,
     }
 }
 

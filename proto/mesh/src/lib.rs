@@ -18,5 +18,7 @@ pub mod trace_context;
 
 pub use model::{ModelSpec, TokenPrices};
 pub use redis_conn::{Patience, RedisConn, key_prefix};
-pub use registry::{MemoryRegistry, RedisRegistry, Registry, RegistryError, WorkerRecord};
+pub use registry::{
+    MemoryRegistry, RedisRegistry, Registry, RegistryError, WorkerRecord, check_declared_speed,
+};
 pub use tier::{ParseTierError, Tier};

@@ -31,6 +31,14 @@ pub struct WorkerRecord {
     /// "openai", "sim" or "local".
     pub backend: String,
     pub simulated: bool,
+    /// Median time to first token the worker declares (its configuration,
+    /// or a sim engine's configured speed), so a gateway that has observed
+    /// nothing yet still has a figure for `latency_slo_ms` and the utility.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_ttft_ms: Option<f64>,
+    /// Decode speed, tokens per second, declared the same way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_tokens_per_second: Option<f64>,
 }
 
 impl WorkerRecord {
@@ -41,6 +49,25 @@ impl WorkerRecord {
             output_usd_per_mtok: self.output_usd_per_mtok,
         }
     }
+}
+
+/// Checks declared speed figures (worker and static-worker configuration):
+/// each, when given, a finite number above zero. The error names the key.
+pub fn check_declared_speed(
+    expected_ttft_ms: Option<f64>,
+    expected_tokens_per_second: Option<f64>,
+) -> Result<(), (&'static str, String)> {
+    for (key, value) in [
+        ("expected_ttft_ms", expected_ttft_ms),
+        ("expected_tokens_per_second", expected_tokens_per_second),
+    ] {
+        if let Some(v) = value
+            && !(v.is_finite() && v > 0.0)
+        {
+            return Err((key, format!("{v} is not a finite number above 0")));
+        }
+    }
+    Ok(())
 }
 
 /// Why a registry operation failed.

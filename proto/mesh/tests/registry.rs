@@ -32,7 +32,24 @@ fn record(id: &str, tier: Tier) -> WorkerRecord {
         quality_prior: Some(0.6),
         backend: "sim".into(),
         simulated: true,
+        expected_ttft_ms: Some(120.0),
+        expected_tokens_per_second: None,
     }
+}
+
+/// A record written before workers declared their speed still decodes, and
+/// the declared figures survive the JSON round trip.
+#[test]
+fn records_without_declared_speed_decode() {
+    let old = r#"{"id":"w","model":"m","tier":"small","endpoint":"http://h:1","capacity":4,"max_queue":16,"input_usd_per_mtok":0.1,"output_usd_per_mtok":0.2,"quality_prior":null,"backend":"sim","simulated":true}"#;
+    let r: WorkerRecord = serde_json::from_str(old).unwrap();
+    assert_eq!(
+        (r.expected_ttft_ms, r.expected_tokens_per_second),
+        (None, None)
+    );
+    let new = record("n", Tier::Large);
+    let back: WorkerRecord = serde_json::from_str(&serde_json::to_string(&new).unwrap()).unwrap();
+    assert_eq!(back, new);
 }
 
 async fn cleanup(mesh: &str) {

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 pub use self::least_loaded::LeastLoaded;
 pub use self::threshold::Threshold;
 pub use self::utility::UtilityPolicy;
-pub use self::view::{Health, LatencySource, WorkerView};
+pub use self::view::{Health, LatencySource, Speed, WorkerView, tier_default_speed};
 
 /// A routing policy.
 pub trait Policy: Send + Sync {

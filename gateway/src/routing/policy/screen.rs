@@ -1,13 +1,18 @@
 //! Screening: every worker's figures for the request, and whether the
 //! request's pin and hints, the worker's health and its load let it serve.
 
+use super::view::TierMedians;
 use super::{CandidateScore, Exclusion, Health, Prediction, QualitySource, RouteInput, WorkerView};
 
 /// Every worker scored against the request; `score` is left to the policy.
+/// A worker nothing was measured of gets its latency prior here, from the
+/// whole pool, so every policy and the SLO see the same figure.
 pub(super) fn screen(input: &RouteInput<'_>, workers: &[WorkerView<'_>]) -> Vec<CandidateScore> {
+    let medians = TierMedians::of(workers);
     workers
         .iter()
         .map(|w| {
+            let w = &w.with_latency_prior(&medians);
             let model = w.model;
             let Prediction {
                 quality: predicted_quality,

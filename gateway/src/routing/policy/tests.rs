@@ -41,6 +41,8 @@ fn view<'a>(id: &'a str, model: &'a ModelSpec, in_flight: u32) -> WorkerView<'a>
         latency_source: LatencySource::Unknown,
         error_rate: 0.0,
         observed_latency_ms_p50: None,
+        declared_ttft_ms: None,
+        declared_tokens_per_second: None,
     }
 }
 
@@ -278,4 +280,131 @@ fn an_open_breaker_is_named_and_makes_the_pool_unavailable() {
         why.as_deref(),
         Some("circuit breaker open (recent calls failed)")
     );
+}
+
+fn measured<'a>(id: &'a str, model: &'a ModelSpec, ttft_ms: f64, tps: f64) -> WorkerView<'a> {
+    let mut w = view(id, model, 0);
+    w.ttft_ms_p50 = ttft_ms;
+    w.tokens_per_second_p50 = tps;
+    w.latency_source = LatencySource::Telemetry;
+    w
+}
+
+fn candidate<'d>(d: &'d Decision, id: &str) -> &'d CandidateScore {
+    d.candidates
+        .iter()
+        .find(|c| c.worker_id == id)
+        .unwrap_or_else(|| panic!("no candidate {id}"))
+}
+
+#[test]
+fn a_fresh_worker_is_never_instant() {
+    let (s, l) = (small(), large());
+    let hints = Hints::default();
+    let d = LeastLoaded.decide(&input(&hints), &[view("s1", &s, 0), view("l1", &l, 0)]);
+    for (id, tier) in [("s1", Tier::Small), ("l1", Tier::Large)] {
+        let c = candidate(&d, id);
+        let speed = tier_default_speed(tier);
+        let want = speed.ttft_ms + 256.0 * 1000.0 / speed.tokens_per_second;
+        assert_eq!(c.latency_source, LatencySource::TierDefault);
+        assert_eq!(c.expected_latency_ms, Some(want));
+        assert!(want > 0.0);
+    }
+    // The utility explanation names the source, not "unknown".
+    let d = UtilityPolicy::default().decide(&input(&hints), &[view("s1", &s, 0)]);
+    assert!(d.reason.contains("(tier-default)"), "{}", d.reason);
+}
+
+#[test]
+fn declared_figures_come_before_the_tier() {
+    let s = small();
+    let mut w = view("s1", &s, 0);
+    w.declared_ttft_ms = Some(120.0);
+    w.declared_tokens_per_second = Some(40.0);
+    let hints = Hints::default();
+    let d = LeastLoaded.decide(&input(&hints), &[w, measured("s2", &s, 50.0, 100.0)]);
+    let c = candidate(&d, "s1");
+    assert_eq!(c.latency_source, LatencySource::Declared);
+    // 120 ms + 256 tokens at 40 tok/s.
+    assert_eq!(c.expected_latency_ms, Some(120.0 + 6400.0));
+
+    // Only a time to first token declared: the decode speed is the tier's.
+    let mut half = view("s3", &s, 0);
+    half.declared_ttft_ms = Some(10.0);
+    let d = LeastLoaded.decide(&input(&hints), &[half]);
+    let c = candidate(&d, "s3");
+    let tps = tier_default_speed(Tier::Small).tokens_per_second;
+    assert_eq!(c.latency_source, LatencySource::Declared);
+    assert_eq!(c.expected_latency_ms, Some(10.0 + 256.0 * 1000.0 / tps));
+}
+
+#[test]
+fn an_unmeasured_worker_gets_its_tiers_median() {
+    let (s, l) = (small(), large());
+    let hints = Hints::default();
+    let workers = [
+        measured("s1", &s, 100.0, 50.0),
+        measured("s2", &s, 300.0, 100.0),
+        measured("s3", &s, 200.0, 200.0),
+        // A measured large worker does not count for the small tier.
+        measured("l1", &l, 5.0, 1000.0),
+        view("s4", &s, 0),
+    ];
+    let d = LeastLoaded.decide(&input(&hints), &workers);
+    let c = candidate(&d, "s4");
+    assert_eq!(c.latency_source, LatencySource::TierMedian);
+    // Medians: 200 ms and 100 tok/s.
+    assert_eq!(c.expected_latency_ms, Some(200.0 + 2560.0));
+    assert_eq!(candidate(&d, "s1").latency_source, LatencySource::Telemetry);
+}
+
+#[test]
+fn latency_slo_excludes_an_unobserved_slow_worker() {
+    // The case: a 49B model declared at 120 ms and 40 tok/s never
+    // meets latency_slo_ms 1, although nobody has called it yet.
+    let (s, l) = (small(), large());
+    let mut slow = view("l1", &l, 0);
+    slow.declared_ttft_ms = Some(120.0);
+    slow.declared_tokens_per_second = Some(40.0);
+    let hints = Hints {
+        latency_slo_ms: Some(1),
+        ..Default::default()
+    };
+    let d = UtilityPolicy::default().decide(&input(&hints), std::slice::from_ref(&slow));
+    assert_eq!(d.chosen, Err(NoCandidate::HintsUnsatisfiable));
+    assert!(d.reason.contains("latency_slo_ms 1"), "{}", d.reason);
+
+    // A declared fast worker takes a request the slow one cannot meet.
+    let mut fast = view("s1", &s, 0);
+    fast.declared_ttft_ms = Some(20.0);
+    fast.declared_tokens_per_second = Some(500.0);
+    let hints = Hints {
+        latency_slo_ms: Some(1000),
+        ..Default::default()
+    };
+    let d = UtilityPolicy::default().decide(&input(&hints), &[slow, fast]);
+    assert_eq!(
+        d.chosen_candidate().map(|c| c.worker_id.as_str()),
+        Some("s1")
+    );
+    assert!(matches!(
+        candidate(&d, "l1").excluded,
+        Some(Exclusion::OverLatencySlo { slo_ms: 1000, .. })
+    ));
+}
+
+#[test]
+fn the_utility_no_longer_prefers_unused_workers() {
+    // A measured worker at the tier's typical speed against an unused one
+    // of the same tier: the unused one is not assumed faster (it gets the
+    // tier median), so the tie goes by load, cost and id, not by ignorance.
+    let s = small();
+    let hints = Hints::default();
+    let d = UtilityPolicy::default().decide(
+        &input(&hints),
+        &[view("a-unused", &s, 0), measured("b-used", &s, 100.0, 80.0)],
+    );
+    let (unused, used) = (candidate(&d, "a-unused"), candidate(&d, "b-used"));
+    assert_eq!(unused.expected_latency_ms, used.expected_latency_ms);
+    assert_eq!(unused.score, used.score);
 }
