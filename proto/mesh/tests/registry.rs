@@ -173,7 +173,10 @@ async fn redis_layout_is_unchanged() {
             "id": "w1", "model": "model-w1", "tier": "large",
             "endpoint": "http://127.0.0.1:1/w1", "capacity": 4, "max_queue": 16,
             "input_usd_per_mtok": 0.5, "output_usd_per_mtok": 1.5, "quality_prior": 0.6,
-            "backend": "sim", "simulated": true
+            "backend": "sim", "simulated": true,
+            // Optional, written only when declared; readers of older
+            // versions ignore it (records are not parsed strictly).
+            "expected_ttft_ms": 120.0
         })
     );
 
