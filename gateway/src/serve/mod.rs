@@ -13,6 +13,7 @@ mod attempt;
 mod call;
 mod deliver;
 mod feedback;
+mod feedback_rate;
 mod incoming;
 mod models;
 mod recent;
@@ -25,7 +26,7 @@ use routemesh_proto::v1::{GenerateRequest, GenerateResponse, RouteDecision};
 
 use self::attempt::Delivery;
 pub(crate) use self::deliver::EventStream;
-pub(crate) use self::feedback::FeedbackRate;
+pub(crate) use self::feedback_rate::FeedbackRate;
 pub(crate) use self::incoming::{Api, Incoming};
 pub(crate) use self::recent::Recent;
 pub(crate) use self::state::GatewayState;

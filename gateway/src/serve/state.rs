@@ -22,7 +22,7 @@ pub(crate) struct GatewayState {
     /// Who answered recent requests, for feedback.
     pub(crate) recent: Recent,
     /// Feedback calls per tenant this minute (`gateway.feedback_per_minute`).
-    pub(crate) feedback_rate: super::feedback::FeedbackRate,
+    pub(crate) feedback_rate: super::feedback_rate::FeedbackRate,
     pub recorder: Recorder,
     pub cost_targets: CostTargets,
     /// Requests generating now, bounded by `max_concurrent_requests`; a
