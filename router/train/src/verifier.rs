@@ -496,6 +496,25 @@ pub struct PairRows {
     pub cost_weak: Vec<f64>,
 }
 
+impl PairRows {
+    /// The pair's recorded quality and cost on `rows` of `table` (model columns `strong`, `weak`);
+    /// `rows` of the result are the positions `0..rows.len()`.
+    pub fn of(table: &Table, rows: &[usize], strong: usize, weak: usize) -> Self {
+        let column = |j: usize| -> Vec<f64> {
+            rows.iter()
+                .map(|&i| table.quality[i][j].unwrap_or(0.0))
+                .collect()
+        };
+        Self {
+            rows: (0..rows.len()).collect(),
+            q_strong: column(strong),
+            q_weak: column(weak),
+            cost_strong: rows.iter().map(|&i| table.cost[i][strong]).collect(),
+            cost_weak: rows.iter().map(|&i| table.cost[i][weak]).collect(),
+        }
+    }
+}
+
 /// A policy's quality/cost curve over the share of strong calls.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CurveStats {

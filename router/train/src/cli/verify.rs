@@ -381,19 +381,7 @@ pub(super) fn cascade_eval(
         };
         let sub_fold: Vec<usize> = rows.iter().map(|&i| fold[i]).collect();
         let sub_pred: Vec<Vec<f64>> = rows.iter().map(|&i| routing_pred[i].clone()).collect();
-        let p = PairRows {
-            rows: (0..rows.len()).collect(),
-            q_strong: rows
-                .iter()
-                .map(|&i| table.quality[i][js].unwrap_or(0.0))
-                .collect(),
-            q_weak: rows
-                .iter()
-                .map(|&i| table.quality[i][jw].unwrap_or(0.0))
-                .collect(),
-            cost_strong: rows.iter().map(|&i| table.cost[i][js]).collect(),
-            cost_weak: rows.iter().map(|&i| table.cost[i][jw]).collect(),
-        };
+        let p = PairRows::of(table, &rows, js, jw);
         let routing: Vec<f64> = sub_pred.iter().map(|r| r[js] - r[jw]).collect();
         let weak_of = |a: &Answers, scores: &[f64]| -> Vec<f64> {
             let mut v = vec![0.5; rows.len()];
@@ -488,19 +476,7 @@ pub(super) fn artifact_cascade_eval(
         if rows.is_empty() {
             continue;
         }
-        let p = PairRows {
-            rows: rows.clone(),
-            q_strong: rows
-                .iter()
-                .map(|&i| table.quality[i][js].unwrap_or(0.0))
-                .collect(),
-            q_weak: rows
-                .iter()
-                .map(|&i| table.quality[i][jw].unwrap_or(0.0))
-                .collect(),
-            cost_strong: rows.iter().map(|&i| table.cost[i][js]).collect(),
-            cost_weak: rows.iter().map(|&i| table.cost[i][jw]).collect(),
-        };
+        let p = PairRows::of(table, &rows, js, jw);
         let gap: Vec<f64> = rows.iter().map(|&i| pred[i][js] - pred[i][jw]).collect();
         let mut plain = Vec::with_capacity(rows.len());
         let mut adjusted = Vec::with_capacity(rows.len());
