@@ -227,9 +227,14 @@ pub(crate) fn failover(model: &str) {
     counter!(FAILOVERS, "model" => model.to_string()).increment(1);
 }
 
-pub(crate) fn cascade_verdict(verifier: &str, model: &str, verdict: &'static str, took: Duration) {
+/// One verdict per judged answer, counted when the request's use of it is
+/// known (a weak answer is `escalated`, or `kept` when no escalation ran).
+pub(crate) fn cascade_verdict(verifier: &str, model: &str, verdict: &'static str) {
     counter!(CASCADE_VERDICTS, "verifier" => verifier.to_string(), "model" => model.to_string(), "verdict" => verdict)
         .increment(1);
+}
+
+pub(crate) fn cascade_verify_time(verifier: &str, took: Duration) {
     histogram!(CASCADE_VERIFY_DURATION, "verifier" => verifier.to_string())
         .record(took.as_secs_f64());
 }

@@ -308,6 +308,16 @@ async fn a_spent_budget_keeps_the_cheap_answer_or_fails_naming_the_hint() {
         "{}",
         route.cascade[0].reason
     );
+    // One verdict for the one judged answer: kept, not also escalated.
+    assert_eq!(metric(m, "routemesh_cascade_verdicts_total", &[]), 1.0);
+    assert_eq!(
+        metric(
+            m,
+            "routemesh_cascade_verdicts_total",
+            &[("verdict", "kept")]
+        ),
+        1.0
+    );
 
     // With a quality floor the client asked for better than the cheap answer
     // and the budget rules out anything better: a clear error.

@@ -158,6 +158,10 @@ struct Kept {
     response: WorkerGenerateResponse,
     route: RouteDecision,
     worker: Arc<WorkerHandle>,
+    /// Its verdict for the metrics (`escalated` or `unverifiable`), counted
+    /// once the request's end is known (`kept` replaces it when no
+    /// escalation runs).
+    verdict: &'static str,
 }
 
 #[async_trait::async_trait]
@@ -260,6 +264,11 @@ impl Strategy for Cascade {
             };
             answered += 1;
             if let Some(weak) = kept.take() {
+                crate::metrics::cascade_verdict(
+                    self.verifier.id(),
+                    &weak.worker.record.model,
+                    weak.verdict,
+                );
                 let to_model = answer_model(&answer);
                 crate::metrics::cascade_escalation(
                     self.verifier.id(),
@@ -307,7 +316,10 @@ impl Strategy for Cascade {
                 (Some(_), true) => "accepted",
                 (Some(_), false) => "escalated",
             };
-            crate::metrics::cascade_verdict(self.verifier.id(), &model, verdict, started.elapsed());
+            crate::metrics::cascade_verify_time(self.verifier.id(), started.elapsed());
+            if accepted {
+                crate::metrics::cascade_verdict(self.verifier.id(), &model, verdict);
+            }
             let score_text = judgement.score.map_or("no score".to_string(), |s| {
                 if judgement.gap_adjusted {
                     format!("{s:.3} (adjusted for the router's predicted gap)")
@@ -348,6 +360,7 @@ impl Strategy for Cascade {
                 response,
                 route,
                 worker,
+                verdict,
             });
         }
     }
@@ -401,6 +414,11 @@ impl Cascade {
         let last = trail.last_mut();
         if let Some(floor) = flight.req.hints.quality_floor {
             let score = last.map_or(0.0, |s| s.score);
+            crate::metrics::cascade_verdict(
+                self.verifier.id(),
+                &kept.worker.record.model,
+                kept.verdict,
+            );
             return Err(GatewayError::Unsatisfiable(format!(
                 "the answer of {} scored {score:.3}, under quality_floor {floor}, and no stronger \
                  model could answer: {reason} (spent {:.6} USD so far)",
@@ -411,12 +429,7 @@ impl Cascade {
             step.outcome = "kept".into();
             step.reason = format!("{}; kept: {reason}", step.reason);
         }
-        crate::metrics::cascade_verdict(
-            self.verifier.id(),
-            &kept.worker.record.model,
-            "kept",
-            std::time::Duration::ZERO,
-        );
+        crate::metrics::cascade_verdict(self.verifier.id(), &kept.worker.record.model, "kept");
         let answer = Answer::Whole {
             response: kept.response,
             route: kept.route,
