@@ -243,3 +243,29 @@ fn default_mean_weight() -> f64 {
 fn default_min_weight() -> f64 {
     0.05
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(yaml: &str) -> Result<CascadeConfig, String> {
+        serde_norway::from_str(yaml).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        let invalid = |yaml: &str| parse(yaml).unwrap_or_default().validate().unwrap_err();
+        assert_eq!(invalid("{max_steps: 1}").0, "gateway.cascade.max_steps");
+        let (key, why) = invalid("{accept_threshold: 1.5}");
+        assert_eq!(key, "gateway.cascade.accept_threshold");
+        assert!(why.contains("[0, 1]"), "{why}");
+        assert_eq!(
+            invalid("{self_check: {samples: 0}}").0,
+            "gateway.cascade.self_check.samples"
+        );
+        // Unknown keys and verifiers are refused when parsed, naming them.
+        assert!(parse("{verifier: oracle}").unwrap_err().contains("oracle"));
+        assert!(parse("{max_step: 3}").unwrap_err().contains("max_step"));
+        assert!(CascadeConfig::default().validate().is_ok());
+    }
+}
