@@ -41,6 +41,11 @@ pub(crate) const CASCADE_SKIPS: &str = "routemesh_cascade_skips_total";
 /// Time a verifier took to judge one answer (its model calls included).
 pub(crate) const CASCADE_VERIFY_DURATION: &str = "routemesh_cascade_verify_duration_seconds";
 pub(crate) const SHED: &str = "routemesh_shed_total";
+/// Feedback exemplars this gateway holds (its own and other replicas').
+pub(crate) const FEEDBACK_EXEMPLARS: &str = "routemesh_feedback_exemplars";
+/// Exemplars not shared: dropped from the retry queue while Redis was
+/// down (`dropped`), or read from Redis and refused as malformed (`rejected`).
+pub(crate) const FEEDBACK_EXEMPLARS_LOST: &str = "routemesh_feedback_exemplars_lost_total";
 pub(crate) const WORKER_HEALTHY: &str = "routemesh_worker_healthy";
 pub(crate) const WORKER_IN_FLIGHT: &str = "routemesh_worker_in_flight";
 pub(crate) const HEALTHY_WORKERS: &str = "routemesh_healthy_workers";
@@ -250,6 +255,18 @@ pub(crate) fn cascade_skip(model: &str) {
 
 pub(crate) fn shed() {
     counter!(SHED).increment(1);
+}
+
+pub(crate) fn feedback_exemplars(count: usize) {
+    gauge!(FEEDBACK_EXEMPLARS).set(count as f64);
+}
+
+pub(crate) fn feedback_memory_dropped() {
+    counter!(FEEDBACK_EXEMPLARS_LOST, "reason" => "dropped").increment(1);
+}
+
+pub(crate) fn feedback_memory_rejected() {
+    counter!(FEEDBACK_EXEMPLARS_LOST, "reason" => "rejected").increment(1);
 }
 
 /// Pool state, set by the maintenance loop.

@@ -231,6 +231,8 @@ fn policy(config: &GatewayConfig, cost_weight: f64) -> Box<dyn Policy> {
 /// replicas); `None` counts them in this process.
 /// `keys`: API keys with their store (Redis); `None` uses the configured
 /// keys only.
+/// `feedback`: feedback exemplars shared through Redis; `None` keeps them
+/// in this process.
 /// `local`: worker agents running in this process, which the gateway calls
 /// in-process when the registry lists them (empty for `routemesh gateway`).
 pub async fn start_gateway(
@@ -240,6 +242,7 @@ pub async fn start_gateway(
     shared_telemetry: Option<Telemetry>,
     limits: Option<crate::tenancy::limits::Limits>,
     keys: Option<ApiKeys>,
+    feedback: Option<crate::routing::feedback::SharedFeedback>,
 ) -> Result<RunningGateway, ServeError> {
     let keys = match keys {
         Some(keys) => keys,
@@ -315,7 +318,8 @@ pub async fn start_gateway(
     pool.refresh().await;
     {
         let snapshot = pool.snapshot();
-        let models: Vec<&str> = snapshot.iter().map(|w| w.spec.name.as_str()).collect();
+        let names = quality.router_names(snapshot.iter().map(|w| &w.spec));
+        let models: Vec<&str> = names.iter().map(String::as_str).collect();
         quality.prepare(&models).await;
     }
     let shutdown = CancellationToken::new();
@@ -325,6 +329,14 @@ pub async fn start_gateway(
         shutdown.child_token(),
     );
 
+    let feedback = Arc::new(feedback.unwrap_or_else(|| {
+        crate::routing::feedback::SharedFeedback::local(Arc::new(
+            crate::routing::feedback::FeedbackMemory::new(config.feedback_memory.clone()),
+        ))
+    }));
+    let feedback_sync = feedback
+        .clone()
+        .spawn_sync(config.telemetry.snapshot_interval, shutdown.child_token());
     let state = Arc::new(GatewayState {
         pool,
         routing: crate::routing::Routing::new(
@@ -332,6 +344,8 @@ pub async fn start_gateway(
             quality,
             config.telemetry.min_requests,
             config.telemetry.feedback_prior_weight,
+            feedback,
+            config.telemetry.feedback_days,
         ),
         recent: Recent::new(config.feedback_window),
         feedback_rate: crate::serve::FeedbackRate::new(config.feedback_per_minute),
@@ -477,6 +491,9 @@ pub async fn start_gateway(
                 }
             }
             let _ = maintenance.await;
+            if let Some(sync) = feedback_sync {
+                let _ = sync.await;
+            }
             tls_tasks.shutdown().await;
             state_for_shutdown.recorder.shutdown().await;
             stop_admin.cancel();

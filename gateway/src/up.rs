@@ -21,6 +21,8 @@ pub enum UpError {
     Worker { index: usize, source: WorkerError },
     #[error("tenant limits (Redis): {0}")]
     Limits(redis::RedisError),
+    #[error("feedback memory (Redis): {0}")]
+    Feedback(redis::RedisError),
     #[error("telemetry: {0}")]
     Telemetry(#[from] routemesh_telemetry::StoreError),
     #[error("gateway: {0}")]
@@ -44,6 +46,8 @@ pub async fn connect_registry(config: &Config) -> Result<Arc<dyn Registry>, UpEr
                 input_usd_per_mtok: w.input_usd_per_mtok,
                 output_usd_per_mtok: w.output_usd_per_mtok,
                 quality_prior: w.quality_prior,
+                router_model: w.router_model.clone(),
+                params_b: w.params_b,
                 backend: "static".into(),
                 simulated: false,
                 expected_ttft_ms: w.expected_ttft_ms,
@@ -147,6 +151,23 @@ impl Mesh {
             } else {
                 LocalWorkers::default()
             };
+            let feedback = match &config.registry.redis {
+                Some(r) => {
+                    let memory = Arc::new(crate::routing::feedback::FeedbackMemory::new(
+                        config.gateway.feedback_memory.clone(),
+                    ));
+                    match crate::routing::feedback::SharedFeedback::redis(memory, &r.url, &r.mesh)
+                        .await
+                    {
+                        Ok(f) => Some(f),
+                        Err(e) => {
+                            mesh.shutdown().await;
+                            return Err(UpError::Feedback(e));
+                        }
+                    }
+                }
+                None => None,
+            };
             match start_gateway(
                 config.gateway.clone(),
                 registry,
@@ -154,6 +175,7 @@ impl Mesh {
                 telemetry,
                 limits,
                 keys,
+                feedback,
             )
             .await
             {

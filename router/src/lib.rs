@@ -10,10 +10,11 @@ pub mod artifact;
 pub mod embed;
 pub mod encoder;
 pub mod fast;
+pub mod names;
 pub mod predict;
 pub mod router;
 pub mod verify;
 
 pub use crate::predict::QualityPredictor;
-pub use crate::router::{EmbedPath, Router, RouterConfig, RouterError};
+pub use crate::router::{EmbedPath, EmbeddingSpace, Router, RouterConfig, RouterError};
 pub use crate::verify::{AnswerVerifier, VerifyInput};

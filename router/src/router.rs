@@ -10,6 +10,7 @@ use ndarray::Array2;
 use crate::artifact::{self, ArtifactError, Calibration, Manifest};
 use crate::encoder::{AssetPaths, EMBED_DIM, ENCODER_ID, Encoder, EncoderConfig, EncoderError};
 use crate::fast::{self, STATIC_ENCODER_ID, StaticEmbedder};
+use crate::names::ModelCatalog;
 use crate::predict::QualityPredictor;
 use crate::verify::{AnswerVerifier, VERIFIER_DIR, VerifyError};
 use std::sync::Arc;
@@ -72,9 +73,36 @@ impl EmbedPath {
     }
 }
 
+/// An embedding space prompts are compared in (one per embed path of an artifact): what feedback
+/// exemplars are stored in, so they are dropped when the space changes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmbeddingSpace {
+    /// Names the embedder and the training prompts the centre comes from: `fast:<sha prefix>`.
+    pub id: String,
+    /// The training prompts' mean embedding (see [`QualityPredictor::embedding_centre`]).
+    pub centre: Option<Vec<f32>>,
+}
+
+impl EmbeddingSpace {
+    fn of(path: EmbedPath, manifest: &Manifest, predictor: &dyn QualityPredictor) -> Self {
+        // The exemplars fix the centre; without them the encoder alone fixes the space.
+        let digest = manifest
+            .files
+            .get("exemplars.i8")
+            .map_or(manifest.encoder.model_sha256.as_str(), |f| {
+                f.sha256.as_str()
+            });
+        Self {
+            id: format!("{}:{}", path.as_str(), digest.get(..16).unwrap_or(digest)),
+            centre: predictor.embedding_centre(),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct FastPath {
     manifest: Manifest,
+    space: EmbeddingSpace,
     /// Shared with the answer verifier, which embeds with the same table.
     embedder: Arc<StaticEmbedder>,
     predictor: Box<dyn QualityPredictor>,
@@ -95,6 +123,9 @@ pub struct Router {
     calibration: Calibration,
     /// The answer verifier of cascades, when the artifact has `verifier/`.
     verifier: Option<AnswerVerifier>,
+    /// The full path's embedding space.
+    space: EmbeddingSpace,
+    catalog: ModelCatalog,
 }
 
 impl Router {
@@ -131,6 +162,8 @@ impl Router {
                 calibration.pairs = manifest.calibration.pairs.clone();
             }
             return Ok(Self {
+                space: EmbeddingSpace::of(EmbedPath::Full, &manifest, predictor.as_ref()),
+                catalog: ModelCatalog::new(&manifest.models),
                 manifest,
                 encoder: OnceLock::new(),
                 encoder_config,
@@ -147,6 +180,8 @@ impl Router {
         let verifier = load_verifier(dir, None, &cfg.assets)?;
         Ok(Self {
             verifier,
+            space: EmbeddingSpace::of(EmbedPath::Full, &manifest, predictor.as_ref()),
+            catalog: ModelCatalog::new(&manifest.models),
             calibration: manifest.calibration.clone(),
             manifest,
             encoder: OnceLock::from(Ok(encoder)),
@@ -267,6 +302,19 @@ impl Router {
         &self.manifest.models
     }
 
+    /// The artifact's models indexed for matching served names (see [`crate::names`]).
+    pub fn catalog(&self) -> &ModelCatalog {
+        &self.catalog
+    }
+
+    /// The embedding space of `path` (the full path's when this router has no fast path).
+    pub fn space(&self, path: EmbedPath) -> &EmbeddingSpace {
+        match (self.resolve(path), &self.fast) {
+            (EmbedPath::Fast, Some(f)) => &f.space,
+            _ => &self.space,
+        }
+    }
+
     /// Models whose predictions share a training pool and rubric (see [`Manifest::pools`]).
     pub fn pools(&self) -> &[Vec<String>] {
         &self.manifest.pools
@@ -357,6 +405,7 @@ fn load_fast(dir: &Path, main: &Manifest, assets: &AssetPaths) -> Result<FastPat
         manifest.encoder.max_len,
     )?;
     Ok(FastPath {
+        space: EmbeddingSpace::of(EmbedPath::Fast, &manifest, predictor.as_ref()),
         manifest,
         embedder: Arc::new(embedder),
         predictor,

@@ -29,9 +29,22 @@ pub struct WorkerConfig {
     /// Price of completion tokens, USD per million.
     #[serde(default)]
     pub output_usd_per_mtok: f64,
-    /// Quality assumed before the router knows the model, in [0, 1].
+    /// A fixed quality for a model the router does not know, in [0, 1].
+    /// Unset (recommended): the router's predictions for the known models
+    /// nearest to it, per prompt, minus `router.unknown_model_margin`.
     #[serde(default)]
     pub quality_prior: Option<f64>,
+    /// The artifact model the learned router knows this one as, when its
+    /// name differs in more than spelling (a fine-tune, a renamed
+    /// deployment). Unset: the name, matched leniently (Hugging Face ids,
+    /// vLLM served names and Ollama tags of a known model match).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub router_model: Option<String>,
+    /// Parameters in billions, for a model the router does not know: its
+    /// prior is taken from the known models nearest in size. Unset: read
+    /// from the name (`8b`, `135m`), else the tier decides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params_b: Option<f64>,
     /// Median time to first token (milliseconds) gateways assume until
     /// they have observed this worker; unset, a `sim` backend's configured
     /// `ttft_ms`, else the tier's observed median or default.
@@ -156,6 +169,8 @@ impl WorkerConfig {
             self.expected_tokens_per_second,
         )
         .map_err(|(key, why)| format!("{key}: {why}"))?;
+        routemesh_mesh::check_model_identity(self.router_model.as_deref(), self.params_b)
+            .map_err(|(key, why)| format!("{key}: {why}"))?;
         self.backend.choice()?;
         if let Some(tls) = &self.tls {
             tls.validate().map_err(|e| format!("tls.{e}"))?;

@@ -124,6 +124,8 @@ pub async fn start_worker(
         input_usd_per_mtok: config.input_usd_per_mtok,
         output_usd_per_mtok: config.output_usd_per_mtok,
         quality_prior: config.quality_prior,
+        router_model: config.router_model.clone(),
+        params_b: config.params_b,
         backend: backend.kind().to_string(),
         simulated: backend.simulated(),
         expected_ttft_ms,

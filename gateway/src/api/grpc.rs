@@ -146,7 +146,8 @@ impl Gateway for GatewayService {
         Ok(Response::new(
             self.pipeline
                 .state()
-                .feedback(&owner, request.into_inner())?,
+                .feedback(&owner, request.into_inner())
+                .await?,
         ))
     }
 

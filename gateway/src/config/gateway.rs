@@ -89,6 +89,9 @@ pub struct GatewayConfig {
     /// gateway in its own memory (N replicas admit up to N times as many).
     #[serde(default = "default_feedback_per_minute")]
     pub feedback_per_minute: u32,
+    /// How feedback exemplars count for similar prompts, and how many are kept.
+    #[serde(default)]
+    pub feedback_memory: crate::routing::feedback::FeedbackMemoryConfig,
     /// On shutdown, how long in-flight requests may take to finish.
     #[serde(default = "default_drain_grace", with = "humantime_serde")]
     pub drain_grace: Duration,

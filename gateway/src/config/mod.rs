@@ -178,6 +178,16 @@ impl Config {
         if g.max_attempts == 0 {
             return bad("max_attempts", "must be at least 1".into());
         }
+        if let Err((key, why)) = g.feedback_memory.check() {
+            return bad(&format!("feedback_memory.{key}"), why);
+        }
+        let margin = g.router.unknown_model_margin;
+        if !(margin.is_finite() && (0.0..=1.0).contains(&margin)) {
+            return bad(
+                "router.unknown_model_margin",
+                format!("{margin} is not in [0, 1]"),
+            );
+        }
         if g.default_max_tokens == 0 || g.default_max_tokens > g.max_tokens_limit {
             return bad(
                 "default_max_tokens",
@@ -241,6 +251,8 @@ impl Config {
                 ));
             }
             routemesh_mesh::check_declared_speed(w.expected_ttft_ms, w.expected_tokens_per_second)
+                .map_err(|(key, why)| (format!("static_workers[{i}].{key}"), why))?;
+            routemesh_mesh::check_model_identity(w.router_model.as_deref(), w.params_b)
                 .map_err(|(key, why)| (format!("static_workers[{i}].{key}"), why))?;
             if !ids.insert(w.id.clone()) {
                 return Err((

@@ -42,6 +42,17 @@ pub struct StaticWorker {
     pub output_usd_per_mtok: f64,
     #[serde(default)]
     pub quality_prior: Option<f64>,
+    /// The artifact model the learned router knows this one as, when its
+    /// name differs in more than spelling (a fine-tune, a renamed
+    /// deployment). Unset: the name, matched leniently (Hugging Face ids,
+    /// vLLM served names and Ollama tags of a known model match).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub router_model: Option<String>,
+    /// Parameters in billions, for a model the router does not know: its
+    /// prior is taken from the known models nearest in size. Unset: read
+    /// from the name (`8b`, `135m`), else the tier decides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params_b: Option<f64>,
     #[serde(default = "default_static_capacity")]
     pub capacity: u32,
     #[serde(default = "default_static_capacity")]

@@ -85,6 +85,8 @@ impl WorkerHandle {
             input_usd_per_mtok: record.input_usd_per_mtok,
             output_usd_per_mtok: record.output_usd_per_mtok,
             quality_prior: record.quality_prior,
+            router_model: record.router_model.clone(),
+            params_b: record.params_b,
         };
         Ok(Self {
             spec,

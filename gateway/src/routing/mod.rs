@@ -3,6 +3,7 @@
 //! decisions: nothing here calls a worker (strategies, which do, live in
 //! `serve/`).
 
+pub mod feedback;
 pub mod policy;
 pub mod quality;
 pub(crate) mod route;
@@ -22,23 +23,31 @@ pub struct Routing {
     pub(crate) min_requests: f64,
     /// How many feedback scores a prediction is worth.
     pub(crate) feedback_prior_weight: f64,
+    /// Feedback exemplars (shared through Redis in a mesh).
+    pub(crate) feedback: std::sync::Arc<feedback::SharedFeedback>,
+    /// Feedback older than this is ignored (`telemetry.feedback_days`).
+    pub(crate) feedback_max_age_ms: u64,
 }
 
 impl Routing {
     /// `min_requests`: calls a worker must have served before its observed
     /// speed counts; `feedback_prior_weight`: how many feedback scores a
     /// prediction is worth.
-    pub fn new(
+    pub(crate) fn new(
         policy: Box<dyn Policy>,
         quality: QualityModel,
         min_requests: u32,
         feedback_prior_weight: f64,
+        feedback: std::sync::Arc<feedback::SharedFeedback>,
+        feedback_days: u32,
     ) -> Self {
         Self {
             policy,
             quality,
             min_requests: f64::from(min_requests),
             feedback_prior_weight,
+            feedback,
+            feedback_max_age_ms: u64::from(feedback_days.max(1)) * 86_400_000,
         }
     }
 }

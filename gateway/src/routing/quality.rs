@@ -3,13 +3,17 @@
 //! and cached by prompt; the tier/price prior otherwise. Feedback moves
 //! either (see `GatewayState::predictions`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use routemesh_mesh::ModelSpec;
 use routemesh_router::encoder::AssetPaths;
+use routemesh_router::names::Stand;
 use routemesh_router::{EmbedPath, Router, RouterConfig};
+
+use super::feedback::PromptPoint;
 use serde::{Deserialize, Serialize};
 
 /// Where the router artifact and the encoder assets are.
@@ -47,6 +51,16 @@ pub struct RouterSettings {
     /// spreading one pass over the cores cuts decision latency.
     #[serde(default)]
     pub encoder_threads: Option<usize>,
+    /// For a model the router does not know: how far below the router's
+    /// predictions for the known models nearest to it (size, family) its
+    /// prior sits, per prompt. A model smaller than those loses another
+    /// 0.02 per halving of size (at most 0.2).
+    #[serde(default = "default_unknown_model_margin")]
+    pub unknown_model_margin: f64,
+}
+
+fn default_unknown_model_margin() -> f64 {
+    0.05
 }
 
 /// ONNX Runtime threads per encoder pass when `encoder_threads` is unset.
@@ -80,6 +94,7 @@ impl Default for RouterSettings {
             cache_entries: default_cache(),
             path: RouterPath::default(),
             encoder_threads: None,
+            unknown_model_margin: default_unknown_model_margin(),
         }
     }
 }
@@ -87,37 +102,70 @@ impl Default for RouterSettings {
 /// What the router says about one prompt.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RoutedPrompt {
-    /// Model name -> predicted quality.
+    /// Artifact model name -> predicted quality.
     pub scores: HashMap<String, f64>,
-    /// The prompt's region of embedding space (a locality-sensitive hash):
-    /// similar prompts share it, so feedback on one moves its neighbours.
-    pub region: String,
+    /// The prompt's point in the embedding space it was predicted in, where
+    /// feedback on it is kept and feedback near it counts.
+    pub point: Option<PromptPoint>,
+    /// That space's id (`EmbeddingSpace::id`).
+    pub space: Arc<str>,
 }
 
 pub type Predicted = Arc<RoutedPrompt>;
 
-/// Hyperplanes of the region hash: fixed, so every replica agrees.
-const REGION_BITS: usize = 4;
-
-fn region_of(embedding: ndarray::ArrayView1<'_, f32>) -> String {
-    // A small deterministic generator (xorshift) for the hyperplanes: no
-    // dependency, same planes in every process and version.
-    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut bits = String::with_capacity(REGION_BITS + 1);
-    bits.push('r');
-    for _ in 0..REGION_BITS {
-        let mut dot = 0.0f32;
-        for x in embedding.iter() {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            let plane = (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
-            dot += plane * x;
-        }
-        bits.push(if dot >= 0.0 { '1' } else { '0' });
-    }
-    bits
+/// How the learned router knows a model of the pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Knowledge {
+    /// Trained on it, under this artifact name.
+    Learned(String),
+    /// Added to the artifact from scored prompts (`routemesh router onboard`).
+    Onboarded(String),
+    /// Not known (or no router): see [`QualityModel::stand_in`].
+    Unknown,
 }
+
+impl Knowledge {
+    /// `learned`, `onboarded` or `prior`, as ListModels and the explanation say it.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Knowledge::Learned(_) => "learned",
+            Knowledge::Onboarded(_) => "onboarded",
+            Knowledge::Unknown => "prior",
+        }
+    }
+
+    /// The artifact's name for the model, when it knows it.
+    pub fn router_model(&self) -> Option<&str> {
+        match self {
+            Knowledge::Learned(m) | Knowledge::Onboarded(m) => Some(m),
+            Knowledge::Unknown => None,
+        }
+    }
+}
+
+/// A model's prior on the router's scale: the predictions for `stands` (weights summing to 1), less
+/// `penalty`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StandIn {
+    pub stands: Vec<Stand>,
+    pub penalty: f64,
+}
+
+impl StandIn {
+    /// The prior for a prompt the router predicted `scores` for; `None` if it lacks a stand.
+    pub fn quality(&self, scores: &HashMap<String, f64>) -> Option<f64> {
+        let mut q = 0.0;
+        for s in &self.stands {
+            q += s.weight * scores.get(&s.model)?;
+        }
+        (!self.stands.is_empty()).then(|| (q - self.penalty).clamp(0.0, 1.0))
+    }
+}
+
+/// Quality lost per halving of size below the known models an unknown one stands on.
+const PENALTY_PER_HALVING: f64 = 0.02;
+/// At most this much is taken for size, on top of the margin.
+const MAX_SIZE_PENALTY: f64 = 0.2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum QualityError {
@@ -144,6 +192,12 @@ pub struct QualityModel {
     /// unbounded queue of inference jobs would take the cores from the
     /// requests already admitted.
     inference_slots: Option<Arc<tokio::sync::Semaphore>>,
+    unknown_model_margin: f64,
+    /// How the router knows each model the pool has served (by name and
+    /// declared `router_model`): matched once, not per request.
+    knowledge: std::sync::RwLock<HashMap<(String, Option<String>), Knowledge>>,
+    /// Stand-ins of unknown models, by (model, training pool).
+    stand_ins: std::sync::RwLock<HashMap<(String, usize), Arc<StandIn>>>,
 }
 
 /// Longest a request waits for a router slot before it is routed on priors.
@@ -205,6 +259,8 @@ impl QualityModel {
                     inference_slots: Some(Arc::new(tokio::sync::Semaphore::new(
                         std::thread::available_parallelism().map_or(2, |n| n.get()),
                     ))),
+                    unknown_model_margin: settings.unknown_model_margin,
+                    ..Self::default()
                 })
             }
             Err(source) if explicit => Err(QualityError::Load {
@@ -254,22 +310,114 @@ impl QualityModel {
             .collect()
     }
 
-    /// The models whose predictions can be compared with each other in this
-    /// pool: the router's training pool that covers most of `pool_models`.
-    pub fn comparable(&self, pool_models: &[&str]) -> HashSet<String> {
+    /// How the router knows `spec`: by its declared `router_model`, else its
+    /// name matched leniently (see `routemesh_router::names`). Matched once.
+    pub fn knowledge(&self, spec: &ModelSpec) -> Knowledge {
         let Some(router) = &self.router else {
-            return HashSet::new();
+            return Knowledge::Unknown;
         };
+        let key = (spec.name.clone(), spec.router_model.clone());
+        if let Some(k) = self
+            .knowledge
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
+            return k.clone();
+        }
+        let known = router
+            .catalog()
+            .resolve(&spec.name, spec.router_model.as_deref());
+        let k = match known {
+            Some(m) if router.manifest().onboarded.contains_key(m) => {
+                Knowledge::Onboarded(m.to_string())
+            }
+            Some(m) => Knowledge::Learned(m.to_string()),
+            None => {
+                if let Some(declared) = &spec.router_model {
+                    tracing::warn!(model = %spec.name, router_model = %declared, "router_model is not a model of the router artifact; the model is routed on the known models nearest to it");
+                }
+                Knowledge::Unknown
+            }
+        };
+        self.knowledge
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, k.clone());
+        k
+    }
+
+    /// The router's training pool that predictions for this pool are
+    /// compared in: the one that knows most of `knowledge`'s models (ties:
+    /// the larger pool), `None` without a router.
+    pub fn training_pool(&self, knowledge: &[&Knowledge]) -> Option<usize> {
+        let router = self.router.as_ref()?;
         router
             .pools()
             .iter()
-            .max_by_key(|pool| {
-                pool.iter()
-                    .filter(|m| pool_models.contains(&m.as_str()))
-                    .count()
+            .enumerate()
+            .max_by_key(|(i, pool)| {
+                let known = knowledge
+                    .iter()
+                    .filter_map(|k| k.router_model())
+                    .filter(|m| pool.iter().any(|p| p == m))
+                    .count();
+                (known, pool.len(), std::cmp::Reverse(*i))
             })
-            .map(|pool| pool.iter().cloned().collect())
-            .unwrap_or_default()
+            .map(|(i, _)| i)
+    }
+
+    /// Whether `model` (an artifact name) is in training pool `pool`.
+    pub fn in_training_pool(&self, model: &str, pool: usize) -> bool {
+        self.router
+            .as_ref()
+            .and_then(|r| r.pools().get(pool))
+            .is_some_and(|p| p.iter().any(|m| m == model))
+    }
+
+    /// What stands in for a model the router does not know, within training
+    /// pool `pool`: the known models nearest in size and family, less
+    /// `router.unknown_model_margin` and 0.02 per halving of size below them.
+    /// `None` without a router, or for a model with a configured
+    /// `quality_prior` (a fixed figure the operator chose).
+    pub fn stand_in(&self, spec: &ModelSpec, pool: usize) -> Option<Arc<StandIn>> {
+        if spec.quality_prior.is_some() {
+            return None;
+        }
+        let router = self.router.as_ref()?;
+        let key = (spec.name.clone(), pool);
+        if let Some(s) = self
+            .stand_ins
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
+            return Some(s.clone());
+        }
+        let candidates: Vec<&str> = router
+            .pools()
+            .get(pool)?
+            .iter()
+            .map(String::as_str)
+            .collect();
+        let large = spec.tier == routemesh_mesh::Tier::Large;
+        let stands = router
+            .catalog()
+            .nearest(&spec.name, spec.params_b, large, &candidates);
+        let smaller_by: f64 = stands
+            .iter()
+            .map(|s| s.weight * s.size_gap_log2.unwrap_or(0.0).max(0.0))
+            .sum();
+        let stand_in = Arc::new(StandIn {
+            stands,
+            penalty: self.unknown_model_margin
+                + (PENALTY_PER_HALVING * smaller_by).min(MAX_SIZE_PENALTY),
+        });
+        self.stand_ins
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, stand_in.clone());
+        Some(stand_in)
     }
 
     /// Gets the router ready for a pool: loads the encoder now (off the async
@@ -295,8 +443,19 @@ impl QualityModel {
         }
     }
 
-    /// Predicted quality per model for `prompt` routed among `pool_models`,
-    /// or `None` without a router (or if the encoder fails, logged). Never
+    /// The artifact's names of the pool's models it knows (what `predict`
+    /// and `prepare` take).
+    pub fn router_names<'a>(&self, specs: impl Iterator<Item = &'a ModelSpec>) -> Vec<String> {
+        let mut names: Vec<String> = specs
+            .filter_map(|s| self.knowledge(s).router_model().map(str::to_string))
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        names
+    }
+
+    /// Predicted quality per model for `prompt` routed among `pool_models`
+    /// (artifact names, see `router_names`), or `None` without a router (or if the encoder fails, logged). Never
     /// blocks the async threads.
     pub async fn predict(&self, prompt: &str, pool_models: &[&str]) -> Option<Predicted> {
         let router = self.router.clone()?;
@@ -341,12 +500,17 @@ impl QualityModel {
                 Err(e) => return Err(e),
             };
             let scores = scores.into_iter().next().unwrap_or_default();
-            let region = region_of(embedding.row(0));
+            let space = router.space(took);
+            let point = embedding
+                .row(0)
+                .as_slice()
+                .and_then(|row| PromptPoint::new(row, space.centre.as_deref()));
             Ok::<_, routemesh_router::RouterError>((
                 took,
                 RoutedPrompt {
                     scores: router.models().iter().cloned().zip(scores).collect(),
-                    region,
+                    point,
+                    space: Arc::from(space.id.as_str()),
                 },
             ))
         })

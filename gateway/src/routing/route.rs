@@ -16,7 +16,9 @@ use super::policy::Hints;
 use super::view::view_of;
 use crate::error::GatewayError;
 use crate::pool::WorkerHandle;
-use crate::routing::quality::Predicted;
+use crate::routing::feedback::Scope;
+use crate::routing::quality::{Knowledge, Predicted, StandIn};
+use routemesh_mesh::ModelSpec;
 
 /// A decision with the worker it chose.
 pub(crate) struct Routed {
@@ -47,6 +49,8 @@ pub(crate) struct RouteContext<'a> {
     pub(crate) live: &'a LiveSnapshot,
     /// The tenant's λ (quality per USD), if it has a cost target.
     pub(crate) cost_weight: Option<f64>,
+    /// The tenant the API key authenticated: whose feedback applies.
+    pub(crate) owner: &'a Option<String>,
 }
 
 impl Routing {
@@ -62,6 +66,7 @@ impl Routing {
             predicted,
             live,
             cost_weight,
+            owner,
         } = *cx;
         let start = Instant::now();
         let workers: Vec<&Arc<WorkerHandle>> = workers
@@ -79,7 +84,11 @@ impl Routing {
                 )
             })
             .collect();
-        let predictions = self.predictions(&workers, live, predicted);
+        let qualities = self.predictions(&workers, live, predicted, owner);
+        let predictions: HashMap<String, Prediction> = qualities
+            .iter()
+            .map(|(m, q)| (m.clone(), q.prediction))
+            .collect();
         let input = RouteInput {
             prompt_tokens: req.prompt_tokens,
             max_tokens: req.max_tokens,
@@ -117,8 +126,7 @@ impl Routing {
                 took,
             );
         }
-        let mut explanation = explain(req.request_id, &decision, live, took);
-        explanation.prompt_region = predicted.map(|p| p.region.clone()).unwrap_or_default();
+        let explanation = explain(req.request_id, &decision, live, &qualities, took);
         match decision.chosen {
             Ok(i) => Ok(Routed {
                 worker: workers[i].clone(),
@@ -145,66 +153,125 @@ impl Routing {
         }
     }
 
-    /// Predicted quality per model: the learned router's where it knows the
-    /// model (within one of its comparable pools), else the tier prior; then
-    /// moved towards the feedback received for the model (a Beta-style
-    /// posterior mean with the prediction worth `feedback_prior_weight` scores).
+    /// The training pool predictions among `workers` are compared in.
+    pub(crate) fn training_pool(&self, workers: &[&Arc<WorkerHandle>]) -> Option<usize> {
+        let knowledge: Vec<Knowledge> = workers
+            .iter()
+            .map(|w| self.quality.knowledge(&w.spec))
+            .collect();
+        self.quality
+            .training_pool(&knowledge.iter().collect::<Vec<_>>())
+    }
+
+    /// `spec`'s predicted quality before feedback: the learned router's
+    /// where it knows the model (within the training pool predictions are
+    /// compared in), else the router's predictions for the known models
+    /// nearest to it less a margin, else its fixed prior.
+    pub(crate) fn base_quality(
+        &self,
+        spec: &ModelSpec,
+        knowledge: &Knowledge,
+        routed: Option<&Predicted>,
+        pool: Option<usize>,
+    ) -> (f64, QualitySource, Option<Arc<StandIn>>) {
+        if let (Some(p), Some(pool)) = (routed, pool) {
+            let learned = knowledge
+                .router_model()
+                .filter(|m| self.quality.in_training_pool(m, pool))
+                .and_then(|m| p.scores.get(m));
+            if let Some(&q) = learned {
+                let source = match knowledge {
+                    Knowledge::Onboarded(_) => QualitySource::Onboarded,
+                    _ => QualitySource::Router,
+                };
+                return (q, source, None);
+            }
+            if let Some(stand_in) = self.quality.stand_in(spec, pool)
+                && let Some(q) = stand_in.quality(&p.scores)
+            {
+                return (q, QualitySource::NearestKnown, Some(stand_in));
+            }
+        }
+        (spec.prior_quality(), QualitySource::Prior, None)
+    }
+
+    /// Predicted quality per model: [`Routing::base_quality`], moved by the
+    /// feedback near this prompt that `owner` may see (see
+    /// `routing::feedback`). Without a router, feedback counts for the model
+    /// as a whole, from the telemetry's per-scope totals.
     fn predictions(
         &self,
         workers: &[&Arc<WorkerHandle>],
         live: &LiveSnapshot,
         routed: Option<&Predicted>,
-    ) -> HashMap<String, Prediction> {
+        owner: &Option<String>,
+    ) -> HashMap<String, ModelQuality> {
         let weight = self.feedback_prior_weight;
-        let models: Vec<&str> = workers.iter().map(|w| w.spec.name.as_str()).collect();
-        let comparable = if routed.is_some() {
-            self.quality.comparable(&models)
-        } else {
-            Default::default()
-        };
+        let pool = routed.and_then(|_| self.training_pool(workers));
+        let memory = self.feedback.memory();
+        let oldest_ms =
+            routemesh_telemetry::record::now_ms().saturating_sub(self.feedback_max_age_ms);
+        let scopes = [Scope::Global.label(), Scope::Tenant(owner.clone()).label()];
         let mut out = HashMap::new();
         for w in workers {
             if out.contains_key(&w.spec.name) {
                 continue;
             }
-            let learned = routed
-                .filter(|_| comparable.contains(&w.spec.name))
-                .and_then(|p| p.scores.get(&w.spec.name))
-                .copied();
-            let (base, base_source) = match learned {
-                Some(q) => (q, QualitySource::Router),
-                None => (w.spec.prior_quality(), QualitySource::Prior),
+            let knowledge = self.quality.knowledge(&w.spec);
+            let (base, source, stand_in) = self.base_quality(&w.spec, &knowledge, routed, pool);
+            let delta = match routed.and_then(|p| Some((p.point.as_ref()?, &p.space))) {
+                Some((point, space)) => memory
+                    .shift(&w.spec.name, space, point, owner, weight, oldest_ms)
+                    .map(|s| s.delta),
+                None if routed.is_none() => {
+                    live.snapshot.feedback.get(&w.spec.name).and_then(|f| {
+                        let (sum, count) = scopes
+                            .iter()
+                            .filter_map(|s| f.by_scope.get(s))
+                            .fold((0.0, 0.0), |(a, b), (s, n)| (a + s, b + n));
+                        (count > 0.0).then(|| {
+                            ((sum - base * count) / (weight + count))
+                                .clamp(-memory.config().max_shift, memory.config().max_shift)
+                        })
+                    })
+                }
+                None => None,
             };
-            // With a router, feedback counts where it was given: on prompts of
-            // the same region. Without one, for the model as a whole.
-            let feedback = live
-                .snapshot
-                .feedback
-                .get(&w.spec.name)
-                .and_then(|f| match routed {
-                    Some(p) => f.by_region.get(&p.region).copied(),
-                    None => Some((f.sum, f.count)),
-                });
-            let prediction = match feedback.filter(|(_, n)| *n > 0.0) {
-                Some((sum, count)) => Prediction {
-                    quality: (base * weight + sum) / (weight + count),
-                    source: base_source.with_feedback(),
+            let prediction = match delta {
+                Some(d) => Prediction {
+                    quality: (base + d).clamp(0.0, 1.0),
+                    source: source.with_feedback(),
                 },
                 None => Prediction {
                     quality: base,
-                    source: base_source,
+                    source,
                 },
             };
-            out.insert(w.spec.name.clone(), prediction);
+            out.insert(
+                w.spec.name.clone(),
+                ModelQuality {
+                    prediction,
+                    knowledge,
+                    stand_in,
+                },
+            );
         }
         out
     }
+}
+
+/// A model's predicted quality with how the router knows it.
+pub(crate) struct ModelQuality {
+    prediction: Prediction,
+    knowledge: Knowledge,
+    stand_in: Option<Arc<StandIn>>,
 }
 
 fn explain(
     request_id: &str,
     decision: &Decision,
     live: &LiveSnapshot,
+    qualities: &HashMap<String, ModelQuality>,
     elapsed: std::time::Duration,
 ) -> RouteDecision {
     let chosen = decision.chosen_candidate();
@@ -220,7 +287,19 @@ fn explain(
             .iter()
             .map(|c| {
                 let observed = telemetry.workers.get(&c.worker_id);
+                let quality = qualities.get(&c.model);
                 RouteCandidate {
+                    router_model: quality
+                        .and_then(|q| q.knowledge.router_model())
+                        .unwrap_or_default()
+                        .to_string(),
+                    router_knowledge: quality
+                        .map_or("prior", |q| q.knowledge.as_str())
+                        .to_string(),
+                    stands_on: quality
+                        .and_then(|q| q.stand_in.as_ref())
+                        .map(|s| s.stands.iter().map(|s| s.model.clone()).collect())
+                        .unwrap_or_default(),
                     model: c.model.clone(),
                     worker_id: c.worker_id.clone(),
                     tier: c.tier.to_wire(),

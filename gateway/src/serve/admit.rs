@@ -81,11 +81,10 @@ impl GatewayState {
         req: &ValidRequest,
         snapshot: &Snapshot,
     ) -> Option<Predicted> {
-        let models: Vec<&str> = snapshot.iter().map(|w| w.spec.name.as_str()).collect();
-        self.routing
-            .quality
-            .predict(req.routing_prompt(), &models)
-            .await
+        let quality = &self.routing.quality;
+        let names = quality.router_names(snapshot.iter().map(|w| &w.spec));
+        let models: Vec<&str> = names.iter().map(String::as_str).collect();
+        quality.predict(req.routing_prompt(), &models).await
     }
 
     /// The tenant's rate limits and budgets, checked before any work.

@@ -260,6 +260,7 @@ impl Flight {
             predicted: self.predicted.as_ref(),
             live: &live,
             cost_weight: self.state.cost_targets.cost_weight(&self.req.tenant),
+            owner: &self.req.owner,
         };
         loop {
             let routed = self

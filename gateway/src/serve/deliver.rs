@@ -286,13 +286,9 @@ fn remember(flight: &Flight, worker: &WorkerHandle) {
         &req.owner,
         &req.request_id,
         Served::new(
-            worker.record.model.clone(),
+            worker.spec.clone(),
             worker.record.id.clone(),
-            flight
-                .predicted
-                .as_ref()
-                .map(|p| p.region.clone())
-                .unwrap_or_default(),
+            flight.predicted.clone(),
         ),
     );
 }

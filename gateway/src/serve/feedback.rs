@@ -1,23 +1,26 @@
 //! Feedback: a client's score for an answer, attributed to the model that
-//! gave it and the prompt's region, for the router to learn from.
+//! gave it, kept as an exemplar at the prompt's point in the router's
+//! embedding space (see `routing::feedback`), for routing to learn from.
 //!
-//! Feedback moves every tenant's routing, so it is guarded: only the tenant
-//! whose API key made a request may score it (another tenant gets the same
-//! NOT_FOUND as for an unknown id, so ids are not revealed); a request holds
-//! one score, a later one replaces it (500 scores on one request move a
-//! model exactly as its last one does); and each tenant may send
-//! `gateway.feedback_per_minute` Feedback calls a minute.
+//! Feedback is guarded: only the tenant whose API key made a request may
+//! score it (another tenant gets the same NOT_FOUND as for an unknown id, so
+//! ids are not revealed); a request holds one score, a later one replaces it
+//! (500 scores on one request move a model exactly as its last one does);
+//! each tenant may send `gateway.feedback_per_minute` Feedback calls a
+//! minute; and a tenant's feedback moves only its own routing unless it is
+//! `trusted_feedback`.
 
 use routemesh_proto::v1::{FeedbackRequest, FeedbackResponse};
 use routemesh_telemetry::FeedbackEvent;
 
-use super::recent::{Owner, Scored};
+use super::recent::{Owner, Scored, Served};
 use super::state::GatewayState;
 use crate::error::GatewayError;
+use crate::routing::feedback::{FeedbackEntry, Scope, entry_key};
 
 impl GatewayState {
     /// Records `owner`'s score for one of its requests.
-    pub(crate) fn feedback(
+    pub(crate) async fn feedback(
         &self,
         owner: &Owner,
         request: FeedbackRequest,
@@ -49,7 +52,21 @@ impl GatewayState {
         let served = self
             .recent
             .lookup(owner, &request_id)
-            .ok_or(GatewayError::UnknownRequest(request_id))?;
+            .ok_or_else(|| GatewayError::UnknownRequest(request_id.clone()))?;
+        let scope = self.feedback_scope(owner);
+        self.count_score(&served, &scope, score, now_ms);
+        if let Some(entry) = self.exemplar(owner, &request_id, &served, scope, score, now_ms) {
+            self.routing.feedback.record(entry).await;
+        }
+        Ok(FeedbackResponse {
+            model: served.spec.name,
+            worker_id: served.worker_id,
+        })
+    }
+
+    /// Adds the score to the telemetry's per-model totals, as a
+    /// replacement when the request was scored before.
+    fn count_score(&self, served: &Served, scope: &Scope, score: f64, now_ms: u64) {
         // Held while the event is queued: two concurrent scores for one
         // request are recorded one after the other, the second replacing
         // the first, never both counted as new.
@@ -60,8 +77,8 @@ impl GatewayState {
         let earlier = *scored;
         let event = FeedbackEvent {
             at_ms: earlier.map_or(now_ms, |e| e.at_ms),
-            model: served.model.clone(),
-            region: served.region.clone(),
+            model: served.spec.name.clone(),
+            scope: scope.label(),
             score,
             replaces: earlier.map(|e| e.score),
         };
@@ -74,10 +91,53 @@ impl GatewayState {
                 at_ms: earlier.map_or(now_ms, |e| e.at_ms),
             });
         }
-        drop(scored);
-        Ok(FeedbackResponse {
-            model: served.model,
-            worker_id: served.worker_id,
+    }
+
+    /// Whose routing `owner`'s feedback moves: every tenant's for a
+    /// `trusted_feedback` tenant, else its own.
+    fn feedback_scope(&self, owner: &Option<String>) -> Scope {
+        let trusted = owner
+            .as_ref()
+            .and_then(|t| self.config.tenants.get(t))
+            .is_some_and(|t| t.trusted_feedback);
+        if trusted {
+            Scope::Global
+        } else {
+            Scope::Tenant(owner.clone())
+        }
+    }
+
+    /// The exemplar of a scored request: at its prompt's point, with the
+    /// residual against what routing predicted there for the model before
+    /// feedback. `None` without a router point (no router, or a prompt the
+    /// encoder could not place): the telemetry's totals still count it.
+    fn exemplar(
+        &self,
+        owner: &Option<String>,
+        request_id: &str,
+        served: &Served,
+        scope: Scope,
+        score: f64,
+        now_ms: u64,
+    ) -> Option<FeedbackEntry> {
+        let predicted = served.predicted.as_ref()?;
+        let point = predicted.point.clone()?;
+        let routing = &self.routing;
+        let snapshot = self.pool.snapshot();
+        let workers: Vec<_> = snapshot.iter().collect();
+        let pool = routing.training_pool(&workers);
+        let knowledge = routing.quality.knowledge(&served.spec);
+        let (base, _, _) = routing.base_quality(&served.spec, &knowledge, Some(predicted), pool);
+        Some(FeedbackEntry {
+            key: entry_key(owner, request_id),
+            scope,
+            source: owner.clone(),
+            model: served.spec.name.clone(),
+            score: score as f32,
+            base: base as f32,
+            space: predicted.space.to_string(),
+            point,
+            at_ms: now_ms,
         })
     }
 }

@@ -93,6 +93,7 @@ impl Pipeline {
             predicted: predicted.as_ref(),
             live: &live,
             cost_weight: state.cost_targets.cost_weight(&req.tenant),
+            owner: &req.owner,
         };
         // A strategy that narrows the first call (a cascade's cheap step)
         // is shown as that call would be routed.

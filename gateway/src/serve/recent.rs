@@ -10,12 +10,18 @@
 
 use std::sync::{Arc, Mutex};
 
+use routemesh_mesh::ModelSpec;
+
+use crate::routing::quality::Predicted;
+
 #[derive(Debug, Clone)]
 pub(crate) struct Served {
-    pub model: String,
+    /// The model that answered, as the pool knows it.
+    pub spec: ModelSpec,
     pub worker_id: String,
-    /// The prompt's region (router only), where its feedback counts.
-    pub region: String,
+    /// What the router said about the prompt (its point in embedding
+    /// space, where feedback on this request is kept).
+    pub predicted: Option<Predicted>,
     /// The score this request was given, shared by every copy of this entry
     /// so that concurrent Feedback calls for one request see each other.
     pub scored: Arc<Mutex<Option<Scored>>>,
@@ -31,11 +37,11 @@ pub(crate) struct Scored {
 }
 
 impl Served {
-    pub(crate) fn new(model: String, worker_id: String, region: String) -> Self {
+    pub(crate) fn new(spec: ModelSpec, worker_id: String, predicted: Option<Predicted>) -> Self {
         Self {
-            model,
+            spec,
             worker_id,
-            region,
+            predicted,
             scored: Arc::default(),
         }
     }
@@ -74,11 +80,20 @@ mod tests {
     use super::*;
 
     fn served(model: &str) -> Served {
-        Served::new(model.into(), "w".into(), String::new())
+        let spec = ModelSpec {
+            name: model.into(),
+            tier: routemesh_mesh::Tier::Small,
+            input_usd_per_mtok: 0.0,
+            output_usd_per_mtok: 0.0,
+            quality_prior: None,
+            router_model: None,
+            params_b: None,
+        };
+        Served::new(spec, "w".into(), None)
     }
 
     fn model(r: &Recent, owner: &Owner, id: &str) -> Option<String> {
-        r.lookup(owner, id).map(|s| s.model)
+        r.lookup(owner, id).map(|s| s.spec.name)
     }
 
     #[test]

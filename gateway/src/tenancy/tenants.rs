@@ -27,6 +27,10 @@ pub struct TenantConfig {
     /// Spend per 30-day month (UTC days since the epoch / 30), USD.
     #[serde(default)]
     pub budget_usd_per_month: Option<f64>,
+    /// The tenant's Feedback moves every tenant's routing; by default it
+    /// moves only its own (so no tenant can steer another's).
+    #[serde(default)]
+    pub trusted_feedback: bool,
 }
 
 impl TenantConfig {

@@ -53,9 +53,10 @@ impl RequestRecord {
 pub struct FeedbackEvent {
     pub at_ms: u64,
     pub model: String,
-    /// A coarse region of prompt space (e.g. the router's nearest cluster);
-    /// empty when unknown. Feedback is kept per (model, region) and per model.
-    pub region: String,
+    /// Whose routing the score moves: `*` (every tenant's: a trusted
+    /// tenant's feedback) or the scoring tenant's own scope. Feedback is
+    /// kept per (model, scope) and per model.
+    pub scope: String,
     pub score: f64,
     /// The earlier score of the same request that this one replaces (one
     /// score per request). `at_ms` is then the earlier score's time.

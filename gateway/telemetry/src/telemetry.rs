@@ -88,8 +88,8 @@ pub struct Stats {
 pub struct QualityFeedback {
     pub sum: f64,
     pub count: f64,
-    /// (sum, count) per region of prompt space.
-    pub by_region: HashMap<String, (f64, f64)>,
+    /// (sum, count) per scope (see `FeedbackEvent::scope`).
+    pub by_scope: HashMap<String, (f64, f64)>,
 }
 
 impl QualityFeedback {
@@ -235,10 +235,10 @@ impl Telemetry {
             .await
     }
 
-    /// Records feedback scores, per model and per (model, region), by day.
+    /// Records feedback scores, per model and per (model, scope), by day.
     ///
     /// The store keeps only additive sums (a sum and a count per day and
-    /// region, incremented in place, shared by every replica), not one row
+    /// scope, incremented in place, shared by every replica), not one row
     /// per request, so a score that replaces an earlier one for the same
     /// request is recorded as its difference: `score - replaced` added to
     /// the sum and nothing to the count. The mean then counts the request
@@ -249,12 +249,12 @@ impl Telemetry {
         let mut days: HashMap<u64, HashMap<String, f64>> = HashMap::new();
         for e in batch {
             let f = days.entry(e.at_ms / DAY_MS).or_default();
-            let sum = format!("{}{SEP}{}{SEP}sum", e.model, e.region);
+            let sum = format!("{}{SEP}{}{SEP}sum", e.model, e.scope);
             match e.replaces {
                 Some(earlier) => add(f, sum, e.score - earlier),
                 None => {
                     add(f, sum, e.score);
-                    add(f, format!("{}{SEP}{}{SEP}n", e.model, e.region), 1.0);
+                    add(f, format!("{}{SEP}{}{SEP}n", e.model, e.scope), 1.0);
                 }
             }
         }
@@ -322,13 +322,12 @@ impl Telemetry {
         }
         for (field, value) in merge(&hashes[series.len() * per_series..]) {
             let mut parts = field.split(SEP);
-            let (Some(model), Some(region), Some(kind)) =
-                (parts.next(), parts.next(), parts.next())
+            let (Some(model), Some(scope), Some(kind)) = (parts.next(), parts.next(), parts.next())
             else {
                 continue;
             };
             let fb = snapshot.feedback.entry(model.to_string()).or_default();
-            let slot = fb.by_region.entry(region.to_string()).or_default();
+            let slot = fb.by_scope.entry(scope.to_string()).or_default();
             match kind {
                 "sum" => {
                     fb.sum += value;

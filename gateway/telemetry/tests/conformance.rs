@@ -264,13 +264,13 @@ async fn spend_by_tenant_model_hour_and_day() {
 }
 
 #[tokio::test]
-async fn feedback_per_model_and_region() {
+async fn feedback_per_model_and_scope() {
     for (name, store, mesh) in stores().await {
         let t = Telemetry::new(store);
-        let fb = |model: &str, region: &str, score: f64| FeedbackEvent {
+        let fb = |model: &str, scope: &str, score: f64| FeedbackEvent {
             at_ms: T0,
             model: model.into(),
-            region: region.into(),
+            scope: scope.into(),
             score,
             replaces: None,
         };
@@ -285,7 +285,7 @@ async fn feedback_per_model_and_region() {
         let s = t.snapshot(T0, 300, 7).await.unwrap();
         let small = &s.feedback["small"];
         assert_eq!((small.sum, small.count), (1.5, 3.0), "{name}");
-        assert_eq!(small.by_region["math"], (0.5, 2.0), "{name}");
+        assert_eq!(small.by_scope["math"], (0.5, 2.0), "{name}");
         assert_eq!(s.feedback["large"].mean(), Some(0.75), "{name}");
         cleanup(mesh).await;
     }
@@ -298,7 +298,7 @@ async fn a_replaced_score_counts_once() {
         let fb = |score: f64, replaces: Option<f64>| FeedbackEvent {
             at_ms: T0,
             model: "large".into(),
-            region: "math".into(),
+            scope: "math".into(),
             score,
             replaces,
         };
@@ -314,7 +314,7 @@ async fn a_replaced_score_counts_once() {
         let large = &s.feedback["large"];
         assert_eq!(large.count, 2.0, "{name}");
         assert!((large.sum - 1.6).abs() < 1e-9, "{name}: {large:?}");
-        let (sum, n) = large.by_region["math"];
+        let (sum, n) = large.by_scope["math"];
         assert!((sum - 1.6).abs() < 1e-9 && n == 2.0, "{name}");
         cleanup(mesh).await;
     }
@@ -332,7 +332,7 @@ async fn redis_keys_are_hash_tagged_and_expire() {
     t.record_feedback(&[FeedbackEvent {
         at_ms: T0,
         model: "m".into(),
-        region: String::new(),
+        scope: String::new(),
         score: 1.0,
         replaces: None,
     }])

@@ -20,5 +20,6 @@ pub use model::{ModelSpec, TokenPrices};
 pub use redis_conn::{Patience, RedisConn, key_prefix};
 pub use registry::{
     MemoryRegistry, RedisRegistry, Registry, RegistryError, WorkerRecord, check_declared_speed,
+    check_model_identity,
 };
 pub use tier::{ParseTierError, Tier};

@@ -56,6 +56,10 @@ pub struct ModelSpec {
     pub output_usd_per_mtok: f64,
     /// Quality assumed when no predictor knows the model; `None` uses the tier's prior.
     pub quality_prior: Option<f64>,
+    /// The router artifact's name for it, when declared (see `WorkerRecord::router_model`).
+    pub router_model: Option<String>,
+    /// Parameters in billions, when declared.
+    pub params_b: Option<f64>,
 }
 
 impl ModelSpec {
@@ -91,6 +95,8 @@ mod tests {
             input_usd_per_mtok: input,
             output_usd_per_mtok: output,
             quality_prior: None,
+            router_model: None,
+            params_b: None,
         }
     }
 

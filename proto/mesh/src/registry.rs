@@ -28,6 +28,17 @@ pub struct WorkerRecord {
     pub output_usd_per_mtok: f64,
     #[serde(default)]
     pub quality_prior: Option<f64>,
+    /// The artifact model the learned router knows this one as, when its
+    /// name differs in more than spelling (a fine-tune, a renamed
+    /// deployment). Unset: the name, matched leniently (Hugging Face ids,
+    /// vLLM served names and Ollama tags of a known model match).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub router_model: Option<String>,
+    /// Parameters in billions, for a model the router does not know: its
+    /// prior is taken from the known models nearest in size. Unset: read
+    /// from the name (`8b`, `135m`), else the tier decides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params_b: Option<f64>,
     /// "openai", "sim" or "local".
     pub backend: String,
     pub simulated: bool,
@@ -66,6 +77,29 @@ pub fn check_declared_speed(
         {
             return Err((key, format!("{v} is not a finite number above 0")));
         }
+    }
+    Ok(())
+}
+
+/// Checks what a worker declares about its model's identity: `router_model`
+/// not blank, `params_b` a finite number above zero. The error names the key.
+pub fn check_model_identity(
+    router_model: Option<&str>,
+    params_b: Option<f64>,
+) -> Result<(), (&'static str, String)> {
+    if router_model.is_some_and(|m| m.trim().is_empty()) {
+        return Err((
+            "router_model",
+            "must not be blank (leave it unset to match by name)".into(),
+        ));
+    }
+    if let Some(p) = params_b
+        && !(p.is_finite() && p > 0.0)
+    {
+        return Err((
+            "params_b",
+            format!("{p} is not a finite number of billions above 0"),
+        ));
     }
     Ok(())
 }

@@ -30,6 +30,8 @@ fn record(id: &str, tier: Tier) -> WorkerRecord {
         input_usd_per_mtok: 0.5,
         output_usd_per_mtok: 1.5,
         quality_prior: Some(0.6),
+        router_model: None,
+        params_b: None,
         backend: "sim".into(),
         simulated: true,
         expected_ttft_ms: Some(120.0),

@@ -188,6 +188,17 @@ pub struct Manifest {
     /// Free-form provenance (data files, rows, CV results).
     #[serde(default)]
     pub training: serde_json::Value,
+    /// Models added after training from rows scored for them (`routemesh router onboard`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub onboarded: BTreeMap<String, OnboardedModel>,
+}
+
+/// How an onboarded model was added.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct OnboardedModel {
+    pub scored_prompts: usize,
+    pub similar_to: Vec<String>,
+    pub shrink: f64,
 }
 
 /// Reads `dir/name`, listed in `files`, and checks its sha256 and size (for sub-artifacts with their

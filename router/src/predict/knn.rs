@@ -163,6 +163,14 @@ impl QualityPredictor for Knn {
         &self.models
     }
 
+    /// The exemplars' mean, when they are stored unprojected (in the embedding's own space).
+    fn embedding_centre(&self) -> Option<Vec<f32>> {
+        if self.proj.is_some() || self.exemplars.nrows() == 0 {
+            return None;
+        }
+        self.exemplars.mean_axis(Axis(0)).map(|m| m.to_vec())
+    }
+
     fn predict(&self, emb: ArrayView2<'_, f32>) -> Vec<Vec<f64>> {
         let mut out = Vec::with_capacity(emb.nrows());
         let projected;

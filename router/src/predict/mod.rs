@@ -29,6 +29,13 @@ pub trait QualityPredictor: Send + Sync + std::fmt::Debug {
     fn models(&self) -> &[String];
     /// `[n][models]` predicted quality in [0, 1] for `emb` `[n, dim]`.
     fn predict(&self, emb: ArrayView2<'_, f32>) -> Vec<Vec<f64>>;
+    /// The mean of the training prompts' embeddings, when the predictor keeps them (an exemplar
+    /// memory in the embedding's own space). Sentence embeddings share a large common component
+    /// (any two prompts have cosine ~0.8 on the fast path); similarity after subtracting this mean
+    /// tells near prompts from the rest (~0 for unrelated ones), which feedback memory relies on.
+    fn embedding_centre(&self) -> Option<Vec<f32>> {
+        None
+    }
 }
 
 /// Prompt-blind baseline: every prompt gets the per-model training mean.
@@ -65,6 +72,9 @@ impl QualityPredictor for Blend {
     }
     fn models(&self) -> &[String] {
         &self.knn.models
+    }
+    fn embedding_centre(&self) -> Option<Vec<f32>> {
+        self.knn.embedding_centre()
     }
     fn predict(&self, emb: ArrayView2<'_, f32>) -> Vec<Vec<f64>> {
         let a = self.knn.predict(emb);

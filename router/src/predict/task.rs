@@ -96,6 +96,9 @@ impl QualityPredictor for TaskMixture {
     fn models(&self) -> &[String] {
         &self.models
     }
+    fn embedding_centre(&self) -> Option<Vec<f32>> {
+        self.residual.as_ref()?.embedding_centre()
+    }
     fn predict(&self, emb: ArrayView2<'_, f32>) -> Vec<Vec<f64>> {
         let base = self.task_means(emb);
         let resid = self.residual.as_ref().map(|k| k.predict(emb));

@@ -223,6 +223,7 @@ pub fn save(
         files,
         calibration,
         training,
+        onboarded: BTreeMap::new(),
     };
     write_manifest(dir, &manifest)?;
     Ok(manifest)

@@ -73,14 +73,20 @@ pub struct RouteInput<'a> {
 /// Where a predicted quality came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QualitySource {
-    /// The tier's (or the model's configured) prior.
+    /// A fixed figure: the model's configured `quality_prior`, or its tier's.
     Prior,
-    /// The learned router.
+    /// The learned router, trained on the model.
     Router,
-    /// The prior, moved by feedback.
+    /// The learned router, for a model onboarded from scored prompts.
+    Onboarded,
+    /// The router's predictions for the known models nearest to an unknown
+    /// one, less a margin.
+    NearestKnown,
+    /// Each of the above, moved by feedback near the prompt.
     PriorFeedback,
-    /// The learned router, moved by feedback.
     RouterFeedback,
+    OnboardedFeedback,
+    NearestKnownFeedback,
 }
 
 impl QualitySource {
@@ -88,8 +94,12 @@ impl QualitySource {
         match self {
             QualitySource::Prior => "prior",
             QualitySource::Router => "router",
+            QualitySource::Onboarded => "onboarded",
+            QualitySource::NearestKnown => "nearest-known",
             QualitySource::PriorFeedback => "prior+feedback",
             QualitySource::RouterFeedback => "router+feedback",
+            QualitySource::OnboardedFeedback => "onboarded+feedback",
+            QualitySource::NearestKnownFeedback => "nearest-known+feedback",
         }
     }
 
@@ -98,6 +108,12 @@ impl QualitySource {
         match self {
             QualitySource::Prior | QualitySource::PriorFeedback => QualitySource::PriorFeedback,
             QualitySource::Router | QualitySource::RouterFeedback => QualitySource::RouterFeedback,
+            QualitySource::Onboarded | QualitySource::OnboardedFeedback => {
+                QualitySource::OnboardedFeedback
+            }
+            QualitySource::NearestKnown | QualitySource::NearestKnownFeedback => {
+                QualitySource::NearestKnownFeedback
+            }
         }
     }
 }

@@ -13,6 +13,8 @@ fn small() -> ModelSpec {
         input_usd_per_mtok: 0.1,
         output_usd_per_mtok: 0.1,
         quality_prior: None,
+        router_model: None,
+        params_b: None,
     }
 }
 
@@ -23,6 +25,8 @@ fn large() -> ModelSpec {
         input_usd_per_mtok: 10.0,
         output_usd_per_mtok: 30.0,
         quality_prior: None,
+        router_model: None,
+        params_b: None,
     }
 }
 

@@ -1,0 +1,397 @@
+//! Feedback as memory: each scored request is an exemplar (its prompt's point in the router's
+//! embedding space, the model, and the residual of its score against what the router predicted for
+//! that model there), and a prediction moves only by the exemplars near its prompt.
+//!
+//! The kernel works on centred embeddings (the training prompts' mean subtracted, see
+//! `EmbeddingSpace::centre`), where unrelated prompts have cosine ~0 and a prompt's tenth-nearest
+//! neighbour among mix9's 5,489 prompts has ~0.45 (median; fast path): an exemplar counts with weight
+//! `exp(-(1 - cos) / bandwidth)` when `cos >= similarity_floor`, not at all below. The shift is the
+//! weighted mean residual shrunk by `feedback_prior_weight` pseudo-scores:
+//! `Σ w·(score − base) / (Σ w + prior_weight)`, which for scores on the very prompt is the Beta-style
+//! posterior mean the gateway always used.
+//!
+//! Bounds against poisoning: one exemplar per scored request (a later score replaces it); an exemplar
+//! moves only its tenant's routing unless the tenant is trusted (`trusted_feedback`); one tenant's
+//! exemplars weigh at most `max_weight_per_tenant` together; the shift is capped at `max_shift`.
+//! Bounded in count (oldest evicted first) and tied to the embedding space it was recorded in:
+//! exemplars of another artifact are ignored, then evicted.
+
+mod shared;
+mod wire;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+
+use serde::{Deserialize, Serialize};
+
+pub use shared::SharedFeedback;
+
+/// `gateway.feedback_memory`: how feedback exemplars count.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FeedbackMemoryConfig {
+    /// Exemplars kept (every replica, and Redis, keep the newest this many).
+    #[serde(default = "default_entries")]
+    pub entries: usize,
+    /// Centred cosine below which an exemplar does not count for a prompt.
+    #[serde(default = "default_floor")]
+    pub similarity_floor: f64,
+    /// How fast an exemplar's weight falls with distance: `exp(-(1 - cos) / bandwidth)`.
+    #[serde(default = "default_bandwidth")]
+    pub bandwidth: f64,
+    /// Largest move feedback may make to one prediction, either way.
+    #[serde(default = "default_max_shift")]
+    pub max_shift: f64,
+    /// Most weight one tenant's exemplars may have together, in scores on the very prompt.
+    #[serde(default = "default_max_weight_per_tenant")]
+    pub max_weight_per_tenant: f64,
+}
+
+fn default_entries() -> usize {
+    20_000
+}
+fn default_floor() -> f64 {
+    0.3
+}
+fn default_bandwidth() -> f64 {
+    0.25
+}
+fn default_max_shift() -> f64 {
+    0.3
+}
+fn default_max_weight_per_tenant() -> f64 {
+    5.0
+}
+
+impl Default for FeedbackMemoryConfig {
+    fn default() -> Self {
+        Self {
+            entries: default_entries(),
+            similarity_floor: default_floor(),
+            bandwidth: default_bandwidth(),
+            max_shift: default_max_shift(),
+            max_weight_per_tenant: default_max_weight_per_tenant(),
+        }
+    }
+}
+
+impl FeedbackMemoryConfig {
+    /// The first key that is out of range, with why.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        if self.entries == 0 {
+            return Err(("entries", "must be at least 1".into()));
+        }
+        if !(-1.0..1.0).contains(&self.similarity_floor) {
+            return Err((
+                "similarity_floor",
+                format!("{} is not in [-1, 1)", self.similarity_floor),
+            ));
+        }
+        for (key, v) in [
+            ("bandwidth", self.bandwidth),
+            ("max_shift", self.max_shift),
+            ("max_weight_per_tenant", self.max_weight_per_tenant),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                return Err((key, format!("{v} is not a finite number above 0")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A prompt's point in the router's embedding space: centred, unit length, int8 with one scale.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PromptPoint {
+    pub codes: Box<[i8]>,
+    pub scale: f32,
+}
+
+impl PromptPoint {
+    /// From a raw embedding row and the space's centre (`None`: used as is).
+    pub fn new(embedding: &[f32], centre: Option<&[f32]>) -> Option<Self> {
+        let centred: Vec<f32> = match centre {
+            Some(c) if c.len() == embedding.len() => {
+                embedding.iter().zip(c).map(|(x, m)| x - m).collect()
+            }
+            _ => embedding.to_vec(),
+        };
+        let norm = centred.iter().map(|v| v * v).sum::<f32>().sqrt();
+        let max = centred.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        if !(norm.is_finite() && norm > 0.0 && max > 0.0) {
+            return None;
+        }
+        let scale = max / norm / 127.0;
+        let codes = centred
+            .iter()
+            .map(|v| (v / norm / scale).round().clamp(-127.0, 127.0) as i8)
+            .collect();
+        Some(Self { codes, scale })
+    }
+
+    /// Cosine similarity with another point of the same space.
+    pub fn cosine(&self, other: &PromptPoint) -> f64 {
+        if self.codes.len() != other.codes.len() {
+            return 0.0;
+        }
+        let dot: i32 = self
+            .codes
+            .iter()
+            .zip(other.codes.iter())
+            .map(|(&a, &b)| i32::from(a) * i32::from(b))
+            .sum();
+        f64::from(dot) * f64::from(self.scale) * f64::from(other.scale)
+    }
+}
+
+/// Whose routing an exemplar moves.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Scope {
+    /// Every tenant's (feedback of a trusted tenant).
+    Global,
+    /// One tenant's own (`None`: the anonymous tenant of a gateway without auth).
+    Tenant(Option<String>),
+}
+
+impl Scope {
+    /// As the telemetry's per-scope feedback totals name it.
+    pub fn label(&self) -> String {
+        match self {
+            Scope::Global => "*".into(),
+            Scope::Tenant(None) => "-".into(),
+            Scope::Tenant(Some(t)) => format!("t:{t}"),
+        }
+    }
+
+    /// Whether an exemplar of this scope counts for a request of `owner`.
+    fn covers(&self, owner: &Option<String>) -> bool {
+        match self {
+            Scope::Global => true,
+            Scope::Tenant(t) => t == owner,
+        }
+    }
+}
+
+/// One scored request, as stored and shared.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeedbackEntry {
+    /// Unique per scored request (the owner and the request id).
+    pub key: String,
+    pub scope: Scope,
+    /// The tenant that scored it (bounded weight per tenant).
+    pub source: Option<String>,
+    /// The served model name the score is for.
+    pub model: String,
+    pub score: f32,
+    /// What was predicted for the model on this prompt before feedback.
+    pub base: f32,
+    /// The embedding space `point` is in (`EmbeddingSpace::id`).
+    pub space: String,
+    pub point: PromptPoint,
+    pub at_ms: u64,
+}
+
+/// What feedback does to one prediction.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Shift {
+    /// Added to the prediction (already capped).
+    pub delta: f64,
+    /// Total kernel weight of the exemplars that counted.
+    pub weight: f64,
+    /// How many exemplars counted.
+    pub exemplars: usize,
+}
+
+struct Row {
+    entry: Arc<FeedbackEntry>,
+    seq: u64,
+}
+
+#[derive(Default)]
+struct Rows {
+    by_model: HashMap<String, Vec<Row>>,
+    /// Entry key -> (model, index in its model's rows).
+    by_key: HashMap<String, (String, usize)>,
+    /// Insertion order for eviction: (key, seq); stale when the key was replaced since.
+    order: VecDeque<(String, u64)>,
+    next_seq: u64,
+}
+
+impl Rows {
+    fn remove(&mut self, key: &str) -> Option<Arc<FeedbackEntry>> {
+        let (model, index) = self.by_key.remove(key)?;
+        let rows = self.by_model.get_mut(&model)?;
+        let removed = rows.swap_remove(index);
+        if let Some(moved) = rows.get(index) {
+            if let Some(slot) = self.by_key.get_mut(&moved.entry.key) {
+                slot.1 = index;
+            }
+        }
+        if rows.is_empty() {
+            self.by_model.remove(&model);
+        }
+        Some(removed.entry)
+    }
+}
+
+/// The exemplars this gateway knows (its own and, with Redis, every replica's).
+pub struct FeedbackMemory {
+    config: FeedbackMemoryConfig,
+    rows: RwLock<Rows>,
+    len: AtomicUsize,
+}
+
+impl std::fmt::Debug for FeedbackMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FeedbackMemory")
+            .field("len", &self.len())
+            .finish()
+    }
+}
+
+impl FeedbackMemory {
+    pub fn new(config: FeedbackMemoryConfig) -> Self {
+        Self {
+            config,
+            rows: RwLock::default(),
+            len: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn config(&self) -> &FeedbackMemoryConfig {
+        &self.config
+    }
+
+    pub fn len(&self) -> usize {
+        self.len.load(Ordering::Relaxed)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Adds an exemplar, replacing the one with the same key; evicts the oldest beyond the cap.
+    /// O(1) amortised.
+    pub fn insert(&self, entry: FeedbackEntry) {
+        let mut rows = self.rows.write().unwrap_or_else(|e| e.into_inner());
+        rows.remove(&entry.key);
+        let seq = rows.next_seq;
+        rows.next_seq += 1;
+        let key = entry.key.clone();
+        let model = entry.model.clone();
+        let list = rows.by_model.entry(model.clone()).or_default();
+        list.push(Row {
+            entry: Arc::new(entry),
+            seq,
+        });
+        let index = list.len() - 1;
+        rows.by_key.insert(key.clone(), (model, index));
+        rows.order.push_back((key, seq));
+        while rows.by_key.len() > self.config.entries {
+            let Some((oldest, oldest_seq)) = rows.order.pop_front() else {
+                break;
+            };
+            let current = rows
+                .by_key
+                .get(&oldest)
+                .and_then(|(m, i)| rows.by_model.get(m)?.get(*i))
+                .map(|r| r.seq);
+            if current == Some(oldest_seq) {
+                rows.remove(&oldest);
+            }
+        }
+        // Stale order entries (replaced keys) would otherwise pile up under steady replacement.
+        if rows.order.len() > 2 * self.config.entries.max(16) {
+            let live: VecDeque<(String, u64)> = rows
+                .order
+                .iter()
+                .filter(|(k, s)| {
+                    rows.by_key
+                        .get(k)
+                        .and_then(|(m, i)| rows.by_model.get(m)?.get(*i))
+                        .is_some_and(|r| r.seq == *s)
+                })
+                .cloned()
+                .collect();
+            rows.order = live;
+        }
+        self.len.store(rows.by_key.len(), Ordering::Relaxed);
+    }
+
+    /// What the exemplars near `point` (in `space`) do to `model`'s prediction for a request of
+    /// `owner`; `None` when none counts. Exemplars older than `max_age_ms` are ignored.
+    pub fn shift(
+        &self,
+        model: &str,
+        space: &str,
+        point: &PromptPoint,
+        owner: &Option<String>,
+        prior_weight: f64,
+        oldest_ms: u64,
+    ) -> Option<Shift> {
+        if self.is_empty() {
+            return None;
+        }
+        let rows = self.rows.read().unwrap_or_else(|e| e.into_inner());
+        let list = rows.by_model.get(model)?;
+        // Per tenant: (weight, weighted residual, exemplars).
+        let mut per_source: Vec<(&Option<String>, f64, f64, usize)> = Vec::new();
+        for row in list {
+            let e = &row.entry;
+            if e.at_ms < oldest_ms || e.space != space || !e.scope.covers(owner) {
+                continue;
+            }
+            let cos = point.cosine(&e.point);
+            if cos < self.config.similarity_floor {
+                continue;
+            }
+            let w = (-(1.0 - cos).max(0.0) / self.config.bandwidth).exp();
+            let r = f64::from(e.score) - f64::from(e.base);
+            match per_source.iter_mut().find(|s| *s.0 == e.source) {
+                Some(s) => {
+                    s.1 += w;
+                    s.2 += w * r;
+                    s.3 += 1;
+                }
+                None => per_source.push((&e.source, w, w * r, 1)),
+            }
+        }
+        if per_source.is_empty() {
+            return None;
+        }
+        let (mut weight, mut residual, mut exemplars) = (0.0, 0.0, 0);
+        for (_, w, wr, n) in per_source {
+            // One tenant counts at most `max_weight_per_tenant` scores on the very prompt.
+            let cap = (self.config.max_weight_per_tenant / w).min(1.0);
+            weight += w * cap;
+            residual += wr * cap;
+            exemplars += n;
+        }
+        let delta = (residual / (weight + prior_weight.max(0.0)))
+            .clamp(-self.config.max_shift, self.config.max_shift);
+        Some(Shift {
+            delta,
+            weight,
+            exemplars,
+        })
+    }
+
+    /// The exemplar recorded under `key`, if held.
+    pub fn get(&self, key: &str) -> Option<Arc<FeedbackEntry>> {
+        let rows = self.rows.read().unwrap_or_else(|e| e.into_inner());
+        let (model, index) = rows.by_key.get(key)?;
+        Some(rows.by_model.get(model)?.get(*index)?.entry.clone())
+    }
+}
+
+/// The entry key of `owner`'s request `request_id`.
+pub fn entry_key(owner: &Option<String>, request_id: &str) -> String {
+    match owner {
+        Some(t) => format!("t:{t}\u{1f}{request_id}"),
+        None => format!("-\u{1f}{request_id}"),
+    }
+}
+
+#[cfg(test)]
+mod tests;

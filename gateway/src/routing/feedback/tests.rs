@@ -1,0 +1,230 @@
+//! Unit tests of the feedback memory: locality, scopes, bounds, eviction, the stored form.
+
+use super::*;
+
+const SPACE: &str = "fast:test";
+
+/// A unit point along axis `i` of `dim`, tilted towards axis `j` by `t`.
+fn point(dim: usize, i: usize, j: usize, t: f32) -> PromptPoint {
+    let mut v = vec![0.0f32; dim];
+    v[i] = 1.0 - t;
+    v[j] += t;
+    PromptPoint::new(&v, None).unwrap()
+}
+
+fn entry(
+    key: &str,
+    scope: Scope,
+    source: Option<&str>,
+    score: f32,
+    base: f32,
+    p: PromptPoint,
+) -> FeedbackEntry {
+    FeedbackEntry {
+        key: key.into(),
+        scope,
+        source: source.map(String::from),
+        model: "m".into(),
+        score,
+        base,
+        space: SPACE.into(),
+        point: p,
+        at_ms: 1_000,
+    }
+}
+
+fn memory() -> FeedbackMemory {
+    FeedbackMemory::new(FeedbackMemoryConfig::default())
+}
+
+#[test]
+fn points_are_centred_unit_vectors_and_cosines_match() {
+    let centre = [1.0, 1.0, 0.0];
+    let a = PromptPoint::new(&[2.0, 1.0, 0.0], Some(&centre)).unwrap();
+    let b = PromptPoint::new(&[1.0, 2.0, 0.0], Some(&centre)).unwrap();
+    // Centred: (1,0,0) and (0,1,0): orthogonal, though the raw rows are close.
+    assert!(a.cosine(&b).abs() < 1e-3, "{}", a.cosine(&b));
+    assert!((a.cosine(&a) - 1.0).abs() < 2e-2);
+    assert!(
+        PromptPoint::new(&[1.0, 1.0, 0.0], Some(&centre)).is_none(),
+        "the centre itself has no direction"
+    );
+}
+
+#[test]
+fn scores_move_the_prompt_and_its_neighbours_only() {
+    let m = memory();
+    let anon = None;
+    for i in 0..5 {
+        m.insert(entry(
+            &format!("r{i}"),
+            Scope::Tenant(None),
+            None,
+            0.0,
+            0.8,
+            point(8, 0, 1, 0.0),
+        ));
+    }
+    let same = m
+        .shift("m", SPACE, &point(8, 0, 1, 0.0), &anon, 10.0, 0)
+        .unwrap();
+    // Five scores of 0 against a prediction of 0.8, worth 10 scores: -0.8·5/15.
+    assert!((same.delta + 0.8 * 5.0 / 15.0).abs() < 0.01, "{same:?}");
+    let near = m
+        .shift("m", SPACE, &point(8, 0, 1, 0.2), &anon, 10.0, 0)
+        .unwrap();
+    assert!(near.delta < 0.0 && near.delta > same.delta, "{near:?}");
+    assert!(
+        m.shift("m", SPACE, &point(8, 2, 3, 0.0), &anon, 10.0, 0)
+            .is_none(),
+        "an unrelated prompt"
+    );
+    assert!(
+        m.shift("other", SPACE, &point(8, 0, 1, 0.0), &anon, 10.0, 0)
+            .is_none(),
+        "another model"
+    );
+    assert!(
+        m.shift("m", "full:other", &point(8, 0, 1, 0.0), &anon, 10.0, 0)
+            .is_none(),
+        "another space"
+    );
+    assert!(
+        m.shift("m", SPACE, &point(8, 0, 1, 0.0), &anon, 10.0, 2_000)
+            .is_none(),
+        "too old"
+    );
+}
+
+#[test]
+fn a_tenant_moves_only_its_own_routing_unless_trusted() {
+    let m = memory();
+    let (a, b) = (Some("a".to_string()), Some("b".to_string()));
+    m.insert(entry(
+        "b1",
+        Scope::Tenant(b.clone()),
+        Some("b"),
+        0.0,
+        0.8,
+        point(8, 0, 1, 0.0),
+    ));
+    let p = point(8, 0, 1, 0.0);
+    assert!(
+        m.shift("m", SPACE, &p, &a, 10.0, 0).is_none(),
+        "b's feedback does not reach a"
+    );
+    assert!(m.shift("m", SPACE, &p, &None, 10.0, 0).is_none());
+    assert!(m.shift("m", SPACE, &p, &b, 10.0, 0).is_some());
+    m.insert(entry(
+        "t1",
+        Scope::Global,
+        Some("trusted"),
+        1.0,
+        0.5,
+        point(8, 0, 1, 0.0),
+    ));
+    let for_a = m.shift("m", SPACE, &p, &a, 10.0, 0).unwrap();
+    assert!(for_a.delta > 0.0 && for_a.exemplars == 1, "{for_a:?}");
+}
+
+#[test]
+fn one_tenant_and_one_burst_move_a_model_a_bounded_amount() {
+    let m = memory();
+    let p = point(8, 0, 1, 0.0);
+    for i in 0..500 {
+        m.insert(entry(
+            &format!("r{i}"),
+            Scope::Global,
+            Some("mallory"),
+            0.0,
+            0.8,
+            point(8, 0, 1, 0.0),
+        ));
+    }
+    let s = m.shift("m", SPACE, &p, &None, 10.0, 0).unwrap();
+    // 500 scores of one tenant weigh as 5: 0.8·5/15, not 0.8·500/510.
+    assert!((s.delta + 0.8 * 5.0 / 15.0).abs() < 0.01, "{s:?}");
+    assert_eq!(s.exemplars, 500);
+    // With no prior weight at all, the cap on the shift still holds.
+    let capped = m.shift("m", SPACE, &p, &None, 0.0, 0).unwrap();
+    assert!((capped.delta + 0.3).abs() < 1e-9, "{capped:?}");
+}
+
+#[test]
+fn a_rescore_replaces_and_the_oldest_are_evicted() {
+    let m = FeedbackMemory::new(FeedbackMemoryConfig {
+        entries: 3,
+        ..FeedbackMemoryConfig::default()
+    });
+    let p = point(8, 0, 1, 0.0);
+    m.insert(entry("a", Scope::Global, None, 0.0, 0.5, p.clone()));
+    m.insert(entry("a", Scope::Global, None, 1.0, 0.5, p.clone()));
+    assert_eq!(m.len(), 1);
+    assert_eq!(m.get("a").unwrap().score, 1.0);
+    for k in ["b", "c", "d"] {
+        m.insert(entry(k, Scope::Global, None, 1.0, 0.5, p.clone()));
+    }
+    assert_eq!(m.len(), 3);
+    assert!(m.get("a").is_none(), "the oldest went first");
+    assert!(m.get("d").is_some());
+    // Steady replacement does not grow the bookkeeping without bound.
+    for i in 0..10_000 {
+        m.insert(entry(
+            "d",
+            Scope::Global,
+            None,
+            (i % 2) as f32,
+            0.5,
+            p.clone(),
+        ));
+    }
+    assert_eq!(m.len(), 3);
+    assert!(m.rows.read().unwrap().order.len() <= 2 * 16 + 1);
+}
+
+#[test]
+fn insertion_stays_bounded_with_100k_distinct_requests() {
+    let m = FeedbackMemory::new(FeedbackMemoryConfig {
+        entries: 1000,
+        ..FeedbackMemoryConfig::default()
+    });
+    for i in 0..100_000 {
+        m.insert(entry(
+            &format!("r{i}"),
+            Scope::Tenant(None),
+            None,
+            1.0,
+            0.5,
+            point(8, i % 8, (i + 1) % 8, 0.1),
+        ));
+    }
+    assert_eq!(m.len(), 1000);
+    assert!(m.get("r99999").is_some() && m.get("r0").is_none());
+}
+
+#[test]
+fn the_stored_form_round_trips_and_refuses_garbage() {
+    for scope in [
+        Scope::Global,
+        Scope::Tenant(None),
+        Scope::Tenant(Some("acme".into())),
+    ] {
+        let e = entry(
+            "t:acme\u{1f}req-1",
+            scope,
+            Some("acme"),
+            0.25,
+            0.75,
+            point(384, 3, 7, 0.3),
+        );
+        let bytes = wire::encode(&e);
+        assert_eq!(wire::decode(&bytes), Some(e));
+        for cut in [0, 1, 10, bytes.len() - 1] {
+            assert!(wire::decode(&bytes[..cut]).is_none(), "cut at {cut}");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(wire::decode(&longer).is_none());
+    }
+    assert!(wire::decode(b"\x02garbage").is_none());
+}

@@ -1,0 +1,128 @@
+//! The stored form of a feedback exemplar (what replicas share through Redis): a compact binary
+//! record, about 450 bytes for a 384-dimension point. A record that does not decode is skipped by the
+//! reader (counted), never trusted.
+
+use super::{FeedbackEntry, PromptPoint, Scope};
+
+/// Bumped when the layout changes; records of another version are skipped.
+const FORMAT: u8 = 1;
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    let bytes = s.as_bytes();
+    let len = u16::try_from(bytes.len()).unwrap_or(u16::MAX);
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&bytes[..usize::from(len)]);
+}
+
+pub(super) fn encode(e: &FeedbackEntry) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + e.point.codes.len() + e.key.len() + e.model.len());
+    out.push(FORMAT);
+    put_str(&mut out, &e.key);
+    match &e.scope {
+        Scope::Global => out.push(0),
+        Scope::Tenant(None) => out.push(1),
+        Scope::Tenant(Some(t)) => {
+            out.push(2);
+            put_str(&mut out, t);
+        }
+    }
+    match &e.source {
+        None => out.push(0),
+        Some(t) => {
+            out.push(1);
+            put_str(&mut out, t);
+        }
+    }
+    put_str(&mut out, &e.model);
+    out.extend_from_slice(&e.score.to_le_bytes());
+    out.extend_from_slice(&e.base.to_le_bytes());
+    put_str(&mut out, &e.space);
+    out.extend_from_slice(&e.at_ms.to_le_bytes());
+    out.extend_from_slice(&e.point.scale.to_le_bytes());
+    let dim = u16::try_from(e.point.codes.len()).unwrap_or(u16::MAX);
+    out.extend_from_slice(&dim.to_le_bytes());
+    out.extend(
+        e.point
+            .codes
+            .iter()
+            .take(usize::from(dim))
+            .map(|c| c.to_le_bytes()[0]),
+    );
+    out
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Some(head)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+    fn u16(&mut self) -> Option<u16> {
+        self.take(2)?.try_into().ok().map(u16::from_le_bytes)
+    }
+    fn f32(&mut self) -> Option<f32> {
+        self.take(4)?.try_into().ok().map(f32::from_le_bytes)
+    }
+    fn u64(&mut self) -> Option<u64> {
+        self.take(8)?.try_into().ok().map(u64::from_le_bytes)
+    }
+    fn str(&mut self) -> Option<String> {
+        let len = usize::from(self.u16()?);
+        String::from_utf8(self.take(len)?.to_vec()).ok()
+    }
+}
+
+pub(super) fn decode(bytes: &[u8]) -> Option<FeedbackEntry> {
+    let mut r = Reader(bytes);
+    if r.u8()? != FORMAT {
+        return None;
+    }
+    let key = r.str()?;
+    let scope = match r.u8()? {
+        0 => Scope::Global,
+        1 => Scope::Tenant(None),
+        2 => Scope::Tenant(Some(r.str()?)),
+        _ => return None,
+    };
+    let source = match r.u8()? {
+        0 => None,
+        1 => Some(r.str()?),
+        _ => return None,
+    };
+    let model = r.str()?;
+    let score = r.f32()?;
+    let base = r.f32()?;
+    let space = r.str()?;
+    let at_ms = r.u64()?;
+    let scale = r.f32()?;
+    let dim = usize::from(r.u16()?);
+    let codes: Box<[i8]> = r
+        .take(dim)?
+        .iter()
+        .map(|b| i8::from_le_bytes([*b]))
+        .collect();
+    let valid = r.0.is_empty()
+        && (0.0..=1.0).contains(&score)
+        && (0.0..=1.0).contains(&base)
+        && scale.is_finite()
+        && scale > 0.0;
+    valid.then_some(FeedbackEntry {
+        key,
+        scope,
+        source,
+        model,
+        score,
+        base,
+        space,
+        point: PromptPoint { codes, scale },
+        at_ms,
+    })
+}
