@@ -72,11 +72,20 @@ async fn routes_with_the_default_artifact() {
         return;
     };
     let assets = assets.to_string_lossy().to_string();
-    let extra = sim_worker_yaml(None, "mystery-0", "mystery-model", "small", FAST).replacen(
-        "workers:\n",
-        "",
-        1,
-    );
+    let worker = |id: &str, model: &str| {
+        sim_worker_yaml(None, id, model, "small", FAST).replacen("workers:\n", "", 1)
+    };
+    // A model the router does not know; a known one under its Hugging Face
+    // id of a quantised build; a fine-tune that declares what it derives from.
+    let extra = [
+        worker("mystery-0", "mystery-model"),
+        worker("qwen-awq-0", "Qwen/Qwen2.5-7B-Instruct-AWQ"),
+        worker("finetune-0", "my-org/support-bot").replace(
+            "    backend:",
+            "    router_model: gemma-2-9b-it\n    backend:",
+        ),
+    ]
+    .concat();
     let mesh = Process::start("mesh", "up", &mesh_yaml(&assets, &extra), &[]).unwrap();
     let mut client = gateway_client(&mesh.gateway_url()).await;
 
@@ -86,16 +95,69 @@ async fn routes_with_the_default_artifact() {
     let d_math = client.route(ask(math)).await.unwrap().into_inner();
     let d_chat = client.route(ask(chat)).await.unwrap().into_inner();
 
-    // The artifact's models are scored by the router; the unknown one by its prior.
+    // The artifact's models are scored by the router, under any spelling or
+    // a declared router_model; the unknown one stands on the known models
+    // nearest to it, per prompt.
+    let candidate = |d: &RouteDecision, model: &str| {
+        d.candidates
+            .iter()
+            .find(|c| c.model == model)
+            .cloned()
+            .unwrap_or_else(|| panic!("{model} is a candidate: {d:?}"))
+    };
     for (model, quality, source) in by_model(&d_math) {
+        assert!((0.0..=1.0).contains(&quality), "{model}: {quality}");
+        let c = candidate(&d_math, &model);
         if model == "mystery-model" {
-            assert_eq!(source, "prior");
-            assert!((quality - 0.55).abs() < 1e-9);
+            assert_eq!(source, "nearest-known");
+            assert_eq!(c.router_knowledge, "prior");
+            assert_eq!(c.stands_on.len(), 3, "{c:?}");
         } else {
             assert_eq!(source, "router", "{model}");
-            assert!((0.0..=1.0).contains(&quality), "{model}: {quality}");
+            assert_eq!(c.router_knowledge, "learned", "{model}");
         }
     }
+    for d in [&d_math, &d_chat] {
+        let awq = candidate(d, "Qwen/Qwen2.5-7B-Instruct-AWQ");
+        assert_eq!(awq.router_model, "qwen2.5-7b-instruct");
+        assert_eq!(
+            awq.predicted_quality,
+            candidate(d, "qwen2.5-7b-instruct").predicted_quality
+        );
+        assert_eq!(
+            candidate(d, "my-org/support-bot").router_model,
+            "gemma-2-9b-it"
+        );
+    }
+    let mystery = |d: &RouteDecision| candidate(d, "mystery-model").predicted_quality;
+    assert!(
+        (mystery(&d_math) - mystery(&d_chat)).abs() > 1e-3,
+        "a prior per prompt"
+    );
+    let listed = client
+        .list_models(routemesh_proto::v1::ListModelsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let knowledge: Vec<(&str, &str, &str)> = listed
+        .models
+        .iter()
+        .map(|m| {
+            (
+                m.name.as_str(),
+                m.router_knowledge.as_str(),
+                m.router_model.as_str(),
+            )
+        })
+        .collect();
+    assert!(
+        knowledge.contains(&("mystery-model", "prior", "")),
+        "{knowledge:?}"
+    );
+    assert!(
+        knowledge.contains(&("my-org/support-bot", "learned", "gemma-2-9b-it")),
+        "{knowledge:?}"
+    );
     // Predictions depend on the prompt.
     let (m, c) = (by_model(&d_math), by_model(&d_chat));
     assert!(
@@ -103,7 +165,7 @@ async fn routes_with_the_default_artifact() {
         "{m:?} vs {c:?}"
     );
     assert!(
-        d_math.reason.contains("(router)") || d_math.reason.contains("(prior)"),
+        d_math.reason.contains("(router)") || d_math.reason.contains("(nearest-known)"),
         "{}",
         d_math.reason
     );
@@ -154,19 +216,13 @@ async fn feedback_moves_similar_prompts_only() {
         "Solve for y: 2y^2 - 8y + 6 = 0.",
         "Write a friendly greeting for a coffee shop sign.",
     );
-    let region = |d: &RouteDecision| d.prompt_region.clone();
     let before_similar = client.route(ask(similar)).await.unwrap().into_inner();
     let before_other = client.route(ask(other)).await.unwrap().into_inner();
     assert_eq!(
         before_similar.model, large,
         "the router sends the equation to the large model at first: {before_similar:?}"
     );
-    assert_eq!(
-        region(&client.route(ask(rated)).await.unwrap().into_inner()),
-        region(&before_similar),
-        "similar prompts share a region"
-    );
-    assert_ne!(region(&before_other), region(&before_similar));
+    assert!(before_similar.prompt_region.is_empty(), "regions are gone");
 
     // Users rate the large model's answers to the equation as wrong.
     for i in 0..15 {
@@ -197,7 +253,7 @@ async fn feedback_moves_similar_prompts_only() {
     let after = client.route(ask(similar)).await.unwrap().into_inner();
     let large_after = after.candidates.iter().find(|c| c.model == large).unwrap();
     assert_eq!(large_after.quality_source, "router+feedback");
-    // A prompt of another region keeps its prediction.
+    // An unrelated prompt keeps its prediction.
     let other_after = client.route(ask(other)).await.unwrap().into_inner();
     let q = |d: &RouteDecision| {
         d.candidates

@@ -163,10 +163,11 @@ impl QualityPredictor for Knn {
         &self.models
     }
 
-    /// The exemplars' mean, when they are stored unprojected (in the embedding's own space).
+    /// The training prompts' mean: the projection's (it centres before projecting), else the
+    /// exemplars' own.
     fn embedding_centre(&self) -> Option<Vec<f32>> {
-        if self.proj.is_some() || self.exemplars.nrows() == 0 {
-            return None;
+        if let Some(p) = &self.proj {
+            return Some(p.mean.to_vec());
         }
         self.exemplars.mean_axis(Axis(0)).map(|m| m.to_vec())
     }

@@ -327,7 +327,8 @@ async fn list_models(State(state): State<HttpState>, headers: HeaderMap) -> Resp
         };
         data.push(json!({"id": m.name, "object": "model", "created": 0, "owned_by": "routemesh",
                          "routemesh": {"tier": tier.as_str(), "input_usd_per_mtok": m.input_usd_per_mtok,
-                                       "output_usd_per_mtok": m.output_usd_per_mtok, "healthy_workers": m.healthy_workers}}));
+                                       "output_usd_per_mtok": m.output_usd_per_mtok, "healthy_workers": m.healthy_workers,
+                                       "router_model": m.router_model, "router_knowledge": m.router_knowledge}}));
     }
     axum::Json(json!({"object": "list", "data": data})).into_response()
 }

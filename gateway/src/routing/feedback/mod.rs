@@ -11,8 +11,10 @@
 //! posterior mean the gateway always used.
 //!
 //! Bounds against poisoning: one exemplar per scored request (a later score replaces it); an exemplar
-//! moves only its tenant's routing unless the tenant is trusted (`trusted_feedback`); one tenant's
-//! exemplars weigh at most `max_weight_per_tenant` together; the shift is capped at `max_shift`.
+//! moves only its tenant's routing unless the tenant is trusted (`trusted_feedback`); a trusted
+//! tenant's exemplars weigh at most `max_weight_per_tenant` together in another tenant's routing, and
+//! all other tenants' feedback together moves a prediction at most `max_shift`. A tenant's own
+//! feedback counts in full for itself: it can only steer its own routing.
 //! Bounded in count (oldest evicted first) and tied to the embedding space it was recorded in:
 //! exemplars of another artifact are ignored, then evicted.
 
@@ -40,10 +42,12 @@ pub struct FeedbackMemoryConfig {
     /// How fast an exemplar's weight falls with distance: `exp(-(1 - cos) / bandwidth)`.
     #[serde(default = "default_bandwidth")]
     pub bandwidth: f64,
-    /// Largest move feedback may make to one prediction, either way.
+    /// Largest move other tenants' feedback may make to one prediction,
+    /// either way.
     #[serde(default = "default_max_shift")]
     pub max_shift: f64,
-    /// Most weight one tenant's exemplars may have together, in scores on the very prompt.
+    /// Most weight one tenant's exemplars may have together in another
+    /// tenant's routing, in scores on the very prompt.
     #[serde(default = "default_max_weight_per_tenant")]
     pub max_weight_per_tenant: f64,
 }
@@ -360,19 +364,39 @@ impl FeedbackMemory {
         if per_source.is_empty() {
             return None;
         }
-        let (mut weight, mut residual, mut exemplars) = (0.0, 0.0, 0);
-        for (_, w, wr, n) in per_source {
-            // One tenant counts at most `max_weight_per_tenant` scores on the very prompt.
-            let cap = (self.config.max_weight_per_tenant / w).min(1.0);
-            weight += w * cap;
-            residual += wr * cap;
+        // The requester's own feedback counts in full (it can only steer its
+        // own routing); other (trusted) tenants' is bounded: each at most
+        // `max_weight_per_tenant` scores on the very prompt, and all of it
+        // together moves the prediction at most `max_shift`.
+        let prior_weight = prior_weight.max(0.0);
+        let (mut own_w, mut own_r) = (0.0, 0.0);
+        let (mut all_w, mut all_r, mut exemplars) = (0.0, 0.0, 0);
+        for (source, w, wr, n) in per_source {
             exemplars += n;
+            if source == owner {
+                own_w += w;
+                own_r += wr;
+                all_w += w;
+                all_r += wr;
+            } else {
+                let cap = (self.config.max_weight_per_tenant / w).min(1.0);
+                all_w += w * cap;
+                all_r += wr * cap;
+            }
         }
-        let delta = (residual / (weight + prior_weight.max(0.0)))
-            .clamp(-self.config.max_shift, self.config.max_shift);
-        Some(Shift {
+        let mean = |r: f64, w: f64| {
+            if w + prior_weight > 0.0 {
+                r / (w + prior_weight)
+            } else {
+                0.0
+            }
+        };
+        let own = mean(own_r, own_w);
+        let with_others = mean(all_r, all_w);
+        let delta = own + (with_others - own).clamp(-self.config.max_shift, self.config.max_shift);
+        (prior_weight > 0.0 || all_w > 0.0).then_some(Shift {
             delta,
-            weight,
+            weight: all_w,
             exemplars,
         })
     }

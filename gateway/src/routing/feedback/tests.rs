@@ -142,12 +142,18 @@ fn one_tenant_and_one_burst_move_a_model_a_bounded_amount() {
         ));
     }
     let s = m.shift("m", SPACE, &p, &None, 10.0, 0).unwrap();
-    // 500 scores of one tenant weigh as 5: 0.8·5/15, not 0.8·500/510.
+    // In another tenant's routing, 500 scores of one tenant weigh as 5:
+    // 0.8·5/15, not 0.8·500/510.
     assert!((s.delta + 0.8 * 5.0 / 15.0).abs() < 0.01, "{s:?}");
     assert_eq!(s.exemplars, 500);
     // With no prior weight at all, the cap on the shift still holds.
     let capped = m.shift("m", SPACE, &p, &None, 0.0, 0).unwrap();
     assert!((capped.delta + 0.3).abs() < 1e-9, "{capped:?}");
+    // Mallory's own routing takes all of her feedback.
+    let own = m
+        .shift("m", SPACE, &p, &Some("mallory".into()), 10.0, 0)
+        .unwrap();
+    assert!((own.delta + 0.8 * 500.0 / 510.0).abs() < 0.01, "{own:?}");
 }
 
 #[test]
