@@ -234,3 +234,79 @@ fn the_stored_form_round_trips_and_refuses_garbage() {
     }
     assert!(wire::decode(b"\x02garbage").is_none());
 }
+
+/// The locality target on real prompts: five scores on one prompt
+/// move the prediction for its ten nearest public prompts and leave the
+/// median of the rest unchanged (within 0.005). Uses the default artifact's
+/// fast path and mix9's public prompts; skips without the assets or data.
+#[test]
+fn five_scores_move_the_ten_nearest_public_prompts_and_not_the_rest() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let data = root.join("../shared/data/routing/mix9.jsonl");
+    let Ok(text) = std::fs::read_to_string(&data) else {
+        eprintln!("SKIP: {} not found", data.display());
+        return;
+    };
+    if let Err(e) = routemesh_router::encoder::AssetPaths::from_env().check() {
+        eprintln!("SKIP: {e}");
+        return;
+    }
+    let router = routemesh_router::Router::load(&root.join("router/artifacts/default")).unwrap();
+    let prompts: Vec<String> = text
+        .lines()
+        .take(2000)
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["prompt"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
+    let emb = router.embed(&refs).unwrap();
+    let space = router.space(router.path());
+    let points: Vec<PromptPoint> = emb
+        .rows()
+        .into_iter()
+        .map(|r| PromptPoint::new(r.as_slice().unwrap(), space.centre.as_deref()).unwrap())
+        .collect();
+    for rated in [0, 250, 500, 1000, 1500] {
+        let memory = memory();
+        for i in 0..5 {
+            let mut e = entry(
+                &format!("r{i}"),
+                Scope::Tenant(None),
+                None,
+                0.0,
+                0.8,
+                points[rated].clone(),
+            );
+            e.space = space.id.clone();
+            memory.insert(e);
+        }
+        let mut by_similarity: Vec<(f64, f64)> = points
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != rated && prompts[*i] != prompts[rated])
+            .map(|(_, p)| {
+                let moved = memory
+                    .shift("m", &space.id, p, &None, 10.0, 0)
+                    .map_or(0.0, |s| s.delta);
+                (points[rated].cosine(p), moved)
+            })
+            .collect();
+        by_similarity.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let (nearest, rest) = by_similarity.split_at(10);
+        assert!(
+            nearest.iter().all(|(_, moved)| *moved < -1e-3),
+            "prompt {rated}: the ten nearest move: {nearest:?}"
+        );
+        let mut rest: Vec<f64> = rest.iter().map(|(_, moved)| moved.abs()).collect();
+        rest.sort_by(f64::total_cmp);
+        let median = rest[rest.len() / 2];
+        assert!(
+            median <= 0.005,
+            "prompt {rated}: median move of the rest {median}"
+        );
+    }
+}
