@@ -281,9 +281,10 @@ pub fn demo_local_model_path() -> std::path::PathBuf {
 }
 
 /// Adds the local model to the demo pool as a small model, if its file is
-/// there; returns whether it did. Its price is the CPU's (near zero) and its
-/// prior modest: the router sends it what it predicts the simulated models
-/// answer little better.
+/// there; returns whether it did. Its price is the CPU's (near zero); the
+/// router does not know it, so per prompt it stands on the smallest known
+/// models' predictions, less the margin and a penalty for being ~50x smaller:
+/// it gets what the router predicts those would answer well anyway.
 pub fn add_demo_local_worker(
     config: &mut Config,
     model: &std::path::Path,
@@ -294,7 +295,7 @@ pub fn add_demo_local_worker(
     // JSON quoting is valid YAML, whatever the path holds.
     let path = serde_json::Value::from(model.display().to_string());
     let yaml = format!(
-        "workers:\n  - id: smollm2-135m-0\n    model: smollm2-135m-instruct\n    tier: small\n    input_usd_per_mtok: 0.01\n    output_usd_per_mtok: 0.01\n    quality_prior: 0.3\n    capacity: 2\n    max_queue: 32\n    backend:\n      local: {{model: {path}, threads: 2}}\n"
+        "workers:\n  - id: smollm2-135m-0\n    model: smollm2-135m-instruct\n    tier: small\n    input_usd_per_mtok: 0.01\n    output_usd_per_mtok: 0.01\n    capacity: 2\n    max_queue: 32\n    backend:\n      local: {{model: {path}, threads: 2}}\n"
     );
     let extra = Config::from_yaml(&yaml, "demo local worker")?;
     config.workers.extend(extra.workers);

@@ -238,10 +238,13 @@ fn escape_pointer(key: &str) -> String {
     key.replace('~', "~0").replace('/', "~1")
 }
 
-const WORDS: &[&str] = &[
-    "the", "model", "routes", "each", "request", "to", "a", "worker", "that", "answers", "well",
-    "and", "cheaply", "small", "large", "quality", "cost", "latency", "tokens", "stream", "back",
-];
+/// A simulated answer's words: what happened, so that nobody mistakes it for
+/// a model's answer (a demo's first reader least of all). Repeated or cut to
+/// the planned length.
+const PLACEHOLDER: &str = "No model ran here: this worker's sim backend stands in for a GPU engine, \
+answering with this note at the model's configured speed and length, so routing, cost and latency \
+behave as they would. Give the worker a real engine (backend: openai, for vLLM, TGI, llama.cpp or \
+Ollama; or backend: local) for real answers.";
 
 /// Splits text into token-like pieces: each word with the whitespace after it.
 fn pieces(text: &str) -> Vec<String> {
@@ -317,11 +320,13 @@ impl SimBackend {
             None => {
                 let n = self.config.output_tokens.sample(&mut rng).round().max(1.0) as usize;
                 let mut text = format!("[simulated {}]", self.model);
-                for _ in 0..n.saturating_sub(2) {
+                for word in PLACEHOLDER.split_whitespace().cycle().take(n.saturating_sub(2)) {
                     text.push(' ');
-                    text.push_str(WORDS[rng.random_range(0..WORDS.len())]);
+                    text.push_str(word);
                 }
-                text.push('.');
+                if !text.ends_with('.') {
+                    text.push('.');
+                }
                 text
             }
         };
