@@ -190,3 +190,82 @@ async fn five_hundred_scores_on_one_request_count_as_one() {
     })
     .await;
 }
+
+/// The large model's prediction as `key`'s tenant is routed.
+async fn large_model_for(client: &mut GatewayClient<Channel>, key: Option<&str>) -> (f64, String) {
+    let d = client
+        .route(with_key(ask("hi"), key))
+        .await
+        .unwrap()
+        .into_inner();
+    let large = d
+        .candidates
+        .iter()
+        .find(|c| c.model == "large-model")
+        .unwrap();
+    (large.predicted_quality, large.quality_source.clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_feedback_moves_only_its_own_routing_unless_trusted() {
+    // b is trusted: its feedback moves everyone's routing; a's only a's.
+    let gateway = mesh(&format!(
+        "{AUTH}  feedback_per_minute: 100\n  tenants:\n    b: {{trusted_feedback: true}}\n"
+    ));
+    let mut client = gateway_client(&gateway.gateway_url()).await;
+    let (a, b) = (Some(KEY_A), Some(KEY_B));
+    eventually(
+        Duration::from_secs(10),
+        "the large model is routable",
+        || {
+            let mut c = client.clone();
+            async move {
+                c.route(with_key(ask("hi"), a))
+                    .await
+                    .is_ok_and(|d| d.into_inner().candidates.len() == 2)
+            }
+        },
+    )
+    .await;
+    assert_eq!(large_model_for(&mut client, a).await.0, 0.8);
+
+    // a rates three of the large model's answers 0: a's routing learns it,
+    // b's does not.
+    for i in 0..3 {
+        let id = format!("a-{i}");
+        generate(&mut client, a, &id, "large-model").await;
+        score(&mut client, a, &id, 0.0).await.unwrap();
+    }
+    let moved = 0.8 * 10.0 / 13.0;
+    eventually(
+        Duration::from_secs(10),
+        "a's routing learns a's scores",
+        || {
+            let mut c = client.clone();
+            async move { (large_model_for(&mut c, a).await.0 - moved).abs() < 1e-9 }
+        },
+    )
+    .await;
+    assert_eq!(large_model_for(&mut client, a).await.1, "prior+feedback");
+    assert_eq!(
+        large_model_for(&mut client, b).await,
+        (0.8, "prior".to_string()),
+        "a's feedback stays out of b's routing"
+    );
+
+    // b is trusted: its one score of 1 reaches a's routing too.
+    generate(&mut client, b, "b-0", "large-model").await;
+    score(&mut client, b, "b-0", 1.0).await.unwrap();
+    let both = (0.8 * 10.0 + 1.0) / 14.0;
+    eventually(
+        Duration::from_secs(10),
+        "b's trusted score reaches a",
+        || {
+            let mut c = client.clone();
+            async move { (large_model_for(&mut c, a).await.0 - both).abs() < 1e-9 }
+        },
+    )
+    .await;
+    let b_own = (0.8 * 10.0 + 1.0) / 11.0;
+    assert!((large_model_for(&mut client, b).await.0 - b_own).abs() < 1e-9);
+}

@@ -225,14 +225,22 @@ impl Routing {
                     .map(|s| s.delta),
                 None if routed.is_none() => {
                     live.snapshot.feedback.get(&w.spec.name).and_then(|f| {
-                        let (sum, count) = scopes
-                            .iter()
-                            .filter_map(|s| f.by_scope.get(s))
-                            .fold((0.0, 0.0), |(a, b), (s, n)| (a + s, b + n));
-                        (count > 0.0).then(|| {
-                            ((sum - base * count) / (weight + count))
-                                .clamp(-memory.config().max_shift, memory.config().max_shift)
-                        })
+                        // As with exemplars: the tenant's own scores in
+                        // full, trusted tenants' bounded by `max_shift`.
+                        let own_totals = f.by_scope.get(&scopes[1]).copied();
+                        let (own_sum, own_n) = own_totals.unwrap_or_default();
+                        let (all_sum, all_n) = f
+                            .by_scope
+                            .get(&scopes[0])
+                            .map_or((own_sum, own_n), |(s, n)| (s + own_sum, n + own_n));
+                        let mean = |sum: f64, n: f64| (sum - base * n) / (weight + n);
+                        let own = if own_n > 0.0 {
+                            mean(own_sum, own_n)
+                        } else {
+                            0.0
+                        };
+                        let cap = memory.config().max_shift;
+                        (all_n > 0.0).then(|| own + (mean(all_sum, all_n) - own).clamp(-cap, cap))
                     })
                 }
                 None => None,

@@ -320,7 +320,11 @@ impl SimBackend {
             None => {
                 let n = self.config.output_tokens.sample(&mut rng).round().max(1.0) as usize;
                 let mut text = format!("[simulated {}]", self.model);
-                for word in PLACEHOLDER.split_whitespace().cycle().take(n.saturating_sub(2)) {
+                for word in PLACEHOLDER
+                    .split_whitespace()
+                    .cycle()
+                    .take(n.saturating_sub(2))
+                {
                     text.push(' ');
                     text.push_str(word);
                 }
