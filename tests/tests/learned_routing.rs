@@ -276,3 +276,97 @@ async fn a_missing_encoder_is_a_clear_startup_error() {
         "the error says how to fetch the assets: {err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feedback_exemplars_reach_every_replica_through_redis() {
+    let Some(assets) = std::env::var_os("ROUTEMESH_ASSETS") else {
+        eprintln!(
+            "SKIP: ROUTEMESH_ASSETS not set (run scripts/fetch-router-assets.sh, or ./dev test)"
+        );
+        return;
+    };
+    let redis = shared_redis_url();
+    let mesh = unique_mesh("fbmem");
+    let r = Some((redis.as_str(), mesh.as_str()));
+    let large = "llama-3.3-nemotron-super-49b-v1";
+    let _small = Process::start(
+        "small",
+        "worker",
+        &sim_worker_yaml(r, "qwen-7b-0", "qwen2.5-7b-instruct", "small", FAST),
+        &[],
+    )
+    .unwrap();
+    let _large = Process::start(
+        "large",
+        "worker",
+        &sim_worker_yaml(r, "nemotron-49b-0", large, "large", FAST),
+        &[],
+    )
+    .unwrap();
+    let router = format!(
+        "  cost_weight: 0.0\n  router: {{artifact: {}, assets: {}}}\n",
+        workspace_root().join("router/artifacts/default").display(),
+        assets.to_string_lossy()
+    );
+    let one = Process::start("gateway-1", "gateway", &gateway_yaml_with(r, &router), &[]).unwrap();
+    let two = Process::start("gateway-2", "gateway", &gateway_yaml_with(r, &router), &[]).unwrap();
+    wait_for_pool(&one.gateway_url(), 2).await;
+    wait_for_pool(&two.gateway_url(), 2).await;
+    let mut c1 = gateway_client(&one.gateway_url()).await;
+    let mut c2 = gateway_client(&two.gateway_url()).await;
+    let (rated, similar, other) = (
+        "Solve for x: 3x^2 - 12x + 9 = 0.",
+        "Solve for y: 2y^2 - 8y + 6 = 0.",
+        "Write a friendly greeting for a coffee shop sign.",
+    );
+    let large_on = |d: &RouteDecision| {
+        d.candidates
+            .iter()
+            .find(|c| c.model == large)
+            .map(|c| (c.predicted_quality, c.quality_source.clone()))
+            .unwrap()
+    };
+    let before = large_on(&c2.route(ask(similar)).await.unwrap().into_inner());
+    let other_before = large_on(&c2.route(ask(other)).await.unwrap().into_inner());
+    assert_eq!(before.1, "router");
+
+    // Scored through gateway 1, which served the requests.
+    for i in 0..5 {
+        let req = GenerateRequest {
+            request_id: format!("{mesh}-{i}"),
+            model: large.into(),
+            ..ask(rated)
+        };
+        let id = c1.generate(req).await.unwrap().into_inner().request_id;
+        c1.feedback(routemesh_proto::v1::FeedbackRequest {
+            request_id: id,
+            score: 0.0,
+            comment: String::new(),
+        })
+        .await
+        .unwrap();
+    }
+    // Gateway 2 served none of them, yet learns them for similar prompts.
+    eventually(
+        std::time::Duration::from_secs(10),
+        "gateway 2 reads gateway 1's exemplars from Redis",
+        || {
+            let mut c = c2.clone();
+            async move {
+                let d = c.route(ask(similar)).await.unwrap().into_inner();
+                d.candidates
+                    .iter()
+                    .any(|c| c.model == large && c.quality_source == "router+feedback")
+            }
+        },
+    )
+    .await;
+    let after = large_on(&c2.route(ask(similar)).await.unwrap().into_inner());
+    assert!(after.0 < before.0 - 0.05, "{before:?} -> {after:?}");
+    assert_eq!(
+        large_on(&c2.route(ask(other)).await.unwrap().into_inner()),
+        other_before,
+        "an unrelated prompt keeps its prediction"
+    );
+    delete_mesh_keys(&redis, &mesh).await;
+}
