@@ -73,12 +73,9 @@ fn tokens(name: &str) -> Vec<String> {
         }
         out.push(piece);
     }
-    out.retain(|t| {
-        !t.is_empty()
-            && !BUILD_TOKENS.contains(&t.as_str())
-            // Single letters are the leftovers of `v0.3` or `q4_K_M`.
-            && !(t.len() == 1 && t.chars().all(|c| c.is_ascii_alphabetic()))
-    });
+    // Single letters are the leftovers of `v0.3` or `q4_K_M`.
+    let stray_letter = |t: &str| t.len() == 1 && t.chars().all(|c| c.is_ascii_alphabetic());
+    out.retain(|t| !(t.is_empty() || BUILD_TOKENS.contains(&t.as_str()) || stray_letter(t)));
     // `Meta-Llama-3.1-...` is `Llama-3.1-...`.
     if out.first().is_some_and(|t| t == "meta") && out.len() > 1 {
         out.remove(0);
@@ -104,22 +101,20 @@ fn loose_key(name: &str) -> String {
 pub fn params_billions(name: &str) -> Option<f64> {
     let lower = name.to_lowercase();
     let last = lower.rsplit('/').next().unwrap_or(&lower);
-    last.split(['-', '_', ' ', ':'])
-        .filter_map(|t| {
-            let (number, scale) = if let Some(n) = t.strip_suffix('b') {
-                (n, 1.0)
-            } else if let Some(n) = t.strip_suffix('m') {
-                (n, 1e-3)
-            } else {
-                return None;
-            };
-            let value = match number.split_once('x') {
-                Some((experts, each)) => experts.parse::<f64>().ok()? * each.parse::<f64>().ok()?,
-                None => number.parse::<f64>().ok()?,
-            };
-            (value.is_finite() && value > 0.0).then_some(value * scale)
-        })
-        .last()
+    last.rsplit(['-', '_', ' ', ':']).find_map(|t| {
+        let (number, scale) = if let Some(n) = t.strip_suffix('b') {
+            (n, 1.0)
+        } else if let Some(n) = t.strip_suffix('m') {
+            (n, 1e-3)
+        } else {
+            return None;
+        };
+        let value = match number.split_once('x') {
+            Some((experts, each)) => experts.parse::<f64>().ok()? * each.parse::<f64>().ok()?,
+            None => number.parse::<f64>().ok()?,
+        };
+        (value.is_finite() && value > 0.0).then_some(value * scale)
+    })
 }
 
 /// The family a model belongs to: the first word of its name (`llama`, `qwen`, `gemma`, `mistral`).

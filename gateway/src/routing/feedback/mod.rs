@@ -227,10 +227,10 @@ impl Rows {
         let (model, index) = self.by_key.remove(key)?;
         let rows = self.by_model.get_mut(&model)?;
         let removed = rows.swap_remove(index);
-        if let Some(moved) = rows.get(index) {
-            if let Some(slot) = self.by_key.get_mut(&moved.entry.key) {
-                slot.1 = index;
-            }
+        if let Some(moved) = rows.get(index)
+            && let Some(slot) = self.by_key.get_mut(&moved.entry.key)
+        {
+            slot.1 = index;
         }
         if rows.is_empty() {
             self.by_model.remove(&model);
