@@ -1,7 +1,8 @@
 //! Feedback memory on the request path: recording an exemplar (the Feedback
 //! call) and the shift it gives a prediction (every routed request while
-//! exemplars exist), at the default cap of 20,000 exemplars of 384
-//! dimensions, all of one model (the worst case for a query). Also prints
+//! exemplars exist), at the default cap of 20,000 exemplars of 128
+//! dimensions (the default artifact's frame: its kNN memory's principal
+//! components), all of one model (the worst case for a query). Also prints
 //! p50/p99 of single insertions, which the target is stated in.
 //!
 //! `cargo bench -p routemesh-gateway --bench feedback_memory`
@@ -13,7 +14,7 @@ use routemesh_gateway::routing::feedback::{
     FeedbackEntry, FeedbackMemory, FeedbackMemoryConfig, PromptPoint, Scope,
 };
 
-const DIM: usize = 384;
+const DIM: usize = 128;
 
 /// A deterministic pseudo-random unit point (xorshift), so runs compare.
 fn point(seed: u64) -> PromptPoint {

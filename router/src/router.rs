@@ -11,7 +11,7 @@ use crate::artifact::{self, ArtifactError, Calibration, Manifest};
 use crate::encoder::{AssetPaths, EMBED_DIM, ENCODER_ID, Encoder, EncoderConfig, EncoderError};
 use crate::fast::{self, STATIC_ENCODER_ID, StaticEmbedder};
 use crate::names::ModelCatalog;
-use crate::predict::QualityPredictor;
+use crate::predict::{EmbeddingFrame, QualityPredictor};
 use crate::verify::{AnswerVerifier, VERIFIER_DIR, VerifyError};
 use std::sync::Arc;
 
@@ -79,8 +79,8 @@ impl EmbedPath {
 pub struct EmbeddingSpace {
     /// Names the embedder and the training prompts the centre comes from: `fast:<sha prefix>`.
     pub id: String,
-    /// The training prompts' mean embedding (see [`QualityPredictor::embedding_centre`]).
-    pub centre: Option<Vec<f32>>,
+    /// Where prompts are compared (see [`QualityPredictor::embedding_frame`]); `None`: raw cosine.
+    pub frame: Option<EmbeddingFrame>,
 }
 
 impl EmbeddingSpace {
@@ -94,7 +94,7 @@ impl EmbeddingSpace {
             });
         Self {
             id: format!("{}:{}", path.as_str(), digest.get(..16).unwrap_or(digest)),
-            centre: predictor.embedding_centre(),
+            frame: predictor.embedding_frame(),
         }
     }
 }

@@ -163,13 +163,14 @@ impl QualityPredictor for Knn {
         &self.models
     }
 
-    /// The training prompts' mean: the projection's (it centres before projecting), else the
-    /// exemplars' own.
-    fn embedding_centre(&self) -> Option<Vec<f32>> {
+    /// The memory's own frame: its projection, else the exemplars' mean.
+    fn embedding_frame(&self) -> Option<super::EmbeddingFrame> {
         if let Some(p) = &self.proj {
-            return Some(p.mean.to_vec());
+            return Some(super::EmbeddingFrame::Projected(p.clone()));
         }
-        self.exemplars.mean_axis(Axis(0)).map(|m| m.to_vec())
+        self.exemplars
+            .mean_axis(Axis(0))
+            .map(|m| super::EmbeddingFrame::Centred(m.to_vec()))
     }
 
     fn predict(&self, emb: ArrayView2<'_, f32>) -> Vec<Vec<f64>> {

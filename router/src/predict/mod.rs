@@ -22,6 +22,33 @@ pub use mlp::Mlp;
 pub use pca::Projection;
 pub use task::{SoftmaxClassifier, TaskMixture, softmax_in_place};
 
+/// Where prompts are compared for similarity (see [`QualityPredictor::embedding_frame`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum EmbeddingFrame {
+    /// Centred and projected onto principal components.
+    Projected(Projection),
+    /// Centred on this mean only.
+    Centred(Vec<f32>),
+}
+
+impl EmbeddingFrame {
+    /// One embedding row in this frame, unit length; `None` for a row at the centre.
+    pub fn point(&self, row: ndarray::ArrayView1<'_, f32>) -> Option<Vec<f32>> {
+        let v: Vec<f32> = match self {
+            EmbeddingFrame::Projected(p) => {
+                let one = row.insert_axis(ndarray::Axis(0));
+                p.apply(one).into_iter().collect()
+            }
+            EmbeddingFrame::Centred(mean) if mean.len() == row.len() => {
+                row.iter().zip(mean).map(|(x, m)| x - m).collect()
+            }
+            EmbeddingFrame::Centred(_) => return None,
+        };
+        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        (norm.is_finite() && norm > 0.0).then(|| v.into_iter().map(|x| x / norm).collect())
+    }
+}
+
 /// Predicted quality per known model for embedded prompts.
 pub trait QualityPredictor: Send + Sync + std::fmt::Debug {
     /// Short name recorded in artifacts and printed by eval.
@@ -29,11 +56,12 @@ pub trait QualityPredictor: Send + Sync + std::fmt::Debug {
     fn models(&self) -> &[String];
     /// `[n][models]` predicted quality in [0, 1] for `emb` `[n, dim]`.
     fn predict(&self, emb: ArrayView2<'_, f32>) -> Vec<Vec<f64>>;
-    /// The mean of the training prompts' embeddings, when the predictor keeps them (an exemplar
-    /// memory in the embedding's own space). Sentence embeddings share a large common component
-    /// (any two prompts have cosine ~0.8 on the fast path); similarity after subtracting this mean
-    /// tells near prompts from the rest (~0 for unrelated ones), which feedback memory relies on.
-    fn embedding_centre(&self) -> Option<Vec<f32>> {
+    /// How the predictor's exemplar memory compares prompts, when it has one: its projection
+    /// (centred on the training prompts' mean, onto their principal components), else the
+    /// exemplars' mean alone. Sentence embeddings share a large common component (any two prompts
+    /// have cosine ~0.8 on the fast path); similarity after centring tells near prompts from the
+    /// rest (~0 for unrelated ones), which feedback memory relies on.
+    fn embedding_frame(&self) -> Option<EmbeddingFrame> {
         None
     }
 }
@@ -73,8 +101,8 @@ impl QualityPredictor for Blend {
     fn models(&self) -> &[String] {
         &self.knn.models
     }
-    fn embedding_centre(&self) -> Option<Vec<f32>> {
-        self.knn.embedding_centre()
+    fn embedding_frame(&self) -> Option<EmbeddingFrame> {
+        self.knn.embedding_frame()
     }
     fn predict(&self, emb: ArrayView2<'_, f32>) -> Vec<Vec<f64>> {
         let a = self.knn.predict(emb);

@@ -96,8 +96,8 @@ impl QualityPredictor for TaskMixture {
     fn models(&self) -> &[String] {
         &self.models
     }
-    fn embedding_centre(&self) -> Option<Vec<f32>> {
-        self.residual.as_ref()?.embedding_centre()
+    fn embedding_frame(&self) -> Option<super::EmbeddingFrame> {
+        self.residual.as_ref()?.embedding_frame()
     }
     fn predict(&self, emb: ArrayView2<'_, f32>) -> Vec<Vec<f64>> {
         let base = self.task_means(emb);

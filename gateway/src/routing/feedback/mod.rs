@@ -139,13 +139,9 @@ impl PromptPoint {
         if self.codes.len() != other.codes.len() {
             return 0.0;
         }
-        let dot: i32 = self
-            .codes
-            .iter()
-            .zip(other.codes.iter())
-            .map(|(&a, &b)| i32::from(a) * i32::from(b))
-            .sum();
-        f64::from(dot) * f64::from(self.scale) * f64::from(other.scale)
+        f64::from(dot_i8(&self.codes, &other.codes))
+            * f64::from(self.scale)
+            * f64::from(other.scale)
     }
 }
 
@@ -212,28 +208,58 @@ struct Row {
     seq: u64,
 }
 
+/// The exemplars of one model in one embedding space: their codes back to back (what a query
+/// scans), and each row's entry.
+struct Bucket {
+    dim: usize,
+    codes: Vec<i8>,
+    rows: Vec<Row>,
+}
+
+/// Where an entry is: its model, its space, its index in that bucket.
+type Slot = (String, String, usize);
+
 #[derive(Default)]
 struct Rows {
-    by_model: HashMap<String, Vec<Row>>,
-    /// Entry key -> (model, index in its model's rows).
-    by_key: HashMap<String, (String, usize)>,
+    /// model -> space -> bucket.
+    buckets: HashMap<String, HashMap<String, Bucket>>,
+    by_key: HashMap<String, Slot>,
     /// Insertion order for eviction: (key, seq); stale when the key was replaced since.
     order: VecDeque<(String, u64)>,
     next_seq: u64,
 }
 
 impl Rows {
+    fn bucket(&self, model: &str, space: &str) -> Option<&Bucket> {
+        self.buckets.get(model)?.get(space)
+    }
+
+    fn row(&self, key: &str) -> Option<&Row> {
+        let (model, space, index) = self.by_key.get(key)?;
+        self.bucket(model, space)?.rows.get(*index)
+    }
+
     fn remove(&mut self, key: &str) -> Option<Arc<FeedbackEntry>> {
-        let (model, index) = self.by_key.remove(key)?;
-        let rows = self.by_model.get_mut(&model)?;
-        let removed = rows.swap_remove(index);
-        if let Some(moved) = rows.get(index)
-            && let Some(slot) = self.by_key.get_mut(&moved.entry.key)
-        {
-            slot.1 = index;
+        let (model, space, index) = self.by_key.remove(key)?;
+        let spaces = self.buckets.get_mut(&model)?;
+        let bucket = spaces.get_mut(&space)?;
+        let removed = bucket.rows.swap_remove(index);
+        let dim = bucket.dim;
+        let last = bucket.rows.len();
+        if index < last {
+            bucket
+                .codes
+                .copy_within(last * dim..(last + 1) * dim, index * dim);
+            if let Some(slot) = self.by_key.get_mut(&bucket.rows[index].entry.key) {
+                slot.2 = index;
+            }
         }
-        if rows.is_empty() {
-            self.by_model.remove(&model);
+        bucket.codes.truncate(last * dim);
+        if bucket.rows.is_empty() {
+            spaces.remove(&space);
+            if spaces.is_empty() {
+                self.buckets.remove(&model);
+            }
         }
         Some(removed.entry)
     }
@@ -252,6 +278,24 @@ impl std::fmt::Debug for FeedbackMemory {
             .field("len", &self.len())
             .finish()
     }
+}
+
+/// `Σ a·b` of two int8 rows, in 16-lane blocks the compiler vectorises.
+fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
+    let mut lanes = [0i32; 16];
+    let (mut xs, mut ys) = (a.chunks_exact(16), b.chunks_exact(16));
+    for (x, y) in (&mut xs).zip(&mut ys) {
+        for k in 0..16 {
+            lanes[k] += i32::from(x[k]) * i32::from(y[k]);
+        }
+    }
+    let tail: i32 = xs
+        .remainder()
+        .iter()
+        .zip(ys.remainder())
+        .map(|(&x, &y)| i32::from(x) * i32::from(y))
+        .sum();
+    lanes.iter().sum::<i32>() + tail
 }
 
 impl FeedbackMemory {
@@ -276,32 +320,44 @@ impl FeedbackMemory {
     }
 
     /// Adds an exemplar, replacing the one with the same key; evicts the oldest beyond the cap.
-    /// O(1) amortised.
-    pub fn insert(&self, entry: FeedbackEntry) {
+    /// O(1) amortised. An exemplar whose point has another dimension than its space's others is
+    /// refused (false).
+    pub fn insert(&self, entry: FeedbackEntry) -> bool {
         let mut rows = self.rows.write().unwrap_or_else(|e| e.into_inner());
         rows.remove(&entry.key);
+        let dim = entry.point.codes.len();
+        if rows
+            .bucket(&entry.model, &entry.space)
+            .is_some_and(|b| b.dim != dim)
+        {
+            return false;
+        }
         let seq = rows.next_seq;
         rows.next_seq += 1;
-        let key = entry.key.clone();
-        let model = entry.model.clone();
-        let list = rows.by_model.entry(model.clone()).or_default();
-        list.push(Row {
+        let (key, model, space) = (entry.key.clone(), entry.model.clone(), entry.space.clone());
+        let bucket = rows
+            .buckets
+            .entry(model.clone())
+            .or_default()
+            .entry(space.clone())
+            .or_insert_with(|| Bucket {
+                dim,
+                codes: Vec::new(),
+                rows: Vec::new(),
+            });
+        bucket.codes.extend_from_slice(&entry.point.codes);
+        bucket.rows.push(Row {
             entry: Arc::new(entry),
             seq,
         });
-        let index = list.len() - 1;
-        rows.by_key.insert(key.clone(), (model, index));
+        let index = bucket.rows.len() - 1;
+        rows.by_key.insert(key.clone(), (model, space, index));
         rows.order.push_back((key, seq));
         while rows.by_key.len() > self.config.entries {
             let Some((oldest, oldest_seq)) = rows.order.pop_front() else {
                 break;
             };
-            let current = rows
-                .by_key
-                .get(&oldest)
-                .and_then(|(m, i)| rows.by_model.get(m)?.get(*i))
-                .map(|r| r.seq);
-            if current == Some(oldest_seq) {
+            if rows.row(&oldest).map(|r| r.seq) == Some(oldest_seq) {
                 rows.remove(&oldest);
             }
         }
@@ -310,21 +366,17 @@ impl FeedbackMemory {
             let live: VecDeque<(String, u64)> = rows
                 .order
                 .iter()
-                .filter(|(k, s)| {
-                    rows.by_key
-                        .get(k)
-                        .and_then(|(m, i)| rows.by_model.get(m)?.get(*i))
-                        .is_some_and(|r| r.seq == *s)
-                })
+                .filter(|(k, s)| rows.row(k).is_some_and(|r| r.seq == *s))
                 .cloned()
                 .collect();
             rows.order = live;
         }
         self.len.store(rows.by_key.len(), Ordering::Relaxed);
+        true
     }
 
     /// What the exemplars near `point` (in `space`) do to `model`'s prediction for a request of
-    /// `owner`; `None` when none counts. Exemplars older than `max_age_ms` are ignored.
+    /// `owner`; `None` when none counts. Exemplars recorded before `oldest_ms` are ignored.
     pub fn shift(
         &self,
         model: &str,
@@ -338,15 +390,24 @@ impl FeedbackMemory {
             return None;
         }
         let rows = self.rows.read().unwrap_or_else(|e| e.into_inner());
-        let list = rows.by_model.get(model)?;
+        let bucket = rows.bucket(model, space)?;
+        if bucket.dim != point.codes.len() {
+            return None;
+        }
         // Per tenant: (weight, weighted residual, exemplars).
         let mut per_source: Vec<(&Option<String>, f64, f64, usize)> = Vec::new();
-        for row in list {
+        let query_scale = f64::from(point.scale);
+        for (row, codes) in bucket
+            .rows
+            .iter()
+            .zip(bucket.codes.chunks_exact(bucket.dim))
+        {
             let e = &row.entry;
-            if e.at_ms < oldest_ms || e.space != space || !e.scope.covers(owner) {
+            if e.at_ms < oldest_ms || !e.scope.covers(owner) {
                 continue;
             }
-            let cos = point.cosine(&e.point);
+            let cos =
+                f64::from(dot_i8(&point.codes, codes)) * query_scale * f64::from(e.point.scale);
             if cos < self.config.similarity_floor {
                 continue;
             }
@@ -404,8 +465,7 @@ impl FeedbackMemory {
     /// The exemplar recorded under `key`, if held.
     pub fn get(&self, key: &str) -> Option<Arc<FeedbackEntry>> {
         let rows = self.rows.read().unwrap_or_else(|e| e.into_inner());
-        let (model, index) = rows.by_key.get(key)?;
-        Some(rows.by_model.get(model)?.get(*index)?.entry.clone())
+        rows.row(key).map(|r| r.entry.clone())
     }
 }
 

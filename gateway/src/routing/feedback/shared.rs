@@ -190,12 +190,14 @@ impl SharedFeedback {
                 if let Some(seq) = seq {
                     redis.cursor.fetch_max(seq, Ordering::AcqRel);
                 }
-                match record.as_deref().and_then(wire::decode) {
-                    Some(entry) => {
-                        self.memory.insert(entry);
-                        read += 1;
-                    }
-                    None => crate::metrics::feedback_memory_rejected(),
+                let stored = record
+                    .as_deref()
+                    .and_then(wire::decode)
+                    .is_some_and(|entry| self.memory.insert(entry));
+                if stored {
+                    read += 1;
+                } else {
+                    crate::metrics::feedback_memory_rejected();
                 }
             }
             if pairs < FETCH_BATCH {

@@ -189,6 +189,33 @@ fn a_rescore_replaces_and_the_oldest_are_evicted() {
 }
 
 #[test]
+fn removing_from_the_middle_keeps_each_exemplar_with_its_own_point() {
+    let m = memory();
+    let at = |i| point(8, i, (i + 1) % 8, 0.0);
+    m.insert(entry("a", Scope::Global, None, 0.5, 0.5, at(0)));
+    m.insert(entry("b", Scope::Global, None, 0.0, 0.5, at(2)));
+    m.insert(entry("c", Scope::Global, None, 1.0, 0.5, at(4)));
+    // "a" moves to another model: "c" takes its slot in m's codes.
+    let mut moved = entry("a", Scope::Global, None, 0.5, 0.5, at(0));
+    moved.model = "other".into();
+    assert!(m.insert(moved));
+    let delta = |i| m.shift("m", SPACE, &at(i), &None, 10.0, 0).map(|s| s.delta);
+    assert!(delta(4).unwrap() > 0.0, "c's 1.0 is at its own point");
+    assert!(delta(2).unwrap() < 0.0, "b's 0.0 is at its own point");
+    assert_eq!(delta(0), None, "a left m");
+    assert!(m.shift("other", SPACE, &at(0), &None, 10.0, 0).is_some());
+    // A point of another dimension does not join the space.
+    assert!(!m.insert(entry(
+        "d",
+        Scope::Global,
+        None,
+        1.0,
+        0.5,
+        point(16, 0, 1, 0.0)
+    )));
+}
+
+#[test]
 fn insertion_stays_bounded_with_100k_distinct_requests() {
     let m = FeedbackMemory::new(FeedbackMemoryConfig {
         entries: 1000,
@@ -265,10 +292,11 @@ fn five_scores_move_the_ten_nearest_public_prompts_and_not_the_rest() {
     let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
     let emb = router.embed(&refs).unwrap();
     let space = router.space(router.path());
+    let frame = space.frame.as_ref().unwrap();
     let points: Vec<PromptPoint> = emb
         .rows()
         .into_iter()
-        .map(|r| PromptPoint::new(r.as_slice().unwrap(), space.centre.as_deref()).unwrap())
+        .map(|r| PromptPoint::new(&frame.point(r).unwrap(), None).unwrap())
         .collect();
     for rated in [0, 250, 500, 1000, 1500] {
         let memory = memory();
@@ -297,6 +325,15 @@ fn five_scores_move_the_ten_nearest_public_prompts_and_not_the_rest() {
             .collect();
         by_similarity.sort_by(|a, b| b.0.total_cmp(&a.0));
         let (nearest, rest) = by_similarity.split_at(10);
+        eprintln!(
+            "prompt {rated}: nearest cos {:.2}..{:.2}, moved {:.3}..{:.3}; {} of {} others moved",
+            nearest[0].0,
+            nearest[9].0,
+            nearest[0].1,
+            nearest[9].1,
+            rest.iter().filter(|(_, m)| *m != 0.0).count(),
+            rest.len()
+        );
         assert!(
             nearest.iter().all(|(_, moved)| *moved < -1e-3),
             "prompt {rated}: the ten nearest move: {nearest:?}"

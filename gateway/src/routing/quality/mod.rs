@@ -327,10 +327,15 @@ impl QualityModel {
             };
             let scores = scores.into_iter().next().unwrap_or_default();
             let space = router.space(took);
-            let point = embedding
-                .row(0)
-                .as_slice()
-                .and_then(|row| PromptPoint::new(row, space.centre.as_deref()));
+            let point = match &space.frame {
+                Some(frame) => frame
+                    .point(embedding.row(0))
+                    .and_then(|v| PromptPoint::new(&v, None)),
+                None => embedding
+                    .row(0)
+                    .as_slice()
+                    .and_then(|row| PromptPoint::new(row, None)),
+            };
             Ok::<_, routemesh_router::RouterError>((
                 took,
                 RoutedPrompt {
