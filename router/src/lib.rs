@@ -10,6 +10,7 @@ pub mod artifact;
 pub mod embed;
 pub mod encoder;
 pub mod fast;
+pub mod onboard;
 pub mod predict;
 pub mod router;
 pub mod verify;

@@ -14,5 +14,6 @@ pub mod distill;
 pub mod eval;
 pub mod fit;
 pub mod metrics;
+pub mod onboard_eval;
 pub mod save;
 pub mod verifier;
