@@ -62,7 +62,7 @@ fn cholesky_solve(h: &mut [f64], g: &[f64], p: usize) -> Result<Vec<f64>, Onboar
         for k in 0..j {
             d -= h[j * p + k] * h[j * p + k];
         }
-        if !(d > 0.0) || !d.is_finite() {
+        if d.is_nan() || d <= 0.0 || d.is_infinite() {
             return Err(OnboardError::Numerical(
                 "the MF fit's system is not positive definite".into(),
             ));

@@ -187,7 +187,7 @@ pub fn similarity(
     // list of models the new one is said to be similar to.
     for _ in 0..2 {
         let total: f64 = weights.iter().sum();
-        if !(total > 0.0) {
+        if total.is_nan() || total <= 0.0 {
             return Err(OnboardError::NoCandidates);
         }
         weights
@@ -272,12 +272,10 @@ pub fn onboard(
     let means = append_column(&base.means, &new_means);
     let mut prior = base.prior.clone();
     prior.push(new_prior);
-    let residual = match &base.residual {
-        Some(k) => Some(onboard_residual(
-            k, &models, emb, scores, &proba, &new_means, w, cfg,
-        )),
-        None => None,
-    };
+    let residual = base
+        .residual
+        .as_ref()
+        .map(|k| onboard_residual(k, &models, emb, scores, &proba, &new_means, w, cfg));
     let mf = match &base.mf {
         Some(mf) => Some(onboard_mf(mf, &models, emb, scores, w, cfg)?),
         None => None,
