@@ -341,3 +341,71 @@ fn the_onboard_command_adds_a_model_to_both_paths_of_the_committed_artifact() ->
     artifact::load(&out2.join(artifact::FAST_DIR))?;
     Ok(())
 }
+
+#[test]
+fn leave_one_model_out_runs_on_a_small_mix9_subset() -> anyhow::Result<()> {
+    use routemesh_router_train::{data, eval, onboard_eval};
+    let Some(dir) = data::shared_data_dir() else {
+        eprintln!(
+            "skipping: ../shared/data/routing not found (set ROUTEMESH_DATA to run this test)"
+        );
+        return Ok(());
+    };
+    let prices = data::Prices::load(&dir.join("models.json"))?;
+    let rows: Vec<_> = data::load_jsonl(&dir.join("mix9.jsonl"))?
+        .into_iter()
+        .step_by(9)
+        .collect();
+    let table = data::Table::new(rows, &prices)?;
+    // Embedding-free: one-hot sources stand in for prompt embeddings (the task is what matters most).
+    let mut sources: Vec<&str> = table.rows.iter().map(|r| r.source.as_str()).collect();
+    sources.sort_unstable();
+    sources.dedup();
+    let emb = Array2::from_shape_fn((table.len(), sources.len()), |(i, j)| {
+        f32::from(u8::from(table.rows[i].source == sources[j]))
+    });
+    let group = eval::groups(&table, &prices).remove(0);
+    let spec = TaskConfig {
+        epochs: 10,
+        knn: KnnConfig {
+            k: 10,
+            pca: 0,
+            ..TaskConfig::default().knn
+        },
+        mf_weight: 0.2,
+        mf: MfConfig {
+            dim: 4,
+            epochs: 3,
+            ..MfConfig::default()
+        },
+        ..TaskConfig::default()
+    };
+    let setup = onboard_eval::LomoSetup {
+        spec: &spec,
+        configs: &[OnboardConfig::default()],
+        budgets: &[0, 100],
+        folds: 2,
+        seed: 1,
+    };
+    let results =
+        onboard_eval::leave_one_model_out(&table, emb.view(), &group, &prices, &setup, |_| {})?;
+    assert_eq!(results.len(), 9);
+    let mean = |f: &dyn Fn(&onboard_eval::ModelResult) -> f64| {
+        results.iter().map(f).sum::<f64>() / results.len() as f64
+    };
+    let prior = mean(&|r| r.prior.aiq);
+    let onboarded = mean(&|r| r.onboarded[0][1].aiq);
+    let full = results[0].full.aiq;
+    // 100 scored prompts route better than a fixed tier prior and come close to fully trained.
+    assert!(onboarded > prior, "onboarded {onboarded} vs prior {prior}");
+    assert!(
+        full - onboarded < 0.02,
+        "onboarded {onboarded} vs full {full}"
+    );
+    assert_eq!(onboard_eval::tier_prior(&prices, "gemma-2-9b-it"), 0.55);
+    assert_eq!(
+        onboard_eval::tier_prior(&prices, "llama3-70b-instruct"),
+        0.80
+    );
+    Ok(())
+}

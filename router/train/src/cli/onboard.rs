@@ -14,7 +14,7 @@ use routemesh_router::predict::TaskMixture;
 
 use super::inputs::EncoderArgs;
 use crate::data;
-use crate::onboard_eval::ModelResult;
+use crate::onboard_eval::{ArmScore, ModelResult};
 use crate::save;
 
 // The `onboard` subcommand's arguments (its help text is the doc comment of `RouterCommand::Onboard`).
@@ -291,9 +291,7 @@ pub fn lomo_table(
         "budget", "mean ΔAIQ", "mean Δcost", "never", "focus AIQ", "focus cost"
     );
     let focused = results.iter().find(|r| r.model == focus);
-    let line = |o: &mut String,
-                label: &str,
-                arm: &dyn Fn(&ModelResult) -> &crate::onboard_eval::ArmScore| {
+    let line = |o: &mut String, label: &str, arm: &dyn Fn(&ModelResult) -> &ArmScore| {
         let d_aiq = mean(results.iter().map(|r| arm(r).aiq - r.full.aiq));
         let both: Vec<f64> = results
             .iter()
@@ -316,12 +314,49 @@ pub fn lomo_table(
     for (b, budget) in budgets.iter().enumerate() {
         line(&mut o, &budget.to_string(), &|r| &r.onboarded[config][b]);
     }
+    // The mean over held-out models within 0.01 AIQ and 0.05x (at that budget and every larger one).
+    let mean_ok = |b: usize| {
+        let d_aiq = mean(
+            results
+                .iter()
+                .map(|r| r.onboarded[config][b].aiq - r.full.aiq),
+        );
+        let d_cost =
+            mean(results.iter().filter_map(|r| {
+                Some(r.onboarded[config][b].cost_to_match? - r.full.cost_to_match?)
+            }));
+        let never = results
+            .iter()
+            .any(|r| r.onboarded[config][b].cost_to_match.is_none());
+        d_aiq >= -0.01 && d_cost <= 0.05 && !never
+    };
+    let from = (0..budgets.len()).find(|&b| (b..budgets.len()).all(mean_ok));
+    let _ = writeln!(
+        o,
+        "mean within 0.01 AIQ and 0.05x cost-to-match of fully trained from {} scored prompts",
+        from.map_or(
+            format!("more than {}", budgets.last().copied().unwrap_or(0)),
+            |b| { budgets[b].to_string() }
+        )
+    );
     o
 }
 
-/// Per held-out model: the smallest budget from which onboarding stays within `aiq_tol` AIQ and
-/// `cost_tol` cost-to-match of fully trained (at that budget and every larger one).
-pub fn budgets_needed(
+/// Whether `s` is within `aiq_tol` AIQ and `cost_tol` cost-to-match of `full` (a cost that never matches
+/// is within only if fully trained never matches either).
+fn within(s: &ArmScore, full: &ArmScore, aiq_tol: f64, cost_tol: f64) -> bool {
+    let cost_ok = match (s.cost_to_match, full.cost_to_match) {
+        (Some(a), Some(f)) => a - f <= cost_tol,
+        (_, None) => true,
+        (None, Some(_)) => false,
+    };
+    full.aiq - s.aiq <= aiq_tol && cost_ok
+}
+
+/// Per held-out model: ΔAIQ / Δcost-to-match against fully trained at every budget, and the smallest
+/// budget from which onboarding stays within `aiq_tol` AIQ and `cost_tol` cost-to-match (at that budget
+/// and every larger one).
+pub fn per_model_table(
     results: &[ModelResult],
     budgets: &[usize],
     config: usize,
@@ -330,29 +365,32 @@ pub fn budgets_needed(
 ) -> String {
     use std::fmt::Write;
     let mut o = String::new();
-    for r in results {
-        let ok = |b: usize| {
-            let s = &r.onboarded[config][b];
-            let cost_ok = match (s.cost_to_match, r.full.cost_to_match) {
-                (Some(a), Some(f)) => a - f <= cost_tol,
-                (_, None) => true,
-                (None, Some(_)) => false,
-            };
-            r.full.aiq - s.aiq <= aiq_tol && cost_ok
+    let _ = write!(o, "{:34} {:>15}", "held-out model", "prior");
+    for b in budgets {
+        let _ = write!(o, " {b:>15}");
+    }
+    let _ = writeln!(o, "  within from");
+    let cell = |s: &ArmScore, f: &ArmScore| {
+        let cost = match (s.cost_to_match, f.cost_to_match) {
+            (Some(a), Some(b)) => format!("{:+.2}", a - b),
+            (None, _) => "never".into(),
+            (Some(_), None) => "-".into(),
         };
+        format!("{:+.3}/{cost}", s.aiq - f.aiq)
+    };
+    for r in results {
+        let _ = write!(o, "{:34} {:>15}", r.model, cell(&r.prior, &r.full));
+        for s in &r.onboarded[config] {
+            let _ = write!(o, " {:>15}", cell(s, &r.full));
+        }
+        let ok = |b: usize| within(&r.onboarded[config][b], &r.full, aiq_tol, cost_tol);
         let from = (0..budgets.len()).find(|&b| (b..budgets.len()).all(ok));
         let _ = writeln!(
             o,
-            "  {:36} full AIQ {:.3} cost {:>7} | prior AIQ {:.3} cost {:>7} | within from {}",
-            r.model,
-            r.full.aiq,
-            cost(r.full.cost_to_match),
-            r.prior.aiq,
-            cost(r.prior.cost_to_match),
-            from.map_or("never (up to the largest budget)".into(), |b| format!(
-                "{} prompts",
-                budgets[b]
-            ))
+            "  {}",
+            from.map_or(format!("> {}", budgets.last().copied().unwrap_or(0)), |b| {
+                budgets[b].to_string()
+            })
         );
     }
     o
@@ -416,8 +454,59 @@ pub(super) fn run_lomo(
     for (c, cfg) in configs.iter().enumerate() {
         println!("\n== onboarding {}", describe(cfg));
         print!("{}", lomo_table(&results, budgets, c, &focus));
-        println!("within 0.01 AIQ and 0.05x cost-to-match of fully trained:");
-        print!("{}", budgets_needed(&results, budgets, c, 0.01, 0.05));
+        println!(
+            "per held-out model, onboarded minus fully trained (ΔAIQ/Δcost-to-match), and the \
+             budget from which it stays within 0.01 AIQ and 0.05x:"
+        );
+        print!("{}", per_model_table(&results, budgets, c, 0.01, 0.05));
     }
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn onboarding_settings_parse_over_the_defaults() {
+        assert_eq!(parse_onboard_config("").unwrap(), OnboardConfig::default());
+        let c = parse_onboard_config("shrink=2, temp=0.5,append=1,similar=2,ridge=3").unwrap();
+        assert_eq!(
+            (
+                c.shrink,
+                c.temperature,
+                c.append_exemplars,
+                c.max_similar,
+                c.mf_ridge
+            ),
+            (2.0, 0.5, true, 2, 3.0)
+        );
+        assert_eq!(parse_onboard_config(&describe(&c)).unwrap(), c);
+        assert!(parse_onboard_config("shrink").is_err());
+        assert!(parse_onboard_config("nope=1").is_err());
+    }
+
+    #[test]
+    fn the_tables_report_deltas_against_fully_trained() {
+        let arm = |aiq: f64, cost: Option<f64>| ArmScore {
+            aiq,
+            cost_to_match: cost,
+        };
+        let results = vec![ModelResult {
+            model: "m".into(),
+            full: arm(0.65, Some(0.25)),
+            prior: arm(0.60, None),
+            onboarded: vec![vec![arm(0.63, Some(0.40)), arm(0.645, Some(0.27))]],
+        }];
+        let t = lomo_table(&results, &[10, 50], 0, "m");
+        assert!(t.contains("-0.0200"), "{t}");
+        assert!(t.contains("from 50 scored prompts"), "{t}");
+        let p = per_model_table(&results, &[10, 50], 0, 0.01, 0.05);
+        assert!(
+            p.contains("-0.050/never") && p.contains("-0.005/+0.02"),
+            "{p}"
+        );
+        assert!(p.trim_end().ends_with("50"), "{p}");
+    }
 }
