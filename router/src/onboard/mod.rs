@@ -38,7 +38,10 @@ pub enum OnboardError {
     Numerical(String),
 }
 
-/// Hyper-parameters of onboarding (defaults picked by leave-one-model-out CV on mix9, see the model card).
+/// Hyper-parameters of onboarding. The defaults are what leave-one-model-out CV on mix9 picked (model
+/// card, "Onboarding a model from scores"): a soft similarity (every pool model keeps a say until many
+/// rows single some out) beat a sharp one at every budget, because a few rows rarely tell which model a
+/// new one is like, and a wrong pick costs more than an average.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OnboardConfig {
     /// Pseudo-count (in rows' worth of class probability) pulling each per-task mean towards the
@@ -57,11 +60,11 @@ pub struct OnboardConfig {
 impl Default for OnboardConfig {
     fn default() -> Self {
         Self {
-            shrink: 4.0,
-            temperature: 0.05,
+            shrink: 10.0,
+            temperature: 3.0,
             mf_ridge: 10.0,
             append_exemplars: false,
-            max_similar: 3,
+            max_similar: 8,
         }
     }
 }

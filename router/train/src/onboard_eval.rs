@@ -32,6 +32,9 @@ pub struct LomoSetup<'a> {
     pub budgets: &'a [usize],
     pub folds: usize,
     pub seed: u64,
+    /// Independent draws of the scored rows per budget (metrics averaged over them: one draw of a few
+    /// rows is noisy).
+    pub repeats: usize,
 }
 
 /// Out-of-fold routing quality of one arm for one held-out model.
@@ -39,8 +42,23 @@ pub struct LomoSetup<'a> {
 pub struct ArmScore {
     pub aiq: f64,
     /// Cost of the cheapest routing that matches the best single model's quality, as a multiple of that
-    /// model's cost (`None`: never matched).
+    /// model's cost (`None`: never matched); over repeated draws, the mean of those that matched.
     pub cost_to_match: Option<f64>,
+    /// Draws that never matched the best single model.
+    pub never: usize,
+}
+
+impl ArmScore {
+    /// The mean of several draws' scores.
+    fn mean_of(draws: &[ArmScore]) -> ArmScore {
+        let matched: Vec<f64> = draws.iter().filter_map(|d| d.cost_to_match).collect();
+        ArmScore {
+            aiq: draws.iter().map(|d| d.aiq).sum::<f64>() / draws.len().max(1) as f64,
+            cost_to_match: (!matched.is_empty())
+                .then(|| matched.iter().sum::<f64>() / matched.len() as f64),
+            never: draws.iter().map(|d| d.never).sum(),
+        }
+    }
 }
 
 /// The arms of one held-out model.
@@ -58,6 +76,7 @@ fn score(table: &Table, g: &Group, pred: &[Vec<f64>]) -> ArmScore {
     ArmScore {
         aiq: r.multi.router.aiq,
         cost_to_match: r.multi.router.cost_to_match_best,
+        never: usize::from(r.multi.router.cost_to_match_best.is_none()),
     }
 }
 
@@ -75,12 +94,18 @@ pub fn leave_one_model_out(
     let mut idx = group.rows.clone();
     idx.shuffle(&mut rand::rngs::StdRng::seed_from_u64(setup.seed));
     let folds = setup.folds.clamp(2, idx.len().max(2));
-    let (nc, nb) = (setup.configs.len(), setup.budgets.len());
+    let (nc, nb, nr) = (
+        setup.configs.len(),
+        setup.budgets.len(),
+        setup.repeats.max(1),
+    );
     let blank = || vec![vec![0.0; m]; n];
     let mut full = blank();
     let held: Vec<usize> = group.models.clone();
     let mut prior = vec![blank(); held.len()];
-    let mut onb = vec![vec![vec![blank(); nb]; nc]; held.len()];
+    // Onboarded arms differ from the prior arm only in the held-out model's column: keep just that,
+    // `[held][config][budget][repeat][row]`.
+    let mut onb = vec![vec![vec![vec![vec![0.0; n]; nr]; nb]; nc]; held.len()];
     for f in 0..folds {
         let test: Vec<usize> = idx
             .iter()
@@ -151,32 +176,36 @@ pub fn leave_one_model_out(
             let base_pred = base.predict(te_emb.view());
             let tier = tier_prior(prices, &table.models[held_out]);
             place(base_pred, &|_| tier, &mut prior[h]);
-            // The held-out model's scored rows: a seeded order of the training rows scored for it.
-            let mut order: Vec<usize> = (0..train.len())
-                .filter(|&r| table.quality[train[r]][held_out].is_some())
-                .collect();
-            order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(
-                setup.seed ^ ((f as u64) << 32) ^ held_out as u64,
-            ));
             let candidates: Vec<usize> = (0..models.len()).collect();
             let pools = vec![models.clone()];
-            for (c, cfg) in setup.configs.iter().enumerate() {
-                for (b, &budget) in setup.budgets.iter().enumerate() {
-                    let rows = &order[..budget.min(order.len())];
-                    let e = select_rows(tr_emb.view(), rows);
-                    let y: Vec<f64> = rows
-                        .iter()
-                        .map(|&r| table.quality[train[r]][held_out].unwrap_or(0.0))
-                        .collect();
-                    let sim = onboard::similarity(&base, e.view(), &y, &candidates, &pools, cfg)?;
-                    let name = &table.models[held_out];
-                    let added = onboard::onboard(&base, name, e.view(), &y, &sim, cfg)?;
-                    let last = models.len();
-                    place(
-                        added.predict(te_emb.view()),
-                        &|p| p[last],
-                        &mut onb[h][c][b],
-                    );
+            let name = &table.models[held_out];
+            let scored: Vec<usize> = (0..train.len())
+                .filter(|&r| table.quality[train[r]][held_out].is_some())
+                .collect();
+            for repeat in 0..nr {
+                // A seeded order of the training rows scored for the held-out model; each budget
+                // takes a prefix of it.
+                let mut order = scored.clone();
+                order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(
+                    setup.seed ^ ((f as u64) << 32) ^ ((repeat as u64) << 16) ^ held_out as u64,
+                ));
+                for (c, cfg) in setup.configs.iter().enumerate() {
+                    for (b, &budget) in setup.budgets.iter().enumerate() {
+                        let rows = &order[..budget.min(order.len())];
+                        let e = select_rows(tr_emb.view(), rows);
+                        let y: Vec<f64> = rows
+                            .iter()
+                            .map(|&r| table.quality[train[r]][held_out].unwrap_or(0.0))
+                            .collect();
+                        let sim =
+                            onboard::similarity(&base, e.view(), &y, &candidates, &pools, cfg)?;
+                        let added = onboard::onboard(&base, name, e.view(), &y, &sim, cfg)?;
+                        let last = models.len();
+                        let column = &mut onb[h][c][b][repeat];
+                        for (r, p) in test.iter().zip(added.predict(te_emb.view())) {
+                            column[*r] = p[last];
+                        }
+                    }
                 }
             }
             log(&format!(
@@ -188,17 +217,32 @@ pub fn leave_one_model_out(
         }
     }
     let full_score = score(table, group, &full);
-    Ok(held
-        .iter()
-        .enumerate()
-        .map(|(h, &j)| ModelResult {
+    let mut out = Vec::with_capacity(held.len());
+    for (h, &j) in held.iter().enumerate() {
+        let mut pred = prior[h].clone();
+        let mut onboarded = Vec::with_capacity(nc);
+        for per_config in &onb[h] {
+            let mut per_budget = Vec::with_capacity(nb);
+            for draws in per_config {
+                let scores: Vec<ArmScore> = draws
+                    .iter()
+                    .map(|column| {
+                        for &i in &group.rows {
+                            pred[i][j] = column[i];
+                        }
+                        score(table, group, &pred)
+                    })
+                    .collect();
+                per_budget.push(ArmScore::mean_of(&scores));
+            }
+            onboarded.push(per_budget);
+        }
+        out.push(ModelResult {
             model: table.models[j].clone(),
             full: full_score.clone(),
             prior: score(table, group, &prior[h]),
-            onboarded: onb[h]
-                .iter()
-                .map(|per_budget| per_budget.iter().map(|p| score(table, group, p)).collect())
-                .collect(),
-        })
-        .collect())
+            onboarded,
+        });
+    }
+    Ok(out)
 }

@@ -55,6 +55,9 @@ pub struct EvalArgs {
     /// Scored prompts to onboard from, under `--onboard-lomo`.
     #[arg(long, value_delimiter = ',', default_values_t = [0usize, 10, 25, 50, 100, 200, 400])]
     pub budgets: Vec<usize>,
+    /// Independent draws of the scored rows per budget under `--onboard-lomo` (metrics averaged).
+    #[arg(long, default_value_t = 5)]
+    pub repeats: usize,
     /// Onboarding settings compared under `--onboard-lomo` (see `onboard --onboard`; repeatable).
     #[arg(long = "onboard-config", default_values_t = [String::new()])]
     pub onboard_configs: Vec<String>,
@@ -79,6 +82,7 @@ pub(super) fn run(args: EvalArgs) -> anyhow::Result<()> {
         fast,
         onboard_lomo,
         budgets,
+        repeats,
         onboard_configs,
         verifier,
         enc,
@@ -108,6 +112,7 @@ pub(super) fn run(args: EvalArgs) -> anyhow::Result<()> {
             &budgets,
             cv.unwrap_or(5),
             seed,
+            repeats,
         );
     }
     let groups = eval::eval_groups(&table, &prices);

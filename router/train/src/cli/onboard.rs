@@ -35,7 +35,8 @@ pub struct OnboardArgs {
     /// Replace an existing artifact in `--out`.
     #[arg(long)]
     pub force: bool,
-    /// Onboarding hyper-parameters, `shrink=4,temp=0.05,ridge=10,append=0,similar=3` (any subset).
+    /// Onboarding hyper-parameters over the defaults, `shrink=10,temp=3,ridge=10,append=0,similar=8` (any
+    /// subset).
     #[arg(long, default_value = "")]
     pub onboard: String,
     #[command(flatten)]
@@ -297,10 +298,7 @@ pub fn lomo_table(
             .iter()
             .filter_map(|r| Some(arm(r).cost_to_match? - r.full.cost_to_match?))
             .collect();
-        let never = results
-            .iter()
-            .filter(|r| arm(r).cost_to_match.is_none())
-            .count();
+        let never: usize = results.iter().map(|r| arm(r).never).sum();
         let (fa, fc) = focused.map_or((f64::NAN, None), |r| (arm(r).aiq, arm(r).cost_to_match));
         let _ = writeln!(
             o,
@@ -408,6 +406,7 @@ pub(super) fn run_lomo(
     budgets: &[usize],
     folds: usize,
     seed: u64,
+    repeats: usize,
 ) -> anyhow::Result<()> {
     let crate::eval::Candidate::Spec(crate::fit::PredictorSpec::Task(spec)) =
         super::spec::parse_candidate(predictor)?
@@ -428,6 +427,7 @@ pub(super) fn run_lomo(
         budgets,
         folds,
         seed,
+        repeats,
     };
     let t = std::time::Instant::now();
     let results =
@@ -442,13 +442,15 @@ pub(super) fn run_lomo(
     );
     let focus = report.multi.best_model.clone();
     println!(
-        "leave-one-model-out onboarding: {} ({} rows), {folds}-fold CV seed {seed}, predictor {predictor}, {:.0?}",
+        "leave-one-model-out onboarding: {} ({} rows), {folds}-fold CV seed {seed}, {repeats} draws of \
+         the scored rows per budget, predictor {predictor}, {:.0?}",
         group.name(table),
         group.rows.len(),
         t.elapsed()
     );
     println!(
-        "deltas are onboarded minus fully trained, mean over the {} held-out models; focus = {focus}",
+        "deltas are onboarded minus fully trained, mean over the {} held-out models (never: draws \
+         that never match the best single model, left out of the mean); focus = {focus}",
         results.len()
     );
     for (c, cfg) in configs.iter().enumerate() {
@@ -492,6 +494,7 @@ mod tests {
         let arm = |aiq: f64, cost: Option<f64>| ArmScore {
             aiq,
             cost_to_match: cost,
+            never: usize::from(cost.is_none()),
         };
         let results = vec![ModelResult {
             model: "m".into(),
