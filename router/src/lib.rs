@@ -11,6 +11,7 @@ pub mod embed;
 pub mod encoder;
 pub mod fast;
 pub mod names;
+pub mod onboard;
 pub mod predict;
 pub mod router;
 pub mod verify;

@@ -116,6 +116,58 @@ impl Files<'_> {
         ))
     }
 
+    /// The task mixture of a `task` manifest (see [`PredictorInfo::Task`]).
+    fn task_mixture(&self) -> Result<TaskMixture, ArtifactError> {
+        let PredictorInfo::Task {
+            classes,
+            alpha,
+            k,
+            tau,
+            shrink,
+            exemplars,
+            pca,
+            mf_dim,
+            mf_weight,
+        } = self.manifest.predictor.clone()
+        else {
+            return Err(ArtifactError::Invalid(
+                "the predictor is not a task mixture".into(),
+            ));
+        };
+        let (m, e) = (self.manifest.models.len(), self.manifest.encoder.dim);
+        let c = classes.len();
+        let v = read_f32(&self.read("task.f32", (c * e + c + c * m + m) * 4)?);
+        let shape = |err: ndarray::ShapeError| ArtifactError::Shape {
+            file: self.dir.join("task.f32"),
+            msg: err.to_string(),
+        };
+        let (a, b) = (c * e, c * e + c);
+        let residual = if exemplars > 0 {
+            Some(self.knn(k, tau, shrink, exemplars, pca)?)
+        } else {
+            None
+        };
+        let mf = if mf_dim > 0 {
+            Some(self.mf(mf_dim)?)
+        } else {
+            None
+        };
+        Ok(TaskMixture {
+            models: self.manifest.models.clone(),
+            classifier: SoftmaxClassifier {
+                classes,
+                w: Array2::from_shape_vec((c, e), v[..a].to_vec()).map_err(shape)?,
+                b: Array1::from_vec(v[a..b].to_vec()),
+            },
+            means: Array2::from_shape_vec((c, m), v[b..b + c * m].to_vec()).map_err(shape)?,
+            prior: v[b + c * m..].to_vec(),
+            residual,
+            alpha,
+            mf,
+            mf_weight,
+        })
+    }
+
     fn mf(&self, d: usize) -> Result<MatrixFactorization, ArtifactError> {
         let (m, e) = (self.manifest.models.len(), self.manifest.encoder.dim);
         let v = read_f32(&self.read("mf.f32", (d * e + m * d + m) * 4)?);
@@ -161,6 +213,18 @@ pub fn load_static_table(
         .map(|b| i8::from_le_bytes([b]))
         .collect();
     Ok((codes, scales, weights))
+}
+
+/// Loads an artifact whose predictor is a task mixture as that concrete type (what onboarding a model
+/// updates), verifying every file; any other predictor kind is refused.
+pub fn load_task_mixture(dir: &Path) -> Result<(Manifest, TaskMixture), ArtifactError> {
+    let manifest = read_manifest(dir)?;
+    let mixture = Files {
+        dir,
+        manifest: &manifest,
+    }
+    .task_mixture()?;
+    Ok((manifest, mixture))
 }
 
 /// Loads the manifest and the predictor of an artifact directory, verifying every file.
@@ -230,49 +294,7 @@ pub fn load(dir: &Path) -> Result<(Manifest, Box<dyn QualityPredictor>), Artifac
                 b2: Array1::from_vec(v[b + m * h..].to_vec()),
             })
         }
-        PredictorInfo::Task {
-            classes,
-            alpha,
-            k,
-            tau,
-            shrink,
-            exemplars,
-            pca,
-            mf_dim,
-            mf_weight,
-        } => {
-            let c = classes.len();
-            let v = read_f32(&f.read("task.f32", (c * e + c + c * m + m) * 4)?);
-            let shape = |err: ndarray::ShapeError| ArtifactError::Shape {
-                file: dir.join("task.f32"),
-                msg: err.to_string(),
-            };
-            let (a, b) = (c * e, c * e + c);
-            let residual = if exemplars > 0 {
-                Some(f.knn(k, tau, shrink, exemplars, pca)?)
-            } else {
-                None
-            };
-            let mf = if mf_dim > 0 {
-                Some(f.mf(mf_dim)?)
-            } else {
-                None
-            };
-            Box::new(TaskMixture {
-                models: manifest.models.clone(),
-                classifier: SoftmaxClassifier {
-                    classes,
-                    w: Array2::from_shape_vec((c, e), v[..a].to_vec()).map_err(shape)?,
-                    b: Array1::from_vec(v[a..b].to_vec()),
-                },
-                means: Array2::from_shape_vec((c, m), v[b..b + c * m].to_vec()).map_err(shape)?,
-                prior: v[b + c * m..].to_vec(),
-                residual,
-                alpha,
-                mf,
-                mf_weight,
-            })
-        }
+        PredictorInfo::Task { .. } => Box::new(f.task_mixture()?),
     };
     Ok((manifest, p))
 }

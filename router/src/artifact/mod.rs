@@ -18,7 +18,7 @@ use crate::encoder::hex;
 
 mod load;
 
-pub use load::{load, load_static_table};
+pub use load::{load, load_static_table, load_task_mixture};
 
 pub const FORMAT: &str = "routemesh-router";
 pub const FORMAT_VERSION: u32 = 1;
@@ -188,15 +188,18 @@ pub struct Manifest {
     /// Free-form provenance (data files, rows, CV results).
     #[serde(default)]
     pub training: serde_json::Value,
-    /// Models added after training from rows scored for them (`routemesh router onboard`).
+    /// Models added after training from their scores alone (`routemesh router onboard`), by name; the
+    /// other models are "learned". Absent in artifacts without onboarded models, which load unchanged.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub onboarded: BTreeMap<String, OnboardedModel>,
 }
 
-/// How an onboarded model was added.
+/// How an onboarded model was added: from how many scored prompts, borrowing from which known models,
+/// with which pseudo-count pulling its per-task means towards theirs.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct OnboardedModel {
     pub scored_prompts: usize,
+    /// The known models its prior was built from, most similar first.
     pub similar_to: Vec<String>,
     pub shrink: f64,
 }

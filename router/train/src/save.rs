@@ -229,6 +229,44 @@ pub fn save(
     Ok(manifest)
 }
 
+/// Writes `predictor` into `out` as an update of the artifact in `src` described by `manifest` (models,
+/// predictor info, pools, onboarded models as the caller set them): the predictor's files are written
+/// and their checksums replaced; every other file the manifest lists (e.g. a fast path's static table) is
+/// copied from `src`, checked against its checksum.
+pub fn save_updated(
+    src: &Path,
+    out: &Path,
+    mut manifest: Manifest,
+    predictor: &dyn SavablePredictor,
+) -> Result<Manifest, ArtifactError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ArtifactError::Io { path, source }
+    };
+    std::fs::create_dir_all(out).map_err(io(out))?;
+    let parts = predictor_files(predictor);
+    let others: Vec<String> = manifest
+        .files
+        .keys()
+        .filter(|name| !parts.iter().any(|(p, _)| p == *name))
+        .cloned()
+        .collect();
+    for name in others {
+        let bytes = routemesh_router::artifact::read_checked(src, &manifest.files, &name)?;
+        let path = out.join(&name);
+        std::fs::write(&path, &bytes).map_err(io(&path))?;
+    }
+    for (name, bytes) in parts {
+        let path = out.join(&name);
+        std::fs::write(&path, &bytes).map_err(io(&path))?;
+        manifest.files.insert(name, FileInfo::of(&bytes));
+    }
+    manifest.models = predictor.models().to_vec();
+    manifest.predictor = predictor.info();
+    write_manifest(out, &manifest)?;
+    Ok(manifest)
+}
+
 pub fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<(), ArtifactError> {
     let path = dir.join(MANIFEST);
     let text = serde_json::to_string_pretty(manifest).map_err(|source| ArtifactError::Json {

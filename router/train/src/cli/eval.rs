@@ -47,6 +47,20 @@ pub struct EvalArgs {
     /// With `--router`: evaluate the artifact's fast path.
     #[arg(long)]
     pub fast: bool,
+    /// Leave-one-model-out evaluation of onboarding over the largest pool's models (with `--cv K`): each
+    /// model trained out, onboarded from `--budgets` scored prompts, next to fully trained and a tier
+    /// prior (0.55 up to 9B parameters, 0.80 above). Uses the first `--predictor` (a task mixture).
+    #[arg(long, requires = "cv")]
+    pub onboard_lomo: bool,
+    /// Scored prompts to onboard from, under `--onboard-lomo`.
+    #[arg(long, value_delimiter = ',', default_values_t = [0usize, 10, 25, 50, 100, 200, 400])]
+    pub budgets: Vec<usize>,
+    /// Independent draws of the scored rows per budget under `--onboard-lomo` (metrics averaged).
+    #[arg(long, default_value_t = 5)]
+    pub repeats: usize,
+    /// Onboarding settings compared under `--onboard-lomo` (see `onboard --onboard`; repeatable).
+    #[arg(long = "onboard-config", default_values_t = [String::new()])]
+    pub onboard_configs: Vec<String>,
     /// The answer verifier(s) cross-validated in the cascade table (rows with `responses`).
     #[command(flatten)]
     pub verifier: super::verify::VerifierOpts,
@@ -66,6 +80,10 @@ pub(super) fn run(args: EvalArgs) -> anyhow::Result<()> {
         full,
         embeddings,
         fast,
+        onboard_lomo,
+        budgets,
+        repeats,
+        onboard_configs,
         verifier,
         enc,
     } = args;
@@ -83,6 +101,20 @@ pub(super) fn run(args: EvalArgs) -> anyhow::Result<()> {
         None => load_embedded(&encoder, &data)?,
     };
     let table = data::Table::new(rows, &prices)?;
+    if onboard_lomo {
+        let spec = predictors.first().map_or(DEFAULT_PREDICTOR, String::as_str);
+        return super::onboard::run_lomo(
+            &table,
+            emb.view(),
+            &prices,
+            spec,
+            &onboard_configs,
+            &budgets,
+            cv.unwrap_or(5),
+            seed,
+            repeats,
+        );
+    }
     let groups = eval::eval_groups(&table, &prices);
     let mut cascade = String::new();
     let (names, preds) = match (cv, router) {

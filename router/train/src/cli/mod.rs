@@ -10,6 +10,7 @@ mod calibrate;
 mod cascade;
 mod eval;
 mod inputs;
+mod onboard;
 mod score;
 mod spec;
 mod train;
@@ -18,6 +19,7 @@ mod verify;
 pub use calibrate::{CalibrateArgs, STRONG_SHARES, calibrate, calibrate_to};
 pub use eval::{EvalArgs, write_predictions};
 pub use inputs::{EncoderArgs, default_artifact_dir, load_embedded, prices_path};
+pub use onboard::{OnboardArgs, parse_onboard_config};
 pub use score::{PredictArgs, ScoreArgs};
 pub use spec::{DEFAULT_PREDICTOR, PREVIOUS_PREDICTOR, parse_candidate};
 pub use train::{TrainArgs, train_savable};
@@ -50,6 +52,10 @@ pub enum RouterCommand {
     Eval(EvalArgs),
     /// Write the answer verifier's `{"id", "accept": {model: P(recorded answer is good)}}` per data row.
     Verify(VerifyArgs),
+    /// Add a model to a router artifact (root predictor and fast path) from rows scored for it, without
+    /// retraining the others: per-task means, residual memory and MF vector shrunk towards the most
+    /// similar known models; writes a new artifact directory and records the model as onboarded.
+    Onboard(OnboardArgs),
     /// Train only the answer verifier of an existing artifact (writes `DIR/verifier/`, nothing else).
     TrainVerifier(TrainVerifierArgs),
 }
@@ -69,6 +75,7 @@ pub fn run(cmd: RouterCommand) -> anyhow::Result<()> {
         RouterCommand::Eval(args) => eval::run(args),
         RouterCommand::Verify(args) => verify::verify(args),
         RouterCommand::TrainVerifier(args) => verify::train_verifier_cmd(args),
+        RouterCommand::Onboard(args) => onboard::run(args),
     }
 }
 
