@@ -40,6 +40,7 @@ fn entry(i: u64) -> FeedbackEntry {
         base: 0.6,
         space: "fast:bench".into(),
         point: point(i),
+        embedding: None,
         at_ms: 1,
     }
 }

@@ -66,6 +66,41 @@ impl RunningGateway {
 }
 
 /// Keeps the Gateway service's health status in step with the pool.
+/// Onboards the pool's unknown models from feedback as scores arrive
+/// (`feedback_memory.onboard_after`), every `interval` until `stop`.
+fn spawn_onboarding(
+    state: Arc<GatewayState>,
+    interval: Duration,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let min_rows = state.config.feedback_memory.onboard_after;
+        if min_rows == 0 || !state.routing.quality.loaded() {
+            return;
+        }
+        let mut tick = tokio::time::interval(interval.max(Duration::from_millis(100)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let specs: Vec<_> = state
+                .pool
+                .snapshot()
+                .iter()
+                .map(|w| w.spec.clone())
+                .collect();
+            let memory = state.routing.feedback.memory().clone();
+            state
+                .routing
+                .quality
+                .onboard_from_feedback(&specs, &memory, min_rows)
+                .await;
+        }
+    })
+}
+
 fn spawn_readiness(
     state: Arc<GatewayState>,
     health: tonic_health::server::HealthReporter,
@@ -361,6 +396,11 @@ pub async fn start_gateway(
         admission: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_requests)),
         config: config.clone(),
     });
+    let onboarding = spawn_onboarding(
+        state.clone(),
+        config.telemetry.snapshot_interval,
+        shutdown.child_token(),
+    );
     let (health, health_service) = tonic_health::server::health_reporter();
     // "" answers liveness (the process serves); the Gateway service answers
     // readiness: SERVING only while at least one worker is healthy.
@@ -494,6 +534,7 @@ pub async fn start_gateway(
             if let Some(sync) = feedback_sync {
                 let _ = sync.await;
             }
+            let _ = onboarding.await;
             tls_tasks.shutdown().await;
             state_for_shutdown.recorder.shutdown().await;
             stop_admin.cancel();

@@ -307,6 +307,14 @@ impl Router {
         &self.catalog
     }
 
+    /// The predictor of `path` as a task mixture, when it is one (what onboarding extends).
+    pub fn task_mixture(&self, path: EmbedPath) -> Option<&crate::predict::TaskMixture> {
+        match (self.resolve(path), &self.fast) {
+            (EmbedPath::Fast, Some(f)) => f.predictor.as_task_mixture(),
+            _ => self.predictor.as_task_mixture(),
+        }
+    }
+
     /// The embedding space of `path` (the full path's when this router has no fast path).
     pub fn space(&self, path: EmbedPath) -> &EmbeddingSpace {
         match (self.resolve(path), &self.fast) {

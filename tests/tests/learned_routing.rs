@@ -370,3 +370,97 @@ async fn feedback_exemplars_reach_every_replica_through_redis() {
     );
     delete_mesh_keys(&redis, &mesh).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_model_is_onboarded_from_feedback() {
+    let Some(assets) = std::env::var_os("ROUTEMESH_ASSETS") else {
+        eprintln!(
+            "SKIP: ROUTEMESH_ASSETS not set (run scripts/fetch-router-assets.sh, or ./dev test)"
+        );
+        return;
+    };
+    let extra = sim_worker_yaml(None, "mystery-0", "mystery-model", "small", FAST).replacen(
+        "workers:\n",
+        "",
+        1,
+    );
+    let yaml = mesh_yaml(&assets.to_string_lossy(), &extra).replace(
+        "  router: {",
+        "  feedback_memory: {onboard_after: 10}\n  router: {",
+    );
+    let mesh = Process::start("mesh", "up", &yaml, &[]).unwrap();
+    wait_for_pool(&mesh.gateway_url(), 4).await;
+    let mut client = gateway_client(&mesh.gateway_url()).await;
+    let mystery = |d: &RouteDecision| {
+        d.candidates
+            .iter()
+            .find(|c| c.model == "mystery-model")
+            .cloned()
+            .unwrap()
+    };
+    let unseen =
+        "A baker makes 24 loaves a day and sells each for $3. How much does he earn in a week?";
+    let before = mystery(&client.route(ask(unseen)).await.unwrap().into_inner());
+    assert_eq!(before.router_knowledge, "prior");
+    assert_eq!(before.quality_source, "nearest-known");
+
+    // Users score the model's answers to word problems: all good.
+    for i in 0..12 {
+        let prompt = format!(
+            "Tom has {} apples and buys {} more at $2 each. How many apples does he have, and what did he pay?",
+            3 + i,
+            2 * i + 1
+        );
+        let req = GenerateRequest {
+            model: "mystery-model".into(),
+            ..ask(&prompt)
+        };
+        let id = client.generate(req).await.unwrap().into_inner().request_id;
+        client
+            .feedback(routemesh_proto::v1::FeedbackRequest {
+                request_id: id,
+                score: 1.0,
+                comment: String::new(),
+            })
+            .await
+            .unwrap();
+    }
+    eventually(
+        std::time::Duration::from_secs(15),
+        "the model is onboarded into the router",
+        || {
+            let mut c = client.clone();
+            async move {
+                let d = c.route(ask(unseen)).await.unwrap().into_inner();
+                d.candidates
+                    .iter()
+                    .any(|c| c.model == "mystery-model" && c.router_knowledge == "onboarded")
+            }
+        },
+    )
+    .await;
+    let after = mystery(&client.route(ask(unseen)).await.unwrap().into_inner());
+    eprintln!(
+        "unseen word problem: {:.3} ({}) -> {:.3} ({})",
+        before.predicted_quality,
+        before.quality_source,
+        after.predicted_quality,
+        after.quality_source
+    );
+    assert!(after.quality_source.starts_with("onboarded"), "{after:?}");
+    assert!(
+        after.predicted_quality > before.predicted_quality + 0.05,
+        "perfect scores on word problems raise an unseen word problem: {before:?} -> {after:?}"
+    );
+    let listed = client
+        .list_models(routemesh_proto::v1::ListModelsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let m = listed
+        .models
+        .iter()
+        .find(|m| m.name == "mystery-model")
+        .unwrap();
+    assert_eq!(m.router_knowledge, "onboarded");
+}

@@ -137,6 +137,7 @@ impl GatewayState {
             base: base as f32,
             space: predicted.space.to_string(),
             point,
+            embedding: predicted.embedding.clone(),
             at_ms: now_ms,
         })
     }

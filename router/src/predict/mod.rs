@@ -64,6 +64,10 @@ pub trait QualityPredictor: Send + Sync + std::fmt::Debug {
     fn embedding_frame(&self) -> Option<EmbeddingFrame> {
         None
     }
+    /// The predictor as a task mixture, when it is one (what onboarding extends).
+    fn as_task_mixture(&self) -> Option<&TaskMixture> {
+        None
+    }
 }
 
 /// Prompt-blind baseline: every prompt gets the per-model training mean.

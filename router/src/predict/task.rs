@@ -93,6 +93,9 @@ impl QualityPredictor for TaskMixture {
     fn kind(&self) -> &'static str {
         "task"
     }
+    fn as_task_mixture(&self) -> Option<&TaskMixture> {
+        Some(self)
+    }
     fn models(&self) -> &[String] {
         &self.models
     }

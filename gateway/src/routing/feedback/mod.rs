@@ -50,6 +50,16 @@ pub struct FeedbackMemoryConfig {
     /// tenant's routing, in scores on the very prompt.
     #[serde(default = "default_max_weight_per_tenant")]
     pub max_weight_per_tenant: f64,
+    /// A model the router does not know is onboarded into it (as
+    /// `routemesh router onboard` does) once this many of its requests are
+    /// scored by feedback every tenant may use (a trusted tenant's, or any
+    /// without auth); 0 never.
+    #[serde(default = "default_onboard_after")]
+    pub onboard_after: usize,
+}
+
+fn default_onboard_after() -> usize {
+    20
 }
 
 fn default_entries() -> usize {
@@ -76,6 +86,7 @@ impl Default for FeedbackMemoryConfig {
             bandwidth: default_bandwidth(),
             max_shift: default_max_shift(),
             max_weight_per_tenant: default_max_weight_per_tenant(),
+            onboard_after: default_onboard_after(),
         }
     }
 }
@@ -189,6 +200,9 @@ pub struct FeedbackEntry {
     /// The embedding space `point` is in (`EmbeddingSpace::id`).
     pub space: String,
     pub point: PromptPoint,
+    /// The prompt's embedding itself (unit length, int8), which onboarding
+    /// a model the router does not know learns from; `None` when not kept.
+    pub embedding: Option<PromptPoint>,
     pub at_ms: u64,
 }
 
@@ -214,6 +228,18 @@ struct Bucket {
     dim: usize,
     codes: Vec<i8>,
     rows: Vec<Row>,
+    /// The memory's sequence number at the bucket's last change.
+    changed: u64,
+}
+
+impl PromptPoint {
+    /// Back to floats (unit length up to the int8 rounding).
+    pub fn to_f32(&self) -> Vec<f32> {
+        self.codes
+            .iter()
+            .map(|&c| f32::from(c) * self.scale)
+            .collect()
+    }
 }
 
 /// Where an entry is: its model, its space, its index in that bucket.
@@ -244,6 +270,7 @@ impl Rows {
         let spaces = self.buckets.get_mut(&model)?;
         let bucket = spaces.get_mut(&space)?;
         let removed = bucket.rows.swap_remove(index);
+        bucket.changed = self.next_seq;
         let dim = bucket.dim;
         let last = bucket.rows.len();
         if index < last {
@@ -344,7 +371,9 @@ impl FeedbackMemory {
                 dim,
                 codes: Vec::new(),
                 rows: Vec::new(),
+                changed: seq,
             });
+        bucket.changed = seq;
         bucket.codes.extend_from_slice(&entry.point.codes);
         bucket.rows.push(Row {
             entry: Arc::new(entry),
@@ -460,6 +489,36 @@ impl FeedbackMemory {
             weight: all_w,
             exemplars,
         })
+    }
+
+    /// `model`'s exemplars in `space`: the bucket's change number and how
+    /// many there are (cheap; see `scored`).
+    pub fn changed(&self, model: &str, space: &str) -> Option<(u64, usize)> {
+        let rows = self.rows.read().unwrap_or_else(|e| e.into_inner());
+        rows.bucket(model, space).map(|b| (b.changed, b.rows.len()))
+    }
+
+    /// The embeddings and scores of `model`'s exemplars in `space` that
+    /// `include` accepts (by scope) and that kept their embedding, with the
+    /// bucket's change number (the same number: nothing changed since).
+    pub fn scored(
+        &self,
+        model: &str,
+        space: &str,
+        include: impl Fn(&Scope) -> bool,
+    ) -> Option<(u64, Vec<(Vec<f32>, f64)>)> {
+        let rows = self.rows.read().unwrap_or_else(|e| e.into_inner());
+        let bucket = rows.bucket(model, space)?;
+        let scored = bucket
+            .rows
+            .iter()
+            .filter(|r| include(&r.entry.scope))
+            .filter_map(|r| {
+                let e = &r.entry;
+                Some((e.embedding.as_ref()?.to_f32(), f64::from(e.score)))
+            })
+            .collect();
+        Some((bucket.changed, scored))
     }
 
     /// The exemplar recorded under `key`, if held.

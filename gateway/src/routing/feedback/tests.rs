@@ -28,6 +28,7 @@ fn entry(
         score,
         base,
         space: SPACE.into(),
+        embedding: Some(p.clone()),
         point: p,
         at_ms: 1_000,
     }

@@ -38,17 +38,27 @@ pub(super) fn encode(e: &FeedbackEntry) -> Vec<u8> {
     out.extend_from_slice(&e.base.to_le_bytes());
     put_str(&mut out, &e.space);
     out.extend_from_slice(&e.at_ms.to_le_bytes());
-    out.extend_from_slice(&e.point.scale.to_le_bytes());
-    let dim = u16::try_from(e.point.codes.len()).unwrap_or(u16::MAX);
+    put_point(&mut out, &e.point);
+    match &e.embedding {
+        None => out.push(0),
+        Some(p) => {
+            out.push(1);
+            put_point(&mut out, p);
+        }
+    }
+    out
+}
+
+fn put_point(out: &mut Vec<u8>, p: &PromptPoint) {
+    out.extend_from_slice(&p.scale.to_le_bytes());
+    let dim = u16::try_from(p.codes.len()).unwrap_or(u16::MAX);
     out.extend_from_slice(&dim.to_le_bytes());
     out.extend(
-        e.point
-            .codes
+        p.codes
             .iter()
             .take(usize::from(dim))
             .map(|c| c.to_le_bytes()[0]),
     );
-    out
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -73,6 +83,16 @@ impl<'a> Reader<'a> {
     }
     fn u64(&mut self) -> Option<u64> {
         self.take(8)?.try_into().ok().map(u64::from_le_bytes)
+    }
+    fn point(&mut self) -> Option<PromptPoint> {
+        let scale = self.f32()?;
+        let dim = usize::from(self.u16()?);
+        let codes: Box<[i8]> = self
+            .take(dim)?
+            .iter()
+            .map(|b| i8::from_le_bytes([*b]))
+            .collect();
+        (scale.is_finite() && scale > 0.0).then_some(PromptPoint { codes, scale })
     }
     fn str(&mut self) -> Option<String> {
         let len = usize::from(self.u16()?);
@@ -102,18 +122,13 @@ pub(super) fn decode(bytes: &[u8]) -> Option<FeedbackEntry> {
     let base = r.f32()?;
     let space = r.str()?;
     let at_ms = r.u64()?;
-    let scale = r.f32()?;
-    let dim = usize::from(r.u16()?);
-    let codes: Box<[i8]> = r
-        .take(dim)?
-        .iter()
-        .map(|b| i8::from_le_bytes([*b]))
-        .collect();
-    let valid = r.0.is_empty()
-        && (0.0..=1.0).contains(&score)
-        && (0.0..=1.0).contains(&base)
-        && scale.is_finite()
-        && scale > 0.0;
+    let point = r.point()?;
+    let embedding = match r.u8()? {
+        0 => None,
+        1 => Some(r.point()?),
+        _ => return None,
+    };
+    let valid = r.0.is_empty() && (0.0..=1.0).contains(&score) && (0.0..=1.0).contains(&base);
     valid.then_some(FeedbackEntry {
         key,
         scope,
@@ -122,7 +137,8 @@ pub(super) fn decode(bytes: &[u8]) -> Option<FeedbackEntry> {
         score,
         base,
         space,
-        point: PromptPoint { codes, scale },
+        point,
+        embedding,
         at_ms,
     })
 }

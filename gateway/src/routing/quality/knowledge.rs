@@ -68,6 +68,17 @@ impl QualityModel {
     /// How the router knows `spec`: by its declared `router_model`, else its
     /// name matched leniently (see `routemesh_router::names`). Matched once.
     pub fn knowledge(&self, spec: &ModelSpec) -> Knowledge {
+        match self.base_knowledge(spec) {
+            Knowledge::Unknown if self.online_models().contains_key(&spec.name) => {
+                Knowledge::Onboarded(spec.name.clone())
+            }
+            known => known,
+        }
+    }
+
+    /// How the artifact itself knows `spec` (not counting models onboarded
+    /// online from feedback).
+    pub(super) fn base_knowledge(&self, spec: &ModelSpec) -> Knowledge {
         let Some(router) = &self.router else {
             return Knowledge::Unknown;
         };
@@ -124,6 +135,9 @@ impl QualityModel {
 
     /// Whether `model` (an artifact name) is in training pool `pool`.
     pub fn in_training_pool(&self, model: &str, pool: usize) -> bool {
+        if let Some(online) = self.online_models().get(model) {
+            return online.pool == Some(pool);
+        }
         self.router
             .as_ref()
             .and_then(|r| r.pools().get(pool))

@@ -14,7 +14,9 @@ use routemesh_router::{EmbedPath, Router, RouterConfig};
 use super::feedback::PromptPoint;
 
 mod knowledge;
+mod online;
 pub use knowledge::{Knowledge, StandIn};
+pub use online::OnlineModel;
 use serde::{Deserialize, Serialize};
 
 /// Where the router artifact and the encoder assets are.
@@ -110,6 +112,11 @@ pub struct RoutedPrompt {
     pub point: Option<PromptPoint>,
     /// That space's id (`EmbeddingSpace::id`).
     pub space: Arc<str>,
+    /// The embedding itself (int8), kept with feedback so that a model the
+    /// router does not know can be onboarded from its scores.
+    pub embedding: Option<PromptPoint>,
+    /// The embedder it came from.
+    pub path: EmbedPath,
 }
 
 pub type Predicted = Arc<RoutedPrompt>;
@@ -145,6 +152,11 @@ pub struct QualityModel {
     knowledge: std::sync::RwLock<HashMap<(String, Option<String>), Knowledge>>,
     /// Stand-ins of unknown models, by (model, training pool).
     stand_ins: std::sync::RwLock<HashMap<(String, usize), Arc<StandIn>>>,
+    /// Models onboarded online from feedback, by served name (replaced whole on a rebuild).
+    online: std::sync::RwLock<Arc<HashMap<String, Arc<OnlineModel>>>>,
+    online_generation: std::sync::atomic::AtomicU64,
+    /// The feedback change number each (model, path) was last looked at for onboarding.
+    online_checked: std::sync::Mutex<HashMap<(String, EmbedPath), u64>>,
 }
 
 /// Longest a request waits for a router slot before it is routed on priors.
@@ -286,10 +298,13 @@ impl QualityModel {
     pub async fn predict(&self, prompt: &str, pool_models: &[&str]) -> Option<Predicted> {
         let router = self.router.clone()?;
         let path = router.path_for(pool_models);
+        let online = self.online_models();
         let key = {
             let mut h = std::collections::hash_map::DefaultHasher::new();
             prompt.hash(&mut h);
             path.hash(&mut h);
+            // Models onboarded online change what a prompt is predicted.
+            self.online_generation().hash(&mut h);
             h.finish()
         };
         if let Some(hit) = self.cache.as_ref().and_then(|c| c.get(&key)) {
@@ -336,12 +351,24 @@ impl QualityModel {
                     .as_slice()
                     .and_then(|row| PromptPoint::new(row, None)),
             };
+            let mut scores: HashMap<String, f64> =
+                router.models().iter().cloned().zip(scores).collect();
+            for (name, online) in online.iter() {
+                if let Some(q) = online.predict(took, embedding.view()) {
+                    scores.insert(name.clone(), q);
+                }
+            }
             Ok::<_, routemesh_router::RouterError>((
                 took,
                 RoutedPrompt {
-                    scores: router.models().iter().cloned().zip(scores).collect(),
+                    scores,
                     point,
                     space: Arc::from(space.id.as_str()),
+                    embedding: embedding
+                        .row(0)
+                        .as_slice()
+                        .and_then(|row| PromptPoint::new(row, None)),
+                    path: took,
                 },
             ))
         })
