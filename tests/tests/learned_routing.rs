@@ -352,11 +352,15 @@ async fn feedback_exemplars_reach_every_replica_through_redis() {
         "gateway 2 reads gateway 1's exemplars from Redis",
         || {
             let mut c = c2.clone();
+            let before = before.0;
             async move {
+                // All five exemplars: the sync may land between two of them.
                 let d = c.route(ask(similar)).await.unwrap().into_inner();
-                d.candidates
-                    .iter()
-                    .any(|c| c.model == large && c.quality_source == "router+feedback")
+                d.candidates.iter().any(|c| {
+                    c.model == large
+                        && c.quality_source == "router+feedback"
+                        && c.predicted_quality < before - 0.05
+                })
             }
         },
     )
