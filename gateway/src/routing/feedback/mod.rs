@@ -227,6 +227,8 @@ struct Row {
 struct Bucket {
     dim: usize,
     codes: Vec<i8>,
+    /// Each row's code scale, beside the codes: a query reads only these two until a row is near.
+    scales: Vec<f32>,
     rows: Vec<Row>,
     /// The memory's sequence number at the bucket's last change.
     changed: u64,
@@ -270,6 +272,7 @@ impl Rows {
         let spaces = self.buckets.get_mut(&model)?;
         let bucket = spaces.get_mut(&space)?;
         let removed = bucket.rows.swap_remove(index);
+        bucket.scales.swap_remove(index);
         bucket.changed = self.next_seq;
         let dim = bucket.dim;
         let last = bucket.rows.len();
@@ -370,11 +373,13 @@ impl FeedbackMemory {
             .or_insert_with(|| Bucket {
                 dim,
                 codes: Vec::new(),
+                scales: Vec::new(),
                 rows: Vec::new(),
                 changed: seq,
             });
         bucket.changed = seq;
         bucket.codes.extend_from_slice(&entry.point.codes);
+        bucket.scales.push(entry.point.scale);
         bucket.rows.push(Row {
             entry: Arc::new(entry),
             seq,
@@ -426,18 +431,14 @@ impl FeedbackMemory {
         // Per tenant: (weight, weighted residual, exemplars).
         let mut per_source: Vec<(&Option<String>, f64, f64, usize)> = Vec::new();
         let query_scale = f64::from(point.scale);
-        for (row, codes) in bucket
-            .rows
-            .iter()
-            .zip(bucket.codes.chunks_exact(bucket.dim))
-        {
-            let e = &row.entry;
-            if e.at_ms < oldest_ms || !e.scope.covers(owner) {
+        let rows = bucket.codes.chunks_exact(bucket.dim).zip(&bucket.scales);
+        for (i, (codes, &scale)) in rows.enumerate() {
+            let cos = f64::from(dot_i8(&point.codes, codes)) * query_scale * f64::from(scale);
+            if cos < self.config.similarity_floor {
                 continue;
             }
-            let cos =
-                f64::from(dot_i8(&point.codes, codes)) * query_scale * f64::from(e.point.scale);
-            if cos < self.config.similarity_floor {
+            let e = &bucket.rows[i].entry;
+            if e.at_ms < oldest_ms || !e.scope.covers(owner) {
                 continue;
             }
             let w = (-(1.0 - cos).max(0.0) / self.config.bandwidth).exp();
