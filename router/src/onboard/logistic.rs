@@ -111,9 +111,10 @@ mod tests {
             .map(|i| if i % 2 == 0 { 0.9 } else { 0.1 })
             .collect();
         let theta = fit_towards(&features, &targets, &prior, 1.0).unwrap();
-        // The exact answer is logit(0.9) = 2.197 on the feature and 0 on the bias, nearly reached.
-        assert!((theta[0] - 2.197).abs() < 0.05, "{theta:?}");
-        assert!(theta[1].abs() < 0.05, "{theta:?}");
+        // Unpenalised, logit(0.9) = 2.197 on the feature and 0 on the bias; the ridge keeps it a little
+        // towards the prior.
+        assert!(theta[0] > 2.0 && theta[0] < 2.197, "{theta:?}");
+        assert!(theta[1] < 0.0 && theta[1] > -0.1, "{theta:?}");
         // A strong ridge keeps it near the prior.
         let stiff = fit_towards(&features, &targets, &prior, 1e5).unwrap();
         assert!(

@@ -182,13 +182,18 @@ pub fn leave_one_model_out(
             let scored: Vec<usize> = (0..train.len())
                 .filter(|&r| table.quality[train[r]][held_out].is_some())
                 .collect();
-            for repeat in 0..nr {
-                // A seeded order of the training rows scored for the held-out model; each budget
-                // takes a prefix of it.
-                let mut order = scored.clone();
-                order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(
-                    setup.seed ^ ((f as u64) << 32) ^ ((repeat as u64) << 16) ^ held_out as u64,
-                ));
+            // Per draw, a seeded order of the training rows scored for the held-out model; each budget
+            // takes a prefix of it.
+            let orders: Vec<Vec<usize>> = (0..nr)
+                .map(|repeat| {
+                    let mut order = scored.clone();
+                    order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(
+                        setup.seed ^ ((f as u64) << 32) ^ ((repeat as u64) << 16) ^ held_out as u64,
+                    ));
+                    order
+                })
+                .collect();
+            for (repeat, order) in orders.iter().enumerate() {
                 for (c, cfg) in setup.configs.iter().enumerate() {
                     for (b, &budget) in setup.budgets.iter().enumerate() {
                         let rows = &order[..budget.min(order.len())];

@@ -20,7 +20,8 @@ use crate::save;
 // The `onboard` subcommand's arguments (its help text is the doc comment of `RouterCommand::Onboard`).
 #[derive(Debug, clap::Args)]
 pub struct OnboardArgs {
-    /// The router artifact to add the model to (left untouched).
+    /// The router artifact to add the model to (left untouched; its manifest sets the encoder's
+    /// truncation, `--max-len`/`--keep-tail` are not used).
     #[arg(long)]
     pub router: PathBuf,
     /// The model's name (as the data's `scores` spell it).
@@ -250,13 +251,15 @@ pub(super) fn run(args: OnboardArgs) -> anyhow::Result<()> {
     if verifier.is_dir() {
         copy_dir(&verifier, &out.join(routemesh_router::verify::VERIFIER_DIR))?;
     }
-    let weights: Vec<String> = sim
+    let mut weights: Vec<(f64, &str)> = sim
         .weights
         .iter()
-        .enumerate()
-        .filter(|(_, w)| **w > 0.0)
-        .map(|(j, w)| format!("{} {w:.2}", root_models[j]))
+        .zip(&root_models)
+        .filter(|(w, _)| **w > 0.0)
+        .map(|(w, m)| (*w, m.as_str()))
         .collect();
+    weights.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let weights: Vec<String> = weights.iter().map(|(w, m)| format!("{m} {w:.2}")).collect();
     eprintln!(
         "onboarded {name} from {} scored prompts ({}), similar to: {}",
         scores.len(),
