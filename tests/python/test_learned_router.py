@@ -101,3 +101,14 @@ def test_the_pair_is_predicted_with_the_encoder_by_default(pair):
     log = open(os.path.join(pair.dir.name, "log.txt")).read()
     assert "router encoder loaded for the pool's strong/weak pair" in log, log[-2000:]
 
+
+
+def test_models_say_how_the_router_knows_them(pair):
+    """The official SDK's model list carries routemesh's extension: both
+    models of the pair are ones the router learned, under their own names."""
+    client = openai.OpenAI(base_url=pair.http + "/v1", api_key="-", max_retries=0, timeout=30)
+    models = {m.id: m for m in client.models.list()}
+    for name in ("gpt-4-1106-preview", "mistralai/Mixtral-8x7B-Instruct-v0.1"):
+        extra = models[name].model_extra["routemesh"]
+        assert extra["router_knowledge"] == "learned", extra
+        assert extra["router_model"] == name, extra
