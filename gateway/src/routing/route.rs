@@ -211,7 +211,11 @@ impl Routing {
         let memory = self.feedback.memory();
         let oldest_ms =
             routemesh_telemetry::record::now_ms().saturating_sub(self.feedback_max_age_ms);
-        let scopes = [Scope::Global.label(), Scope::Tenant(owner.clone()).label()];
+        // The telemetry's per-scope totals count only without a router.
+        let scopes = match routed {
+            None => [Scope::Global.label(), Scope::Tenant(owner.clone()).label()],
+            Some(_) => Default::default(),
+        };
         let mut out = HashMap::new();
         for w in workers {
             if out.contains_key(&w.spec.name) {

@@ -14,9 +14,10 @@ use super::QualityModel;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Knowledge {
     /// Trained on it, under this artifact name.
-    Learned(String),
-    /// Added to the artifact from scored prompts (`routemesh router onboard`).
-    Onboarded(String),
+    Learned(Arc<str>),
+    /// Added to the artifact from scored prompts (`routemesh router onboard`),
+    /// or onboarded online from feedback (under its served name).
+    Onboarded(Arc<str>),
     /// Not known (or no router): see [`QualityModel::stand_in`].
     Unknown,
 }
@@ -70,7 +71,7 @@ impl QualityModel {
     pub fn knowledge(&self, spec: &ModelSpec) -> Knowledge {
         match self.base_knowledge(spec) {
             Knowledge::Unknown if self.online_models().contains_key(&spec.name) => {
-                Knowledge::Onboarded(spec.name.clone())
+                Knowledge::Onboarded(Arc::from(spec.name.as_str()))
             }
             known => known,
         }
@@ -82,23 +83,28 @@ impl QualityModel {
         let Some(router) = &self.router else {
             return Knowledge::Unknown;
         };
-        let key = (spec.name.clone(), spec.router_model.clone());
+        // Looked up by reference: this runs for every worker of every decision.
         if let Some(k) = self
             .knowledge
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
+            .get(spec.name.as_str())
+            .and_then(|known| {
+                known
+                    .iter()
+                    .find(|(declared, _)| *declared == spec.router_model)
+            })
         {
-            return k.clone();
+            return k.1.clone();
         }
         let known = router
             .catalog()
             .resolve(&spec.name, spec.router_model.as_deref());
         let k = match known {
             Some(m) if router.manifest().onboarded.contains_key(m) => {
-                Knowledge::Onboarded(m.to_string())
+                Knowledge::Onboarded(Arc::from(m))
             }
-            Some(m) => Knowledge::Learned(m.to_string()),
+            Some(m) => Knowledge::Learned(Arc::from(m)),
             None => {
                 if let Some(declared) = &spec.router_model {
                     tracing::warn!(model = %spec.name, router_model = %declared, "router_model is not a model of the router artifact; the model is routed on the known models nearest to it");
@@ -109,7 +115,9 @@ impl QualityModel {
         self.knowledge
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(key, k.clone());
+            .entry(spec.name.clone())
+            .or_default()
+            .push((spec.router_model.clone(), k.clone()));
         k
     }
 

@@ -149,7 +149,7 @@ pub struct QualityModel {
     unknown_model_margin: f64,
     /// How the router knows each model the pool has served (by name and
     /// declared `router_model`): matched once, not per request.
-    knowledge: std::sync::RwLock<HashMap<(String, Option<String>), Knowledge>>,
+    knowledge: std::sync::RwLock<HashMap<String, Vec<(Option<String>, Knowledge)>>>,
     /// Stand-ins of unknown models, by (model, training pool).
     stand_ins: std::sync::RwLock<HashMap<(String, usize), Arc<StandIn>>>,
     /// Models onboarded online from feedback, by served name (replaced whole on a rebuild).
