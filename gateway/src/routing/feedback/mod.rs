@@ -244,6 +244,9 @@ impl PromptPoint {
     }
 }
 
+/// A scored prompt as onboarding takes it: its embedding and its score.
+pub type ScoredPrompt = (Vec<f32>, f64);
+
 /// Where an entry is: its model, its space, its index in that bucket.
 type Slot = (String, String, usize);
 
@@ -507,7 +510,7 @@ impl FeedbackMemory {
         model: &str,
         space: &str,
         include: impl Fn(&Scope) -> bool,
-    ) -> Option<(u64, Vec<(Vec<f32>, f64)>)> {
+    ) -> Option<(u64, Vec<ScoredPrompt>)> {
         let rows = self.rows.read().unwrap_or_else(|e| e.into_inner());
         let bucket = rows.bucket(model, space)?;
         let scored = bucket

@@ -132,6 +132,9 @@ pub enum QualityError {
     Task(String),
 }
 
+/// How the router knows one served name, by the `router_model` declared with it.
+type KnownAs = Vec<(Option<String>, Knowledge)>;
+
 /// Predictions by prompt and embedder; bounded, so old prompts are forgotten.
 type Cache = quick_cache::sync::Cache<u64, Predicted>;
 
@@ -149,7 +152,7 @@ pub struct QualityModel {
     unknown_model_margin: f64,
     /// How the router knows each model the pool has served (by name and
     /// declared `router_model`): matched once, not per request.
-    knowledge: std::sync::RwLock<HashMap<String, Vec<(Option<String>, Knowledge)>>>,
+    knowledge: std::sync::RwLock<HashMap<String, KnownAs>>,
     /// Stand-ins of unknown models, by (model, training pool).
     stand_ins: std::sync::RwLock<HashMap<(String, usize), Arc<StandIn>>>,
     /// Models onboarded online from feedback, by served name (replaced whole on a rebuild).

@@ -17,7 +17,7 @@ use routemesh_router::onboard::{self, OnboardConfig};
 use routemesh_router::predict::{QualityPredictor, TaskMixture};
 
 use super::{Knowledge, QualityModel};
-use crate::routing::feedback::{FeedbackMemory, Scope};
+use crate::routing::feedback::{FeedbackMemory, Scope, ScoredPrompt};
 
 /// A model onboarded online: the router's mixture of each path extended by it (its last column).
 #[derive(Debug)]
@@ -145,7 +145,7 @@ impl QualityModel {
 fn fit(
     router: &routemesh_router::Router,
     name: &str,
-    inputs: Vec<(EmbedPath, u64, Vec<(Vec<f32>, f64)>)>,
+    inputs: Vec<(EmbedPath, u64, Vec<ScoredPrompt>)>,
 ) -> Result<OnlineModel, onboard::OnboardError> {
     let cfg = OnboardConfig::default();
     let mut model = OnlineModel {
