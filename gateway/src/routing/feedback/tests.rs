@@ -348,3 +348,35 @@ fn five_scores_move_the_ten_nearest_public_prompts_and_not_the_rest() {
         );
     }
 }
+
+mod decoding {
+    use super::super::wire;
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Whatever Redis hands back (another version's record, a truncated
+        /// or corrupted one), decoding never panics, and what it accepts
+        /// re-encodes to the same bytes.
+        #[test]
+        fn any_bytes_decode_without_panicking(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+            if let Some(e) = wire::decode(&bytes) {
+                prop_assert_eq!(wire::encode(&e), bytes);
+            }
+        }
+
+        /// A valid record with one byte flipped is refused or still valid; never a panic.
+        #[test]
+        fn flipped_bytes_are_refused_or_valid(at in 0usize..200, bit in 0u8..8, tenant in "[a-z]{0,12}") {
+            let e = entry("k", Scope::Tenant(Some(tenant)), Some("src"), 0.5, 0.5, point(128, 1, 2, 0.2));
+            let mut bytes = wire::encode(&e);
+            let i = at % bytes.len();
+            bytes[i] ^= 1 << bit;
+            if let Some(d) = wire::decode(&bytes) {
+                prop_assert!((0.0..=1.0).contains(&d.score) && d.point.scale > 0.0);
+            }
+        }
+    }
+}
