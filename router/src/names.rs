@@ -124,6 +124,21 @@ fn family(name: &str) -> Option<String> {
         .find(|t| t.chars().all(|c| c.is_ascii_alphabetic()))
 }
 
+/// Quality an unknown model loses per halving of size below the known models it stands on.
+pub const PENALTY_PER_HALVING: f64 = 0.02;
+/// At most this much is taken for size, on top of the margin.
+pub const MAX_SIZE_PENALTY: f64 = 0.2;
+
+/// What an unknown model's prior sits below its stands' weighted prediction: `margin`, plus
+/// [`PENALTY_PER_HALVING`] per halving of size below them (weighted, at most [`MAX_SIZE_PENALTY`]).
+pub fn stand_in_penalty(stands: &[Stand], margin: f64) -> f64 {
+    let smaller_by: f64 = stands
+        .iter()
+        .map(|s| s.weight * s.size_gap_log2.unwrap_or(0.0).max(0.0))
+        .sum();
+    margin + (PENALTY_PER_HALVING * smaller_by).min(MAX_SIZE_PENALTY)
+}
+
 /// Models larger than this (billions of parameters) count as large-tier when matching by tier.
 const LARGE_ABOVE_B: f64 = 20.0;
 

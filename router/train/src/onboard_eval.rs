@@ -7,6 +7,7 @@ use ndarray::ArrayView2;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use routemesh_router::QualityPredictor;
+use routemesh_router::names::{ModelCatalog, stand_in_penalty};
 use routemesh_router::onboard::{self, OnboardConfig, OnboardError};
 
 use crate::data::{Prices, Table};
@@ -21,6 +22,10 @@ pub fn tier_prior(prices: &Prices, model: &str) -> f64 {
         _ => 0.80,
     }
 }
+
+/// Margins of the stand-in arm: the gateway's prior for a model the router does not know (its nearest
+/// known models' predictions, less the margin and a size penalty; `routemesh_router::names`).
+pub const STAND_IN_MARGINS: [f64; 3] = [0.0, 0.05, 0.10];
 
 /// What one leave-one-model-out run compares.
 #[derive(Debug, Clone)]
@@ -67,6 +72,8 @@ pub struct ModelResult {
     pub model: String,
     pub full: ArmScore,
     pub prior: ArmScore,
+    /// The stand-in prior at each of [`STAND_IN_MARGINS`].
+    pub stand_in: Vec<ArmScore>,
     /// `[config][budget]`.
     pub onboarded: Vec<Vec<ArmScore>>,
 }
@@ -103,6 +110,7 @@ pub fn leave_one_model_out(
     let mut full = blank();
     let held: Vec<usize> = group.models.clone();
     let mut prior = vec![blank(); held.len()];
+    let mut stand_in = vec![vec![blank(); STAND_IN_MARGINS.len()]; held.len()];
     // Onboarded arms differ from the prior arm only in the held-out model's column: keep just that,
     // `[held][config][budget][repeat][row]`.
     let mut onb = vec![vec![vec![vec![vec![0.0; n]; nr]; nb]; nc]; held.len()];
@@ -175,7 +183,33 @@ pub fn leave_one_model_out(
                 };
             let base_pred = base.predict(te_emb.view());
             let tier = tier_prior(prices, &table.models[held_out]);
-            place(base_pred, &|_| tier, &mut prior[h]);
+            place(base_pred.clone(), &|_| tier, &mut prior[h]);
+            // The gateway's stand-in: the nearest known models by size and family.
+            let params = prices
+                .get(&table.models[held_out])
+                .ok()
+                .and_then(|p| p.params_b);
+            let names: Vec<&str> = models.iter().map(String::as_str).collect();
+            let stands = ModelCatalog::new(&models).nearest(
+                &table.models[held_out],
+                params,
+                params.is_none_or(|b| b > 20.0),
+                &names,
+            );
+            for (k, &margin) in STAND_IN_MARGINS.iter().enumerate() {
+                let penalty = stand_in_penalty(&stands, margin);
+                let q = |p: &[f64]| {
+                    let stood: f64 = stands
+                        .iter()
+                        .filter_map(|s| {
+                            let j = models.iter().position(|m| *m == s.model)?;
+                            Some(s.weight * p[j])
+                        })
+                        .sum();
+                    (stood - penalty).clamp(0.0, 1.0)
+                };
+                place(base_pred.clone(), &q, &mut stand_in[h][k]);
+            }
             let candidates: Vec<usize> = (0..models.len()).collect();
             let pools = vec![models.clone()];
             let name = &table.models[held_out];
@@ -246,6 +280,7 @@ pub fn leave_one_model_out(
             model: table.models[j].clone(),
             full: full_score.clone(),
             prior: score(table, group, &prior[h]),
+            stand_in: stand_in[h].iter().map(|p| score(table, group, p)).collect(),
             onboarded,
         });
     }

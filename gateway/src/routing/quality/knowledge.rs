@@ -60,11 +60,6 @@ impl StandIn {
     }
 }
 
-/// Quality lost per halving of size below the known models an unknown one stands on.
-const PENALTY_PER_HALVING: f64 = 0.02;
-/// At most this much is taken for size, on top of the margin.
-const MAX_SIZE_PENALTY: f64 = 0.2;
-
 impl QualityModel {
     /// How the router knows `spec`: by its declared `router_model`, else its
     /// name matched leniently (see `routemesh_router::names`). Matched once.
@@ -181,14 +176,9 @@ impl QualityModel {
         let stands = router
             .catalog()
             .nearest(&spec.name, spec.params_b, large, &candidates);
-        let smaller_by: f64 = stands
-            .iter()
-            .map(|s| s.weight * s.size_gap_log2.unwrap_or(0.0).max(0.0))
-            .sum();
         let stand_in = Arc::new(StandIn {
+            penalty: routemesh_router::names::stand_in_penalty(&stands, self.unknown_model_margin),
             stands,
-            penalty: self.unknown_model_margin
-                + (PENALTY_PER_HALVING * smaller_by).min(MAX_SIZE_PENALTY),
         });
         self.stand_ins
             .write()

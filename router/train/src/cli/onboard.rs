@@ -312,6 +312,9 @@ pub fn lomo_table(
     };
     line(&mut o, "full", &|r| &r.full);
     line(&mut o, "prior", &|r| &r.prior);
+    for (k, margin) in crate::onboard_eval::STAND_IN_MARGINS.iter().enumerate() {
+        line(&mut o, &format!("stand{margin:.2}"), &|r| &r.stand_in[k]);
+    }
     for (b, budget) in budgets.iter().enumerate() {
         line(&mut o, &budget.to_string(), &|r| &r.onboarded[config][b]);
     }
@@ -503,10 +506,12 @@ mod tests {
             model: "m".into(),
             full: arm(0.65, Some(0.25)),
             prior: arm(0.60, None),
+            stand_in: vec![arm(0.64, Some(0.3)); 3],
             onboarded: vec![vec![arm(0.63, Some(0.40)), arm(0.645, Some(0.27))]],
         }];
         let t = lomo_table(&results, &[10, 50], 0, "m");
         assert!(t.contains("-0.0200"), "{t}");
+        assert!(t.contains("stand0.05") && t.contains("-0.0100"), "{t}");
         assert!(t.contains("from 50 scored prompts"), "{t}");
         let p = per_model_table(&results, &[10, 50], 0, 0.01, 0.05);
         assert!(
