@@ -261,6 +261,12 @@ fn the_stored_form_round_trips_and_refuses_garbage() {
         assert!(wire::decode(&longer).is_none());
     }
     assert!(wire::decode(b"\x02garbage").is_none());
+    // A code of -128 (never produced by quantisation) is refused.
+    let mut e = entry("k", Scope::Global, None, 0.5, 0.5, point(16, 0, 1, 0.0));
+    let mut codes = e.point.codes.to_vec();
+    codes[3] = i8::MIN;
+    e.point.codes = codes.into();
+    assert!(wire::decode(&wire::encode(&e)).is_none());
 }
 
 /// The locality target on real prompts: five scores on one prompt
@@ -379,4 +385,21 @@ mod decoding {
             }
         }
     }
+}
+
+#[test]
+fn the_int8_dot_product_is_exact_at_the_extremes() {
+    let a: Vec<i8> = (0..131)
+        .map(|i| if i % 3 == 0 { -127 } else { 127 })
+        .collect();
+    let b: Vec<i8> = (0..131)
+        .map(|i| if i % 2 == 0 { 127 } else { -127 })
+        .collect();
+    let want: i32 = a
+        .iter()
+        .zip(&b)
+        .map(|(&x, &y)| i32::from(x) * i32::from(y))
+        .sum();
+    assert_eq!(super::dot_i8(&a, &b), want);
+    assert_eq!(super::dot_i8(&a, &a), 131 * 127 * 127);
 }

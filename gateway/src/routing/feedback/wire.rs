@@ -92,7 +92,10 @@ impl<'a> Reader<'a> {
             .iter()
             .map(|b| i8::from_le_bytes([*b]))
             .collect();
-        (scale.is_finite() && scale > 0.0).then_some(PromptPoint { codes, scale })
+        // -128 never comes out of quantisation (codes are within ±127), and the dot product's i16
+        // pairs rely on that.
+        let in_range = codes.iter().all(|&c| c != i8::MIN);
+        (in_range && scale.is_finite() && scale > 0.0).then_some(PromptPoint { codes, scale })
     }
     fn str(&mut self) -> Option<String> {
         let len = usize::from(self.u16()?);
