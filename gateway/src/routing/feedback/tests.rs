@@ -402,4 +402,8 @@ fn the_int8_dot_product_is_exact_at_the_extremes() {
         .sum();
     assert_eq!(super::dot_i8(&a, &b), want);
     assert_eq!(super::dot_i8(&a, &a), 131 * 127 * 127);
+    // The CPU's fastest form (AVX2 here, when present) agrees.
+    let best = super::best_dot();
+    assert_eq!(best(&a, &b), want);
+    assert_eq!(best(&a[..16], &b[..16]), super::dot_i8(&a[..16], &b[..16]));
 }
