@@ -16,8 +16,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::{FeedbackEntry, FeedbackMemory, wire};
 
-/// Writes an exemplar: KEYS seq, idx, data; ARGV entry key, record, cap.
+/// Writes an exemplar: KEYS seq, idx, data, epoch; ARGV entry key, record,
+/// cap, a fresh epoch id. The epoch names this incarnation of the data: set
+/// by the first write, it changes when Redis loses everything (a restart
+/// without persistence, a flush), and readers then start over.
 const PUT: &str = r"
+redis.call('SET', KEYS[4], ARGV[4], 'NX')
 local seq = redis.call('INCR', KEYS[1])
 redis.call('ZADD', KEYS[2], seq, ARGV[1])
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
@@ -30,11 +34,12 @@ end
 return seq
 ";
 
-/// Reads exemplars written after ARGV[1] (at most ARGV[2]): KEYS idx, data.
-/// Returns {seq1, record1, seq2, record2, ...} in write order.
+/// Reads exemplars written after ARGV[1] (at most ARGV[2]): KEYS idx, data,
+/// epoch. Returns {epoch, seq1, record1, seq2, record2, ...} in write order.
 const FETCH: &str = r"
+local epoch = redis.call('GET', KEYS[3]) or ''
 local hits = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '+inf', 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[2]))
-local out = {}
+local out = {epoch}
 for i = 1, #hits, 2 do
   local record = redis.call('HGET', KEYS[2], hits[i])
   if record then
@@ -56,6 +61,8 @@ struct RedisFeedback {
     fetch: redis::Script,
     /// The sequence number of the newest exemplar read.
     cursor: AtomicU64,
+    /// The epoch the cursor counts in (see `PUT`).
+    epoch: Mutex<String>,
     pending: Mutex<VecDeque<(String, Vec<u8>)>>,
 }
 
@@ -103,6 +110,7 @@ impl SharedFeedback {
                 put: redis::Script::new(PUT),
                 fetch: redis::Script::new(FETCH),
                 cursor: AtomicU64::new(0),
+                epoch: Mutex::new(String::new()),
                 pending: Mutex::new(VecDeque::new()),
             }),
         })
@@ -153,9 +161,11 @@ impl SharedFeedback {
                 .key(redis.conn.key("fbmem:seq"))
                 .key(redis.conn.key("fbmem:idx"))
                 .key(redis.conn.key("fbmem:data"))
+                .key(redis.conn.key("fbmem:epoch"))
                 .arg(&key)
                 .arg(record.as_slice())
                 .arg(cap)
+                .arg(uuid::Uuid::new_v4().simple().to_string())
                 .invoke_async(&mut conn)
                 .await?;
             let mut pending = redis.pending.lock().unwrap_or_else(|e| e.into_inner());
@@ -179,12 +189,38 @@ impl SharedFeedback {
                 .fetch
                 .key(redis.conn.key("fbmem:idx"))
                 .key(redis.conn.key("fbmem:data"))
+                .key(redis.conn.key("fbmem:epoch"))
                 .arg(since)
                 .arg(FETCH_BATCH)
                 .invoke_async(&mut conn)
                 .await?;
-            let pairs = reply.len() / 2;
-            for pair in reply.chunks_exact(2) {
+            let epoch: String = reply
+                .first()
+                .and_then(|v| redis::from_redis_value_ref(v).ok())
+                .unwrap_or_default();
+            {
+                let mut known = redis.epoch.lock().unwrap_or_else(|e| e.into_inner());
+                if *known != epoch {
+                    let lost = !known.is_empty();
+                    *known = epoch;
+                    if since > 0 {
+                        // Redis lost what it held (or this is a new incarnation
+                        // of it): read everything it has now. This replica's own
+                        // exemplars are still in its memory.
+                        if lost {
+                            tracing::info!(
+                                cursor = since,
+                                "feedback exemplars in Redis were reset; reading them again"
+                            );
+                        }
+                        redis.cursor.store(0, Ordering::Release);
+                        continue;
+                    }
+                }
+            }
+            let records = reply.get(1..).unwrap_or_default();
+            let pairs = records.len() / 2;
+            for pair in records.chunks_exact(2) {
                 let seq: Option<u64> = redis::from_redis_value_ref(&pair[0]).ok();
                 let record: Option<Vec<u8>> = redis::from_redis_value_ref(&pair[1]).ok();
                 if let Some(seq) = seq {
