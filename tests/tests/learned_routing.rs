@@ -47,6 +47,23 @@ fn mesh_yaml(assets: &str, extra_worker: &str) -> String {
     )
 }
 
+/// Generates `req` and scores its answer `score`, as a user would.
+async fn generate_and_score(
+    client: &mut routemesh_proto::v1::gateway_client::GatewayClient<tonic::transport::Channel>,
+    req: GenerateRequest,
+    score: f64,
+) {
+    let id = client.generate(req).await.unwrap().into_inner().request_id;
+    client
+        .feedback(routemesh_proto::v1::FeedbackRequest {
+            request_id: id,
+            score,
+            comment: String::new(),
+        })
+        .await
+        .unwrap();
+}
+
 fn by_model(d: &RouteDecision) -> Vec<(String, f64, String)> {
     let mut v: Vec<_> = d
         .candidates
@@ -231,15 +248,7 @@ async fn feedback_moves_similar_prompts_only() {
             model: large.into(),
             ..ask(rated)
         };
-        let id = client.generate(req).await.unwrap().into_inner().request_id;
-        client
-            .feedback(routemesh_proto::v1::FeedbackRequest {
-                request_id: id,
-                score: 0.0,
-                comment: String::new(),
-            })
-            .await
-            .unwrap();
+        generate_and_score(&mut client, req, 0.0).await;
     }
     eventually(
         std::time::Duration::from_secs(10),
@@ -419,15 +428,7 @@ async fn an_unknown_model_is_onboarded_from_feedback() {
             model: "mystery-model".into(),
             ..ask(&prompt)
         };
-        let id = client.generate(req).await.unwrap().into_inner().request_id;
-        client
-            .feedback(routemesh_proto::v1::FeedbackRequest {
-                request_id: id,
-                score: 1.0,
-                comment: String::new(),
-            })
-            .await
-            .unwrap();
+        generate_and_score(&mut client, req, 1.0).await;
     }
     eventually(
         std::time::Duration::from_secs(15),

@@ -155,18 +155,7 @@ pub fn cross_validate(
     let folds = folds.clamp(2, n.max(2));
     let mut out = vec![vec![vec![0.0; m]; n]; candidates.len()];
     for f in 0..folds {
-        let test: Vec<usize> = idx
-            .iter()
-            .enumerate()
-            .filter(|(p, _)| p % folds == f)
-            .map(|(_, &i)| i)
-            .collect();
-        let train: Vec<usize> = idx
-            .iter()
-            .enumerate()
-            .filter(|(p, _)| p % folds != f)
-            .map(|(_, &i)| i)
-            .collect();
+        let (train, test) = fold_split(&idx, folds, f);
         let tr_emb = select_rows(emb, &train);
         let te_emb = select_rows(emb, &test);
         let tr_q: Vec<Vec<Option<f64>>> = train.iter().map(|&i| table.quality[i].clone()).collect();
@@ -288,4 +277,18 @@ pub fn summary(
         }
     }
     o
+}
+
+/// Fold `f` of `folds` over the shuffled row indices `idx`: (training rows, test rows). Every
+/// cross-validation here splits this way, so their folds are the same rows.
+pub fn fold_split(idx: &[usize], folds: usize, f: usize) -> (Vec<usize>, Vec<usize>) {
+    let (mut train, mut test) = (Vec::new(), Vec::new());
+    for (p, &i) in idx.iter().enumerate() {
+        if p % folds == f {
+            test.push(i);
+        } else {
+            train.push(i);
+        }
+    }
+    (train, test)
 }

@@ -11,7 +11,7 @@ use routemesh_router::names::{ModelCatalog, stand_in_penalty};
 use routemesh_router::onboard::{self, OnboardConfig, OnboardError};
 
 use crate::data::{Prices, Table};
-use crate::eval::{Group, group_report};
+use crate::eval::{Group, fold_split, group_report};
 use crate::fit::{TaskConfig, TrainSet, select_rows, train_task_mixture};
 
 /// A fixed prior for a model the router does not know: 0.55 up to 9B parameters, 0.80 above (the
@@ -115,18 +115,7 @@ pub fn leave_one_model_out(
     // `[held][config][budget][repeat][row]`.
     let mut onb = vec![vec![vec![vec![vec![0.0; n]; nr]; nb]; nc]; held.len()];
     for f in 0..folds {
-        let test: Vec<usize> = idx
-            .iter()
-            .enumerate()
-            .filter(|(p, _)| p % folds == f)
-            .map(|(_, &i)| i)
-            .collect();
-        let train: Vec<usize> = idx
-            .iter()
-            .enumerate()
-            .filter(|(p, _)| p % folds != f)
-            .map(|(_, &i)| i)
-            .collect();
+        let (train, test) = fold_split(&idx, folds, f);
         let tr_emb = select_rows(emb, &train);
         let te_emb = select_rows(emb, &test);
         let tr_src: Vec<String> = train
