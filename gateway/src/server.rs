@@ -92,10 +92,12 @@ fn spawn_onboarding(
                 .map(|w| w.spec.clone())
                 .collect();
             let memory = state.routing.feedback.memory().clone();
+            let oldest_ms = routemesh_telemetry::record::now_ms()
+                .saturating_sub(state.routing.feedback_max_age_ms);
             state
                 .routing
                 .quality
-                .onboard_from_feedback(&specs, &memory, min_rows)
+                .onboard_from_feedback(&specs, &memory, min_rows, oldest_ms)
                 .await;
         }
     })

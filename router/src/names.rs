@@ -205,7 +205,9 @@ impl ModelCatalog {
         large_tier: bool,
         candidates: &[&str],
     ) -> Vec<Stand> {
-        let size = params_b.or_else(|| params_billions(served));
+        let size = params_b
+            .filter(|b| b.is_finite() && *b > 0.0)
+            .or_else(|| params_billions(served));
         let fam = family(served);
         let mut scored: Vec<(f64, Stand)> = candidates
             .iter()
@@ -245,6 +247,9 @@ impl ModelCatalog {
         });
         scored.truncate(NEAREST);
         let total: f64 = scored.iter().map(|(d, _)| (-d).exp()).sum();
+        if !(total.is_finite() && total > 0.0) {
+            return Vec::new();
+        }
         scored
             .into_iter()
             .map(|(d, mut s)| {

@@ -223,9 +223,17 @@ impl Routing {
             }
             let knowledge = self.quality.knowledge(&w.spec);
             let (base, source, stand_in) = self.base_quality(&w.spec, &knowledge, routed, pool);
+            // A model onboarded online was fitted on the feedback before its build.
+            let since = match &knowledge {
+                Knowledge::Onboarded(_) => self
+                    .quality
+                    .online_built_at(&w.spec.name)
+                    .map_or(oldest_ms, |built| built.max(oldest_ms)),
+                _ => oldest_ms,
+            };
             let delta = match routed.and_then(|p| Some((p.point.as_ref()?, &p.space))) {
                 Some((point, space)) => memory
-                    .shift(&w.spec.name, space, point, owner, weight, oldest_ms)
+                    .shift(&w.spec.name, space, point, owner, weight, since)
                     .map(|s| s.delta),
                 None if routed.is_none() => {
                     live.snapshot.feedback.get(&w.spec.name).and_then(|f| {

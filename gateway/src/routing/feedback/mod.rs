@@ -258,6 +258,8 @@ struct Rows {
     /// Insertion order for eviction: (key, seq); stale when the key was replaced since.
     order: VecDeque<(String, u64)>,
     next_seq: u64,
+    /// Counts every change to any bucket: a bucket's `changed` is never reused.
+    changes: u64,
 }
 
 impl Rows {
@@ -276,7 +278,8 @@ impl Rows {
         let bucket = spaces.get_mut(&space)?;
         let removed = bucket.rows.swap_remove(index);
         bucket.scales.swap_remove(index);
-        bucket.changed = self.next_seq;
+        self.changes += 1;
+        bucket.changed = self.changes;
         let dim = bucket.dim;
         let last = bucket.rows.len();
         if index < last {
@@ -390,7 +393,10 @@ impl FeedbackMemory {
     /// refused (false).
     pub fn insert(&self, entry: FeedbackEntry) -> bool {
         let mut rows = self.rows.write().unwrap_or_else(|e| e.into_inner());
-        rows.remove(&entry.key);
+        // The same record again (a replica reading back its own write): nothing changes.
+        if rows.row(&entry.key).is_some_and(|r| *r.entry == entry) {
+            return true;
+        }
         let dim = entry.point.codes.len();
         if rows
             .bucket(&entry.model, &entry.space)
@@ -398,6 +404,9 @@ impl FeedbackMemory {
         {
             return false;
         }
+        rows.remove(&entry.key);
+        rows.changes += 1;
+        let change = rows.changes;
         let seq = rows.next_seq;
         rows.next_seq += 1;
         let (key, model, space) = (entry.key.clone(), entry.model.clone(), entry.space.clone());
@@ -411,9 +420,9 @@ impl FeedbackMemory {
                 codes: Vec::new(),
                 scales: Vec::new(),
                 rows: Vec::new(),
-                changed: seq,
+                changed: 0,
             });
-        bucket.changed = seq;
+        bucket.changed = change;
         bucket.codes.extend_from_slice(&entry.point.codes);
         bucket.scales.push(entry.point.scale);
         bucket.rows.push(Row {
@@ -537,12 +546,13 @@ impl FeedbackMemory {
     }
 
     /// The embeddings and scores of `model`'s exemplars in `space` that
-    /// `include` accepts (by scope) and that kept their embedding, with the
+    /// `include` accepts (by scope), recorded from `oldest_ms` on, that kept their embedding, with the
     /// bucket's change number (the same number: nothing changed since).
     pub fn scored(
         &self,
         model: &str,
         space: &str,
+        oldest_ms: u64,
         include: impl Fn(&Scope) -> bool,
     ) -> Option<(u64, Vec<ScoredPrompt>)> {
         let rows = self.rows.read().unwrap_or_else(|e| e.into_inner());
@@ -550,7 +560,7 @@ impl FeedbackMemory {
         let scored = bucket
             .rows
             .iter()
-            .filter(|r| include(&r.entry.scope))
+            .filter(|r| r.entry.at_ms >= oldest_ms && include(&r.entry.scope))
             .filter_map(|r| {
                 let e = &r.entry;
                 Some((e.embedding.as_ref()?.to_f32(), f64::from(e.score)))

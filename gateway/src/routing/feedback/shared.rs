@@ -19,7 +19,9 @@ use super::{FeedbackEntry, FeedbackMemory, wire};
 /// Writes an exemplar: KEYS seq, idx, data, epoch; ARGV entry key, record,
 /// cap, a fresh epoch id. The epoch names this incarnation of the data: set
 /// by the first write, it changes when Redis loses everything (a restart
-/// without persistence, a flush), and readers then start over.
+/// without persistence, a flush), and readers then start over. Evicted
+/// records are deleted in chunks (Lua's `unpack` takes a few thousand values
+/// at most, and a lowered cap can evict more at once).
 const PUT: &str = r"
 redis.call('SET', KEYS[4], ARGV[4], 'NX')
 local seq = redis.call('INCR', KEYS[1])
@@ -29,23 +31,25 @@ local over = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[3])
 if over > 0 then
   local victims = redis.call('ZRANGE', KEYS[2], 0, over - 1)
   redis.call('ZREMRANGEBYRANK', KEYS[2], 0, over - 1)
-  redis.call('HDEL', KEYS[3], unpack(victims))
+  for i = 1, #victims, 1000 do
+    redis.call('HDEL', KEYS[3], unpack(victims, i, math.min(i + 999, #victims)))
+  end
 end
 return seq
 ";
 
 /// Reads exemplars written after ARGV[1] (at most ARGV[2]): KEYS idx, data,
-/// epoch. Returns {epoch, seq1, record1, seq2, record2, ...} in write order.
+/// epoch, seq. Returns {epoch, current seq, seq1, record1, seq2, record2, ...}
+/// in write order; a record deleted meanwhile comes back as "" (its seq still
+/// moves the reader's cursor past it).
 const FETCH: &str = r"
 local epoch = redis.call('GET', KEYS[3]) or ''
+local current = tonumber(redis.call('GET', KEYS[4]) or '0')
 local hits = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '+inf', 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[2]))
-local out = {epoch}
+local out = {epoch, current}
 for i = 1, #hits, 2 do
-  local record = redis.call('HGET', KEYS[2], hits[i])
-  if record then
-    out[#out + 1] = hits[i + 1]
-    out[#out + 1] = record
-  end
+  out[#out + 1] = hits[i + 1]
+  out[#out + 1] = redis.call('HGET', KEYS[2], hits[i]) or ''
 end
 return out
 ";
@@ -120,57 +124,80 @@ impl SharedFeedback {
         &self.memory
     }
 
-    /// Records an exemplar: in this replica's memory at once, and for the others through Redis
-    /// (one round trip; queued for the next sync if Redis does not answer).
+    /// Records an exemplar: in this replica's memory at once, and for the others through Redis:
+    /// one round trip when nothing is queued, else (Redis was down) behind the queue, which the
+    /// sync drains, so a Feedback call never waits for more than its own write.
     pub async fn record(&self, entry: FeedbackEntry) {
         let encoded = self.redis.as_ref().map(|_| wire::encode(&entry));
         let key = entry.key.clone();
         self.memory.insert(entry);
         crate::metrics::feedback_exemplars(self.memory.len());
-        if let (Some(redis), Some(record)) = (&self.redis, encoded) {
-            {
-                let mut pending = redis.pending.lock().unwrap_or_else(|e| e.into_inner());
-                pending.push_back((key, record));
-                while pending.len() > PENDING_MAX {
-                    pending.pop_front();
-                    crate::metrics::feedback_memory_dropped();
+        let (Some(redis), Some(record)) = (&self.redis, encoded) else {
+            return;
+        };
+        let queued = !redis
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty();
+        if !queued {
+            match self.put(redis, &key, &record).await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "feedback exemplar not shared yet (Redis); retried on the next sync")
                 }
             }
-            if let Err(e) = self.flush(redis).await {
-                tracing::warn!(error = %e, "feedback exemplar not shared yet (Redis); retried on the next sync");
-            }
+        }
+        let mut pending = redis.pending.lock().unwrap_or_else(|e| e.into_inner());
+        pending.push_back((key, record));
+        while pending.len() > PENDING_MAX {
+            pending.pop_front();
+            crate::metrics::feedback_memory_dropped();
         }
     }
 
+    async fn put(
+        &self,
+        redis: &RedisFeedback,
+        key: &str,
+        record: &[u8],
+    ) -> Result<(), redis::RedisError> {
+        let mut conn = redis.conn.manager();
+        let _: u64 = redis
+            .put
+            .key(redis.conn.key("fbmem:seq"))
+            .key(redis.conn.key("fbmem:idx"))
+            .key(redis.conn.key("fbmem:data"))
+            .key(redis.conn.key("fbmem:epoch"))
+            .arg(key)
+            .arg(record)
+            .arg(self.memory.config().entries)
+            .arg(uuid::Uuid::new_v4().simple().to_string())
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
     /// Writes the queued exemplars, oldest first; stops at the first failure (kept for later).
+    /// Only the sync task calls it, so one flusher takes from the queue.
     async fn flush(&self, redis: &RedisFeedback) -> Result<(), redis::RedisError> {
-        let cap = self.memory.config().entries;
         loop {
             let next = redis
                 .pending
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .front()
-                .cloned();
+                .pop_front();
             let Some((key, record)) = next else {
                 return Ok(());
             };
-            let mut conn = redis.conn.manager();
-            let _: u64 = redis
-                .put
-                .key(redis.conn.key("fbmem:seq"))
-                .key(redis.conn.key("fbmem:idx"))
-                .key(redis.conn.key("fbmem:data"))
-                .key(redis.conn.key("fbmem:epoch"))
-                .arg(&key)
-                .arg(record.as_slice())
-                .arg(cap)
-                .arg(uuid::Uuid::new_v4().simple().to_string())
-                .invoke_async(&mut conn)
-                .await?;
-            let mut pending = redis.pending.lock().unwrap_or_else(|e| e.into_inner());
-            if pending.front().is_some_and(|(k, _)| *k == key) {
-                pending.pop_front();
+            if let Err(e) = self.put(redis, &key, &record).await {
+                // Back at the front, ahead of anything queued meanwhile.
+                redis
+                    .pending
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push_front((key, record));
+                return Err(e);
             }
         }
     }
@@ -190,6 +217,7 @@ impl SharedFeedback {
                 .key(redis.conn.key("fbmem:idx"))
                 .key(redis.conn.key("fbmem:data"))
                 .key(redis.conn.key("fbmem:epoch"))
+                .key(redis.conn.key("fbmem:seq"))
                 .arg(since)
                 .arg(FETCH_BATCH)
                 .invoke_async(&mut conn)
@@ -198,18 +226,24 @@ impl SharedFeedback {
                 .first()
                 .and_then(|v| redis::from_redis_value_ref(v).ok())
                 .unwrap_or_default();
+            let current: u64 = reply
+                .get(1)
+                .and_then(|v| redis::from_redis_value_ref(v).ok())
+                .unwrap_or(0);
             {
                 let mut known = redis.epoch.lock().unwrap_or_else(|e| e.into_inner());
-                if *known != epoch {
+                // Another epoch (Redis lost everything), or the same one with a sequence below
+                // the cursor (restored from an older snapshot): read everything it has now.
+                // This replica's own exemplars are still in its memory.
+                let reset = *known != epoch || current < since;
+                if reset {
                     let lost = !known.is_empty();
                     *known = epoch;
                     if since > 0 {
-                        // Redis lost what it held (or this is a new incarnation
-                        // of it): read everything it has now. This replica's own
-                        // exemplars are still in its memory.
                         if lost {
                             tracing::info!(
                                 cursor = since,
+                                redis = current,
                                 "feedback exemplars in Redis were reset; reading them again"
                             );
                         }
@@ -218,7 +252,7 @@ impl SharedFeedback {
                     }
                 }
             }
-            let records = reply.get(1..).unwrap_or_default();
+            let records = reply.get(2..).unwrap_or_default();
             let pairs = records.len() / 2;
             for pair in records.chunks_exact(2) {
                 let seq: Option<u64> = redis::from_redis_value_ref(&pair[0]).ok();
@@ -226,11 +260,11 @@ impl SharedFeedback {
                 if let Some(seq) = seq {
                     redis.cursor.fetch_max(seq, Ordering::AcqRel);
                 }
-                let stored = record
-                    .as_deref()
-                    .and_then(wire::decode)
-                    .is_some_and(|entry| self.memory.insert(entry));
-                if stored {
+                // Deleted since it was listed (evicted by a newer write): nothing to read.
+                let Some(record) = record.filter(|r| !r.is_empty()) else {
+                    continue;
+                };
+                if wire::decode(&record).is_some_and(|entry| self.memory.insert(entry)) {
                     read += 1;
                 } else {
                     crate::metrics::feedback_memory_rejected();

@@ -407,3 +407,39 @@ fn the_int8_dot_product_is_exact_at_the_extremes() {
     assert_eq!(best(&a, &b), want);
     assert_eq!(best(&a[..16], &b[..16]), super::dot_i8(&a[..16], &b[..16]));
 }
+
+#[test]
+fn every_change_to_a_bucket_gets_a_new_change_number_and_a_repeat_none() {
+    let m = FeedbackMemory::new(FeedbackMemoryConfig {
+        entries: 3,
+        ..FeedbackMemoryConfig::default()
+    });
+    let p = point(8, 0, 1, 0.0);
+    let on = |key: &str, model: &str| {
+        let mut e = entry(key, Scope::Global, None, 1.0, 0.5, p.clone());
+        e.model = model.into();
+        m.insert(e)
+    };
+    on("x1", "x");
+    on("x2", "x");
+    on("a1", "a");
+    on("a2", "a"); // evicts x1: x changes
+    let after_eviction = m.changed("x", SPACE).unwrap().0;
+    on("x3", "x");
+    let after_insert = m.changed("x", SPACE).unwrap().0;
+    assert_ne!(
+        after_eviction, after_insert,
+        "an insert right after an eviction is a change"
+    );
+    // The same record again (a replica reading back its own write) is not.
+    let again = m.get("x3").unwrap();
+    assert!(m.insert((*again).clone()));
+    assert_eq!(m.changed("x", SPACE).unwrap().0, after_insert);
+}
+
+#[test]
+fn a_record_whose_scale_is_not_a_unit_vectors_is_refused() {
+    let mut e = entry("k", Scope::Global, None, 0.5, 0.5, point(16, 0, 1, 0.0));
+    e.point.scale = 1.0;
+    assert!(wire::decode(&wire::encode(&e)).is_none());
+}

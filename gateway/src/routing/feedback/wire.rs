@@ -95,7 +95,10 @@ impl<'a> Reader<'a> {
         // -128 never comes out of quantisation (codes are within ±127), and the dot product's i16
         // pairs rely on that.
         let in_range = codes.iter().all(|&c| c != i8::MIN);
-        (in_range && scale.is_finite() && scale > 0.0).then_some(PromptPoint { codes, scale })
+        // A unit vector's scale is its largest component / 127: at most 1/127. A larger one
+        // would make the record near every prompt.
+        let unit = scale.is_finite() && scale > 0.0 && scale <= 1.0 / 127.0 + f32::EPSILON;
+        (in_range && unit).then_some(PromptPoint { codes, scale })
     }
     fn str(&mut self) -> Option<String> {
         let len = usize::from(self.u16()?);

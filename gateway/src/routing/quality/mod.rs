@@ -301,13 +301,16 @@ impl QualityModel {
     pub async fn predict(&self, prompt: &str, pool_models: &[&str]) -> Option<Predicted> {
         let router = self.router.clone()?;
         let path = router.path_for(pool_models);
+        // The generation before the models: a rebuild in between caches the
+        // older models' predictions under the older generation, never the newer.
+        let generation = self.online_generation();
         let online = self.online_models();
         let key = {
             let mut h = std::collections::hash_map::DefaultHasher::new();
             prompt.hash(&mut h);
             path.hash(&mut h);
             // Models onboarded online change what a prompt is predicted.
-            self.online_generation().hash(&mut h);
+            generation.hash(&mut h);
             h.finish()
         };
         if let Some(hit) = self.cache.as_ref().and_then(|c| c.get(&key)) {

@@ -29,6 +29,9 @@ pub struct OnlineModel {
     pub scored: usize,
     /// The known models its prior borrows from, most similar first.
     pub similar_to: Vec<String>,
+    /// When it was built: feedback recorded before then is in the fit, and
+    /// must not also move its predictions as exemplars.
+    pub built_at_ms: u64,
 }
 
 impl OnlineModel {
@@ -60,6 +63,11 @@ impl QualityModel {
             .clone()
     }
 
+    /// When the online model `name` was built, if it is one.
+    pub fn online_built_at(&self, name: &str) -> Option<u64> {
+        self.online_models().get(name).map(|o| o.built_at_ms)
+    }
+
     /// Changes whenever an online model is (re)built.
     pub fn online_generation(&self) -> u64 {
         self.online_generation.load(Ordering::Acquire)
@@ -67,12 +75,14 @@ impl QualityModel {
 
     /// Onboards (or rebuilds) each model of `specs` the router does not know from the feedback
     /// exemplars every tenant may use, once there are `min_rows` of them and they changed since the
-    /// last build. Runs the fits off the async threads. Returns the models (re)built.
+    /// last build, counting those recorded from `oldest_ms` on (`telemetry.feedback_days`). Runs the
+    /// fits off the async threads. Returns the models (re)built.
     pub async fn onboard_from_feedback(
         &self,
         specs: &[ModelSpec],
         memory: &FeedbackMemory,
         min_rows: usize,
+        oldest_ms: u64,
     ) -> Vec<String> {
         let Some(router) = self.router.clone() else {
             return Vec::new();
@@ -107,7 +117,9 @@ impl QualityModel {
                 if n < min_rows || built == Some(changed) || seen == Some(changed) {
                     continue;
                 }
-                let Some((changed, rows)) = memory.scored(&spec.name, &space, shared_by_all) else {
+                let Some((changed, rows)) =
+                    memory.scored(&spec.name, &space, oldest_ms, shared_by_all)
+                else {
                     continue;
                 };
                 if rows.len() >= min_rows {
@@ -153,11 +165,18 @@ fn fit(
         pool: None,
         scored: 0,
         similar_to: Vec::new(),
+        built_at_ms: routemesh_telemetry::record::now_ms(),
     };
-    for (path, changed, rows) in inputs {
+    for (path, changed, mut rows) in inputs {
         let Some(base) = router.task_mixture(path) else {
             continue;
         };
+        // A row of another dimension (a corrupt record) would fail the whole fit.
+        let dim = base.classifier.w.ncols();
+        rows.retain(|(e, _)| e.len() == dim);
+        if rows.is_empty() {
+            continue;
+        }
         let dim = rows.first().map_or(0, |(e, _)| e.len());
         let flat: Vec<f32> = rows.iter().flat_map(|(e, _)| e.iter().copied()).collect();
         let emb = Array2::from_shape_vec((rows.len(), dim), flat)
