@@ -224,5 +224,11 @@ async fn a_worker_killed_mid_request_fails_the_request_promptly() {
     .await;
     let status = client.generate(ask("anyone?")).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    // The operator can tell why the worker left the routing.
+    let log = gateway.log();
+    assert!(
+        log.contains("worker marked unhealthy") && log.contains("stalling"),
+        "the health transition is logged with the worker: {log}"
+    );
     delete_mesh_keys(&redis, &mesh).await;
 }

@@ -202,9 +202,25 @@ impl WorkerHandle {
         self.healthy.load(Ordering::Acquire)
     }
 
-    /// A failed call: stop routing here until a load check succeeds.
-    pub fn mark_unhealthy(&self) {
-        self.healthy.store(false, Ordering::Release);
+    /// A failed call: stop routing here until a load check succeeds. `why`
+    /// is logged if this changes the worker's health.
+    pub fn mark_unhealthy(&self, why: impl FnOnce() -> String) {
+        self.set_health(false, why);
+    }
+
+    /// Sets the worker's health; a transition (not the steady state) is
+    /// logged with its reason, so an operator can tell why a worker left
+    /// or rejoined the routing.
+    fn set_health(&self, healthy: bool, why: impl FnOnce() -> String) {
+        if self.healthy.swap(healthy, Ordering::AcqRel) == healthy {
+            return;
+        }
+        let (worker, model) = (&self.record.id, &self.record.model);
+        if healthy {
+            tracing::info!(%worker, %model, reason = %why(), "worker healthy again");
+        } else {
+            tracing::warn!(%worker, %model, reason = %why(), "worker marked unhealthy");
+        }
     }
 
     fn served_within(&self, window: Duration) -> bool {
@@ -226,14 +242,20 @@ impl WorkerHandle {
         match tokio::time::timeout(timeout, client.load(request)).await {
             Ok(Ok(report)) => {
                 let report = report.into_inner();
-                self.healthy.store(!report.draining, Ordering::Release);
+                self.set_health(!report.draining, || {
+                    if report.draining {
+                        "it reports draining".into()
+                    } else {
+                        "a load check answered".into()
+                    }
+                });
                 if let Ok(mut last) = self.last_load.lock() {
                     *last = Some(report);
                 }
             }
             Ok(Err(status)) => {
                 tracing::debug!(worker = %self.record.id, %status, "load check failed");
-                self.mark_unhealthy();
+                self.mark_unhealthy(|| format!("load check failed: {status}"));
             }
             Err(_) if self.served_within(timeout * 2) => {
                 // The data plane proves the worker alive: a load check that
@@ -244,7 +266,11 @@ impl WorkerHandle {
             }
             Err(_) => {
                 tracing::debug!(worker = %self.record.id, "load check timed out");
-                self.mark_unhealthy();
+                self.mark_unhealthy(|| {
+                    format!(
+                        "load check timed out after {timeout:?} and no call was served meanwhile"
+                    )
+                });
             }
         }
     }

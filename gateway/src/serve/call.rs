@@ -73,7 +73,8 @@ impl CallGuard {
         let status = connection_lost(status);
         if status.code() == Code::Unavailable {
             // Unreachable or draining: no traffic until a load check says otherwise.
-            self.worker.mark_unhealthy();
+            self.worker
+                .mark_unhealthy(|| format!("a call failed with UNAVAILABLE: {}", status.message()));
         }
         self.settle(
             outcome_of(&status),
