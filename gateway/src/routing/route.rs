@@ -155,12 +155,14 @@ impl Routing {
 
     /// The training pool predictions among `workers` are compared in.
     pub(crate) fn training_pool(&self, workers: &[&Arc<WorkerHandle>]) -> Option<usize> {
-        let knowledge: Vec<Knowledge> = workers
+        self.quality.training_pool(&self.knowledge_of(workers))
+    }
+
+    fn knowledge_of(&self, workers: &[&Arc<WorkerHandle>]) -> Vec<Knowledge> {
+        workers
             .iter()
             .map(|w| self.quality.knowledge(&w.spec))
-            .collect();
-        self.quality
-            .training_pool(&knowledge.iter().collect::<Vec<_>>())
+            .collect()
     }
 
     /// `spec`'s predicted quality before feedback: the learned router's
@@ -207,7 +209,9 @@ impl Routing {
         owner: &Option<String>,
     ) -> HashMap<String, ModelQuality> {
         let weight = self.feedback_prior_weight;
-        let pool = routed.and_then(|_| self.training_pool(workers));
+        // Matched once per worker for the whole decision.
+        let knowledge = self.knowledge_of(workers);
+        let pool = routed.and_then(|_| self.quality.training_pool(&knowledge));
         let memory = self.feedback.memory();
         let oldest_ms =
             routemesh_telemetry::record::now_ms().saturating_sub(self.feedback_max_age_ms);
@@ -217,11 +221,10 @@ impl Routing {
             Some(_) => Default::default(),
         };
         let mut out = HashMap::new();
-        for w in workers {
+        for (w, knowledge) in workers.iter().zip(knowledge) {
             if out.contains_key(&w.spec.name) {
                 continue;
             }
-            let knowledge = self.quality.knowledge(&w.spec);
             let (base, source, stand_in) = self.base_quality(&w.spec, &knowledge, routed, pool);
             // A model onboarded online was fitted on the feedback before its build.
             let since = match &knowledge {

@@ -48,20 +48,8 @@ fn trained() -> (TaskMixture, Array2<f32>, Vec<usize>) {
         })
         .collect();
     let cfg = TaskConfig {
-        epochs: 60,
         lr: 0.05,
-        knn: KnnConfig {
-            k: 10,
-            pca: 0,
-            ..TaskConfig::default().knn
-        },
-        mf_weight: 0.2,
-        mf: MfConfig {
-            dim: 4,
-            epochs: 20,
-            ..MfConfig::default()
-        },
-        ..TaskConfig::default()
+        ..small_task_config(60, 20)
     };
     let set = TrainSet {
         models: &models,
@@ -78,6 +66,25 @@ fn column(p: &[Vec<f64>], j: usize) -> Vec<f64> {
 
 fn mean_abs_diff(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).sum::<f64>() / a.len() as f64
+}
+
+/// A task mixture small enough for tests: 10 neighbours, no PCA, a 4-dimension MF.
+fn small_task_config(epochs: usize, mf_epochs: usize) -> TaskConfig {
+    TaskConfig {
+        epochs,
+        knn: KnnConfig {
+            k: 10,
+            pca: 0,
+            ..TaskConfig::default().knn
+        },
+        mf_weight: 0.2,
+        mf: MfConfig {
+            dim: 4,
+            epochs: mf_epochs,
+            ..MfConfig::default()
+        },
+        ..TaskConfig::default()
+    }
 }
 
 #[test]
@@ -365,21 +372,7 @@ fn leave_one_model_out_runs_on_a_small_mix9_subset() -> anyhow::Result<()> {
         f32::from(u8::from(table.rows[i].source == sources[j]))
     });
     let group = eval::groups(&table, &prices).remove(0);
-    let spec = TaskConfig {
-        epochs: 10,
-        knn: KnnConfig {
-            k: 10,
-            pca: 0,
-            ..TaskConfig::default().knn
-        },
-        mf_weight: 0.2,
-        mf: MfConfig {
-            dim: 4,
-            epochs: 3,
-            ..MfConfig::default()
-        },
-        ..TaskConfig::default()
-    };
+    let spec = small_task_config(10, 3);
     let setup = onboard_eval::LomoSetup {
         spec: &spec,
         configs: &[OnboardConfig::default()],

@@ -70,6 +70,13 @@ struct RedisFeedback {
     pending: Mutex<VecDeque<(String, Vec<u8>)>>,
 }
 
+impl RedisFeedback {
+    /// The writes waiting for Redis (a poisoned lock still holds a valid queue).
+    fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<(String, Vec<u8>)>> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// The feedback memory and, with Redis, its sharing.
 pub struct SharedFeedback {
     memory: Arc<FeedbackMemory>,
@@ -135,11 +142,7 @@ impl SharedFeedback {
         let (Some(redis), Some(record)) = (&self.redis, encoded) else {
             return;
         };
-        let queued = !redis
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_empty();
+        let queued = !redis.queue().is_empty();
         if !queued {
             match self.put(redis, &key, &record).await {
                 Ok(()) => return,
@@ -148,7 +151,7 @@ impl SharedFeedback {
                 }
             }
         }
-        let mut pending = redis.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pending = redis.queue();
         pending.push_back((key, record));
         while pending.len() > PENDING_MAX {
             pending.pop_front();
@@ -182,21 +185,13 @@ impl SharedFeedback {
     /// Only the sync task calls it, so one flusher takes from the queue.
     async fn flush(&self, redis: &RedisFeedback) -> Result<(), redis::RedisError> {
         loop {
-            let next = redis
-                .pending
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .pop_front();
+            let next = redis.queue().pop_front();
             let Some((key, record)) = next else {
                 return Ok(());
             };
             if let Err(e) = self.put(redis, &key, &record).await {
                 // Back at the front, ahead of anything queued meanwhile.
-                redis
-                    .pending
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push_front((key, record));
+                redis.queue().push_front((key, record));
                 return Err(e);
             }
         }

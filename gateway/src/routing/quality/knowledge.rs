@@ -119,7 +119,7 @@ impl QualityModel {
     /// The router's training pool that predictions for this pool are
     /// compared in: the one that knows most of `knowledge`'s models (ties:
     /// the larger pool), `None` without a router.
-    pub fn training_pool(&self, knowledge: &[&Knowledge]) -> Option<usize> {
+    pub fn training_pool(&self, knowledge: &[Knowledge]) -> Option<usize> {
         let router = self.router.as_ref()?;
         router
             .pools()
@@ -157,14 +157,15 @@ impl QualityModel {
             return None;
         }
         let router = self.router.as_ref()?;
-        let key = (spec.name.clone(), pool);
+        // Looked up by reference: this runs for every unknown model of every decision.
         if let Some(s) = self
             .stand_ins
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
+            .get(spec.name.as_str())
+            .and_then(|by_pool| by_pool.iter().find(|(p, _)| *p == pool))
         {
-            return Some(s.clone());
+            return Some(s.1.clone());
         }
         let candidates: Vec<&str> = router
             .pools()
@@ -183,7 +184,9 @@ impl QualityModel {
         self.stand_ins
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(key, stand_in.clone());
+            .entry(spec.name.clone())
+            .or_default()
+            .push((pool, stand_in.clone()));
         Some(stand_in)
     }
 

@@ -115,8 +115,6 @@ pub struct RoutedPrompt {
     /// The embedding itself (int8), kept with feedback so that a model the
     /// router does not know can be onboarded from its scores.
     pub embedding: Option<PromptPoint>,
-    /// The embedder it came from.
-    pub path: EmbedPath,
 }
 
 pub type Predicted = Arc<RoutedPrompt>;
@@ -131,6 +129,9 @@ pub enum QualityError {
     #[error("router load task failed: {0}")]
     Task(String),
 }
+
+/// What stands in for one served name, by the training pool it is compared in.
+type StandInsByPool = Vec<(usize, Arc<StandIn>)>;
 
 /// How the router knows one served name, by the `router_model` declared with it.
 type KnownAs = Vec<(Option<String>, Knowledge)>;
@@ -154,7 +155,7 @@ pub struct QualityModel {
     /// declared `router_model`): matched once, not per request.
     knowledge: std::sync::RwLock<HashMap<String, KnownAs>>,
     /// Stand-ins of unknown models, by (model, training pool).
-    stand_ins: std::sync::RwLock<HashMap<(String, usize), Arc<StandIn>>>,
+    stand_ins: std::sync::RwLock<HashMap<String, StandInsByPool>>,
     /// Models onboarded online from feedback, by served name (replaced whole on a rebuild).
     online: std::sync::RwLock<Arc<HashMap<String, Arc<OnlineModel>>>>,
     online_generation: std::sync::atomic::AtomicU64,
@@ -374,7 +375,6 @@ impl QualityModel {
                         .row(0)
                         .as_slice()
                         .and_then(|row| PromptPoint::new(row, None)),
-                    path: took,
                 },
             ))
         })
