@@ -303,6 +303,7 @@ mod tests {
             messages: vec![ChatMessage {
                 role: "user".into(),
                 content: "hi".into(),
+                ..Default::default()
             }],
             ..Default::default()
         }
@@ -490,10 +491,11 @@ mod fuzz {
             GenerateRequest {
                 request_id,
                 model,
-                messages: messages.into_iter().map(|(role, content)| ChatMessage { role, content }).collect(),
-                params: Some(GenerationParams { max_tokens, temperature, top_p, stop, seed: None }),
+                messages: messages.into_iter().map(|(role, content)| ChatMessage { role, content, ..Default::default() }).collect(),
+                params: Some(GenerationParams { max_tokens, temperature, top_p, stop, ..Default::default() }),
                 hints: Some(RoutingHints { allowed_models: vec![], allowed_tiers: tiers, max_cost_usd: max_cost, latency_slo_ms: None, quality_floor: floor }),
                 tenant,
+                ..Default::default()
             }
         }
     }

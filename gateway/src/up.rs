@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
-use routemesh_mesh::{MemoryRegistry, RedisRegistry, Registry, RegistryError, WorkerRecord};
+use routemesh_mesh::{
+    Capabilities, MemoryRegistry, RedisRegistry, Registry, RegistryError, WorkerRecord,
+};
 use routemesh_worker::server::WorkerError;
 use routemesh_worker::{RunningWorker, start_worker};
 
@@ -52,6 +54,7 @@ pub async fn connect_registry(config: &Config) -> Result<Arc<dyn Registry>, UpEr
                 simulated: false,
                 expected_ttft_ms: w.expected_ttft_ms,
                 expected_tokens_per_second: w.expected_tokens_per_second,
+                capabilities: Some(Capabilities::UNDECLARED.overridden(&w.capabilities)),
             }),
         )),
         Some(r) => Arc::new(RedisRegistry::connect(&r.url, &r.mesh).await?),

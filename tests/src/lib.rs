@@ -375,6 +375,7 @@ pub fn ask(prompt: &str) -> GenerateRequest {
         messages: vec![ChatMessage {
             role: "user".into(),
             content: prompt.into(),
+            ..Default::default()
         }],
         ..Default::default()
     }

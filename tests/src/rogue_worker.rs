@@ -76,6 +76,7 @@ fn delta(text: &str) -> Result<WorkerStreamEvent, Status> {
     Ok(WorkerStreamEvent {
         event: Some(worker_stream_event::Event::Delta(TextDelta {
             text: text.into(),
+            ..TextDelta::default()
         })),
     })
 }
@@ -111,7 +112,7 @@ impl Worker for RogueWorker {
             text: "ok ok".into(),
             finish_reason: FinishReason::Stop as i32,
             usage: Some(usage(&request.model)),
-            confidence: None,
+            ..WorkerGenerateResponse::default()
         }))
     }
 

@@ -127,6 +127,7 @@ async fn stream(
                 route = Some(r);
             }
             Event::Delta(d) => text.push_str(&d.text),
+            Event::ToolCall(c) => panic!("no tools were offered: {c:?}"),
             Event::End(end) => cost = end.usage.unwrap().cost_usd,
         }
     }

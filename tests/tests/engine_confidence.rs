@@ -23,6 +23,7 @@ fn request(model: &str, prompt: &str, want_logprobs: bool) -> WorkerGenerateRequ
         messages: vec![ChatMessage {
             role: "user".into(),
             content: prompt.into(),
+            ..Default::default()
         }],
         params: Some(GenerationParams {
             max_tokens: Some(16),

@@ -156,6 +156,7 @@ async fn up_serves_its_own_openai_worker_in_process_and_dials_a_static_one() {
             Event::Route(r) => route = Some(r),
             Event::Delta(d) => text.push_str(&d.text),
             Event::End(e) => end = Some(e),
+            Event::ToolCall(c) => panic!("no tools were offered: {c:?}"),
         }
     }
     assert_eq!(route.unwrap().worker_id, "engine-0");
@@ -444,7 +445,7 @@ async fn sigterm_lets_an_in_process_stream_finish_then_exits() {
         match event.event.unwrap() {
             Event::Delta(_) => deltas += 1,
             Event::End(e) => end = Some(e),
-            Event::Route(_) => {}
+            Event::Route(_) | Event::ToolCall(_) => {}
         }
     }
     let end = end.expect("the stream ended with usage, not cut off");

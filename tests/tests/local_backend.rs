@@ -87,6 +87,7 @@ async fn local_model_answers_through_the_mesh() {
         messages: vec![ChatMessage {
             role: "user".into(),
             content: "Tell me a very long story.".into(),
+            ..Default::default()
         }],
         params: Some(greedy(400, &[])),
         tenant: "t".into(),

@@ -211,6 +211,7 @@ async fn bad_input_gets_the_right_code_and_names_the_field() {
                 messages: vec![ChatMessage {
                     role: "user".into(),
                     content: "".into(),
+                    ..Default::default()
                 }],
                 ..Default::default()
             },

@@ -26,6 +26,7 @@ fn request(prompt: &str) -> WorkerGenerateRequest {
         messages: vec![ChatMessage {
             role: "user".into(),
             content: prompt.into(),
+            ..Default::default()
         }],
         params: Some(GenerationParams {
             max_tokens: Some(32),
@@ -79,6 +80,7 @@ async fn openai_engine_behind_the_worker() {
         match event.event.unwrap() {
             worker_stream_event::Event::Delta(d) => text.push_str(&d.text),
             worker_stream_event::Event::End(e) => end = Some(e),
+            worker_stream_event::Event::ToolCall(c) => panic!("no tools were offered: {c:?}"),
         }
     }
     assert_eq!(text, ANSWER_PIECES.concat());

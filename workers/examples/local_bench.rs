@@ -11,6 +11,7 @@ fn user(text: &str) -> Vec<ChatMessage> {
     vec![ChatMessage {
         role: "user".into(),
         content: text.into(),
+        ..Default::default()
     }]
 }
 
@@ -54,10 +55,12 @@ async fn main() -> Result<(), String> {
         ChatMessage {
             role: "system".into(),
             content: "You are a helpful assistant.".into(),
+            ..Default::default()
         },
         ChatMessage {
             role: "user".into(),
             content: "Please tell me a short story about a quick brown fox.".into(),
+            ..Default::default()
         },
     ];
     let n_prompt = backend.prompt_tokens(&prompt32)?.len();

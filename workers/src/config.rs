@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use routemesh_mesh::Tier;
+use routemesh_mesh::{DeclaredCapabilities, Tier};
 use routemesh_mesh::tls::TlsFiles;
 use serde::{Deserialize, Serialize};
 
@@ -54,6 +54,11 @@ pub struct WorkerConfig {
     /// `sim` backend's configured `tokens_per_second`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expected_tokens_per_second: Option<f64>,
+    /// What the engine can serve, where it differs from the backend's
+    /// default (see `Capabilities`): `tools`, `json_output`,
+    /// `structured_output`, `vision`, `logprobs`, `context_tokens`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub capabilities: DeclaredCapabilities,
     /// Address to listen on; port 0 picks a free port.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
@@ -169,6 +174,9 @@ impl WorkerConfig {
             self.expected_tokens_per_second,
         )
         .map_err(|(key, why)| format!("{key}: {why}"))?;
+        self.capabilities
+            .check()
+            .map_err(|(key, why)| format!("{key}: {why}"))?;
         routemesh_mesh::check_model_identity(self.router_model.as_deref(), self.params_b)
             .map_err(|(key, why)| format!("{key}: {why}"))?;
         self.backend.choice()?;
@@ -220,4 +228,8 @@ impl WorkerConfig {
             )
         })
     }
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }

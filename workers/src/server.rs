@@ -130,6 +130,7 @@ pub async fn start_worker(
         simulated: backend.simulated(),
         expected_ttft_ms,
         expected_tokens_per_second,
+        capabilities: Some(backend.capabilities().overridden(&config.capabilities)),
     };
     let state = WorkerState::new(record, backend);
     let (health, health_service) = tonic_health::server::health_reporter();

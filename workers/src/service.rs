@@ -85,6 +85,7 @@ impl WorkerState {
             estimated: engine.estimated,
             simulated: self.backend.simulated(),
             replay_quality: engine.replay_quality,
+            cached_prompt_tokens: None,
         }
     }
 
@@ -255,6 +256,8 @@ impl WorkerService {
                     finish_reason: done.finish_reason as i32,
                     usage: Some(state.usage(&done.usage, ttft, total)),
                     confidence: wire_confidence(asked, done.confidence),
+                    tool_calls: Vec::new(),
+                    logprobs: Vec::new(),
                 }))
             }
             Err(e) => {
@@ -293,7 +296,10 @@ impl WorkerService {
                     let out = match event {
                         Ok(EngineEvent::Delta(text)) => {
                             ttft.get_or_insert_with(|| ms_since(start));
-                            worker_stream_event::Event::Delta(TextDelta { text })
+                            worker_stream_event::Event::Delta(TextDelta {
+                                text,
+                                logprobs: Vec::new(),
+                            })
                         }
                         Ok(EngineEvent::End {
                             finish_reason,

@@ -120,6 +120,7 @@ impl Target {
         let messages = vec![ChatMessage {
             role: "user".into(),
             content: spec.prompt.clone(),
+            ..Default::default()
         }];
         let params = Some(GenerationParams {
             max_tokens: spec.max_tokens,
@@ -337,7 +338,10 @@ impl Target {
                 loop {
                     match events.message().await {
                         Ok(Some(event)) => match event.event {
-                            Some(worker_stream_event::Event::Delta(_)) => {
+                            Some(
+                                worker_stream_event::Event::Delta(_)
+                                | worker_stream_event::Event::ToolCall(_),
+                            ) => {
                                 first.get_or_insert_with(|| sent.elapsed());
                                 deltas += 1;
                             }

@@ -254,6 +254,9 @@ impl Config {
                 .map_err(|(key, why)| (format!("static_workers[{i}].{key}"), why))?;
             routemesh_mesh::check_model_identity(w.router_model.as_deref(), w.params_b)
                 .map_err(|(key, why)| (format!("static_workers[{i}].{key}"), why))?;
+            w.capabilities
+                .check()
+                .map_err(|(key, why)| (format!("static_workers[{i}].{key}"), why))?;
             if !ids.insert(w.id.clone()) {
                 return Err((
                     format!("static_workers[{i}].id"),

@@ -1,7 +1,7 @@
 //! The `registry:` and `static_workers:` sections: where workers announce
 //! themselves, and the workers a gateway dials without a registry.
 
-use routemesh_mesh::Tier;
+use routemesh_mesh::{DeclaredCapabilities, Tier};
 use serde::{Deserialize, Serialize};
 
 /// Where workers announce themselves: in the gateway's process (the default,
@@ -64,6 +64,15 @@ pub struct StaticWorker {
     /// Decode speed to assume until observed, tokens per second.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expected_tokens_per_second: Option<f64>,
+    /// What its engine cannot serve (`tools: false`, ...) and its context
+    /// length; unset keys assume the engine serves it (its own refusal is
+    /// the check).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub capabilities: DeclaredCapabilities,
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }
 
 fn default_static_capacity() -> u32 {

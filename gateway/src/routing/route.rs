@@ -352,6 +352,8 @@ fn explain(
         strategy: "single".to_string(),
         cascade: Vec::new(),
         escalated: false,
+        session: String::new(),
+        affinity: String::new(),
     }
 }
 

@@ -4,8 +4,8 @@
 
 use routemesh_mesh::driven::driven_stream;
 use routemesh_proto::v1::{
-    GenerateResponse, GenerateStreamEvent, RouteDecision, StreamEnd, Usage, WorkerStreamEvent,
-    generate_stream_event, worker_stream_event,
+    GenerateResponse, GenerateStreamEvent, RouteDecision, StreamEnd, ToolCall, ToolCallDelta,
+    Usage, WorkerGenerateResponse, WorkerStreamEvent, generate_stream_event, worker_stream_event,
 };
 use tokio::sync::mpsc::Sender;
 use tokio::time::Instant;
@@ -29,37 +29,50 @@ pub(super) async fn whole(
     flight: Flight,
     answer: Answer,
 ) -> Result<GenerateResponse, GatewayError> {
-    let (text, finish_reason, usage, route, worker) = match answer {
+    let (response, route, worker) = match answer {
         Answer::Whole {
             response,
             route,
             worker,
-        } => (
-            response.text,
-            response.finish_reason,
-            response.usage,
-            route,
-            worker,
-        ),
+        } => (response, route, worker),
         Answer::Stream(open) => collect(&flight, open).await?,
     };
     remember(&flight, &worker);
     Ok(GenerateResponse {
         request_id: flight.req.request_id.clone(),
-        text,
-        finish_reason,
-        usage: whole_cost(&flight, usage),
+        text: response.text,
+        finish_reason: response.finish_reason,
+        usage: whole_cost(&flight, response.usage),
         route: Some(route),
+        tool_calls: response.tool_calls,
+        logprobs: response.logprobs,
     })
 }
 
 type Collected = (
-    String,
-    i32,
-    Option<Usage>,
+    WorkerGenerateResponse,
     RouteDecision,
     std::sync::Arc<WorkerHandle>,
 );
+
+/// Adds a streamed piece of a tool call to the calls read so far: the first
+/// piece of call `index` opens it, later ones add to its arguments.
+pub(crate) fn add_tool_call_piece(calls: &mut Vec<ToolCall>, piece: ToolCallDelta) {
+    let index = piece.index as usize;
+    // Indices arrive in order; a gap (an engine that skips one) is closed
+    // with empty calls rather than misattributing the piece.
+    while calls.len() <= index {
+        calls.push(ToolCall::default());
+    }
+    let call = &mut calls[index];
+    if !piece.id.is_empty() {
+        call.id = piece.id;
+    }
+    if !piece.name.is_empty() {
+        call.name.push_str(&piece.name);
+    }
+    call.arguments.push_str(&piece.arguments);
+}
 
 /// A stream read to its end, for a client that wants one answer.
 async fn collect(flight: &Flight, open: OpenStream) -> Result<Collected, GatewayError> {
@@ -71,7 +84,7 @@ async fn collect(flight: &Flight, open: OpenStream) -> Result<Collected, Gateway
         span: _,
     } = open;
     let worker = guard.worker().clone();
-    let mut text = String::new();
+    let mut whole = WorkerGenerateResponse::default();
     let mut first = Some(first);
     loop {
         let item = match next_event(&mut first, &mut upstream, flight.deadline).await {
@@ -79,10 +92,19 @@ async fn collect(flight: &Flight, open: OpenStream) -> Result<Collected, Gateway
             Err(broken) => return Err(broken.settle(guard, flight, None)),
         };
         match item.event {
-            Some(worker_stream_event::Event::Delta(delta)) => text.push_str(&delta.text),
+            Some(worker_stream_event::Event::Delta(delta)) => {
+                whole.text.push_str(&delta.text);
+                whole.logprobs.extend(delta.logprobs);
+            }
+            Some(worker_stream_event::Event::ToolCall(piece)) => {
+                add_tool_call_piece(&mut whole.tool_calls, piece);
+            }
             Some(worker_stream_event::Event::End(end)) => {
                 guard.served(end.usage.as_ref()).await;
-                return Ok((text, end.finish_reason, end.usage, route, worker));
+                whole.finish_reason = end.finish_reason;
+                whole.usage = end.usage;
+                whole.confidence = end.confidence;
+                return Ok((whole, route, worker));
             }
             None => {}
         }
@@ -117,19 +139,28 @@ pub(super) fn stream(flight: Flight, answer: Answer) -> EventStream {
                     event: Some(event),
                 })
             };
-            let events = vec![
-                event(generate_stream_event::Event::Route(route)),
-                event(generate_stream_event::Event::Delta(
+            let mut events = vec![event(generate_stream_event::Event::Route(route))];
+            if !response.text.is_empty() || !response.logprobs.is_empty() {
+                events.push(event(generate_stream_event::Event::Delta(
                     routemesh_proto::v1::TextDelta {
                         text: response.text,
+                        logprobs: response.logprobs,
                     },
-                )),
-                event(generate_stream_event::Event::End(StreamEnd {
+                )));
+            }
+            for (index, call) in response.tool_calls.into_iter().enumerate() {
+                events.push(event(generate_stream_event::Event::ToolCall(ToolCallDelta {
+                    index: u32::try_from(index).unwrap_or(u32::MAX),
+                    id: call.id,
+                    name: call.name,
+                    arguments: call.arguments,
+                })));
+            }
+            events.push(event(generate_stream_event::Event::End(StreamEnd {
                     finish_reason: response.finish_reason,
                     usage: whole_cost(&flight, response.usage),
                     confidence: response.confidence,
-                })),
-            ];
+                })));
             Box::pin(futures::stream::iter(events))
         }
         Answer::Stream(open) => {
@@ -203,6 +234,16 @@ async fn relay(
                 ) {
                     // Client gone (or not reading): dropping `upstream`
                     // cancels the worker.
+                    guard.client_gone(generated(deltas_sent)).await;
+                    return;
+                }
+            }
+            Some(worker_stream_event::Event::ToolCall(piece)) => {
+                deltas_sent += 1;
+                if !matches!(
+                    send(event(generate_stream_event::Event::ToolCall(piece))).await,
+                    Ok(Ok(()))
+                ) {
                     guard.client_gone(generated(deltas_sent)).await;
                     return;
                 }

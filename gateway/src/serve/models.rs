@@ -23,6 +23,7 @@ impl GatewayState {
                     healthy_workers: 0,
                     router_model: knowledge.router_model().unwrap_or_default().to_string(),
                     router_knowledge: knowledge.as_str().to_string(),
+                    capabilities: Some(w.record.capabilities().into()),
                 }
             });
             info.healthy_workers += u32::from(w.healthy());

@@ -8,6 +8,7 @@
 //! this instead of the router (the ML crate) and the router links it for the
 //! tier and price of a model.
 
+mod capabilities;
 pub mod driven;
 mod model;
 mod redis_conn;
@@ -16,6 +17,7 @@ mod tier;
 pub mod tls;
 pub mod trace_context;
 
+pub use capabilities::{Capabilities, DeclaredCapabilities, Lack, Needs};
 pub use model::{ModelSpec, TokenPrices};
 pub use redis_conn::{Patience, RedisConn, key_prefix};
 pub use registry::{

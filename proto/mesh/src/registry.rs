@@ -9,6 +9,7 @@ use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
+use crate::capabilities::Capabilities;
 use crate::model::TokenPrices;
 use crate::redis_conn::{Patience, RedisConn};
 use crate::tier::Tier;
@@ -50,9 +51,18 @@ pub struct WorkerRecord {
     /// Decode speed, tokens per second, declared the same way.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expected_tokens_per_second: Option<f64>,
+    /// What the worker's engine can serve; `None` from an agent older than
+    /// capabilities ([`Capabilities::UNDECLARED`] is assumed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capabilities: Option<Capabilities>,
 }
 
 impl WorkerRecord {
+    /// What the worker's engine can serve, as declared or assumed.
+    pub fn capabilities(&self) -> Capabilities {
+        self.capabilities.unwrap_or(Capabilities::UNDECLARED)
+    }
+
     /// The prices the worker charges.
     pub fn prices(&self) -> TokenPrices {
         TokenPrices {

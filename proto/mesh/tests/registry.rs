@@ -36,11 +36,16 @@ fn record(id: &str, tier: Tier) -> WorkerRecord {
         simulated: true,
         expected_ttft_ms: Some(120.0),
         expected_tokens_per_second: None,
+        capabilities: Some(routemesh_mesh::Capabilities {
+            tools: false,
+            context_tokens: Some(4096),
+            ..routemesh_mesh::Capabilities::OPENAI_ENGINE
+        }),
     }
 }
 
-/// A record written before workers declared their speed still decodes, and
-/// the declared figures survive the JSON round trip.
+/// A record written before workers declared their speed or capabilities
+/// still decodes, and the declared figures survive the JSON round trip.
 #[test]
 fn records_without_declared_speed_decode() {
     let old = r#"{"id":"w","model":"m","tier":"small","endpoint":"http://h:1","capacity":4,"max_queue":16,"input_usd_per_mtok":0.1,"output_usd_per_mtok":0.2,"quality_prior":null,"backend":"sim","simulated":true}"#;
@@ -49,6 +54,8 @@ fn records_without_declared_speed_decode() {
         (r.expected_ttft_ms, r.expected_tokens_per_second),
         (None, None)
     );
+    // An agent older than capabilities is assumed to serve everything.
+    assert_eq!(r.capabilities(), routemesh_mesh::Capabilities::UNDECLARED);
     let new = record("n", Tier::Large);
     let back: WorkerRecord = serde_json::from_str(&serde_json::to_string(&new).unwrap()).unwrap();
     assert_eq!(back, new);

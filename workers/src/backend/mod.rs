@@ -137,6 +137,9 @@ pub trait Backend: Send + Sync + 'static {
     fn simulated(&self) -> bool {
         false
     }
+    /// What the engine can serve before the worker's `capabilities:`
+    /// configuration overrides it.
+    fn capabilities(&self) -> routemesh_mesh::Capabilities;
     async fn generate(&self, input: GenerateInput) -> Result<Completion, EngineError>;
     async fn stream(&self, input: GenerateInput) -> Result<EngineStream, EngineError>;
 }

@@ -268,6 +268,10 @@ fn usage_or_estimate(
 
 #[async_trait::async_trait]
 impl Backend for OpenAiBackend {
+    fn capabilities(&self) -> routemesh_mesh::Capabilities {
+        routemesh_mesh::Capabilities::OPENAI_ENGINE
+    }
+
     fn kind(&self) -> &'static str {
         "openai"
     }

@@ -374,6 +374,10 @@ struct Plan {
 
 #[async_trait::async_trait]
 impl Backend for SimBackend {
+    fn capabilities(&self) -> routemesh_mesh::Capabilities {
+        routemesh_mesh::Capabilities::UNDECLARED
+    }
+
     fn kind(&self) -> &'static str {
         "sim"
     }
@@ -495,6 +499,7 @@ mod tests {
             messages: vec![ChatMessage {
                 role: "user".into(),
                 content: prompt.into(),
+                ..Default::default()
             }],
             params,
             want_logprobs: false,

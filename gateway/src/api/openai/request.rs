@@ -110,6 +110,7 @@ pub(super) fn parse_chat(body: &[u8]) -> Result<ChatRequest, ApiError> {
         chat.push(ChatMessage {
             role: role.to_string(),
             content,
+            ..Default::default()
         });
     }
     if let Some(n) = opt_u64(&body, "n")?
@@ -145,6 +146,7 @@ pub(super) fn parse_chat(body: &[u8]) -> Result<ChatRequest, ApiError> {
         top_p: opt_f64(&body, "top_p")?.map(|t| t as f32),
         stop,
         seed: opt_u64(&body, "seed")?,
+        ..Default::default()
     };
     let hints = match body.get("routing") {
         None | Some(Value::Null) => None,
@@ -168,6 +170,7 @@ pub(super) fn parse_chat(body: &[u8]) -> Result<ChatRequest, ApiError> {
         params: Some(params),
         hints,
         tenant: String::new(),
+        ..Default::default()
     };
     Ok(ChatRequest {
         grpc,

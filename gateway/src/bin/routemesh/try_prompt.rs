@@ -12,6 +12,7 @@ pub async fn try_request(addr: SocketAddr, prompt: &str) -> anyhow::Result<()> {
         messages: vec![ChatMessage {
             role: "user".into(),
             content: prompt.into(),
+            ..Default::default()
         }],
         ..Default::default()
     };

@@ -173,16 +173,19 @@ fn verification_prompt(question: &str, answer: &str) -> Vec<ChatMessage> {
     let user = |content: String| ChatMessage {
         role: "user".into(),
         content,
+        ..Default::default()
     };
     let assistant = |content: &str| ChatMessage {
         role: "assistant".into(),
         content: content.into(),
+        ..Default::default()
     };
     let case = |q: &str, a: &str| format!("Question: {q}\n\nProposed answer: {a}\n\nVerdict:");
     vec![
         ChatMessage {
             role: "system".into(),
             content: INSTRUCTION.into(),
+            ..Default::default()
         },
         user(case(
             "Tom has 3 boxes of 12 pencils and gives away 5 pencils. How many are left?",

@@ -58,6 +58,7 @@ fn input(prompt: &str, params: GenerationParams) -> GenerateInput {
         messages: vec![ChatMessage {
             role: "user".into(),
             content: prompt.into(),
+            ..Default::default()
         }],
         params,
         want_logprobs: false,
