@@ -32,6 +32,12 @@ pub struct ValidRequest {
     /// `tenant`, never taken from the request itself.
     pub owner: Option<String>,
     pub prompt_chars: usize,
+    /// The end user (OpenAI's `user`), forwarded to the engine.
+    pub user: String,
+    /// Free-form tags, kept in logs and traces.
+    pub metadata: std::collections::HashMap<String, String>,
+    /// The client's session id (empty: none given).
+    pub session_id: String,
     /// RouteLLM-style threshold routing (model `router-<name>-<threshold>`).
     pub threshold: Option<f64>,
 }
@@ -289,6 +295,9 @@ pub fn validate(
         tenant,
         owner: None,
         prompt_chars,
+        user: req.user,
+        metadata: req.metadata,
+        session_id: req.session_id,
         threshold,
     })
 }

@@ -32,6 +32,7 @@ fn request(model: &str, prompt: &str, want_logprobs: bool) -> WorkerGenerateRequ
         }),
         tenant: "t".into(),
         want_logprobs,
+        user: String::new(),
     }
 }
 

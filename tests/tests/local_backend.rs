@@ -92,6 +92,7 @@ async fn local_model_answers_through_the_mesh() {
         params: Some(greedy(400, &[])),
         tenant: "t".into(),
         want_logprobs: false,
+        user: String::new(),
     };
     let mut stream = worker.generate_stream(long).await.unwrap().into_inner();
     for _ in 0..2 {

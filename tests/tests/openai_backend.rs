@@ -37,6 +37,7 @@ fn request(prompt: &str) -> WorkerGenerateRequest {
         }),
         tenant: "t".into(),
         want_logprobs: false,
+        user: String::new(),
     }
 }
 

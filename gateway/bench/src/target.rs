@@ -190,6 +190,7 @@ impl Target {
                     params,
                     tenant: "bench".into(),
                     want_logprobs: false,
+                    user: String::new(),
                 };
                 Ok((
                     Self::Worker {

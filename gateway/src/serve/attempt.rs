@@ -290,6 +290,7 @@ impl Flight {
             params: Some(step.params.as_ref().unwrap_or(&req.params).clone()),
             tenant: req.tenant.clone(),
             want_logprobs: step.want_logprobs,
+            user: req.user.clone(),
         });
         // The client's deadline and trace travel to the worker.
         request.set_timeout(remaining);
