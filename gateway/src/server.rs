@@ -272,15 +272,31 @@ fn policy(config: &GatewayConfig, cost_weight: f64) -> Box<dyn Policy> {
 /// in this process.
 /// `local`: worker agents running in this process, which the gateway calls
 /// in-process when the registry lists them (empty for `routemesh gateway`).
+/// The stores a gateway shares with the other replicas of its mesh
+/// (through Redis); each left `None` is kept in the gateway's memory.
+#[derive(Default)]
+pub struct SharedStores {
+    pub telemetry: Option<Telemetry>,
+    pub limits: Option<crate::tenancy::limits::Limits>,
+    pub keys: Option<ApiKeys>,
+    pub feedback: Option<crate::routing::feedback::SharedFeedback>,
+    /// Where conversations' turns were served (session affinity).
+    pub sessions: Option<routemesh_mesh::RedisConn>,
+}
+
 pub async fn start_gateway(
     config: GatewayConfig,
     registry: Arc<dyn Registry>,
     local: LocalWorkers,
-    shared_telemetry: Option<Telemetry>,
-    limits: Option<crate::tenancy::limits::Limits>,
-    keys: Option<ApiKeys>,
-    feedback: Option<crate::routing::feedback::SharedFeedback>,
+    shared: SharedStores,
 ) -> Result<RunningGateway, ServeError> {
+    let SharedStores {
+        telemetry: shared_telemetry,
+        limits,
+        keys,
+        feedback,
+        sessions,
+    } = shared;
     let keys = match keys {
         Some(keys) => keys,
         None => ApiKeys::from_config(&config.auth)
@@ -374,7 +390,22 @@ pub async fn start_gateway(
     let feedback_sync = feedback
         .clone()
         .spawn_sync(config.telemetry.snapshot_interval, shutdown.child_token());
+    let (sessions, sessions_writer) = match sessions {
+        Some(conn) => {
+            let (sessions, writer) = crate::routing::affinity::Sessions::shared(
+                config.session_affinity.clone(),
+                conn,
+                shutdown.child_token(),
+            );
+            (sessions, Some(writer))
+        }
+        None => (
+            crate::routing::affinity::Sessions::local(config.session_affinity.clone()),
+            None,
+        ),
+    };
     let state = Arc::new(GatewayState {
+        sessions,
         pool,
         routing: crate::routing::Routing::new(
             policy(&config, cost_weight),
@@ -442,6 +473,7 @@ pub async fn start_gateway(
                 pipeline,
                 keys,
                 max_body_bytes: config.max_request_bytes,
+                ignore_unknown_fields: config.openai.ignore_unknown_fields,
             });
             Some(serve_http(
                 listener,
@@ -537,6 +569,9 @@ pub async fn start_gateway(
                 let _ = sync.await;
             }
             let _ = onboarding.await;
+            if let Some(writer) = sessions_writer {
+                let _ = writer.await;
+            }
             tls_tasks.shutdown().await;
             state_for_shutdown.recorder.shutdown().await;
             stop_admin.cancel();

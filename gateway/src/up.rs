@@ -25,6 +25,8 @@ pub enum UpError {
     Limits(redis::RedisError),
     #[error("feedback memory (Redis): {0}")]
     Feedback(redis::RedisError),
+    #[error("session affinity (Redis): {0}")]
+    Sessions(redis::RedisError),
     #[error("telemetry: {0}")]
     Telemetry(#[from] routemesh_telemetry::StoreError),
     #[error("gateway: {0}")]
@@ -171,17 +173,33 @@ impl Mesh {
                 }
                 None => None,
             };
-            match start_gateway(
-                config.gateway.clone(),
-                registry,
-                local,
+            let sessions = match &config.registry.redis {
+                Some(r) if config.gateway.session_affinity.enabled => {
+                    // Short timeouts: a later turn may read it on the request path.
+                    let patience = routemesh_mesh::Patience {
+                        connect_timeout: std::time::Duration::from_millis(500),
+                        response_timeout: std::time::Duration::from_millis(500),
+                        retries: 1,
+                        max_retry_delay: None,
+                    };
+                    match routemesh_mesh::RedisConn::connect(&r.url, &r.mesh, patience).await {
+                        Ok(conn) => Some(conn),
+                        Err(e) => {
+                            mesh.shutdown().await;
+                            return Err(UpError::Sessions(e));
+                        }
+                    }
+                }
+                _ => None,
+            };
+            let shared = crate::server::SharedStores {
                 telemetry,
                 limits,
                 keys,
                 feedback,
-            )
-            .await
-            {
+                sessions,
+            };
+            match start_gateway(config.gateway.clone(), registry, local, shared).await {
                 Ok(g) => mesh.gateway = Some(g),
                 Err(e) => {
                     mesh.shutdown().await;

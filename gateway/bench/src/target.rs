@@ -80,6 +80,8 @@ pub enum GatewayCall {
 }
 
 /// A connected target, cheap to clone into each request task.
+// One per run, cloned per request task: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone)]
 pub enum Target {
     Gateway {

@@ -136,6 +136,23 @@ pub struct GatewayConfig {
     /// Per-tenant settings, by tenant name.
     #[serde(default)]
     pub tenants: std::collections::HashMap<String, crate::tenancy::tenants::TenantConfig>,
+    /// How strictly the OpenAI-compatible API reads requests.
+    #[serde(default)]
+    pub openai: OpenAiApiConfig,
+    /// Keeping each conversation on the model that served its first turn.
+    #[serde(default)]
+    pub session_affinity: crate::routing::affinity::SessionAffinityConfig,
+}
+
+/// The OpenAI-compatible API's reading of requests.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OpenAiApiConfig {
+    /// Accept (and drop) fields the API does not know, for clients that
+    /// send vendor extras. Off by default: an unknown field, often a typo,
+    /// is refused with a 400 naming it. `routing` keys are always checked.
+    #[serde(default)]
+    pub ignore_unknown_fields: bool,
 }
 
 /// Telemetry is shared through `registry.redis` when that is set, and kept in

@@ -3,6 +3,7 @@
 //! decisions: nothing here calls a worker (strategies, which do, live in
 //! `serve/`).
 
+pub(crate) mod affinity;
 pub mod feedback;
 pub mod policy;
 pub mod quality;

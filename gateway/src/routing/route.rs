@@ -12,6 +12,8 @@ use routemesh_telemetry::LiveSnapshot;
 use tokio::time::Instant;
 
 use super::Routing;
+use super::affinity::{AffinityOutcome, Session, Sticky};
+use super::policy::CandidateScore;
 use super::policy::Hints;
 use super::view::view_of;
 use crate::error::GatewayError;
@@ -34,6 +36,8 @@ pub(crate) struct RouteRequest<'a> {
     /// Estimated from the prompt's length.
     pub(crate) prompt_tokens: u32,
     pub(crate) max_tokens: u32,
+    /// What the serving engine must be able to do.
+    pub(crate) needs: &'a routemesh_mesh::Needs,
     pub(crate) hints: &'a Hints,
     /// A model the client named; only its workers may serve.
     pub(crate) pinned_model: Option<&'a str>,
@@ -51,6 +55,8 @@ pub(crate) struct RouteContext<'a> {
     pub(crate) cost_weight: Option<f64>,
     /// The tenant the API key authenticated: whose feedback applies.
     pub(crate) owner: &'a Option<String>,
+    /// The request's session and where its earlier turns were served.
+    pub(crate) session: Option<(&'a Session, Option<&'a Sticky>)>,
 }
 
 impl Routing {
@@ -67,6 +73,7 @@ impl Routing {
             live,
             cost_weight,
             owner,
+            session,
         } = *cx;
         let start = Instant::now();
         let workers: Vec<&Arc<WorkerHandle>> = workers
@@ -92,6 +99,7 @@ impl Routing {
         let input = RouteInput {
             prompt_tokens: req.prompt_tokens,
             max_tokens: req.max_tokens,
+            needs: req.needs,
             hints: req.hints,
             pinned_model: req.pinned_model,
             predicted_quality: Some(&predictions),
@@ -112,7 +120,11 @@ impl Routing {
             Some(threshold) => threshold,
             None => self.policy.as_ref(),
         };
-        let decision = policy.decide(&input, &views);
+        let mut decision = policy.decide(&input, &views);
+        let affinity = session.map(|(_, sticky)| match sticky {
+            Some(sticky) => follow_session(&mut decision, sticky),
+            None => AffinityOutcome::Started,
+        });
         let took = start.elapsed();
         span.record("routemesh.policy", decision.policy);
         span.record("routemesh.reason", decision.reason.as_str());
@@ -126,7 +138,11 @@ impl Routing {
                 took,
             );
         }
-        let explanation = explain(req.request_id, &decision, live, &qualities, took);
+        let mut explanation = explain(req.request_id, &decision, live, &qualities, took);
+        if let (Some((session, _)), Some(affinity)) = (session, affinity) {
+            explanation.session = session.label.clone();
+            explanation.affinity = affinity.as_str().to_string();
+        }
         match decision.chosen {
             Ok(i) => Ok(Routed {
                 worker: workers[i].clone(),
@@ -280,6 +296,54 @@ impl Routing {
             );
         }
         out
+    }
+}
+
+/// Keeps the decision on the session's model (and, when it can serve, its
+/// worker, whose prefix cache holds the earlier turns) if any of its
+/// workers is eligible; otherwise the policy's choice stands and the reason
+/// says why the session moved.
+fn follow_session(decision: &mut Decision, sticky: &Sticky) -> AffinityOutcome {
+    let Ok(chosen) = decision.chosen else {
+        return AffinityOutcome::Moved;
+    };
+    let same_model = |c: &&CandidateScore| c.model == sticky.model;
+    let best = decision
+        .candidates
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.eligible() && same_model(c))
+        .max_by(|(_, a), (_, b)| {
+            (a.worker_id == sticky.worker)
+                .cmp(&(b.worker_id == sticky.worker))
+                .then(a.score.total_cmp(&b.score))
+        })
+        .map(|(i, _)| i);
+    match best {
+        Some(i) => {
+            let policy_choice = &decision.candidates[chosen];
+            if policy_choice.model != sticky.model {
+                decision.reason = format!(
+                    "session affinity: the conversation stays on {} (it served the earlier turns); the policy alone would pick {}: {}",
+                    sticky.model, policy_choice.model, decision.reason
+                );
+            }
+            decision.chosen = Ok(i);
+            AffinityOutcome::Kept
+        }
+        None => {
+            let why = decision
+                .candidates
+                .iter()
+                .filter(|c| c.model == sticky.model)
+                .find_map(|c| c.excluded.as_ref().map(ToString::to_string))
+                .unwrap_or_else(|| "it is no longer in the pool".to_string());
+            decision.reason = format!(
+                "{}; the session moved from {}: {why}",
+                decision.reason, sticky.model
+            );
+            AffinityOutcome::Moved
+        }
     }
 }
 

@@ -34,6 +34,7 @@ pub(crate) fn view_of<'a>(
     WorkerView {
         worker_id: &w.record.id,
         model: &w.spec,
+        capabilities: w.record.capabilities(),
         health: health_of(w),
         gateway_in_flight: w.in_flight(),
         reported_in_flight: load.as_ref().map_or(0, |l| l.in_flight),

@@ -13,6 +13,7 @@ use super::state::GatewayState;
 use crate::error::GatewayError;
 use crate::pool::Snapshot;
 use crate::request::{ValidRequest, validate};
+use crate::routing::affinity::{Session, Sticky};
 use crate::routing::quality::Predicted;
 use crate::tenancy::auth::Tenant;
 use crate::tenancy::limits::Refusal;
@@ -31,7 +32,8 @@ impl GatewayState {
         let req = self.accept(incoming, &snapshot)?;
         self.check_limits(&req).await?;
         let predicted = self.predict(&req, &snapshot).await;
-        Ok(Flight::new(
+        let session = self.session_of(&req).await;
+        let mut flight = Flight::new(
             self.clone(),
             permit,
             budget,
@@ -39,7 +41,16 @@ impl GatewayState {
             snapshot,
             req,
             predicted,
-        ))
+        );
+        flight.session = session;
+        Ok(flight)
+    }
+
+    /// The request's session and where its earlier turns went, if known.
+    pub(crate) async fn session_of(&self, req: &ValidRequest) -> Option<(Session, Option<Sticky>)> {
+        let session = self.sessions.session_of(req)?;
+        let sticky = self.sessions.lookup(&session).await;
+        Some((session, sticky))
     }
 
     /// Validates the request and settles its tenant: the API key's when keys
@@ -84,7 +95,7 @@ impl GatewayState {
         let quality = &self.routing.quality;
         let names = quality.router_names(snapshot.iter().map(|w| &w.spec));
         let models: Vec<&str> = names.iter().map(String::as_str).collect();
-        quality.predict(req.routing_prompt(), &models).await
+        quality.predict(&req.routing_prompt(), &models).await
     }
 
     /// The tenant's rate limits and budgets, checked before any work.

@@ -19,6 +19,7 @@ use super::state::GatewayState;
 use crate::error::GatewayError;
 use crate::pool::{InFlight, Snapshot, WorkerHandle};
 use crate::request::ValidRequest;
+use crate::routing::affinity::{Session, Sticky};
 use crate::routing::policy::Hints;
 use crate::routing::quality::Predicted;
 use crate::routing::route::{RouteContext, Routed};
@@ -108,6 +109,9 @@ pub(crate) struct Flight {
     /// cost (a cascade's weak answers and verification questions): the
     /// client is told the request's whole cost.
     pub(crate) other_calls_cost_usd: f64,
+    /// The conversation the request continues, and where its earlier
+    /// turns were served.
+    pub(crate) session: Option<(Session, Option<Sticky>)>,
     /// The request's slot under `max_concurrent_requests`, held to the end
     /// (a stream's end).
     _permit: OwnedSemaphorePermit,
@@ -132,6 +136,7 @@ impl Flight {
             deadline,
             failed_workers: Vec::new(),
             last_failure: None,
+            session: None,
             calls: 0,
             other_calls_cost_usd: 0.0,
             _permit: permit,
@@ -219,6 +224,28 @@ impl Flight {
         let no_model_ran = routemesh_worker::error::is_retryable(&status)
             || status.code() == tonic::Code::Unavailable;
         let state = &self.state;
+        // The engine refused the conversation as longer than its context
+        // (OUT_OF_RANGE from a worker): every worker of that model would
+        // refuse it too, but a model with a longer context may serve it.
+        // Not drawn from the retry budget: the refusal is the request's
+        // doing, cheap, and says nothing about the pool's health.
+        if status.code() == tonic::Code::OutOfRange && attempts < state.config.max_attempts as usize
+        {
+            tracing::info!(worker = %worker.record.id, %status, "context too short; trying a longer one");
+            crate::metrics::failover(&worker.record.model);
+            let model = &worker.record.model;
+            self.failed_workers.extend(
+                self.snapshot
+                    .iter()
+                    .filter(|w| &w.record.model == model)
+                    .map(|w| w.record.id.clone()),
+            );
+            self.last_failure = Some(GatewayError::Worker {
+                worker_id: worker.record.id.clone(),
+                status,
+            });
+            return Ok(());
+        }
         if no_model_ran
             && attempts < state.config.max_attempts as usize
             && state.retry_budget.try_withdraw()
@@ -261,6 +288,10 @@ impl Flight {
             live: &live,
             cost_weight: self.state.cost_targets.cost_weight(&self.req.tenant),
             owner: &self.req.owner,
+            session: self
+                .session
+                .as_ref()
+                .map(|(s, sticky)| (s, sticky.as_ref())),
         };
         loop {
             let routed = self
@@ -300,6 +331,8 @@ impl Flight {
 }
 
 /// A worker call that answered: all of it, or a stream's first event.
+// Made and moved once per call: the size of its variants does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Opened {
     Whole(WorkerGenerateResponse),
     Stream(Box<(Streaming<WorkerStreamEvent>, WorkerStreamEvent)>),

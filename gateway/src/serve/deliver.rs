@@ -17,6 +17,7 @@ use super::call::CallGuard;
 use super::recent::Served;
 use crate::error::GatewayError;
 use crate::pool::WorkerHandle;
+use crate::routing::affinity::Sticky;
 
 /// The events of a streamed generation: the route, deltas, then the end (or
 /// an error, mid-stream).
@@ -149,18 +150,20 @@ pub(super) fn stream(flight: Flight, answer: Answer) -> EventStream {
                 )));
             }
             for (index, call) in response.tool_calls.into_iter().enumerate() {
-                events.push(event(generate_stream_event::Event::ToolCall(ToolCallDelta {
-                    index: u32::try_from(index).unwrap_or(u32::MAX),
-                    id: call.id,
-                    name: call.name,
-                    arguments: call.arguments,
-                })));
+                events.push(event(generate_stream_event::Event::ToolCall(
+                    ToolCallDelta {
+                        index: u32::try_from(index).unwrap_or(u32::MAX),
+                        id: call.id,
+                        name: call.name,
+                        arguments: call.arguments,
+                    },
+                )));
             }
             events.push(event(generate_stream_event::Event::End(StreamEnd {
-                    finish_reason: response.finish_reason,
-                    usage: whole_cost(&flight, response.usage),
-                    confidence: response.confidence,
-                })));
+                finish_reason: response.finish_reason,
+                usage: whole_cost(&flight, response.usage),
+                confidence: response.confidence,
+            })));
             Box::pin(futures::stream::iter(events))
         }
         Answer::Stream(open) => {
@@ -332,4 +335,14 @@ fn remember(flight: &Flight, worker: &WorkerHandle) {
             flight.predicted.clone(),
         ),
     );
+    // The conversation's next turn follows this one.
+    if let Some((session, _)) = &flight.session {
+        flight.state.sessions.remember(
+            session,
+            Sticky {
+                model: worker.record.model.clone(),
+                worker: worker.record.id.clone(),
+            },
+        );
+    }
 }

@@ -87,6 +87,7 @@ impl Pipeline {
         let snapshot = state.pool.snapshot();
         let req = state.accept(incoming, &snapshot)?;
         let predicted = state.predict(&req, &snapshot).await;
+        let session = state.session_of(&req).await;
         let live = state.recorder.snapshot();
         let cx = RouteContext {
             req: req.routing(),
@@ -94,6 +95,7 @@ impl Pipeline {
             live: &live,
             cost_weight: state.cost_targets.cost_weight(&req.tenant),
             owner: &req.owner,
+            session: session.as_ref().map(|(s, sticky)| (s, sticky.as_ref())),
         };
         // A strategy that narrows the first call (a cascade's cheap step)
         // is shown as that call would be routed.

@@ -31,6 +31,8 @@ pub(crate) struct GatewayState {
     pub(crate) retry_budget: RetryBudget,
     /// Tenant rate limits and budgets.
     pub limits: Limits,
+    /// Where each conversation's earlier turns were served.
+    pub(crate) sessions: crate::routing::affinity::Sessions,
 }
 
 impl std::fmt::Debug for GatewayState {

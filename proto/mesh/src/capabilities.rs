@@ -213,7 +213,10 @@ mod tests {
             tools: true,
             ..Needs::default()
         };
-        assert_eq!(small.lack(&needs).map(|l| l.to_string()).as_deref(), Some("no tool calling"));
+        assert_eq!(
+            small.lack(&needs).map(|l| l.to_string()).as_deref(),
+            Some("no tool calling")
+        );
         let long = Needs {
             prompt_tokens: 5951,
             max_tokens: 256,

@@ -1,5 +1,6 @@
 //! The OpenAI-compatible HTTP API: `POST /v1/chat/completions` (plain and
-//! SSE) and `GET /v1/models`, served beside gRPC on the same routing path.
+//! SSE, tools and tool calls, response formats, log-probs) and
+//! `GET /v1/models[/{id}]`, served beside gRPC on the same routing path.
 //!
 //! Requests are translated into the native request (`request`) and run
 //! through the very same serving path as gRPC, so validation, routing,
@@ -22,13 +23,14 @@ use axum::routing::{get, post};
 use futures::StreamExt;
 use routemesh_mesh::Tier;
 use routemesh_proto::v1::{
-    FinishReason, RouteDecision, Tier as WireTier, Usage, generate_stream_event,
+    FinishReason, RouteDecision, Tier as WireTier, TokenLogprob, ToolCall, ToolCallDelta, Usage,
+    generate_stream_event,
 };
 use serde_json::{Value, json};
 use tonic::Code;
 use tracing::Instrument;
 
-use self::error::{ApiError, bad_request, gateway_error, http_status, openai_error};
+use self::error::{ApiError, gateway_error, openai_error};
 pub(crate) use self::request::ROUTER_MODEL;
 use self::request::parse_chat;
 use crate::error::GatewayError;
@@ -41,6 +43,8 @@ pub(crate) struct HttpState {
     pub keys: ApiKeys,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
+    /// Drop unknown fields rather than refuse them.
+    pub ignore_unknown_fields: bool,
 }
 
 pub(crate) fn router(state: HttpState) -> Router {
@@ -48,16 +52,41 @@ pub(crate) fn router(state: HttpState) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/models", get(list_models))
+        .route("/v1/models/{id}", get(get_model))
         .fallback(|| async {
             openai_error(
                 StatusCode::NOT_FOUND,
                 "invalid_request_error",
                 None,
-                "no such endpoint; routemesh serves /v1/chat/completions and /v1/models".into(),
+                "no such endpoint; routemesh serves /v1/chat/completions, /v1/responses and /v1/models"
+                    .into(),
             )
         })
         .layer(axum::extract::DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::map_response(move |r: Response| async move {
+            too_large_as_json(r, limit)
+        }))
         .with_state(state)
+}
+
+/// axum refuses an over-long body with a plain-text 413; OpenAI clients
+/// expect their JSON error shape on every failure.
+fn too_large_as_json(response: Response, limit: usize) -> Response {
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if response.status() != StatusCode::PAYLOAD_TOO_LARGE || is_json {
+        return response;
+    }
+    openai_error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "invalid_request_error",
+        None,
+        format!("request body is larger than {limit} bytes (gateway.max_request_bytes)"),
+    )
+    .with_code("request_too_large")
+    .into_response()
 }
 
 /// An error in OpenAI's JSON shape.
@@ -79,22 +108,75 @@ async fn authorize(state: &HttpState, headers: &HeaderMap) -> Result<Option<Tena
         .map_err(|e| gateway_error(e.into()))
 }
 
-/// A chat request parsed from OpenAI's JSON.
+/// OpenAI's name for why generation ended.
 fn finish_reason(reason: i32) -> &'static str {
     match FinishReason::try_from(reason) {
         Ok(FinishReason::Length) => "length",
+        Ok(FinishReason::ToolCalls) => "tool_calls",
+        Ok(FinishReason::ContentFilter) => "content_filter",
         _ => "stop",
     }
 }
 
 fn usage_json(usage: &Usage) -> Value {
-    json!({
+    let mut out = json!({
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
         "total_tokens": usage.prompt_tokens + usage.completion_tokens,
         "cost_usd": usage.cost_usd,
         "estimated": usage.estimated,
-    })
+    });
+    if let Some(cached) = usage.cached_prompt_tokens {
+        out["prompt_tokens_details"] = json!({"cached_tokens": cached});
+    }
+    out
+}
+
+fn bytes_json(bytes: &[u8]) -> Value {
+    if bytes.is_empty() {
+        Value::Null
+    } else {
+        Value::from(bytes.to_vec())
+    }
+}
+
+/// Per-token log-probabilities in OpenAI's `logprobs` shape.
+fn logprobs_json(tokens: &[TokenLogprob]) -> Value {
+    let content: Vec<Value> = tokens
+        .iter()
+        .map(|t| {
+            json!({
+                "token": t.token,
+                "logprob": t.logprob,
+                "bytes": bytes_json(&t.bytes),
+                "top_logprobs": t.top_logprobs.iter().map(|top| json!({
+                    "token": top.token, "logprob": top.logprob, "bytes": bytes_json(&top.bytes),
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json!({"content": content, "refusal": Value::Null})
+}
+
+fn tool_calls_json(calls: &[ToolCall]) -> Value {
+    calls
+        .iter()
+        .map(|c| json!({"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}))
+        .collect()
+}
+
+/// One streamed piece of a tool call as OpenAI's `delta.tool_calls`: the
+/// first piece of a call names it, later ones only add arguments.
+fn tool_call_delta_json(piece: &ToolCallDelta) -> Value {
+    let mut call = json!({"index": piece.index, "function": {"arguments": piece.arguments}});
+    if !piece.id.is_empty() {
+        call["id"] = piece.id.clone().into();
+        call["type"] = "function".into();
+    }
+    if !piece.name.is_empty() {
+        call["function"]["name"] = piece.name.clone().into();
+    }
+    json!({"tool_calls": [call]})
 }
 
 /// Headers that explain the routing decision.
@@ -113,6 +195,10 @@ fn route_headers(headers: &mut HeaderMap, request_id: &str, route: &RouteDecisio
     set("x-routemesh-worker", route.worker_id.clone());
     set("x-routemesh-policy", route.policy.clone());
     set("x-routemesh-strategy", route.strategy.clone());
+    if !route.session.is_empty() {
+        set("x-routemesh-session", route.session.clone());
+        set("x-routemesh-affinity", route.affinity.clone());
+    }
     if route.strategy == "cascade" {
         // Whether the answer is a stronger model's after a weak first one.
         set("x-routemesh-escalated", route.escalated.to_string());
@@ -135,12 +221,14 @@ async fn chat_completions(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let chat = match parse_chat(&body) {
+    let mut chat = match parse_chat(&body, state.ignore_unknown_fields) {
         Ok(chat) => chat,
         Err(e) => return e.into_response(),
     };
-    if chat.requested_model.is_empty() {
-        return bad_request("model", "must not be empty").into_response();
+    if chat.grpc.session_id.is_empty()
+        && let Some(session) = headers.get("x-session-id").and_then(|v| v.to_str().ok())
+    {
+        chat.grpc.session_id = session.to_string();
     }
     let tenant = match authorize(&state, &headers).await {
         Ok(tenant) => tenant,
@@ -187,7 +275,7 @@ async fn chat_completions(
         crate::metrics::request("http", method, code, start.elapsed());
         match events {
             Ok((request_id, events)) => {
-                stream_completion(request_id, events, chat.include_usage).await
+                stream_completion(request_id, events, chat.include_usage, chat.logprobs).await
             }
             Err(e) => gateway_error(e).into_response(),
         }
@@ -200,6 +288,19 @@ async fn chat_completions(
             Ok(done) => {
                 let usage = done.usage.unwrap_or_default();
                 let route = done.route.unwrap_or_default();
+                let mut message =
+                    json!({"role": "assistant", "content": done.text, "refusal": Value::Null});
+                if !done.tool_calls.is_empty() {
+                    message["tool_calls"] = tool_calls_json(&done.tool_calls);
+                    if done.text.is_empty() {
+                        message["content"] = Value::Null;
+                    }
+                }
+                let logprobs = if chat.logprobs {
+                    logprobs_json(&done.logprobs)
+                } else {
+                    Value::Null
+                };
                 let body = json!({
                     "id": format!("chatcmpl-{}", done.request_id),
                     "object": "chat.completion",
@@ -207,9 +308,9 @@ async fn chat_completions(
                     "model": usage.model,
                     "choices": [{
                         "index": 0,
-                        "message": {"role": "assistant", "content": done.text},
+                        "message": message,
                         "finish_reason": finish_reason(done.finish_reason),
-                        "logprobs": Value::Null,
+                        "logprobs": logprobs,
                     }],
                     "usage": usage_json(&usage),
                     "system_fingerprint": Value::Null,
@@ -230,6 +331,7 @@ async fn stream_completion(
     request_id: String,
     mut events: crate::serve::EventStream,
     include_usage: bool,
+    logprobs: bool,
 ) -> Response {
     // The gateway sends the routing decision first: it sets the headers.
     let route = match events.next().await {
@@ -251,11 +353,19 @@ async fn stream_completion(
     let id = format!("chatcmpl-{request_id}");
     let created = unix_now();
     let model = route.model.clone();
-    let chunk = move |delta: Value, finish: Option<&str>| {
+    let chunk = move |delta: Value, finish: Option<&str>, tokens: Option<&[TokenLogprob]>| {
+        let logprobs = match tokens {
+            Some(tokens) if logprobs => logprobs_json(tokens),
+            _ => Value::Null,
+        };
         json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-               "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": Value::Null}]})
+               "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": logprobs}]})
     };
-    let first = sse_data(&chunk(json!({"role": "assistant", "content": ""}), None));
+    let first = sse_data(&chunk(
+        json!({"role": "assistant", "content": ""}),
+        None,
+        None,
+    ));
     let body = futures::stream::once(async move { Ok::<_, Infallible>(first) }).chain(
         futures::stream::unfold(Some(events), move |events| {
             let chunk = chunk.clone();
@@ -263,11 +373,26 @@ async fn stream_completion(
                 let mut events = events?;
                 match events.next().await {
                     Some(Ok(e)) => match e.event {
-                        Some(generate_stream_event::Event::Delta(d)) => Some((vec![sse_data(&chunk(json!({"content": d.text}), None))], Some(events))),
+                        Some(generate_stream_event::Event::Delta(d)) => Some((
+                            vec![sse_data(&chunk(
+                                json!({"content": d.text}),
+                                None,
+                                Some(&d.logprobs),
+                            ))],
+                            Some(events),
+                        )),
+                        Some(generate_stream_event::Event::ToolCall(piece)) => Some((
+                            vec![sse_data(&chunk(tool_call_delta_json(&piece), None, None))],
+                            Some(events),
+                        )),
                         Some(generate_stream_event::Event::End(end)) => {
-                            let mut out = vec![sse_data(&chunk(json!({}), Some(finish_reason(end.finish_reason))))];
+                            let mut out = vec![sse_data(&chunk(
+                                json!({}),
+                                Some(finish_reason(end.finish_reason)),
+                                None,
+                            ))];
                             if include_usage {
-                                let mut usage_chunk = chunk(json!({}), None);
+                                let mut usage_chunk = chunk(json!({}), None, None);
                                 usage_chunk["choices"] = json!([]);
                                 usage_chunk["usage"] = usage_json(&end.usage.unwrap_or_default());
                                 out.push(sse_data(&usage_chunk));
@@ -280,9 +405,7 @@ async fn stream_completion(
                     // Mid-stream failures arrive as an error event, as OpenAI sends them.
                     Some(Err(e)) => {
                         e.log();
-                        let (_, kind) = http_status(e.code());
-                        let error = json!({"error": {"message": e.to_string(), "type": kind, "param": Value::Null, "code": Value::Null}});
-                        Some((vec![sse_data(&error)], None))
+                        Some((vec![sse_data(&gateway_error(e).body())], None))
                     }
                     None => None,
                 }
@@ -299,10 +422,9 @@ async fn stream_completion(
     response
 }
 
-async fn list_models(State(state): State<HttpState>, headers: HeaderMap) -> Response {
-    if let Err(e) = authorize(&state, &headers).await {
-        return e.into_response();
-    }
+/// Every model clients may name: the router, its threshold variants, and
+/// the pool's models with their prices, health and capabilities.
+fn model_entries(state: &HttpState) -> Vec<Value> {
     let models = state.pipeline.state().list_models();
     let mut data = vec![
         json!({"id": ROUTER_MODEL, "object": "model", "created": 0, "owned_by": "routemesh",
@@ -325,10 +447,48 @@ async fn list_models(State(state): State<HttpState>, headers: HeaderMap) -> Resp
         } else {
             Tier::Small
         };
+        let capabilities = m.capabilities.unwrap_or_default();
         data.push(json!({"id": m.name, "object": "model", "created": 0, "owned_by": "routemesh",
                          "routemesh": {"tier": tier.as_str(), "input_usd_per_mtok": m.input_usd_per_mtok,
                                        "output_usd_per_mtok": m.output_usd_per_mtok, "healthy_workers": m.healthy_workers,
-                                       "router_model": m.router_model, "router_knowledge": m.router_knowledge}}));
+                                       "router_model": m.router_model, "router_knowledge": m.router_knowledge,
+                                       "capabilities": {
+                                           "tools": capabilities.tools, "json_output": capabilities.json_output,
+                                           "structured_output": capabilities.structured_output,
+                                           "vision": capabilities.vision, "logprobs": capabilities.logprobs,
+                                           "context_tokens": (capabilities.context_tokens > 0).then_some(capabilities.context_tokens),
+                                       }}}));
     }
-    axum::Json(json!({"object": "list", "data": data})).into_response()
+    data
+}
+
+async fn list_models(State(state): State<HttpState>, headers: HeaderMap) -> Response {
+    if let Err(e) = authorize(&state, &headers).await {
+        return e.into_response();
+    }
+    axum::Json(json!({"object": "list", "data": model_entries(&state)})).into_response()
+}
+
+async fn get_model(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    if let Err(e) = authorize(&state, &headers).await {
+        return e.into_response();
+    }
+    match model_entries(&state)
+        .into_iter()
+        .find(|m| m["id"].as_str() == Some(id.as_str()))
+    {
+        Some(model) => axum::Json(model).into_response(),
+        None => openai_error(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            Some("model"),
+            format!("the model {id:?} does not exist; GET /v1/models lists them"),
+        )
+        .with_code("model_not_found")
+        .into_response(),
+    }
 }

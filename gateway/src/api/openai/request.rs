@@ -1,11 +1,20 @@
-//! A chat-completions request body parsed into the native request, with a
-//! 400 naming the field at fault for anything it cannot carry.
+//! A chat-completions request body read into typed structs and translated
+//! into the native request, with a 400 naming the field at fault (in
+//! OpenAI's spelling) for anything routemesh cannot carry. Fields nobody
+//! knows are refused too, unless `gateway.openai.ignore_unknown_fields`.
 
-use routemesh_mesh::Tier;
-use routemesh_proto::v1::{ChatMessage, GenerateRequest, GenerationParams, RoutingHints};
-use serde_json::Value;
+use std::collections::HashMap;
+use std::fmt;
 
 use axum::http::StatusCode;
+use routemesh_mesh::Tier;
+use routemesh_proto::v1::{
+    ChatMessage, ContentPart, GenerateRequest, GenerationParams, ImageUrl, ResponseFormat,
+    RoutingHints, Tool, ToolCall, ToolChoice, content_part, tool_choice,
+};
+use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::Value;
 
 use super::error::{ApiError, bad_request, openai_error};
 
@@ -16,206 +25,786 @@ pub(super) struct ChatRequest {
     pub(super) grpc: GenerateRequest,
     pub(super) stream: bool,
     pub(super) include_usage: bool,
-    /// What the client asked for, echoed in responses when routed.
-    pub(super) requested_model: String,
+    /// The client asked for per-token log-probabilities.
+    pub(super) logprobs: bool,
 }
 
-fn text_of(content: &Value, i: usize) -> Result<String, ApiError> {
-    match content {
-        Value::String(s) => Ok(s.clone()),
-        Value::Null => Ok(String::new()),
-        // Content parts: only text parts are supported.
-        Value::Array(parts) => parts
-            .iter()
-            .enumerate()
-            .map(|(j, part)| {
-                match (
-                    part.get("type").and_then(Value::as_str),
-                    part.get("text").and_then(Value::as_str),
-                ) {
-                    (Some("text"), Some(text)) => Ok(text.to_string()),
-                    _ => Err(bad_request(
-                        &format!("messages[{i}].content[{j}]"),
-                        "only text content parts are supported",
-                    )),
+/// A string, or an array of them (`stop`).
+#[derive(Default)]
+struct OneOrMany(Vec<String>);
+
+impl<'de> Deserialize<'de> for OneOrMany {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = OneOrMany;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string or an array of strings")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<OneOrMany, E> {
+                Ok(OneOrMany(vec![s.to_owned()]))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<OneOrMany, A::Error> {
+                let mut out = Vec::new();
+                while let Some(s) = seq.next_element::<String>()? {
+                    out.push(s);
                 }
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map(|parts| parts.join("")),
-        _ => Err(bad_request(
-            &format!("messages[{i}].content"),
-            "must be a string or an array of text parts",
-        )),
+                Ok(OneOrMany(out))
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 
-fn opt_f64(body: &Value, key: &str) -> Result<Option<f64>, ApiError> {
-    match body.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => v
-            .as_f64()
-            .map(Some)
-            .ok_or_else(|| bad_request(key, "must be a number")),
+/// A turn's content: a string, or an array of parts. Read by hand rather
+/// than as an untagged enum so that unknown keys inside parts are still
+/// seen (an untagged enum buffers its input out of reach).
+enum WireContent {
+    Text(String),
+    Parts(Vec<WirePart>),
+}
+
+impl<'de> Deserialize<'de> for WireContent {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = WireContent;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string or an array of content parts")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<WireContent, E> {
+                Ok(WireContent::Text(s.to_owned()))
+            }
+            fn visit_string<E: de::Error>(self, s: String) -> Result<WireContent, E> {
+                Ok(WireContent::Text(s))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<WireContent, A::Error> {
+                let mut parts = Vec::new();
+                while let Some(p) = seq.next_element::<WirePart>()? {
+                    parts.push(p);
+                }
+                Ok(WireContent::Parts(parts))
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 
-fn opt_u64(body: &Value, key: &str) -> Result<Option<u64>, ApiError> {
-    match body.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => v
-            .as_u64()
-            .map(Some)
-            .ok_or_else(|| bad_request(key, "must be a non-negative integer")),
+#[derive(Deserialize)]
+struct WirePart {
+    #[serde(rename = "type")]
+    kind: String,
+    text: Option<String>,
+    image_url: Option<WireImageUrl>,
+    // Present on other part types (audio, files): read so that the error
+    // names the part's type, not an unknown key.
+    #[serde(default, rename = "input_audio")]
+    _input_audio: Option<Value>,
+    #[serde(default, rename = "file")]
+    _file: Option<Value>,
+    #[serde(default, rename = "refusal")]
+    _refusal: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct WireImageUrl {
+    url: String,
+    #[serde(default)]
+    detail: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct WireFunctionCall {
+    name: String,
+    #[serde(default)]
+    arguments: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct WireToolCall {
+    id: String,
+    #[serde(rename = "type", default)]
+    kind: Option<String>,
+    function: WireFunctionCall,
+}
+
+#[derive(Deserialize)]
+struct WireMessage {
+    role: String,
+    #[serde(default)]
+    content: Option<WireContent>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    tool_calls: Option<Vec<WireToolCall>>,
+    #[serde(default)]
+    tool_call_id: Option<String>,
+    // What an SDK echoes back from an earlier answer: accepted when empty.
+    #[serde(default)]
+    refusal: Option<String>,
+    #[serde(default)]
+    annotations: Option<Vec<Value>>,
+    #[serde(default)]
+    audio: Option<Value>,
+    #[serde(default)]
+    function_call: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct WireFunction {
+    name: String,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    parameters: Option<Value>,
+    #[serde(default)]
+    strict: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct WireTool {
+    #[serde(rename = "type")]
+    kind: String,
+    function: WireFunction,
+}
+
+/// `"none" | "auto" | "required"` or `{"type": "function", "function": {"name"}}`.
+enum WireToolChoice {
+    Mode(String),
+    Function(String),
+}
+
+#[derive(Deserialize)]
+struct WireNamedFunction {
+    name: String,
+}
+
+impl<'de> Deserialize<'de> for WireToolChoice {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = WireToolChoice;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(r#""none", "auto", "required" or {"type": "function", "function": {"name": ...}}"#)
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<WireToolChoice, E> {
+                Ok(WireToolChoice::Mode(s.to_owned()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<WireToolChoice, A::Error> {
+                let mut function = None;
+                while let Some(key) = map.next_key::<String>()? {
+                    match key.as_str() {
+                        "type" => {
+                            let kind: String = map.next_value()?;
+                            if kind != "function" {
+                                return Err(de::Error::custom(format!(
+                                    "type {kind:?}: only function tools are served"
+                                )));
+                            }
+                        }
+                        "function" => function = Some(map.next_value::<WireNamedFunction>()?.name),
+                        other => {
+                            return Err(de::Error::unknown_field(other, &["type", "function"]));
+                        }
+                    }
+                }
+                function
+                    .map(WireToolChoice::Function)
+                    .ok_or_else(|| de::Error::missing_field("function"))
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 
-pub(super) fn parse_chat(body: &[u8]) -> Result<ChatRequest, ApiError> {
-    let body: Value = serde_json::from_slice(body).map_err(|e| {
+#[derive(Deserialize)]
+struct WireJsonSchema {
+    name: String,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    schema: Option<Value>,
+    #[serde(default)]
+    strict: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct WireResponseFormat {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    json_schema: Option<WireJsonSchema>,
+}
+
+#[derive(Deserialize)]
+struct WireStreamOptions {
+    #[serde(default)]
+    include_usage: Option<bool>,
+}
+
+/// routemesh's extension: `"routing": {"max_cost_usd", "latency_slo_ms",
+/// "quality_floor", "allowed_models", "allowed_tiers": ["small"|"large"]}`.
+/// Always strict: a typo in routemesh's own keys is never dropped.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WireRouting {
+    #[serde(default)]
+    allowed_models: Vec<String>,
+    #[serde(default)]
+    allowed_tiers: Vec<String>,
+    #[serde(default)]
+    max_cost_usd: Option<f64>,
+    #[serde(default)]
+    latency_slo_ms: Option<u32>,
+    #[serde(default)]
+    quality_floor: Option<f64>,
+}
+
+#[derive(Deserialize)]
+struct ChatBody {
+    model: String,
+    messages: Vec<WireMessage>,
+    #[serde(default)]
+    max_tokens: Option<u32>,
+    #[serde(default)]
+    max_completion_tokens: Option<u32>,
+    #[serde(default)]
+    temperature: Option<f32>,
+    #[serde(default)]
+    top_p: Option<f32>,
+    #[serde(default)]
+    n: Option<u32>,
+    #[serde(default)]
+    stop: Option<OneOrMany>,
+    #[serde(default)]
+    seed: Option<u64>,
+    #[serde(default)]
+    stream: Option<bool>,
+    #[serde(default)]
+    stream_options: Option<WireStreamOptions>,
+    #[serde(default)]
+    tools: Option<Vec<WireTool>>,
+    #[serde(default)]
+    tool_choice: Option<WireToolChoice>,
+    #[serde(default)]
+    parallel_tool_calls: Option<bool>,
+    #[serde(default)]
+    response_format: Option<WireResponseFormat>,
+    #[serde(default)]
+    logprobs: Option<bool>,
+    #[serde(default)]
+    top_logprobs: Option<u32>,
+    #[serde(default)]
+    frequency_penalty: Option<f32>,
+    #[serde(default)]
+    presence_penalty: Option<f32>,
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    metadata: Option<HashMap<String, String>>,
+    /// routemesh's extension (the `x-session-id` header sets it too).
+    #[serde(default)]
+    session_id: Option<String>,
+    #[serde(default)]
+    routing: Option<WireRouting>,
+    // Known to OpenAI, not served by routemesh: refused when set.
+    #[serde(default)]
+    logit_bias: Option<Value>,
+    #[serde(default)]
+    functions: Option<Value>,
+    #[serde(default)]
+    function_call: Option<Value>,
+    #[serde(default)]
+    audio: Option<Value>,
+    #[serde(default)]
+    modalities: Option<Vec<String>>,
+    #[serde(default)]
+    prediction: Option<Value>,
+    #[serde(default)]
+    web_search_options: Option<Value>,
+    #[serde(default)]
+    store: Option<bool>,
+    // Accepted and dropped: they ask nothing of the answer routemesh
+    // could honour or break.
+    #[serde(default, rename = "service_tier")]
+    _service_tier: Option<Value>,
+    #[serde(default, rename = "reasoning_effort")]
+    _reasoning_effort: Option<Value>,
+}
+
+/// `messages[0].content[1]` from serde_ignored's path.
+fn ignored_path(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", ignored_path(parent)),
+        Path::Map { parent, key } => {
+            let parent = ignored_path(parent);
+            if parent.is_empty() {
+                key.clone()
+            } else {
+                format!("{parent}.{key}")
+            }
+        }
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => ignored_path(parent),
+    }
+}
+
+/// The body read into `T`: type errors name the field's path; fields `T`
+/// does not know are refused (the first one named) unless `lenient`.
+pub(super) fn read_body<T: de::DeserializeOwned>(
+    body: &[u8],
+    lenient: bool,
+) -> Result<T, ApiError> {
+    let mut unknown: Option<String> = None;
+    let mut json = serde_json::Deserializer::from_slice(body);
+    let mut on_unknown = |path: serde_ignored::Path<'_>| {
+        unknown.get_or_insert_with(|| ignored_path(&path));
+    };
+    let read = serde_ignored::Deserializer::new(&mut json, &mut on_unknown);
+    let value: Result<T, _> = serde_path_to_error::deserialize(read);
+    let value: T = value.map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            return openai_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                None,
+                format!("request body is not valid JSON: {inner}"),
+            )
+            .with_code("invalid_json");
+        }
+        let message = inner.to_string();
+        // serde's "at line 1 column 9" says nothing a path does not.
+        let message = message
+            .rsplit_once(" at line ")
+            .map_or(message.as_str(), |(m, _)| m);
+        let param = if path == "." {
+            None
+        } else {
+            Some(path.as_str())
+        };
+        let code = if message.starts_with("missing field") {
+            "missing_required_parameter"
+        } else if message.starts_with("unknown field") {
+            "unknown_parameter"
+        } else {
+            "invalid_type"
+        };
+        match param {
+            Some(param) => bad_request(param, message).with_code(code),
+            None => openai_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                None,
+                format!("request body: {message}"),
+            )
+            .with_code(code),
+        }
+    })?;
+    json.end().map_err(|e| {
         openai_error(
             StatusCode::BAD_REQUEST,
             "invalid_request_error",
             None,
             format!("request body is not valid JSON: {e}"),
         )
+        .with_code("invalid_json")
     })?;
-    if !body.is_object() {
-        return Err(openai_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request_error",
-            None,
-            "request body must be a JSON object".into(),
+    if let Some(field) = unknown.filter(|_| !lenient) {
+        return Err(bad_request(
+            &field,
+            "unknown parameter (gateway.openai.ignore_unknown_fields: true drops unknown fields instead)",
+        )
+        .with_code("unknown_parameter"));
+    }
+    Ok(value)
+}
+
+fn unsupported(param: &str, why: &str) -> ApiError {
+    bad_request(param, why).with_code("unsupported_parameter")
+}
+
+fn convert_message(i: usize, m: WireMessage) -> Result<ChatMessage, ApiError> {
+    // OpenAI's newer name for the system role.
+    let role = if m.role == "developer" {
+        "system".to_string()
+    } else {
+        m.role
+    };
+    if m.audio.as_ref().is_some_and(|a| !a.is_null()) {
+        return Err(unsupported(
+            &format!("messages[{i}].audio"),
+            "audio turns are not supported",
         ));
     }
-    let model = match body.get("model") {
-        Some(Value::String(m)) => m.clone(),
-        _ => {
-            return Err(bad_request(
-                "model",
-                "required: a model name from /v1/models, or \"router\"",
+    if m.function_call.as_ref().is_some_and(|f| !f.is_null()) {
+        return Err(unsupported(
+            &format!("messages[{i}].function_call"),
+            "the deprecated function_call is not supported; use tool_calls",
+        ));
+    }
+    let _ = (m.refusal, m.annotations);
+    let mut out = ChatMessage {
+        role,
+        name: m.name.unwrap_or_default(),
+        tool_call_id: m.tool_call_id.unwrap_or_default(),
+        ..Default::default()
+    };
+    match m.content {
+        None => {}
+        Some(WireContent::Text(text)) => out.content = text,
+        Some(WireContent::Parts(parts)) => {
+            for (j, part) in parts.into_iter().enumerate() {
+                let field = format!("messages[{i}].content[{j}]");
+                let part = match part.kind.as_str() {
+                    "text" => content_part::Part::Text(
+                        part.text
+                            .ok_or_else(|| bad_request(&format!("{field}.text"), "required"))?,
+                    ),
+                    "image_url" => {
+                        let image = part.image_url.ok_or_else(|| {
+                            bad_request(&format!("{field}.image_url"), "required")
+                        })?;
+                        content_part::Part::ImageUrl(ImageUrl {
+                            url: image.url,
+                            detail: image.detail.unwrap_or_default(),
+                        })
+                    }
+                    other => {
+                        return Err(unsupported(
+                            &format!("{field}.type"),
+                            &format!("{other:?} parts are not supported (text and image_url are)"),
+                        ));
+                    }
+                };
+                out.parts.push(ContentPart { part: Some(part) });
+            }
+            // Text alone travels as text: every engine reads that.
+            if out
+                .parts
+                .iter()
+                .all(|p| matches!(p.part, Some(content_part::Part::Text(_))))
+            {
+                out.content = crate::request::text_of(&out).into_owned();
+                out.parts.clear();
+            }
+        }
+    }
+    for (j, call) in m.tool_calls.unwrap_or_default().into_iter().enumerate() {
+        if call.kind.as_deref().is_some_and(|k| k != "function") {
+            return Err(unsupported(
+                &format!("messages[{i}].tool_calls[{j}].type"),
+                "only function tool calls are served",
             ));
         }
-    };
-    let Some(messages) = body.get("messages").and_then(Value::as_array) else {
-        return Err(bad_request("messages", "required: an array of messages"));
-    };
-    let mut chat = Vec::with_capacity(messages.len());
-    for (i, m) in messages.iter().enumerate() {
-        let role = m
-            .get("role")
-            .and_then(Value::as_str)
-            .ok_or_else(|| bad_request(&format!("messages[{i}].role"), "required"))?;
-        // OpenAI's newer name for the system role.
-        let role = if role == "developer" { "system" } else { role };
-        let content = text_of(m.get("content").unwrap_or(&Value::Null), i)?;
-        chat.push(ChatMessage {
-            role: role.to_string(),
-            content,
-            ..Default::default()
+        out.tool_calls.push(ToolCall {
+            id: call.id,
+            name: call.function.name,
+            arguments: call.function.arguments.unwrap_or_default(),
         });
     }
-    if let Some(n) = opt_u64(&body, "n")?
+    Ok(out)
+}
+
+fn json_text(value: Option<Value>) -> String {
+    match value {
+        None | Some(Value::Null) => String::new(),
+        Some(v) => v.to_string(),
+    }
+}
+
+/// Parses a chat-completions body; `lenient` drops unknown fields.
+pub(super) fn parse_chat(body: &[u8], lenient: bool) -> Result<ChatRequest, ApiError> {
+    let body: ChatBody = read_body(body, lenient)?;
+    for (param, set) in [
+        (
+            "logit_bias",
+            body.logit_bias.as_ref().is_some_and(|v| !v.is_null()),
+        ),
+        (
+            "functions",
+            body.functions.as_ref().is_some_and(|v| !v.is_null()),
+        ),
+        (
+            "function_call",
+            body.function_call.as_ref().is_some_and(|v| !v.is_null()),
+        ),
+        ("audio", body.audio.as_ref().is_some_and(|v| !v.is_null())),
+        (
+            "prediction",
+            body.prediction.as_ref().is_some_and(|v| !v.is_null()),
+        ),
+        (
+            "web_search_options",
+            body.web_search_options
+                .as_ref()
+                .is_some_and(|v| !v.is_null()),
+        ),
+    ] {
+        if set {
+            let why = match param {
+                "functions" | "function_call" => {
+                    "deprecated by OpenAI and not served; use tools and tool_choice"
+                }
+                _ => "not supported by routemesh",
+            };
+            return Err(unsupported(param, why));
+        }
+    }
+    if body
+        .modalities
+        .as_ref()
+        .is_some_and(|m| m.iter().any(|m| m != "text"))
+    {
+        return Err(unsupported("modalities", "only text output is served"));
+    }
+    if body.store == Some(true) {
+        return Err(unsupported("store", "routemesh does not store completions"));
+    }
+    if let Some(n) = body.n
         && n != 1
     {
-        return Err(bad_request("n", "only n = 1 is supported"));
+        // Several choices would be several calls billed as one; not served
+        // rather than served dishonestly.
+        return Err(unsupported("n", "only n = 1 is supported"));
     }
-    let max_tokens = match opt_u64(&body, "max_completion_tokens")? {
-        Some(n) => Some(n),
-        None => opt_u64(&body, "max_tokens")?,
-    };
-    let stop = match body.get("stop") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(a)) => a
-            .iter()
-            .map(|s| {
-                s.as_str()
-                    .map(str::to_owned)
-                    .ok_or_else(|| bad_request("stop", "must be a string or an array of strings"))
-            })
-            .collect::<Result<_, _>>()?,
-        Some(_) => {
-            return Err(bad_request(
-                "stop",
-                "must be a string or an array of strings",
+    if body.model.is_empty() {
+        return Err(bad_request("model", "must not be empty"));
+    }
+    let messages = body
+        .messages
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| convert_message(i, m))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut tools = Vec::new();
+    for (i, tool) in body.tools.unwrap_or_default().into_iter().enumerate() {
+        if tool.kind != "function" {
+            return Err(unsupported(
+                &format!("tools[{i}].type"),
+                &format!("{:?} tools are not served (function tools are)", tool.kind),
             ));
+        }
+        tools.push(Tool {
+            name: tool.function.name,
+            description: tool.function.description.unwrap_or_default(),
+            parameters_json: json_text(tool.function.parameters),
+            strict: tool.function.strict,
+        });
+    }
+    let response_format = match body.response_format {
+        None => None,
+        Some(f) => {
+            let schema = f.json_schema;
+            if f.kind == "json_schema" && schema.is_none() {
+                return Err(bad_request("response_format.json_schema", "required"));
+            }
+            Some(match schema {
+                Some(s) => ResponseFormat {
+                    r#type: f.kind,
+                    schema_name: s.name,
+                    schema_description: s.description.unwrap_or_default(),
+                    schema_json: json_text(s.schema),
+                    strict: s.strict,
+                },
+                None => ResponseFormat {
+                    r#type: f.kind,
+                    ..Default::default()
+                },
+            })
         }
     };
     let params = GenerationParams {
-        max_tokens: max_tokens.map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
-        temperature: opt_f64(&body, "temperature")?.map(|t| t as f32),
-        top_p: opt_f64(&body, "top_p")?.map(|t| t as f32),
-        stop,
-        seed: opt_u64(&body, "seed")?,
-        ..Default::default()
+        max_tokens: body.max_completion_tokens.or(body.max_tokens),
+        temperature: body.temperature,
+        top_p: body.top_p,
+        stop: body.stop.unwrap_or_default().0,
+        seed: body.seed,
+        tools,
+        tool_choice: body.tool_choice.map(|c| ToolChoice {
+            choice: Some(match c {
+                WireToolChoice::Mode(m) => tool_choice::Choice::Mode(m),
+                WireToolChoice::Function(f) => tool_choice::Choice::Function(f),
+            }),
+        }),
+        parallel_tool_calls: body.parallel_tool_calls,
+        response_format,
+        logprobs: body.logprobs.unwrap_or(false),
+        top_logprobs: body.top_logprobs,
+        frequency_penalty: body.frequency_penalty,
+        presence_penalty: body.presence_penalty,
     };
-    let hints = match body.get("routing") {
-        None | Some(Value::Null) => None,
-        Some(r) if r.is_object() => Some(parse_hints(r)?),
-        Some(_) => return Err(bad_request("routing", "must be an object")),
-    };
-    let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
-    let include_usage = body
-        .pointer("/stream_options/include_usage")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
-    let requested_model = model.clone();
+    let hints = body.routing.map(hints_of).transpose()?;
+    let logprobs = params.logprobs;
     let grpc = GenerateRequest {
         request_id: String::new(),
-        model: if model == ROUTER_MODEL {
+        model: if body.model == ROUTER_MODEL {
             String::new()
         } else {
-            model
+            body.model
         },
-        messages: chat,
+        messages,
         params: Some(params),
         hints,
         tenant: String::new(),
-        ..Default::default()
+        user: body.user.unwrap_or_default(),
+        metadata: body.metadata.unwrap_or_default(),
+        session_id: body.session_id.unwrap_or_default(),
     };
     Ok(ChatRequest {
         grpc,
-        stream,
-        include_usage,
-        requested_model,
+        stream: body.stream.unwrap_or(false),
+        include_usage: body
+            .stream_options
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false),
+        logprobs,
     })
 }
 
-/// routemesh's extension: `"routing": {"max_cost_usd", "latency_slo_ms",
-/// "quality_floor", "allowed_models", "allowed_tiers": ["small"|"large"]}`.
-fn parse_hints(r: &Value) -> Result<RoutingHints, ApiError> {
-    let strings = |key: &str| -> Result<Vec<String>, ApiError> {
-        match r.get(key) {
-            None | Some(Value::Null) => Ok(Vec::new()),
-            Some(Value::Array(a)) => a
-                .iter()
-                .map(|s| {
-                    s.as_str().map(str::to_owned).ok_or_else(|| {
-                        bad_request(&format!("routing.{key}"), "must be an array of strings")
-                    })
-                })
-                .collect(),
-            Some(_) => Err(bad_request(
-                &format!("routing.{key}"),
-                "must be an array of strings",
-            )),
-        }
-    };
-    let tiers = strings("allowed_tiers")?
+fn hints_of(r: WireRouting) -> Result<RoutingHints, ApiError> {
+    let tiers = r
+        .allowed_tiers
         .iter()
-        .map(|t| match t.parse::<Tier>() {
+        .enumerate()
+        .map(|(i, t)| match t.parse::<Tier>() {
             Ok(tier) => Ok(tier.to_wire()),
-            Err(e) => Err(bad_request("routing.allowed_tiers", e.to_string())),
+            Err(e) => Err(bad_request(
+                &format!("routing.allowed_tiers[{i}]"),
+                e.to_string(),
+            )),
         })
         .collect::<Result<_, _>>()?;
     Ok(RoutingHints {
-        allowed_models: strings("allowed_models")?,
+        allowed_models: r.allowed_models,
         allowed_tiers: tiers,
-        max_cost_usd: opt_f64(r, "max_cost_usd")
-            .map_err(|_| bad_request("routing.max_cost_usd", "must be a number"))?,
-        latency_slo_ms: opt_u64(r, "latency_slo_ms")
-            .map_err(|_| bad_request("routing.latency_slo_ms", "must be a non-negative integer"))?
-            .map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
-        quality_floor: opt_f64(r, "quality_floor")
-            .map_err(|_| bad_request("routing.quality_floor", "must be a number"))?,
+        max_cost_usd: r.max_cost_usd,
+        latency_slo_ms: r.latency_slo_ms,
+        quality_floor: r.quality_floor,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(body: &str) -> Result<ChatRequest, ApiError> {
+        parse_chat(body.as_bytes(), false)
+    }
+
+    fn param_of(body: &str) -> (Option<String>, Option<&'static str>) {
+        let e = parse(body).err().expect("refused");
+        (e.param().map(str::to_owned), e.code())
+    }
+
+    #[test]
+    fn a_tool_round_trip_is_carried_whole() {
+        let chat = parse(
+            r#"{"model": "router", "messages": [
+                {"role": "user", "content": "weather in Paris?"},
+                {"role": "assistant", "content": null, "refusal": null, "tool_calls": [
+                    {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "18C"}],
+              "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}, "strict": true}}],
+              "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+              "parallel_tool_calls": false,
+              "response_format": {"type": "json_schema", "json_schema": {"name": "w", "schema": {"type": "object"}}},
+              "logprobs": true, "top_logprobs": 2, "user": "u-1", "metadata": {"app": "x"}}"#,
+        )
+        .unwrap();
+        let m = &chat.grpc.messages;
+        assert_eq!(m[1].tool_calls[0].name, "get_weather");
+        assert_eq!(m[1].tool_calls[0].arguments, r#"{"city":"Paris"}"#);
+        assert_eq!(m[2].tool_call_id, "call_1");
+        let p = chat.grpc.params.unwrap();
+        assert_eq!(p.tools[0].parameters_json, r#"{"type":"object"}"#);
+        assert_eq!(p.tools[0].strict, Some(true));
+        assert_eq!(
+            p.tool_choice.and_then(|c| c.choice),
+            Some(tool_choice::Choice::Function("get_weather".into()))
+        );
+        assert_eq!(p.response_format.unwrap().schema_name, "w");
+        assert!(p.logprobs && chat.logprobs);
+        assert_eq!(chat.grpc.user, "u-1");
+    }
+
+    #[test]
+    fn text_parts_become_text_and_images_stay_parts() {
+        let chat = parse(
+            r#"{"model": "m", "messages": [{"role": "user", "content": [
+                {"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]}"#,
+        )
+        .unwrap();
+        assert_eq!(chat.grpc.messages[0].content, "ab");
+        assert!(chat.grpc.messages[0].parts.is_empty());
+        let chat = parse(
+            r#"{"model": "m", "messages": [{"role": "user", "content": [
+                {"type": "text", "text": "what is it?"},
+                {"type": "image_url", "image_url": {"url": "https://x/cat.png", "detail": "low"}}]}]}"#,
+        )
+        .unwrap();
+        assert_eq!(chat.grpc.messages[0].parts.len(), 2);
+    }
+
+    #[test]
+    fn unknown_and_unsupported_fields_are_named() {
+        let base = r#""model": "m", "messages": [{"role": "user", "content": "hi"}]"#;
+        assert_eq!(
+            param_of(&format!(r#"{{{base}, "temprature": 1}}"#)),
+            (Some("temprature".into()), Some("unknown_parameter"))
+        );
+        assert_eq!(
+            param_of(&format!(r#"{{{base}, "routing": {{"max_cost": 1}}}}"#)),
+            (Some("routing.max_cost".into()), Some("unknown_parameter"))
+        );
+        assert_eq!(
+            param_of(
+                r#"{"model": "m", "messages": [{"role": "user", "content": [{"type": "text", "text": "a", "cache_control": {}}]}]}"#
+            ),
+            (
+                Some("messages[0].content[0].cache_control".into()),
+                Some("unknown_parameter")
+            )
+        );
+        assert_eq!(
+            param_of(
+                r#"{"model": "m", "messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}]}"#
+            ),
+            (
+                Some("messages[0].content[0].type".into()),
+                Some("unsupported_parameter")
+            )
+        );
+        assert_eq!(
+            param_of(&format!(r#"{{{base}, "temperature": "hot"}}"#)),
+            (Some("temperature".into()), Some("invalid_type"))
+        );
+        assert_eq!(
+            param_of(r#"{"messages": []}"#),
+            (None, Some("missing_required_parameter"))
+        );
+        assert_eq!(
+            param_of(&format!(r#"{{{base}, "n": 2}}"#)).0.as_deref(),
+            Some("n")
+        );
+        assert_eq!(
+            param_of(&format!(r#"{{{base}, "logit_bias": {{"1": 2}}}}"#))
+                .0
+                .as_deref(),
+            Some("logit_bias")
+        );
+        // Vendor extras pass when asked to.
+        assert!(parse_chat(format!(r#"{{{base}, "top_k": 3}}"#).as_bytes(), true).is_ok());
+        // Nulls the SDKs send are not "set".
+        assert!(
+            parse(&format!(
+                r#"{{{base}, "logit_bias": null, "stop": null, "service_tier": "auto"}}"#
+            ))
+            .is_ok()
+        );
+    }
 }

@@ -19,7 +19,7 @@ mod tests;
 use std::collections::HashMap;
 use std::fmt;
 
-use routemesh_mesh::Tier;
+use routemesh_mesh::{Lack, Needs, Tier};
 use serde::{Deserialize, Serialize};
 
 pub use self::least_loaded::LeastLoaded;
@@ -60,6 +60,9 @@ pub struct RouteInput<'a> {
     pub prompt_tokens: u32,
     /// Completion tokens to budget for (the request's max_tokens).
     pub max_tokens: u32,
+    /// What the serving engine must be able to do (tools, formats, images,
+    /// log-probs, context length).
+    pub needs: &'a Needs,
     pub hints: &'a Hints,
     /// A model the client pinned; only its workers are eligible.
     pub pinned_model: Option<&'a str>,
@@ -149,6 +152,9 @@ pub enum Exclusion {
         expected_ms: f64,
         slo_ms: u32,
     },
+    /// Its engine cannot serve what the request needs (tools, a format,
+    /// images, log-probs, or a conversation this long).
+    Cannot(Lack),
     /// Its load check failed, or it is draining.
     Unhealthy,
     /// Its circuit breaker keeps requests away (recent calls failed).
@@ -193,6 +199,7 @@ impl fmt::Display for Exclusion {
                 f,
                 "expected latency {expected_ms:.0} ms over latency_slo_ms {slo_ms}"
             ),
+            Exclusion::Cannot(lack) => lack.fmt(f),
             Exclusion::Unhealthy => f.write_str("worker unhealthy"),
             Exclusion::CircuitOpen { half_open: false } => {
                 f.write_str("circuit breaker open (recent calls failed)")

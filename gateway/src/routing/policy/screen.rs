@@ -71,6 +71,9 @@ fn exclusion(
     if !hints.allowed_tiers.is_empty() && !hints.allowed_tiers.contains(&model.tier) {
         return Some(Exclusion::TierNotAllowed(model.tier));
     }
+    if let Some(lack) = w.capabilities.lack(input.needs) {
+        return Some(Exclusion::Cannot(lack));
+    }
     if let Some(max_usd) = hints.max_cost_usd.filter(|max| expected_cost_usd > *max) {
         return Some(Exclusion::OverMaxCost {
             expected_usd: expected_cost_usd,

@@ -34,6 +34,7 @@ fn view<'a>(id: &'a str, model: &'a ModelSpec, in_flight: u32) -> WorkerView<'a>
     WorkerView {
         worker_id: id,
         model,
+        capabilities: routemesh_mesh::Capabilities::UNDECLARED,
         health: Health::Up,
         gateway_in_flight: in_flight,
         reported_in_flight: 0,
@@ -50,10 +51,21 @@ fn view<'a>(id: &'a str, model: &'a ModelSpec, in_flight: u32) -> WorkerView<'a>
     }
 }
 
+const NO_NEEDS: routemesh_mesh::Needs = routemesh_mesh::Needs {
+    tools: false,
+    json_output: false,
+    structured_output: false,
+    vision: false,
+    logprobs: false,
+    prompt_tokens: 100,
+    max_tokens: 256,
+};
+
 fn input(hints: &Hints) -> RouteInput<'_> {
     RouteInput {
         prompt_tokens: 100,
         max_tokens: 256,
+        needs: &NO_NEEDS,
         hints,
         pinned_model: None,
         predicted_quality: None,

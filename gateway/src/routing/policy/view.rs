@@ -5,7 +5,7 @@
 
 use std::fmt;
 
-use routemesh_mesh::{ModelSpec, Tier};
+use routemesh_mesh::{Capabilities, ModelSpec, Tier};
 
 /// Whether a worker may take requests now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,6 +135,8 @@ impl fmt::Display for LatencySource {
 pub struct WorkerView<'a> {
     pub worker_id: &'a str,
     pub model: &'a ModelSpec,
+    /// What its engine can serve.
+    pub capabilities: Capabilities,
     pub health: Health,
     /// Requests this gateway has in flight to the worker.
     pub gateway_in_flight: u32,

@@ -85,14 +85,26 @@ fn tier_rank(tier: Tier) -> usize {
     Tier::ALL.iter().position(|t| *t == tier).unwrap_or(0)
 }
 
+/// Whether the request is served by one decision rather than a cascade:
+/// tools offered or tool turns (a tool call is for the agent to judge, and
+/// an escalation would repeat it), a JSON answer (the verifiers judge
+/// prose), or log-probs asked for (they would be the cheap model's).
+fn one_decision(req: &crate::request::ValidRequest) -> bool {
+    let n = &req.needs;
+    n.tools || n.json_output || n.structured_output || n.logprobs
+}
+
 /// The models the request's hints allow, once each, weakest first.
-fn ladder(snapshot: &Snapshot, hints: &Hints) -> Vec<Rung> {
+fn ladder(snapshot: &Snapshot, hints: &Hints, needs: &routemesh_mesh::Needs) -> Vec<Rung> {
     let mut rungs: Vec<Rung> = Vec::new();
     for worker in snapshot.iter() {
         let model = &worker.record.model;
+        // A model that cannot serve the request (its context, a feature)
+        // is no rung: the first step would otherwise find nobody.
         let allowed = (hints.allowed_models.is_empty() || hints.allowed_models.contains(model))
             && (hints.allowed_tiers.is_empty()
-                || hints.allowed_tiers.contains(&worker.record.tier));
+                || hints.allowed_tiers.contains(&worker.record.tier))
+            && worker.record.capabilities().lack(needs).is_none();
         if allowed && !rungs.iter().any(|r| &r.model == model) {
             rungs.push(Rung {
                 model: model.clone(),
@@ -176,10 +188,10 @@ impl Strategy for Cascade {
         req: &crate::request::ValidRequest,
         predicted: Option<&Predicted>,
     ) -> Option<Vec<String>> {
-        if req.pinned_model.is_some() || req.threshold.is_some() {
+        if req.pinned_model.is_some() || req.threshold.is_some() || one_decision(req) {
             return None;
         }
-        let rungs = ladder(snapshot, &req.hints);
+        let rungs = ladder(snapshot, &req.hints, &req.needs);
         let above = self.skip_cheap(&rungs, predicted).map(|(r, _, _)| r);
         let models = step_models(&rungs, above.as_ref());
         (!models.is_empty()).then_some(models)
@@ -191,7 +203,17 @@ impl Strategy for Cascade {
         if flight.req.pinned_model.is_some() || flight.req.threshold.is_some() {
             return Single.run(flight, delivery).await;
         }
-        let rungs = ladder(&flight.snapshot, &flight.req.hints);
+        // A session that has a model keeps it; tool calls and structured
+        // answers are the agent's to judge, not a text verifier's.
+        if one_decision(&flight.req)
+            || flight
+                .session
+                .as_ref()
+                .is_some_and(|(_, sticky)| sticky.is_some())
+        {
+            return Single.run(flight, delivery).await;
+        }
+        let rungs = ladder(&flight.snapshot, &flight.req.hints, &flight.req.needs);
         if rungs.is_empty() {
             // Nothing the hints allow: routing says why.
             return Single.run(flight, delivery).await;

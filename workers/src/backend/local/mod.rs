@@ -477,7 +477,14 @@ fn generate_inner(
 #[async_trait::async_trait]
 impl Backend for LocalBackend {
     fn capabilities(&self) -> routemesh_mesh::Capabilities {
-        routemesh_mesh::Capabilities { tools: false, json_output: false, structured_output: false, vision: false, logprobs: false, context_tokens: None }
+        routemesh_mesh::Capabilities {
+            tools: false,
+            json_output: false,
+            structured_output: false,
+            vision: false,
+            logprobs: false,
+            context_tokens: None,
+        }
     }
 
     fn kind(&self) -> &'static str {

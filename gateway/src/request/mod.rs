@@ -1,7 +1,13 @@
 //! Turns a client's GenerateRequest into a validated request, or an error that
 //! names the field at fault. Nothing downstream re-checks these rules.
 
-use routemesh_mesh::Tier;
+mod conversation;
+
+pub(crate) use self::conversation::text_of;
+
+use std::borrow::Cow;
+
+use routemesh_mesh::{Needs, Tier};
 use routemesh_proto::v1::{ChatMessage, GenerateRequest, GenerationParams};
 
 use crate::config::GatewayConfig;
@@ -38,6 +44,9 @@ pub struct ValidRequest {
     pub metadata: std::collections::HashMap<String, String>,
     /// The client's session id (empty: none given).
     pub session_id: String,
+    /// What the serving engine must be able to do (tools, formats, images,
+    /// log-probs) and the context the request takes.
+    pub needs: Needs,
     /// RouteLLM-style threshold routing (model `router-<name>-<threshold>`).
     pub threshold: Option<f64>,
 }
@@ -58,19 +67,17 @@ impl ValidRequest {
             request_id: &self.request_id,
             prompt_tokens: self.prompt_tokens_estimate(),
             max_tokens: self.max_tokens(),
+            needs: &self.needs,
             hints: &self.hints,
             pinned_model: self.pinned_model.as_deref(),
             threshold: self.threshold,
         }
     }
 
-    /// The text the router judges: the last user turn.
-    pub fn routing_prompt(&self) -> &str {
-        self.messages
-            .iter()
-            .rev()
-            .find(|m| m.role == "user")
-            .map_or("", |m| m.content.as_str())
+    /// The text the router judges: the last user turn of a one-turn
+    /// request, else the conversation's most recent turns.
+    pub fn routing_prompt(&self) -> Cow<'_, str> {
+        conversation::routing_text(&self.messages)
     }
 }
 
@@ -163,13 +170,7 @@ pub fn validate(
                 format!("{:?} is not one of {}", m.role, ROLES.join(", ")),
             ));
         }
-        if m.role == "user" && m.content.trim().is_empty() {
-            return Err(GatewayError::invalid(
-                format!("messages[{i}].content"),
-                "a user message must not be empty",
-            ));
-        }
-        prompt_chars += m.content.chars().count();
+        prompt_chars += conversation::check_turn(i, m)?;
     }
     if !req.messages.iter().any(|m| m.role == "user") {
         return Err(GatewayError::invalid(
@@ -229,6 +230,15 @@ pub fn validate(
         }
     }
 
+    conversation::check_params(&params)?;
+    conversation::check_tags(&req.user, &req.metadata)?;
+    if req.session_id.len() > MAX_ID_CHARS || !valid_id(&req.session_id) {
+        return Err(GatewayError::invalid(
+            "session_id",
+            format!("must be at most {MAX_ID_CHARS} printable ASCII characters without spaces"),
+        ));
+    }
+
     let wire = req.hints.unwrap_or_default();
     let mut hints = Hints {
         max_cost_usd: wire.max_cost_usd,
@@ -286,7 +296,13 @@ pub fn validate(
         ));
     }
 
+    let needs = Needs {
+        prompt_tokens: u32::try_from(prompt_chars.div_ceil(4)).unwrap_or(u32::MAX),
+        max_tokens: params.max_tokens.unwrap_or(0),
+        ..conversation::needs(&req.messages, &params)
+    };
     Ok(ValidRequest {
+        needs,
         request_id,
         pinned_model,
         messages: req.messages,

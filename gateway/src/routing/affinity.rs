@@ -1,0 +1,414 @@
+//! Session affinity: a conversation (an agent loop, a multi-turn chat) stays
+//! on the model, and where it can the worker, that served its first turn,
+//! so it does not change voice mid-conversation and the worker's prefix
+//! cache keeps its earlier turns.
+//!
+//! A session is named by the client (`session_id`, the `x-session-id`
+//! header) or recognised by its opening (its system turns and first user
+//! turn, hashed), scoped to the tenant. Each replica keeps the sessions it
+//! has seen in a bounded cache; with `registry.redis` they are shared in
+//! TTL'd keys, read only for a later turn this replica has not seen
+//! (one GET, bounded by `redis_timeout`) and written off the request path
+//! by one writer task.
+
+use std::time::Duration;
+
+use routemesh_mesh::RedisConn;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::request::ValidRequest;
+
+/// `gateway.session_affinity`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SessionAffinityConfig {
+    /// Off: every turn is routed afresh.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// A session is forgotten this long after its last turn.
+    #[serde(default = "default_ttl", with = "humantime_serde")]
+    pub ttl: Duration,
+    /// Sessions each replica keeps in memory (the oldest go first).
+    #[serde(default = "default_max_sessions")]
+    pub max_sessions: usize,
+    /// Recognise a conversation without a session id by its opening turns.
+    #[serde(default = "yes")]
+    pub by_prefix: bool,
+    /// Longest wait for the shared store on a turn this replica has not
+    /// seen; past it the turn is routed afresh.
+    #[serde(default = "default_redis_timeout", with = "humantime_serde")]
+    pub redis_timeout: Duration,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_ttl() -> Duration {
+    Duration::from_secs(30 * 60)
+}
+fn default_max_sessions() -> usize {
+    100_000
+}
+fn default_redis_timeout() -> Duration {
+    Duration::from_millis(50)
+}
+
+impl Default for SessionAffinityConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            ttl: default_ttl(),
+            max_sessions: default_max_sessions(),
+            by_prefix: true,
+            redis_timeout: default_redis_timeout(),
+        }
+    }
+}
+
+/// Where a session's earlier turns were served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Sticky {
+    pub(crate) model: String,
+    pub(crate) worker: String,
+}
+
+impl Sticky {
+    fn encode(&self) -> String {
+        format!("{}\t{}", self.model, self.worker)
+    }
+
+    fn decode(text: &str) -> Option<Self> {
+        let (model, worker) = text.split_once('\t')?;
+        Some(Self {
+            model: model.to_string(),
+            worker: worker.to_string(),
+        })
+    }
+}
+
+/// One request's session.
+#[derive(Debug, Clone)]
+pub(crate) struct Session {
+    /// As explanations show it: the client's id, or `prefix:<hash>`.
+    pub(crate) label: String,
+    /// The key in the caches (tenant-scoped).
+    key: String,
+    /// The conversation's first turn: nothing to follow yet.
+    pub(crate) opening: bool,
+}
+
+/// How affinity acted on one decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AffinityOutcome {
+    Kept,
+    Started,
+    Moved,
+}
+
+impl AffinityOutcome {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            AffinityOutcome::Kept => "kept",
+            AffinityOutcome::Started => "started",
+            AffinityOutcome::Moved => "moved",
+        }
+    }
+}
+
+/// The sessions this gateway knows, and the shared store when configured.
+pub(crate) struct Sessions {
+    config: SessionAffinityConfig,
+    local: quick_cache::sync::Cache<String, (Sticky, Instant)>,
+    shared: Option<Shared>,
+}
+
+struct Shared {
+    conn: RedisConn,
+    writes: mpsc::Sender<(String, String)>,
+}
+
+/// Writes queued for the shared store; beyond it a write is dropped (the
+/// replica's own cache still has it).
+const WRITE_QUEUE: usize = 4096;
+
+impl std::fmt::Debug for Sessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sessions")
+            .field("shared", &self.shared.is_some())
+            .finish()
+    }
+}
+
+impl Sessions {
+    /// Sessions kept in this process only.
+    pub(crate) fn local(config: SessionAffinityConfig) -> Self {
+        Self {
+            local: crate::cache::bounded(config.max_sessions),
+            config,
+            shared: None,
+        }
+    }
+
+    /// Sessions shared through Redis; the writer task stops with `stop`.
+    pub(crate) fn shared(
+        config: SessionAffinityConfig,
+        conn: RedisConn,
+        stop: CancellationToken,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+        let writer = tokio::spawn(write_loop(conn.clone(), rx, config.ttl, stop));
+        (
+            Self {
+                local: crate::cache::bounded(config.max_sessions),
+                config,
+                shared: Some(Shared { conn, writes: tx }),
+            },
+            writer,
+        )
+    }
+
+    /// The request's session, if it has one: the client's id, else (with
+    /// `by_prefix`) its opening turns. `None` when affinity is off or the
+    /// request pins its model.
+    pub(crate) fn session_of(&self, req: &ValidRequest) -> Option<Session> {
+        if !self.config.enabled || req.pinned_model.is_some() {
+            return None;
+        }
+        let opening = !req
+            .messages
+            .iter()
+            .any(|m| m.role == "assistant" || m.role == "tool");
+        if !req.session_id.is_empty() {
+            return Some(Session {
+                label: req.session_id.clone(),
+                key: format!("id\u{1f}{}\u{1f}{}", req.tenant, req.session_id),
+                opening: false,
+            });
+        }
+        if !self.config.by_prefix {
+            return None;
+        }
+        let mut hash = Sha256::new();
+        hash.update(req.tenant.as_bytes());
+        let first_user = req.messages.iter().position(|m| m.role == "user")?;
+        for m in &req.messages[..=first_user] {
+            hash.update([0x1e]);
+            hash.update(m.role.as_bytes());
+            hash.update([0x1f]);
+            hash.update(crate::request::text_of(m).as_bytes());
+            for part in &m.parts {
+                if let Some(routemesh_proto::v1::content_part::Part::ImageUrl(image)) = &part.part {
+                    hash.update(image.url.as_bytes());
+                }
+            }
+        }
+        let digest = hex::encode(&hash.finalize()[..8]);
+        Some(Session {
+            label: format!("prefix:{digest}"),
+            key: format!("prefix\u{1f}{digest}"),
+            opening,
+        })
+    }
+
+    /// Where the session's earlier turns went, if anyone remembers: this
+    /// replica, else the shared store (one bounded GET).
+    pub(crate) async fn lookup(&self, session: &Session) -> Option<Sticky> {
+        if session.opening {
+            return None;
+        }
+        if let Some((sticky, expires)) = self.local.get(&session.key)
+            && Instant::now() < expires
+        {
+            return Some(sticky);
+        }
+        let shared = self.shared.as_ref()?;
+        let key = shared.conn.key(&format!("session:{}", session.key));
+        let mut conn = shared.conn.manager();
+        let read = tokio::time::timeout(
+            self.config.redis_timeout,
+            redis::cmd("GET")
+                .arg(&key)
+                .query_async::<Option<String>>(&mut conn),
+        )
+        .await;
+        match read {
+            Ok(Ok(Some(text))) => {
+                let sticky = Sticky::decode(&text)?;
+                self.local.insert(
+                    session.key.clone(),
+                    (sticky.clone(), Instant::now() + self.config.ttl),
+                );
+                Some(sticky)
+            }
+            Ok(Ok(None)) => None,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "session store unavailable; routing the turn afresh");
+                None
+            }
+            Err(_) => {
+                tracing::debug!("session store slow; routing the turn afresh");
+                None
+            }
+        }
+    }
+
+    /// Remembers (or refreshes) where the session's turn was served.
+    pub(crate) fn remember(&self, session: &Session, sticky: Sticky) {
+        let fresh = self
+            .local
+            .get(&session.key)
+            .is_some_and(|(known, expires)| {
+                // Refreshing the shared key more often than this adds
+                // nothing but writes.
+                known == sticky && expires > Instant::now() + self.config.ttl / 2
+            });
+        if fresh {
+            return;
+        }
+        let encoded = sticky.encode();
+        self.local.insert(
+            session.key.clone(),
+            (sticky, Instant::now() + self.config.ttl),
+        );
+        if let Some(shared) = &self.shared {
+            let key = shared.conn.key(&format!("session:{}", session.key));
+            if shared.writes.try_send((key, encoded)).is_err() {
+                tracing::debug!("session write queue full; kept in this replica only");
+            }
+        }
+    }
+}
+
+/// Writes sessions to Redis as they come, pipelining what has queued up.
+async fn write_loop(
+    conn: RedisConn,
+    mut rx: mpsc::Receiver<(String, String)>,
+    ttl: Duration,
+    stop: CancellationToken,
+) {
+    let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+    let mut batch = Vec::new();
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            n = rx.recv_many(&mut batch, 256) => {
+                if n == 0 {
+                    return;
+                }
+            }
+        }
+        let mut pipe = redis::pipe();
+        for (key, value) in batch.drain(..) {
+            pipe.cmd("SET")
+                .arg(key)
+                .arg(value)
+                .arg("PX")
+                .arg(ttl_ms)
+                .ignore();
+        }
+        let mut manager = conn.manager();
+        if let Err(e) = pipe.query_async::<()>(&mut manager).await {
+            tracing::debug!(error = %e, "session writes lost (Redis unavailable)");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::GatewayConfig;
+    use routemesh_proto::v1::{ChatMessage, GenerateRequest};
+
+    fn request(messages: Vec<ChatMessage>, session_id: &str, tenant: &str) -> ValidRequest {
+        crate::request::validate(
+            GenerateRequest {
+                messages,
+                session_id: session_id.into(),
+                tenant: tenant.into(),
+                ..Default::default()
+            },
+            &GatewayConfig::default(),
+            &["m"],
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_conversation_is_known_by_its_opening_across_turns() {
+        let sessions = Sessions::local(SessionAffinityConfig::default());
+        let first = vec![
+            ChatMessage::text("system", "you are terse"),
+            ChatMessage::text("user", "plan a trip"),
+        ];
+        let opening = sessions
+            .session_of(&request(first.clone(), "", "t"))
+            .unwrap();
+        assert!(opening.opening);
+        assert_eq!(sessions.lookup(&opening).await, None);
+        let sticky = Sticky {
+            model: "large".into(),
+            worker: "large-0".into(),
+        };
+        sessions.remember(&opening, sticky.clone());
+        let mut second = first.clone();
+        second.push(ChatMessage::text("assistant", "where to?"));
+        second.push(ChatMessage::text("user", "Lisbon"));
+        let later = sessions
+            .session_of(&request(second.clone(), "", "t"))
+            .unwrap();
+        assert_eq!(later.label, opening.label);
+        assert_eq!(sessions.lookup(&later).await, Some(sticky));
+        // Another tenant's identical conversation is another session.
+        let other = sessions.session_of(&request(second, "", "u")).unwrap();
+        assert_ne!(other.label, opening.label);
+        assert_eq!(sessions.lookup(&other).await, None);
+    }
+
+    #[tokio::test]
+    async fn a_named_session_follows_from_its_first_turn() {
+        let sessions = Sessions::local(SessionAffinityConfig::default());
+        let s = sessions
+            .session_of(&request(
+                vec![ChatMessage::text("user", "hi")],
+                "chat-1",
+                "t",
+            ))
+            .unwrap();
+        assert!(!s.opening);
+        assert_eq!(s.label, "chat-1");
+        sessions.remember(
+            &s,
+            Sticky {
+                model: "small".into(),
+                worker: "s-0".into(),
+            },
+        );
+        let again = sessions
+            .session_of(&request(
+                vec![ChatMessage::text("user", "other")],
+                "chat-1",
+                "t",
+            ))
+            .unwrap();
+        assert_eq!(
+            sessions.lookup(&again).await.map(|s| s.model).as_deref(),
+            Some("small")
+        );
+        let off = Sessions::local(SessionAffinityConfig {
+            enabled: false,
+            ..Default::default()
+        });
+        assert!(
+            off.session_of(&request(
+                vec![ChatMessage::text("user", "hi")],
+                "chat-1",
+                "t"
+            ))
+            .is_none()
+        );
+    }
+}
