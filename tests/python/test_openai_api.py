@@ -66,9 +66,12 @@ def test_errors_are_openai_shaped_with_matching_codes(sdk):
     with pytest.raises(openai.NotFoundError) as err:
         sdk.chat.completions.create(model="gpt-17", messages=chat("hi"))
     assert "gpt-17" in err.value.message
+    assert err.value.body["code"] == "model_not_found"
     with pytest.raises(openai.BadRequestError) as err:
         sdk.chat.completions.create(model="router", messages=chat("hi"), temperature=5)
-    assert err.value.body["param"] == "params.temperature"
+    # OpenAI's own spelling of the field, in `param` and in the message.
+    assert err.value.body["param"] == "temperature"
+    assert err.value.body["message"].startswith("temperature: ")
     with pytest.raises(openai.BadRequestError) as err:
         sdk.chat.completions.create(model="router", messages=[])
     assert "messages" in err.value.message
@@ -83,6 +86,11 @@ def test_errors_are_openai_shaped_with_matching_codes(sdk):
 def test_model_list_has_the_router_and_the_pool(sdk):
     ids = {m.id for m in sdk.models.list()}
     assert ids == {"router", "small-model", "large-model"}
+    one = sdk.models.retrieve("small-model")
+    assert one.id == "small-model" and one.owned_by == "routemesh"
+    with pytest.raises(openai.NotFoundError) as err:
+        sdk.models.retrieve("gpt-17")
+    assert err.value.body["code"] == "model_not_found"
 
 
 def curl(*args):
@@ -107,6 +115,16 @@ def test_curl_plain_stream_and_bad_bodies(mesh):
 
     missing = curl(mesh.http + "/v1/nothing")
     assert " 404 " in missing.stdout.splitlines()[0]
+
+    # Over gateway.max_request_bytes (4 MiB by default): OpenAI's error shape, 413.
+    huge = json.dumps({"model": "router", "messages": chat("x" * (5 << 20))})
+    too_big = subprocess.run(
+        ["curl", "-sS", "-i", "--max-time", "20", url, "-H", "content-type: application/json", "-H", "Expect:", "--data-binary", "@-"],
+        input=huge, capture_output=True, text=True, timeout=30,
+    )
+    assert " 413 " in too_big.stdout.splitlines()[0]
+    error = json.loads(too_big.stdout.split("\n\n", 1)[1])["error"]
+    assert error["code"] == "request_too_large" and "max_request_bytes" in error["message"]
 
 
 @pytest.fixture(scope="module")
