@@ -9,6 +9,7 @@
 
 mod error;
 mod request;
+mod responses;
 
 use std::convert::Infallible;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -47,6 +48,7 @@ pub(crate) fn router(state: HttpState) -> Router {
     let limit = state.max_body_bytes;
     Router::new()
         .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/responses", post(responses::create))
         .route("/v1/models", get(list_models))
         .fallback(|| async {
             openai_error(

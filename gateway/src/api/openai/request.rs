@@ -182,7 +182,7 @@ pub(super) fn parse_chat(body: &[u8]) -> Result<ChatRequest, ApiError> {
 
 /// routemesh's extension: `"routing": {"max_cost_usd", "latency_slo_ms",
 /// "quality_floor", "allowed_models", "allowed_tiers": ["small"|"large"]}`.
-fn parse_hints(r: &Value) -> Result<RoutingHints, ApiError> {
+pub(super) fn parse_hints(r: &Value) -> Result<RoutingHints, ApiError> {
     let strings = |key: &str| -> Result<Vec<String>, ApiError> {
         match r.get(key) {
             None | Some(Value::Null) => Ok(Vec::new()),
