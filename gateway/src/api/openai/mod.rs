@@ -10,6 +10,7 @@
 
 mod error;
 mod request;
+mod responses;
 
 use std::convert::Infallible;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -51,6 +52,7 @@ pub(crate) fn router(state: HttpState) -> Router {
     let limit = state.max_body_bytes;
     Router::new()
         .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/responses", post(responses::create))
         .route("/v1/models", get(list_models))
         .route("/v1/models/{id}", get(get_model))
         .fallback(|| async {

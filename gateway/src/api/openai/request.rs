@@ -666,6 +666,22 @@ pub(super) fn parse_chat(body: &[u8], lenient: bool) -> Result<ChatRequest, ApiE
     })
 }
 
+/// routemesh's `routing` extension from a JSON value (the Responses API
+/// reads its body as a value first): as strict as the chat body's.
+pub(super) fn parse_hints(r: &Value) -> Result<RoutingHints, ApiError> {
+    let routing: WireRouting = serde_path_to_error::deserialize(r).map_err(|e| {
+        let path = format!("routing.{}", e.path());
+        let inner = e.into_inner().to_string();
+        let code = if inner.starts_with("unknown field") {
+            "unknown_parameter"
+        } else {
+            "invalid_type"
+        };
+        bad_request(path.trim_end_matches(".."), inner).with_code(code)
+    })?;
+    hints_of(routing)
+}
+
 fn hints_of(r: WireRouting) -> Result<RoutingHints, ApiError> {
     let tiers = r
         .allowed_tiers
@@ -797,6 +813,11 @@ mod tests {
                 .as_deref(),
             Some("logit_bias")
         );
+        // The Responses API reads `routing` from a value, as strictly.
+        let e = parse_hints(&serde_json::json!({"max_cost": 1})).unwrap_err();
+        assert_eq!((e.param(), e.code()), (Some("routing.max_cost"), Some("unknown_parameter")));
+        let e = parse_hints(&serde_json::json!({"quality_floor": "high"})).unwrap_err();
+        assert_eq!(e.param(), Some("routing.quality_floor"));
         // Vendor extras pass when asked to.
         assert!(parse_chat(format!(r#"{{{base}, "top_k": 3}}"#).as_bytes(), true).is_ok());
         // Nulls the SDKs send are not "set".
