@@ -58,8 +58,20 @@ fn incoming(
     );
     let deadline = client_deadline(&request);
     let tenant = request.extensions().get::<Tenant>().cloned();
+    // The session may come as metadata, like the HTTP API's header.
+    let session = request
+        .metadata()
+        .get("x-session-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let mut message = request.into_inner();
+    if message.session_id.is_empty()
+        && let Some(session) = session
+    {
+        message.session_id = session;
+    }
     let incoming = Incoming {
-        message: request.into_inner(),
+        message,
         tenant,
         deadline,
     };
