@@ -8,6 +8,7 @@ long prompts) and `large-agent` (long context, ten times the price). Priors
 make the policy prefer the large models when nothing narrows the choice."""
 
 import json
+import os
 import uuid
 
 import grpc
@@ -26,12 +27,13 @@ WEATHER_TOOL = {
         "strict": True,
     },
 }
+REDIS = os.environ.get("ROUTEMESH_TEST_REDIS", "redis://127.0.0.1:6379")
 LONG_PROMPT = "Summarise this report. " + "The quarterly figures rose again. " * 700  # ~6,000 tokens
 
 
 def mesh_config(engines, redis_mesh=None, with_workers=True):
     small, big, large = engines
-    registry = f"registry: {{redis: {{url: 'redis://127.0.0.1:6379', mesh: {redis_mesh}}}}}\n" if redis_mesh else ""
+    registry = f"registry: {{redis: {{url: '{REDIS}', mesh: {redis_mesh}}}}}\n" if redis_mesh else ""
     workers = f"""
 workers:
   - id: small-agent-0

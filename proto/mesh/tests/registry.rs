@@ -185,7 +185,9 @@ async fn redis_layout_is_unchanged() {
             "backend": "sim", "simulated": true,
             // Optional, written only when declared; readers of older
             // versions ignore it (records are not parsed strictly).
-            "expected_ttft_ms": 120.0
+            "expected_ttft_ms": 120.0,
+            "capabilities": {"tools": false, "json_output": true, "structured_output": true,
+                             "vision": false, "logprobs": true, "context_tokens": 4096}
         })
     );
 
