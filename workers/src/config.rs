@@ -4,8 +4,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use routemesh_mesh::{DeclaredCapabilities, Tier};
 use routemesh_mesh::tls::TlsFiles;
+use routemesh_mesh::{DeclaredCapabilities, Tier};
 use serde::{Deserialize, Serialize};
 
 use crate::backend::{LocalConfig, OpenAiConfig, SimConfig};
