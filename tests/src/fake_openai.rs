@@ -4,6 +4,13 @@
 //! `error-503`, `slow`, `malformed`, `midstream-error`, `no-usage`; anything
 //! else gets a normal answer.
 //!
+//! Agent features: the prompt `tool-call` gets a call of [`TOOL_NAME`]
+//! (unary in `message.tool_calls`; streamed as `delta.tool_calls` pieces,
+//! the id and name first, then the arguments in fragments; finish reason
+//! `tool_calls`). `error-context` gets OpenAI's 400 for a prompt longer
+//! than the context ([`CONTEXT_ERROR`], code `context_length_exceeded`).
+//! `cached` reports [`CACHED_TOKENS`] in `usage.prompt_tokens_details`.
+//!
 //! Asked for `"logprobs": true`, it gives each answer token a scripted
 //! log-probability (`logprobs.content[]`, unary and per SSE chunk), so tests
 //! can script a cascade's engine-confidence verifier: [`UNSURE_LOGPROBS`]
@@ -29,6 +36,19 @@ use axum::routing::post;
 use serde_json::{Value, json};
 
 pub const ANSWER_PIECES: [&str; 4] = ["Hello", " from", " the fake", " engine."];
+
+/// The tool call the prompt `tool-call` gets.
+pub const TOOL_CALL_ID: &str = "call_fake_1";
+pub const TOOL_NAME: &str = "get_weather";
+pub const TOOL_ARGUMENTS: &str = r#"{"city":"Paris","unit":"C"}"#;
+/// How the streamed arguments are cut (joined, [`TOOL_ARGUMENTS`]).
+pub const TOOL_ARGUMENT_FRAGMENTS: [&str; 3] = [r#"{"city":"#, r#""Paris","unit""#, r#":"C"}"#];
+
+/// The message of the `error-context` refusal.
+pub const CONTEXT_ERROR: &str = "This model's maximum context length is 4096 tokens. However, you requested 6207 tokens (5951 in the messages, 256 in the completion). Please reduce the length of the messages or completion.";
+
+/// Prompt tokens the prompt `cached` reports as served from the cache.
+pub const CACHED_TOKENS: u32 = 8;
 
 /// Per-piece log-probabilities of a confident answer: mean -0.05, min -0.12.
 pub const SURE_LOGPROBS: [f64; 4] = [-0.01, -0.05, -0.12, -0.02];
@@ -105,9 +125,21 @@ fn chunk_with(delta: Value, finish: Option<&str>, logprobs: Value) -> String {
     .to_string()
 }
 
-/// One `logprobs.content[]` entry as OpenAI sends it.
-fn token_logprob(piece: &str, logprob: f64) -> Value {
-    json!({"token": piece, "logprob": logprob, "bytes": piece.as_bytes(), "top_logprobs": []})
+/// One `logprobs.content[]` entry as OpenAI sends it, with `top`
+/// alternatives (the token itself first, then `alt1`, `alt2`, ... each one
+/// nat less likely).
+fn token_logprob(piece: &str, logprob: f64, top: usize) -> Value {
+    let alternatives: Vec<Value> = (0..top)
+        .map(|i| {
+            let token = if i == 0 {
+                piece.to_string()
+            } else {
+                format!("alt{i}")
+            };
+            json!({"token": token, "logprob": logprob - i as f64, "bytes": token.as_bytes()})
+        })
+        .collect();
+    json!({"token": piece, "logprob": logprob, "bytes": piece.as_bytes(), "top_logprobs": alternatives})
 }
 
 async fn completions(State(state): State<FakeOpenAi>, body: axum::Json<Value>) -> Response {
@@ -123,7 +155,11 @@ async fn completions(State(state): State<FakeOpenAi>, body: axum::Json<Value>) -
     let include_usage = body["stream_options"]["include_usage"]
         .as_bool()
         .unwrap_or(false);
-    let usage = json!({"prompt_tokens": 11, "completion_tokens": 4, "total_tokens": 15});
+    let mut usage = json!({"prompt_tokens": 11, "completion_tokens": 4, "total_tokens": 15});
+    if prompt == "cached" {
+        usage["prompt_tokens_details"] = json!({"cached_tokens": CACHED_TOKENS, "audio_tokens": 0});
+    }
+    let top = body["top_logprobs"].as_u64().unwrap_or(0) as usize;
     let logprobs =
         (body["logprobs"].as_bool() == Some(true) && prompt != "no-logprobs").then(|| {
             if prompt.contains("unsure") {
@@ -142,12 +178,23 @@ async fn completions(State(state): State<FakeOpenAi>, body: axum::Json<Value>) -
                 "max_tokens is too large for this model",
             );
         }
+        "error-context" => {
+            return (
+                StatusCode::BAD_REQUEST,
+                axum::Json(json!({"error": {"message": CONTEXT_ERROR, "type": "invalid_request_error",
+                                            "param": "messages", "code": "context_length_exceeded"}})),
+            )
+                .into_response();
+        }
         "error-429" => return error(StatusCode::TOO_MANY_REQUESTS, "slow down"),
         "error-503" => return error(StatusCode::SERVICE_UNAVAILABLE, "engine overloaded"),
         "slow" => {
             tokio::time::sleep(Duration::from_secs(30)).await;
         }
         _ => {}
+    }
+    if prompt == "tool-call" {
+        return tool_call(stream, include_usage, usage);
     }
     if !stream {
         let content = match (
@@ -166,7 +213,7 @@ async fn completions(State(state): State<FakeOpenAi>, body: axum::Json<Value>) -
             let content: Vec<Value> = ANSWER_PIECES
                 .iter()
                 .zip(lps)
-                .map(|(p, lp)| token_logprob(p, lp))
+                .map(|(p, lp)| token_logprob(p, lp, top))
                 .collect();
             answer["choices"][0]["logprobs"] = json!({"content": content, "refusal": null});
         }
@@ -194,12 +241,45 @@ async fn completions(State(state): State<FakeOpenAi>, body: axum::Json<Value>) -
             .filter(|_| i < 2 || prompt != "partial-logprobs")
             .map_or(
                 Value::Null,
-                |lps| json!({"content": [token_logprob(piece, lps[i])], "refusal": null}),
+                |lps| json!({"content": [token_logprob(piece, lps[i], top)], "refusal": null}),
             );
         events.push(chunk_with(json!({"content": piece}), None, lp));
     }
     events.push(chunk(json!({}), Some("stop")));
     if include_usage && prompt != "no-usage" {
+        events.push(json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "choices": [], "usage": usage}).to_string());
+    }
+    events.push("[DONE]".into());
+    sse(events)
+}
+
+/// The answer to `tool-call`: one call of [`TOOL_NAME`], whole or in pieces.
+fn tool_call(stream: bool, include_usage: bool, usage: Value) -> Response {
+    if !stream {
+        return axum::Json(json!({
+            "id": "chatcmpl-fake", "object": "chat.completion", "created": 0, "model": "fake",
+            "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+                "role": "assistant", "content": null, "tool_calls": [{
+                    "id": TOOL_CALL_ID, "type": "function",
+                    "function": {"name": TOOL_NAME, "arguments": TOOL_ARGUMENTS}}]}}],
+            "usage": usage,
+        }))
+        .into_response();
+    }
+    let mut events = vec![chunk(
+        json!({"role": "assistant", "content": null, "tool_calls": [{
+            "index": 0, "id": TOOL_CALL_ID, "type": "function",
+            "function": {"name": TOOL_NAME, "arguments": ""}}]}),
+        None,
+    )];
+    for fragment in TOOL_ARGUMENT_FRAGMENTS {
+        events.push(chunk(
+            json!({"tool_calls": [{"index": 0, "function": {"arguments": fragment}}]}),
+            None,
+        ));
+    }
+    events.push(chunk(json!({}), Some("tool_calls")));
+    if include_usage {
         events.push(json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "choices": [], "usage": usage}).to_string());
     }
     events.push("[DONE]".into());

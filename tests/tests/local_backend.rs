@@ -2,16 +2,20 @@
 //! SmolLM2-135M-Instruct on the CPU beside a simulated large model answers
 //! pinned requests with the model's real greedy text and real token counts,
 //! honours stop sequences, and frees the slot when a streaming client leaves.
+//! Asked straight, its worker refuses a prompt longer than the model's
+//! context as OUT_OF_RANGE (a model with a longer context could serve it)
+//! and a request for tools, which this model cannot serve, by name.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
 
 use routemesh_proto::v1::{
-    ChatMessage, FinishReason, GenerationParams, LoadRequest, WorkerGenerateRequest,
+    ChatMessage, FinishReason, GenerationParams, LoadRequest, Tool, WorkerGenerateRequest,
     worker_stream_event,
 };
 use routemesh_tests::*;
+use tonic::Code;
 
 const MODEL: &str = "smollm2-135m-instruct";
 
@@ -94,7 +98,11 @@ async fn local_model_answers_through_the_mesh() {
         want_logprobs: false,
         user: String::new(),
     };
-    let mut stream = worker.generate_stream(long).await.unwrap().into_inner();
+    let mut stream = worker
+        .generate_stream(long.clone())
+        .await
+        .unwrap()
+        .into_inner();
     for _ in 0..2 {
         let event = stream.message().await.unwrap().unwrap();
         assert!(matches!(
@@ -126,4 +134,53 @@ async fn local_model_answers_through_the_mesh() {
         .unwrap()
         .into_inner();
     assert!(done.usage.unwrap().completion_tokens <= 4);
+
+    // A prompt longer than the slot's 512-token context: OUT_OF_RANGE with
+    // the numbers, unary and streamed, and no retry hint.
+    let too_long = WorkerGenerateRequest {
+        messages: vec![ChatMessage {
+            role: "user".into(),
+            content: "word ".repeat(600),
+            ..Default::default()
+        }],
+        params: Some(greedy(4, &[])),
+        ..long.clone()
+    };
+    for streaming in [false, true] {
+        let status = if streaming {
+            // The refusal comes as the stream's first message.
+            match worker.generate_stream(too_long.clone()).await {
+                Ok(stream) => stream.into_inner().message().await.unwrap_err(),
+                Err(status) => status,
+            }
+        } else {
+            worker.generate(too_long.clone()).await.unwrap_err()
+        };
+        assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+        assert!(
+            status.message().contains("this model's context is 512"),
+            "{}",
+            status.message()
+        );
+        assert!(status.metadata().get("x-routemesh-retryable").is_none());
+    }
+
+    // Tools offered to a model without tool calling: refused by name.
+    let with_tools = WorkerGenerateRequest {
+        params: Some(GenerationParams {
+            tools: vec![Tool {
+                name: "get_weather".into(),
+                ..Default::default()
+            }],
+            ..greedy(4, &[])
+        }),
+        ..long
+    };
+    let status = worker.generate(with_tools).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains("no tool calling"),
+        "{}",
+        status.message()
+    );
 }

@@ -1,16 +1,24 @@
 //! The worker's `openai` backend against an HTTP server that speaks the OpenAI
 //! wire format: plain and SSE, usage reported or counted, engine errors,
 //! timeouts and malformed chunks mapped to gRPC codes; and a gateway that
-//! dials the worker from static configuration.
+//! dials the worker from static configuration. Agent features: tools, tool
+//! turns, response formats, log-probabilities and the user forwarded as
+//! OpenAI spells them; tool calls back whole and in streamed pieces; a
+//! context refusal as OUT_OF_RANGE (not retryable); cached prompt tokens.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use routemesh_proto::v1::{
-    ChatMessage, FinishReason, GenerationParams, LoadRequest, WorkerGenerateRequest,
+    ChatMessage, ContentPart, FinishReason, GenerationParams, ImageUrl, LoadRequest,
+    ResponseFormat, Tool, ToolCall, ToolChoice, WorkerGenerateRequest, content_part, tool_choice,
     worker_stream_event,
 };
-use routemesh_tests::fake_openai::{ANSWER_PIECES, FakeOpenAi};
+use routemesh_tests::fake_openai::{
+    ANSWER_PIECES, CACHED_TOKENS, CONTEXT_ERROR, FakeOpenAi, SURE_LOGPROBS,
+    TOOL_ARGUMENT_FRAGMENTS, TOOL_ARGUMENTS, TOOL_CALL_ID, TOOL_NAME,
+};
 use routemesh_tests::*;
+use serde_json::json;
 use tonic::Code;
 
 fn worker_yaml(base_url: &str) -> String {
@@ -227,5 +235,296 @@ async fn openai_engine_behind_the_worker() {
     assert!(
         status.message().contains("engine-0")
             && status.message().contains("max_tokens is too large")
+    );
+}
+
+/// A request an agent makes: tools offered, a conversation with an earlier
+/// call and its result, a JSON Schema answer, log-probabilities, penalties.
+fn agent_request(prompt: &str) -> WorkerGenerateRequest {
+    let mut req = request(prompt);
+    req.user = "end-user-42".into();
+    req.messages = vec![
+        ChatMessage {
+            role: "system".into(),
+            content: "You are terse.".into(),
+            ..Default::default()
+        },
+        ChatMessage {
+            role: "user".into(),
+            parts: vec![
+                ContentPart {
+                    part: Some(content_part::Part::Text("Weather where this is?".into())),
+                },
+                ContentPart {
+                    part: Some(content_part::Part::ImageUrl(ImageUrl {
+                        url: "data:image/png;base64,iVBORw0KGgo=".into(),
+                        detail: "low".into(),
+                    })),
+                },
+            ],
+            ..Default::default()
+        },
+        ChatMessage {
+            role: "assistant".into(),
+            tool_calls: vec![ToolCall {
+                id: "call_0".into(),
+                name: "locate".into(),
+                arguments: r#"{"image":0}"#.into(),
+            }],
+            ..Default::default()
+        },
+        ChatMessage {
+            role: "tool".into(),
+            content: "Paris".into(),
+            tool_call_id: "call_0".into(),
+            name: "locate".into(),
+            ..Default::default()
+        },
+        ChatMessage {
+            role: "user".into(),
+            content: prompt.into(),
+            ..Default::default()
+        },
+    ];
+    let params = req.params.get_or_insert_with(Default::default);
+    params.tools = vec![Tool {
+        name: TOOL_NAME.into(),
+        description: "The weather in a city".into(),
+        parameters_json: r#"{"type":"object","properties":{"city":{"type":"string"},"unit":{"enum":["C","F"]}},"required":["city"]}"#.into(),
+        strict: Some(true),
+    }];
+    params.tool_choice = Some(ToolChoice {
+        choice: Some(tool_choice::Choice::Mode("auto".into())),
+    });
+    params.parallel_tool_calls = Some(false);
+    params.response_format = Some(ResponseFormat {
+        r#type: "json_schema".into(),
+        schema_name: "weather".into(),
+        schema_description: "A forecast".into(),
+        schema_json: r#"{"type":"object","properties":{"summary":{"type":"string"}}}"#.into(),
+        strict: Some(true),
+    });
+    params.logprobs = true;
+    params.top_logprobs = Some(2);
+    params.frequency_penalty = Some(0.5);
+    params.presence_penalty = Some(-0.5);
+    req
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_features_through_the_openai_backend() {
+    let fake = FakeOpenAi::start().await;
+    // Vision is declared: an OpenAI engine's default is without it.
+    let yaml = worker_yaml(&fake.base_url).replace(
+        "    backend:\n",
+        "    capabilities: {vision: true}\n    backend:\n",
+    );
+    let worker = Process::start("openai-agent-worker", "worker", &yaml, &[]).unwrap();
+    let mut client = worker_client(&worker.worker_endpoint(0)).await;
+    let sent = || fake.state.requests.lock().unwrap().last().cloned().unwrap();
+
+    // Everything an agent sends reaches the engine as OpenAI spells it.
+    let done = client
+        .generate(agent_request("hi"))
+        .await
+        .unwrap()
+        .into_inner();
+    let body = sent();
+    assert_eq!(
+        body["messages"],
+        json!([
+            {"role": "system", "content": "You are terse."},
+            {"role": "user", "content": [
+                {"type": "text", "text": "Weather where this is?"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo=", "detail": "low"}},
+            ]},
+            {"role": "assistant", "content": null, "tool_calls": [
+                {"id": "call_0", "type": "function", "function": {"name": "locate", "arguments": "{\"image\":0}"}},
+            ]},
+            {"role": "tool", "content": "Paris", "tool_call_id": "call_0", "name": "locate"},
+            {"role": "user", "content": "hi"},
+        ])
+    );
+    assert_eq!(
+        body["tools"],
+        json!([{"type": "function", "function": {
+            "name": TOOL_NAME, "description": "The weather in a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "unit": {"enum": ["C", "F"]}}, "required": ["city"]},
+            "strict": true}}])
+    );
+    assert_eq!(body["tool_choice"], "auto");
+    assert_eq!(body["parallel_tool_calls"], false);
+    assert_eq!(
+        body["response_format"],
+        json!({"type": "json_schema", "json_schema": {"name": "weather", "description": "A forecast",
+               "schema": {"type": "object", "properties": {"summary": {"type": "string"}}}, "strict": true}})
+    );
+    assert_eq!(
+        (&body["logprobs"], &body["top_logprobs"], &body["user"]),
+        (&json!(true), &json!(2), &json!("end-user-42"))
+    );
+    assert_eq!(
+        (&body["frequency_penalty"], &body["presence_penalty"]),
+        (&json!(0.5), &json!(-0.5))
+    );
+    // Per-token log-probabilities come back, with their alternatives; no
+    // confidence summary was asked for.
+    assert_eq!(done.text, ANSWER_PIECES.concat());
+    assert_eq!(
+        done.logprobs
+            .iter()
+            .map(|t| (t.token.as_str(), t.logprob))
+            .collect::<Vec<_>>(),
+        ANSWER_PIECES
+            .iter()
+            .copied()
+            .zip(SURE_LOGPROBS)
+            .collect::<Vec<_>>()
+    );
+    assert!(done.logprobs.iter().all(|t| t.top_logprobs.len() == 2
+        && t.top_logprobs[0].token == t.token
+        && t.bytes == t.token.as_bytes()));
+    assert!(done.confidence.is_none());
+    // Streamed, each delta carries its own.
+    let mut stream = client
+        .generate_stream(agent_request("hi"))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut per_delta = Vec::new();
+    while let Some(event) = stream.message().await.unwrap() {
+        if let Some(worker_stream_event::Event::Delta(d)) = event.event {
+            per_delta.push((d.text, d.logprobs.len()));
+        }
+    }
+    assert_eq!(
+        per_delta,
+        ANSWER_PIECES
+            .iter()
+            .map(|p| (p.to_string(), 1))
+            .collect::<Vec<_>>()
+    );
+
+    // A tool call, whole.
+    let done = client
+        .generate(agent_request("tool-call"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(done.finish_reason, FinishReason::ToolCalls as i32);
+    assert_eq!(done.text, "");
+    assert_eq!(
+        done.tool_calls,
+        vec![ToolCall {
+            id: TOOL_CALL_ID.into(),
+            name: TOOL_NAME.into(),
+            arguments: TOOL_ARGUMENTS.into(),
+        }]
+    );
+    // And in streamed pieces: the id and name first, then the fragments.
+    let mut stream = client
+        .generate_stream(agent_request("tool-call"))
+        .await
+        .unwrap()
+        .into_inner();
+    let (mut pieces, mut end) = (Vec::new(), None);
+    while let Some(event) = stream.message().await.unwrap() {
+        match event.event.unwrap() {
+            worker_stream_event::Event::ToolCall(piece) => pieces.push(piece),
+            worker_stream_event::Event::End(e) => end = Some(e),
+            worker_stream_event::Event::Delta(d) => panic!("no text expected: {d:?}"),
+        }
+    }
+    assert_eq!(
+        pieces.len(),
+        1 + TOOL_ARGUMENT_FRAGMENTS.len(),
+        "{pieces:?}"
+    );
+    assert_eq!(
+        (
+            pieces[0].index,
+            pieces[0].id.as_str(),
+            pieces[0].name.as_str(),
+            pieces[0].arguments.as_str()
+        ),
+        (0, TOOL_CALL_ID, TOOL_NAME, "")
+    );
+    for (piece, fragment) in pieces[1..].iter().zip(TOOL_ARGUMENT_FRAGMENTS) {
+        assert_eq!(
+            (
+                piece.index,
+                piece.id.as_str(),
+                piece.name.as_str(),
+                piece.arguments.as_str()
+            ),
+            (0, "", "", fragment)
+        );
+    }
+    assert_eq!(end.unwrap().finish_reason, FinishReason::ToolCalls as i32);
+
+    // Too long for the model's context: OUT_OF_RANGE with the engine's
+    // words, and no retry hint (every worker of the model would refuse).
+    for streaming in [false, true] {
+        let status = if streaming {
+            client
+                .generate_stream(request("error-context"))
+                .await
+                .map(|_| ())
+                .unwrap_err()
+        } else {
+            client
+                .generate(request("error-context"))
+                .await
+                .map(|_| ())
+                .unwrap_err()
+        };
+        assert_eq!(
+            status.code(),
+            Code::OutOfRange,
+            "stream {streaming}: {status:?}"
+        );
+        assert!(
+            status.message().contains(CONTEXT_ERROR),
+            "{}",
+            status.message()
+        );
+        assert!(
+            status.metadata().get("x-routemesh-retryable").is_none(),
+            "{:?}",
+            status.metadata()
+        );
+    }
+
+    // Prompt tokens the engine served from its cache are reported.
+    let usage = client
+        .generate(request("cached"))
+        .await
+        .unwrap()
+        .into_inner()
+        .usage
+        .unwrap();
+    assert_eq!(usage.cached_prompt_tokens, Some(CACHED_TOKENS));
+    let mut stream = client
+        .generate_stream(request("cached"))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut cached = None;
+    while let Some(event) = stream.message().await.unwrap() {
+        if let Some(worker_stream_event::Event::End(e)) = event.event {
+            cached = e.usage.and_then(|u| u.cached_prompt_tokens);
+        }
+    }
+    assert_eq!(cached, Some(CACHED_TOKENS));
+    assert_eq!(
+        client
+            .generate(request("hi"))
+            .await
+            .unwrap()
+            .into_inner()
+            .usage
+            .unwrap()
+            .cached_prompt_tokens,
+        None
     );
 }

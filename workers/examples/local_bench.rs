@@ -46,6 +46,7 @@ async fn main() -> Result<(), String> {
                 ..Default::default()
             },
             want_logprobs: false,
+            user: String::new(),
         })
         .await
         .map_err(|e| e.to_string())?;

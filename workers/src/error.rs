@@ -18,6 +18,11 @@ fn with_retry_hint(mut status: Status, retryable: bool) -> Status {
     status
 }
 
+/// The status for an engine's failure. A request too long for the model's
+/// context is `OUT_OF_RANGE`, a code nothing else here uses: the gateway
+/// reads it as "this model's context is too short" and fails over to a
+/// model with a longer one, never to another worker of the same model
+/// (hence no retry hint).
 pub fn engine_status(error: &EngineError) -> Status {
     let code = match error {
         EngineError::Unreachable(_) | EngineError::Injected => Code::Unavailable,
@@ -27,6 +32,7 @@ pub fn engine_status(error: &EngineError) -> Status {
         EngineError::Upstream { .. } => Code::Internal,
         EngineError::Timeout(_) => Code::DeadlineExceeded,
         EngineError::Rejected(_) => Code::InvalidArgument,
+        EngineError::ContextExceeded(_) => Code::OutOfRange,
         EngineError::RateLimited(_) => Code::ResourceExhausted,
         EngineError::Malformed(_) => Code::Internal,
     };
@@ -53,4 +59,22 @@ pub fn is_retryable(status: &Status) -> bool {
         .metadata()
         .get(RETRYABLE_HEADER)
         .is_some_and(|v| v == "true")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn context_refusals_are_out_of_range_and_not_retried() {
+        let status = engine_status(&EngineError::ContextExceeded(
+            "maximum context length is 4096 tokens".into(),
+        ));
+        assert_eq!(status.code(), Code::OutOfRange);
+        assert!(status.message().contains("4096"), "{}", status.message());
+        assert!(!is_retryable(&status));
+        let status = engine_status(&EngineError::Rejected("bad".into()));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(is_retryable(&engine_status(&EngineError::Injected)));
+    }
 }

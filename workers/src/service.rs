@@ -6,9 +6,9 @@ use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 use routemesh_proto::v1::{
-    AnswerConfidence, EngineFigures, LoadReport, LoadRequest, StreamEnd, TextDelta, Usage,
-    WorkerGenerateRequest, WorkerGenerateResponse, WorkerStreamEvent, worker_server::Worker,
-    worker_stream_event,
+    AnswerConfidence, ChatMessage, EngineFigures, GenerationParams, LoadReport, LoadRequest,
+    StreamEnd, TextDelta, Usage, WorkerGenerateRequest, WorkerGenerateResponse, WorkerStreamEvent,
+    content_part, worker_server::Worker, worker_stream_event,
 };
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
@@ -17,8 +17,8 @@ use tracing::Instrument;
 use crate::admission::Admission;
 use crate::backend::{Backend, Confidence, EngineEvent, EngineUsage, GenerateInput};
 use crate::error::{draining_status, engine_status, overloaded_status, wrong_model_status};
-use routemesh_mesh::WorkerRecord;
 use routemesh_mesh::driven::driven_stream;
+use routemesh_mesh::{Needs, WorkerRecord};
 
 /// Recent per-request speed figures for the load report.
 #[derive(Debug, Default)]
@@ -85,7 +85,7 @@ impl WorkerState {
             estimated: engine.estimated,
             simulated: self.backend.simulated(),
             replay_quality: engine.replay_quality,
-            cached_prompt_tokens: None,
+            cached_prompt_tokens: engine.cached_prompt_tokens,
         }
     }
 
@@ -142,12 +142,53 @@ impl WorkerState {
         if req.messages.is_empty() {
             return Err(Status::invalid_argument("messages: must not be empty"));
         }
+        let params = req.params.clone().unwrap_or_default();
+        // The gateway routes only to workers that can serve the request;
+        // this catches a gateway that does not know this worker's
+        // capabilities (or a direct caller). The context is not checked
+        // here: only the engine's tokenizer knows the prompt's length.
+        if let Some(lack) = self
+            .record
+            .capabilities()
+            .lack(&needs(&req.messages, &params))
+        {
+            return Err(Status::invalid_argument(format!(
+                "this worker ({} serving {:?}) cannot serve the request: {lack}",
+                self.record.id, self.record.model
+            )));
+        }
         Ok(GenerateInput {
             request_id: req.request_id.clone(),
             messages: req.messages.clone(),
-            params: req.params.clone().unwrap_or_default(),
+            params,
             want_logprobs: req.want_logprobs,
+            user: req.user.clone(),
         })
+    }
+}
+
+/// What a request needs of the engine, apart from its context length.
+fn needs(messages: &[ChatMessage], params: &GenerationParams) -> Needs {
+    let format = params
+        .response_format
+        .as_ref()
+        .map_or("", |f| f.r#type.as_str());
+    Needs {
+        // A conversation with earlier tool calls needs an engine whose
+        // template knows tool turns, even when no tool is offered now.
+        tools: !params.tools.is_empty()
+            || messages
+                .iter()
+                .any(|m| m.role == "tool" || !m.tool_calls.is_empty()),
+        json_output: format == "json_object",
+        structured_output: format == "json_schema",
+        vision: messages
+            .iter()
+            .flat_map(|m| &m.parts)
+            .any(|p| matches!(p.part, Some(content_part::Part::ImageUrl(_)))),
+        logprobs: params.logprobs,
+        prompt_tokens: 0,
+        max_tokens: 0,
     }
 }
 
@@ -236,6 +277,7 @@ impl WorkerService {
         let state = &self.state;
         let input = state.check(request.get_ref())?;
         let asked = input.want_logprobs;
+        let token_logprobs = input.token_logprobs();
         let _slot = state
             .admission
             .acquire()
@@ -256,8 +298,12 @@ impl WorkerService {
                     finish_reason: done.finish_reason as i32,
                     usage: Some(state.usage(&done.usage, ttft, total)),
                     confidence: wire_confidence(asked, done.confidence),
-                    tool_calls: Vec::new(),
-                    logprobs: Vec::new(),
+                    tool_calls: done.tool_calls,
+                    logprobs: if token_logprobs {
+                        done.logprobs
+                    } else {
+                        Vec::new()
+                    },
                 }))
             }
             Err(e) => {
@@ -276,6 +322,7 @@ impl WorkerService {
         let state = self.state.clone();
         let input = state.check(request.get_ref())?;
         let asked = input.want_logprobs;
+        let token_logprobs = input.token_logprobs();
         let slot = state
             .admission
             .acquire()
@@ -294,12 +341,20 @@ impl WorkerService {
                 let mut ttft = None;
                 while let Some(event) = engine.next().await {
                     let out = match event {
-                        Ok(EngineEvent::Delta(text)) => {
+                        Ok(EngineEvent::Delta { text, logprobs }) => {
+                            // Log-probabilities computed only for the
+                            // confidence are not the client's to read, and
+                            // a piece with nothing else is not sent.
+                            let logprobs = if token_logprobs { logprobs } else { Vec::new() };
+                            if text.is_empty() && logprobs.is_empty() {
+                                continue;
+                            }
                             ttft.get_or_insert_with(|| ms_since(start));
-                            worker_stream_event::Event::Delta(TextDelta {
-                                text,
-                                logprobs: Vec::new(),
-                            })
+                            worker_stream_event::Event::Delta(TextDelta { text, logprobs })
+                        }
+                        Ok(EngineEvent::ToolCall(piece)) => {
+                            ttft.get_or_insert_with(|| ms_since(start));
+                            worker_stream_event::Event::ToolCall(piece)
                         }
                         Ok(EngineEvent::End {
                             finish_reason,
@@ -345,5 +400,166 @@ impl WorkerService {
             .instrument(span)
         });
         Ok(Response::new(stream))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::{SimBackend, SimConfig};
+    use routemesh_mesh::{Capabilities, Tier};
+    use routemesh_proto::v1::{
+        ContentPart, ImageUrl, ResponseFormat, Tool, ToolCall, content_part::Part,
+    };
+    use tonic::Code;
+
+    fn state(capabilities: Capabilities) -> Arc<WorkerState> {
+        let record = WorkerRecord {
+            id: "w-0".into(),
+            model: "m".into(),
+            tier: Tier::Small,
+            endpoint: "http://127.0.0.1:1".into(),
+            capacity: 1,
+            max_queue: 1,
+            input_usd_per_mtok: 0.0,
+            output_usd_per_mtok: 0.0,
+            quality_prior: None,
+            router_model: None,
+            params_b: None,
+            backend: "sim".into(),
+            simulated: true,
+            expected_ttft_ms: None,
+            expected_tokens_per_second: None,
+            capabilities: Some(capabilities),
+        };
+        let backend = SimBackend::new(SimConfig::instant(), "m").unwrap();
+        WorkerState::new(record, Arc::new(backend))
+    }
+
+    fn request(messages: Vec<ChatMessage>, params: GenerationParams) -> WorkerGenerateRequest {
+        WorkerGenerateRequest {
+            request_id: "r".into(),
+            model: "m".into(),
+            messages,
+            params: Some(params),
+            user: "u-1".into(),
+            ..Default::default()
+        }
+    }
+
+    fn user(text: &str) -> ChatMessage {
+        ChatMessage {
+            role: "user".into(),
+            content: text.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn requests_needing_what_the_engine_lacks_are_refused_by_name() {
+        let plain = state(Capabilities {
+            tools: false,
+            json_output: false,
+            structured_output: false,
+            vision: false,
+            logprobs: false,
+            // The engine decides on the context, not this check.
+            context_tokens: Some(8),
+        });
+        let everything = state(Capabilities::UNDECLARED);
+        let format = |kind: &str| GenerationParams {
+            response_format: Some(ResponseFormat {
+                r#type: kind.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let image = ChatMessage {
+            role: "user".into(),
+            parts: vec![ContentPart {
+                part: Some(Part::ImageUrl(ImageUrl {
+                    url: "data:image/png;base64,AAAA".into(),
+                    detail: String::new(),
+                })),
+            }],
+            ..Default::default()
+        };
+        let earlier_call = vec![
+            user("hi"),
+            ChatMessage {
+                role: "assistant".into(),
+                tool_calls: vec![ToolCall {
+                    id: "c".into(),
+                    name: "f".into(),
+                    arguments: "{}".into(),
+                }],
+                ..Default::default()
+            },
+            ChatMessage {
+                role: "tool".into(),
+                content: "42".into(),
+                tool_call_id: "c".into(),
+                ..Default::default()
+            },
+        ];
+        let cases = [
+            (
+                request(
+                    vec![user("hi")],
+                    GenerationParams {
+                        tools: vec![Tool {
+                            name: "f".into(),
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    },
+                ),
+                "no tool calling",
+            ),
+            (
+                request(earlier_call, GenerationParams::default()),
+                "no tool calling",
+            ),
+            (
+                request(vec![user("hi")], format("json_object")),
+                "no JSON output",
+            ),
+            (
+                request(vec![user("hi")], format("json_schema")),
+                "no structured output",
+            ),
+            (
+                request(vec![image], GenerationParams::default()),
+                "no image input",
+            ),
+            (
+                request(
+                    vec![user("hi")],
+                    GenerationParams {
+                        logprobs: true,
+                        ..Default::default()
+                    },
+                ),
+                "no log-probabilities",
+            ),
+        ];
+        for (req, lack) in cases {
+            let status = plain.check(&req).map(|_| ()).unwrap_err();
+            assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+            assert!(
+                status.message().contains(lack) && status.message().contains("w-0"),
+                "{lack}: {}",
+                status.message()
+            );
+            let input = everything.check(&req).unwrap();
+            assert_eq!(input.user, "u-1");
+        }
+        // A long prompt and a plain request pass; a text response format too.
+        let long = request(vec![user(&"word ".repeat(100))], format("text"));
+        assert!(plain.check(&long).is_ok());
+        // The confidence summary is best effort, never a need.
+        let mut summary = request(vec![user("hi")], GenerationParams::default());
+        summary.want_logprobs = true;
+        assert!(plain.check(&summary).is_ok());
     }
 }

@@ -8,8 +8,11 @@ pub mod sse;
 
 use std::pin::Pin;
 
+use std::borrow::Cow;
+
 use futures::Stream;
-use routemesh_proto::v1::{ChatMessage, FinishReason, GenerationParams};
+use routemesh_proto::v1::{ChatMessage, FinishReason, GenerationParams, content_part};
+pub use routemesh_proto::v1::{TokenLogprob, ToolCall, ToolCallDelta, TopLogprob};
 
 pub use confidence::{Confidence, LogprobSummary};
 pub use local::{LocalBackend, LocalConfig};
@@ -26,6 +29,8 @@ pub struct GenerateInput {
     /// Off unless asked: computing or requesting them costs something, and
     /// some engines reject the request parameter.
     pub want_logprobs: bool,
+    /// The end user the request is made for (OpenAI's `user`); empty: none.
+    pub user: String,
 }
 
 impl GenerateInput {
@@ -34,13 +39,49 @@ impl GenerateInput {
         self.params.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS)
     }
 
-    /// Prompt size in characters, for token estimates.
+    /// Prompt size in characters, for token estimates: every turn's text
+    /// (content or text parts) and the calls an assistant turn made, which
+    /// the engine reads as prompt too. Images are not counted: engines
+    /// price them by their own rules.
     pub fn prompt_chars(&self) -> usize {
         self.messages
             .iter()
-            .map(|m| m.content.chars().count())
+            .map(|m| {
+                message_text(m).chars().count()
+                    + m.tool_calls
+                        .iter()
+                        .map(|c| c.name.chars().count() + c.arguments.chars().count())
+                        .sum::<usize>()
+            })
             .sum()
     }
+
+    /// Whether the engine must compute log-probabilities: for the
+    /// confidence summary or for the client's per-token list.
+    pub fn engine_logprobs(&self) -> bool {
+        self.want_logprobs || self.params.logprobs
+    }
+
+    /// Whether the client asked for per-token log-probabilities (only then
+    /// are they returned; the summary alone does not need them kept).
+    pub fn token_logprobs(&self) -> bool {
+        self.params.logprobs
+    }
+}
+
+/// A turn's text: its `content`, or its text parts joined when it is given
+/// as parts (images left out).
+pub fn message_text(message: &ChatMessage) -> Cow<'_, str> {
+    if message.parts.is_empty() {
+        return Cow::Borrowed(&message.content);
+    }
+    let mut text = message.content.clone();
+    for part in &message.parts {
+        if let Some(content_part::Part::Text(t)) = &part.part {
+            text.push_str(t);
+        }
+    }
+    Cow::Owned(text)
 }
 
 /// The completion budget when a request does not say.
@@ -61,6 +102,8 @@ pub struct EngineUsage {
     pub estimated: bool,
     /// The dataset score of this prompt for this model (sim replay only).
     pub replay_quality: Option<f64>,
+    /// Prompt tokens the engine served from its prefix cache, when it says.
+    pub cached_prompt_tokens: Option<u32>,
 }
 
 /// A whole completion.
@@ -74,12 +117,26 @@ pub struct Completion {
     pub time_to_first_token: Option<std::time::Duration>,
     /// Set when log-probabilities were asked for and the engine gave them.
     pub confidence: Option<Confidence>,
+    /// The tools the model called (finish reason `ToolCalls`, usually).
+    pub tool_calls: Vec<ToolCall>,
+    /// Each generated token's log-probability; only when the request's
+    /// `params.logprobs` asked and the engine gave them.
+    pub logprobs: Vec<TokenLogprob>,
 }
 
 /// One event of a streamed completion.
 #[derive(Debug, Clone, PartialEq)]
 pub enum EngineEvent {
-    Delta(String),
+    /// A piece of the answer's text, with its tokens' log-probabilities when
+    /// `params.logprobs` asked for them (they may also come with an empty
+    /// text, for tokens whose text was held back or cut at a stop).
+    Delta {
+        text: String,
+        logprobs: Vec<TokenLogprob>,
+    },
+    /// A piece of a tool call: the first piece of call `index` carries its
+    /// id and name, every piece may add to its arguments.
+    ToolCall(ToolCallDelta),
     End {
         finish_reason: FinishReason,
         usage: EngineUsage,
@@ -87,6 +144,16 @@ pub enum EngineEvent {
         /// for and the engine gave them.
         confidence: Option<Confidence>,
     },
+}
+
+impl EngineEvent {
+    /// A text piece without log-probabilities.
+    pub fn text(text: impl Into<String>) -> Self {
+        EngineEvent::Delta {
+            text: text.into(),
+            logprobs: Vec::new(),
+        }
+    }
 }
 
 pub type EngineStream = Pin<Box<dyn Stream<Item = Result<EngineEvent, EngineError>> + Send>>;
@@ -101,6 +168,11 @@ pub enum EngineError {
     Timeout(std::time::Duration),
     #[error("engine rejected the request: {0}")]
     Rejected(String),
+    /// The prompt (with the completion budget) does not fit the model's
+    /// context window. Not retryable on another worker of the same model,
+    /// which would refuse too; a model with a longer context may serve it.
+    #[error("the request does not fit the model's context: {0}")]
+    ContextExceeded(String),
     #[error("engine is rate limiting: {0}")]
     RateLimited(String),
     #[error("engine failed (HTTP {status}): {message}")]
@@ -117,6 +189,8 @@ impl EngineError {
     pub fn retryable(&self) -> bool {
         matches!(
             self,
+            // ContextExceeded is deliberately absent: every worker of the
+            // model has the same context and would refuse the same way.
             EngineError::Unreachable(_)
                 | EngineError::RateLimited(_)
                 | EngineError::Injected
@@ -144,8 +218,25 @@ pub trait Backend: Send + Sync + 'static {
     async fn stream(&self, input: GenerateInput) -> Result<EngineStream, EngineError>;
 }
 
+/// Adds a streamed piece of a tool call to the calls read so far: the first
+/// piece of call `index` opens it, later ones add to its arguments.
+pub fn add_tool_call_piece(calls: &mut Vec<ToolCall>, piece: ToolCallDelta) {
+    let index = piece.index as usize;
+    // Indices arrive in order; a gap (an engine that skips one) is closed
+    // with empty calls rather than misattributing the piece.
+    while calls.len() <= index {
+        calls.push(ToolCall::default());
+    }
+    let call = &mut calls[index];
+    if !piece.id.is_empty() {
+        call.id = piece.id;
+    }
+    call.name.push_str(&piece.name);
+    call.arguments.push_str(&piece.arguments);
+}
+
 /// A unary completion read from an engine's own stream: the text of its
-/// deltas and what its end event reports. `start` is when the request
+/// deltas, the tool calls its pieces make, and what its end event reports. `start` is when the request
 /// reached the backend, for the time to first token; `engine` names the
 /// engine in the error for a stream that ends without an end event.
 pub(crate) async fn collect(
@@ -155,12 +246,22 @@ pub(crate) async fn collect(
 ) -> Result<Completion, EngineError> {
     use futures::StreamExt;
     let mut text = String::new();
+    let mut tool_calls = Vec::new();
+    let mut token_logprobs = Vec::new();
     let mut first = None;
     while let Some(event) = stream.next().await {
         match event? {
-            EngineEvent::Delta(piece) => {
+            EngineEvent::Delta {
+                text: piece,
+                logprobs,
+            } => {
                 first.get_or_insert_with(|| start.elapsed());
                 text.push_str(&piece);
+                token_logprobs.extend(logprobs);
+            }
+            EngineEvent::ToolCall(piece) => {
+                first.get_or_insert_with(|| start.elapsed());
+                add_tool_call_piece(&mut tool_calls, piece);
             }
             EngineEvent::End {
                 finish_reason,
@@ -173,6 +274,8 @@ pub(crate) async fn collect(
                     usage,
                     time_to_first_token: first,
                     confidence,
+                    tool_calls,
+                    logprobs: token_logprobs,
                 });
             }
         }
@@ -191,4 +294,122 @@ pub fn cut_at_stop<'a>(text: &'a str, stops: &[String]) -> Option<&'a str> {
         .filter_map(|s| text.find(s.as_str()))
         .min()
         .map(|at| &text[..at])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use routemesh_proto::v1::ContentPart;
+
+    #[tokio::test]
+    async fn collect_assembles_text_tool_calls_and_logprobs() {
+        let lp = |token: &str| TokenLogprob {
+            token: token.into(),
+            logprob: -0.5,
+            ..Default::default()
+        };
+        let piece = |index, id: &str, name: &str, arguments: &str| {
+            EngineEvent::ToolCall(ToolCallDelta {
+                index,
+                id: id.into(),
+                name: name.into(),
+                arguments: arguments.into(),
+            })
+        };
+        let events = vec![
+            EngineEvent::Delta {
+                text: "Let me look.".into(),
+                logprobs: vec![lp("Let"), lp(" me look.")],
+            },
+            EngineEvent::Delta {
+                text: String::new(),
+                logprobs: vec![lp("")],
+            },
+            piece(0, "call_a", "search", ""),
+            piece(0, "", "", "{\"q\":"),
+            piece(1, "call_b", "fetch", "{}"),
+            piece(0, "", "", "\"cats\"}"),
+            EngineEvent::End {
+                finish_reason: FinishReason::ToolCalls,
+                usage: EngineUsage {
+                    cached_prompt_tokens: Some(3),
+                    ..Default::default()
+                },
+                confidence: None,
+            },
+        ];
+        let stream: EngineStream = Box::pin(futures::stream::iter(events.into_iter().map(Ok)));
+        let done = collect(stream, tokio::time::Instant::now(), "test")
+            .await
+            .unwrap();
+        assert_eq!(done.text, "Let me look.");
+        assert_eq!(done.logprobs.len(), 3);
+        assert_eq!(
+            done.tool_calls,
+            vec![
+                ToolCall {
+                    id: "call_a".into(),
+                    name: "search".into(),
+                    arguments: r#"{"q":"cats"}"#.into()
+                },
+                ToolCall {
+                    id: "call_b".into(),
+                    name: "fetch".into(),
+                    arguments: "{}".into()
+                },
+            ]
+        );
+        assert_eq!(done.finish_reason, FinishReason::ToolCalls);
+        assert_eq!(done.usage.cached_prompt_tokens, Some(3));
+        assert!(done.time_to_first_token.is_some());
+
+        let cut: EngineStream = Box::pin(futures::stream::iter(vec![Ok(EngineEvent::text("a"))]));
+        assert!(matches!(
+            collect(cut, tokio::time::Instant::now(), "test").await,
+            Err(EngineError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn prompt_chars_count_text_parts_and_calls() {
+        let input = GenerateInput {
+            request_id: "r".into(),
+            messages: vec![
+                ChatMessage {
+                    role: "user".into(),
+                    parts: vec![
+                        ContentPart {
+                            part: Some(content_part::Part::Text("abcd".into())),
+                        },
+                        ContentPart {
+                            part: Some(content_part::Part::ImageUrl(Default::default())),
+                        },
+                        ContentPart {
+                            part: Some(content_part::Part::Text("éf".into())),
+                        },
+                    ],
+                    ..Default::default()
+                },
+                ChatMessage {
+                    role: "assistant".into(),
+                    tool_calls: vec![ToolCall {
+                        id: "c".into(),
+                        name: "fn".into(),
+                        arguments: "{}".into(),
+                    }],
+                    ..Default::default()
+                },
+                ChatMessage {
+                    role: "tool".into(),
+                    content: "ok".into(),
+                    ..Default::default()
+                },
+            ],
+            params: GenerationParams::default(),
+            want_logprobs: false,
+            user: String::new(),
+        };
+        assert_eq!(message_text(&input.messages[0]), "abcdéf");
+        assert_eq!(input.prompt_chars(), 6 + 4 + 2);
+    }
 }

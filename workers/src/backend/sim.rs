@@ -10,6 +10,39 @@
 //! reports no confidence unless `logprobs` configures a synthetic one (see
 //! [`SimLogprobs`]). It never derives one from a replayed row's score, which
 //! would hand a cascade's verifier the answer it is meant to estimate.
+//!
+//! It declares every capability (tools, JSON and structured output, images,
+//! log-probabilities) and, with `context_tokens`, a context window, so that
+//! agent features can be tested end to end. What it answers is scripted by
+//! the request, deterministically:
+//!
+//! - **Tool calls.** When tools are offered, `tool_choice` is not `"none"`
+//!   and the last turn is not a tool turn, it calls a tool if the last user
+//!   turn says `call:<name>` (the tool `<name>`, offered or not, so a call
+//!   of an unknown tool can be scripted too), if `tool_choice` names a
+//!   function (that one), or if it is `"required"` (the `call:` one, else
+//!   the first tool). The answer is one call, id `call_<n>` (`n` counting
+//!   the calls already in the conversation, from 1), with arguments the
+//!   JSON object that follows `args:` in the user turn (`args:{"city":
+//!   "Paris"}`), else `{}`; no text, finish reason `TOOL_CALLS`. Streamed,
+//!   the first piece carries the id and name and the arguments follow in
+//!   two or more pieces.
+//! - **Tool results.** When the last turn is a tool turn, the answer is
+//!   `The tool said: <its content>`.
+//! - **JSON.** `response_format` `json_object` makes the answer
+//!   `{"answer": "<the text it would have given>"}`; `json_schema` an object
+//!   with one key per `properties` entry of the schema, valued by its type
+//!   (`"sim"` for a string or an untyped property, `0` for a number or an
+//!   integer, `false`, `[]`, `{}`, `null`). A `max_tokens` too small for the
+//!   object cuts it, as it would a model's (finish reason `LENGTH`).
+//! - **Log-probabilities.** `params.logprobs` gives every answer token a
+//!   synthetic log-probability (`logprobs.sure`, or `unsure` when the user
+//!   turn says `unsure`; the defaults when `logprobs` is not configured),
+//!   with `top_logprobs` alternatives (the token itself among them) that
+//!   share the rest of the probability.
+//! - **Context.** With `context_tokens`, a request whose estimated prompt
+//!   tokens plus `max_tokens` exceed it is refused as a real engine refuses
+//!   it ([`EngineError::ContextExceeded`]).
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -19,14 +52,15 @@ use std::time::Duration;
 
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use rand_distr::{Distribution, LogNormal};
-use routemesh_proto::v1::FinishReason;
+use routemesh_proto::v1::{FinishReason, ResponseFormat, tool_choice};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use tokio::time::Instant;
 
 use super::openai::async_stream_events;
 use super::{
     Backend, Completion, EngineError, EngineEvent, EngineStream, EngineUsage, GenerateInput,
-    LogprobSummary, estimate_tokens,
+    LogprobSummary, TokenLogprob, ToolCallDelta, TopLogprob, estimate_tokens, message_text,
 };
 
 /// A log-normal distribution given by its median and spread (σ of the log).
@@ -91,6 +125,10 @@ pub struct SimConfig {
     /// log-probabilities; unset, none is reported.
     #[serde(default)]
     pub logprobs: Option<SimLogprobs>,
+    /// The context window (prompt plus completion tokens) to declare and
+    /// enforce; unset, none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_tokens: Option<u32>,
 }
 
 /// Synthetic per-token log-probabilities, chosen by the prompt so tests and
@@ -154,6 +192,7 @@ impl Default for SimConfig {
             replay_model: None,
             seed: None,
             logprobs: None,
+            context_tokens: None,
         }
     }
 }
@@ -277,6 +316,11 @@ impl SimBackend {
                 return Err(format!("backend.sim.{name}: {rate} is not in [0, 1]"));
             }
         }
+        if config.context_tokens == Some(0) {
+            return Err(
+                "backend.sim.context_tokens: must be at least 1 (leave it unset for none)".into(),
+            );
+        }
         if let Some(lp) = &config.logprobs {
             for (name, v) in [("sure", lp.sure), ("unsure", lp.unsure)] {
                 if !(v.is_finite() && v <= 0.0) {
@@ -304,7 +348,8 @@ impl SimBackend {
         }
     }
 
-    /// Plans the completion: text pieces, timings and injected faults.
+    /// Plans the completion: what it says (text pieces or a tool call),
+    /// timings and injected faults.
     fn plan(&self, input: &GenerateInput) -> Plan {
         let mut rng = self.rng(&input.request_id);
         let prompt = input
@@ -312,31 +357,36 @@ impl SimBackend {
             .iter()
             .rev()
             .find(|m| m.role == "user")
-            .map(|m| m.content.as_str())
-            .unwrap_or("");
-        let recorded = self.replay.get(&prompt_key(prompt));
-        let text = match recorded.and_then(|r| r.response.clone()) {
-            Some(text) => text,
+            .map(|m| message_text(m))
+            .unwrap_or_default();
+        let recorded = self.replay.get(&prompt_key(&prompt));
+        let answer = match scripted_call(input) {
+            Some(call) => Answer::Call(call),
             None => {
-                let n = self.config.output_tokens.sample(&mut rng).round().max(1.0) as usize;
-                let mut text = format!("[simulated {}]", self.model);
-                for word in PLACEHOLDER
-                    .split_whitespace()
-                    .cycle()
-                    .take(n.saturating_sub(2))
-                {
-                    text.push(' ');
-                    text.push_str(word);
-                }
-                if !text.ends_with('.') {
-                    text.push('.');
-                }
-                text
+                let text = match input.messages.last().filter(|m| m.role == "tool") {
+                    Some(tool) => format!("The tool said: {}", message_text(tool)),
+                    None => match recorded.and_then(|r| r.response.clone()) {
+                        Some(text) => text,
+                        None => self.placeholder(&mut rng),
+                    },
+                };
+                let text = match &input.params.response_format {
+                    Some(format) => json_answer(format, text),
+                    None => text,
+                };
+                Answer::Text(pieces(&text))
             }
         };
         let tps = self.config.tokens_per_second.sample(&mut rng);
+        let logprob = |lp: SimLogprobs| {
+            if prompt.contains("unsure") {
+                lp.unsure
+            } else {
+                lp.sure
+            }
+        };
         Plan {
-            pieces: pieces(&text),
+            answer,
             ttft: Duration::from_secs_f64(self.config.ttft_ms.sample(&mut rng).max(0.0) / 1000.0),
             per_token: if tps > 0.0 {
                 Duration::from_secs_f64(1.0 / tps)
@@ -350,32 +400,237 @@ impl SimBackend {
                 .config
                 .logprobs
                 .filter(|_| input.want_logprobs)
-                .map(|lp| {
-                    if prompt.contains("unsure") {
-                        lp.unsure
-                    } else {
-                        lp.sure
-                    }
-                }),
+                .map(logprob),
+            token_logprobs: input.token_logprobs().then(|| {
+                (
+                    logprob(self.config.logprobs.unwrap_or_default()),
+                    input.params.top_logprobs.unwrap_or(0),
+                )
+            }),
         }
+    }
+
+    /// The placeholder answer, at a sampled length.
+    fn placeholder(&self, rng: &mut StdRng) -> String {
+        let n = self.config.output_tokens.sample(rng).round().max(1.0) as usize;
+        let mut text = format!("[simulated {}]", self.model);
+        for word in PLACEHOLDER
+            .split_whitespace()
+            .cycle()
+            .take(n.saturating_sub(2))
+        {
+            text.push(' ');
+            text.push_str(word);
+        }
+        if !text.ends_with('.') {
+            text.push('.');
+        }
+        text
+    }
+
+    /// Refuses what a real engine with this context would.
+    fn check_context(&self, input: &GenerateInput) -> Result<(), EngineError> {
+        let Some(context) = self.config.context_tokens else {
+            return Ok(());
+        };
+        let prompt = estimate_tokens(input.prompt_chars());
+        let max_tokens = input.max_tokens();
+        if u64::from(prompt) + u64::from(max_tokens) > u64::from(context) {
+            return Err(EngineError::ContextExceeded(format!(
+                "This model's maximum context length is {context} tokens. However, you requested {} tokens ({prompt} in the messages, {max_tokens} in the completion).",
+                u64::from(prompt) + u64::from(max_tokens)
+            )));
+        }
+        Ok(())
     }
 }
 
+/// A scripted tool call: its id, name and arguments.
+#[derive(Debug, Clone, PartialEq)]
+struct Call {
+    id: String,
+    name: String,
+    arguments: String,
+}
+
+/// The tool call the request scripts, if any (see the module's doc).
+fn scripted_call(input: &GenerateInput) -> Option<Call> {
+    let params = &input.params;
+    let first = params.tools.first()?;
+    let last = input.messages.last()?;
+    if last.role == "tool" {
+        return None;
+    }
+    let said = if last.role == "user" {
+        message_text(last)
+    } else {
+        Default::default()
+    };
+    let named = called_name(&said);
+    let name = match params.tool_choice.as_ref().and_then(|c| c.choice.as_ref()) {
+        Some(tool_choice::Choice::Mode(mode)) if mode == "none" => return None,
+        Some(tool_choice::Choice::Function(name)) => name.clone(),
+        Some(tool_choice::Choice::Mode(mode)) if mode == "required" => {
+            named.unwrap_or_else(|| first.name.clone())
+        }
+        _ => named?,
+    };
+    let earlier = input
+        .messages
+        .iter()
+        .map(|m| m.tool_calls.len())
+        .sum::<usize>();
+    Some(Call {
+        id: format!("call_{}", earlier + 1),
+        name,
+        arguments: scripted_arguments(&said),
+    })
+}
+
+/// The `<name>` of `call:<name>` in `text`.
+fn called_name(text: &str) -> Option<String> {
+    let (_, rest) = text.split_once("call:")?;
+    let name: String = rest
+        .chars()
+        .take_while(|c| c.is_alphanumeric() || "_-.".contains(*c))
+        .collect();
+    (!name.is_empty()).then_some(name)
+}
+
+/// The JSON object after `args:` in `text`, as compact JSON text; `{}`
+/// when there is none.
+fn scripted_arguments(text: &str) -> String {
+    text.split_once("args:")
+        .and_then(|(_, rest)| {
+            serde_json::Deserializer::from_str(rest)
+                .into_iter::<serde_json::Map<String, Value>>()
+                .next()
+                .and_then(Result::ok)
+        })
+        .map_or_else(|| "{}".to_string(), |args| Value::Object(args).to_string())
+}
+
+/// The part of a JSON Schema the sim reads: its properties' types.
+#[derive(Debug, Default, Deserialize)]
+struct Schema {
+    #[serde(default)]
+    properties: std::collections::BTreeMap<String, Property>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct Property {
+    #[serde(default, rename = "type")]
+    kind: Option<TypeName>,
+}
+
+/// `"type": "string"` or `"type": ["string", "null"]`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum TypeName {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// `text` in the shape `format` asks for (see the module's doc).
+fn json_answer(format: &ResponseFormat, text: String) -> String {
+    match format.r#type.as_str() {
+        "json_object" => serde_json::json!({ "answer": text }).to_string(),
+        "json_schema" => {
+            let schema: Schema = serde_json::from_str(&format.schema_json).unwrap_or_default();
+            let object: serde_json::Map<String, Value> = schema
+                .properties
+                .into_iter()
+                .map(|(key, property)| {
+                    let kind = match property.kind {
+                        Some(TypeName::One(kind)) => Some(kind),
+                        Some(TypeName::Many(kinds)) => {
+                            let first = kinds.first().cloned();
+                            kinds.into_iter().find(|k| k != "null").or(first)
+                        }
+                        None => None,
+                    };
+                    let value = match kind.as_deref() {
+                        Some("number" | "integer") => Value::from(0),
+                        Some("boolean") => Value::Bool(false),
+                        Some("array") => Value::Array(Vec::new()),
+                        Some("object") => Value::Object(serde_json::Map::new()),
+                        Some("null") => Value::Null,
+                        _ => Value::from("sim"),
+                    };
+                    (key, value)
+                })
+                .collect();
+            Value::Object(object).to_string()
+        }
+        _ => text,
+    }
+}
+
+/// A scripted token's log-probability with `top` alternatives: the token
+/// itself and made-up ones sharing the rest of the probability, halving,
+/// most likely first.
+fn token_logprob(piece: &str, logprob: f64, top: u32) -> TokenLogprob {
+    let mut alternatives = Vec::new();
+    if top > 0 {
+        let rest = 1.0 - logprob.exp();
+        alternatives.push(TopLogprob {
+            token: piece.to_owned(),
+            logprob,
+            bytes: piece.as_bytes().to_vec(),
+        });
+        for i in 1..top {
+            // Bounded below: a certain token leaves no mass, and JSON has
+            // no -infinity.
+            let lp = (rest / f64::from(1u32 << i.min(30))).max(1e-30).ln();
+            let token = format!("<alt{i}>");
+            alternatives.push(TopLogprob {
+                bytes: token.as_bytes().to_vec(),
+                token,
+                logprob: lp,
+            });
+        }
+        alternatives.sort_by(|a, b| b.logprob.total_cmp(&a.logprob));
+    }
+    TokenLogprob {
+        token: piece.to_owned(),
+        logprob,
+        bytes: piece.as_bytes().to_vec(),
+        top_logprobs: alternatives,
+    }
+}
+
+/// What a planned completion says.
+enum Answer {
+    Text(Vec<String>),
+    Call(Call),
+}
+
 struct Plan {
-    pieces: Vec<String>,
+    answer: Answer,
     ttft: Duration,
     per_token: Duration,
     fail: bool,
     stall: bool,
     replay_quality: Option<f64>,
-    /// Each token's synthetic log-probability, when one is to be reported.
+    /// Each token's synthetic log-probability, when a confidence is to be
+    /// reported.
     logprob: Option<f64>,
+    /// Each token's synthetic log-probability and the number of
+    /// alternatives, when the client asked for them.
+    token_logprobs: Option<(f64, u32)>,
 }
 
 #[async_trait::async_trait]
 impl Backend for SimBackend {
     fn capabilities(&self) -> routemesh_mesh::Capabilities {
-        routemesh_mesh::Capabilities::UNDECLARED
+        routemesh_mesh::Capabilities {
+            tools: true,
+            json_output: true,
+            structured_output: true,
+            vision: true,
+            logprobs: true,
+            context_tokens: self.config.context_tokens,
+        }
     }
 
     fn kind(&self) -> &'static str {
@@ -392,6 +647,7 @@ impl Backend for SimBackend {
     }
 
     async fn stream(&self, input: GenerateInput) -> Result<EngineStream, EngineError> {
+        self.check_context(&input)?;
         let plan = self.plan(&input);
         let stall_for = self.config.stall_for;
         let max_tokens = input.max_tokens() as usize;
@@ -412,66 +668,34 @@ impl Backend for SimBackend {
             if plan.fail {
                 return tx.fail(EngineError::Injected).await;
             }
-            let hold_back = stops
-                .iter()
-                .map(|s| s.len())
-                .max()
-                .unwrap_or(1)
-                .saturating_sub(1);
-            let mut text = String::new();
-            let mut emitted = 0usize;
-            let mut finish = FinishReason::Stop;
-            let mut produced = 0usize;
-            for (i, piece) in plan.pieces.iter().enumerate() {
-                if produced == max_tokens {
-                    finish = FinishReason::Length;
-                    break;
+            let (ttft, per_token) = (plan.ttft, plan.per_token);
+            let pace = move |i: usize| async move {
+                if i > 0 && !per_token.is_zero() {
+                    tokio::time::sleep_until(start + ttft + per_token * i as u32).await;
                 }
-                if i > 0 && !plan.per_token.is_zero() {
-                    tokio::time::sleep_until(start + plan.ttft + plan.per_token * i as u32).await;
-                }
-                text.push_str(piece);
-                produced += 1;
-                if let Some(kept) = super::cut_at_stop(&text, &stops) {
-                    let at = kept.len();
-                    if at > emitted
-                        && !tx
-                            .send(EngineEvent::Delta(text[emitted..at].to_owned()))
-                            .await
-                    {
+            };
+            let (finish, produced) = match &plan.answer {
+                Answer::Call(call) => {
+                    let Some(produced) = send_call(&tx, call, pace).await else {
                         return;
-                    }
-                    emitted = at;
-                    finish = FinishReason::StopSequence;
-                    break;
+                    };
+                    (FinishReason::ToolCalls, produced)
                 }
-                let mut safe = text.len().saturating_sub(hold_back);
-                while !text.is_char_boundary(safe) {
-                    safe -= 1;
-                }
-                if safe > emitted {
-                    if !tx
-                        .send(EngineEvent::Delta(text[emitted..safe].to_owned()))
-                        .await
-                    {
+                Answer::Text(pieces) => {
+                    let Some(done) =
+                        send_text(&tx, pieces, &stops, max_tokens, plan.token_logprobs, pace).await
+                    else {
                         return;
-                    }
-                    emitted = safe;
+                    };
+                    done
                 }
-            }
-            if finish != FinishReason::StopSequence
-                && text.len() > emitted
-                && !tx
-                    .send(EngineEvent::Delta(text[emitted..].to_owned()))
-                    .await
-            {
-                return;
-            }
+            };
             let usage = EngineUsage {
                 prompt_tokens,
                 completion_tokens: u32::try_from(produced).unwrap_or(u32::MAX),
                 estimated: true,
                 replay_quality: plan.replay_quality,
+                cached_prompt_tokens: None,
             };
             let confidence = plan.logprob.and_then(|lp| {
                 let mut summary = LogprobSummary::default();
@@ -486,6 +710,125 @@ impl Backend for SimBackend {
             .await;
         }))
     }
+}
+
+/// Streams a tool call: the id and name first, then the arguments in two
+/// or more pieces. Returns the tokens it counts as produced; `None` when
+/// the client left.
+async fn send_call<F, Fut>(tx: &super::openai::EventSender, call: &Call, pace: F) -> Option<usize>
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let args = &call.arguments;
+    let mut middle = args.len() / 2;
+    while !args.is_char_boundary(middle) {
+        middle -= 1;
+    }
+    let (head, tail) = args.split_at(middle);
+    let pieces = [
+        ToolCallDelta {
+            index: 0,
+            id: call.id.clone(),
+            name: call.name.clone(),
+            arguments: String::new(),
+        },
+        ToolCallDelta {
+            arguments: head.to_owned(),
+            ..Default::default()
+        },
+        ToolCallDelta {
+            arguments: tail.to_owned(),
+            ..Default::default()
+        },
+    ];
+    for (i, piece) in pieces.into_iter().enumerate() {
+        pace(i).await;
+        if !tx.send(EngineEvent::ToolCall(piece)).await {
+            return None;
+        }
+    }
+    Some(estimate_tokens(call.name.len() + args.len()) as usize)
+}
+
+/// Streams text pieces up to `max_tokens`, cut at the first stop sequence
+/// (held back until it is known not to start one). Returns the finish
+/// reason and the pieces produced; `None` when the client left.
+async fn send_text<F, Fut>(
+    tx: &super::openai::EventSender,
+    pieces: &[String],
+    stops: &[String],
+    max_tokens: usize,
+    token_logprobs: Option<(f64, u32)>,
+    pace: F,
+) -> Option<(FinishReason, usize)>
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let hold_back = stops
+        .iter()
+        .map(|s| s.len())
+        .max()
+        .unwrap_or(1)
+        .saturating_sub(1);
+    let mut text = String::new();
+    let mut emitted = 0usize;
+    let mut finish = FinishReason::Stop;
+    let mut produced = 0usize;
+    // Log-probabilities of tokens whose text is not sent yet: they go out
+    // with the next delta.
+    let mut pending = Vec::new();
+    for (i, piece) in pieces.iter().enumerate() {
+        if produced == max_tokens {
+            finish = FinishReason::Length;
+            break;
+        }
+        pace(i).await;
+        text.push_str(piece);
+        produced += 1;
+        if let Some((lp, top)) = token_logprobs {
+            pending.push(token_logprob(piece, lp, top));
+        }
+        if let Some(kept) = super::cut_at_stop(&text, stops) {
+            let at = kept.len();
+            finish = FinishReason::StopSequence;
+            let delta = EngineEvent::Delta {
+                text: text[emitted.min(at)..at].to_owned(),
+                logprobs: std::mem::take(&mut pending),
+            };
+            if !is_empty_delta(&delta) && !tx.send(delta).await {
+                return None;
+            }
+            return Some((finish, produced));
+        }
+        let mut safe = text.len().saturating_sub(hold_back);
+        while !text.is_char_boundary(safe) {
+            safe -= 1;
+        }
+        if safe > emitted {
+            let delta = EngineEvent::Delta {
+                text: text[emitted..safe].to_owned(),
+                logprobs: std::mem::take(&mut pending),
+            };
+            if !tx.send(delta).await {
+                return None;
+            }
+            emitted = safe;
+        }
+    }
+    let delta = EngineEvent::Delta {
+        text: text[emitted..].to_owned(),
+        logprobs: pending,
+    };
+    if !is_empty_delta(&delta) && !tx.send(delta).await {
+        return None;
+    }
+    Some((finish, produced))
+}
+
+fn is_empty_delta(event: &EngineEvent) -> bool {
+    matches!(event, EngineEvent::Delta { text, logprobs } if text.is_empty() && logprobs.is_empty())
 }
 
 #[cfg(test)]
@@ -503,6 +846,7 @@ mod tests {
             }],
             params,
             want_logprobs: false,
+            user: String::new(),
         }
     }
 
@@ -632,6 +976,358 @@ mod tests {
         };
         let err = SimBackend::new(bad, "m").unwrap_err();
         assert!(err.contains("backend.sim.logprobs.sure"), "{err}");
+    }
+
+    fn tool(name: &str) -> routemesh_proto::v1::Tool {
+        routemesh_proto::v1::Tool {
+            name: name.into(),
+            ..Default::default()
+        }
+    }
+
+    fn choice(choice: tool_choice::Choice) -> Option<routemesh_proto::v1::ToolChoice> {
+        Some(routemesh_proto::v1::ToolChoice {
+            choice: Some(choice),
+        })
+    }
+
+    async fn events(sim: &SimBackend, input: GenerateInput) -> Vec<EngineEvent> {
+        use futures::StreamExt;
+        sim.stream(input)
+            .await
+            .unwrap()
+            .map(|e| e.unwrap())
+            .collect()
+            .await
+    }
+
+    #[tokio::test]
+    async fn scripted_tool_calls() {
+        let sim = SimBackend::new(SimConfig::instant(), "m").unwrap();
+        let tools = || GenerationParams {
+            tools: vec![tool("get_weather"), tool("get_time")],
+            ..Default::default()
+        };
+        let call = |done: &Completion| {
+            assert_eq!(done.finish_reason, FinishReason::ToolCalls);
+            assert_eq!(done.text, "");
+            let [call] = done.tool_calls.as_slice() else {
+                panic!("{:?}", done.tool_calls)
+            };
+            (call.id.clone(), call.name.clone(), call.arguments.clone())
+        };
+        let done = sim
+            .generate(input(
+                r#"Weather? call:get_weather args:{"city": "Paris", "days": [1, 2]} please"#,
+                tools(),
+            ))
+            .await
+            .unwrap();
+        assert_eq!(
+            call(&done),
+            (
+                "call_1".into(),
+                "get_weather".into(),
+                r#"{"city":"Paris","days":[1,2]}"#.into()
+            )
+        );
+        assert!(done.usage.completion_tokens > 0);
+
+        // Streamed: the id and name first, then the arguments in pieces.
+        let got = events(&sim, input("call:get_time args:{\"tz\":\"CET\"}", tools())).await;
+        let pieces: Vec<&ToolCallDelta> = got
+            .iter()
+            .filter_map(|e| match e {
+                EngineEvent::ToolCall(p) => Some(p),
+                _ => None,
+            })
+            .collect();
+        assert!(pieces.len() >= 3, "{pieces:?}");
+        assert_eq!(
+            (
+                pieces[0].id.as_str(),
+                pieces[0].name.as_str(),
+                pieces[0].arguments.as_str()
+            ),
+            ("call_1", "get_time", "")
+        );
+        assert!(
+            pieces[1..]
+                .iter()
+                .all(|p| p.id.is_empty() && p.name.is_empty() && !p.arguments.is_empty())
+        );
+        let args: String = pieces.iter().map(|p| p.arguments.as_str()).collect();
+        assert_eq!(args, r#"{"tz":"CET"}"#);
+        assert!(matches!(
+            got.last(),
+            Some(EngineEvent::End {
+                finish_reason: FinishReason::ToolCalls,
+                ..
+            })
+        ));
+        assert!(!got.iter().any(|e| matches!(e, EngineEvent::Delta { .. })));
+
+        // No `call:` under auto: text. "none" wins over `call:`; a named
+        // function or "required" calls without one.
+        let done = sim.generate(input("hello", tools())).await.unwrap();
+        assert!(done.tool_calls.is_empty() && done.finish_reason != FinishReason::ToolCalls);
+        let none = GenerationParams {
+            tool_choice: choice(tool_choice::Choice::Mode("none".into())),
+            ..tools()
+        };
+        assert!(
+            sim.generate(input("call:get_time", none))
+                .await
+                .unwrap()
+                .tool_calls
+                .is_empty()
+        );
+        let named = GenerationParams {
+            tool_choice: choice(tool_choice::Choice::Function("get_time".into())),
+            ..tools()
+        };
+        let done = sim.generate(input("hello", named)).await.unwrap();
+        assert_eq!(call(&done).1, "get_time");
+        assert_eq!(call(&done).2, "{}");
+        let required = GenerationParams {
+            tool_choice: choice(tool_choice::Choice::Mode("required".into())),
+            ..tools()
+        };
+        assert_eq!(
+            call(
+                &sim.generate(input("hello", required.clone()))
+                    .await
+                    .unwrap()
+            )
+            .1,
+            "get_weather"
+        );
+        assert_eq!(
+            call(
+                &sim.generate(input("call:get_time", required))
+                    .await
+                    .unwrap()
+            )
+            .1,
+            "get_time"
+        );
+        // Without tools offered, `call:` is just text.
+        let done = sim
+            .generate(input("call:get_time", GenerationParams::default()))
+            .await
+            .unwrap();
+        assert!(done.tool_calls.is_empty());
+
+        // A tool turn last: the answer quotes it, and ids count earlier calls.
+        let mut turn = input("call:get_weather", tools());
+        turn.messages.push(ChatMessage {
+            role: "assistant".into(),
+            tool_calls: vec![routemesh_proto::v1::ToolCall {
+                id: "call_1".into(),
+                name: "get_weather".into(),
+                arguments: "{}".into(),
+            }],
+            ..Default::default()
+        });
+        turn.messages.push(ChatMessage {
+            role: "tool".into(),
+            content: "sunny, 21C".into(),
+            tool_call_id: "call_1".into(),
+            ..Default::default()
+        });
+        let done = sim.generate(turn.clone()).await.unwrap();
+        assert_eq!(done.text, "The tool said: sunny, 21C");
+        assert_eq!(done.finish_reason, FinishReason::Stop);
+        turn.messages.push(ChatMessage {
+            role: "user".into(),
+            content: "again: call:get_weather".into(),
+            ..Default::default()
+        });
+        assert_eq!(call(&sim.generate(turn).await.unwrap()).0, "call_2");
+    }
+
+    #[tokio::test]
+    async fn scripted_json_answers() {
+        let sim = SimBackend::new(SimConfig::instant(), "m").unwrap();
+        let format = |kind: &str, schema: &str| GenerationParams {
+            response_format: Some(ResponseFormat {
+                r#type: kind.into(),
+                schema_json: schema.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let done = sim
+            .generate(input("hi", format("json_object", "")))
+            .await
+            .unwrap();
+        let answer: serde_json::Map<String, Value> = serde_json::from_str(&done.text).unwrap();
+        assert!(
+            answer["answer"]
+                .as_str()
+                .unwrap()
+                .starts_with("[simulated m]")
+        );
+
+        let schema = r#"{"type":"object","properties":{
+            "name":{"type":"string"},"age":{"type":"integer"},"score":{"type":"number"},
+            "ok":{"type":"boolean"},"tags":{"type":"array"},"meta":{"type":"object"},
+            "maybe":{"type":["null","string"]},"free":{}}}"#;
+        let done = sim
+            .generate(input("hi", format("json_schema", schema)))
+            .await
+            .unwrap();
+        let got: Value = serde_json::from_str(&done.text).unwrap();
+        assert_eq!(
+            got,
+            serde_json::json!({"name": "sim", "age": 0, "score": 0, "ok": false, "tags": [],
+                               "meta": {}, "maybe": "sim", "free": "sim"})
+        );
+        assert_eq!(done.finish_reason, FinishReason::Stop);
+        // Streamed, the same text in pieces.
+        let text: String = events(&sim, input("hi", format("json_schema", schema)))
+            .await
+            .iter()
+            .filter_map(|e| match e {
+                EngineEvent::Delta { text, .. } => Some(text.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(text, done.text);
+        // A schema without properties, or not JSON: an empty object.
+        let done = sim
+            .generate(input("hi", format("json_schema", "nope")))
+            .await
+            .unwrap();
+        assert_eq!(done.text, "{}");
+    }
+
+    #[tokio::test]
+    async fn scripted_token_logprobs() {
+        let sim = SimBackend::new(SimConfig::instant(), "m").unwrap();
+        let asked = |prompt: &str, top: Option<u32>| {
+            input(
+                prompt,
+                GenerationParams {
+                    max_tokens: Some(5),
+                    logprobs: true,
+                    top_logprobs: top,
+                    ..Default::default()
+                },
+            )
+        };
+        let done = sim.generate(asked("hi", Some(3))).await.unwrap();
+        assert_eq!(done.logprobs.len() as u32, done.usage.completion_tokens);
+        let text: String = done.logprobs.iter().map(|t| t.token.as_str()).collect();
+        assert_eq!(text, done.text);
+        for t in &done.logprobs {
+            assert_eq!(t.logprob, -0.05);
+            assert_eq!(t.bytes, t.token.as_bytes());
+            assert_eq!(t.top_logprobs.len(), 3);
+            assert!(
+                t.top_logprobs
+                    .windows(2)
+                    .all(|w| w[0].logprob >= w[1].logprob)
+            );
+            assert!(
+                t.top_logprobs
+                    .iter()
+                    .any(|a| a.token == t.token && a.logprob == t.logprob)
+            );
+            let mass: f64 = t.top_logprobs.iter().map(|a| a.logprob.exp()).sum();
+            assert!(mass <= 1.0 + 1e-9, "{mass}");
+        }
+        // Confidence is still only given when configured and asked.
+        assert_eq!(done.confidence, None);
+        let done = sim.generate(asked("I am unsure", None)).await.unwrap();
+        assert!(
+            done.logprobs
+                .iter()
+                .all(|t| t.logprob == -2.5 && t.top_logprobs.is_empty())
+        );
+        // Not asked: none.
+        let done = sim
+            .generate(input("hi", GenerationParams::default()))
+            .await
+            .unwrap();
+        assert!(done.logprobs.is_empty());
+        // Streamed with a stop sequence: every produced token is covered,
+        // those of the cut text too.
+        let stop = GenerationParams {
+            stop: vec!["ulated".into()],
+            ..asked("hi", None).params
+        };
+        let got = events(&sim, input("hi", stop)).await;
+        let (mut text, mut tokens) = (String::new(), 0);
+        for e in &got {
+            if let EngineEvent::Delta { text: t, logprobs } = e {
+                text.push_str(t);
+                tokens += logprobs.len();
+            }
+        }
+        let Some(EngineEvent::End {
+            usage,
+            finish_reason,
+            ..
+        }) = got.last()
+        else {
+            panic!("{got:?}")
+        };
+        assert_eq!(
+            (text.as_str(), *finish_reason),
+            ("[sim", FinishReason::StopSequence)
+        );
+        assert_eq!(tokens as u32, usage.completion_tokens);
+    }
+
+    #[tokio::test]
+    async fn declares_everything_and_enforces_its_context() {
+        let sim = SimBackend::new(
+            SimConfig {
+                context_tokens: Some(100),
+                ..SimConfig::instant()
+            },
+            "m",
+        )
+        .unwrap();
+        let c = sim.capabilities();
+        assert!(c.tools && c.json_output && c.structured_output && c.vision && c.logprobs);
+        assert_eq!(c.context_tokens, Some(100));
+        assert_eq!(
+            SimBackend::new(SimConfig::instant(), "m")
+                .unwrap()
+                .capabilities()
+                .context_tokens,
+            None
+        );
+        let fits = GenerationParams {
+            max_tokens: Some(50),
+            ..Default::default()
+        };
+        assert!(
+            sim.generate(input(&"x".repeat(200), fits.clone()))
+                .await
+                .is_ok()
+        );
+        // 800 characters are 200 estimated tokens: over 100 with any budget.
+        let err = sim
+            .generate(input(&"word ".repeat(160), fits))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, EngineError::ContextExceeded(m) if m.contains("maximum context length is 100 tokens")),
+            "{err}"
+        );
+        assert!(
+            SimBackend::new(
+                SimConfig {
+                    context_tokens: Some(0),
+                    ..SimConfig::default()
+                },
+                "m"
+            )
+            .is_err()
+        );
     }
 
     #[test]

@@ -815,7 +815,10 @@ mod tests {
         );
         // The Responses API reads `routing` from a value, as strictly.
         let e = parse_hints(&serde_json::json!({"max_cost": 1})).unwrap_err();
-        assert_eq!((e.param(), e.code()), (Some("routing.max_cost"), Some("unknown_parameter")));
+        assert_eq!(
+            (e.param(), e.code()),
+            (Some("routing.max_cost"), Some("unknown_parameter"))
+        );
         let e = parse_hints(&serde_json::json!({"quality_floor": "high"})).unwrap_err();
         assert_eq!(e.param(), Some("routing.quality_floor"));
         // Vendor extras pass when asked to.

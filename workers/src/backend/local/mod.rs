@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use routemesh_proto::v1::{ChatMessage, FinishReason};
+use routemesh_proto::v1::{ChatMessage, FinishReason, TokenLogprob, TopLogprob};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc as tokio_mpsc;
 
@@ -90,7 +90,10 @@ struct Job {
     temperature: f32,
     top_p: f32,
     seed: Option<u64>,
+    /// Summarise the tokens' log-probabilities as a confidence.
     want_logprobs: bool,
+    /// Return each token's log-probability with this many alternatives.
+    token_logprobs: Option<usize>,
     events: tokio_mpsc::Sender<Result<EngineEvent, EngineError>>,
 }
 
@@ -381,7 +384,7 @@ fn generate_inner(
         .chat_prompt(&job.messages)
         .map_err(EngineError::Rejected)?;
     if prompt.len() >= engine.context {
-        return Err(EngineError::Rejected(format!(
+        return Err(EngineError::ContextExceeded(format!(
             "the prompt is {} tokens; this model's context is {}",
             prompt.len(),
             engine.context
@@ -398,6 +401,7 @@ fn generate_inner(
         .min(prompt.len() - 1);
     session.truncate(common, kv_dim);
     cached.truncate(common);
+    let reused = u32::try_from(common).unwrap_or(u32::MAX);
     let mut logits = Vec::new();
     for chunk in prompt[common..].chunks(PREFILL_CHUNK) {
         if cancelled() {
@@ -412,6 +416,9 @@ fn generate_inner(
     let mut stops = StopFilter::new(&job.stops);
     let mut completion = 0usize;
     let mut logprobs = LogprobSummary::default();
+    // Tokens whose text is not sent yet (held back by the UTF-8 or stop
+    // filter): their log-probabilities go out with the next delta.
+    let mut pending: Vec<TokenLogprob> = Vec::new();
     let mut finish = FinishReason::Length;
     while completion < budget {
         let next = sampler.next(&logits);
@@ -421,14 +428,26 @@ fn generate_inner(
         }
         // Over the tokens counted as the completion (the end-of-turn token
         // is not one), so `tokens` matches `completion_tokens`.
-        if job.want_logprobs {
-            logprobs.push(sample::log_prob(&logits, next));
+        match job.token_logprobs {
+            Some(top) => {
+                let (lp, best) = sample::log_probs_with_top(&logits, next, top);
+                logprobs.push(lp);
+                pending.push(token_logprob(tok, next, lp, &best));
+            }
+            None if job.want_logprobs => logprobs.push(sample::log_prob(&logits, next)),
+            None => {}
         }
         completion += 1;
         engine.decoded.fetch_add(1, Ordering::Relaxed);
         let (text, stopped) = stops.push(&utf8.push(tok.token_bytes(next)));
         if !text.is_empty()
-            && let Err(gone) = send(job, EngineEvent::Delta(text))
+            && let Err(gone) = send(
+                job,
+                EngineEvent::Delta {
+                    text,
+                    logprobs: std::mem::take(&mut pending),
+                },
+            )
         {
             return Ok(Err(gone));
         }
@@ -453,37 +472,92 @@ fn generate_inner(
             rest.push_str(&stops.finish());
         }
         if !rest.is_empty()
-            && let Err(gone) = send(job, EngineEvent::Delta(rest))
+            && let Err(gone) = send(
+                job,
+                EngineEvent::Delta {
+                    text: rest,
+                    logprobs: std::mem::take(&mut pending),
+                },
+            )
         {
             return Ok(Err(gone));
         }
+    }
+    // Tokens whose text was cut at a stop sequence were still generated.
+    if !pending.is_empty()
+        && let Err(gone) = send(
+            job,
+            EngineEvent::Delta {
+                text: String::new(),
+                logprobs: pending,
+            },
+        )
+    {
+        return Ok(Err(gone));
     }
     let usage = EngineUsage {
         prompt_tokens: u32::try_from(prompt.len()).unwrap_or(u32::MAX),
         completion_tokens: u32::try_from(completion).unwrap_or(u32::MAX),
         estimated: false,
         replay_quality: None,
+        // The prefix this slot's KV cache already held (see above).
+        cached_prompt_tokens: Some(reused),
     };
     Ok(send(
         job,
         EngineEvent::End {
             finish_reason: finish,
             usage,
-            confidence: logprobs.finish(),
+            confidence: logprobs.finish().filter(|_| job.want_logprobs),
         },
     ))
 }
 
+/// A generated token's log-probability and alternatives, in the wire form.
+fn token_logprob(
+    tok: &ModelTokenizer,
+    token: u32,
+    logprob: f64,
+    best: &[(u32, f64)],
+) -> TokenLogprob {
+    let text = |id: u32| {
+        let bytes = tok.token_bytes(id);
+        (String::from_utf8_lossy(bytes).into_owned(), bytes.to_vec())
+    };
+    let (token, bytes) = text(token);
+    TokenLogprob {
+        token,
+        logprob,
+        bytes,
+        top_logprobs: best
+            .iter()
+            .map(|&(id, logprob)| {
+                let (token, bytes) = text(id);
+                TopLogprob {
+                    token,
+                    logprob,
+                    bytes,
+                }
+            })
+            .collect(),
+    }
+}
+
 #[async_trait::async_trait]
 impl Backend for LocalBackend {
+    /// A plain chat model behind a ChatML template: no tool turns, no
+    /// constrained decoding, no image encoder. Its log-probabilities are
+    /// real (one log-softmax per generated token, only when asked), and its
+    /// context is the window its slots enforce (`context`, by default the
+    /// model's training context capped at 4096).
     fn capabilities(&self) -> routemesh_mesh::Capabilities {
         routemesh_mesh::Capabilities {
             tools: false,
             json_output: false,
             structured_output: false,
             vision: false,
-            logprobs: false,
-            context_tokens: None,
+            logprobs: true,
+            context_tokens: Some(u32::try_from(self.engine.context).unwrap_or(u32::MAX)),
         }
     }
 
@@ -506,6 +580,9 @@ impl Backend for LocalBackend {
             top_p: params.top_p.unwrap_or(1.0),
             seed: params.seed,
             want_logprobs: input.want_logprobs,
+            token_logprobs: input
+                .token_logprobs()
+                .then(|| params.top_logprobs.unwrap_or(0) as usize),
             messages: input.messages,
             events,
         };

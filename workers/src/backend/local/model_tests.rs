@@ -62,6 +62,7 @@ fn input(prompt: &str, params: GenerationParams) -> GenerateInput {
         }],
         params,
         want_logprobs: false,
+        user: String::new(),
     }
 }
 
@@ -207,6 +208,51 @@ async fn seeded_sampling_is_reproducible() {
 }
 
 /// Streams deliver deltas then an end with real counts; requests beyond the
+/// Asked by the client (`params.logprobs`), every completion token comes
+/// back with the model's log-probability and its most likely alternatives;
+/// their bytes spell the answer. The slot's reused prefix is reported as
+/// cached prompt tokens; its window as the declared context.
+#[tokio::test]
+async fn token_logprobs_and_cached_prompt_tokens() {
+    let Some(b) = backend(1) else { return };
+    let caps = b.capabilities();
+    assert!(caps.logprobs && !caps.tools && !caps.json_output && !caps.vision);
+    assert_eq!(caps.context_tokens, Some(1024));
+    let params = GenerationParams {
+        logprobs: true,
+        top_logprobs: Some(3),
+        ..greedy(8)
+    };
+    let done = b.generate(input(GOLDEN_PROMPT, params)).await.unwrap();
+    assert_eq!(done.logprobs.len() as u32, done.usage.completion_tokens);
+    let bytes: Vec<u8> = done.logprobs.iter().flat_map(|t| t.bytes.clone()).collect();
+    assert_eq!(String::from_utf8(bytes).unwrap(), done.text);
+    for t in &done.logprobs {
+        assert!(t.logprob <= 0.0, "{t:?}");
+        assert_eq!(t.top_logprobs.len(), 3, "{t:?}");
+        // Greedy: the chosen token is (one of) the most likely.
+        assert!(
+            (t.top_logprobs[0].logprob - t.logprob).abs() < 1e-9,
+            "{t:?}"
+        );
+        assert!(
+            t.top_logprobs
+                .windows(2)
+                .all(|w| w[0].logprob >= w[1].logprob)
+        );
+    }
+    // Only the per-token list was asked for, not the summary.
+    assert_eq!(done.confidence, None);
+    let plain = b.generate(input(GOLDEN_PROMPT, greedy(2))).await.unwrap();
+    assert!(plain.logprobs.is_empty());
+    // The same prompt again: all of it but the last token came from the
+    // slot's cache (one token is always run for the next logits).
+    assert_eq!(
+        plain.usage.cached_prompt_tokens,
+        Some(plain.usage.prompt_tokens - 1)
+    );
+}
+
 /// slots wait for one and then run.
 #[tokio::test]
 async fn streams_queue_for_slots() {
@@ -218,8 +264,8 @@ async fn streams_queue_for_slots() {
         let text: String = events
             .iter()
             .filter_map(|e| match e {
-                EngineEvent::Delta(t) => Some(t.as_str()),
-                EngineEvent::End { .. } => None,
+                EngineEvent::Delta { text, .. } => Some(text.as_str()),
+                _ => None,
             })
             .collect();
         assert!(text.starts_with("L'Étoile"), "{text:?}");
@@ -251,7 +297,7 @@ async fn dropping_the_stream_stops_generation() {
     for _ in 0..2 {
         assert!(matches!(
             stream.next().await,
-            Some(Ok(EngineEvent::Delta(_)))
+            Some(Ok(EngineEvent::Delta { .. }))
         ));
     }
     drop(stream);
@@ -281,10 +327,13 @@ async fn long_prompts_are_refused_with_the_numbers() {
         .generate(input(&"word ".repeat(100), greedy(4)))
         .await
         .unwrap_err();
+    // The refusal a model with a longer context could serve (the gateway
+    // fails over on it), not a bad request.
     assert!(
-        matches!(&err, EngineError::Rejected(m) if m.contains("context is 64")),
+        matches!(&err, EngineError::ContextExceeded(m) if m.contains("context is 64")),
         "{err}"
     );
+    assert_eq!(b.capabilities().context_tokens, Some(64));
 }
 
 #[tokio::test]

@@ -101,6 +101,35 @@ pub fn log_prob(logits: &[f32], token: u32) -> f64 {
     f64::from(chosen - max) - sum.ln()
 }
 
+/// [`log_prob`] of `token` and the `top` most likely tokens with theirs,
+/// most likely first, from one normalisation: what a client asking for
+/// `top_logprobs` gets. Selecting the top is linear in the vocabulary.
+pub fn log_probs_with_top(logits: &[f32], token: u32, top: usize) -> (f64, Vec<(u32, f64)>) {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if !max.is_finite() || (token as usize) >= logits.len() {
+        return (f64::NAN, Vec::new());
+    }
+    let log_sum = logits
+        .iter()
+        .map(|&l| f64::from((l - max).exp()))
+        .sum::<f64>()
+        .ln();
+    let lp = |id: u32| f64::from(logits[id as usize] - max) - log_sum;
+    let top = top.min(logits.len());
+    let mut best = Vec::new();
+    if top > 0 {
+        let mut ids: Vec<u32> = (0..logits.len() as u32).collect();
+        let by_logit = |a: &u32, b: &u32| logits[*b as usize].total_cmp(&logits[*a as usize]);
+        if top < ids.len() {
+            ids.select_nth_unstable_by(top - 1, by_logit);
+            ids.truncate(top);
+        }
+        ids.sort_unstable_by(by_logit);
+        best = ids.into_iter().map(|id| (id, lp(id))).collect();
+    }
+    (lp(token), best)
+}
+
 /// The index of the largest logit (the first, on ties).
 pub fn argmax(logits: &[f32]) -> u32 {
     let mut best = 0;
@@ -127,6 +156,20 @@ mod tests {
         // Large logits do not overflow; a certain token is log 1 = 0.
         assert!(log_prob(&[1000.0, 0.0], 0).abs() < 1e-9);
         assert!(log_prob(&[1.0], 3).is_nan());
+    }
+
+    #[test]
+    fn top_log_probs_are_the_largest_in_order() {
+        let logits = [0.5f32, 3.0, -1.0, 2.0, 2.5];
+        let (lp, top) = log_probs_with_top(&logits, 3, 3);
+        assert!((lp - log_prob(&logits, 3)).abs() < 1e-9);
+        assert_eq!(top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![1, 4, 3]);
+        for (id, lp) in &top {
+            assert!((lp - log_prob(&logits, *id)).abs() < 1e-9);
+        }
+        assert_eq!(log_probs_with_top(&logits, 0, 0).1, vec![]);
+        assert_eq!(log_probs_with_top(&logits, 0, 99).1.len(), 5);
+        assert!(log_probs_with_top(&logits, 9, 1).0.is_nan());
     }
 
     #[test]

@@ -207,7 +207,7 @@ impl ModelTokenizer {
             turn("system", Some(system))?;
         }
         for m in messages {
-            turn(&m.role, Some(&m.content))?;
+            turn(&m.role, Some(&crate::backend::message_text(m)))?;
         }
         turn("assistant", None)?;
         Ok(out)

@@ -1,18 +1,29 @@
 //! Backend `openai`: any OpenAI-compatible server (vLLM, SGLang, TGI, llama.cpp
 //! server, Ollama) over HTTP, plain and SSE streaming.
+//!
+//! Everything an agent sends is forwarded (content parts, tool calls and
+//! tool turns, tools and tool_choice, response_format, log-probabilities,
+//! penalties, user; see `request`), and everything the engine answers is
+//! read back (tool calls whole or in streamed pieces, per-token
+//! log-probabilities, cached prompt tokens; see `response`). A refusal
+//! because the prompt does not fit the model's context is told apart from
+//! other refusals ([`EngineError::ContextExceeded`]), whichever engine's
+//! wording it comes in.
+
+mod request;
+mod response;
 
 use std::time::Duration;
 
 use futures::StreamExt;
-use routemesh_proto::v1::FinishReason;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use super::sse::SseParser;
 use super::{
     Backend, Completion, EngineError, EngineEvent, EngineStream, EngineUsage, GenerateInput,
     LogprobSummary, estimate_tokens,
 };
+use response::{CallIn, Refusal, Usage as WireUsage, finish_reason, read_logprobs};
 
 /// Where the engine is and how long to wait for it.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -86,48 +97,13 @@ impl OpenAiBackend {
         })
     }
 
-    fn body(&self, input: &GenerateInput, stream: bool) -> Value {
-        let p = &input.params;
-        let mut body = serde_json::json!({
-            "model": self.model,
-            "messages": input.messages.iter().map(|m| serde_json::json!({"role": m.role, "content": m.content})).collect::<Vec<_>>(),
-            "max_tokens": input.max_tokens(),
-            "stream": stream,
-        });
-        if let Some(obj) = body.as_object_mut() {
-            if let Some(t) = p.temperature {
-                obj.insert("temperature".into(), t.into());
-            }
-            if let Some(t) = p.top_p {
-                obj.insert("top_p".into(), t.into());
-            }
-            if !p.stop.is_empty() {
-                obj.insert("stop".into(), p.stop.clone().into());
-            }
-            if let Some(s) = p.seed {
-                obj.insert("seed".into(), s.into());
-            }
-            // Only when asked: some engines reject the parameter, and those
-            // that accept it do more work for it.
-            if input.want_logprobs {
-                obj.insert("logprobs".into(), true.into());
-            }
-            if stream {
-                obj.insert(
-                    "stream_options".into(),
-                    serde_json::json!({"include_usage": true}),
-                );
-            }
-        }
-        body
-    }
-
     async fn send(
         &self,
         input: &GenerateInput,
         stream: bool,
     ) -> Result<reqwest::Response, EngineError> {
-        let mut req = self.client.post(&self.url).json(&self.body(input, stream));
+        let body = request::chat_request(&self.model, input, stream)?;
+        let mut req = self.client.post(&self.url).json(&body);
         if let Some(key) = &self.api_key {
             req = req.bearer_auth(key);
         }
@@ -143,11 +119,12 @@ impl OpenAiBackend {
             .await
             .ok()
             .and_then(Result::ok);
-        let message = body
-            .as_deref()
-            .map(error_message)
-            .unwrap_or_else(|| status.to_string());
+        let refusal = Refusal::from_body(body.as_deref().unwrap_or(status.as_str()));
+        let too_long = refusal.context_exceeded();
+        let message = refusal.message;
         Err(match status.as_u16() {
+            // Ollama has been seen to refuse a too-long prompt with a 500.
+            400 | 413 | 422 | 500 if too_long => EngineError::ContextExceeded(message),
             400 | 404 | 413 | 422 => EngineError::Rejected(message),
             429 => EngineError::RateLimited(message),
             code => EngineError::Upstream {
@@ -168,100 +145,31 @@ fn classify_transport(e: &reqwest::Error, timeout: Duration) -> EngineError {
     }
 }
 
-/// The `error.message` of an OpenAI error body, else the body itself (bounded).
-fn error_message(body: &str) -> String {
-    serde_json::from_str::<Value>(body)
-        .ok()
-        .and_then(|v| {
-            v.pointer("/error/message")
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-        })
-        .unwrap_or_else(|| body.chars().take(300).collect())
-}
-
-fn finish_reason(reason: Option<&str>) -> FinishReason {
-    match reason {
-        Some("length") => FinishReason::Length,
-        _ => FinishReason::Stop,
-    }
-}
-
-#[derive(Deserialize)]
-struct WireUsage {
-    prompt_tokens: Option<u32>,
-    completion_tokens: Option<u32>,
-}
-
-#[derive(Deserialize)]
-struct WireCompletion {
-    choices: Vec<WireChoice>,
-    usage: Option<WireUsage>,
-}
-
-#[derive(Deserialize)]
-struct WireChoice {
-    message: Option<WireMessage>,
-    delta: Option<WireMessage>,
-    finish_reason: Option<String>,
-    /// Read leniently (see [`add_logprobs`]): an engine's odd log-probability
-    /// format must not fail an answer that was otherwise fine.
-    #[serde(default)]
-    logprobs: Option<Value>,
-}
-
-#[derive(Deserialize)]
-struct WireMessage {
-    content: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct WireChunk {
-    #[serde(default)]
-    choices: Vec<WireChoice>,
-    usage: Option<WireUsage>,
-}
-
-/// Adds one choice's token log-probabilities (chat-completions format:
-/// `logprobs.content[].logprob`) to `summary`. Returns whether the choice
-/// carried any; an entry without a numeric log-probability spoils the
-/// summary, as the tokens it covers would be unaccounted for.
-fn add_logprobs(logprobs: Option<&Value>, summary: &mut LogprobSummary) -> bool {
-    let Some(tokens) = logprobs
-        .and_then(|l| l.get("content"))
-        .and_then(Value::as_array)
-    else {
-        return false;
-    };
-    for token in tokens {
-        match token.get("logprob").and_then(Value::as_f64) {
-            Some(lp) => summary.push(lp),
-            None => summary.spoil(),
-        }
-    }
-    !tokens.is_empty()
-}
-
 fn usage_or_estimate(
     wire: Option<&WireUsage>,
     prompt_chars: usize,
     completion: impl FnOnce() -> u32,
 ) -> EngineUsage {
     match wire {
-        Some(WireUsage {
-            prompt_tokens: Some(p),
-            completion_tokens: Some(c),
-        }) => EngineUsage {
+        Some(
+            usage @ WireUsage {
+                prompt_tokens: Some(p),
+                completion_tokens: Some(c),
+                ..
+            },
+        ) => EngineUsage {
             prompt_tokens: *p,
             completion_tokens: *c,
             estimated: false,
             replay_quality: None,
+            cached_prompt_tokens: usage.cached_tokens(),
         },
         _ => EngineUsage {
             prompt_tokens: estimate_tokens(prompt_chars),
             completion_tokens: completion(),
             estimated: true,
             replay_quality: None,
+            cached_prompt_tokens: wire.and_then(WireUsage::cached_tokens),
         },
     }
 }
@@ -282,32 +190,41 @@ impl Backend for OpenAiBackend {
             .await
             .map_err(|_| EngineError::Timeout(self.timeout))?
             .map_err(|e| classify_transport(&e, self.timeout))?;
-        let wire: WireCompletion = serde_json::from_slice(&bytes)
+        let wire: response::Completion = serde_json::from_slice(&bytes)
             .map_err(|e| EngineError::Malformed(format!("completion body: {e}")))?;
+        let usage = wire.usage;
         let choice = wire
             .choices
-            .first()
+            .into_iter()
+            .next()
             .ok_or_else(|| EngineError::Malformed("completion has no choices".into()))?;
-        let text = choice
-            .message
-            .as_ref()
-            .and_then(|m| m.content.clone())
-            .unwrap_or_default();
-        let usage = usage_or_estimate(wire.usage.as_ref(), input.prompt_chars(), || {
+        let (text, tool_calls) = match choice.message {
+            Some(m) => (
+                m.content.unwrap_or_default(),
+                m.tool_calls
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(CallIn::into_call)
+                    .collect(),
+            ),
+            None => (String::new(), Vec::new()),
+        };
+        let usage = usage_or_estimate(usage.as_ref(), input.prompt_chars(), || {
             estimate_tokens(text.chars().count())
         });
-        // An engine that ignores `logprobs` sends none: no confidence, no error.
-        let confidence = input.want_logprobs.then(|| {
-            let mut summary = LogprobSummary::default();
-            add_logprobs(choice.logprobs.as_ref(), &mut summary);
-            summary.finish()
-        });
+        // An engine that ignores `logprobs` sends none: no confidence, no
+        // per-token list, no error.
+        let mut summary = LogprobSummary::default();
+        let logprobs = read_logprobs(choice.logprobs, &mut summary, input.token_logprobs())
+            .unwrap_or_default();
         Ok(Completion {
             finish_reason: finish_reason(choice.finish_reason.as_deref()),
             text,
             usage,
             time_to_first_token: None,
-            confidence: confidence.flatten(),
+            confidence: summary.finish().filter(|_| input.want_logprobs),
+            tool_calls,
+            logprobs,
         })
     }
 
@@ -316,6 +233,7 @@ impl Backend for OpenAiBackend {
         let timeout = self.timeout;
         let prompt_chars = input.prompt_chars();
         let want_logprobs = input.want_logprobs;
+        let keep_logprobs = input.token_logprobs();
         let mut body = resp.bytes_stream();
         let stream = async_stream_events(move |tx| async move {
             let mut parser = SseParser::default();
@@ -351,19 +269,40 @@ impl Backend for OpenAiBackend {
                         usage = chunk.usage;
                     }
                     for choice in chunk.choices {
-                        let covered =
-                            want_logprobs && add_logprobs(choice.logprobs.as_ref(), &mut logprobs);
-                        if let Some(text) = choice
-                            .delta
-                            .and_then(|d| d.content)
-                            .filter(|t| !t.is_empty())
-                        {
+                        let tokens = read_logprobs(choice.logprobs, &mut logprobs, keep_logprobs);
+                        let covered = tokens.is_some();
+                        let tokens = tokens.unwrap_or_default();
+                        let (text, calls) = match choice.delta {
+                            Some(d) => (
+                                d.content.unwrap_or_default(),
+                                d.tool_calls.unwrap_or_default(),
+                            ),
+                            None => (String::new(), Vec::new()),
+                        };
+                        if !text.is_empty() {
                             deltas += 1;
                             if !covered {
                                 uncovered += 1;
                             }
-                            if !tx.send(EngineEvent::Delta(text)).await {
-                                return;
+                        }
+                        // Tokens without text (a tool call's, or held back
+                        // by the engine) still go out, on an empty delta.
+                        if (!text.is_empty() || !tokens.is_empty())
+                            && !tx
+                                .send(EngineEvent::Delta {
+                                    text,
+                                    logprobs: tokens,
+                                })
+                                .await
+                        {
+                            return;
+                        }
+                        for (i, call) in calls.into_iter().enumerate() {
+                            if let Some(piece) = call.into_piece(i) {
+                                deltas += 1;
+                                if !tx.send(EngineEvent::ToolCall(piece)).await {
+                                    return;
+                                }
                             }
                         }
                         if choice.finish_reason.is_some() {
@@ -395,20 +334,23 @@ impl Backend for OpenAiBackend {
 }
 
 /// One streamed chunk; an engine may also send an error object mid-stream.
-fn parse_chunk(data: &str) -> Result<WireChunk, EngineError> {
-    let value: Value = serde_json::from_str(data)
-        .map_err(|e| EngineError::Malformed(format!("stream chunk is not JSON: {e}")))?;
-    if let Some(error) = value.get("error") {
-        let message = error
-            .get("message")
-            .and_then(Value::as_str)
-            .map_or_else(|| error.to_string(), str::to_owned);
-        return Err(EngineError::Upstream {
-            status: 200,
-            message,
-        });
+fn parse_chunk(data: &str) -> Result<response::Chunk, EngineError> {
+    let chunk: response::Chunk = serde_json::from_str(data)
+        .map_err(|e| EngineError::Malformed(format!("stream chunk: {e}")))?;
+    match chunk.error {
+        Some(error) => {
+            let refusal = Refusal::from_field(error);
+            Err(if refusal.context_exceeded() {
+                EngineError::ContextExceeded(refusal.message)
+            } else {
+                EngineError::Upstream {
+                    status: 200,
+                    message: refusal.message,
+                }
+            })
+        }
+        None => Ok(chunk),
     }
-    serde_json::from_value(value).map_err(|e| EngineError::Malformed(format!("stream chunk: {e}")))
 }
 
 /// Sender half used by backends that produce events from a task.
@@ -432,35 +374,4 @@ where
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     routemesh_mesh::driven::driven_stream(|tx| produce(EventSender(tx)))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn logprobs_are_read_leniently() {
-        let read = |v: Value| {
-            let mut s = LogprobSummary::default();
-            let present = add_logprobs(Some(&v), &mut s);
-            (
-                present,
-                s.finish()
-                    .map(|c| (c.tokens, c.mean_logprob, c.min_logprob)),
-            )
-        };
-        let entries = serde_json::json!({"content": [
-            {"token": "a", "logprob": -0.5, "top_logprobs": []},
-            {"token": "b", "logprob": -1.5, "top_logprobs": []},
-        ]});
-        assert_eq!(read(entries), (true, Some((2, -1.0, -1.5))));
-        // No log-probabilities: absent, not an error.
-        assert_eq!(read(Value::Null), (false, None));
-        assert_eq!(read(serde_json::json!({"content": null})), (false, None));
-        // An entry without a number leaves its token unaccounted for.
-        let odd = serde_json::json!({"content": [{"logprob": -0.1}, {"logprob": "x"}]});
-        assert_eq!(read(odd), (true, None));
-        let mut s = LogprobSummary::default();
-        assert!(!add_logprobs(None, &mut s));
-    }
 }
