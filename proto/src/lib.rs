@@ -51,4 +51,18 @@ impl v1::ChatMessage {
             ..Default::default()
         }
     }
+
+    /// The turn's text: `content`, then its text parts, joined.
+    pub fn text_content(&self) -> std::borrow::Cow<'_, str> {
+        if self.parts.is_empty() {
+            return std::borrow::Cow::Borrowed(&self.content);
+        }
+        let mut text = self.content.clone();
+        for part in &self.parts {
+            if let Some(v1::content_part::Part::Text(t)) = &part.part {
+                text.push_str(t);
+            }
+        }
+        std::borrow::Cow::Owned(text)
+    }
 }

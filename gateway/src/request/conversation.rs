@@ -31,23 +31,6 @@ fn invalid(field: impl Into<String>, why: impl Into<String>) -> GatewayError {
     GatewayError::invalid(field, why)
 }
 
-/// The text of a turn: its `content`, or its text parts joined.
-pub(crate) fn text_of(m: &ChatMessage) -> Cow<'_, str> {
-    if m.parts.is_empty() {
-        return Cow::Borrowed(&m.content);
-    }
-    Cow::Owned(
-        m.parts
-            .iter()
-            .filter_map(|p| match &p.part {
-                Some(content_part::Part::Text(t)) => Some(t.as_str()),
-                _ => None,
-            })
-            .collect::<Vec<_>>()
-            .join(""),
-    )
-}
-
 /// Checks one turn beyond its role; returns its length in characters as it
 /// counts toward the prompt (text, images, tool calls).
 pub(super) fn check_turn(i: usize, m: &ChatMessage) -> Result<usize, GatewayError> {
@@ -94,7 +77,7 @@ pub(super) fn check_turn(i: usize, m: &ChatMessage) -> Result<usize, GatewayErro
             }
         }
     }
-    if m.role == "user" && text_of(m).trim().is_empty() && !has_image(m) {
+    if m.role == "user" && m.text_content().trim().is_empty() && !has_image(m) {
         return Err(invalid(
             format!("messages[{i}].content"),
             "a user message must not be empty",
@@ -344,7 +327,7 @@ pub(crate) fn routing_text(messages: &[ChatMessage]) -> Cow<'_, str> {
         if out.len() >= ROUTING_TEXT_CHARS {
             break;
         }
-        let text = text_of(m);
+        let text = m.text_content();
         let calls = m
             .tool_calls
             .iter()

@@ -3,8 +3,6 @@
 
 mod conversation;
 
-pub(crate) use self::conversation::text_of;
-
 use std::borrow::Cow;
 
 use routemesh_mesh::{Needs, Tier};

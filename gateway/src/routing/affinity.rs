@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::request::ValidRequest;
+use routemesh_proto::v1::ChatMessage;
 
 /// `gateway.session_affinity`.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -171,21 +171,26 @@ impl Sessions {
         )
     }
 
-    /// The request's session, if it has one: the client's id, else (with
-    /// `by_prefix`) its opening turns. `None` when affinity is off or the
-    /// request pins its model.
-    pub(crate) fn session_of(&self, req: &ValidRequest) -> Option<Session> {
-        if !self.config.enabled || req.pinned_model.is_some() {
+    /// A request's session, if it has one: the client's `session_id`, else
+    /// (with `by_prefix`) the conversation's opening turns, within the
+    /// `tenant`. `None` when affinity is off or the request pins its model.
+    pub(crate) fn session_of(
+        &self,
+        tenant: &str,
+        session_id: &str,
+        pinned: bool,
+        messages: &[ChatMessage],
+    ) -> Option<Session> {
+        if !self.config.enabled || pinned {
             return None;
         }
-        let opening = !req
-            .messages
+        let opening = !messages
             .iter()
             .any(|m| m.role == "assistant" || m.role == "tool");
-        if !req.session_id.is_empty() {
+        if !session_id.is_empty() {
             return Some(Session {
-                label: req.session_id.clone(),
-                key: format!("id\u{1f}{}\u{1f}{}", req.tenant, req.session_id),
+                label: session_id.to_string(),
+                key: format!("id\u{1f}{tenant}\u{1f}{session_id}"),
                 opening: false,
             });
         }
@@ -193,13 +198,13 @@ impl Sessions {
             return None;
         }
         let mut hash = Sha256::new();
-        hash.update(req.tenant.as_bytes());
-        let first_user = req.messages.iter().position(|m| m.role == "user")?;
-        for m in &req.messages[..=first_user] {
+        hash.update(tenant.as_bytes());
+        let first_user = messages.iter().position(|m| m.role == "user")?;
+        for m in &messages[..=first_user] {
             hash.update([0x1e]);
             hash.update(m.role.as_bytes());
             hash.update([0x1f]);
-            hash.update(crate::request::text_of(m).as_bytes());
+            hash.update(m.text_content().as_bytes());
             for part in &m.parts {
                 if let Some(routemesh_proto::v1::content_part::Part::ImageUrl(image)) = &part.part {
                     hash.update(image.url.as_bytes());
@@ -320,21 +325,26 @@ async fn write_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::GatewayConfig;
-    use routemesh_proto::v1::{ChatMessage, GenerateRequest};
 
-    fn request(messages: Vec<ChatMessage>, session_id: &str, tenant: &str) -> ValidRequest {
-        crate::request::validate(
-            GenerateRequest {
-                messages,
-                session_id: session_id.into(),
-                tenant: tenant.into(),
-                ..Default::default()
-            },
-            &GatewayConfig::default(),
-            &["m"],
-        )
-        .unwrap()
+    /// What `session_of` reads of a request.
+    struct Req {
+        messages: Vec<ChatMessage>,
+        session_id: &'static str,
+        tenant: &'static str,
+    }
+
+    fn request(messages: Vec<ChatMessage>, session_id: &'static str, tenant: &'static str) -> Req {
+        Req {
+            messages,
+            session_id,
+            tenant,
+        }
+    }
+
+    impl Sessions {
+        fn of(&self, r: &Req) -> Option<Session> {
+            self.session_of(r.tenant, r.session_id, false, &r.messages)
+        }
     }
 
     #[tokio::test]
@@ -344,9 +354,7 @@ mod tests {
             ChatMessage::text("system", "you are terse"),
             ChatMessage::text("user", "plan a trip"),
         ];
-        let opening = sessions
-            .session_of(&request(first.clone(), "", "t"))
-            .unwrap();
+        let opening = sessions.of(&request(first.clone(), "", "t")).unwrap();
         assert!(opening.opening);
         assert_eq!(sessions.lookup(&opening).await, None);
         let sticky = Sticky {
@@ -357,13 +365,11 @@ mod tests {
         let mut second = first.clone();
         second.push(ChatMessage::text("assistant", "where to?"));
         second.push(ChatMessage::text("user", "Lisbon"));
-        let later = sessions
-            .session_of(&request(second.clone(), "", "t"))
-            .unwrap();
+        let later = sessions.of(&request(second.clone(), "", "t")).unwrap();
         assert_eq!(later.label, opening.label);
         assert_eq!(sessions.lookup(&later).await, Some(sticky));
         // Another tenant's identical conversation is another session.
-        let other = sessions.session_of(&request(second, "", "u")).unwrap();
+        let other = sessions.of(&request(second, "", "u")).unwrap();
         assert_ne!(other.label, opening.label);
         assert_eq!(sessions.lookup(&other).await, None);
     }
@@ -372,7 +378,7 @@ mod tests {
     async fn a_named_session_follows_from_its_first_turn() {
         let sessions = Sessions::local(SessionAffinityConfig::default());
         let s = sessions
-            .session_of(&request(
+            .of(&request(
                 vec![ChatMessage::text("user", "hi")],
                 "chat-1",
                 "t",
@@ -388,7 +394,7 @@ mod tests {
             },
         );
         let again = sessions
-            .session_of(&request(
+            .of(&request(
                 vec![ChatMessage::text("user", "other")],
                 "chat-1",
                 "t",
@@ -403,7 +409,7 @@ mod tests {
             ..Default::default()
         });
         assert!(
-            off.session_of(&request(
+            off.of(&request(
                 vec![ChatMessage::text("user", "hi")],
                 "chat-1",
                 "t"

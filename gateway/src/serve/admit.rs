@@ -48,7 +48,12 @@ impl GatewayState {
 
     /// The request's session and where its earlier turns went, if known.
     pub(crate) async fn session_of(&self, req: &ValidRequest) -> Option<(Session, Option<Sticky>)> {
-        let session = self.sessions.session_of(req)?;
+        let session = self.sessions.session_of(
+            &req.tenant,
+            &req.session_id,
+            req.pinned_model.is_some(),
+            &req.messages,
+        )?;
         let sticky = self.sessions.lookup(&session).await;
         Some((session, sticky))
     }

@@ -8,10 +8,8 @@ pub mod sse;
 
 use std::pin::Pin;
 
-use std::borrow::Cow;
-
 use futures::Stream;
-use routemesh_proto::v1::{ChatMessage, FinishReason, GenerationParams, content_part};
+use routemesh_proto::v1::{ChatMessage, FinishReason, GenerationParams};
 pub use routemesh_proto::v1::{TokenLogprob, ToolCall, ToolCallDelta, TopLogprob};
 
 pub use confidence::{Confidence, LogprobSummary};
@@ -47,7 +45,7 @@ impl GenerateInput {
         self.messages
             .iter()
             .map(|m| {
-                message_text(m).chars().count()
+                m.text_content().chars().count()
                     + m.tool_calls
                         .iter()
                         .map(|c| c.name.chars().count() + c.arguments.chars().count())
@@ -67,21 +65,6 @@ impl GenerateInput {
     pub fn token_logprobs(&self) -> bool {
         self.params.logprobs
     }
-}
-
-/// A turn's text: its `content`, or its text parts joined when it is given
-/// as parts (images left out).
-pub fn message_text(message: &ChatMessage) -> Cow<'_, str> {
-    if message.parts.is_empty() {
-        return Cow::Borrowed(&message.content);
-    }
-    let mut text = message.content.clone();
-    for part in &message.parts {
-        if let Some(content_part::Part::Text(t)) = &part.part {
-            text.push_str(t);
-        }
-    }
-    Cow::Owned(text)
 }
 
 /// The completion budget when a request does not say.
@@ -379,13 +362,17 @@ mod tests {
                     role: "user".into(),
                     parts: vec![
                         ContentPart {
-                            part: Some(content_part::Part::Text("abcd".into())),
+                            part: Some(routemesh_proto::v1::content_part::Part::Text(
+                                "abcd".into(),
+                            )),
                         },
                         ContentPart {
-                            part: Some(content_part::Part::ImageUrl(Default::default())),
+                            part: Some(routemesh_proto::v1::content_part::Part::ImageUrl(
+                                Default::default(),
+                            )),
                         },
                         ContentPart {
-                            part: Some(content_part::Part::Text("éf".into())),
+                            part: Some(routemesh_proto::v1::content_part::Part::Text("éf".into())),
                         },
                     ],
                     ..Default::default()
@@ -409,7 +396,7 @@ mod tests {
             want_logprobs: false,
             user: String::new(),
         };
-        assert_eq!(message_text(&input.messages[0]), "abcdéf");
+        assert_eq!(input.messages[0].text_content(), "abcdéf");
         assert_eq!(input.prompt_chars(), 6 + 4 + 2);
     }
 }

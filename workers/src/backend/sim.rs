@@ -60,7 +60,7 @@ use tokio::time::Instant;
 use super::openai::async_stream_events;
 use super::{
     Backend, Completion, EngineError, EngineEvent, EngineStream, EngineUsage, GenerateInput,
-    LogprobSummary, TokenLogprob, ToolCallDelta, TopLogprob, estimate_tokens, message_text,
+    LogprobSummary, TokenLogprob, ToolCallDelta, TopLogprob, estimate_tokens,
 };
 
 /// A log-normal distribution given by its median and spread (σ of the log).
@@ -357,14 +357,14 @@ impl SimBackend {
             .iter()
             .rev()
             .find(|m| m.role == "user")
-            .map(|m| message_text(m))
+            .map(|m| m.text_content())
             .unwrap_or_default();
         let recorded = self.replay.get(&prompt_key(&prompt));
         let answer = match scripted_call(input) {
             Some(call) => Answer::Call(call),
             None => {
                 let text = match input.messages.last().filter(|m| m.role == "tool") {
-                    Some(tool) => format!("The tool said: {}", message_text(tool)),
+                    Some(tool) => format!("The tool said: {}", tool.text_content()),
                     None => match recorded.and_then(|r| r.response.clone()) {
                         Some(text) => text,
                         None => self.placeholder(&mut rng),
@@ -462,7 +462,7 @@ fn scripted_call(input: &GenerateInput) -> Option<Call> {
         return None;
     }
     let said = if last.role == "user" {
-        message_text(last)
+        last.text_content()
     } else {
         Default::default()
     };

@@ -489,7 +489,7 @@ fn convert_message(i: usize, m: WireMessage) -> Result<ChatMessage, ApiError> {
                 .iter()
                 .all(|p| matches!(p.part, Some(content_part::Part::Text(_))))
             {
-                out.content = crate::request::text_of(&out).into_owned();
+                out.content = out.text_content().into_owned();
                 out.parts.clear();
             }
         }

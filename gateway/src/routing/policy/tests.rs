@@ -424,3 +424,59 @@ fn the_utility_no_longer_prefers_unused_workers() {
     assert_eq!(unused.expected_latency_ms, used.expected_latency_ms);
     assert_eq!(unused.score, used.score);
 }
+
+#[test]
+fn workers_that_cannot_serve_the_request_are_left_out_with_the_reason() {
+    let (s, l) = (small(), large());
+    let hints = Hints::default();
+    let mut short = view("s1", &s, 0);
+    short.capabilities = routemesh_mesh::Capabilities {
+        tools: false,
+        context_tokens: Some(4096),
+        ..routemesh_mesh::Capabilities::OPENAI_ENGINE
+    };
+    let workers = [short, view("l1", &l, 0)];
+    let pricey = UtilityPolicy {
+        cost_weight: 100.0,
+        ..Default::default()
+    };
+    let long = routemesh_mesh::Needs {
+        prompt_tokens: 5951,
+        ..NO_NEEDS
+    };
+    let d = pricey.decide(
+        &RouteInput {
+            needs: &long,
+            ..input(&hints)
+        },
+        &workers,
+    );
+    // The small model would win on cost, but the prompt does not fit it.
+    assert_eq!(
+        d.chosen_candidate().map(|c| c.worker_id.as_str()),
+        Some("l1")
+    );
+    assert_eq!(
+        d.candidates[0]
+            .excluded
+            .as_ref()
+            .map(ToString::to_string)
+            .as_deref(),
+        Some("context 4096 < prompt 5951 + max_tokens 256")
+    );
+    // Pinned to the model that cannot call tools: nobody, and why.
+    let tools = routemesh_mesh::Needs {
+        tools: true,
+        ..NO_NEEDS
+    };
+    let d = pricey.decide(
+        &RouteInput {
+            needs: &tools,
+            pinned_model: Some("small"),
+            ..input(&hints)
+        },
+        &workers,
+    );
+    assert_eq!(d.chosen, Err(NoCandidate::HintsUnsatisfiable));
+    assert!(d.reason.contains("no tool calling"), "{}", d.reason);
+}

@@ -207,7 +207,7 @@ impl ModelTokenizer {
             turn("system", Some(system))?;
         }
         for m in messages {
-            turn(&m.role, Some(&crate::backend::message_text(m)))?;
+            turn(&m.role, Some(&m.text_content()))?;
         }
         turn("assistant", None)?;
         Ok(out)
