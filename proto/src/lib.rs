@@ -66,3 +66,22 @@ impl v1::ChatMessage {
         std::borrow::Cow::Owned(text)
     }
 }
+
+impl v1::ToolCallDelta {
+    /// Adds this streamed piece of a tool call to the calls read so far: the
+    /// first piece of call `index` opens it, later ones add to its arguments.
+    pub fn add_to(self, calls: &mut Vec<v1::ToolCall>) {
+        let index = self.index as usize;
+        // Indices arrive in order; a gap (an engine that skips one) is
+        // closed with empty calls rather than misattributing the piece.
+        while calls.len() <= index {
+            calls.push(v1::ToolCall::default());
+        }
+        let call = &mut calls[index];
+        if !self.id.is_empty() {
+            call.id = self.id;
+        }
+        call.name.push_str(&self.name);
+        call.arguments.push_str(&self.arguments);
+    }
+}

@@ -4,8 +4,8 @@
 
 use routemesh_mesh::driven::driven_stream;
 use routemesh_proto::v1::{
-    GenerateResponse, GenerateStreamEvent, RouteDecision, StreamEnd, ToolCall, ToolCallDelta,
-    Usage, WorkerGenerateResponse, WorkerStreamEvent, generate_stream_event, worker_stream_event,
+    GenerateResponse, GenerateStreamEvent, RouteDecision, StreamEnd, ToolCallDelta, Usage,
+    WorkerGenerateResponse, WorkerStreamEvent, generate_stream_event, worker_stream_event,
 };
 use tokio::sync::mpsc::Sender;
 use tokio::time::Instant;
@@ -56,25 +56,6 @@ type Collected = (
     std::sync::Arc<WorkerHandle>,
 );
 
-/// Adds a streamed piece of a tool call to the calls read so far: the first
-/// piece of call `index` opens it, later ones add to its arguments.
-pub(crate) fn add_tool_call_piece(calls: &mut Vec<ToolCall>, piece: ToolCallDelta) {
-    let index = piece.index as usize;
-    // Indices arrive in order; a gap (an engine that skips one) is closed
-    // with empty calls rather than misattributing the piece.
-    while calls.len() <= index {
-        calls.push(ToolCall::default());
-    }
-    let call = &mut calls[index];
-    if !piece.id.is_empty() {
-        call.id = piece.id;
-    }
-    if !piece.name.is_empty() {
-        call.name.push_str(&piece.name);
-    }
-    call.arguments.push_str(&piece.arguments);
-}
-
 /// A stream read to its end, for a client that wants one answer.
 async fn collect(flight: &Flight, open: OpenStream) -> Result<Collected, GatewayError> {
     let OpenStream {
@@ -98,7 +79,7 @@ async fn collect(flight: &Flight, open: OpenStream) -> Result<Collected, Gateway
                 whole.logprobs.extend(delta.logprobs);
             }
             Some(worker_stream_event::Event::ToolCall(piece)) => {
-                add_tool_call_piece(&mut whole.tool_calls, piece);
+                piece.add_to(&mut whole.tool_calls);
             }
             Some(worker_stream_event::Event::End(end)) => {
                 guard.served(end.usage.as_ref()).await;

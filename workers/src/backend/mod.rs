@@ -201,23 +201,6 @@ pub trait Backend: Send + Sync + 'static {
     async fn stream(&self, input: GenerateInput) -> Result<EngineStream, EngineError>;
 }
 
-/// Adds a streamed piece of a tool call to the calls read so far: the first
-/// piece of call `index` opens it, later ones add to its arguments.
-pub fn add_tool_call_piece(calls: &mut Vec<ToolCall>, piece: ToolCallDelta) {
-    let index = piece.index as usize;
-    // Indices arrive in order; a gap (an engine that skips one) is closed
-    // with empty calls rather than misattributing the piece.
-    while calls.len() <= index {
-        calls.push(ToolCall::default());
-    }
-    let call = &mut calls[index];
-    if !piece.id.is_empty() {
-        call.id = piece.id;
-    }
-    call.name.push_str(&piece.name);
-    call.arguments.push_str(&piece.arguments);
-}
-
 /// A unary completion read from an engine's own stream: the text of its
 /// deltas, the tool calls its pieces make, and what its end event reports. `start` is when the request
 /// reached the backend, for the time to first token; `engine` names the
@@ -244,7 +227,7 @@ pub(crate) async fn collect(
             }
             EngineEvent::ToolCall(piece) => {
                 first.get_or_insert_with(|| start.elapsed());
-                add_tool_call_piece(&mut tool_calls, piece);
+                piece.add_to(&mut tool_calls);
             }
             EngineEvent::End {
                 finish_reason,

@@ -24,8 +24,8 @@ use axum::routing::{get, post};
 use futures::StreamExt;
 use routemesh_mesh::Tier;
 use routemesh_proto::v1::{
-    FinishReason, RouteDecision, Tier as WireTier, TokenLogprob, ToolCall, ToolCallDelta, Usage,
-    generate_stream_event,
+    FinishReason, GenerateRequest, RouteDecision, Tier as WireTier, TokenLogprob, ToolCall,
+    ToolCallDelta, Usage, generate_stream_event,
 };
 use serde_json::{Value, json};
 use tonic::Code;
@@ -108,6 +108,89 @@ async fn authorize(state: &HttpState, headers: &HeaderMap) -> Result<Option<Tena
         .authenticate(authorization)
         .await
         .map_err(|e| gateway_error(e.into()))
+}
+
+/// Runs an HTTP request through the serving path (whole or streamed) and
+/// counts it: the one place both OpenAI endpoints call the pipeline.
+async fn serve(
+    state: &HttpState,
+    headers: &HeaderMap,
+    request: GenerateRequest,
+    stream: bool,
+) -> Result<Served, ApiError> {
+    let (incoming, span, method) = incoming(state, headers, request, stream).await?;
+    let start = tokio::time::Instant::now();
+    let served = if stream {
+        state
+            .pipeline
+            .generate_stream(incoming)
+            .instrument(span)
+            .await
+            .map(|(id, events)| Served::Stream(id, events))
+    } else {
+        state
+            .pipeline
+            .generate(incoming)
+            .instrument(span)
+            .await
+            .map(Served::Whole)
+    };
+    let code = served
+        .as_ref()
+        .map_or_else(GatewayError::code, |_| Code::Ok);
+    crate::metrics::request("http", method, code, start.elapsed());
+    served.map_err(gateway_error)
+}
+
+/// What the serving path made of an HTTP request.
+// Made and moved once per request: the size of its variants does not matter.
+#[allow(clippy::large_enum_variant)]
+enum Served {
+    Whole(routemesh_proto::v1::GenerateResponse),
+    /// The request id and the stream's events.
+    Stream(String, crate::serve::EventStream),
+}
+
+/// An HTTP request as the serving path takes it: the tenant from its API
+/// key, its session from `x-session-id` (unless the body named one), and
+/// its server span, continuing the client's W3C trace; with the method name
+/// metrics and traces use.
+async fn incoming(
+    state: &HttpState,
+    headers: &HeaderMap,
+    mut request: GenerateRequest,
+    stream: bool,
+) -> Result<(Incoming<GenerateRequest>, tracing::Span, &'static str), ApiError> {
+    if request.session_id.is_empty()
+        && let Some(session) = headers.get("x-session-id").and_then(|v| v.to_str().ok())
+    {
+        request.session_id = session.to_string();
+    }
+    let tenant = authorize(state, headers).await?;
+    let mut metadata = tonic::metadata::MetadataMap::new();
+    for name in ["traceparent", "tracestate"] {
+        if let Some(value) = headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+        {
+            metadata.insert(name, value);
+        }
+    }
+    let method = if stream { "GenerateStream" } else { "Generate" };
+    let span = crate::api::request_span(
+        Api::Http,
+        method,
+        &request.request_id,
+        &request.model,
+        &metadata,
+    );
+    let incoming = Incoming {
+        message: request,
+        tenant,
+        deadline: None,
+    };
+    Ok((incoming, span, method))
 }
 
 /// OpenAI's name for why generation ended.
@@ -223,105 +306,66 @@ async fn chat_completions(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let mut chat = match parse_chat(&body, state.ignore_unknown_fields) {
+    let chat = match parse_chat(&body, state.ignore_unknown_fields) {
         Ok(chat) => chat,
         Err(e) => return e.into_response(),
     };
-    if chat.grpc.session_id.is_empty()
-        && let Some(session) = headers.get("x-session-id").and_then(|v| v.to_str().ok())
-    {
-        chat.grpc.session_id = session.to_string();
-    }
-    let tenant = match authorize(&state, &headers).await {
-        Ok(tenant) => tenant,
-        Err(e) => return e.into_response(),
-    };
-    // W3C trace context from HTTP headers continues like gRPC metadata.
-    let mut metadata = tonic::metadata::MetadataMap::new();
-    for name in ["traceparent", "tracestate"] {
-        if let Some(value) = headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-        {
-            metadata.insert(name, value);
+    match serve(&state, &headers, chat.grpc, chat.stream).await {
+        Err(e) => e.into_response(),
+        Ok(Served::Stream(request_id, events)) => {
+            stream_completion(request_id, events, chat.include_usage, chat.logprobs).await
         }
-    }
-    let method = if chat.stream {
-        "GenerateStream"
-    } else {
-        "Generate"
-    };
-    let span = crate::api::request_span(
-        Api::Http,
-        method,
-        &chat.grpc.request_id,
-        &chat.grpc.model,
-        &metadata,
-    );
-    let incoming = Incoming {
-        message: chat.grpc,
-        tenant,
-        deadline: None,
-    };
-    let start = tokio::time::Instant::now();
-    if chat.stream {
-        let events = state
-            .pipeline
-            .generate_stream(incoming)
-            .instrument(span)
-            .await;
-        let code = events
-            .as_ref()
-            .map_or_else(GatewayError::code, |_| Code::Ok);
-        crate::metrics::request("http", method, code, start.elapsed());
-        match events {
-            Ok((request_id, events)) => {
-                stream_completion(request_id, events, chat.include_usage, chat.logprobs).await
-            }
-            Err(e) => gateway_error(e).into_response(),
-        }
-    } else {
-        let done = state.pipeline.generate(incoming).instrument(span).await;
-        let code = done.as_ref().map_or_else(GatewayError::code, |_| Code::Ok);
-        crate::metrics::request("http", method, code, start.elapsed());
-        match done {
-            Err(e) => gateway_error(e).into_response(),
-            Ok(done) => {
-                let usage = done.usage.unwrap_or_default();
-                let route = done.route.unwrap_or_default();
-                let mut message =
-                    json!({"role": "assistant", "content": done.text, "refusal": Value::Null});
-                if !done.tool_calls.is_empty() {
-                    message["tool_calls"] = tool_calls_json(&done.tool_calls);
-                    if done.text.is_empty() {
-                        message["content"] = Value::Null;
-                    }
+        Ok(Served::Whole(done)) => {
+            let usage = done.usage.unwrap_or_default();
+            let route = done.route.unwrap_or_default();
+            let mut message =
+                json!({"role": "assistant", "content": done.text, "refusal": Value::Null});
+            if !done.tool_calls.is_empty() {
+                message["tool_calls"] = tool_calls_json(&done.tool_calls);
+                if done.text.is_empty() {
+                    message["content"] = Value::Null;
                 }
-                let logprobs = if chat.logprobs {
-                    logprobs_json(&done.logprobs)
-                } else {
-                    Value::Null
-                };
-                let body = json!({
-                    "id": format!("chatcmpl-{}", done.request_id),
-                    "object": "chat.completion",
-                    "created": unix_now(),
-                    "model": usage.model,
-                    "choices": [{
-                        "index": 0,
-                        "message": message,
-                        "finish_reason": finish_reason(done.finish_reason),
-                        "logprobs": logprobs,
-                    }],
-                    "usage": usage_json(&usage),
-                    "system_fingerprint": Value::Null,
-                });
-                let mut response = axum::Json(body).into_response();
-                route_headers(response.headers_mut(), &done.request_id, &route);
-                response
             }
+            let logprobs = if chat.logprobs {
+                logprobs_json(&done.logprobs)
+            } else {
+                Value::Null
+            };
+            let body = json!({
+                "id": format!("chatcmpl-{}", done.request_id),
+                "object": "chat.completion",
+                "created": unix_now(),
+                "model": usage.model,
+                "choices": [{
+                    "index": 0,
+                    "message": message,
+                    "finish_reason": finish_reason(done.finish_reason),
+                    "logprobs": logprobs,
+                }],
+                "usage": usage_json(&usage),
+                "system_fingerprint": Value::Null,
+            });
+            let mut response = axum::Json(body).into_response();
+            route_headers(response.headers_mut(), &done.request_id, &route);
+            response
         }
+    }
+}
+
+/// A stream's first event: the routing decision (its headers come from it).
+async fn first_route(events: &mut crate::serve::EventStream) -> Result<RouteDecision, ApiError> {
+    match events.next().await {
+        Some(Ok(e)) => match e.event {
+            Some(generate_stream_event::Event::Route(route)) => Ok(route),
+            _ => Ok(RouteDecision::default()),
+        },
+        Some(Err(e)) => Err(gateway_error(e)),
+        None => Err(openai_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            None,
+            "stream ended before it began".into(),
+        )),
     }
 }
 
@@ -336,21 +380,9 @@ async fn stream_completion(
     logprobs: bool,
 ) -> Response {
     // The gateway sends the routing decision first: it sets the headers.
-    let route = match events.next().await {
-        Some(Ok(e)) => match e.event {
-            Some(generate_stream_event::Event::Route(route)) => route,
-            _ => RouteDecision::default(),
-        },
-        Some(Err(e)) => return gateway_error(e).into_response(),
-        None => {
-            return openai_error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "server_error",
-                None,
-                "stream ended before it began".into(),
-            )
-            .into_response();
-        }
+    let route = match first_route(&mut events).await {
+        Ok(route) => route,
+        Err(e) => return e.into_response(),
     };
     let id = format!("chatcmpl-{request_id}");
     let created = unix_now();

@@ -22,17 +22,15 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
-use routemesh_proto::v1::{RouteDecision, ToolCallDelta, generate_stream_event};
+use routemesh_proto::v1::{ToolCallDelta, generate_stream_event};
 use serde_json::{Value, json};
 use tonic::Code;
-use tracing::Instrument;
 
 use self::output::{Frame, Output, ResponseError, ending};
 use self::request::{Echo, parse};
-use super::error::{gateway_error, http_status, openai_error};
-use super::{HttpState, authorize, route_headers, unix_now};
-use crate::error::GatewayError;
-use crate::serve::{Api, EventStream, Incoming};
+use super::error::http_status;
+use super::{HttpState, Served, first_route, route_headers, serve, unix_now};
+use crate::serve::EventStream;
 
 /// `POST /v1/responses`: authenticates as chat completions do, then runs the
 /// request whole or streamed.
@@ -41,117 +39,53 @@ pub(super) async fn create(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let mut req = match parse(&body) {
+    let req = match parse(&body) {
         Ok(req) => req,
         Err(e) => return e.into_response(),
     };
-    if let Some(session) = headers.get("x-session-id").and_then(|v| v.to_str().ok()) {
-        req.grpc.session_id = session.to_string();
-    }
-    let tenant = match authorize(&state, &headers).await {
-        Ok(tenant) => tenant,
+    let done = match serve(&state, &headers, req.grpc, req.stream).await {
         Err(e) => return e.into_response(),
-    };
-    // W3C trace context from HTTP headers continues like gRPC metadata.
-    let mut metadata = tonic::metadata::MetadataMap::new();
-    for name in ["traceparent", "tracestate"] {
-        if let Some(value) = headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-        {
-            metadata.insert(name, value);
+        Ok(Served::Stream(request_id, events)) => {
+            return stream_response(request_id, events, req.echo).await;
         }
+        Ok(Served::Whole(done)) => done,
+    };
+    let usage = done.usage.unwrap_or_default();
+    let route = done.route.unwrap_or_default();
+    let mut output = Output::new(&done.request_id);
+    output.text(&done.text);
+    for (index, call) in done.tool_calls.into_iter().enumerate() {
+        output.tool_call(ToolCallDelta {
+            index: u32::try_from(index).unwrap_or(u32::MAX),
+            id: call.id,
+            name: call.name,
+            arguments: call.arguments,
+        });
     }
-    let method = if req.stream {
-        "GenerateStream"
-    } else {
-        "Generate"
+    let (status, incomplete) = ending(done.finish_reason);
+    output.finish(status);
+    let frame = Frame {
+        id: format!("resp_{}", done.request_id),
+        created_at: unix_now(),
+        model: if usage.model.is_empty() {
+            route.model.clone()
+        } else {
+            usage.model.clone()
+        },
+        echo: req.echo,
     };
-    let span = crate::api::request_span(
-        Api::Http,
-        method,
-        &req.grpc.request_id,
-        &req.grpc.model,
-        &metadata,
-    );
-    let incoming = Incoming {
-        message: req.grpc,
-        tenant,
-        deadline: None,
-    };
-    let start = tokio::time::Instant::now();
-    if req.stream {
-        let events = state
-            .pipeline
-            .generate_stream(incoming)
-            .instrument(span)
-            .await;
-        let code = events
-            .as_ref()
-            .map_or_else(GatewayError::code, |_| Code::Ok);
-        crate::metrics::request("http", method, code, start.elapsed());
-        match events {
-            Ok((request_id, events)) => stream_response(request_id, events, req.echo).await,
-            Err(e) => gateway_error(e).into_response(),
-        }
-    } else {
-        let done = state.pipeline.generate(incoming).instrument(span).await;
-        let code = done.as_ref().map_or_else(GatewayError::code, |_| Code::Ok);
-        crate::metrics::request("http", method, code, start.elapsed());
-        let done = match done {
-            Ok(done) => done,
-            Err(e) => return gateway_error(e).into_response(),
-        };
-        let usage = done.usage.unwrap_or_default();
-        let route = done.route.unwrap_or_default();
-        let mut output = Output::new(&done.request_id);
-        output.text(&done.text);
-        for (index, call) in done.tool_calls.into_iter().enumerate() {
-            output.tool_call(ToolCallDelta {
-                index: u32::try_from(index).unwrap_or(u32::MAX),
-                id: call.id,
-                name: call.name,
-                arguments: call.arguments,
-            });
-        }
-        let (status, incomplete) = ending(done.finish_reason);
-        output.finish(status);
-        let frame = Frame {
-            id: format!("resp_{}", done.request_id),
-            created_at: unix_now(),
-            model: if usage.model.is_empty() {
-                route.model.clone()
-            } else {
-                usage.model.clone()
-            },
-            echo: req.echo,
-        };
-        let body = frame.object(status, &output.items, Some(&usage), None, incomplete);
-        let mut response = axum::Json(body).into_response();
-        route_headers(response.headers_mut(), &done.request_id, &route);
-        response
-    }
+    let body = frame.object(status, &output.items, Some(&usage), None, incomplete);
+    let mut response = axum::Json(body).into_response();
+    route_headers(response.headers_mut(), &done.request_id, &route);
+    response
 }
 
 /// A streamed response: the lifecycle events around the output's events.
 async fn stream_response(request_id: String, mut events: EventStream, echo: Echo) -> Response {
     // The gateway sends the routing decision first: it sets the headers.
-    let route = match events.next().await {
-        Some(Ok(e)) => match e.event {
-            Some(generate_stream_event::Event::Route(route)) => route,
-            _ => RouteDecision::default(),
-        },
-        Some(Err(e)) => return gateway_error(e).into_response(),
-        None => {
-            return openai_error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "server_error",
-                None,
-                "stream ended before it began".into(),
-            )
-            .into_response();
-        }
+    let route = match first_route(&mut events).await {
+        Ok(route) => route,
+        Err(e) => return e.into_response(),
     };
     let frame = Frame {
         id: format!("resp_{request_id}"),

@@ -497,7 +497,7 @@ mod tests {
                 {
                     if let Some(piece) = call.into_piece(i) {
                         pieces += 1;
-                        crate::backend::add_tool_call_piece(&mut calls, piece);
+                        piece.add_to(&mut calls);
                     }
                 }
             }
