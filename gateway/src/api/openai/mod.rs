@@ -352,6 +352,17 @@ async fn chat_completions(
     }
 }
 
+/// Server-sent events with the headers that explain the routing decision.
+fn sse_response(body: Body, request_id: &str, route: &RouteDecision) -> Response {
+    let mut response = Response::builder()
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(body)
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
+    route_headers(response.headers_mut(), request_id, route);
+    response
+}
+
 /// A stream's first event: the routing decision (its headers come from it).
 async fn first_route(events: &mut crate::serve::EventStream) -> Result<RouteDecision, ApiError> {
     match events.next().await {
@@ -447,13 +458,7 @@ async fn stream_completion(
         })
         .flat_map(|chunks| futures::stream::iter(chunks.into_iter().map(Ok::<_, Infallible>))),
     );
-    let mut response = Response::builder()
-        .header(header::CONTENT_TYPE, "text/event-stream")
-        .header(header::CACHE_CONTROL, "no-cache")
-        .body(Body::from_stream(body))
-        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
-    route_headers(response.headers_mut(), &request_id, &route);
-    response
+    sse_response(Body::from_stream(body), &request_id, &route)
 }
 
 /// Every model clients may name: the router, its threshold variants, and

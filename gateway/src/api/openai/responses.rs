@@ -19,7 +19,7 @@ use std::convert::Infallible;
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use routemesh_proto::v1::{ToolCallDelta, generate_stream_event};
@@ -29,7 +29,7 @@ use tonic::Code;
 use self::output::{Frame, Output, ResponseError, ending};
 use self::request::{Echo, parse};
 use super::error::http_status;
-use super::{HttpState, Served, first_route, route_headers, serve, unix_now};
+use super::{HttpState, Served, first_route, route_headers, serve, sse_response, unix_now};
 use crate::serve::EventStream;
 
 /// `POST /v1/responses`: authenticates as chat completions do, then runs the
@@ -154,13 +154,7 @@ async fn stream_response(request_id: String, mut events: EventStream, echo: Echo
         })
         .flat_map(|chunks| futures::stream::iter(chunks.into_iter().map(Ok::<_, Infallible>))),
     );
-    let mut response = Response::builder()
-        .header(header::CONTENT_TYPE, "text/event-stream")
-        .header(header::CACHE_CONTROL, "no-cache")
-        .body(Body::from_stream(body))
-        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
-    route_headers(response.headers_mut(), &request_id, &route);
-    response
+    sse_response(Body::from_stream(body), &request_id, &route)
 }
 
 /// Ends a stream that failed: the `error` event, then `response.failed`.
