@@ -23,5 +23,6 @@ pub mod tenancy;
 pub mod tracing_setup;
 pub mod up;
 
+pub use api::openai::parse_chat_body;
 pub use config::{Config, ConfigError, GatewayConfig, RegistryConfig};
 pub use server::{RunningGateway, start_gateway};

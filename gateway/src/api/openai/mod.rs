@@ -110,6 +110,14 @@ async fn authorize(state: &HttpState, headers: &HeaderMap) -> Result<Option<Tena
         .map_err(|e| gateway_error(e.into()))
 }
 
+/// A chat-completions body as the native request, or the error's message
+/// with its `param`: the HTTP edge's parser, for the fuzz target and tools.
+pub fn parse_chat_body(body: &[u8], lenient: bool) -> Result<GenerateRequest, String> {
+    parse_chat(body, lenient)
+        .map(|chat| chat.grpc)
+        .map_err(|e| e.body().to_string())
+}
+
 /// Runs an HTTP request through the serving path (whole or streamed) and
 /// counts it: the one place both OpenAI endpoints call the pipeline.
 async fn serve(

@@ -832,3 +832,88 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    //! Property tests: no body makes the OpenAI edge or validation panic,
+    //! including bodies built from the API's own keys in odd shapes.
+    use super::*;
+    use crate::config::GatewayConfig;
+    use proptest::prelude::*;
+
+    const KEYS: &[&str] = &[
+        "model",
+        "messages",
+        "role",
+        "content",
+        "type",
+        "text",
+        "image_url",
+        "url",
+        "tools",
+        "function",
+        "name",
+        "parameters",
+        "tool_choice",
+        "tool_calls",
+        "id",
+        "arguments",
+        "tool_call_id",
+        "response_format",
+        "json_schema",
+        "schema",
+        "logprobs",
+        "top_logprobs",
+        "stop",
+        "n",
+        "routing",
+        "allowed_tiers",
+        "stream",
+        "max_tokens",
+        "session_id",
+        "metadata",
+        "user",
+        "temperature",
+    ];
+
+    fn json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+            prop_oneof![
+                Just("user".to_string()),
+                Just("function".to_string()),
+                Just("tool".to_string()),
+                ".{0,12}"
+            ]
+            .prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::vec((prop::sample::select(KEYS), inner), 0..6).prop_map(|kv| {
+                    Value::Object(kv.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+                }),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+        #[test]
+        fn no_body_panics(body in json(), lenient in any::<bool>()) {
+            let bytes = serde_json::to_vec(&body).unwrap_or_default();
+            if let Ok(chat) = parse_chat(&bytes, lenient) {
+                let _ = crate::request::validate(chat.grpc, &GatewayConfig::default(), &["m"]);
+            }
+        }
+
+        #[test]
+        fn no_bytes_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+            let _ = parse_chat(&bytes, false);
+        }
+    }
+}
