@@ -59,7 +59,7 @@ pub async fn connect_registry(config: &Config) -> Result<Arc<dyn Registry>, UpEr
                 capabilities: Some(Capabilities::UNDECLARED.overridden(&w.capabilities)),
             }),
         )),
-        Some(r) => Arc::new(RedisRegistry::connect(&r.url, &r.mesh).await?),
+        Some(r) => Arc::new(RedisRegistry::connect(r.endpoint(), &r.mesh).await?),
     })
 }
 
@@ -68,7 +68,7 @@ pub async fn shared_telemetry(config: &Config) -> Result<Option<Telemetry>, UpEr
     match &config.registry.redis {
         None => Ok(None),
         Some(r) => {
-            let store = RedisStore::connect(&r.url, &r.mesh).await?;
+            let store = RedisStore::connect(r.endpoint(), &r.mesh).await?;
             Ok(Some(Telemetry::new(Arc::new(store))))
         }
     }
@@ -112,7 +112,7 @@ impl Mesh {
             let limits = match &config.registry.redis {
                 Some(r) if config.gateway.tenants.values().any(|t| t.has_limits()) => {
                     match crate::tenancy::limits::Limits::redis(
-                        &r.url,
+                        r.endpoint(),
                         &r.mesh,
                         &config.gateway.tenants,
                         config.gateway.limits_fail_open,
@@ -130,7 +130,8 @@ impl Mesh {
             };
             let keys = match (&config.registry.redis, config.gateway.auth.redis) {
                 (Some(r), true) => {
-                    let store = crate::tenancy::keys::RedisKeys::connect(&r.url, &r.mesh).await;
+                    let store =
+                        crate::tenancy::keys::RedisKeys::connect(r.endpoint(), &r.mesh).await;
                     match store
                         .map(|s| crate::tenancy::auth::ApiKeys::with_redis(&config.gateway.auth, s))
                     {
@@ -161,8 +162,12 @@ impl Mesh {
                     let memory = Arc::new(crate::routing::feedback::FeedbackMemory::new(
                         config.gateway.feedback_memory.clone(),
                     ));
-                    match crate::routing::feedback::SharedFeedback::redis(memory, &r.url, &r.mesh)
-                        .await
+                    match crate::routing::feedback::SharedFeedback::redis(
+                        memory,
+                        r.endpoint(),
+                        &r.mesh,
+                    )
+                    .await
                     {
                         Ok(f) => Some(f),
                         Err(e) => {
@@ -182,7 +187,8 @@ impl Mesh {
                         retries: 1,
                         max_retry_delay: None,
                     };
-                    match routemesh_mesh::RedisConn::connect(&r.url, &r.mesh, patience).await {
+                    match routemesh_mesh::RedisConn::connect(r.endpoint(), &r.mesh, patience).await
+                    {
                         Ok(conn) => Some(conn),
                         Err(e) => {
                             mesh.shutdown().await;

@@ -209,15 +209,9 @@ impl Config {
             }
         }
         if let Some(r) = &self.registry.redis {
-            if !r.url.starts_with("redis://")
-                && !r.url.starts_with("rediss://")
-                && !r.url.starts_with("unix://")
-            {
-                return Err((
-                    "registry.redis.url".into(),
-                    format!("{:?} is not a redis:// URL", r.url),
-                ));
-            }
+            r.endpoint()
+                .check()
+                .map_err(|(key, why)| (format!("registry.redis.{key}"), why))?;
             if r.mesh.is_empty() || r.mesh.contains(['{', '}']) {
                 return Err((
                     "registry.redis.mesh".into(),

@@ -1,7 +1,7 @@
 //! The `registry:` and `static_workers:` sections: where workers announce
 //! themselves, and the workers a gateway dials without a registry.
 
-use routemesh_mesh::{DeclaredCapabilities, Tier};
+use routemesh_mesh::{DeclaredCapabilities, RedisEndpoint, RedisTls, Tier};
 use serde::{Deserialize, Serialize};
 
 /// Where workers announce themselves: in the gateway's process (the default,
@@ -21,6 +21,20 @@ pub struct RedisRegistryConfig {
     /// Name of this mesh: gateways and workers with the same mesh see each other.
     #[serde(default = "default_mesh")]
     pub mesh: String,
+    /// With a `rediss://` url: the CA that signed the server's certificate
+    /// (instead of the system's roots) and a client certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<RedisTls>,
+}
+
+impl RedisRegistryConfig {
+    /// Where Redis is, with its TLS material.
+    pub fn endpoint(&self) -> RedisEndpoint {
+        RedisEndpoint {
+            url: self.url.clone(),
+            tls: self.tls.clone(),
+        }
+    }
 }
 
 fn default_mesh() -> String {

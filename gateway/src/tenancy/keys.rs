@@ -78,7 +78,10 @@ pub fn generate_key() -> String {
 }
 
 impl RedisKeys {
-    pub async fn connect(url: &str, mesh: &str) -> Result<Self, KeyStoreError> {
+    pub async fn connect(
+        url: impl Into<routemesh_mesh::RedisEndpoint>,
+        mesh: &str,
+    ) -> Result<Self, KeyStoreError> {
         // Short timeouts: a lookup sits on the request path (on a cache miss).
         let patience = Patience {
             connect_timeout: Duration::from_millis(500),

@@ -178,7 +178,7 @@ impl Limits {
 
     /// Shared through Redis by every replica of `mesh`.
     pub async fn redis(
-        url: &str,
+        url: impl Into<routemesh_mesh::RedisEndpoint>,
         mesh: &str,
         tenants: &HashMap<String, TenantConfig>,
         fail_open: bool,

@@ -162,7 +162,10 @@ fn ttl_ms(ttl: Duration) -> i64 {
 
 impl RedisStore {
     /// Connects (and keeps reconnecting with backoff) to `url`.
-    pub async fn connect(url: &str, mesh: &str) -> Result<Self, StoreError> {
+    pub async fn connect(
+        url: impl Into<routemesh_mesh::RedisEndpoint>,
+        mesh: &str,
+    ) -> Result<Self, StoreError> {
         let patience = Patience {
             connect_timeout: Duration::from_secs(1),
             response_timeout: Duration::from_secs(1),

@@ -19,7 +19,7 @@ pub mod trace_context;
 
 pub use capabilities::{Capabilities, DeclaredCapabilities, Lack, Needs};
 pub use model::{ModelSpec, TokenPrices};
-pub use redis_conn::{Patience, RedisConn, key_prefix};
+pub use redis_conn::{Patience, RedisConn, RedisEndpoint, RedisTls, key_prefix};
 pub use registry::{
     MemoryRegistry, RedisRegistry, Registry, RegistryError, WorkerRecord, check_declared_speed,
     check_model_identity,

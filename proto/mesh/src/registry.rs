@@ -224,7 +224,10 @@ const PATIENCE: Patience = Patience {
 
 impl RedisRegistry {
     /// Connects to the registry of mesh `mesh` at `url`.
-    pub async fn connect(url: &str, mesh: &str) -> Result<Self, RegistryError> {
+    pub async fn connect(
+        url: impl Into<crate::RedisEndpoint>,
+        mesh: &str,
+    ) -> Result<Self, RegistryError> {
         let redis = RedisConn::connect(url, mesh, PATIENCE).await?;
         Ok(Self {
             index_key: redis.key("workers"),

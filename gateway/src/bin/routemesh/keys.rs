@@ -38,7 +38,7 @@ pub async fn run(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
         bail!("`routemesh keys` manages keys in Redis: the configuration needs `registry.redis`");
     };
     let store =
-        routemesh_gateway::tenancy::keys::RedisKeys::connect(&redis.url, &redis.mesh).await?;
+        routemesh_gateway::tenancy::keys::RedisKeys::connect(redis.endpoint(), &redis.mesh).await?;
     let now = routemesh_telemetry::record::now_ms();
     let when = |ms: u64| {
         humantime::format_rfc3339_seconds(

@@ -104,7 +104,7 @@ impl SharedFeedback {
     /// Shared through Redis at `url` for mesh `mesh`.
     pub async fn redis(
         memory: Arc<FeedbackMemory>,
-        url: &str,
+        url: impl Into<routemesh_mesh::RedisEndpoint>,
         mesh: &str,
     ) -> Result<Self, redis::RedisError> {
         let patience = Patience {

@@ -1,0 +1,189 @@
+//! Redis over TLS, as managed Redis services require: a real redis-server
+//! listening on TLS only and asking for client certificates (certificates
+//! made in the test with openssl), a mesh whose registry, telemetry and
+//! sessions live there, and the refusals that name what is wrong.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use routemesh_tests::*;
+
+/// A redis-server that speaks only TLS and requires a client certificate
+/// from the test CA.
+struct TlsRedis {
+    port: u16,
+    child: Child,
+}
+
+impl TlsRedis {
+    fn start(dir: &Path) -> Self {
+        let port = free_port();
+        let p = |f: &str| dir.join(f).display().to_string();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                "0",
+                "--tls-port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--tls-cert-file",
+                &p("redis.pem"),
+                "--tls-key-file",
+                &p("redis.key"),
+                "--tls-ca-cert-file",
+                &p("ca.pem"),
+                "--tls-auth-clients",
+                "yes",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian's is built with TLS)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not listen on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Self { port, child }
+    }
+}
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn mesh_yaml(port: u16, mesh: &str, tls: &str) -> String {
+    let registry = format!(
+        "registry:\n  redis:\n    url: rediss://127.0.0.1:{port}\n    mesh: {mesh}\n    tls: {tls}\n"
+    );
+    let worker = sim_worker_yaml(
+        None,
+        "small-0",
+        "small-model",
+        "small",
+        "{ttft_ms: {median: 1}}",
+    );
+    let gateway = gateway_yaml(None);
+    format!("{registry}{gateway}{worker}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mesh_runs_on_redis_over_mutual_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    pki(d, &["redis", "routemesh"]);
+    let redis = TlsRedis::start(d);
+    let p = |f: &str| d.join(f).display().to_string();
+    let mesh = unique_mesh("redis-tls");
+    let tls = format!(
+        "{{ca: {}, cert: {}, key: {}}}",
+        p("ca.pem"),
+        p("routemesh.pem"),
+        p("routemesh.key")
+    );
+
+    let up = Process::start("up", "up", &mesh_yaml(redis.port, &mesh, &tls), &[]).unwrap();
+    wait_for_pool(&up.gateway_url(), 1).await;
+    let mut client = gateway_client(&up.gateway_url()).await;
+    let answer = client
+        .generate(ask("hello over TLS"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.usage.unwrap().model, "small-model");
+
+    // The worker's record is in that Redis, read back over TLS.
+    let read = redis::Client::build_with_tls(
+        format!("rediss://127.0.0.1:{}", redis.port),
+        redis::TlsCertificates {
+            client_tls: Some(redis::ClientTlsConfig {
+                client_cert: std::fs::read(d.join("routemesh.pem")).unwrap(),
+                client_key: std::fs::read(d.join("routemesh.key")).unwrap(),
+            }),
+            root_cert: Some(std::fs::read(d.join("ca.pem")).unwrap()),
+        },
+    )
+    .unwrap();
+    let mut conn = read.get_multiplexed_async_connection().await.unwrap();
+    let ids: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(format!("rm:v1:{{{mesh}}}:workers"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(ids, ["small-0"]);
+    drop(up);
+
+    // Without its client certificate, the server refuses the mesh, and the
+    // binary says so at start instead of serving without its registry.
+    let no_cert = format!("{{ca: {}}}", p("ca.pem"));
+    let refused = Process::start("up", "up", &mesh_yaml(redis.port, &mesh, &no_cert), &[])
+        .err()
+        .expect("refused without a client certificate")
+        .to_string();
+    assert!(refused.contains("registry"), "{refused}");
+
+    // Trusting another CA: the server's certificate is refused.
+    std::fs::create_dir(d.join("other")).unwrap();
+    pki(&d.join("other"), &[]);
+    let wrong_ca = format!(
+        "{{ca: {}, cert: {}, key: {}}}",
+        d.join("other").join("ca.pem").display(),
+        p("routemesh.pem"),
+        p("routemesh.key")
+    );
+    assert!(Process::start("up", "up", &mesh_yaml(redis.port, &mesh, &wrong_ca), &[]).is_err());
+}
+
+/// `routemesh check-config <file>` on `yaml`.
+fn check_config(yaml: &str) -> std::process::Output {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("config.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    Command::new(routemesh_bin())
+        .arg("check-config")
+        .arg(&file)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn check_config_names_what_tls_to_redis_needs() {
+    let plain = "registry: {redis: {url: 'redis://127.0.0.1:6379', tls: {ca: /x/ca.pem}}}\n";
+    let out = check_config(plain);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("registry.redis.tls: needs a rediss:// url"),
+        "{err}"
+    );
+
+    let half = "registry: {redis: {url: 'rediss://127.0.0.1:6380', tls: {cert: /x/c.pem}}}\n";
+    let out = check_config(half);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("registry.redis.tls: a client certificate needs both cert and key"),
+        "{err}"
+    );
+
+    let password = "registry: {redis: {url: 'http://:s3cret@host:6379'}}\n";
+    let out = check_config(password);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("registry.redis.url"), "{err}");
+    assert!(!err.contains("s3cret"), "the password is not shown: {err}");
+
+    let fine = "registry: {redis: {url: 'rediss://127.0.0.1:6380', tls: {ca: /x/ca.pem}}}\n";
+    assert!(check_config(fine).status.success());
+}
