@@ -15,6 +15,7 @@ pub mod config;
 pub mod error;
 pub(crate) mod metrics;
 pub mod pool;
+mod redis_writes;
 pub mod request;
 pub mod routing;
 pub(crate) mod serve;

@@ -280,8 +280,9 @@ pub struct SharedStores {
     pub limits: Option<crate::tenancy::limits::Limits>,
     pub keys: Option<ApiKeys>,
     pub feedback: Option<crate::routing::feedback::SharedFeedback>,
-    /// Where conversations' turns were served (session affinity).
-    pub sessions: Option<routemesh_mesh::RedisConn>,
+    /// Per-request state every replica may need: served requests (for
+    /// Feedback on any replica) and sessions (affinity).
+    pub request_state: Option<routemesh_mesh::RedisConn>,
 }
 
 pub async fn start_gateway(
@@ -295,7 +296,7 @@ pub async fn start_gateway(
         limits,
         keys,
         feedback,
-        sessions,
+        request_state,
     } = shared;
     let keys = match keys {
         Some(keys) => keys,
@@ -390,18 +391,25 @@ pub async fn start_gateway(
     let feedback_sync = feedback
         .clone()
         .spawn_sync(config.telemetry.snapshot_interval, shutdown.child_token());
-    let (sessions, sessions_writer) = match sessions {
+    let (sessions, recent, state_writers) = match request_state {
         Some(conn) => {
-            let (sessions, writer) = crate::routing::affinity::Sessions::shared(
+            let (sessions, sessions_writer) = crate::routing::affinity::Sessions::shared(
                 config.session_affinity.clone(),
-                conn,
+                conn.clone(),
                 shutdown.child_token(),
             );
-            (sessions, Some(writer))
+            let (recent, recent_writer) = Recent::shared(
+                config.feedback_window,
+                conn,
+                config.shared_request_ttl,
+                shutdown.child_token(),
+            );
+            (sessions, recent, vec![sessions_writer, recent_writer])
         }
         None => (
             crate::routing::affinity::Sessions::local(config.session_affinity.clone()),
-            None,
+            Recent::new(config.feedback_window),
+            Vec::new(),
         ),
     };
     let state = Arc::new(GatewayState {
@@ -415,7 +423,7 @@ pub async fn start_gateway(
             feedback,
             config.telemetry.feedback_days,
         ),
-        recent: Recent::new(config.feedback_window),
+        recent,
         feedback_rate: crate::serve::FeedbackRate::new(config.feedback_per_minute),
         recorder: Recorder::start(shared_telemetry, config.telemetry.recorder()),
         cost_targets: CostTargets::new(&config.tenants, cost_weight),
@@ -569,7 +577,7 @@ pub async fn start_gateway(
                 let _ = sync.await;
             }
             let _ = onboarding.await;
-            if let Some(writer) = sessions_writer {
+            for writer in state_writers {
                 let _ = writer.await;
             }
             tls_tasks.shutdown().await;

@@ -25,8 +25,8 @@ pub enum UpError {
     Limits(redis::RedisError),
     #[error("feedback memory (Redis): {0}")]
     Feedback(redis::RedisError),
-    #[error("session affinity (Redis): {0}")]
-    Sessions(redis::RedisError),
+    #[error("request and session state (Redis): {0}")]
+    RequestState(redis::RedisError),
     #[error("telemetry: {0}")]
     Telemetry(#[from] routemesh_telemetry::StoreError),
     #[error("gateway: {0}")]
@@ -178,9 +178,10 @@ impl Mesh {
                 }
                 None => None,
             };
-            let sessions = match &config.registry.redis {
-                Some(r) if config.gateway.session_affinity.enabled => {
-                    // Short timeouts: a later turn may read it on the request path.
+            let request_state = match &config.registry.redis {
+                Some(r) => {
+                    // Short timeouts: a later turn reads its session on the
+                    // request path.
                     let patience = routemesh_mesh::Patience {
                         connect_timeout: std::time::Duration::from_millis(500),
                         response_timeout: std::time::Duration::from_millis(500),
@@ -192,7 +193,7 @@ impl Mesh {
                         Ok(conn) => Some(conn),
                         Err(e) => {
                             mesh.shutdown().await;
-                            return Err(UpError::Sessions(e));
+                            return Err(UpError::RequestState(e));
                         }
                     }
                 }
@@ -203,7 +204,7 @@ impl Mesh {
                 limits,
                 keys,
                 feedback,
-                sessions,
+                request_state,
             };
             match start_gateway(config.gateway.clone(), registry, local, shared).await {
                 Ok(g) => mesh.gateway = Some(g),

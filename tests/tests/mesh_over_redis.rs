@@ -301,3 +301,85 @@ async fn bad_input_gets_the_right_code_and_names_the_field() {
         (Code::InvalidArgument, true)
     );
 }
+
+/// Behind a Service, Feedback lands on any replica: a request served by one
+/// gateway is scored through another, and it keeps one score whichever
+/// replicas score it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feedback_reaches_any_replica() {
+    let m = mesh("fb-any").await;
+    let r = Some((m.redis.as_str(), m.mesh.as_str()));
+    let other = Process::start("gateway-2", "gateway", &gateway_yaml(r), &[]).unwrap();
+    wait_for_pool(&other.gateway_url(), 2).await;
+    let mut one = gateway_client(&m.gateway.gateway_url()).await;
+    let mut two = gateway_client(&other.gateway_url()).await;
+
+    // The small model as routing sees it: (predicted quality, scores counted).
+    let small =
+        |c: &routemesh_proto::v1::gateway_client::GatewayClient<tonic::transport::Channel>| {
+            let mut c = c.clone();
+            async move {
+                let d = c.route(ask("x")).await.unwrap().into_inner();
+                d.candidates
+                    .iter()
+                    .find(|c| c.model == "small-model")
+                    .map(|c| (c.predicted_quality, c.feedback_count))
+                    .unwrap()
+            }
+        };
+    let (prior, _) = small(&two).await;
+
+    let mut req = ask("Name a prime number.");
+    req.model = "small-model".into();
+    req.request_id = format!("{}-scored", m.mesh);
+    let id = one.generate(req).await.unwrap().into_inner().request_id;
+    let score = |score: f64| FeedbackRequest {
+        request_id: id.clone(),
+        score,
+        comment: String::new(),
+    };
+    // The record travels off the request path: wait for it, not a sleep.
+    let request = score(0.1);
+    eventually(
+        Duration::from_secs(10),
+        "gateway 2 finds the request",
+        || {
+            let mut c = two.clone();
+            let request = request.clone();
+            async move { c.feedback(request).await.is_ok() }
+        },
+    )
+    .await;
+    let attributed = two.feedback(score(0.1)).await.unwrap().into_inner();
+    assert_eq!(
+        (attributed.model.as_str(), attributed.worker_id.as_str()),
+        ("small-model", "small-0")
+    );
+    eventually(Duration::from_secs(10), "the low score counts", || {
+        let small = small(&two);
+        async move {
+            let (q, n) = small.await;
+            n == 1.0 && q < prior
+        }
+    })
+    .await;
+    // Scored again on the serving replica: it replaces the first score
+    // (the model rises above its prior), it is not counted twice.
+    one.feedback(score(1.0)).await.unwrap();
+    eventually(Duration::from_secs(10), "the replacement counts", || {
+        let small = small(&two);
+        async move { small.await.0 > prior }
+    })
+    .await;
+    assert_eq!(small(&two).await.1, 1.0, "one request, one score");
+    // Unknown everywhere: NOT_FOUND from either replica.
+    let unknown = FeedbackRequest {
+        request_id: "never-served".into(),
+        score: 0.5,
+        comment: String::new(),
+    };
+    assert_eq!(
+        two.feedback(unknown).await.unwrap_err().code(),
+        Code::NotFound
+    );
+}

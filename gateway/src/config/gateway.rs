@@ -136,6 +136,10 @@ pub struct GatewayConfig {
     /// Per-tenant settings, by tenant name.
     #[serde(default)]
     pub tenants: std::collections::HashMap<String, crate::tenancy::tenants::TenantConfig>,
+    /// With `registry.redis`: how long each served request is kept in Redis
+    /// so that Feedback on it reaches any replica (about 500 bytes each).
+    #[serde(default = "default_shared_request_ttl", with = "humantime_serde")]
+    pub shared_request_ttl: Duration,
     /// How strictly the OpenAI-compatible API reads requests.
     #[serde(default)]
     pub openai: OpenAiApiConfig,
@@ -286,6 +290,9 @@ fn default_feedback_window() -> usize {
 }
 fn default_feedback_per_minute() -> u32 {
     60
+}
+fn default_shared_request_ttl() -> Duration {
+    Duration::from_secs(3600)
 }
 fn default_max_request_bytes() -> usize {
     4 << 20

@@ -203,6 +203,7 @@ impl Config {
         for (key, d) in [
             ("discovery_interval", g.discovery_interval),
             ("load_interval", g.load_interval),
+            ("shared_request_ttl", g.shared_request_ttl),
         ] {
             if d < Duration::from_millis(10) {
                 return bad(key, format!("{d:?} is shorter than 10ms"));

@@ -16,9 +16,10 @@ use std::time::Duration;
 use routemesh_mesh::RedisConn;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+use crate::redis_writes::WriteBehind;
 
 use routemesh_proto::v1::ChatMessage;
 
@@ -128,12 +129,8 @@ pub(crate) struct Sessions {
 
 struct Shared {
     conn: RedisConn,
-    writes: mpsc::Sender<(String, String)>,
+    writes: WriteBehind,
 }
-
-/// Writes queued for the shared store; beyond it a write is dropped (the
-/// replica's own cache still has it).
-const WRITE_QUEUE: usize = 4096;
 
 impl std::fmt::Debug for Sessions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -159,13 +156,12 @@ impl Sessions {
         conn: RedisConn,
         stop: CancellationToken,
     ) -> (Self, tokio::task::JoinHandle<()>) {
-        let (tx, rx) = mpsc::channel(WRITE_QUEUE);
-        let writer = tokio::spawn(write_loop(conn.clone(), rx, config.ttl, stop));
+        let (writes, writer) = WriteBehind::start(conn.clone(), config.ttl, "sessions", stop);
         (
             Self {
                 local: crate::cache::bounded(config.max_sessions),
                 config,
-                shared: Some(Shared { conn, writes: tx }),
+                shared: Some(Shared { conn, writes }),
             },
             writer,
         )
@@ -281,43 +277,9 @@ impl Sessions {
         );
         if let Some(shared) = &self.shared {
             let key = shared.conn.key(&format!("session:{}", session.key));
-            if shared.writes.try_send((key, encoded)).is_err() {
+            if !shared.writes.set(key, encoded.into_bytes()) {
                 tracing::debug!("session write queue full; kept in this replica only");
             }
-        }
-    }
-}
-
-/// Writes sessions to Redis as they come, pipelining what has queued up.
-async fn write_loop(
-    conn: RedisConn,
-    mut rx: mpsc::Receiver<(String, String)>,
-    ttl: Duration,
-    stop: CancellationToken,
-) {
-    let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-    let mut batch = Vec::new();
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            n = rx.recv_many(&mut batch, 256) => {
-                if n == 0 {
-                    return;
-                }
-            }
-        }
-        let mut pipe = redis::pipe();
-        for (key, value) in batch.drain(..) {
-            pipe.cmd("SET")
-                .arg(key)
-                .arg(value)
-                .arg("PX")
-                .arg(ttl_ms)
-                .ignore();
-        }
-        let mut manager = conn.manager();
-        if let Err(e) = pipe.query_async::<()>(&mut manager).await {
-            tracing::debug!(error = %e, "session writes lost (Redis unavailable)");
         }
     }
 }

@@ -13,6 +13,8 @@
 use routemesh_proto::v1::{FeedbackRequest, FeedbackResponse};
 use routemesh_telemetry::FeedbackEvent;
 
+use routemesh_mesh::ModelSpec;
+
 use super::recent::{Owner, Scored, Served};
 use super::state::GatewayState;
 use crate::error::GatewayError;
@@ -49,12 +51,16 @@ impl GatewayState {
                 "longer than 1000 characters",
             ));
         }
-        let served = self
-            .recent
-            .lookup(owner, &request_id)
-            .ok_or_else(|| GatewayError::UnknownRequest(request_id.clone()))?;
+        let served = match self.recent.lookup(owner, &request_id) {
+            Some(served) => served,
+            None => self
+                .served_elsewhere(owner, &request_id)
+                .await
+                .ok_or_else(|| GatewayError::UnknownRequest(request_id.clone()))?,
+        };
         let scope = self.feedback_scope(owner);
-        self.count_score(&served, &scope, score, now_ms);
+        self.count_score(owner, &request_id, &served, &scope, score, now_ms)
+            .await;
         if let Some(entry) = self.exemplar(owner, &request_id, &served, scope, score, now_ms) {
             self.routing.feedback.record(entry).await;
         }
@@ -64,9 +70,62 @@ impl GatewayState {
         })
     }
 
+    /// A request another replica served (shared through Redis), with the
+    /// model as this replica's pool knows it.
+    async fn served_elsewhere(&self, owner: &Owner, request_id: &str) -> Option<Served> {
+        let elsewhere = self.recent.lookup_elsewhere(owner, request_id).await?;
+        let snapshot = self.pool.snapshot();
+        // A model that has left the pool since is still scored, by name.
+        let spec = snapshot
+            .iter()
+            .find(|w| w.spec.name == elsewhere.model)
+            .map_or_else(
+                || ModelSpec {
+                    name: elsewhere.model.clone(),
+                    tier: routemesh_mesh::Tier::Small,
+                    input_usd_per_mtok: 0.0,
+                    output_usd_per_mtok: 0.0,
+                    quality_prior: None,
+                    router_model: None,
+                    params_b: None,
+                },
+                |w| w.spec.clone(),
+            );
+        Some(Served::new(
+            spec,
+            elsewhere.worker_id,
+            elsewhere.prompt.map(std::sync::Arc::new),
+        ))
+    }
+
     /// Adds the score to the telemetry's per-model totals, as a
-    /// replacement when the request was scored before.
-    fn count_score(&self, served: &Served, scope: &Scope, score: f64, now_ms: u64) {
+    /// replacement when the request was scored before (on any replica,
+    /// when requests are shared).
+    async fn count_score(
+        &self,
+        owner: &Owner,
+        request_id: &str,
+        served: &Served,
+        scope: &Scope,
+        score: f64,
+        now_ms: u64,
+    ) {
+        if self.recent.is_shared()
+            && let Ok(earlier) = self
+                .recent
+                .swap_shared_score(owner, request_id, score, now_ms)
+                .await
+        {
+            let event = FeedbackEvent {
+                at_ms: earlier.map_or(now_ms, |e| e.at_ms),
+                model: served.spec.name.clone(),
+                scope: scope.label(),
+                score,
+                replaces: earlier.map(|e| e.score),
+            };
+            self.recorder.feedback(event);
+            return;
+        }
         // Held while the event is queued: two concurrent scores for one
         // request are recorded one after the other, the second replacing
         // the first, never both counted as new.

@@ -7,12 +7,32 @@
 //! its tenant, so another tenant choosing the same id neither overwrites
 //! the request nor can score it. Each remembered request also holds the
 //! score it was given, so a second score replaces the first.
+//!
+//! With `registry.redis`, every served request is also written to Redis
+//! (off the request path, about 500 bytes, `gateway.shared_request_ttl`),
+//! with its score beside it, so Feedback sent to any replica finds it and
+//! a request keeps one score whichever replicas score it.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use routemesh_mesh::ModelSpec;
+use routemesh_mesh::{ModelSpec, RedisConn};
+use tokio_util::sync::CancellationToken;
 
-use crate::routing::quality::Predicted;
+use crate::redis_writes::WriteBehind;
+use crate::routing::feedback::wire;
+use crate::routing::quality::{Predicted, RoutedPrompt};
+
+/// Swaps a request's score: KEYS score key; ARGV `score`, `now_ms`, ttl ms.
+/// Keeps the first score's time (a replacement lands in the same day's
+/// feedback) and returns the earlier `score,at_ms`, if any.
+const SWAP_SCORE: &str = r"
+local prev = redis.call('GET', KEYS[1])
+local at = ARGV[2]
+if prev then at = string.match(prev, ',(%d+)$') or at end
+redis.call('SET', KEYS[1], ARGV[1] .. ',' .. at, 'PX', ARGV[3])
+return prev
+";
 
 #[derive(Debug, Clone)]
 pub(crate) struct Served {
@@ -51,27 +71,160 @@ impl Served {
 /// when auth is off (every caller is then the same anonymous tenant).
 pub(crate) type Owner = Option<String>;
 
-#[derive(Debug)]
 pub(crate) struct Recent {
     served: quick_cache::sync::Cache<(Owner, String), Served>,
+    shared: Option<SharedRecent>,
+}
+
+impl std::fmt::Debug for Recent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recent")
+            .field("shared", &self.shared.is_some())
+            .finish()
+    }
+}
+
+/// The served requests every replica can read.
+struct SharedRecent {
+    conn: RedisConn,
+    writes: WriteBehind,
+    ttl: Duration,
+    swap: redis::Script,
+}
+
+/// A request served by another replica, as read from Redis.
+pub(crate) struct ServedElsewhere {
+    pub model: String,
+    pub worker_id: String,
+    pub prompt: Option<RoutedPrompt>,
 }
 
 impl Recent {
     pub(crate) fn new(capacity: usize) -> Self {
         Self {
             served: crate::cache::bounded(capacity),
+            shared: None,
         }
     }
 
+    /// Also shared through Redis for `ttl`; the writer stops with `stop`.
+    pub(crate) fn shared(
+        capacity: usize,
+        conn: RedisConn,
+        ttl: Duration,
+        stop: CancellationToken,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
+        let (writes, task) = WriteBehind::start(conn.clone(), ttl, "served requests", stop);
+        let shared = SharedRecent {
+            conn,
+            writes,
+            ttl,
+            swap: redis::Script::new(SWAP_SCORE),
+        };
+        (
+            Self {
+                served: crate::cache::bounded(capacity),
+                shared: Some(shared),
+            },
+            task,
+        )
+    }
+
     pub(crate) fn remember(&self, owner: &Owner, request_id: &str, served: Served) {
+        if let Some(shared) = &self.shared {
+            let record = wire::encode_served(
+                &served.spec.name,
+                &served.worker_id,
+                served.predicted.as_deref(),
+            );
+            if !shared
+                .writes
+                .set(shared.key("req", owner, request_id), record)
+            {
+                tracing::debug!(
+                    "served-request queue full; feedback on it reaches this replica only"
+                );
+            }
+        }
         self.served
             .insert((owner.clone(), request_id.to_string()), served);
     }
 
-    /// The request `owner` made with this id; another tenant's request with
-    /// the same id is not found (not revealed).
+    /// True when requests are shared through Redis (scores then live there).
+    pub(crate) fn is_shared(&self) -> bool {
+        self.shared.is_some()
+    }
+
+    /// A request another replica served, from Redis; `None` when nobody
+    /// remembers it, Redis is off, or it cannot be read now.
+    pub(crate) async fn lookup_elsewhere(
+        &self,
+        owner: &Owner,
+        request_id: &str,
+    ) -> Option<ServedElsewhere> {
+        let shared = self.shared.as_ref()?;
+        let mut conn = shared.conn.manager();
+        let bytes: Option<Vec<u8>> = redis::cmd("GET")
+            .arg(shared.key("req", owner, request_id))
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| tracing::debug!(error = %e, "served requests unreadable (Redis)"))
+            .ok()?;
+        let (model, worker_id, prompt) = wire::decode_served(&bytes?)?;
+        Some(ServedElsewhere {
+            model,
+            worker_id,
+            prompt,
+        })
+    }
+
+    /// Records `score` as the request's one score in Redis and returns the
+    /// one it replaces, if any. `Err` when Redis cannot say.
+    pub(crate) async fn swap_shared_score(
+        &self,
+        owner: &Owner,
+        request_id: &str,
+        score: f64,
+        now_ms: u64,
+    ) -> Result<Option<Scored>, ()> {
+        let shared = self.shared.as_ref().ok_or(())?;
+        let mut conn = shared.conn.manager();
+        let ttl_ms = u64::try_from(shared.ttl.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let earlier: Option<String> = shared
+            .swap
+            .key(shared.key("score", owner, request_id))
+            .arg(score)
+            .arg(now_ms)
+            .arg(ttl_ms)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| tracing::debug!(error = %e, "scores unreadable (Redis)"))?;
+        Ok(earlier.and_then(|text| {
+            let (score, at) = text.split_once(',')?;
+            Some(Scored {
+                score: score.parse().ok()?,
+                at_ms: at.parse().ok()?,
+            })
+        }))
+    }
+
+    /// The request `owner` made with this id, if this replica served it;
+    /// another tenant's request with the same id is not found (not revealed).
     pub(crate) fn lookup(&self, owner: &Owner, request_id: &str) -> Option<Served> {
         self.served.get(&(owner.clone(), request_id.to_string()))
+    }
+}
+
+impl SharedRecent {
+    /// The Redis key of one of `owner`'s requests (owner and id kept apart
+    /// by a separator neither may hold).
+    fn key(&self, kind: &str, owner: &Owner, request_id: &str) -> String {
+        let owner = owner
+            .as_deref()
+            .map_or_else(|| "-".to_string(), |o| format!("t:{o}"));
+        self.conn.key(&format!("{kind}:{owner}\u{1f}{request_id}"))
     }
 }
 

@@ -19,7 +19,7 @@
 //! exemplars of another artifact are ignored, then evicted.
 
 mod shared;
-mod wire;
+pub(crate) mod wire;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -3,6 +3,7 @@
 //! reader (counted), never trusted.
 
 use super::{FeedbackEntry, PromptPoint, Scope};
+use crate::routing::quality::RoutedPrompt;
 
 /// Bumped when the layout changes; records of another version are skipped.
 const FORMAT: u8 = 1;
@@ -147,4 +148,113 @@ pub(super) fn decode(bytes: &[u8]) -> Option<FeedbackEntry> {
         embedding,
         at_ms,
     })
+}
+
+/// Bumped when the served-request layout changes.
+const SERVED_FORMAT: u8 = 1;
+
+/// The stored form of a served request (what another replica needs to take
+/// feedback on it): the model and worker that answered, and what the router
+/// said about the prompt (its scores per model, its point and embedding).
+/// About 500 bytes with a 384-dimension point and embedding.
+pub(crate) fn encode_served(model: &str, worker: &str, prompt: Option<&RoutedPrompt>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    out.push(SERVED_FORMAT);
+    put_str(&mut out, model);
+    put_str(&mut out, worker);
+    let Some(p) = prompt else {
+        out.push(0);
+        return out;
+    };
+    out.push(1);
+    put_str(&mut out, &p.space);
+    let n = u16::try_from(p.scores.len()).unwrap_or(u16::MAX);
+    out.extend_from_slice(&n.to_le_bytes());
+    for (name, score) in p.scores.iter().take(usize::from(n)) {
+        put_str(&mut out, name);
+        out.extend_from_slice(&(*score as f32).to_le_bytes());
+    }
+    for point in [&p.point, &p.embedding] {
+        match point {
+            None => out.push(0),
+            Some(point) => {
+                out.push(1);
+                put_point(&mut out, point);
+            }
+        }
+    }
+    out
+}
+
+/// A served request read back: `(model, worker, prompt)`; `None` for a
+/// record that does not decode (never trusted half-read).
+pub(crate) fn decode_served(bytes: &[u8]) -> Option<(String, String, Option<RoutedPrompt>)> {
+    let mut r = Reader(bytes);
+    if r.u8()? != SERVED_FORMAT {
+        return None;
+    }
+    let model = r.str()?;
+    let worker = r.str()?;
+    let prompt = match r.u8()? {
+        0 => None,
+        1 => {
+            let space = r.str()?;
+            let n = r.u16()?;
+            let mut scores = std::collections::HashMap::with_capacity(usize::from(n));
+            for _ in 0..n {
+                let name = r.str()?;
+                let score = r.f32()?;
+                if !(0.0..=1.0).contains(&score) {
+                    return None;
+                }
+                scores.insert(name, f64::from(score));
+            }
+            let mut points = [None, None];
+            for slot in &mut points {
+                *slot = match r.u8()? {
+                    0 => None,
+                    1 => Some(r.point()?),
+                    _ => return None,
+                };
+            }
+            let [point, embedding] = points;
+            Some(RoutedPrompt {
+                scores,
+                point,
+                space: space.into(),
+                embedding,
+            })
+        }
+        _ => return None,
+    };
+    r.0.is_empty().then_some((model, worker, prompt))
+}
+
+#[cfg(test)]
+mod served_tests {
+    use super::*;
+
+    #[test]
+    fn a_served_request_round_trips_and_garbage_is_refused() {
+        let point = PromptPoint::new(&[0.6, 0.8, 0.0], None).unwrap();
+        let prompt = RoutedPrompt {
+            scores: [("a".to_string(), 0.25), ("b".to_string(), 0.75)].into(),
+            point: Some(point.clone()),
+            space: "fast:abc".into(),
+            embedding: Some(point),
+        };
+        let bytes = encode_served("m", "w-0", Some(&prompt));
+        let (model, worker, back) = decode_served(&bytes).unwrap();
+        assert_eq!((model.as_str(), worker.as_str()), ("m", "w-0"));
+        let back = back.unwrap();
+        assert_eq!(back.scores, prompt.scores);
+        assert_eq!(back.point, prompt.point);
+        assert_eq!(&*back.space, "fast:abc");
+        assert_eq!(
+            decode_served(&encode_served("m", "w", None)).unwrap().2,
+            None
+        );
+        assert!(decode_served(&bytes[..bytes.len() - 1]).is_none());
+        assert!(decode_served(b"\x07junk").is_none());
+    }
 }
