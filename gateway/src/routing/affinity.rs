@@ -379,4 +379,36 @@ mod tests {
             .is_none()
         );
     }
+
+    #[tokio::test]
+    async fn a_flood_of_sessions_stays_bounded() {
+        let sessions = Sessions::local(SessionAffinityConfig {
+            max_sessions: 1000,
+            ..Default::default()
+        });
+        let sticky = Sticky {
+            model: "m".into(),
+            worker: "w".into(),
+        };
+        let named = |i: usize| Session {
+            label: String::new(),
+            key: format!("id\u{1f}t\u{1f}s-{i}"),
+            opening: false,
+        };
+        for i in 0..100_000 {
+            sessions.remember(&named(i), sticky.clone());
+        }
+        let mut kept = 0;
+        for i in 0..100_000 {
+            kept += usize::from(sessions.lookup(&named(i)).await.is_some());
+        }
+        assert!(
+            kept <= 1000,
+            "{kept} of 100000 sessions kept with max_sessions 1000"
+        );
+        assert!(
+            sessions.lookup(&named(99_999)).await.is_some(),
+            "the newest is kept"
+        );
+    }
 }
