@@ -36,6 +36,12 @@ class MockEngine:
             def log_message(self, *args):
                 pass
 
+            def do_GET(self):
+                # The worker agent's health probe.
+                if self.path.rstrip("/").endswith("/models"):
+                    return engine.send_json(self, 200, {"object": "list", "data": [{"id": engine.name, "object": "model"}]})
+                engine.send_json(self, 404, {"error": {"message": "not found"}})
+
             def do_POST(self):
                 length = int(self.headers.get("content-length", "0"))
                 body = json.loads(self.rfile.read(length) or b"{}")

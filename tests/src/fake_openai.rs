@@ -79,11 +79,25 @@ impl Drop for RunningFake {
 
 impl FakeOpenAi {
     pub async fn start() -> RunningFake {
+        Self::start_on(0).await
+    }
+
+    /// On a given port: to bring an engine back where its worker expects it.
+    pub async fn start_on(port: u16) -> RunningFake {
         let state = FakeOpenAi::default();
         let app = Router::new()
             .route("/v1/chat/completions", post(completions))
+            // What a worker agent probes its engine's health with.
+            .route(
+                "/v1/models",
+                axum::routing::get(|| async {
+                    axum::Json(json!({"object": "list", "data": [{"id": "served-name", "object": "model"}]}))
+                }),
+            )
             .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
         let addr = listener.local_addr().unwrap();
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;

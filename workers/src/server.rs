@@ -184,14 +184,21 @@ pub async fn start_worker(
         result
     });
 
+    let ttl = config.registration_ttl;
+    // An engine still loading its model (minutes, for a large one) is not
+    // announced until it answers.
+    let mut engine = EngineWatch::default();
+    engine
+        .probe(&state, &*registry, &health, probe_timeout(ttl))
+        .await;
     // Announce before returning, so a caller that starts a gateway next finds us.
-    if let Err(e) = registry
-        .announce(&state.record, config.registration_ttl)
-        .await
+    if !engine.down
+        && let Err(e) = registry
+            .announce(&state.record, config.registration_ttl)
+            .await
     {
         tracing::warn!(error = %e, "first registration failed; retrying with the heartbeat");
     }
-    let ttl = config.registration_ttl;
     let grace = config.drain_grace;
     let task = tokio::spawn({
         let shutdown = shutdown.clone();
@@ -215,7 +222,10 @@ pub async fn start_worker(
                         };
                     }
                     _ = heartbeat.tick() => {
-                        if let Err(e) = registry.announce(&state.record, ttl).await {
+                        engine.probe(&state, &*registry, &health, probe_timeout(ttl)).await;
+                        if !engine.down
+                            && let Err(e) = registry.announce(&state.record, ttl).await
+                        {
                             tracing::warn!(error = %e, "registry heartbeat failed");
                         }
                     }
@@ -243,6 +253,73 @@ pub async fn start_worker(
         shutdown,
         task,
     })
+}
+
+/// Failed probes in a row before the engine counts as down: one lost probe
+/// does not take a worker out of the pool.
+const DOWN_AFTER: u32 = 2;
+
+/// The engine health probe's budget: well inside one heartbeat.
+fn probe_timeout(ttl: Duration) -> Duration {
+    (ttl / 6).clamp(Duration::from_millis(100), Duration::from_secs(2))
+}
+
+/// Whether the engine behind this worker answers. While it does not, the
+/// worker is out of the registry, NOT_SERVING (the pod is not ready) and
+/// says so in its load reports; it comes back when the engine answers.
+#[derive(Default)]
+struct EngineWatch {
+    failures: u32,
+    down: bool,
+    /// The first probe (at start) has run.
+    probed: bool,
+}
+
+impl EngineWatch {
+    async fn probe(
+        &mut self,
+        state: &WorkerState,
+        registry: &dyn Registry,
+        health: &tonic_health::server::HealthReporter,
+        timeout: Duration,
+    ) {
+        let probe = state.backend.check_health(timeout).await;
+        let first = !self.probed;
+        self.probed = true;
+        match probe {
+            Ok(()) => {
+                self.failures = 0;
+                if self.down {
+                    self.down = false;
+                    tracing::info!(worker = %state.record.id, "engine answers again; back in the pool");
+                    set_engine_down(state, None);
+                    health.set_serving::<WorkerServer<WorkerService>>().await;
+                }
+            }
+            Err(e) => {
+                self.failures += 1;
+                // Down at once on the first probe (a worker whose engine
+                // is not up yet is not announced), else after DOWN_AFTER.
+                if !self.down && (self.failures >= DOWN_AFTER || first) {
+                    self.down = true;
+                    tracing::warn!(worker = %state.record.id, error = %e, "engine does not answer; out of the pool until it does");
+                    set_engine_down(state, Some(e.to_string()));
+                    health
+                        .set_not_serving::<WorkerServer<WorkerService>>()
+                        .await;
+                    if let Err(e) = registry.withdraw(&state.record.id).await {
+                        tracing::warn!(error = %e, "could not withdraw from the registry; the entry will expire");
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn set_engine_down(state: &WorkerState, why: Option<String>) {
+    if let Ok(mut down) = state.engine_down.lock() {
+        *down = why;
+    }
 }
 
 /// Stops taking work and waits (up to `grace`) for in-flight requests.

@@ -51,6 +51,9 @@ pub struct WorkerState {
     pub backend: Arc<dyn Backend>,
     pub admission: Arc<Admission>,
     pub draining: AtomicBool,
+    /// Why the engine is considered down (its health check failed), or
+    /// `None` while it answers.
+    pub engine_down: Mutex<Option<String>>,
     completed: AtomicU64,
     failed: AtomicU64,
     recent: Mutex<RecentFigures>,
@@ -63,6 +66,7 @@ impl WorkerState {
             record,
             backend,
             draining: AtomicBool::new(false),
+            engine_down: Mutex::new(None),
             completed: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             recent: Mutex::new(RecentFigures::default()),
@@ -129,6 +133,12 @@ impl WorkerState {
                 simulated: self.backend.simulated(),
             }),
             backend: self.backend.kind().to_string(),
+            engine_down: self
+                .engine_down
+                .lock()
+                .ok()
+                .and_then(|d| d.clone())
+                .unwrap_or_default(),
         }
     }
 

@@ -242,9 +242,12 @@ impl WorkerHandle {
         match tokio::time::timeout(timeout, client.load(request)).await {
             Ok(Ok(report)) => {
                 let report = report.into_inner();
-                self.set_health(!report.draining, || {
+                let up = !report.draining && report.engine_down.is_empty();
+                self.set_health(up, || {
                     if report.draining {
                         "it reports draining".into()
+                    } else if !report.engine_down.is_empty() {
+                        format!("its engine is down: {}", report.engine_down)
                     } else {
                         "a load check answered".into()
                     }

@@ -197,6 +197,11 @@ pub trait Backend: Send + Sync + 'static {
     /// What the engine can serve before the worker's `capabilities:`
     /// configuration overrides it.
     fn capabilities(&self) -> routemesh_mesh::Capabilities;
+    /// Whether the engine answers now (a cheap probe, bounded by
+    /// `timeout`). Engines in this process are up while the process is.
+    async fn check_health(&self, _timeout: std::time::Duration) -> Result<(), EngineError> {
+        Ok(())
+    }
     async fn generate(&self, input: GenerateInput) -> Result<Completion, EngineError>;
     async fn stream(&self, input: GenerateInput) -> Result<EngineStream, EngineError>;
 }

@@ -57,6 +57,9 @@ fn default_connect_timeout() -> Duration {
 pub struct OpenAiBackend {
     client: reqwest::Client,
     url: String,
+    /// `GET` here is the health probe: every OpenAI-compatible server
+    /// lists its models, cheaply, without generating anything.
+    models_url: String,
     model: String,
     api_key: Option<String>,
     timeout: Duration,
@@ -85,9 +88,11 @@ impl OpenAiBackend {
                 config.base_url
             )
         })?;
+        let models_url = format!("{}/models", config.base_url.trim_end_matches('/'));
         Ok(Self {
             client,
             url,
+            models_url,
             model: config
                 .engine_model
                 .clone()
@@ -178,6 +183,27 @@ fn usage_or_estimate(
 impl Backend for OpenAiBackend {
     fn capabilities(&self) -> routemesh_mesh::Capabilities {
         routemesh_mesh::Capabilities::OPENAI_ENGINE
+    }
+
+    /// Up when the engine answers `GET /models` with anything but a server
+    /// error: a 401 or 404 still says a server is there and serving.
+    async fn check_health(&self, timeout: Duration) -> Result<(), EngineError> {
+        let mut req = self.client.get(&self.models_url);
+        if let Some(key) = &self.api_key {
+            req = req.bearer_auth(key);
+        }
+        let resp = tokio::time::timeout(timeout, req.send())
+            .await
+            .map_err(|_| EngineError::Timeout(timeout))?
+            .map_err(|e| classify_transport(&e, timeout))?;
+        let status = resp.status();
+        if status.is_server_error() {
+            return Err(EngineError::Upstream {
+                status: status.as_u16(),
+                message: format!("GET {} answered {status}", self.models_url),
+            });
+        }
+        Ok(())
     }
 
     fn kind(&self) -> &'static str {
