@@ -56,7 +56,7 @@ pub enum GatewayError {
     /// `gateway.feedback_per_minute` allows.
     #[error(
         "tenant {tenant:?} is over its feedback limit of {per_minute} per minute \
-         (gateway.feedback_per_minute, per gateway); retry later"
+         (gateway.feedback_per_minute; across replicas with registry.redis); retry later"
     )]
     FeedbackRateLimited { tenant: String, per_minute: u32 },
     /// Feedback for a request id the gateway does not remember (or that

@@ -391,6 +391,10 @@ pub async fn start_gateway(
     let feedback_sync = feedback
         .clone()
         .spawn_sync(config.telemetry.snapshot_interval, shutdown.child_token());
+    let feedback_rate = match &request_state {
+        Some(conn) => crate::serve::FeedbackRate::shared(config.feedback_per_minute, conn.clone()),
+        None => crate::serve::FeedbackRate::new(config.feedback_per_minute),
+    };
     let (sessions, recent, state_writers) = match request_state {
         Some(conn) => {
             let (sessions, sessions_writer) = crate::routing::affinity::Sessions::shared(
@@ -424,7 +428,7 @@ pub async fn start_gateway(
             config.telemetry.feedback_days,
         ),
         recent,
-        feedback_rate: crate::serve::FeedbackRate::new(config.feedback_per_minute),
+        feedback_rate,
         recorder: Recorder::start(shared_telemetry, config.telemetry.recorder()),
         cost_targets: CostTargets::new(&config.tenants, cost_weight),
         retry_budget: crate::pool::retry::RetryBudget::new(

@@ -383,3 +383,59 @@ async fn feedback_reaches_any_replica() {
         Code::NotFound
     );
 }
+
+/// `feedback_per_minute` holds across replicas: calls on two gateways add up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_feedback_limit_counts_every_replica() {
+    let m = mesh("fb-rate").await;
+    let r = Some((m.redis.as_str(), m.mesh.as_str()));
+    let limited = gateway_yaml_with(r, "  feedback_per_minute: 3\n");
+    let a = Process::start("gateway-a", "gateway", &limited, &[]).unwrap();
+    let b = Process::start("gateway-b", "gateway", &limited, &[]).unwrap();
+    wait_for_pool(&a.gateway_url(), 2).await;
+    let mut ca = gateway_client(&a.gateway_url()).await;
+    let mut cb = gateway_client(&b.gateway_url()).await;
+    let id = ca
+        .generate(ask("hi"))
+        .await
+        .unwrap()
+        .into_inner()
+        .request_id;
+    let score = || FeedbackRequest {
+        request_id: id.clone(),
+        score: 0.5,
+        comment: String::new(),
+    };
+    // The served request reaches Redis off the request path: wait for its
+    // record (every call counts, so none is spent waiting).
+    let key = format!("rm:v1:{{{}}}:req:-\u{1f}{id}", m.mesh);
+    let client = redis::Client::open(m.redis.as_str()).unwrap();
+    eventually(Duration::from_secs(10), "the request is in Redis", || {
+        let (client, key) = (client.clone(), key.clone());
+        async move {
+            let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+            redis::cmd("EXISTS")
+                .arg(&key)
+                .query_async::<bool>(&mut conn)
+                .await
+                .unwrap()
+        }
+    })
+    .await;
+    // Minute boundaries aside (a new minute starts the count afresh), the
+    // fourth call is refused whichever replica gets it.
+    let started = std::time::SystemTime::now();
+    ca.feedback(score()).await.unwrap();
+    ca.feedback(score()).await.unwrap();
+    cb.feedback(score()).await.unwrap();
+    let refused = cb.feedback(score()).await.unwrap_err();
+    let same_minute =
+        |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() / 60;
+    if same_minute(started) == same_minute(std::time::SystemTime::now()) {
+        assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+        assert!(
+            refused.message().contains("feedback_per_minute"),
+            "{refused:?}"
+        );
+    }
+}

@@ -30,7 +30,7 @@ impl GatewayState {
         let now_ms = routemesh_telemetry::record::now_ms();
         // Before anything else, so a flood of calls (valid or not) costs
         // the gateway a counter each.
-        self.feedback_rate.admit(owner, now_ms)?;
+        self.feedback_rate.admit(owner, now_ms).await?;
         let FeedbackRequest {
             request_id,
             score,
