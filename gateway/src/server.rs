@@ -463,6 +463,7 @@ pub async fn start_gateway(
     // service's own business, so health checks and reflection are never shed.
     let stack = ServiceBuilder::new()
         .layer(tower_http::trace::TraceLayer::new_for_grpc())
+        .map_response(crate::api::grpc::undecodable_is_invalid_argument)
         .into_inner();
     let pipeline = Arc::new(Pipeline::new(
         state.clone(),

@@ -72,7 +72,14 @@ def test_malformed_protobuf_is_rejected_cleanly(mesh):
         raw = channel.unary_unary("/routemesh.v1.Gateway/Generate", request_serializer=None, response_deserializer=None)
         with pytest.raises(grpc.RpcError) as err:
             raw(b"\xff\xff\xff\xff\x0f garbage", timeout=10)
-        assert err.value.code() == grpc.StatusCode.INTERNAL
+        # The client's mistake, as the README's table says, with tonic's reason.
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "decode" in err.value.details()
+        # The same for a stream.
+        raw_stream = channel.unary_stream("/routemesh.v1.Gateway/GenerateStream", request_serializer=None, response_deserializer=None)
+        with pytest.raises(grpc.RpcError) as err:
+            list(raw_stream(b"\xff\xff\xff\xff\x0f garbage", timeout=10))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         # The gateway is still fine afterwards.
         health = health_pb2_grpc.HealthStub(channel)
         assert health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status == health_pb2.HealthCheckResponse.SERVING

@@ -170,3 +170,49 @@ impl Gateway for GatewayService {
         Ok(Response::new(self.pipeline.state().list_models()))
     }
 }
+
+/// A request body that is not the RPC's protobuf message is the client's
+/// mistake: tonic's codec answers it with INTERNAL before any handler runs;
+/// this turns that answer (a trailers-only response) into INVALID_ARGUMENT,
+/// as the API documents, keeping tonic's message.
+pub(crate) fn undecodable_is_invalid_argument<B>(
+    mut response: http::Response<B>,
+) -> http::Response<B> {
+    let headers = response.headers_mut();
+    let undecodable = headers.get("grpc-status").is_some_and(|s| s == "13")
+        && headers.get("grpc-message").is_some_and(|m| {
+            m.as_bytes()
+                .starts_with(b"failed%20to%20decode%20Protobuf%20message")
+        });
+    if undecodable {
+        headers.insert("grpc-status", http::HeaderValue::from_static("3"));
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_undecodable_requests_become_invalid_argument() {
+        let status = |code: &'static str, message: &'static str| {
+            let response = http::Response::builder()
+                .header("grpc-status", code)
+                .header("grpc-message", message)
+                .body(())
+                .unwrap();
+            let out = undecodable_is_invalid_argument(response);
+            out.headers()["grpc-status"].to_str().unwrap().to_string()
+        };
+        assert_eq!(
+            status("13", "failed%20to%20decode%20Protobuf%20message%3A%20x"),
+            "3"
+        );
+        assert_eq!(status("13", "engine%20failed"), "13");
+        assert_eq!(
+            status("14", "failed%20to%20decode%20Protobuf%20message"),
+            "14"
+        );
+    }
+}
