@@ -474,6 +474,12 @@ def test_network_policies():
     policy_target_labels = {"rm-routemesh-gateway": gateway_pod, "rm-routemesh-worker": worker_pod, "rm-routemesh-redis": redis_pod}
     outsider = {"app": "something-else"}
     assert allowed(pols["rm-routemesh-gateway"], outsider, 50051)
+    # The admin port (metrics, every tenant's spend) has a rule of its own:
+    # pods of the cluster (any namespace), nothing from outside it.
+    [admin_rule] = [r for r in pols["rm-routemesh-gateway"]["spec"]["ingress"] if [p["port"] for p in r["ports"]] == [9090]]
+    assert admin_rule["from"] == [{"namespaceSelector": {}}]
+    client_rules = [r for r in pols["rm-routemesh-gateway"]["spec"]["ingress"] if 50051 in [p["port"] for p in r["ports"]]]
+    assert all(9090 not in [p["port"] for p in r["ports"]] for r in client_rules)
     assert allowed(pols["rm-routemesh-worker"], gateway_pod, 50061)
     assert not allowed(pols["rm-routemesh-worker"], outsider, 50061)
     assert not allowed(pols["rm-routemesh-worker"], worker_pod, 50061)
