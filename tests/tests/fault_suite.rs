@@ -469,3 +469,52 @@ async fn wait_for_pool_with_key(url: &str, key: &str) {
     })
     .await;
 }
+
+/// Redis restarts (losing everything: no persistence) while the gateway
+/// serves: a key added afterwards works on its first request, not after
+/// one UNAVAILABLE per gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_key_lookup_after_a_redis_restart_is_served() {
+    let redis = OwnRedis::start().unwrap();
+    let (url, port) = (redis.url(), redis.port);
+    let mesh_name = unique_mesh("keys-restart");
+    let yaml = format!(
+        "{}{}",
+        gateway_yaml_with(Some((&url, &mesh_name)), "  auth: {redis: true}\n"),
+        sim_worker_yaml(Some((&url, &mesh_name)), "w", "m", "small", FAST)
+            .split_once("workers:")
+            .map(|(_, w)| format!("workers:{w}"))
+            .unwrap(),
+    );
+    let add = || {
+        let out = run_cli(&["keys", "add", "--tenant", "acme", "--json"], &yaml);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["key"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let before = add();
+    let mesh = Process::start("mesh", "up", &yaml, &[]).unwrap();
+    wait_for_pool_with_key(&mesh.gateway_url(), &before).await;
+
+    drop(redis);
+    let _redis = OwnRedis::start_on(port).unwrap();
+    let after = add();
+    // The worker re-announces itself on its next heartbeat, so the request
+    // may still find no worker; what must not happen is a refusal of the key.
+    let mut client = gateway_client(&mesh.gateway_url()).await;
+    let first = client.generate(with_key(&after)).await;
+    assert!(
+        !matches!(&first, Err(s) if s.code() == tonic::Code::Unavailable && s.message().contains("key store")),
+        "the first lookup after the restart: {first:?}"
+    );
+    assert!(
+        !matches!(&first, Err(s) if s.code() == tonic::Code::Unauthenticated),
+        "{first:?}"
+    );
+}

@@ -104,9 +104,18 @@ impl RedisKeys {
 
     /// The key with this digest, if stored (expired ones included).
     pub async fn get(&self, digest: &[u8; 32]) -> Result<Option<StoredKey>, KeyStoreError> {
+        let key = self.key_of(&hex::encode(digest));
         let mut conn = self.redis.manager();
-        let fields: HashMap<String, String> =
-            conn.hgetall(self.key_of(&hex::encode(digest))).await?;
+        let fields: HashMap<String, String> = match conn.hgetall(&key).await {
+            // The first command on a connection Redis dropped (a restart)
+            // fails and makes the manager reconnect: asked again, a Redis
+            // that is back answers, and the client sees no UNAVAILABLE.
+            Err(e) if e.is_connection_dropped() || e.is_io_error() => {
+                tracing::debug!(error = %e, "key store connection dropped; asking again");
+                conn.hgetall(&key).await?
+            }
+            other => other?,
+        };
         Ok(fields.get("tenant").map(|tenant| StoredKey {
             tenant: tenant.clone(),
             expires_ms: fields.get("expires_ms").and_then(|v| v.parse().ok()),
