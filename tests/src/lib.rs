@@ -103,17 +103,15 @@ impl OwnRedis {
 
     /// On a given port: to bring Redis back where clients expect it.
     pub fn start_on(port: u16) -> anyhow::Result<Self> {
+        Self::start_with(port, &["--port", &port.to_string()])
+    }
+
+    /// Listening on `port` as `args` say (e.g. TLS only: `--port 0
+    /// --tls-port <port> ...`), bound to loopback, keeping nothing on disk.
+    pub fn start_with(port: u16, args: &[&str]) -> anyhow::Result<Self> {
         let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+            .args(args)
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
             .spawn()
             .context("starting redis-server (Debian package redis-server)")?;

@@ -6,63 +6,33 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use routemesh_tests::*;
 
 /// A redis-server that speaks only TLS and requires a client certificate
 /// from the test CA.
-struct TlsRedis {
-    port: u16,
-    child: Child,
-}
-
-impl TlsRedis {
-    fn start(dir: &Path) -> Self {
-        let port = free_port();
-        let p = |f: &str| dir.join(f).display().to_string();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                "0",
-                "--tls-port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--tls-cert-file",
-                &p("redis.pem"),
-                "--tls-key-file",
-                &p("redis.key"),
-                "--tls-ca-cert-file",
-                &p("ca.pem"),
-                "--tls-auth-clients",
-                "yes",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server (Debian's is built with TLS)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not listen on {port}"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Self { port, child }
-    }
-}
-
-impl Drop for TlsRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn tls_redis(dir: &Path) -> OwnRedis {
+    let port = free_port();
+    let p = |f: &str| dir.join(f).display().to_string();
+    OwnRedis::start_with(
+        port,
+        &[
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--tls-cert-file",
+            &p("redis.pem"),
+            "--tls-key-file",
+            &p("redis.key"),
+            "--tls-ca-cert-file",
+            &p("ca.pem"),
+            "--tls-auth-clients",
+            "yes",
+        ],
+    )
+    .expect("redis-server (Debian's is built with TLS)")
 }
 
 fn mesh_yaml(port: u16, mesh: &str, tls: &str) -> String {
@@ -85,7 +55,7 @@ async fn a_mesh_runs_on_redis_over_mutual_tls() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     pki(d, &["redis", "routemesh"]);
-    let redis = TlsRedis::start(d);
+    let redis = tls_redis(d);
     let p = |f: &str| d.join(f).display().to_string();
     let mesh = unique_mesh("redis-tls");
     let tls = format!(

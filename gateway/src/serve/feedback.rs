@@ -80,15 +80,7 @@ impl GatewayState {
             .iter()
             .find(|w| w.spec.name == elsewhere.model)
             .map_or_else(
-                || ModelSpec {
-                    name: elsewhere.model.clone(),
-                    tier: routemesh_mesh::Tier::Small,
-                    input_usd_per_mtok: 0.0,
-                    output_usd_per_mtok: 0.0,
-                    quality_prior: None,
-                    router_model: None,
-                    params_b: None,
-                },
+                || ModelSpec::named(&elsewhere.model, routemesh_mesh::Tier::Small),
                 |w| w.spec.clone(),
             );
         Some(Served::new(
@@ -116,14 +108,8 @@ impl GatewayState {
                 .swap_shared_score(owner, request_id, score, now_ms)
                 .await
         {
-            let event = FeedbackEvent {
-                at_ms: earlier.map_or(now_ms, |e| e.at_ms),
-                model: served.spec.name.clone(),
-                scope: scope.label(),
-                score,
-                replaces: earlier.map(|e| e.score),
-            };
-            self.recorder.feedback(event);
+            self.recorder
+                .feedback(score_event(served, scope, score, now_ms, earlier));
             return;
         }
         // Held while the event is queued: two concurrent scores for one
@@ -134,13 +120,7 @@ impl GatewayState {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let earlier = *scored;
-        let event = FeedbackEvent {
-            at_ms: earlier.map_or(now_ms, |e| e.at_ms),
-            model: served.spec.name.clone(),
-            scope: scope.label(),
-            score,
-            replaces: earlier.map(|e| e.score),
-        };
+        let event = score_event(served, scope, score, now_ms, earlier);
         // A dropped event (telemetry channel full) leaves the request's
         // recorded score as it was, so the next replacement's difference is
         // taken from what the aggregate really holds.
@@ -199,5 +179,23 @@ impl GatewayState {
             embedding: predicted.embedding.clone(),
             at_ms: now_ms,
         })
+    }
+}
+
+/// The telemetry event of a score: a replacement of `earlier` (dated as
+/// it was, so both leave the window together) or a new one.
+fn score_event(
+    served: &Served,
+    scope: &Scope,
+    score: f64,
+    now_ms: u64,
+    earlier: Option<Scored>,
+) -> FeedbackEvent {
+    FeedbackEvent {
+        at_ms: earlier.map_or(now_ms, |e| e.at_ms),
+        model: served.spec.name.clone(),
+        scope: scope.label(),
+        score,
+        replaces: earlier.map(|e| e.score),
     }
 }

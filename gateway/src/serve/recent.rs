@@ -233,16 +233,11 @@ mod tests {
     use super::*;
 
     fn served(model: &str) -> Served {
-        let spec = ModelSpec {
-            name: model.into(),
-            tier: routemesh_mesh::Tier::Small,
-            input_usd_per_mtok: 0.0,
-            output_usd_per_mtok: 0.0,
-            quality_prior: None,
-            router_model: None,
-            params_b: None,
-        };
-        Served::new(spec, "w".into(), None)
+        Served::new(
+            ModelSpec::named(model, routemesh_mesh::Tier::Small),
+            "w".into(),
+            None,
+        )
     }
 
     fn model(r: &Recent, owner: &Owner, id: &str) -> Option<String> {

@@ -63,6 +63,19 @@ pub struct ModelSpec {
 }
 
 impl ModelSpec {
+    /// A model known only by name and tier: no prices, prior or size.
+    pub fn named(name: &str, tier: Tier) -> Self {
+        Self {
+            name: name.to_string(),
+            tier,
+            input_usd_per_mtok: 0.0,
+            output_usd_per_mtok: 0.0,
+            quality_prior: None,
+            router_model: None,
+            params_b: None,
+        }
+    }
+
     /// The model's prices.
     pub fn prices(&self) -> TokenPrices {
         TokenPrices {

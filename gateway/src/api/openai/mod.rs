@@ -8,6 +8,7 @@
 //! differs. Failures map to HTTP from the path's typed errors (`error`),
 //! never from message text.
 
+mod chat_wire;
 mod error;
 mod request;
 mod responses;
