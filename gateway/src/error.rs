@@ -32,11 +32,13 @@ pub enum GatewayError {
     #[error("request exceeded its deadline of {0:?}")]
     Deadline(std::time::Duration),
     /// The tenant is over one of its limits.
-    #[error("tenant {tenant:?} is over its {limit} limit ({value}); retry later")]
+    #[error("tenant {tenant:?} is over its {limit} limit ({value}){detail}; retry later")]
     OverLimit {
         tenant: String,
         limit: crate::tenancy::limits::LimitKind,
         value: String,
+        /// What is used or reserved, and what the request asked.
+        detail: String,
     },
     /// Limits cannot be checked and the gateway fails closed.
     #[error(

@@ -16,7 +16,7 @@ use crate::request::{ValidRequest, validate};
 use crate::routing::affinity::{Session, Sticky};
 use crate::routing::quality::Predicted;
 use crate::tenancy::auth::Tenant;
-use crate::tenancy::limits::Refusal;
+use crate::tenancy::limits::{Ask, Refusal, Reservation};
 
 impl GatewayState {
     /// Admits a generation or refuses it with the reason.
@@ -30,7 +30,7 @@ impl GatewayState {
         let deadline = Instant::now() + budget;
         let snapshot = self.pool.snapshot();
         let req = self.accept(incoming, &snapshot)?;
-        self.check_limits(&req).await?;
+        let reservation = self.check_limits(&req, &snapshot, budget).await?;
         let predicted = self.predict(&req, &snapshot).await;
         let session = self.session_of(&req).await;
         let mut flight = Flight::new(
@@ -43,6 +43,7 @@ impl GatewayState {
             predicted,
         );
         flight.session = session;
+        flight.reservation = reservation;
         Ok(flight)
     }
 
@@ -103,18 +104,42 @@ impl GatewayState {
         quality.predict(&req.routing_prompt(), &models).await
     }
 
-    /// The tenant's rate limits and budgets, checked before any work.
-    async fn check_limits(&self, req: &ValidRequest) -> Result<(), GatewayError> {
+    /// The tenant's rate limits and budgets, checked before any work: the
+    /// request's most (its estimated prompt and `max_tokens`, at the highest
+    /// prices of the models that may serve it) is reserved until it ends.
+    async fn check_limits(
+        &self,
+        req: &ValidRequest,
+        snapshot: &Snapshot,
+        budget: Duration,
+    ) -> Result<Reservation, GatewayError> {
+        if !self.limits.limits(&req.tenant) {
+            return Ok(Reservation::none());
+        }
+        let ask = most_a_request_may_use(req, snapshot);
+        // A holder that vanished (a crashed replica) gives its reservation
+        // back after the request's time and a margin.
+        let hold_for = budget + Duration::from_secs(60);
         match self
             .limits
-            .admit(&req.tenant, routemesh_telemetry::record::now_ms())
+            .admit(
+                &req.tenant,
+                ask,
+                hold_for,
+                routemesh_telemetry::record::now_ms(),
+            )
             .await
         {
-            Ok(()) => Ok(()),
-            Err(Refusal::Over { limit, value }) => Err(GatewayError::OverLimit {
+            Ok(reservation) => Ok(reservation),
+            Err(Refusal::Over {
+                limit,
+                value,
+                detail,
+            }) => Err(GatewayError::OverLimit {
                 tenant: req.tenant.clone(),
                 limit,
                 value,
+                detail,
             }),
             Err(Refusal::StoreDown(e)) => Err(GatewayError::LimitsUnavailable(e)),
         }
@@ -135,5 +160,27 @@ impl GatewayState {
         client_deadline.map_or(self.config.request_timeout, |d| {
             d.min(self.config.request_timeout)
         })
+    }
+}
+
+/// The most one call of `req` may consume: its estimated prompt plus
+/// `max_tokens`, at the highest prices among the models that may serve it
+/// (the pinned one, or the whole pool). A cascade's follow-up calls are
+/// charged when they happen and are not part of the reservation.
+fn most_a_request_may_use(req: &ValidRequest, snapshot: &Snapshot) -> Ask {
+    let prompt = req.prompt_tokens_estimate();
+    let completion = req.max_tokens();
+    let cost_usd = snapshot
+        .iter()
+        .filter(|w| {
+            req.pinned_model
+                .as_deref()
+                .is_none_or(|m| w.record.model == m)
+        })
+        .map(|w| w.spec.prices().cost_usd(prompt, completion))
+        .fold(0.0, f64::max);
+    Ask {
+        tokens: u64::from(prompt) + u64::from(completion),
+        cost_usd,
     }
 }

@@ -23,6 +23,7 @@ use crate::routing::affinity::{Session, Sticky};
 use crate::routing::policy::Hints;
 use crate::routing::quality::Predicted;
 use crate::routing::route::{RouteContext, Routed};
+use crate::tenancy::limits::Reservation;
 
 /// How the client wants the answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,6 +113,8 @@ pub(crate) struct Flight {
     /// The conversation the request continues, and where its earlier
     /// turns were served.
     pub(crate) session: Option<(Session, Option<Sticky>)>,
+    /// What the request holds of its tenant's limits until it ends.
+    pub(crate) reservation: Reservation,
     /// The request's slot under `max_concurrent_requests`, held to the end
     /// (a stream's end).
     _permit: OwnedSemaphorePermit,
@@ -137,6 +140,7 @@ impl Flight {
             failed_workers: Vec::new(),
             last_failure: None,
             session: None,
+            reservation: Reservation::none(),
             calls: 0,
             other_calls_cost_usd: 0.0,
             _permit: permit,
@@ -165,6 +169,7 @@ impl Flight {
                 in_flight,
                 &self.req.tenant,
                 full_budget,
+                self.reservation.clone(),
             )
             .follow_up(step.follow_up);
             let remaining = self.deadline.saturating_duration_since(Instant::now());
@@ -181,7 +186,7 @@ impl Flight {
                     return Err(GatewayError::Deadline(self.budget));
                 }
                 Ok(Ok(Opened::Whole(response))) => {
-                    guard.served(response.usage.as_ref()).await;
+                    guard.served(response.usage.as_ref());
                     return Ok(Answer::Whole {
                         response,
                         route: routed.explanation,

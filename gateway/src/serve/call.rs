@@ -13,6 +13,7 @@ use tonic::{Code, Status};
 
 use super::state::GatewayState;
 use crate::pool::{InFlight, Verdict, WorkerHandle};
+use crate::tenancy::limits::Reservation;
 
 /// A call in progress at `worker`.
 pub(crate) struct CallGuard {
@@ -28,6 +29,9 @@ pub(crate) struct CallGuard {
     in_flight: Option<InFlight>,
     /// A cascade's follow-up call: its tokens are not the request's counterfactual.
     follow_up: bool,
+    /// What the request holds of its tenant's limits; the call's usage is
+    /// counted against it.
+    reservation: Reservation,
 }
 
 impl CallGuard {
@@ -37,6 +41,7 @@ impl CallGuard {
         in_flight: InFlight,
         tenant: &str,
         full_budget: bool,
+        reservation: Reservation,
     ) -> Self {
         Self {
             state,
@@ -46,6 +51,7 @@ impl CallGuard {
             full_budget,
             in_flight: Some(in_flight),
             follow_up: false,
+            reservation,
         }
     }
 
@@ -60,10 +66,10 @@ impl CallGuard {
     }
 
     /// The worker answered in full.
-    pub(crate) async fn served(mut self, usage: Option<&Usage>) {
+    pub(crate) fn served(mut self, usage: Option<&Usage>) {
         self.settle(Outcome::Ok, usage, Verdict::Served);
         if let Some(usage) = usage {
-            self.charge(usage).await;
+            self.charge(usage);
         }
     }
 
@@ -96,9 +102,9 @@ impl CallGuard {
 
     /// The client went away (or stopped reading) mid-answer; `generated` is
     /// what the worker produced until then, charged to the tenant.
-    pub(crate) async fn client_gone(mut self, generated: Usage) {
+    pub(crate) fn client_gone(mut self, generated: Usage) {
         self.settle(Outcome::Cancelled, Some(&generated), Verdict::NoSignal);
-        self.charge(&generated).await;
+        self.charge(&generated);
     }
 
     fn settle(&mut self, outcome: Outcome, usage: Option<&Usage>, verdict: Verdict) {
@@ -161,18 +167,11 @@ impl CallGuard {
         state.recorder.record(record);
     }
 
-    /// Charges what the call consumed to the tenant's limits.
-    async fn charge(&self, usage: &Usage) {
+    /// Counts what the call consumed against the request's reservation
+    /// (settled with the tenant's limits when the request ends).
+    fn charge(&self, usage: &Usage) {
         let tokens = u64::from(usage.prompt_tokens) + u64::from(usage.completion_tokens);
-        self.state
-            .limits
-            .charge(
-                &self.tenant,
-                tokens,
-                usage.cost_usd,
-                routemesh_telemetry::record::now_ms(),
-            )
-            .await;
+        self.reservation.charge(tokens, usage.cost_usd);
     }
 }
 

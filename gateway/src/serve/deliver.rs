@@ -82,7 +82,7 @@ async fn collect(flight: &Flight, open: OpenStream) -> Result<Collected, Gateway
                 piece.add_to(&mut whole.tool_calls);
             }
             Some(worker_stream_event::Event::End(end)) => {
-                guard.served(end.usage.as_ref()).await;
+                guard.served(end.usage.as_ref());
                 whole.finish_reason = end.finish_reason;
                 whole.usage = end.usage;
                 whole.confidence = end.confidence;
@@ -196,7 +196,7 @@ async fn relay(
         send(event(generate_stream_event::Event::Route(route))).await,
         Ok(Ok(()))
     ) {
-        guard.client_gone(generated(0)).await;
+        guard.client_gone(generated(0));
         return;
     }
     let mut first = Some(first);
@@ -218,7 +218,7 @@ async fn relay(
                 ) {
                     // Client gone (or not reading): dropping `upstream`
                     // cancels the worker.
-                    guard.client_gone(generated(deltas_sent)).await;
+                    guard.client_gone(generated(deltas_sent));
                     return;
                 }
             }
@@ -228,12 +228,12 @@ async fn relay(
                     send(event(generate_stream_event::Event::ToolCall(piece))).await,
                     Ok(Ok(()))
                 ) {
-                    guard.client_gone(generated(deltas_sent)).await;
+                    guard.client_gone(generated(deltas_sent));
                     return;
                 }
             }
             Some(worker_stream_event::Event::End(end)) => {
-                guard.served(end.usage.as_ref()).await;
+                guard.served(end.usage.as_ref());
                 remember(&flight, &worker);
                 let end = StreamEnd {
                     finish_reason: end.finish_reason,
