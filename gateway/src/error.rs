@@ -31,6 +31,11 @@ pub enum GatewayError {
     /// The request ran out of time.
     #[error("request exceeded its deadline of {0:?}")]
     Deadline(std::time::Duration),
+    /// A streaming client left its stream unread for this long.
+    #[error(
+        "the client did not read its stream for {0:?}; the stream was ended and its worker call cancelled"
+    )]
+    ClientStalled(std::time::Duration),
     /// The tenant is over one of its limits.
     #[error("tenant {tenant:?} is over its {limit} limit ({value}){detail}; retry later")]
     OverLimit {
@@ -87,7 +92,7 @@ impl GatewayError {
                 Code::FailedPrecondition => Code::Internal,
                 code => code,
             },
-            GatewayError::Deadline(_) => Code::DeadlineExceeded,
+            GatewayError::Deadline(_) | GatewayError::ClientStalled(_) => Code::DeadlineExceeded,
             GatewayError::Auth(AuthError::KeyStoreUnavailable(_)) => Code::Unavailable,
             GatewayError::Auth(_) => Code::Unauthenticated,
             GatewayError::Overloaded(_)
@@ -126,6 +131,7 @@ impl GatewayError {
             | GatewayError::UnknownRequest(_)
             | GatewayError::Auth(AuthError::Unauthenticated(_) | AuthError::KeyExpired(_))
             | GatewayError::OverLimit { .. }
+            | GatewayError::ClientStalled(_)
             | GatewayError::FeedbackRateLimited { .. } => "client",
             GatewayError::NoWorker(_)
             | GatewayError::Deadline(_)

@@ -17,7 +17,7 @@ use tracing::Instrument;
 use crate::admission::Admission;
 use crate::backend::{Backend, Confidence, EngineEvent, EngineUsage, GenerateInput};
 use crate::error::{draining_status, engine_status, overloaded_status, wrong_model_status};
-use routemesh_mesh::driven::driven_stream;
+use routemesh_mesh::driven::{Sent, driven_stream, send_until};
 use routemesh_mesh::{Needs, WorkerRecord};
 
 /// Recent per-request speed figures for the load report.
@@ -379,38 +379,42 @@ impl WorkerService {
                                 usage: Some(state.usage(&usage, ttft, total)),
                                 confidence: wire_confidence(asked, confidence),
                             };
-                            let _ = tx
-                                .send(Ok(WorkerStreamEvent {
-                                    event: Some(worker_stream_event::Event::End(end)),
-                                }))
-                                .await;
+                            let end = WorkerStreamEvent {
+                                event: Some(worker_stream_event::Event::End(end)),
+                            };
+                            send_until(&tx, Ok(end), stall_deadline()).await;
                             return;
                         }
                         Err(e) => {
                             state.record_failure();
-                            let _ = tx.send(Err(engine_status(&e))).await;
+                            send_until(&tx, Err(engine_status(&e)), stall_deadline()).await;
                             return;
                         }
                     };
-                    if tx
-                        .send(Ok(WorkerStreamEvent { event: Some(out) }))
-                        .await
-                        .is_err()
-                    {
-                        return; // client went away: dropping `engine` cancels generation
+                    let event = WorkerStreamEvent { event: Some(out) };
+                    if send_until(&tx, Ok(event), stall_deadline()).await != Sent::Delivered {
+                        // The client went away or stopped reading: dropping
+                        // `engine` cancels generation and frees the slot.
+                        return;
                     }
                 }
                 state.record_failure();
-                let _ = tx
-                    .send(Err(Status::internal(
-                        "engine stream ended without an end event",
-                    )))
-                    .await;
+                let broken = Status::internal("engine stream ended without an end event");
+                send_until(&tx, Err(broken), stall_deadline()).await;
             }
             .instrument(span)
         });
         Ok(Response::new(stream))
     }
+}
+
+/// How long a stream's client may leave its buffer full (not reading)
+/// before the stream is ended: the gateway reads as fast as its own client
+/// does, and ends its side sooner (`stream_stall_timeout`).
+const STALLED_CLIENT: std::time::Duration = std::time::Duration::from_secs(30);
+
+fn stall_deadline() -> tokio::time::Instant {
+    tokio::time::Instant::now() + STALLED_CLIENT
 }
 
 #[cfg(test)]

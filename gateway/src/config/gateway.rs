@@ -39,6 +39,10 @@ pub struct GatewayConfig {
     /// Longest a request may take end to end (a client deadline can shorten it).
     #[serde(default = "default_request_timeout", with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// Longest a streaming client may leave its stream unread (buffers
+    /// full) before the stream is ended and its worker call cancelled.
+    #[serde(default = "default_stream_stall_timeout", with = "humantime_serde")]
+    pub stream_stall_timeout: Duration,
     /// Requests served at once; beyond it requests get RESOURCE_EXHAUSTED.
     #[serde(default = "default_max_concurrent")]
     pub max_concurrent_requests: usize,
@@ -247,6 +251,9 @@ fn default_load_weight() -> f64 {
 }
 fn default_request_timeout() -> Duration {
     Duration::from_secs(120)
+}
+fn default_stream_stall_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 fn default_max_concurrent() -> usize {
     4096

@@ -2,7 +2,7 @@
 //! events relayed from the worker (or made from a whole answer). The request
 //! is remembered for feedback once its answer is complete.
 
-use routemesh_mesh::driven::driven_stream;
+use routemesh_mesh::driven::{Sent, driven_stream, send_until};
 use routemesh_proto::v1::{
     GenerateResponse, GenerateStreamEvent, RouteDecision, StreamEnd, ToolCallDelta, Usage,
     WorkerGenerateResponse, WorkerStreamEvent, generate_stream_event, worker_stream_event,
@@ -190,12 +190,20 @@ async fn relay(
         ..Usage::default()
     };
     // Sending waits on the client's flow control: a client that stops
-    // reading is bounded by the same deadline as a worker that stops writing.
-    let send = |item| tokio::time::timeout_at(flight.deadline, tx.send(item));
-    if !matches!(
-        send(event(generate_stream_event::Event::Route(route))).await,
-        Ok(Ok(()))
-    ) {
+    // reading is bounded like a worker that stops writing, by the deadline,
+    // and sooner by `stream_stall_timeout`.
+    let stall = flight.state.config.stream_stall_timeout;
+    let Ok(last_word) = tx.clone().reserve_owned().await else {
+        guard.client_gone(generated(0));
+        return;
+    };
+    let send = |item| {
+        let until = (Instant::now() + stall).min(flight.deadline);
+        send_until(&tx, item, until)
+    };
+    let route_sent = send(event(generate_stream_event::Event::Route(route))).await;
+    if route_sent != Sent::Delivered {
+        client_stopped(&flight, route_sent, last_word);
         guard.client_gone(generated(0));
         return;
     }
@@ -205,29 +213,27 @@ async fn relay(
             Ok(item) => item,
             Err(broken) => {
                 let error = broken.settle(guard, &flight, Some(deltas_sent));
-                let _ = send(Err(error)).await;
+                send(Err(error)).await;
                 return;
             }
         };
         match item.event {
             Some(worker_stream_event::Event::Delta(delta)) => {
                 deltas_sent += 1;
-                if !matches!(
-                    send(event(generate_stream_event::Event::Delta(delta))).await,
-                    Ok(Ok(()))
-                ) {
+                let sent = send(event(generate_stream_event::Event::Delta(delta))).await;
+                if sent != Sent::Delivered {
                     // Client gone (or not reading): dropping `upstream`
-                    // cancels the worker.
+                    // cancels the worker, and the slot is released.
+                    client_stopped(&flight, sent, last_word);
                     guard.client_gone(generated(deltas_sent));
                     return;
                 }
             }
             Some(worker_stream_event::Event::ToolCall(piece)) => {
                 deltas_sent += 1;
-                if !matches!(
-                    send(event(generate_stream_event::Event::ToolCall(piece))).await,
-                    Ok(Ok(()))
-                ) {
+                let sent = send(event(generate_stream_event::Event::ToolCall(piece))).await;
+                if sent != Sent::Delivered {
+                    client_stopped(&flight, sent, last_word);
                     guard.client_gone(generated(deltas_sent));
                     return;
                 }
@@ -240,11 +246,28 @@ async fn relay(
                     usage: whole_cost(&flight, end.usage),
                     confidence: end.confidence,
                 };
-                let _ = send(event(generate_stream_event::Event::End(end))).await;
+                send(event(generate_stream_event::Event::End(end))).await;
                 return;
             }
             None => {}
         }
+    }
+}
+
+/// The stream's last word, kept in reserve: a slot of its buffer, so that a
+/// client that stopped reading and reads again finds why its stream ended.
+type LastWord = tokio::sync::mpsc::OwnedPermit<Result<GenerateStreamEvent, GatewayError>>;
+
+/// Ends the stream of a client that stopped reading (DEADLINE_EXCEEDED,
+/// delivered after what is buffered) and logs it.
+fn client_stopped(flight: &Flight, sent: Sent, last_word: LastWord) {
+    if sent == Sent::Stalled {
+        let stall = flight.state.config.stream_stall_timeout;
+        tracing::info!(
+            request_id = %flight.req.request_id,
+            "the client did not read its stream for {stall:?} (or past the deadline); ended, worker call cancelled"
+        );
+        last_word.send(Err(GatewayError::ClientStalled(stall)));
     }
 }
 
