@@ -9,6 +9,7 @@
 //! tier and price of a model.
 
 mod capabilities;
+pub mod conn;
 pub mod driven;
 mod model;
 mod redis_conn;

@@ -1,0 +1,501 @@
+//! Connection hygiene for every listener (gateway gRPC, HTTP and admin;
+//! worker gRPC): a cap on open connections (beyond it a new connection is
+//! closed at once, so a flood of idle sockets cannot exhaust the process's
+//! file descriptors; each listener has its own cap, so the admin port's
+//! health probes keep their room), and a connection with no request in
+//! progress is closed after `header_timeout` (before its first request: a
+//! slowloris client that never finishes its headers or HTTP/2 preface) or
+//! `idle_timeout` (between requests). Requests in progress (until their
+//! response body ends, streams included) keep a connection open.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::task::AtomicWaker;
+use serde::Deserialize;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::CancellationToken;
+
+/// Limits on one listener's connections (config: `connections:`).
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionLimits {
+    /// Connections open at once; beyond it new ones are closed at once.
+    #[serde(default = "default_max_open")]
+    pub max_open: usize,
+    /// A connection must start its first request (TLS handshake, HTTP/2
+    /// preface or HTTP/1 headers included) within this.
+    #[serde(default = "default_header_timeout", with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// A connection with no request in progress for this long is closed.
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// HTTP/2 pings to the client this often (gRPC ports)...
+    #[serde(default = "default_keepalive_interval", with = "humantime_serde")]
+    pub keepalive_interval: Duration,
+    /// ...and the connection is closed if one is not answered within this.
+    #[serde(default = "default_keepalive_timeout", with = "humantime_serde")]
+    pub keepalive_timeout: Duration,
+}
+
+fn default_max_open() -> usize {
+    10_000
+}
+fn default_header_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_keepalive_interval() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_keepalive_timeout() -> Duration {
+    Duration::from_secs(20)
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            max_open: default_max_open(),
+            header_timeout: default_header_timeout(),
+            idle_timeout: default_idle_timeout(),
+            keepalive_interval: default_keepalive_interval(),
+            keepalive_timeout: default_keepalive_timeout(),
+        }
+    }
+}
+
+impl ConnectionLimits {
+    /// The same timeouts with a different cap (the admin port's own).
+    pub fn with_max_open(self, max_open: usize) -> Self {
+        Self { max_open, ..self }
+    }
+
+    /// What is wrong with these limits, if anything.
+    pub fn check(&self) -> Result<(), String> {
+        if self.max_open == 0 {
+            return Err("connections.max_open must be at least 1".into());
+        }
+        for (name, d) in [
+            ("header_timeout", self.header_timeout),
+            ("idle_timeout", self.idle_timeout),
+            ("keepalive_interval", self.keepalive_interval),
+            ("keepalive_timeout", self.keepalive_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(format!("connections.{name} must be more than 0"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Raises this process's soft limit on open files to its hard limit (the
+/// default soft limit, often 1,024, is far below what a gateway's caps
+/// allow); returns the limit now in force.
+pub fn raise_open_file_limit() -> io::Result<u64> {
+    rlimit::increase_nofile_limit(u64::MAX)
+}
+
+/// What a connection's requests tell its reader: how many are in
+/// progress, and since when none has been.
+#[derive(Debug)]
+pub struct ConnState {
+    born: Instant,
+    open: AtomicUsize,
+    /// When the last request ended (nanoseconds after `born`).
+    quiet_since: AtomicU64,
+    started_any: AtomicBool,
+    reader: AtomicWaker,
+    header_timeout: Duration,
+    idle_timeout: Duration,
+}
+
+impl ConnState {
+    fn new(limits: &ConnectionLimits) -> Self {
+        Self {
+            born: Instant::now(),
+            open: AtomicUsize::new(0),
+            quiet_since: AtomicU64::new(0),
+            started_any: AtomicBool::new(false),
+            reader: AtomicWaker::new(),
+            header_timeout: limits.header_timeout,
+            idle_timeout: limits.idle_timeout,
+        }
+    }
+
+    /// A request started on this connection; it is in progress until the
+    /// guard is dropped.
+    pub fn begin(self: &Arc<Self>) -> RequestGuard {
+        self.started_any.store(true, Ordering::Relaxed);
+        self.open.fetch_add(1, Ordering::AcqRel);
+        RequestGuard(self.clone())
+    }
+
+    /// When the connection is closed if no request starts before.
+    fn quiet_deadline(&self) -> Instant {
+        let since = Duration::from_nanos(self.quiet_since.load(Ordering::Acquire));
+        let allowed = if self.started_any.load(Ordering::Relaxed) {
+            self.idle_timeout
+        } else {
+            self.header_timeout
+        };
+        self.born + since + allowed
+    }
+}
+
+/// A request in progress on a connection.
+#[derive(Debug)]
+pub struct RequestGuard(Arc<ConnState>);
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        let state = &self.0;
+        let now = u64::try_from(state.born.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        state.quiet_since.store(now, Ordering::Release);
+        if state.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // The reader re-arms its idle timer.
+            state.reader.wake();
+        }
+    }
+}
+
+/// What request handlers see of their connection (a request extension,
+/// through tonic's and axum's connect info).
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub remote: SocketAddr,
+    pub state: Arc<ConnState>,
+}
+
+/// A connection under its listener's limits: it holds one of the
+/// listener's slots, and reading from it fails (so the server closes it)
+/// once it has had no request in progress for too long.
+pub struct Guarded<IO> {
+    io: IO,
+    info: ConnInfo,
+    timer: Pin<Box<Sleep>>,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl<IO> Guarded<IO> {
+    pub fn info(&self) -> &ConnInfo {
+        &self.info
+    }
+}
+
+fn timed_out() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        "connection closed: no request in progress within its timeout",
+    )
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Guarded<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let state = &this.info.state;
+        state.reader.register(cx.waker());
+        if state.open.load(Ordering::Acquire) == 0 {
+            let deadline = state.quiet_deadline();
+            if Instant::now() >= deadline {
+                return Poll::Ready(Err(timed_out()));
+            }
+            if this.timer.deadline() != deadline {
+                this.timer.as_mut().reset(deadline);
+            }
+            if this.timer.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(timed_out()));
+            }
+        }
+        Pin::new(&mut this.io).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Guarded<IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+impl<IO> tonic::transport::server::Connected for Guarded<IO>
+where
+    IO: tonic::transport::server::Connected,
+{
+    type ConnectInfo = ConnInfo;
+
+    fn connect_info(&self) -> ConnInfo {
+        self.info.clone()
+    }
+}
+
+/// A TCP connection a listener accepted under its limits.
+pub type Admitted = (Guarded<TcpStream>, SocketAddr);
+
+/// Accepts connections on `listener` under `limits` (`what` names the
+/// listener in logs and metrics), with TCP_NODELAY. Stops when `stop` is
+/// cancelled or the receiver is dropped.
+pub fn accept_guarded(
+    listener: TcpListener,
+    limits: ConnectionLimits,
+    what: &'static str,
+    stop: CancellationToken,
+) -> (mpsc::Receiver<Admitted>, JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(64);
+    let slots = Arc::new(Semaphore::new(limits.max_open));
+    let task = tokio::spawn(async move {
+        let mut last_warning: Option<Instant> = None;
+        loop {
+            let (tcp, peer) = tokio::select! {
+                () = stop.cancelled() => return,
+                () = tx.closed() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off briefly.
+                        tracing::warn!(listener = what, error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                // Closed at once: a full listener must not hold sockets.
+                drop(tcp);
+                metrics::counter!(REFUSED, "listener" => what).increment(1);
+                if last_warning.is_none_or(|at| at.elapsed() > Duration::from_secs(10)) {
+                    tracing::warn!(
+                        listener = what,
+                        max_open = limits.max_open,
+                        "connection limit reached; new connections are closed"
+                    );
+                    last_warning = Some(Instant::now());
+                }
+                continue;
+            };
+            let _ = tcp.set_nodelay(true);
+            let state = Arc::new(ConnState::new(&limits));
+            let guarded = Guarded {
+                io: tcp,
+                info: ConnInfo {
+                    remote: peer,
+                    state,
+                },
+                timer: Box::pin(tokio::time::sleep(limits.header_timeout)),
+                _slot: slot,
+            };
+            if tx.send((guarded, peer)).await.is_err() {
+                return;
+            }
+        }
+    });
+    (rx, task)
+}
+
+/// Connections closed at once because their listener was full.
+pub const REFUSED: &str = "routemesh_connections_refused_total";
+
+/// A layer that marks each request in progress on its connection (found by
+/// `conn_of` in the request's extensions) until its response body ends.
+#[derive(Clone)]
+pub struct TrackRequestsLayer {
+    conn_of: fn(&http::Extensions) -> Option<Arc<ConnState>>,
+}
+
+impl TrackRequestsLayer {
+    pub fn new(conn_of: fn(&http::Extensions) -> Option<Arc<ConnState>>) -> Self {
+        Self { conn_of }
+    }
+
+    /// For tonic servers: plain or TLS connections accepted by
+    /// [`accept_guarded`].
+    pub fn tonic() -> Self {
+        Self::new(|ext| {
+            ext.get::<ConnInfo>()
+                .or_else(|| {
+                    ext.get::<tonic::transport::server::TlsConnectInfo<ConnInfo>>()
+                        .map(|tls| tls.get_ref())
+                })
+                .map(|info| info.state.clone())
+        })
+    }
+}
+
+impl<S> tower::Layer<S> for TrackRequestsLayer {
+    type Service = TrackRequests<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        TrackRequests {
+            inner,
+            conn_of: self.conn_of,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct TrackRequests<S> {
+    inner: S,
+    conn_of: fn(&http::Extensions) -> Option<Arc<ConnState>>,
+}
+
+impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for TrackRequests<S>
+where
+    S: tower::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<Tracked<ResBody>>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+        let guard = (self.conn_of)(request.extensions()).map(|state| state.begin());
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = response.await?;
+            Ok(response.map(|body| Tracked {
+                body,
+                _guard: guard,
+            }))
+        })
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that keeps its request in progress until it ends.
+    pub struct Tracked<B> {
+        #[pin]
+        body: B,
+        _guard: Option<RequestGuard>,
+    }
+}
+
+impl<B: http_body::Body> http_body::Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        self.project().body.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn limits(max_open: usize) -> ConnectionLimits {
+        ConnectionLimits {
+            max_open,
+            header_timeout: Duration::from_millis(200),
+            idle_timeout: Duration::from_millis(400),
+            ..ConnectionLimits::default()
+        }
+    }
+
+    async fn listen(limits: ConnectionLimits) -> (SocketAddr, mpsc::Receiver<Admitted>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (rx, _task) = accept_guarded(listener, limits, "test", CancellationToken::new());
+        (addr, rx)
+    }
+
+    #[tokio::test]
+    async fn a_silent_connection_is_closed_after_the_header_timeout() {
+        let (addr, mut rx) = listen(limits(4)).await;
+        let _client = TcpStream::connect(addr).await.expect("connect");
+        let (mut conn, _) = rx.recv().await.expect("accepted");
+        let started = Instant::now();
+        let mut buf = [0u8; 8];
+        let e = conn.read(&mut buf).await.expect_err("timed out");
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert!(started.elapsed() >= Duration::from_millis(190));
+    }
+
+    #[tokio::test]
+    async fn a_request_in_progress_keeps_the_connection_and_its_end_restarts_the_clock() {
+        let (addr, mut rx) = listen(limits(4)).await;
+        let mut client = TcpStream::connect(addr).await.expect("connect");
+        let (mut conn, _) = rx.recv().await.expect("accepted");
+        let guard = conn.info().state.begin();
+        let reader = tokio::spawn(async move {
+            let mut buf = [0u8; 8];
+            let started = Instant::now();
+            let r = conn.read(&mut buf).await;
+            (r.map_err(|e| e.kind()), started.elapsed())
+        });
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert!(!reader.is_finished(), "closed while a request was in progress");
+        drop(guard);
+        let (result, waited) = reader.await.expect("reader");
+        assert_eq!(result, Err(io::ErrorKind::TimedOut));
+        // 600 ms with the request, then the idle timeout of 400 ms.
+        assert!(waited >= Duration::from_millis(950), "{waited:?}");
+        let _ = client.write_all(b"x").await;
+    }
+
+    #[tokio::test]
+    async fn a_full_listener_closes_new_connections_at_once() {
+        let (addr, mut rx) = listen(limits(1).with_max_open(1)).await;
+        let _first = TcpStream::connect(addr).await.expect("connect");
+        let _held = rx.recv().await.expect("accepted");
+        let mut second = TcpStream::connect(addr).await.expect("connect");
+        let mut buf = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(2), second.read(&mut buf))
+            .await
+            .expect("closed promptly");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    }
+}
