@@ -111,12 +111,18 @@ impl GatewayState {
             .await
         {
             Ok(()) => Ok(()),
-            Err(Refusal::Over { limit, value }) => Err(GatewayError::OverLimit {
-                tenant: req.tenant.clone(),
-                limit,
-                value,
-            }),
-            Err(Refusal::StoreDown(e)) => Err(GatewayError::LimitsUnavailable(e)),
+            Err(Refusal::Over { limit, value }) => {
+                crate::metrics::limit_rejected(&req.tenant, limit.as_str());
+                Err(GatewayError::OverLimit {
+                    tenant: req.tenant.clone(),
+                    limit,
+                    value,
+                })
+            }
+            Err(Refusal::StoreDown(e)) => {
+                crate::metrics::limit_rejected(&req.tenant, "store_unavailable");
+                Err(GatewayError::LimitsUnavailable(e))
+            }
         }
     }
 

@@ -25,6 +25,13 @@ pub enum LimitKind {
 }
 
 impl LimitKind {
+    pub const ALL: [LimitKind; 4] = [
+        LimitKind::RequestsPerMinute,
+        LimitKind::TokensPerMinute,
+        LimitKind::BudgetUsdPerDay,
+        LimitKind::BudgetUsdPerMonth,
+    ];
+
     /// The limit's name in the tenant configuration and in messages.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -37,14 +44,7 @@ impl LimitKind {
 
     /// The limit the admission script named.
     fn from_script(name: &str) -> Option<Self> {
-        [
-            LimitKind::RequestsPerMinute,
-            LimitKind::TokensPerMinute,
-            LimitKind::BudgetUsdPerDay,
-            LimitKind::BudgetUsdPerMonth,
-        ]
-        .into_iter()
-        .find(|k| k.as_str() == name)
+        Self::ALL.into_iter().find(|k| k.as_str() == name)
     }
 
     /// How long one window of the limit lasts.
