@@ -96,8 +96,7 @@ impl Gateway for GatewayService {
         request: Request<GenerateRequest>,
     ) -> Result<Response<GenerateResponse>, Status> {
         let (incoming, span) = incoming(request, "Generate");
-        let result = self
-            .pipeline
+        self.pipeline
             .generate(incoming)
             .instrument(span)
             .await
@@ -105,8 +104,7 @@ impl Gateway for GatewayService {
                 let request_id = done.request_id.clone();
                 with_request_id(done, &request_id)
             })
-            .map_err(Status::from);
-        result
+            .map_err(Status::from)
     }
 
     type GenerateStreamStream = EventStream;
@@ -116,8 +114,7 @@ impl Gateway for GatewayService {
         request: Request<GenerateRequest>,
     ) -> Result<Response<Self::GenerateStreamStream>, Status> {
         let (incoming, span) = incoming(request, "GenerateStream");
-        let result = self
-            .pipeline
+        self.pipeline
             .generate_stream(incoming)
             .instrument(span)
             .await
@@ -125,8 +122,7 @@ impl Gateway for GatewayService {
                 let events: EventStream = events.map(|e| e.map_err(Status::from)).boxed();
                 with_request_id(events, &request_id)
             })
-            .map_err(Status::from);
-        result
+            .map_err(Status::from)
     }
 
     async fn route(

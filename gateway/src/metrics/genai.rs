@@ -136,8 +136,11 @@ struct ServedHandles {
     counterfactual: metrics::Histogram,
 }
 
+/// Handles by (tenant, model).
+type ServedCache = HashMap<(String, String), Arc<ServedHandles>>;
+
 fn served_handles(tenant: &str, model: &str) -> Option<Arc<ServedHandles>> {
-    static CACHE: OnceLock<Mutex<HashMap<(String, String), Arc<ServedHandles>>>> = OnceLock::new();
+    static CACHE: OnceLock<Mutex<ServedCache>> = OnceLock::new();
     // Models come and go: a bound keeps a long-lived gateway's cache from growing without end
     // (dropping it only costs lookups; the series themselves live in the recorder).
     const MAX_ENTRIES: usize = 4096;
