@@ -313,6 +313,12 @@ pub async fn start_gateway(
     let admin_listener = bind_optional(config.admin_listen).await?;
     // Metrics are recorded from here on (a no-op recorder if this fails).
     let _ = crate::metrics::handle();
+    crate::metrics::known_series(
+        config
+            .tenants
+            .iter()
+            .map(|(name, t)| (name.as_str(), t.has_limits())),
+    );
     let addr = listener.local_addr().map_err(|source| ServeError::Bind {
         addr: config.listen,
         source,
@@ -473,12 +479,14 @@ pub async fn start_gateway(
     let service = GatewayService::new(pipeline.clone());
     // Authentication for the Gateway service only: health and reflection stay
     // open for probes and tooling.
-    let grpc_service = crate::api::grpc_auth::Authenticated::new(
-        GatewayServer::new(service.clone())
-            .max_decoding_message_size(config.max_request_bytes)
-            .max_encoding_message_size(usize::MAX),
-        keys.clone(),
-    );
+    // Counted outside authentication, so refused calls are counted too.
+    let grpc_service =
+        crate::api::counted::CountedGrpc::new(crate::api::grpc_auth::Authenticated::new(
+            GatewayServer::new(service.clone())
+                .max_decoding_message_size(config.max_request_bytes)
+                .max_encoding_message_size(usize::MAX),
+            keys.clone(),
+        ));
     let stop_serving = CancellationToken::new();
     let http = match http_listener {
         Some(listener) => {

@@ -21,13 +21,13 @@ needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool not insta
 
 PROMQL_WORDS = {
     "sum", "by", "rate", "increase", "histogram_quantile", "avg_over_time", "max", "and", "or", "le", "round",
-    "without", "on", "ignoring", "avg", "min", "count",
+    "without", "on", "ignoring", "avg", "min", "count", "label_values",
 }
 
 
 def declared_metrics():
-    """Metric names the gateway declares (gateway/src/metrics.rs)."""
-    source = (ROOT / "gateway" / "src" / "metrics.rs").read_text()
+    """Metric names the gateway declares (gateway/src/metrics/)."""
+    source = "".join(p.read_text() for p in (ROOT / "gateway" / "src" / "metrics").glob("*.rs"))
     names = set(re.findall(r'pub(?:\(crate\))? const \w+: &str = "([a-z_:]+)"', source))
     return names | {f"{n}_{s}" for n in names for s in ("bucket", "sum", "count")}
 
@@ -49,6 +49,16 @@ def metric_names(expr):
 def dashboard_exprs():
     dash = json.loads(DASHBOARD.read_text())
     return [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
+
+
+def variable_queries():
+    dash = json.loads(DASHBOARD.read_text())
+    return [v["definition"] for v in dash["templating"]["list"] if v["type"] == "query"]
+
+
+def alerts():
+    rules = yaml.safe_load(RULES.read_text())
+    return [r for g in rules["groups"] for r in g["rules"] if "alert" in r]
 
 
 def rule_exprs():
@@ -74,12 +84,26 @@ def test_dashboard_structure():
     dash = json.loads(DASHBOARD.read_text())
     assert dash["uid"] and dash["title"]
     titles = [p["title"] for p in dash["panels"] if p["type"] == "row"]
-    assert titles == ["Cost: what routing saved", "Performance", "Routing", "Cascades", "Health"]
+    assert titles == [
+        "Cost", "Savings", "Routing", "Cascades", "Latency and errors", "Health", "Circuit breakers",
+        "Limits and load shedding", "Redis",
+    ]
+    assert [v["name"] for v in dash["templating"]["list"]] == ["datasource", "namespace", "job", "tenant", "model"]
     for p in dash["panels"]:
         g = p["gridPos"]
         assert 0 <= g["x"] and g["x"] + g["w"] <= 24, p["title"]
         if p["type"] != "row":
             assert p["targets"] and all(t["expr"] for t in p["targets"]), p["title"]
+            for t in p["targets"]:
+                # Scoped to the chosen gateway: every selector names namespace and job.
+                for selector in re.findall(r"\{[^}]*\}", re.sub(r'"[^"]*"', '""', t["expr"])):
+                    if selector != "{{}}" and "=" in selector:
+                        assert "namespace" in selector and "job" in selector, (p["title"], t["expr"])
+            if "healthy_workers" in str(p["targets"]) or "worker_healthy" in str(p["targets"]):
+                # Every replica reports the same pool: never add them up.
+                assert all(not t["expr"].startswith("sum") for t in p["targets"]), p["title"]
+            if "cache hit ratio" in p["title"].lower():
+                assert p["fieldConfig"]["defaults"]["unit"] == "percentunit"
 
 
 @needs_promtool
@@ -92,9 +116,38 @@ def test_every_dashboard_expression_parses(tmp_path):
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
-def test_every_metric_named_is_exported(mesh, stubs):
+def test_every_alert_is_annotated_scoped_and_tested():
+    tests = yaml.safe_load((RULES.parent / "routemesh.rules.test.yaml").read_text())
+    tested = {t["alertname"] for case in tests["tests"] for t in case.get("alert_rule_test", []) if t["exp_alerts"]}
+    for alert in alerts():
+        name = alert["alert"]
+        annotations = alert["annotations"]
+        assert {"summary", "description", "runbook_url"} <= set(annotations), name
+        assert annotations["runbook_url"] == f"docs/runbooks/{name}.md", name
+        runbook = ROOT / annotations["runbook_url"]
+        assert runbook.exists(), runbook
+        text = runbook.read_text()
+        for part in ("**Meaning.**", "**Impact.**", "**Diagnose.**", "**Act.**"):
+            assert part in text, (runbook, part)
+        assert "job" in alert["expr"] or alert["expr"].startswith("routemesh:"), name
+        assert name in tested, f"{name} has no promtool test that fires it"
+
+
+@pytest.fixture(scope="module")
+def limited_mesh():
+    """The fast mesh with a tenant that has a limit (whose series start at zero)."""
+    from conftest import FAST_MESH, Running
+
+    config = FAST_MESH.replace("  admin_listen: 127.0.0.1:0\n", "  admin_listen: 127.0.0.1:0\n  tenants:\n    acme: {requests_per_minute: 100000}\n")
+    running = Running(["up"], config)
+    yield running
+    running.stop()
+
+
+def test_every_metric_named_is_exported(limited_mesh, stubs):
+    mesh = limited_mesh
     known = declared_metrics() | recorded_names()
-    for expr in dashboard_exprs() + rule_exprs():
+    for expr in dashboard_exprs() + rule_exprs() + variable_queries():
         for name in metric_names(expr):
             assert name in known, f"{name} in {expr!r}"
     # And the core series are really there on a live gateway after traffic.
@@ -103,7 +156,12 @@ def test_every_metric_named_is_exported(mesh, stubs):
         gw.Generate(stubs.gateway.GenerateRequest(messages=[stubs.common.ChatMessage(role="user", content="hi")]), timeout=10)
     text = urllib.request.urlopen("http://" + mesh.ready["admin"] + "/metrics", timeout=10).read().decode()
     live = set(re.findall(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)", text, re.M))
-    for name in ("routemesh_requests_total", "routemesh_request_cost_usd_sum", "routemesh_request_counterfactual_cost_usd_sum",
-                 "routemesh_worker_calls_total", "gen_ai_server_time_to_first_token_seconds_bucket", "routemesh_healthy_workers",
-                 "routemesh_routing_decisions_total", "routemesh_routing_decision_duration_seconds_bucket"):
-        assert name in live, name
+    # Every name a panel, an alert or a variable queries is on the page,
+    # except those only a configured feature exports.
+    conditional = {"routemesh_cascade_verdicts_total", "routemesh_cascade_escalations_total",
+                   "routemesh_cascade_verify_duration_seconds_bucket", "routemesh_router_inference_seconds_bucket",
+                   "routemesh_feedback_exemplars"}
+    rules = recorded_names()
+    for expr in dashboard_exprs() + rule_exprs() + variable_queries():
+        for name in metric_names(expr) - rules - conditional:
+            assert name in live, f"{name} in {expr!r} is not exported by a live gateway"

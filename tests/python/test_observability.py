@@ -3,6 +3,8 @@ readiness, and the cost report with savings against the all-strongest-model
 counterfactual."""
 
 import json
+import re
+import urllib.error
 import pathlib
 import shutil
 import socket
@@ -116,3 +118,212 @@ def test_a_real_prometheus_scrapes_the_gateway(mesh, stubs):
         prom.wait(timeout=30)
         log.close()
         shutil.rmtree(work, ignore_errors=True)
+
+
+# --- The README's metrics table against a live gateway --------------------
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+KEY = "rm-observability-test-key"
+
+# Documented metrics a gateway exports only when the feature they measure is
+# configured or has run; this test's gateway has none of them. Each must still
+# be declared in the gateway's source.
+CONDITIONAL = {
+    "routemesh_cascade_verdicts_total": "strategy: cascade",
+    "routemesh_cascade_escalations_total": "strategy: cascade",
+    "routemesh_cascade_skips_total": "strategy: cascade with routing",
+    "routemesh_cascade_verify_duration_seconds": "strategy: cascade",
+    "routemesh_router_inference_seconds": "the learned router enabled",
+    "routemesh_feedback_exemplars": "feedback received",
+    "routemesh_tls_reloads_total": "TLS certificates reloaded",
+}
+
+
+def documented_metrics():
+    """{metric: set of labels} from README's metrics table."""
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("| metric | type | labels | what |"):]
+    out = {}
+    for line in table.splitlines()[2:]:
+        if not line.startswith("| `"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        name = cells[0].strip("`")
+        out[name] = {l.strip().strip("`") for l in cells[2].split(",") if l.strip()}
+    return out
+
+
+def exported(text):
+    """{metric family: set of labels} from a /metrics page."""
+    families = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name, _, rest = line.partition("{")
+        name = name.split(" ")[0]
+        labels = set(re.findall(r'(\w+)="', rest)) if rest else set()
+        for suffix in ("_bucket", "_sum", "_count"):
+            if name.endswith(suffix) and name[: -len(suffix)] + "_count" in text:
+                name = name[: -len(suffix)]
+                break
+        labels.discard("le")
+        families.setdefault(name, set()).update(labels)
+    return families
+
+
+OBSERVED_MESH = """
+gateway:
+  router: {enabled: false}
+  listen: 127.0.0.1:0
+  http_listen: 127.0.0.1:0
+  admin_listen: 127.0.0.1:0
+  tenants:
+    acme: {requests_per_minute: 100000}
+  auth:
+    keys:
+      - tenant: acme
+        sha256: %s
+workers:
+  - id: small-0
+    model: small-model
+    tier: small
+    input_usd_per_mtok: 0.2
+    output_usd_per_mtok: 0.2
+    backend:
+      sim: {ttft_ms: {median: 2}, tokens_per_second: {median: 2000}, seed: 5}
+  - id: broken-0
+    model: broken-model
+    tier: large
+    input_usd_per_mtok: 10
+    output_usd_per_mtok: 30
+    backend:
+      sim: {ttft_ms: {median: 2}, tokens_per_second: {median: 2000}, seed: 6, error_rate: 1.0}
+"""
+
+
+@pytest.fixture(scope="module")
+def observed(stubs):
+    import hashlib
+
+    from conftest import Running
+
+    running = Running(["up"], OBSERVED_MESH % hashlib.sha256(KEY.encode()).hexdigest())
+    yield running
+    running.stop()
+
+
+def scrape(gateway):
+    return get("http://" + gateway.ready["admin"] + "/metrics")[1]
+
+
+def test_every_documented_metric_and_label_is_exported_and_nothing_else(observed, stubs):
+    auth = [("authorization", f"Bearer {KEY}")]
+    with grpc.insecure_channel(observed.gateway) as channel:
+        gw = stubs.gateway_grpc.GatewayStub(channel)
+        hi = [stubs.common.ChatMessage(role="user", content="hi")]
+        # Served, over gRPC (whole and streamed) and HTTP.
+        gw.Generate(stubs.gateway.GenerateRequest(model="small-model", messages=hi), metadata=auth, timeout=10)
+        list(gw.GenerateStream(stubs.gateway.GenerateRequest(model="small-model", messages=hi), metadata=auth, timeout=10))
+        gw.Route(stubs.gateway.GenerateRequest(messages=hi), metadata=auth, timeout=10)
+        gw.ListModels(stubs.gateway.ListModelsRequest(), metadata=auth, timeout=10)
+        # Refused: no key, a wrong key.
+        for metadata in ([], [("authorization", "Bearer nope")]):
+            with pytest.raises(grpc.RpcError) as refused:
+                gw.Generate(stubs.gateway.GenerateRequest(messages=hi), metadata=metadata, timeout=10)
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        # Failed: the only worker of the model fails every call.
+        with pytest.raises(grpc.RpcError) as failed:
+            gw.Generate(stubs.gateway.GenerateRequest(model="broken-model", messages=hi), metadata=auth, timeout=10)
+    request = urllib.request.Request(
+        observed.http + "/v1/chat/completions",
+        data=json.dumps({"model": "router", "messages": [{"role": "user", "content": "hi"}]}).encode(),
+        headers={"content-type": "application/json", "authorization": f"Bearer {KEY}"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as r:
+        assert r.status == 200
+    unauthorized = urllib.request.Request(observed.http + "/v1/models")
+    with pytest.raises(urllib.error.HTTPError) as refused_http:
+        urllib.request.urlopen(unauthorized, timeout=10)
+    assert refused_http.value.code == 401
+
+    text = scrape(observed)
+    live = exported(text)
+    documented = documented_metrics()
+    source = "".join(p.read_text() for p in (ROOT / "gateway" / "src" / "metrics").glob("*.rs"))
+    source += (ROOT / "proto" / "mesh" / "src" / "tls.rs").read_text()
+    for name, labels in documented.items():
+        if name in CONDITIONAL and name not in live:
+            assert f'"{name}"' in source, name
+            continue
+        assert name in live, f"{name} is documented but not exported"
+        assert live[name] == labels, f"{name}: exported labels {sorted(live[name])}, documented {sorted(labels)}"
+    undocumented = set(live) - set(documented)
+    assert not undocumented, f"exported but not in README: {sorted(undocumented)}"
+
+    # The traffic above is what the counters say, refused and failed included.
+    def value(series):
+        match = re.search("^" + re.escape(series) + r" (\S+)$", text, re.M)
+        assert match, series
+        return float(match.group(1))
+
+    assert value('routemesh_requests_total{api="grpc",method="Generate",code="Unauthenticated"}') == 2
+    assert value('routemesh_requests_total{api="grpc",method="Generate",code="Ok"}') == 1
+    assert value(f'routemesh_requests_total{{api="grpc",method="Generate",code="{failed.value.code().name.title().replace("_", "")}"}}') >= 1
+    for method in ("GenerateStream", "Route", "ListModels"):
+        assert value(f'routemesh_requests_total{{api="grpc",method="{method}",code="Ok"}}') == 1
+    assert value('routemesh_requests_total{api="http",method="Generate",code="Ok"}') == 1
+    assert value('routemesh_requests_total{api="http",method="ListModels",code="Unauthenticated"}') == 1
+    assert value('http_server_request_duration_seconds_count{http_request_method="GET",http_route="/v1/models",http_response_status_code="401"}') == 1
+    # Known label sets start at zero; the worker that failed says so.
+    assert value('routemesh_requests_total{api="grpc",method="Feedback",code="Ok"}') == 0
+    assert value('routemesh_limit_rejections_total{tenant="acme",limit="requests_per_minute"}') == 0
+    assert value('routemesh_worker_calls_total{worker="broken-0",model="broken-model",tier="large",outcome="worker_error"}') >= 1
+    assert value('routemesh_tenant_requests_total{tenant="acme",code="Ok"}') == 3
+    assert 'gen_ai_client_operation_duration_seconds_count{gen_ai_operation_name="chat",gen_ai_provider_name="routemesh",gen_ai_request_model="broken-model",gen_ai_response_model="broken-model",error_type="worker_error"}' in text
+    assert re.search(r'^routemesh_build_info\{version="[^"]+",profile="\w+",semconv_version="1\.37\.0"\} 1$', text, re.M)
+
+
+def test_a_departed_workers_series_leave_with_it(stubs):
+    """A worker registered through Redis that stops answering leaves the pool,
+    and its series leave /metrics; the remaining worker's stay."""
+    from conftest import Running
+
+    ns = f"obs-depart-{time.monotonic_ns()}"
+    redis_url = "redis://127.0.0.1:6379"
+    gateway = Running(["gateway"], f"""
+registry: {{redis: {{url: "{redis_url}", mesh: "{ns}"}}}}
+gateway:
+  router: {{enabled: false}}
+  listen: 127.0.0.1:0
+  admin_listen: 127.0.0.1:0
+  discovery_interval: 200ms
+  load_interval: 200ms
+""")
+    workers = []
+    try:
+        for wid in ("stay-0", "leave-0"):
+            workers.append(Running(["worker"], f"""
+registry: {{redis: {{url: "{redis_url}", mesh: "{ns}"}}}}
+workers:
+  - id: {wid}
+    model: m-{wid}
+    tier: small
+    listen: 127.0.0.1:0
+    backend: {{sim: {{ttft_ms: {{median: 1}}, tokens_per_second: {{median: 2000}}}}}}
+"""))
+        deadline = time.monotonic() + 30
+        while 'worker="leave-0"' not in scrape(gateway):
+            assert time.monotonic() < deadline, scrape(gateway)
+            time.sleep(0.1)
+        workers.pop().stop()
+        deadline = time.monotonic() + 30
+        while 'worker="leave-0"' in scrape(gateway):
+            assert time.monotonic() < deadline, "the departed worker's series stayed"
+            time.sleep(0.1)
+        text = scrape(gateway)
+        assert 'routemesh_worker_healthy{worker="stay-0",model="m-stay-0"} 1' in text
+        assert 'routemesh_worker_calls_total{worker="stay-0",model="m-stay-0",tier="small",outcome="ok"} 0' in text
+    finally:
+        for w in workers:
+            w.stop()
+        gateway.stop()

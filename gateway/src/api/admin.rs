@@ -45,7 +45,7 @@ async fn metrics(State(state): State<Arc<GatewayState>>) -> Response {
     match crate::metrics::handle() {
         Some(handle) => (
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-            handle.render(),
+            handle.render() + &crate::metrics::workers::render(&state.pool.snapshot()),
         )
             .into_response(),
         None => (

@@ -1,5 +1,6 @@
 //! The gRPC Gateway service: reads the transport's facts (tenant, deadline,
-//! trace), hands the request to the serving path, and counts each call.
+//! trace) and hands the request to the serving path (`counted` counts each
+//! call, in front of authentication).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,8 +10,7 @@ use routemesh_proto::v1::{
     FeedbackRequest, FeedbackResponse, GenerateRequest, GenerateResponse, GenerateStreamEvent,
     ListModelsRequest, ListModelsResponse, RouteDecision, gateway_server::Gateway,
 };
-use tokio::time::Instant;
-use tonic::{Code, Request, Response, Status};
+use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use crate::serve::{Api, Incoming, Pipeline};
@@ -86,10 +86,6 @@ fn with_request_id<T>(message: T, request_id: &str) -> Response<T> {
     response
 }
 
-fn code_of<T>(result: &Result<T, Status>) -> Code {
-    result.as_ref().map_or_else(Status::code, |_| Code::Ok)
-}
-
 type EventStream =
     std::pin::Pin<Box<dyn futures::Stream<Item = Result<GenerateStreamEvent, Status>> + Send>>;
 
@@ -99,10 +95,8 @@ impl Gateway for GatewayService {
         &self,
         request: Request<GenerateRequest>,
     ) -> Result<Response<GenerateResponse>, Status> {
-        let start = Instant::now();
         let (incoming, span) = incoming(request, "Generate");
-        let result = self
-            .pipeline
+        self.pipeline
             .generate(incoming)
             .instrument(span)
             .await
@@ -110,9 +104,7 @@ impl Gateway for GatewayService {
                 let request_id = done.request_id.clone();
                 with_request_id(done, &request_id)
             })
-            .map_err(Status::from);
-        crate::metrics::request("grpc", "Generate", code_of(&result), start.elapsed());
-        result
+            .map_err(Status::from)
     }
 
     type GenerateStreamStream = EventStream;
@@ -121,10 +113,8 @@ impl Gateway for GatewayService {
         &self,
         request: Request<GenerateRequest>,
     ) -> Result<Response<Self::GenerateStreamStream>, Status> {
-        let start = Instant::now();
         let (incoming, span) = incoming(request, "GenerateStream");
-        let result = self
-            .pipeline
+        self.pipeline
             .generate_stream(incoming)
             .instrument(span)
             .await
@@ -132,11 +122,7 @@ impl Gateway for GatewayService {
                 let events: EventStream = events.map(|e| e.map_err(Status::from)).boxed();
                 with_request_id(events, &request_id)
             })
-            .map_err(Status::from);
-        // Time to the first event: a stream's later failures are counted per
-        // worker call.
-        crate::metrics::request("grpc", "GenerateStream", code_of(&result), start.elapsed());
-        result
+            .map_err(Status::from)
     }
 
     async fn route(

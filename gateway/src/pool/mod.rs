@@ -54,6 +54,8 @@ pub struct WorkerHandle {
     /// Since when the registry stopped listing this worker (while it still
     /// answers); `None` while listed.
     missing_since: Mutex<Option<std::time::Instant>>,
+    /// Its calls and breaker moves, exported while it is in the pool.
+    pub(crate) counters: crate::metrics::workers::WorkerCounters,
 }
 
 /// Counts a request against a worker while it lives, and holds the call's
@@ -100,6 +102,7 @@ impl WorkerHandle {
             last_served: Mutex::new(None),
             last_load: Mutex::new(None),
             missing_since: Mutex::new(None),
+            counters: crate::metrics::workers::WorkerCounters::default(),
         })
     }
 
@@ -185,13 +188,7 @@ impl WorkerHandle {
         } else {
             tracing::info!(worker = %self.record.id, from = t.from.as_str(), to = t.to.as_str(), "circuit breaker");
         }
-        crate::metrics::breaker_transition(
-            &self.record.id,
-            &self.record.model,
-            t.from.as_str(),
-            t.to.as_str(),
-            t.to.gauge_value(),
-        );
+        self.counters.transition(t.from.as_str(), t.to.as_str());
     }
 
     pub fn in_flight(&self) -> u32 {
@@ -400,12 +397,14 @@ impl Pool {
                 .any(|(a, b)| !Arc::ptr_eq(a, b));
         if changed {
             for w in &joined {
+                crate::metrics::model_known(&w.record.model);
                 tracing::info!(worker = %w.record.id, model = %w.record.model, endpoint = %w.record.endpoint, transport = w.transport(), "worker joined");
             }
             for w in current
                 .iter()
                 .filter(|w| !next.iter().any(|n| Arc::ptr_eq(n, w)))
             {
+                // Its series leave /metrics with it (rendered from the pool).
                 tracing::info!(worker = %w.record.id, "worker left");
             }
             if let Ok(mut workers) = self.workers.write() {
@@ -422,15 +421,6 @@ impl Pool {
     pub async fn poll_loads(&self) {
         let workers = self.snapshot();
         futures::future::join_all(workers.iter().map(|w| w.check_load(self.load_timeout))).await;
-        for w in workers.iter() {
-            crate::metrics::worker_state(&w.record.id, &w.record.model, w.healthy(), w.in_flight());
-            crate::metrics::breaker_state(
-                &w.record.id,
-                &w.record.model,
-                w.breaker.state().gauge_value(),
-            );
-        }
-        crate::metrics::healthy_workers(workers.iter().filter(|w| w.healthy()).count());
     }
 
     /// Runs discovery and load checks until `stop` is cancelled.

@@ -22,6 +22,14 @@ const MAX_STOP_CHARS: usize = 256;
 const MAX_ID_CHARS: usize = 128;
 const MAX_TENANT_CHARS: usize = 64;
 
+/// Whether `tenant` is a name a request may carry.
+pub(crate) fn valid_tenant(tenant: &str) -> bool {
+    tenant.len() <= MAX_TENANT_CHARS
+        && tenant
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
 #[derive(Debug, Clone)]
 pub struct ValidRequest {
     pub request_id: String,
@@ -283,11 +291,7 @@ pub fn validate(
     } else {
         req.tenant
     };
-    if tenant.len() > MAX_TENANT_CHARS
-        || !tenant
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-    {
+    if !valid_tenant(&tenant) {
         return Err(GatewayError::invalid(
             "tenant",
             format!("must be at most {MAX_TENANT_CHARS} ASCII letters, digits, '-', '_' or '.'"),

@@ -135,13 +135,19 @@ impl GatewayState {
                 limit,
                 value,
                 detail,
-            }) => Err(GatewayError::OverLimit {
-                tenant: req.tenant.clone(),
-                limit,
-                value,
-                detail,
-            }),
-            Err(Refusal::StoreDown(e)) => Err(GatewayError::LimitsUnavailable(e)),
+            }) => {
+                crate::metrics::limit_rejected(&req.tenant, limit.as_str());
+                Err(GatewayError::OverLimit {
+                    tenant: req.tenant.clone(),
+                    limit,
+                    value,
+                    detail,
+                })
+            }
+            Err(Refusal::StoreDown(e)) => {
+                crate::metrics::limit_rejected(&req.tenant, "store_unavailable");
+                Err(GatewayError::LimitsUnavailable(e))
+            }
         }
     }
 

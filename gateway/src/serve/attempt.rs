@@ -82,6 +82,16 @@ pub(crate) enum Answer {
     Stream(OpenStream),
 }
 
+impl Answer {
+    /// Why its model and worker were chosen.
+    pub(crate) fn route(&self) -> &RouteDecision {
+        match self {
+            Answer::Whole { route, .. } => route,
+            Answer::Stream(stream) => &stream.route,
+        }
+    }
+}
+
 /// A worker's stream, open, with its first event in hand.
 pub(crate) struct OpenStream {
     pub(crate) guard: CallGuard,

@@ -152,17 +152,19 @@ impl CallGuard {
                     .cost_usd(usage.prompt_tokens, usage.completion_tokens)
             })
         };
+        worker.counters.call(outcome_label(outcome));
         crate::metrics::worker_call(
             &self.tenant,
             &worker.record.model,
-            worker.record.tier.as_str(),
-            &worker.record.id,
             outcome_label(outcome),
-            Some(record.ttft_ms / 1000.0),
-            Some((usage.prompt_tokens, usage.completion_tokens)),
-            usage.cost_usd,
-            counterfactual,
-            record.time_per_output_token_ms().map(|ms| ms / 1000.0),
+            crate::metrics::CallFigures {
+                took: self.started.elapsed(),
+                ttft_s: Some(record.ttft_ms / 1000.0),
+                time_per_output_token_s: record.time_per_output_token_ms().map(|ms| ms / 1000.0),
+                tokens: Some((usage.prompt_tokens, usage.completion_tokens)),
+                cost_usd: usage.cost_usd,
+                counterfactual_usd: counterfactual,
+            },
         );
         state.recorder.record(record);
     }

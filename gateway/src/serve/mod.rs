@@ -34,6 +34,51 @@ use self::strategy::Strategy;
 use crate::error::GatewayError;
 use crate::routing::route::RouteContext;
 
+/// One client generation being counted: its tenant and requested model as
+/// bounded labels, read before the request is consumed.
+struct Counted {
+    tenant: String,
+    request_model: String,
+    started: tokio::time::Instant,
+}
+
+impl Counted {
+    fn of(state: &GatewayState, incoming: &Incoming<GenerateRequest>) -> Self {
+        let message = &incoming.message;
+        // The tenant as admission settles it: the API key's, else the
+        // request's own, else `default`.
+        // A tenant name validation would refuse is not a label value.
+        let tenant = match &incoming.tenant {
+            Some(crate::tenancy::auth::Tenant(t)) => t.as_str(),
+            None if message.tenant.is_empty() => "default",
+            None if crate::request::valid_tenant(&message.tenant) => message.tenant.as_str(),
+            None => "invalid",
+        };
+        let snapshot = state.pool.snapshot();
+        let request_model = crate::metrics::request_model_label(
+            &message.model,
+            snapshot.iter().map(|w| w.record.model.as_str()),
+        )
+        .to_string();
+        Self {
+            tenant: tenant.to_string(),
+            request_model,
+            started: tokio::time::Instant::now(),
+        }
+    }
+
+    fn finish(self, response_model: Option<&str>, error: Option<&GatewayError>) {
+        let code = error.map_or(tonic::Code::Ok, GatewayError::code);
+        crate::metrics::tenant_request(&self.tenant, code);
+        crate::metrics::generation(
+            &self.request_model,
+            response_model.filter(|m| !m.is_empty()),
+            code,
+            self.started.elapsed(),
+        );
+    }
+}
+
 /// The serving path: the shared state and the strategy each request follows.
 #[derive(Debug)]
 pub(crate) struct Pipeline {
@@ -60,22 +105,48 @@ impl Pipeline {
         &self,
         incoming: Incoming<GenerateRequest>,
     ) -> Result<GenerateResponse, GatewayError> {
-        let mut flight = self.state.admit(incoming).await?;
-        let answer = self.strategy.run(&mut flight, Delivery::Whole).await?;
-        deliver::whole(flight, answer).await
+        let counted = Counted::of(&self.state, &incoming);
+        let result = async {
+            let mut flight = self.state.admit(incoming).await?;
+            let answer = self.strategy.run(&mut flight, Delivery::Whole).await?;
+            deliver::whole(flight, answer).await
+        }
+        .await;
+        let model = result
+            .as_ref()
+            .ok()
+            .and_then(|r| r.usage.as_ref())
+            .map(|u| u.model.as_str());
+        counted.finish(model, result.as_ref().err());
+        result
     }
 
     /// Generates a stream of events, with the request's id. The routing
     /// decision and the first token have arrived when this returns; failures
-    /// before that fail the call.
+    /// before that fail the call (and are what the request is counted with:
+    /// a later failure is counted by its worker call).
     pub(crate) async fn generate_stream(
         &self,
         incoming: Incoming<GenerateRequest>,
     ) -> Result<(String, EventStream), GatewayError> {
-        let mut flight = self.state.admit(incoming).await?;
-        let answer = self.strategy.run(&mut flight, Delivery::Stream).await?;
-        let request_id = flight.req.request_id.clone();
-        Ok((request_id, deliver::stream(flight, answer)))
+        let counted = Counted::of(&self.state, &incoming);
+        let started = async {
+            let mut flight = self.state.admit(incoming).await?;
+            let answer = self.strategy.run(&mut flight, Delivery::Stream).await?;
+            Ok((flight, answer))
+        }
+        .await;
+        match started {
+            Ok((flight, answer)) => {
+                counted.finish(Some(&answer.route().model), None);
+                let request_id = flight.req.request_id.clone();
+                Ok((request_id, deliver::stream(flight, answer)))
+            }
+            Err(e) => {
+                counted.finish(None, Some(&e));
+                Err(e)
+            }
+        }
     }
 
     /// The decision a generation would get now, without calling any worker.

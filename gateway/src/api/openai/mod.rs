@@ -18,7 +18,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -35,6 +35,7 @@ use tracing::Instrument;
 use self::error::{ApiError, gateway_error, openai_error};
 pub(crate) use self::request::ROUTER_MODEL;
 use self::request::parse_chat;
+use crate::api::counted::HttpOutcome;
 use crate::error::GatewayError;
 use crate::serve::{Api, Incoming, Pipeline};
 use crate::tenancy::auth::{ApiKeys, Tenant};
@@ -69,6 +70,8 @@ pub(crate) fn router(state: HttpState) -> Router {
         .layer(axum::middleware::map_response(move |r: Response| async move {
             too_large_as_json(r, limit)
         }))
+        // Outermost: every request counted with the status its client got.
+        .layer(axum::middleware::from_fn(crate::api::counted::count_http))
         .with_state(state)
 }
 
@@ -126,9 +129,12 @@ async fn serve(
     headers: &HeaderMap,
     request: GenerateRequest,
     stream: bool,
+    outcome: Option<&HttpOutcome>,
 ) -> Result<Served, ApiError> {
-    let (incoming, span, method) = incoming(state, headers, request, stream).await?;
-    let start = tokio::time::Instant::now();
+    if let Some(outcome) = outcome {
+        outcome.streamed(stream);
+    }
+    let (incoming, span) = incoming(state, headers, request, stream).await?;
     let served = if stream {
         state
             .pipeline
@@ -144,10 +150,13 @@ async fn serve(
             .await
             .map(Served::Whole)
     };
-    let code = served
-        .as_ref()
-        .map_or_else(GatewayError::code, |_| Code::Ok);
-    crate::metrics::request("http", method, code, start.elapsed());
+    if let Some(outcome) = outcome {
+        outcome.code(
+            served
+                .as_ref()
+                .map_or_else(GatewayError::code, |_| Code::Ok),
+        );
+    }
     served.map_err(gateway_error)
 }
 
@@ -162,14 +171,13 @@ enum Served {
 
 /// An HTTP request as the serving path takes it: the tenant from its API
 /// key, its session from `x-session-id` (unless the body named one), and
-/// its server span, continuing the client's W3C trace; with the method name
-/// metrics and traces use.
+/// its server span, continuing the client's W3C trace.
 async fn incoming(
     state: &HttpState,
     headers: &HeaderMap,
     mut request: GenerateRequest,
     stream: bool,
-) -> Result<(Incoming<GenerateRequest>, tracing::Span, &'static str), ApiError> {
+) -> Result<(Incoming<GenerateRequest>, tracing::Span), ApiError> {
     if request.session_id.is_empty()
         && let Some(session) = headers.get("x-session-id").and_then(|v| v.to_str().ok())
     {
@@ -199,7 +207,7 @@ async fn incoming(
         tenant,
         deadline: None,
     };
-    Ok((incoming, span, method))
+    Ok((incoming, span))
 }
 
 /// OpenAI's name for why generation ended.
@@ -312,6 +320,7 @@ fn route_headers(headers: &mut HeaderMap, request_id: &str, route: &RouteDecisio
 
 async fn chat_completions(
     State(state): State<HttpState>,
+    outcome: Option<Extension<HttpOutcome>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -319,7 +328,8 @@ async fn chat_completions(
         Ok(chat) => chat,
         Err(e) => return e.into_response(),
     };
-    match serve(&state, &headers, chat.grpc, chat.stream).await {
+    let outcome = outcome.as_ref().map(|Extension(o)| o);
+    match serve(&state, &headers, chat.grpc, chat.stream, outcome).await {
         Err(e) => e.into_response(),
         Ok(Served::Stream(request_id, events)) => {
             stream_completion(request_id, events, chat.include_usage, chat.logprobs).await

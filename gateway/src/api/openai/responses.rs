@@ -18,7 +18,7 @@ mod tests;
 use std::convert::Infallible;
 
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
@@ -30,12 +30,14 @@ use self::output::{Frame, Output, ResponseError, ending};
 use self::request::{Echo, parse};
 use super::error::http_status;
 use super::{HttpState, Served, first_route, route_headers, serve, sse_response, unix_now};
+use crate::api::counted::HttpOutcome;
 use crate::serve::EventStream;
 
 /// `POST /v1/responses`: authenticates as chat completions do, then runs the
 /// request whole or streamed.
 pub(super) async fn create(
     State(state): State<HttpState>,
+    outcome: Option<Extension<HttpOutcome>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -43,7 +45,8 @@ pub(super) async fn create(
         Ok(req) => req,
         Err(e) => return e.into_response(),
     };
-    let done = match serve(&state, &headers, req.grpc, req.stream).await {
+    let outcome = outcome.as_ref().map(|Extension(o)| o);
+    let done = match serve(&state, &headers, req.grpc, req.stream, outcome).await {
         Err(e) => return e.into_response(),
         Ok(Served::Stream(request_id, events)) => {
             return stream_response(request_id, events, req.echo).await;

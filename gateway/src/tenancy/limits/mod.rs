@@ -37,7 +37,7 @@ pub enum LimitKind {
 }
 
 impl LimitKind {
-    const ALL: [LimitKind; 4] = [
+    pub const ALL: [LimitKind; 4] = [
         LimitKind::RequestsPerMinute,
         LimitKind::TokensPerMinute,
         LimitKind::BudgetUsdPerDay,

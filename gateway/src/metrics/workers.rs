@@ -1,0 +1,197 @@
+//! Per-worker series, rendered from the pool at each scrape rather than kept
+//! in the recorder: a worker's series leave `/metrics` when the pool drops
+//! it (at once when it stops answering, after `missing_grace` when only the
+//! registry forgot it), so rollouts leave no stale series behind and a
+//! per-worker alert resolves when its worker is gone.
+
+use std::fmt::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::pool::WorkerHandle;
+
+pub(crate) const WORKER_CALLS: &str = "routemesh_worker_calls_total";
+pub(crate) const WORKER_HEALTHY: &str = "routemesh_worker_healthy";
+pub(crate) const WORKER_IN_FLIGHT: &str = "routemesh_worker_in_flight";
+pub(crate) const HEALTHY_WORKERS: &str = "routemesh_healthy_workers";
+pub(crate) const POOL_WORKERS: &str = "routemesh_pool_workers";
+pub(crate) const BREAKER_TRANSITIONS: &str = "routemesh_circuit_breaker_transitions_total";
+/// 0 closed, 1 half-open, 2 open.
+pub(crate) const BREAKER_STATE: &str = "routemesh_circuit_breaker_state";
+
+/// How a worker call ended, as the `outcome` label says it.
+pub(crate) const OUTCOMES: [&str; 5] = ["ok", "worker_error", "timeout", "overloaded", "cancelled"];
+/// The moves a breaker makes (`from`, `to`).
+const TRANSITIONS: [(&str, &str); 4] = [
+    ("closed", "open"),
+    ("open", "half_open"),
+    ("half_open", "closed"),
+    ("half_open", "open"),
+];
+
+/// A worker's counters, owned by its pool entry and dropped with it.
+#[derive(Debug, Default)]
+pub(crate) struct WorkerCounters {
+    calls: [AtomicU64; OUTCOMES.len()],
+    transitions: [AtomicU64; TRANSITIONS.len()],
+}
+
+impl WorkerCounters {
+    /// One call ended with `outcome` (one of [`OUTCOMES`]).
+    pub(crate) fn call(&self, outcome: &str) {
+        if let Some(i) = OUTCOMES.iter().position(|o| *o == outcome) {
+            self.calls[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The worker's breaker moved.
+    pub(crate) fn transition(&self, from: &str, to: &str) {
+        if let Some(i) = TRANSITIONS.iter().position(|t| *t == (from, to)) {
+            self.transitions[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The pool's series in Prometheus' text format, every worker's counters
+/// at their value (zero included).
+pub(crate) fn render(workers: &[Arc<WorkerHandle>]) -> String {
+    let mut out = String::new();
+    let healthy = workers.iter().filter(|w| w.healthy()).count();
+    header(
+        &mut out,
+        HEALTHY_WORKERS,
+        "gauge",
+        "Workers in this gateway's pool that take traffic.",
+    );
+    let _ = writeln!(out, "{HEALTHY_WORKERS} {healthy}");
+    header(
+        &mut out,
+        POOL_WORKERS,
+        "gauge",
+        "Workers in this gateway's pool, healthy or not.",
+    );
+    let _ = writeln!(out, "{POOL_WORKERS} {}", workers.len());
+    if workers.is_empty() {
+        return out;
+    }
+    let id = |w: &WorkerHandle| {
+        format!(
+            "worker=\"{}\",model=\"{}\"",
+            escape(&w.record.id),
+            escape(&w.record.model)
+        )
+    };
+    header(
+        &mut out,
+        WORKER_HEALTHY,
+        "gauge",
+        "1 while the worker takes traffic, else 0.",
+    );
+    for w in workers {
+        let _ = writeln!(
+            out,
+            "{WORKER_HEALTHY}{{{}}} {}",
+            id(w),
+            u8::from(w.healthy())
+        );
+    }
+    header(
+        &mut out,
+        WORKER_IN_FLIGHT,
+        "gauge",
+        "Calls this gateway has open at the worker.",
+    );
+    for w in workers {
+        let _ = writeln!(out, "{WORKER_IN_FLIGHT}{{{}}} {}", id(w), w.in_flight());
+    }
+    header(
+        &mut out,
+        BREAKER_STATE,
+        "gauge",
+        "The worker's circuit breaker: 0 closed, 1 half-open, 2 open.",
+    );
+    for w in workers {
+        let _ = writeln!(
+            out,
+            "{BREAKER_STATE}{{{}}} {}",
+            id(w),
+            w.breaker.state().gauge_value()
+        );
+    }
+    header(
+        &mut out,
+        WORKER_CALLS,
+        "counter",
+        "Calls to the worker by outcome.",
+    );
+    for w in workers {
+        for (outcome, n) in OUTCOMES.iter().zip(&w.counters.calls) {
+            let _ = writeln!(
+                out,
+                "{WORKER_CALLS}{{{},tier=\"{}\",outcome=\"{outcome}\"}} {}",
+                id(w),
+                w.record.tier.as_str(),
+                n.load(Ordering::Relaxed)
+            );
+        }
+    }
+    header(
+        &mut out,
+        BREAKER_TRANSITIONS,
+        "counter",
+        "The worker's circuit breaker moves.",
+    );
+    for w in workers {
+        for ((from, to), n) in TRANSITIONS.iter().zip(&w.counters.transitions) {
+            let _ = writeln!(
+                out,
+                "{BREAKER_TRANSITIONS}{{{},from=\"{from}\",to=\"{to}\"}} {}",
+                id(w),
+                n.load(Ordering::Relaxed)
+            );
+        }
+    }
+    out
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// A label value as the text format quotes it.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+
+    #[test]
+    fn counters_count_known_outcomes_and_moves_only() {
+        let c = WorkerCounters::default();
+        c.call("ok");
+        c.call("timeout");
+        c.call("made-up");
+        c.transition("closed", "open");
+        c.transition("closed", "closed");
+        let calls: Vec<u64> = c.calls.iter().map(|n| n.load(Ordering::Relaxed)).collect();
+        assert_eq!(calls, [1, 0, 1, 0, 0]);
+        assert_eq!(c.transitions[0].load(Ordering::Relaxed), 1);
+        assert_eq!(
+            c.transitions
+                .iter()
+                .map(|n| n.load(Ordering::Relaxed))
+                .sum::<u64>(),
+            1
+        );
+    }
+}
