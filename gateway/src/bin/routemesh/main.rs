@@ -100,10 +100,14 @@ enum Command {
     Cost {
         #[command(flatten)]
         common: Common,
-        /// Hours back from now.
+        /// Hours back from now: the current hour and the ones before it
+        /// (with --daily, the days that cover them).
         #[arg(long, default_value_t = 24)]
         hours: u64,
-        /// Per day instead of per hour (for long ranges).
+        /// Also a table with one row per hour (UTC).
+        #[arg(long, conflicts_with = "daily")]
+        hourly: bool,
+        /// Also a table with one row per day (UTC); the JSON report is then by day.
         #[arg(long)]
         daily: bool,
         /// Print the report as JSON.
@@ -210,12 +214,20 @@ async fn main() -> anyhow::Result<()> {
         Command::Cost {
             common,
             hours,
+            hourly,
             daily,
             json,
         } => {
             plain_logs();
             let config = load(common.config.as_deref(), None)?;
-            cost::print_cost(&config, hours, daily, json).await
+            use routemesh_gateway::tenancy::{cost::Period, cost_text::Breakdown};
+            let period = if daily { Period::Day } else { Period::Hour };
+            let breakdown = if hourly || daily {
+                Breakdown::ByPeriod
+            } else {
+                Breakdown::Totals
+            };
+            cost::print_cost(&config, hours, period, breakdown, json).await
         }
         Command::Keys { common, command } => {
             plain_logs();
