@@ -33,11 +33,13 @@ impl CostReport {
             Period::Hour => "hour",
             Period::Day => "day",
         };
+        let plural = |n: u64| if n == 1 { "" } else { "s" };
         out.push_str(&format!(
-            "From {} to {} UTC: the last {} {unit}(s), the current one included\n\n",
+            "From {} to {} UTC: the last {} {unit}{}, the current one included\n\n",
             minute(&super::cost::period_name(self.range.from_ms)),
             minute(&super::cost::period_name(self.range.to_ms)),
             self.range.periods,
+            plural(self.range.periods),
         ));
         for (title, lines) in [("TENANT", &self.by_tenant), ("MODEL", &self.by_model)] {
             let mut table = Table::new(title);
@@ -53,7 +55,7 @@ impl CostReport {
                 Period::Day => ("DAY (UTC)", |name| name.get(..10).unwrap_or(name).into()),
             };
             let mut table = Table::new(title);
-            let mut quiet = 0;
+            let mut quiet = 0u64;
             for period in &self.by_period {
                 if period.line.attempts > 0.0 || period.line.cost_usd != 0.0 {
                     table.row(label(&period.line.name), &period.line);
@@ -64,9 +66,9 @@ impl CostReport {
             table.row("total".into(), &self.total);
             out.push_str(&table.render());
             if quiet > 0 {
-                let plural = if quiet == 1 { "" } else { "s" };
                 out.push_str(&format!(
-                    "({quiet} {unit}{plural} without requests left out)\n"
+                    "({quiet} {unit}{} without requests left out)\n",
+                    plural(quiet)
                 ));
             }
             out.push('\n');
