@@ -340,7 +340,10 @@ mod tests {
             [0, 1, 2].map(|i| range.from_ms + i * hour_ms).to_vec()
         );
         assert_eq!(
-            r.by_period.iter().map(|p| p.line.cost_usd).collect::<Vec<_>>(),
+            r.by_period
+                .iter()
+                .map(|p| p.line.cost_usd)
+                .collect::<Vec<_>>(),
             [0.0, 0.0, 0.5]
         );
         assert_eq!(r.by_period[2].line.name, period_name(late_start(range)));

@@ -227,7 +227,10 @@ mod tests {
         );
         let text = r.render(Breakdown::ByPeriod);
         // In each table, every figure ends where its column's header ends.
-        let tables: Vec<&str> = text.split("\n\n").filter(|t| t.contains("REQUESTS")).collect();
+        let tables: Vec<&str> = text
+            .split("\n\n")
+            .filter(|t| t.contains("REQUESTS"))
+            .collect();
         assert_eq!(tables.len(), 3, "{text}");
         for table in tables {
             let lines: Vec<&str> = table
@@ -243,7 +246,10 @@ mod tests {
         }
         assert_eq!(text.matches(long).count(), 1, "{text}");
         // The quiet hour is left out, and said to be.
-        assert!(text.contains("(1 hour without requests left out)"), "{text}");
+        assert!(
+            text.contains("(1 hour without requests left out)"),
+            "{text}"
+        );
         assert!(text.contains("HOUR (UTC)"), "{text}");
         assert!(text.contains("\n1970-01-02 04:00  "), "{text}");
         // Requests and attempts apart: acme's 4 requests took 5 calls.

@@ -166,7 +166,11 @@ impl Recorder {
     /// Where [`Self::reports`] reads: "shared" (the store every replica
     /// writes) or "local" (this process's own records).
     pub fn reports_source(&self) -> &'static str {
-        if self.reports_shared { "shared" } else { "local" }
+        if self.reports_shared {
+            "shared"
+        } else {
+            "local"
+        }
     }
 
     /// The latest snapshot; cheap.

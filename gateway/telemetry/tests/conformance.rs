@@ -231,11 +231,31 @@ async fn spend_by_tenant_model_hour_and_day() {
             // request.
             RequestRecord {
                 failed_over: true,
-                ..record(start + hour + 4, "w2", "large", "acme", Outcome::WorkerError, 0.0, 1.0, 0, 0.0)
+                ..record(
+                    start + hour + 4,
+                    "w2",
+                    "large",
+                    "acme",
+                    Outcome::WorkerError,
+                    0.0,
+                    1.0,
+                    0,
+                    0.0,
+                )
             },
             RequestRecord {
                 follow_up: true,
-                ..record(start + hour + 7, "w", "large", "acme", Outcome::Ok, 1.0, 2.0, 5, 1.0)
+                ..record(
+                    start + hour + 7,
+                    "w",
+                    "large",
+                    "acme",
+                    Outcome::Ok,
+                    1.0,
+                    2.0,
+                    5,
+                    1.0,
+                )
             },
         ])
         .await

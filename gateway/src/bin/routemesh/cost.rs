@@ -31,12 +31,13 @@ pub async fn print_cost(
     large_models.sort();
     large_models.dedup();
     // The counterfactual: the most expensive model registered now.
-    let strongest =
-        routemesh_mesh::TokenPrices::most_expensive(workers, |w| w.prices()).map(|w| Counterfactual {
+    let strongest = routemesh_mesh::TokenPrices::most_expensive(workers, |w| w.prices()).map(|w| {
+        Counterfactual {
             model: w.model,
             input_usd_per_mtok: w.input_usd_per_mtok,
             output_usd_per_mtok: w.output_usd_per_mtok,
-        });
+        }
+    });
     let range = ReportRange::hours(hours, period, routemesh_telemetry::record::now_ms());
     let rows = telemetry
         .spend(range.from_ms, range.to_ms, period == Period::Day)
