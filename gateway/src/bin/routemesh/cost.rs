@@ -48,8 +48,9 @@ pub async fn print_cost(
     } else {
         print!("{}", report.render(breakdown));
         println!(
-            "(every gateway of the mesh; REQUESTS counts each client request once, ATTEMPTS every call to a worker, \
-             failed-over and cascade follow-up calls included; the counterfactual keeps each request's token counts)"
+            "(every gateway of the mesh. REQUESTS counts each client request once, ATTEMPTS every call to a worker,\n \
+             failed-over and cascade follow-up calls included. LARGE: the share of requests on large-tier models.\n \
+             The counterfactual keeps each request's token counts.)"
         );
     }
     Ok(())

@@ -101,9 +101,10 @@ enum Command {
         #[command(flatten)]
         common: Common,
         /// Hours back from now: the current hour and the ones before it
-        /// (with --daily, the days that cover them).
-        #[arg(long, default_value_t = 24)]
-        hours: u64,
+        /// (with --daily, the days that cover them). Default: 24, or 720
+        /// (30 days) with --daily.
+        #[arg(long)]
+        hours: Option<u64>,
         /// Also a table with one row per hour (UTC).
         #[arg(long, conflicts_with = "daily")]
         hourly: bool,
@@ -221,7 +222,12 @@ async fn main() -> anyhow::Result<()> {
             plain_logs();
             let config = load(common.config.as_deref(), None)?;
             use routemesh_gateway::tenancy::{cost::Period, cost_text::Breakdown};
-            let period = if daily { Period::Day } else { Period::Hour };
+            let (period, default_hours) = if daily {
+                (Period::Day, 30 * 24)
+            } else {
+                (Period::Hour, 24)
+            };
+            let hours = hours.unwrap_or(default_hours);
             let breakdown = if hourly || daily {
                 Breakdown::ByPeriod
             } else {
