@@ -11,8 +11,14 @@ use axum::routing::get;
 use serde::Deserialize;
 use serde_json::json;
 
+use routemesh_mesh::Tier;
+use routemesh_telemetry::record::now_ms;
+
+use crate::pool::Snapshot;
 use crate::serve::GatewayState;
-use crate::tenancy::cost::{Counterfactual, report};
+use crate::tenancy::cost::{CostReport, Counterfactual, Period, ReportRange, report};
+
+mod overview;
 
 /// The built-in overview page: spend, savings, routing mix, latency and
 /// worker health, drawn from `/v1/overview` with no dependency.
@@ -21,7 +27,7 @@ const PAGE: &str = include_str!("admin_page.html");
 pub(crate) fn router(state: Arc<GatewayState>) -> Router {
     Router::new()
         .route("/", get(|| async { axum::response::Html(PAGE) }))
-        .route("/v1/overview", get(overview))
+        .route("/v1/overview", get(overview::overview))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
@@ -76,112 +82,67 @@ async fn ready(State(state): State<Arc<GatewayState>>) -> Response {
 
 #[derive(Deserialize)]
 struct CostQuery {
-    /// Hours back from now (default 24).
+    /// Hours back from now: the current hour and those before it (default 24).
     hours: Option<u64>,
-    /// Aggregate per day instead of per hour.
+    /// Aggregate per day (the days covering those hours) instead of per hour.
     daily: Option<bool>,
 }
 
 /// The pool's most expensive model: the "everything to the strongest model"
 /// counterfactual of the cost report.
-fn strongest(state: &GatewayState) -> Option<Counterfactual> {
-    crate::pool::strongest(&state.pool.snapshot()).map(|spec| Counterfactual {
+fn strongest(pool: &Snapshot) -> Option<Counterfactual> {
+    crate::pool::strongest(pool).map(|spec| Counterfactual {
         model: spec.name.clone(),
         input_usd_per_mtok: spec.input_usd_per_mtok,
         output_usd_per_mtok: spec.output_usd_per_mtok,
     })
 }
 
-async fn cost(State(state): State<Arc<GatewayState>>, Query(q): Query<CostQuery>) -> Response {
-    let to = routemesh_telemetry::record::now_ms();
-    let hours = q.hours.unwrap_or(24).clamp(1, 24 * 400);
-    let from = to.saturating_sub(hours * 3_600_000);
+/// The pool's models of the large tier, for the large-model share.
+fn large_models(pool: &Snapshot) -> Vec<String> {
+    let mut models: Vec<String> = pool
+        .iter()
+        .filter(|w| w.record.tier == Tier::Large)
+        .map(|w| w.record.model.clone())
+        .collect();
+    models.sort();
+    models.dedup();
+    models
+}
+
+/// The cost report over `range`, from wherever this gateway's telemetry is
+/// kept (Redis for a mesh, else its own memory).
+async fn cost_report(state: &GatewayState, range: ReportRange) -> Result<CostReport, Response> {
+    let pool = state.pool.snapshot();
     match state
         .recorder
         .reports()
-        .spend(from, to, q.daily.unwrap_or(false))
+        .spend(range.from_ms, range.to_ms, range.period == Period::Day)
         .await
     {
-        Ok(rows) => axum::Json(report(&rows, strongest(&state), from, to)).into_response(),
-        Err(e) => (
+        Ok(rows) => Ok(report(&rows, strongest(&pool), &large_models(&pool), range)),
+        Err(e) => Err((
             StatusCode::SERVICE_UNAVAILABLE,
             axum::Json(json!({"error": format!("telemetry store: {e}")})),
         )
-            .into_response(),
+            .into_response()),
+    }
+}
+
+async fn cost(State(state): State<Arc<GatewayState>>, Query(q): Query<CostQuery>) -> Response {
+    let period = if q.daily.unwrap_or(false) {
+        Period::Day
+    } else {
+        Period::Hour
+    };
+    let range = ReportRange::hours(q.hours.unwrap_or(24), period, now_ms());
+    match cost_report(&state, range).await {
+        Ok(report) => axum::Json(report).into_response(),
+        Err(response) => response,
     }
 }
 
 async fn telemetry(State(state): State<Arc<GatewayState>>) -> Response {
     let live = state.recorder.snapshot();
     axum::Json(json!({"source": live.source, "snapshot": &*live.snapshot})).into_response()
-}
-
-/// Everything the built-in page shows, in one JSON document.
-async fn overview(State(state): State<Arc<GatewayState>>) -> Response {
-    let to = routemesh_telemetry::record::now_ms();
-    let from = to.saturating_sub(24 * 3_600_000);
-    let counterfactual = strongest(&state);
-    let rows = match state.recorder.reports().spend(from, to, false).await {
-        Ok(rows) => rows,
-        Err(e) => {
-            return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                axum::Json(json!({"error": format!("telemetry store: {e}")})),
-            )
-                .into_response();
-        }
-    };
-    let cost = report(&rows, counterfactual.clone(), from, to);
-    let pool = state.pool.snapshot();
-    let live = state.recorder.snapshot();
-    let tier_of = |model: &str| {
-        pool.iter()
-            .find(|w| w.record.model == model)
-            .map(|w| w.record.tier.as_str())
-    };
-    let mut models: Vec<_> = live
-        .snapshot
-        .models
-        .iter()
-        .map(|(name, s)| {
-            json!({"name": name, "tier": tier_of(name).unwrap_or("-"), "requests": s.requests, "error_rate": s.error_rate,
-                   "ttft_ms_p50": s.ttft_ms_p50, "latency_ms_p50": s.latency_ms_p50, "latency_ms_p95": s.latency_ms_p95,
-                   "latency_ms_p99": s.latency_ms_p99})
-        })
-        .collect();
-    models.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
-    let served: f64 = live
-        .snapshot
-        .models
-        .values()
-        .map(|s| s.requests - s.errors)
-        .sum();
-    let large: f64 = live
-        .snapshot
-        .models
-        .iter()
-        .filter(|(name, _)| tier_of(name) == Some("large"))
-        .map(|(_, s)| s.requests - s.errors)
-        .sum();
-    let workers: Vec<_> = pool
-        .iter()
-        .map(|w| {
-            let load = w.last_load();
-            json!({"id": w.record.id, "model": w.record.model, "healthy": w.healthy(), "in_flight": w.in_flight(),
-                   "transport": w.transport(),
-                   "breaker": w.breaker.state().as_str(),
-                   "capacity": load.map_or(w.record.capacity, |l| l.capacity)})
-        })
-        .collect();
-    axum::Json(json!({
-        "cost": cost,
-        "counterfactual_model": counterfactual.map(|c| c.model),
-        "telemetry_source": live.source,
-        "window_secs": live.snapshot.window_secs,
-        "models": models,
-        "large_share": if served > 0.0 { large / served } else { 0.0 },
-        "workers": workers,
-        "router": state.routing.quality.artifact().map(|p| p.display().to_string()),
-    }))
-    .into_response()
 }

@@ -221,9 +221,13 @@ impl Flight {
                     guard.timed_out();
                     return Err(GatewayError::Deadline(self.budget));
                 }
-                Ok(Err(status)) => guard.failed(status),
+                Ok(Err(status)) => super::call::connection_lost(status),
             };
-            self.fail_over_or_end(&worker, failure, attempts)?;
+            // Whether the request moves on decides how the failed call is
+            // counted: an attempt only, or the call that ends the request.
+            let next = self.fail_over_or_end(&worker, failure.clone(), attempts);
+            guard.failed_over(next.is_ok()).failed(failure);
+            next?;
         }
     }
 

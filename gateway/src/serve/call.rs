@@ -32,6 +32,9 @@ pub(crate) struct CallGuard {
     /// What the request holds of its tenant's limits; the call's usage is
     /// counted against it.
     reservation: Reservation,
+    /// The call failed and the request moves on to another worker: an
+    /// attempt, not the client's request (see `RequestRecord::failed_over`).
+    failed_over: bool,
 }
 
 impl CallGuard {
@@ -52,12 +55,20 @@ impl CallGuard {
             in_flight: Some(in_flight),
             follow_up: false,
             reservation,
+            failed_over: false,
         }
     }
 
     /// Marks a cascade's follow-up call (see `RequestRecord::follow_up`).
     pub(crate) fn follow_up(mut self, follow_up: bool) -> Self {
         self.follow_up = follow_up;
+        self
+    }
+
+    /// Marks a failed call after which the request moves on to another
+    /// worker, so that its request is counted once, on the call that ends it.
+    pub(crate) fn failed_over(mut self, failed_over: bool) -> Self {
+        self.failed_over = failed_over;
         self
     }
 
@@ -141,6 +152,7 @@ impl CallGuard {
             completion_tokens: usage.completion_tokens,
             cost_usd: usage.cost_usd,
             follow_up: self.follow_up,
+            failed_over: self.failed_over,
         };
         // What the same tokens would have cost on the pool's strongest model
         // (a follow-up's request was counted on its first answer).
@@ -227,7 +239,7 @@ fn worker_fault(status: &Status, full_budget: bool) -> Verdict {
 /// call those codes mean the connection broke (the worker died or the network
 /// failed), which for the client is UNAVAILABLE. (A deadline that passed is
 /// caught by the gateway's own timer before the call's result is read.)
-fn connection_lost(status: Status) -> Status {
+pub(crate) fn connection_lost(status: Status) -> Status {
     if matches!(status.code(), Code::Unknown | Code::Cancelled) {
         Status::unavailable(format!(
             "connection to the worker lost ({})",

@@ -38,7 +38,10 @@ impl Counterfactual {
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct Line {
     pub name: String,
+    /// Client requests, each counted once (see `SpendRow::requests`).
     pub requests: f64,
+    /// Calls to workers: failed-over attempts and cascade follow-ups included.
+    pub attempts: f64,
     pub cost_usd: f64,
     pub counterfactual_usd: f64,
     pub savings_usd: f64,
@@ -47,132 +50,188 @@ pub struct Line {
     pub cost_per_request_usd: f64,
     pub prompt_tokens: f64,
     pub completion_tokens: f64,
+    /// Client requests answered by a model of the large tier.
+    pub large_requests: f64,
+    /// large_requests / requests (0 without requests).
+    pub large_share: f64,
 }
 
 impl Line {
-    fn add(&mut self, row: &SpendRow, counterfactual: f64) {
+    fn named(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            ..Self::default()
+        }
+    }
+
+    fn add(&mut self, row: &SpendRow, counterfactual: f64, large: bool) {
         self.requests += row.requests;
+        self.attempts += row.attempts;
         self.cost_usd += row.cost_usd;
         self.counterfactual_usd += counterfactual;
         self.prompt_tokens += row.prompt_tokens;
         self.completion_tokens += row.completion_tokens;
+        if large {
+            self.large_requests += row.requests;
+        }
     }
 
     fn finish(mut self) -> Self {
         self.savings_usd = self.counterfactual_usd - self.cost_usd;
-        self.savings_share = if self.counterfactual_usd > 0.0 {
-            self.savings_usd / self.counterfactual_usd
-        } else {
-            0.0
-        };
-        self.cost_per_request_usd = if self.requests > 0.0 {
-            self.cost_usd / self.requests
-        } else {
-            0.0
-        };
+        self.savings_share = ratio(self.savings_usd, self.counterfactual_usd);
+        self.cost_per_request_usd = ratio(self.cost_usd, self.requests);
+        self.large_share = ratio(self.large_requests, self.requests);
         self
     }
 }
 
+/// `part / whole`, 0 when `whole` is not positive. Never -0.0: a sum of no
+/// terms is -0.0 in Rust, and a page would show it as "-0.0%".
+fn ratio(part: f64, whole: f64) -> f64 {
+    if whole > 0.0 { part / whole + 0.0 } else { 0.0 }
+}
+
+/// How a report's time is divided.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Period {
+    Hour,
+    Day,
+}
+
+impl Period {
+    pub fn ms(self) -> u64 {
+        match self {
+            Period::Hour => 3_600_000,
+            Period::Day => 86_400_000,
+        }
+    }
+}
+
+/// The time a report covers: `periods` whole hours or days, the last being
+/// the current one (still running at `to_ms`).
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct ReportRange {
+    /// Start of the first period, milliseconds since the epoch.
+    pub from_ms: u64,
+    /// When the report was made: the end of the data.
+    pub to_ms: u64,
+    pub period: Period,
+    pub periods: u64,
+}
+
+impl ReportRange {
+    /// The last `periods` hours (or days), the current one included.
+    pub fn last(periods: u64, period: Period, now_ms: u64) -> Self {
+        let periods = periods.clamp(1, MAX_PERIODS);
+        let first = (now_ms / period.ms()).saturating_sub(periods - 1);
+        Self {
+            from_ms: first * period.ms(),
+            to_ms: now_ms,
+            period,
+            periods,
+        }
+    }
+
+    /// The last `hours` hours, by hour or (covering them) by day.
+    pub fn hours(hours: u64, period: Period, now_ms: u64) -> Self {
+        let periods = match period {
+            Period::Hour => hours,
+            Period::Day => hours.div_ceil(24),
+        };
+        Self::last(periods, period, now_ms)
+    }
+
+    /// The start of every period, in order.
+    fn starts(&self) -> impl Iterator<Item = u64> + use<> {
+        let (first, ms) = (self.from_ms / self.period.ms(), self.period.ms());
+        (first..first + self.periods).map(move |p| p * ms)
+    }
+}
+
+/// The most periods a report holds: 400 days, as long as daily spend is kept.
+pub const MAX_PERIODS: u64 = 24 * 400;
+
+/// The spend of one hour or day.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PeriodLine {
+    /// Start of the period, milliseconds since the epoch (UTC).
+    pub start_ms: u64,
+    #[serde(flatten)]
+    pub line: Line,
+}
+
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct CostReport {
-    pub from_ms: u64,
-    pub to_ms: u64,
+    #[serde(flatten)]
+    pub range: ReportRange,
     pub counterfactual: Option<Counterfactual>,
+    /// The models counted as large (the pool's large tier).
+    pub large_models: Vec<String>,
     pub total: Line,
     pub by_tenant: Vec<Line>,
     pub by_model: Vec<Line>,
-    /// Per hour (or day), for charts.
-    pub by_period: Vec<(u64, Line)>,
+    /// Every period of the range in order, those without requests included
+    /// (as zeros), for charts on a time axis.
+    pub by_period: Vec<PeriodLine>,
 }
 
+/// Sums `rows` (read with `range`'s period) by tenant, model and period,
+/// each next to its counterfactual.
 pub fn report(
     rows: &[SpendRow],
     counterfactual: Option<Counterfactual>,
-    from_ms: u64,
-    to_ms: u64,
+    large_models: &[String],
+    range: ReportRange,
 ) -> CostReport {
     use std::collections::BTreeMap;
-    let mut total = Line {
-        name: "total".into(),
-        ..Line::default()
-    };
+    let mut total = Line::named("total");
     let mut tenants: BTreeMap<&str, Line> = BTreeMap::new();
     let mut models: BTreeMap<&str, Line> = BTreeMap::new();
-    let mut periods: BTreeMap<u64, Line> = BTreeMap::new();
+    let mut periods: BTreeMap<u64, Line> = range
+        .starts()
+        .map(|start| (start, Line::named(period_name(start))))
+        .collect();
     for row in rows {
         let cf = counterfactual
             .as_ref()
             .map_or(row.cost_usd - row.follow_up_cost_usd, |c| c.cost(row));
-        total.add(row, cf);
+        let large = large_models.contains(&row.model);
+        total.add(row, cf, large);
         tenants
             .entry(&row.tenant)
-            .or_insert_with(|| Line {
-                name: row.tenant.clone(),
-                ..Line::default()
-            })
-            .add(row, cf);
+            .or_insert_with(|| Line::named(&row.tenant))
+            .add(row, cf, large);
         models
             .entry(&row.model)
-            .or_insert_with(|| Line {
-                name: row.model.clone(),
-                ..Line::default()
-            })
-            .add(row, cf);
+            .or_insert_with(|| Line::named(&row.model))
+            .add(row, cf, large);
         periods
             .entry(row.period_start_ms)
-            .or_insert_with(|| Line {
-                name: row.period_start_ms.to_string(),
-                ..Line::default()
-            })
-            .add(row, cf);
+            .or_insert_with(|| Line::named(period_name(row.period_start_ms)))
+            .add(row, cf, large);
     }
     CostReport {
-        from_ms,
-        to_ms,
+        range,
         counterfactual,
+        large_models: large_models.to_vec(),
         total: total.finish(),
         by_tenant: tenants.into_values().map(Line::finish).collect(),
         by_model: models.into_values().map(Line::finish).collect(),
-        by_period: periods.into_iter().map(|(p, l)| (p, l.finish())).collect(),
+        by_period: periods
+            .into_iter()
+            .map(|(start_ms, line)| PeriodLine {
+                start_ms,
+                line: line.finish(),
+            })
+            .collect(),
     }
 }
 
-impl CostReport {
-    /// A table for people.
-    pub fn render(&self) -> String {
-        let mut out = String::new();
-        let cf = self
-            .counterfactual
-            .as_ref()
-            .map_or("(no pool prices known)".to_string(), |c| {
-                format!(
-                    "{} at {}/{} USD per M tokens in/out",
-                    c.model, c.input_usd_per_mtok, c.output_usd_per_mtok
-                )
-            });
-        out.push_str(&format!("Counterfactual: every request on {cf}\n\n"));
-        for (title, lines) in [("TENANT", &self.by_tenant), ("MODEL", &self.by_model)] {
-            out.push_str(&format!(
-                "{title:<28} {:>9} {:>12} {:>15} {:>12} {:>8} {:>12}\n",
-                "REQUESTS", "COST USD", "ALL-STRONGEST", "SAVED USD", "SAVED", "USD/REQ"
-            ));
-            for l in lines.iter().chain(std::iter::once(&self.total)) {
-                out.push_str(&format!(
-                    "{:<28} {:>9.0} {:>12.6} {:>15.6} {:>12.6} {:>7.1}% {:>12.2e}\n",
-                    l.name,
-                    l.requests,
-                    l.cost_usd,
-                    l.counterfactual_usd,
-                    l.savings_usd,
-                    l.savings_share * 100.0,
-                    l.cost_per_request_usd
-                ));
-            }
-            out.push('\n');
-        }
-        out
-    }
+/// A period's start as RFC 3339 in UTC, e.g. `2026-12-04T13:00:00Z`.
+pub fn period_name(start_ms: u64) -> String {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(start_ms);
+    humantime::format_rfc3339_seconds(at).to_string()
 }
 
 #[cfg(test)]
@@ -186,12 +245,18 @@ mod tests {
             model: model.into(),
             cost_usd: cost,
             requests: n,
+            attempts: n,
             prompt_tokens: tin,
             completion_tokens: tout,
             follow_up_cost_usd: 0.0,
             follow_up_prompt_tokens: 0.0,
             follow_up_completion_tokens: 0.0,
         }
+    }
+
+    /// One hour, starting at 0.
+    fn hour() -> ReportRange {
+        ReportRange::last(1, Period::Hour, 1)
     }
 
     #[test]
@@ -207,12 +272,11 @@ mod tests {
             row("a", "small", 0.0003, 2.0, 1000.0, 500.0),
             row("a", "large", 0.025, 2.0, 1000.0, 500.0),
         ];
-        let r = report(&rows, Some(strong), 0, 1);
+        let r = report(&rows, Some(strong), &[], hour());
         assert!((r.total.counterfactual_usd - 0.05).abs() < 1e-12);
         assert!((r.total.savings_usd - (0.05 - 0.0253)).abs() < 1e-12);
         assert!((r.by_model[1].savings_share - (0.025 - 0.0003) / 0.025).abs() < 1e-12);
         assert_eq!(r.by_model[0].savings_usd, 0.0);
-        assert!(r.render().contains("TENANT"));
     }
 
     #[test]
@@ -229,17 +293,67 @@ mod tests {
         escalation.follow_up_prompt_tokens = 100.0;
         escalation.follow_up_completion_tokens = 60.0;
         let rows = [row("a", "small", 0.00003, 1.0, 100.0, 50.0), escalation];
-        let r = report(&rows, Some(strong.clone()), 0, 1);
+        let r = report(&rows, Some(strong.clone()), &[], hour());
         // The counterfactual is the one request on "large": (10·100 + 30·50)/1e6.
         assert!((r.total.counterfactual_usd - 0.0025).abs() < 1e-12, "{r:?}");
         assert!((r.total.cost_usd - 0.00283).abs() < 1e-12);
         // Escalating cost more than the large model alone would have: negative savings, shown as such.
         assert!(r.total.savings_usd < 0.0);
         // Without a known strongest model, spend is its own counterfactual, once.
-        let r = report(&rows, None, 0, 1);
+        let r = report(&rows, None, &[], hour());
         assert!(
             (r.total.counterfactual_usd - 0.00003).abs() < 1e-12,
             "{r:?}"
         );
+    }
+
+    #[test]
+    fn requests_once_attempts_apart_and_the_large_share() {
+        // Three client requests: two on small (one of them first failed at
+        // another worker: two attempts), one on large.
+        let mut small = row("a", "small", 0.0002, 2.0, 100.0, 50.0);
+        small.attempts = 3.0;
+        let rows = [small, row("b", "large", 0.01, 1.0, 100.0, 50.0)];
+        let r = report(&rows, None, &["large".to_string()], hour());
+        assert_eq!((r.total.requests, r.total.attempts), (3.0, 4.0));
+        assert_eq!(r.total.large_requests, 1.0);
+        assert!((r.total.large_share - 1.0 / 3.0).abs() < 1e-12);
+        assert!((r.by_model[1].cost_per_request_usd - 0.0001).abs() < 1e-12);
+        // Nothing on a large model is 0.0, not -0.0.
+        let r = report(&rows[..1], None, &["large".to_string()], hour());
+        assert!(r.total.large_share.is_sign_positive() && r.total.large_share == 0.0);
+    }
+
+    #[test]
+    fn every_period_of_the_range_is_there_in_order() {
+        let hour_ms = Period::Hour.ms();
+        // 10:20 on some day: the last 3 hours are 08:00, 09:00 and 10:00.
+        let now = 1_000 * 86_400_000 + 10 * hour_ms + 20 * 60_000;
+        let range = ReportRange::last(3, Period::Hour, now);
+        assert_eq!(range.from_ms, now - 2 * hour_ms - 20 * 60_000);
+        let mut late = row("a", "small", 0.5, 1.0, 1.0, 1.0);
+        late.period_start_ms = range.from_ms + 2 * hour_ms;
+        let r = report(&[late], None, &[], range);
+        let starts: Vec<u64> = r.by_period.iter().map(|p| p.start_ms).collect();
+        assert_eq!(
+            starts,
+            [0, 1, 2].map(|i| range.from_ms + i * hour_ms).to_vec()
+        );
+        assert_eq!(
+            r.by_period
+                .iter()
+                .map(|p| p.line.cost_usd)
+                .collect::<Vec<_>>(),
+            [0.0, 0.0, 0.5]
+        );
+        assert_eq!(r.by_period[2].line.name, period_name(late_start(range)));
+        assert!(r.by_period[0].line.name.ends_with("T08:00:00Z"));
+        // Days: 48 hours back covers two days, today included.
+        let days = ReportRange::hours(48, Period::Day, now);
+        assert_eq!((days.periods, days.from_ms), (2, 999 * 86_400_000));
+    }
+
+    fn late_start(range: ReportRange) -> u64 {
+        range.from_ms + 2 * Period::Hour.ms()
     }
 }

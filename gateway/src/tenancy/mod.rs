@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod cost;
+pub mod cost_text;
 pub mod keys;
 pub(crate) mod limits;
 pub mod tenants;

@@ -27,6 +27,7 @@ fn bench(c: &mut Criterion) {
         completion_tokens: 64,
         cost_usd: 3.3e-5,
         follow_up: false,
+        failed_over: false,
     };
     c.bench_function("recorder_record_on_request_path", |b| {
         b.iter(|| recorder.record(record.clone()))

@@ -38,9 +38,21 @@ pub struct RequestRecord {
     /// is counted once, on its first answer.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub follow_up: bool,
+    /// A call that failed before any model ran, after which the request
+    /// moved on to another worker: an attempt, not a client request (the
+    /// call that ended the request counts it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub failed_over: bool,
 }
 
 impl RequestRecord {
+    /// True when this call is the one that counts its client request: not a
+    /// failed-over attempt, nor a follow-up of a request its first answer
+    /// counted.
+    pub fn counts_request(&self) -> bool {
+        !self.follow_up && !self.failed_over
+    }
+
     /// Milliseconds per output token after the first, when there is more than one.
     pub fn time_per_output_token_ms(&self) -> Option<f64> {
         (self.completion_tokens > 1 && self.total_ms > self.ttft_ms)

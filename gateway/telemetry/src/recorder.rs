@@ -85,6 +85,7 @@ pub struct Recorder {
     tx: mpsc::Sender<Event>,
     /// Where reports read from: the shared store, else this process's.
     reports: Telemetry,
+    reports_shared: bool,
     live: Arc<RwLock<LiveSnapshot>>,
     pub stats: Arc<RecorderStats>,
     stop: CancellationToken,
@@ -103,6 +104,7 @@ impl Recorder {
         let stats = Arc::new(RecorderStats::default());
         let stop = CancellationToken::new();
         let local = Telemetry::new(Arc::new(MemoryStore::new()));
+        let reports_shared = shared.is_some();
         let reports = shared.clone().unwrap_or_else(|| local.clone());
         let worker = Flusher {
             local,
@@ -121,6 +123,7 @@ impl Recorder {
         Self {
             tx,
             reports,
+            reports_shared,
             live,
             stats,
             stop,
@@ -158,6 +161,16 @@ impl Recorder {
     /// The telemetry that reports (spend, snapshots on demand) read.
     pub fn reports(&self) -> &Telemetry {
         &self.reports
+    }
+
+    /// Where [`Self::reports`] reads: "shared" (the store every replica
+    /// writes) or "local" (this process's own records).
+    pub fn reports_source(&self) -> &'static str {
+        if self.reports_shared {
+            "shared"
+        } else {
+            "local"
+        }
     }
 
     /// The latest snapshot; cheap.

@@ -117,7 +117,11 @@ pub struct SpendRow {
     pub tenant: String,
     pub model: String,
     pub cost_usd: f64,
+    /// Client requests: each counted once, on the call that ended it (not
+    /// on attempts that failed over, nor on a cascade's follow-up calls).
     pub requests: f64,
+    /// Calls to workers: every attempt, failed-over and follow-up ones included.
+    pub attempts: f64,
     pub prompt_tokens: f64,
     pub completion_tokens: f64,
     /// The part of the above spent on cascade follow-up calls (escalations
@@ -201,7 +205,13 @@ impl Telemetry {
             ] {
                 let f = map.entry(period).or_default();
                 add(f, spend_field("cost"), r.cost_usd);
+                // `n` counts calls, as it always has; `xn` the calls that are
+                // not client requests. Requests are the difference, so data a
+                // gateway of an older version writes still reads.
                 add(f, spend_field("n"), 1.0);
+                if !r.counts_request() {
+                    add(f, spend_field("xn"), 1.0);
+                }
                 add(f, spend_field("tok_in"), f64::from(r.prompt_tokens));
                 add(f, spend_field("tok_out"), f64::from(r.completion_tokens));
                 if r.follow_up {
@@ -378,6 +388,7 @@ impl Telemetry {
                         model: model.into(),
                         cost_usd: 0.0,
                         requests: 0.0,
+                        attempts: 0.0,
                         prompt_tokens: 0.0,
                         completion_tokens: 0.0,
                         follow_up_cost_usd: 0.0,
@@ -386,7 +397,11 @@ impl Telemetry {
                     });
                 match kind {
                     "cost" => row.cost_usd += value,
-                    "n" => row.requests += value,
+                    "n" => {
+                        row.attempts += value;
+                        row.requests += value;
+                    }
+                    "xn" => row.requests -= value,
                     "tok_in" => row.prompt_tokens += value,
                     "tok_out" => row.completion_tokens += value,
                     "fu_cost" => row.follow_up_cost_usd += value,

@@ -57,6 +57,7 @@ fn record(
         completion_tokens: tokens,
         cost_usd: cost,
         follow_up: false,
+        failed_over: false,
     }
 }
 
@@ -225,6 +226,37 @@ async fn spend_by_tenant_model_hour_and_day() {
                 5,
                 0.125,
             ),
+            // acme's request in hour 1 first failed at another worker and
+            // moved on, then was escalated by a cascade: three calls, one
+            // request.
+            RequestRecord {
+                failed_over: true,
+                ..record(
+                    start + hour + 4,
+                    "w2",
+                    "large",
+                    "acme",
+                    Outcome::WorkerError,
+                    0.0,
+                    1.0,
+                    0,
+                    0.0,
+                )
+            },
+            RequestRecord {
+                follow_up: true,
+                ..record(
+                    start + hour + 7,
+                    "w",
+                    "large",
+                    "acme",
+                    Outcome::Ok,
+                    1.0,
+                    2.0,
+                    5,
+                    1.0,
+                )
+            },
         ])
         .await
         .unwrap();
@@ -238,21 +270,25 @@ async fn spend_by_tenant_model_hour_and_day() {
                     r.model.as_str(),
                     r.cost_usd,
                     r.requests,
+                    r.attempts,
                 )
             })
             .collect();
         assert_eq!(
             rows,
             vec![
-                (0, "acme", "small", 0.5, 2.0),
-                (hour, "acme", "large", 2.0, 1.0),
-                (hour, "beta", "small", 0.125, 1.0)
+                (0, "acme", "small", 0.5, 2.0, 2.0),
+                (hour, "acme", "large", 3.0, 1.0, 3.0),
+                (hour, "beta", "small", 0.125, 1.0, 1.0)
             ],
             "{name}"
         );
         let daily = t.spend(start, start + 2 * hour, true).await.unwrap();
         let total: f64 = daily.iter().map(|r| r.cost_usd).sum();
-        assert!((total - 2.625).abs() < 1e-9, "{name}");
+        assert!((total - 3.625).abs() < 1e-9, "{name}");
+        let requests: f64 = daily.iter().map(|r| r.requests).sum();
+        let attempts: f64 = daily.iter().map(|r| r.attempts).sum();
+        assert_eq!((requests, attempts), (4.0, 6.0), "{name}");
         assert!(
             daily
                 .iter()

@@ -26,6 +26,7 @@ fn record(i: u32) -> RequestRecord {
         completion_tokens: 2,
         cost_usd: 0.001,
         follow_up: false,
+        failed_over: false,
     }
 }
 

@@ -1,14 +1,18 @@
 //! `routemesh cost`: spend by tenant and model from the shared telemetry, and what routing saved against
-//! sending every request to the pool's most expensive model.
+//! sending every request to the pool's most expensive model; per hour or day with `--hourly`/`--daily`.
 
 use anyhow::bail;
 use routemesh_gateway::Config;
+use routemesh_gateway::tenancy::cost::{Counterfactual, Period, ReportRange, report};
+use routemesh_gateway::tenancy::cost_text::Breakdown;
+use routemesh_mesh::Tier;
 
-/// Prints the last `hours` of spend (per hour, or per day with `daily`), as tables or JSON.
+/// Prints the last `hours` of spend (by hour, or by day with `daily`), as tables or JSON.
 pub async fn print_cost(
     config: &Config,
     hours: u64,
-    daily: bool,
+    period: Period,
+    breakdown: Breakdown,
     json: bool,
 ) -> anyhow::Result<()> {
     let Some(telemetry) = routemesh_gateway::up::shared_telemetry(config).await? else {
@@ -17,25 +21,36 @@ pub async fn print_cost(
         );
     };
     let registry = routemesh_gateway::up::connect_registry(config).await?;
-    // The counterfactual: the most expensive model registered now.
     let workers = registry.list().await?;
+    // The large-model share counts the models registered now as large.
+    let mut large_models: Vec<String> = workers
+        .iter()
+        .filter(|w| w.tier == Tier::Large)
+        .map(|w| w.model.clone())
+        .collect();
+    large_models.sort();
+    large_models.dedup();
+    // The counterfactual: the most expensive model registered now.
     let strongest = routemesh_mesh::TokenPrices::most_expensive(workers, |w| w.prices()).map(|w| {
-        routemesh_gateway::tenancy::cost::Counterfactual {
+        Counterfactual {
             model: w.model,
             input_usd_per_mtok: w.input_usd_per_mtok,
             output_usd_per_mtok: w.output_usd_per_mtok,
         }
     });
-    let to = routemesh_telemetry::record::now_ms();
-    let from = to.saturating_sub(hours.clamp(1, 24 * 400) * 3_600_000);
-    let rows = telemetry.spend(from, to, daily).await?;
-    let report = routemesh_gateway::tenancy::cost::report(&rows, strongest, from, to);
+    let range = ReportRange::hours(hours, period, routemesh_telemetry::record::now_ms());
+    let rows = telemetry
+        .spend(range.from_ms, range.to_ms, period == Period::Day)
+        .await?;
+    let report = report(&rows, strongest, &large_models, range);
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print!("{}", report.render());
+        print!("{}", report.render(breakdown));
         println!(
-            "(last {hours} h, every gateway of the mesh; the counterfactual keeps each request's token counts)"
+            "(every gateway of the mesh. REQUESTS counts each client request once, ATTEMPTS every call to a worker,\n \
+             failed-over and cascade follow-up calls included. LARGE: the share of requests on large-tier models.\n \
+             The counterfactual keeps each request's token counts.)"
         );
     }
     Ok(())

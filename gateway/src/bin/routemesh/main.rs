@@ -100,10 +100,15 @@ enum Command {
     Cost {
         #[command(flatten)]
         common: Common,
-        /// Hours back from now.
-        #[arg(long, default_value_t = 24)]
-        hours: u64,
-        /// Per day instead of per hour (for long ranges).
+        /// Hours back from now: the current hour and the ones before it
+        /// (with --daily, the days that cover them). Default: 24, or 720
+        /// (30 days) with --daily.
+        #[arg(long)]
+        hours: Option<u64>,
+        /// Also a table with one row per hour (UTC).
+        #[arg(long, conflicts_with = "daily")]
+        hourly: bool,
+        /// Also a table with one row per day (UTC); the JSON report is then by day.
         #[arg(long)]
         daily: bool,
         /// Print the report as JSON.
@@ -210,12 +215,25 @@ async fn main() -> anyhow::Result<()> {
         Command::Cost {
             common,
             hours,
+            hourly,
             daily,
             json,
         } => {
             plain_logs();
             let config = load(common.config.as_deref(), None)?;
-            cost::print_cost(&config, hours, daily, json).await
+            use routemesh_gateway::tenancy::{cost::Period, cost_text::Breakdown};
+            let (period, default_hours) = if daily {
+                (Period::Day, 30 * 24)
+            } else {
+                (Period::Hour, 24)
+            };
+            let hours = hours.unwrap_or(default_hours);
+            let breakdown = if hourly || daily {
+                Breakdown::ByPeriod
+            } else {
+                Breakdown::Totals
+            };
+            cost::print_cost(&config, hours, period, breakdown, json).await
         }
         Command::Keys { common, command } => {
             plain_logs();
