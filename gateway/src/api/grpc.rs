@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use tonic::{Code, Request, Response, Status};
 use tracing::Instrument;
 
-use crate::serve::{Api, Incoming, Pipeline};
+use crate::serve::{Incoming, Pipeline};
 use crate::tenancy::auth::Tenant;
 
 #[derive(Debug, Clone)]
@@ -48,14 +48,8 @@ fn incoming(
     request: Request<GenerateRequest>,
     method: &'static str,
 ) -> (Incoming<GenerateRequest>, tracing::Span) {
-    let message = request.get_ref();
-    let span = crate::api::request_span(
-        Api::Grpc,
-        method,
-        &message.request_id,
-        &message.model,
-        request.metadata(),
-    );
+    let span = crate::api::spans::grpc_server_span(method, request.metadata().as_ref());
+    crate::serve::trace::requested(&span, request.get_ref());
     let deadline = client_deadline(&request);
     let tenant = request.extensions().get::<Tenant>().cloned();
     // The session may come as metadata, like the HTTP API's header.
@@ -74,6 +68,7 @@ fn incoming(
         message,
         tenant,
         deadline,
+        span: span.clone(),
     };
     (incoming, span)
 }
@@ -90,6 +85,12 @@ fn code_of<T>(result: &Result<T, Status>) -> Code {
     result.as_ref().map_or_else(Status::code, |_| Code::Ok)
 }
 
+/// Ends the call's server span with its status.
+fn finish<T>(span: &tracing::Span, result: &Result<T, Status>) {
+    let message = result.as_ref().err().map_or("", Status::message);
+    crate::api::spans::grpc_finished(span, code_of(result), message);
+}
+
 type EventStream =
     std::pin::Pin<Box<dyn futures::Stream<Item = Result<GenerateStreamEvent, Status>> + Send>>;
 
@@ -104,13 +105,14 @@ impl Gateway for GatewayService {
         let result = self
             .pipeline
             .generate(incoming)
-            .instrument(span)
+            .instrument(span.clone())
             .await
             .map(|done| {
                 let request_id = done.request_id.clone();
                 with_request_id(done, &request_id)
             })
             .map_err(Status::from);
+        finish(&span, &result);
         crate::metrics::request("grpc", "Generate", code_of(&result), start.elapsed());
         result
     }
@@ -126,7 +128,7 @@ impl Gateway for GatewayService {
         let result = self
             .pipeline
             .generate_stream(incoming)
-            .instrument(span)
+            .instrument(span.clone())
             .await
             .map(|(request_id, events)| {
                 let events: EventStream = events.map(|e| e.map_err(Status::from)).boxed();
@@ -134,7 +136,8 @@ impl Gateway for GatewayService {
             })
             .map_err(Status::from);
         // Time to the first event: a stream's later failures are counted per
-        // worker call.
+        // worker call, and told on the span by the relay.
+        finish(&span, &result);
         crate::metrics::request("grpc", "GenerateStream", code_of(&result), start.elapsed());
         result
     }
@@ -143,31 +146,48 @@ impl Gateway for GatewayService {
         &self,
         request: Request<GenerateRequest>,
     ) -> Result<Response<RouteDecision>, Status> {
-        let (incoming, _) = incoming(request, "Route");
-        let decision = self.pipeline.route_only(incoming).await?;
-        let request_id = decision.request_id.clone();
-        Ok(with_request_id(decision, &request_id))
+        let (incoming, span) = incoming(request, "Route");
+        let result = self
+            .pipeline
+            .route_only(incoming)
+            .instrument(span.clone())
+            .await
+            .map(|decision| {
+                let request_id = decision.request_id.clone();
+                with_request_id(decision, &request_id)
+            })
+            .map_err(Status::from);
+        finish(&span, &result);
+        result
     }
 
     async fn feedback(
         &self,
         request: Request<FeedbackRequest>,
     ) -> Result<Response<FeedbackResponse>, Status> {
+        let span = crate::api::spans::grpc_server_span("Feedback", request.metadata().as_ref());
         // Without auth every caller is the same anonymous owner (`None`).
         let owner = request.extensions().get::<Tenant>().map(|t| t.0.clone());
-        Ok(Response::new(
-            self.pipeline
-                .state()
-                .feedback(&owner, request.into_inner())
-                .await?,
-        ))
+        let result = self
+            .pipeline
+            .state()
+            .feedback(&owner, request.into_inner())
+            .instrument(span.clone())
+            .await
+            .map(Response::new)
+            .map_err(Status::from);
+        finish(&span, &result);
+        result
     }
 
     async fn list_models(
         &self,
-        _request: Request<ListModelsRequest>,
+        request: Request<ListModelsRequest>,
     ) -> Result<Response<ListModelsResponse>, Status> {
-        Ok(Response::new(self.pipeline.state().list_models()))
+        let span = crate::api::spans::grpc_server_span("ListModels", request.metadata().as_ref());
+        let result = Ok(Response::new(self.pipeline.state().list_models()));
+        finish(&span, &result);
+        result
     }
 }
 

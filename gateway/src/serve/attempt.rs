@@ -16,6 +16,7 @@ use tracing::Instrument;
 
 use super::call::CallGuard;
 use super::state::GatewayState;
+use super::trace::worker_call_span;
 use crate::error::GatewayError;
 use crate::pool::{InFlight, Snapshot, WorkerHandle};
 use crate::request::ValidRequest;
@@ -87,8 +88,6 @@ pub(crate) struct OpenStream {
     pub(crate) upstream: Streaming<WorkerStreamEvent>,
     pub(crate) first: WorkerStreamEvent,
     pub(crate) route: RouteDecision,
-    /// The worker call's span, which lasts as long as the stream.
-    pub(crate) span: tracing::Span,
 }
 
 /// A request past admission, on its way through its strategy's calls.
@@ -112,12 +111,16 @@ pub(crate) struct Flight {
     /// The conversation the request continues, and where its earlier
     /// turns were served.
     pub(crate) session: Option<(Session, Option<Sticky>)>,
+    /// The request's server span, which records what it got.
+    pub(crate) span: tracing::Span,
     /// The request's slot under `max_concurrent_requests`, held to the end
     /// (a stream's end).
     _permit: OwnedSemaphorePermit,
 }
 
 impl Flight {
+    // One argument per thing admission settled, in the order it settles them.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         state: Arc<GatewayState>,
         permit: OwnedSemaphorePermit,
@@ -126,6 +129,7 @@ impl Flight {
         snapshot: Snapshot,
         req: ValidRequest,
         predicted: Option<Predicted>,
+        span: tracing::Span,
     ) -> Self {
         Self {
             state,
@@ -139,6 +143,7 @@ impl Flight {
             session: None,
             calls: 0,
             other_calls_cost_usd: 0.0,
+            span,
             _permit: permit,
         }
     }
@@ -159,16 +164,22 @@ impl Flight {
             self.calls += 1;
             attempts += 1;
             let full_budget = self.state.full_budget(self.budget);
+            let span = worker_call_span(
+                &worker,
+                self.calls,
+                step.params.as_ref().unwrap_or(&self.req.params),
+                step.follow_up,
+            );
             let guard = CallGuard::begin(
                 self.state.clone(),
                 worker.clone(),
                 in_flight,
                 &self.req.tenant,
                 full_budget,
+                span.clone(),
             )
             .follow_up(step.follow_up);
             let remaining = self.deadline.saturating_duration_since(Instant::now());
-            let span = worker_call_span(&worker, self.calls);
             let request = self.worker_request(step, &worker, remaining, &span);
             let opened = tokio::time::timeout(
                 remaining,
@@ -181,7 +192,9 @@ impl Flight {
                     return Err(GatewayError::Deadline(self.budget));
                 }
                 Ok(Ok(Opened::Whole(response))) => {
-                    guard.served(response.usage.as_ref()).await;
+                    guard
+                        .served(response.usage.as_ref(), response.finish_reason)
+                        .await;
                     return Ok(Answer::Whole {
                         response,
                         route: routed.explanation,
@@ -195,7 +208,6 @@ impl Flight {
                         upstream,
                         first,
                         route: routed.explanation,
-                        span,
                     }));
                 }
                 // tonic's channel enforces the deadline we sent with the call
@@ -210,6 +222,12 @@ impl Flight {
             };
             self.fail_over_or_end(&worker, failure, attempts)?;
         }
+    }
+
+    /// How many worker calls the request has made so far (failed ones and
+    /// a cascade's steps included).
+    pub(crate) fn calls(&self) -> usize {
+        self.calls
     }
 
     /// After a failed call (before any token reached the client): `Ok` when
@@ -358,15 +376,4 @@ async fn open(
             }
         }
     }
-}
-
-/// The client span of one call to one worker (one per attempt).
-fn worker_call_span(worker: &WorkerHandle, attempt: usize) -> tracing::Span {
-    tracing::info_span!(
-        "routemesh.worker_call",
-        otel.kind = "client",
-        routemesh.worker = %worker.record.id,
-        gen_ai.request.model = %worker.record.model,
-        routemesh.attempt = attempt,
-    )
 }
