@@ -298,8 +298,8 @@ def test_a_served_request_in_genai_conventions(traced):
     assert root.status.code == UNSET
     a = attrs(root)
     assert "rpc.system" not in a, "an HTTP request is not labelled as gRPC"
-    assert (a["http.request.method"], a["http.route"], a["url.path"], a["http.response.status_code"]) == (
-        "POST", "/v1/chat/completions", "/v1/chat/completions", 200)
+    assert (a["http.request.method"], a["http.route"], a["url.path"], a["url.scheme"], a["http.response.status_code"]) == (
+        "POST", "/v1/chat/completions", "/v1/chat/completions", "http", 200)
     assert (a["gen_ai.operation.name"], a["gen_ai.provider.name"], a["gen_ai.request.model"]) == ("chat", "routemesh", "primary")
     assert (a["gen_ai.request.max_tokens"], a["gen_ai.request.temperature"], a["gen_ai.request.top_p"]) == (16, 0.5, pytest.approx(0.9))
     assert a["routemesh.request_id"] == raw.headers["x-request-id"] and a["gen_ai.response.id"] == raw.headers["x-request-id"]

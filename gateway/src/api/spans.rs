@@ -16,6 +16,11 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 /// The gRPC service clients call.
 const GATEWAY_SERVICE: &str = "routemesh.v1.Gateway";
 
+/// `http` or `https`: how the listener serving a request speaks, which the
+/// request itself does not say (its URI holds only the path).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct UrlScheme(pub(crate) &'static str);
+
 /// Serves an HTTP request inside its span (`POST /v1/chat/completions`),
 /// which lasts as long as a streamed answer; handlers add to it through
 /// `tracing::Span::current()`.
@@ -33,10 +38,9 @@ pub(crate) async fn http_server_span(request: Request, next: Next) -> Response {
     span.set_attribute("http.request.method", method);
     span.set_attribute("http.route", route);
     span.set_attribute("url.path", request.uri().path().to_owned());
-    span.set_attribute(
-        "url.scheme",
-        request.uri().scheme_str().unwrap_or("http").to_owned(),
-    );
+    if let Some(UrlScheme(scheme)) = request.extensions().get::<UrlScheme>() {
+        span.set_attribute("url.scheme", *scheme);
+    }
     if let Some(agent) = request
         .headers()
         .get(http::header::USER_AGENT)
