@@ -191,7 +191,10 @@ fn serve_http(
         addr: SocketAddr::from(([0, 0, 0, 0], 0)),
         source,
     })?;
-    let app = app.layer(tower_http::trace::TraceLayer::new_for_http());
+    let scheme = crate::api::spans::UrlScheme(if tls.is_some() { "https" } else { "http" });
+    let app = app
+        .layer(axum::Extension(scheme))
+        .layer(tower_http::trace::TraceLayer::new_for_http());
     let task = match tls {
         Some((certs, tasks)) => {
             let (accepted, acceptor) = tls::accept_tls(

@@ -15,6 +15,11 @@ what it made of the answer:
   token per 4 characters plus max_tokens): HTTP 400 with OpenAI's
   `context_length_exceeded` error, as vLLM answers;
 - otherwise `Hello from <name>.` with usage (cached prompt tokens included).
+
+Each completion gets its own id (`chatcmpl-<name>-<n>`), and the W3C
+`traceparent` header of every request is recorded beside its body, so a
+trace test can check the engine's call joined the request's trace under
+the agent's span.
 """
 
 import json
@@ -27,6 +32,10 @@ class MockEngine:
         self.name = name
         self.context = context
         self.requests: list[dict] = []
+        # The `traceparent` header each request came with (None: none).
+        self.traceparents: list[str | None] = []
+        # The id each completion was answered with, in request order.
+        self.response_ids: list[str] = []
         self._lock = threading.Lock()
         engine = self
 
@@ -47,7 +56,10 @@ class MockEngine:
                 body = json.loads(self.rfile.read(length) or b"{}")
                 with engine._lock:
                     engine.requests.append(body)
-                engine.answer(self, body)
+                    engine.traceparents.append(self.headers.get("traceparent"))
+                    response_id = f"chatcmpl-{engine.name}-{len(engine.requests)}"
+                    engine.response_ids.append(response_id)
+                engine.answer(self, body, response_id)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
@@ -75,7 +87,7 @@ class MockEngine:
                 chars += sum(len(p.get("text", "")) for p in content)
         return (chars + 3) // 4
 
-    def answer(self, handler, body):
+    def answer(self, handler, body, response_id):
         prompt = self.prompt_tokens(body)
         if self.context is not None and prompt + body.get("max_tokens", 0) > self.context:
             error = {
@@ -114,12 +126,12 @@ class MockEngine:
         }
         finish = "tool_calls" if calls else "stop"
         if body.get("stream"):
-            return self.stream(handler, body, pieces, calls, finish, usage)
+            return self.stream(handler, body, pieces, calls, finish, usage, response_id)
         message = {"role": "assistant", "content": text}
         if calls:
             message["tool_calls"] = calls
         choice_out = {"index": 0, "message": message, "finish_reason": finish, "logprobs": self.logprobs(body, pieces)}
-        self.send_json(handler, 200, {"id": "mock", "object": "chat.completion", "model": self.name, "choices": [choice_out], "usage": usage})
+        self.send_json(handler, 200, {"id": response_id, "object": "chat.completion", "model": self.name, "choices": [choice_out], "usage": usage})
 
     def logprobs(self, body, pieces):
         if not body.get("logprobs") or not pieces:
@@ -146,7 +158,7 @@ class MockEngine:
         handler.end_headers()
         handler.wfile.write(data)
 
-    def stream(self, handler, body, pieces, calls, finish, usage):
+    def stream(self, handler, body, pieces, calls, finish, usage, response_id):
         handler.send_response(200)
         handler.send_header("content-type", "text/event-stream")
         handler.send_header("connection", "close")
@@ -156,7 +168,7 @@ class MockEngine:
             handler.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
             handler.wfile.flush()
 
-        base = {"id": "mock", "object": "chat.completion.chunk", "model": self.name}
+        base = {"id": response_id, "object": "chat.completion.chunk", "model": self.name}
         send({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})
         for p in pieces:
             lp = self.logprobs(body, [p])

@@ -7,6 +7,7 @@ pub mod config;
 pub mod error;
 pub mod server;
 pub mod service;
+mod spans;
 
 pub use config::{BackendConfig, WorkerConfig};
 pub use server::{RunningWorker, start_worker};

@@ -17,6 +17,7 @@ use tracing::Instrument;
 use crate::admission::Admission;
 use crate::backend::{Backend, Confidence, EngineEvent, EngineUsage, GenerateInput};
 use crate::error::{draining_status, engine_status, overloaded_status, wrong_model_status};
+use crate::spans;
 use routemesh_mesh::driven::{Sent, driven_stream, send_until};
 use routemesh_mesh::{Needs, WorkerRecord};
 
@@ -244,8 +245,17 @@ impl Worker for WorkerService {
         &self,
         request: Request<WorkerGenerateRequest>,
     ) -> Result<Response<WorkerGenerateResponse>, Status> {
-        let span = worker_span(&request, "Generate");
-        self.generate_traced(request).instrument(span).await
+        let span = self.span(&request, "Generate");
+        let result = self.generate_traced(request).instrument(span.clone()).await;
+        match &result {
+            Ok(done) => spans::served(
+                &span,
+                done.get_ref().usage.as_ref(),
+                done.get_ref().finish_reason,
+            ),
+            Err(status) => spans::failed(&span, status),
+        }
+        result
     }
 
     type GenerateStreamStream = EventStream;
@@ -254,10 +264,15 @@ impl Worker for WorkerService {
         &self,
         request: Request<WorkerGenerateRequest>,
     ) -> Result<Response<Self::GenerateStreamStream>, Status> {
-        let span = worker_span(&request, "GenerateStream");
-        self.generate_stream_traced(request, span.clone())
-            .instrument(span)
-            .await
+        let span = self.span(&request, "GenerateStream");
+        let result = self
+            .generate_stream_traced(request, span.clone())
+            .instrument(span.clone())
+            .await;
+        if let Err(status) = &result {
+            spans::failed(&span, status);
+        }
+        result
     }
 
     async fn load(&self, _request: Request<LoadRequest>) -> Result<Response<LoadReport>, Status> {
@@ -265,17 +280,16 @@ impl Worker for WorkerService {
     }
 }
 
-/// The worker's server span, a child of the gateway's call when it sent one.
-fn worker_span(request: &Request<WorkerGenerateRequest>, method: &'static str) -> tracing::Span {
-    let span = tracing::info_span!(
-        "routemesh.worker.generate",
-        otel.kind = "server",
-        rpc.method = method,
-        routemesh.request_id = %request.get_ref().request_id,
-        gen_ai.request.model = %request.get_ref().model,
-    );
-    routemesh_mesh::trace_context::continue_trace(&span, request.metadata());
-    span
+impl WorkerService {
+    /// The call's server span, a child of the gateway's call when it sent one.
+    fn span(
+        &self,
+        request: &Request<WorkerGenerateRequest>,
+        method: &'static str,
+    ) -> tracing::Span {
+        let record = &self.state.record;
+        spans::worker_span(request, method, &record.id, &record.model)
+    }
 }
 
 impl WorkerService {
@@ -345,6 +359,8 @@ impl WorkerService {
                 return Err(engine_status(&e));
             }
         };
+        // The span's handle inside the stream, which records how it ended.
+        let call_span = span.clone();
         let stream = driven_stream(move |tx| {
             async move {
                 let _slot = slot; // held until the stream ends or the client leaves
@@ -379,6 +395,7 @@ impl WorkerService {
                                 usage: Some(state.usage(&usage, ttft, total)),
                                 confidence: wire_confidence(asked, confidence),
                             };
+                            spans::served(&call_span, end.usage.as_ref(), end.finish_reason);
                             let end = WorkerStreamEvent {
                                 event: Some(worker_stream_event::Event::End(end)),
                             };
@@ -387,7 +404,9 @@ impl WorkerService {
                         }
                         Err(e) => {
                             state.record_failure();
-                            send_until(&tx, Err(engine_status(&e)), stall_deadline()).await;
+                            let status = engine_status(&e);
+                            spans::failed(&call_span, &status);
+                            send_until(&tx, Err(status), stall_deadline()).await;
                             return;
                         }
                     };
@@ -399,8 +418,9 @@ impl WorkerService {
                     }
                 }
                 state.record_failure();
-                let broken = Status::internal("engine stream ended without an end event");
-                send_until(&tx, Err(broken), stall_deadline()).await;
+                let status = Status::internal("engine stream ended without an end event");
+                spans::failed(&call_span, &status);
+                send_until(&tx, Err(status), stall_deadline()).await;
             }
             .instrument(span)
         });

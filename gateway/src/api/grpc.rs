@@ -10,10 +10,10 @@ use routemesh_proto::v1::{
     FeedbackRequest, FeedbackResponse, GenerateRequest, GenerateResponse, GenerateStreamEvent,
     ListModelsRequest, ListModelsResponse, RouteDecision, gateway_server::Gateway,
 };
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 use tracing::Instrument;
 
-use crate::serve::{Api, Incoming, Pipeline};
+use crate::serve::{Incoming, Pipeline};
 use crate::tenancy::auth::Tenant;
 
 #[derive(Debug, Clone)]
@@ -48,14 +48,8 @@ fn incoming(
     request: Request<GenerateRequest>,
     method: &'static str,
 ) -> (Incoming<GenerateRequest>, tracing::Span) {
-    let message = request.get_ref();
-    let span = crate::api::request_span(
-        Api::Grpc,
-        method,
-        &message.request_id,
-        &message.model,
-        request.metadata(),
-    );
+    let span = crate::api::spans::grpc_server_span(method, request.metadata().as_ref());
+    crate::serve::trace::requested(&span, request.get_ref());
     let deadline = client_deadline(&request);
     let tenant = request.extensions().get::<Tenant>().cloned();
     // The session may come as metadata, like the HTTP API's header.
@@ -74,6 +68,7 @@ fn incoming(
         message,
         tenant,
         deadline,
+        span: span.clone(),
     };
     (incoming, span)
 }
@@ -86,6 +81,16 @@ fn with_request_id<T>(message: T, request_id: &str) -> Response<T> {
     response
 }
 
+fn code_of<T>(result: &Result<T, Status>) -> Code {
+    result.as_ref().map_or_else(Status::code, |_| Code::Ok)
+}
+
+/// Ends the call's server span with its status.
+fn finish<T>(span: &tracing::Span, result: &Result<T, Status>) {
+    let message = result.as_ref().err().map_or("", Status::message);
+    crate::api::spans::grpc_finished(span, code_of(result), message);
+}
+
 type EventStream =
     std::pin::Pin<Box<dyn futures::Stream<Item = Result<GenerateStreamEvent, Status>> + Send>>;
 
@@ -96,15 +101,18 @@ impl Gateway for GatewayService {
         request: Request<GenerateRequest>,
     ) -> Result<Response<GenerateResponse>, Status> {
         let (incoming, span) = incoming(request, "Generate");
-        self.pipeline
+        let result = self
+            .pipeline
             .generate(incoming)
-            .instrument(span)
+            .instrument(span.clone())
             .await
             .map(|done| {
                 let request_id = done.request_id.clone();
                 with_request_id(done, &request_id)
             })
-            .map_err(Status::from)
+            .map_err(Status::from);
+        finish(&span, &result);
+        result
     }
 
     type GenerateStreamStream = EventStream;
@@ -114,46 +122,67 @@ impl Gateway for GatewayService {
         request: Request<GenerateRequest>,
     ) -> Result<Response<Self::GenerateStreamStream>, Status> {
         let (incoming, span) = incoming(request, "GenerateStream");
-        self.pipeline
+        let result = self
+            .pipeline
             .generate_stream(incoming)
-            .instrument(span)
+            .instrument(span.clone())
             .await
             .map(|(request_id, events)| {
                 let events: EventStream = events.map(|e| e.map_err(Status::from)).boxed();
                 with_request_id(events, &request_id)
             })
-            .map_err(Status::from)
+            .map_err(Status::from);
+        // A stream's later failures are told on the span by the relay.
+        finish(&span, &result);
+        result
     }
 
     async fn route(
         &self,
         request: Request<GenerateRequest>,
     ) -> Result<Response<RouteDecision>, Status> {
-        let (incoming, _) = incoming(request, "Route");
-        let decision = self.pipeline.route_only(incoming).await?;
-        let request_id = decision.request_id.clone();
-        Ok(with_request_id(decision, &request_id))
+        let (incoming, span) = incoming(request, "Route");
+        let result = self
+            .pipeline
+            .route_only(incoming)
+            .instrument(span.clone())
+            .await
+            .map(|decision| {
+                let request_id = decision.request_id.clone();
+                with_request_id(decision, &request_id)
+            })
+            .map_err(Status::from);
+        finish(&span, &result);
+        result
     }
 
     async fn feedback(
         &self,
         request: Request<FeedbackRequest>,
     ) -> Result<Response<FeedbackResponse>, Status> {
+        let span = crate::api::spans::grpc_server_span("Feedback", request.metadata().as_ref());
         // Without auth every caller is the same anonymous owner (`None`).
         let owner = request.extensions().get::<Tenant>().map(|t| t.0.clone());
-        Ok(Response::new(
-            self.pipeline
-                .state()
-                .feedback(&owner, request.into_inner())
-                .await?,
-        ))
+        let result = self
+            .pipeline
+            .state()
+            .feedback(&owner, request.into_inner())
+            .instrument(span.clone())
+            .await
+            .map(Response::new)
+            .map_err(Status::from);
+        finish(&span, &result);
+        result
     }
 
     async fn list_models(
         &self,
-        _request: Request<ListModelsRequest>,
+        request: Request<ListModelsRequest>,
     ) -> Result<Response<ListModelsResponse>, Status> {
-        Ok(Response::new(self.pipeline.state().list_models()))
+        let span = crate::api::spans::grpc_server_span("ListModels", request.metadata().as_ref());
+        let result = Ok(Response::new(self.pipeline.state().list_models()));
+        finish(&span, &result);
+        result
     }
 }
 

@@ -1,7 +1,8 @@
 //! API-key authentication in front of one gRPC service. Asynchronous (a key
 //! may have to be read from Redis), so it is a tower service rather than a
 //! tonic interceptor; the tenant goes into the request's extensions, where
-//! tonic hands it to the service.
+//! tonic hands it to the service. A refused call gets its server span here,
+//! since the service never sees it.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -67,6 +68,11 @@ where
                     Ok(None) => {}
                     Err(e) => {
                         let status = tonic::Status::from(crate::error::GatewayError::from(e));
+                        crate::api::spans::grpc_refused(
+                            request.uri().path(),
+                            request.headers(),
+                            &status,
+                        );
                         return Ok(status.into_http());
                     }
                 }

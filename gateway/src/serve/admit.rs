@@ -29,6 +29,7 @@ impl GatewayState {
         let budget = self.budget(incoming.deadline);
         let deadline = Instant::now() + budget;
         let snapshot = self.pool.snapshot();
+        let span = incoming.span.clone();
         let req = self.accept(incoming, &snapshot)?;
         let reservation = self.check_limits(&req, &snapshot, budget).await?;
         let predicted = self.predict(&req, &snapshot).await;
@@ -41,6 +42,7 @@ impl GatewayState {
             snapshot,
             req,
             predicted,
+            span,
         );
         flight.session = session;
         flight.reservation = reservation;

@@ -16,6 +16,7 @@ use tracing::Instrument;
 
 use super::call::CallGuard;
 use super::state::GatewayState;
+use super::trace::worker_call_span;
 use crate::error::GatewayError;
 use crate::pool::{InFlight, Snapshot, WorkerHandle};
 use crate::request::ValidRequest;
@@ -98,8 +99,6 @@ pub(crate) struct OpenStream {
     pub(crate) upstream: Streaming<WorkerStreamEvent>,
     pub(crate) first: WorkerStreamEvent,
     pub(crate) route: RouteDecision,
-    /// The worker call's span, which lasts as long as the stream.
-    pub(crate) span: tracing::Span,
 }
 
 /// A request past admission, on its way through its strategy's calls.
@@ -125,12 +124,16 @@ pub(crate) struct Flight {
     pub(crate) session: Option<(Session, Option<Sticky>)>,
     /// What the request holds of its tenant's limits until it ends.
     pub(crate) reservation: Reservation,
+    /// The request's server span, which records what it got.
+    pub(crate) span: tracing::Span,
     /// The request's slot under `max_concurrent_requests`, held to the end
     /// (a stream's end).
     _permit: OwnedSemaphorePermit,
 }
 
 impl Flight {
+    // One argument per thing admission settled, in the order it settles them.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         state: Arc<GatewayState>,
         permit: OwnedSemaphorePermit,
@@ -139,6 +142,7 @@ impl Flight {
         snapshot: Snapshot,
         req: ValidRequest,
         predicted: Option<Predicted>,
+        span: tracing::Span,
     ) -> Self {
         Self {
             state,
@@ -153,6 +157,7 @@ impl Flight {
             reservation: Reservation::none(),
             calls: 0,
             other_calls_cost_usd: 0.0,
+            span,
             _permit: permit,
         }
     }
@@ -173,6 +178,12 @@ impl Flight {
             self.calls += 1;
             attempts += 1;
             let full_budget = self.state.full_budget(self.budget);
+            let span = worker_call_span(
+                &worker,
+                self.calls,
+                step.params.as_ref().unwrap_or(&self.req.params),
+                step.follow_up,
+            );
             let guard = CallGuard::begin(
                 self.state.clone(),
                 worker.clone(),
@@ -180,10 +191,10 @@ impl Flight {
                 &self.req.tenant,
                 full_budget,
                 self.reservation.clone(),
+                span.clone(),
             )
             .follow_up(step.follow_up);
             let remaining = self.deadline.saturating_duration_since(Instant::now());
-            let span = worker_call_span(&worker, self.calls);
             let request = self.worker_request(step, &worker, remaining, &span);
             let opened = tokio::time::timeout(
                 remaining,
@@ -196,7 +207,7 @@ impl Flight {
                     return Err(GatewayError::Deadline(self.budget));
                 }
                 Ok(Ok(Opened::Whole(response))) => {
-                    guard.served(response.usage.as_ref());
+                    guard.served(response.usage.as_ref(), response.finish_reason);
                     return Ok(Answer::Whole {
                         response,
                         route: routed.explanation,
@@ -210,7 +221,6 @@ impl Flight {
                         upstream,
                         first,
                         route: routed.explanation,
-                        span,
                     }));
                 }
                 // tonic's channel enforces the deadline we sent with the call
@@ -229,6 +239,12 @@ impl Flight {
             guard.failed_over(next.is_ok()).failed(failure);
             next?;
         }
+    }
+
+    /// How many worker calls the request has made so far (failed ones and
+    /// a cascade's steps included).
+    pub(crate) fn calls(&self) -> usize {
+        self.calls
     }
 
     /// After a failed call (before any token reached the client): `Ok` when
@@ -377,15 +393,4 @@ async fn open(
             }
         }
     }
-}
-
-/// The client span of one call to one worker (one per attempt).
-fn worker_call_span(worker: &WorkerHandle, attempt: usize) -> tracing::Span {
-    tracing::info_span!(
-        "routemesh.worker_call",
-        otel.kind = "client",
-        routemesh.worker = %worker.record.id,
-        gen_ai.request.model = %worker.record.model,
-        routemesh.attempt = attempt,
-    )
 }

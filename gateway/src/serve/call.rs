@@ -1,8 +1,9 @@
 //! One call at one worker, accounted exactly once. Whichever way the call
 //! ends (served, failed, timed out, abandoned by the client, or dropped with
 //! its request), the telemetry, the worker's circuit breaker and the tenant's
-//! limits each see it once: the guard is consumed by the ending, and its
-//! `Drop` accounts a call that nobody ended.
+//! limits each see it once, and its span is ended with how it went: the
+//! guard is consumed by the ending, and its `Drop` accounts a call that
+//! nobody ended.
 
 use std::sync::Arc;
 
@@ -12,6 +13,7 @@ use tokio::time::Instant;
 use tonic::{Code, Status};
 
 use super::state::GatewayState;
+use super::trace;
 use crate::pool::{InFlight, Verdict, WorkerHandle};
 use crate::tenancy::limits::Reservation;
 
@@ -35,6 +37,8 @@ pub(crate) struct CallGuard {
     /// The call failed and the request moves on to another worker: an
     /// attempt, not the client's request (see `RequestRecord::failed_over`).
     failed_over: bool,
+    /// The call's client span (`chat {model}`), ended with the call.
+    span: tracing::Span,
 }
 
 impl CallGuard {
@@ -45,6 +49,7 @@ impl CallGuard {
         tenant: &str,
         full_budget: bool,
         reservation: Reservation,
+        span: tracing::Span,
     ) -> Self {
         Self {
             state,
@@ -56,6 +61,7 @@ impl CallGuard {
             follow_up: false,
             reservation,
             failed_over: false,
+            span,
         }
     }
 
@@ -76,9 +82,16 @@ impl CallGuard {
         &self.worker
     }
 
-    /// The worker answered in full.
-    pub(crate) fn served(mut self, usage: Option<&Usage>) {
-        self.settle(Outcome::Ok, usage, Verdict::Served);
+    /// The call's span, which a relayed stream runs in.
+    pub(crate) fn span(&self) -> &tracing::Span {
+        &self.span
+    }
+
+    /// The worker answered in full (`finish_reason`: the wire enum's value).
+    pub(crate) fn served(mut self, usage: Option<&Usage>, finish_reason: i32) {
+        self.settle(Outcome::Ok, usage, Verdict::Served, |span| {
+            trace::call_served(span, usage, finish_reason);
+        });
         if let Some(usage) = usage {
             self.charge(usage);
         }
@@ -97,6 +110,7 @@ impl CallGuard {
             outcome_of(&status),
             None,
             worker_fault(&status, self.full_budget),
+            |span| trace::call_failed(span, &status),
         );
         status
     }
@@ -108,22 +122,41 @@ impl CallGuard {
         } else {
             Verdict::NoSignal
         };
-        self.settle(Outcome::Timeout, None, verdict);
+        self.settle(Outcome::Timeout, None, verdict, |span| {
+            trace::call_failed(
+                span,
+                &Status::deadline_exceeded("the request's deadline passed"),
+            );
+        });
     }
 
     /// The client went away (or stopped reading) mid-answer; `generated` is
     /// what the worker produced until then, charged to the tenant.
     pub(crate) fn client_gone(mut self, generated: Usage) {
-        self.settle(Outcome::Cancelled, Some(&generated), Verdict::NoSignal);
+        self.settle(
+            Outcome::Cancelled,
+            Some(&generated),
+            Verdict::NoSignal,
+            |span| {
+                trace::call_failed(span, &Status::cancelled("the client went away"));
+            },
+        );
         self.charge(&generated);
     }
 
-    fn settle(&mut self, outcome: Outcome, usage: Option<&Usage>, verdict: Verdict) {
+    fn settle(
+        &mut self,
+        outcome: Outcome,
+        usage: Option<&Usage>,
+        verdict: Verdict,
+        end_span: impl FnOnce(&tracing::Span),
+    ) {
         if self.in_flight.take().is_none() {
             return;
         }
         self.record(outcome, usage);
         self.worker.report(verdict);
+        end_span(&self.span);
     }
 
     /// Records the call in telemetry and metrics, off the request path.
@@ -193,7 +226,9 @@ impl Drop for CallGuard {
     /// A call nobody ended: its request was dropped (a unary client hung up,
     /// or the server shut down) while the worker was answering.
     fn drop(&mut self) {
-        self.settle(Outcome::Cancelled, None, Verdict::NoSignal);
+        self.settle(Outcome::Cancelled, None, Verdict::NoSignal, |span| {
+            trace::call_failed(span, &Status::cancelled("the request was dropped"));
+        });
     }
 }
 

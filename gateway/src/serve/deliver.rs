@@ -39,11 +39,13 @@ pub(super) async fn whole(
         Answer::Stream(open) => collect(&flight, open).await?,
     };
     remember(&flight, &worker);
+    let usage = whole_cost(&flight, response.usage);
+    answered(&flight, &route, usage.as_ref(), response.finish_reason);
     Ok(GenerateResponse {
         request_id: flight.req.request_id.clone(),
         text: response.text,
         finish_reason: response.finish_reason,
-        usage: whole_cost(&flight, response.usage),
+        usage,
         route: Some(route),
         tool_calls: response.tool_calls,
         logprobs: response.logprobs,
@@ -63,7 +65,6 @@ async fn collect(flight: &Flight, open: OpenStream) -> Result<Collected, Gateway
         mut upstream,
         first,
         route,
-        span: _,
     } = open;
     let worker = guard.worker().clone();
     let mut whole = WorkerGenerateResponse::default();
@@ -82,7 +83,7 @@ async fn collect(flight: &Flight, open: OpenStream) -> Result<Collected, Gateway
                 piece.add_to(&mut whole.tool_calls);
             }
             Some(worker_stream_event::Event::End(end)) => {
-                guard.served(end.usage.as_ref());
+                guard.served(end.usage.as_ref(), end.finish_reason);
                 whole.finish_reason = end.finish_reason;
                 whole.usage = end.usage;
                 whole.confidence = end.confidence;
@@ -91,6 +92,18 @@ async fn collect(flight: &Flight, open: OpenStream) -> Result<Collected, Gateway
             None => {}
         }
     }
+}
+
+/// Records the request's answer on its server span.
+fn answered(flight: &Flight, route: &RouteDecision, usage: Option<&Usage>, finish_reason: i32) {
+    super::trace::answered(
+        &flight.span,
+        &flight.req.request_id,
+        route,
+        usage,
+        finish_reason,
+        flight.calls(),
+    );
 }
 
 /// The answer's usage with the request's whole cost: a cascade's earlier
@@ -114,6 +127,8 @@ pub(super) fn stream(flight: Flight, answer: Answer) -> EventStream {
             worker,
         } => {
             remember(&flight, &worker);
+            let usage = whole_cost(&flight, response.usage);
+            answered(&flight, &route, usage.as_ref(), response.finish_reason);
             let request_id = flight.req.request_id.clone();
             let event = |event| {
                 Ok(GenerateStreamEvent {
@@ -142,13 +157,13 @@ pub(super) fn stream(flight: Flight, answer: Answer) -> EventStream {
             }
             events.push(event(generate_stream_event::Event::End(StreamEnd {
                 finish_reason: response.finish_reason,
-                usage: whole_cost(&flight, response.usage),
+                usage,
                 confidence: response.confidence,
             })));
             Box::pin(futures::stream::iter(events))
         }
         Answer::Stream(open) => {
-            let span = open.span.clone();
+            let span = open.guard.span().clone();
             driven_stream(move |tx| {
                 relay(flight, open, tx)
                     .instrument(span)
@@ -169,7 +184,6 @@ async fn relay(
         mut upstream,
         first,
         route,
-        span: _,
     } = open;
     let worker = guard.worker().clone();
     let req = &flight.req;
@@ -201,7 +215,7 @@ async fn relay(
         let until = (Instant::now() + stall).min(flight.deadline);
         send_until(&tx, item, until)
     };
-    let route_sent = send(event(generate_stream_event::Event::Route(route))).await;
+    let route_sent = send(event(generate_stream_event::Event::Route(route.clone()))).await;
     if route_sent != Sent::Delivered {
         client_stopped(&flight, route_sent, last_word);
         guard.client_gone(generated(0));
@@ -213,6 +227,7 @@ async fn relay(
             Ok(item) => item,
             Err(broken) => {
                 let error = broken.settle(guard, &flight, Some(deltas_sent));
+                super::trace::broke(&flight.span, &error);
                 send(Err(error)).await;
                 return;
             }
@@ -239,11 +254,13 @@ async fn relay(
                 }
             }
             Some(worker_stream_event::Event::End(end)) => {
-                guard.served(end.usage.as_ref());
+                guard.served(end.usage.as_ref(), end.finish_reason);
                 remember(&flight, &worker);
+                let usage = whole_cost(&flight, end.usage);
+                answered(&flight, &route, usage.as_ref(), end.finish_reason);
                 let end = StreamEnd {
                     finish_reason: end.finish_reason,
-                    usage: whole_cost(&flight, end.usage),
+                    usage,
                     confidence: end.confidence,
                 };
                 send(event(generate_stream_event::Event::End(end))).await;

@@ -4,27 +4,13 @@ use std::time::Duration;
 
 use crate::tenancy::auth::Tenant;
 
-/// Which API a request came in on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Api {
-    Grpc,
-    Http,
-}
-
-impl Api {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Api::Grpc => "grpc",
-            Api::Http => "http",
-        }
-    }
-}
-
-/// The message, the tenant its credentials proved (if keys are on), and the
-/// client's own deadline.
+/// The message, the tenant its credentials proved (if keys are on), the
+/// client's own deadline, and the server span the edge opened for it
+/// (where the serving path records what the request asked and got).
 #[derive(Debug)]
 pub(crate) struct Incoming<T> {
     pub message: T,
     pub tenant: Option<Tenant>,
     pub deadline: Option<Duration>,
+    pub span: tracing::Span,
 }

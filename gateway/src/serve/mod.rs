@@ -19,6 +19,7 @@ mod models;
 mod recent;
 mod state;
 pub(crate) mod strategy;
+pub(crate) mod trace;
 
 use std::sync::Arc;
 
@@ -27,7 +28,7 @@ use routemesh_proto::v1::{GenerateRequest, GenerateResponse, RouteDecision};
 use self::attempt::Delivery;
 pub(crate) use self::deliver::EventStream;
 pub(crate) use self::feedback_rate::FeedbackRate;
-pub(crate) use self::incoming::{Api, Incoming};
+pub(crate) use self::incoming::Incoming;
 pub(crate) use self::recent::Recent;
 pub(crate) use self::state::GatewayState;
 use self::strategy::Strategy;
@@ -108,6 +109,7 @@ impl Pipeline {
         let counted = Counted::of(&self.state, &incoming);
         let result = async {
             let mut flight = self.state.admit(incoming).await?;
+            trace::admitted(&flight.span, &flight.req, self.strategy.name());
             let answer = self.strategy.run(&mut flight, Delivery::Whole).await?;
             deliver::whole(flight, answer).await
         }
@@ -132,6 +134,7 @@ impl Pipeline {
         let counted = Counted::of(&self.state, &incoming);
         let started = async {
             let mut flight = self.state.admit(incoming).await?;
+            trace::admitted(&flight.span, &flight.req, self.strategy.name());
             let answer = self.strategy.run(&mut flight, Delivery::Stream).await?;
             Ok((flight, answer))
         }

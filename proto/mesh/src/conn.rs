@@ -477,7 +477,10 @@ mod tests {
             (r.map_err(|e| e.kind()), started.elapsed())
         });
         tokio::time::sleep(Duration::from_millis(600)).await;
-        assert!(!reader.is_finished(), "closed while a request was in progress");
+        assert!(
+            !reader.is_finished(),
+            "closed while a request was in progress"
+        );
         drop(guard);
         let (result, waited) = reader.await.expect("reader");
         assert_eq!(result, Err(io::ErrorKind::TimedOut));

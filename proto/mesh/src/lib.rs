@@ -1,8 +1,8 @@
 //! The shared ground under the routemesh gateway and its workers: model tiers
 //! and specs with the one price formula, worker records and the registry they
 //! are announced to, the Redis connection with its versioned key prefix, TLS
-//! from reloading PEM files, W3C trace context over gRPC, and producer-driven
-//! streams.
+//! from reloading PEM files, W3C trace context and the OpenTelemetry GenAI
+//! span conventions, and producer-driven streams.
 //!
 //! Nothing here knows about routing or inference, so the worker agent links
 //! this instead of the router (the ML crate) and the router links it for the
@@ -11,6 +11,7 @@
 mod capabilities;
 pub mod conn;
 pub mod driven;
+pub mod genai;
 mod model;
 mod redis_conn;
 mod registry;

@@ -121,6 +121,41 @@ redis://{{ include "routemesh.redisName" . }}:{{ $r.trial.port }}/0
 {{- end }}
 {{- end }}
 
+{{/*
+The resource attributes of the process's traces, from the downward API (read
+by routemesh's tracing setup): call with (dict "container" $c "deployment" $d).
+*/}}
+{{- define "routemesh.resourceEnv" -}}
+- name: K8S_POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+- name: K8S_POD_UID
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.uid
+- name: K8S_NAMESPACE_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.namespace
+- name: K8S_NODE_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: spec.nodeName
+- name: K8S_CONTAINER_NAME
+  value: {{ .container | quote }}
+- name: K8S_DEPLOYMENT_NAME
+  value: {{ .deployment | quote }}
+{{- end }}
+
+{{/* The `tracing` section of a routemesh configuration, set on $cfg when a collector is named: call with (dict "root" $ "cfg" $cfg). */}}
+{{- define "routemesh.setTracing" -}}
+{{- $t := .root.Values.tracing -}}
+{{- if $t.otlpEndpoint -}}
+{{- $_ := set .cfg "tracing" (dict "otlp_endpoint" $t.otlpEndpoint "sample_ratio" $t.sampleRatio) -}}
+{{- end -}}
+{{- end }}
+
 {{/* Restricted-profile security contexts. */}}
 {{- define "routemesh.podSecurityContext" -}}
 runAsNonRoot: true
@@ -170,6 +205,7 @@ The gateway's routemesh configuration (ConfigMap data; may hold @@REDIS_URL@@).
 {{- $_ := set $gw "auth" (dict "keys" $a.keys) -}}
 {{- end -}}
 {{- $cfg := dict "registry" (dict "redis" (dict "url" (include "routemesh.redisUrl" .) "mesh" .Values.mesh)) "gateway" $gw -}}
+{{- include "routemesh.setTracing" (dict "root" . "cfg" $cfg) -}}
 # routemesh gateway configuration, rendered by the Helm chart.
 # Placeholders between @@ marks are filled in at pod start by render-config.sh.
 {{- /* AUTH_KEYS is a JSON list (YAML flow): unquoted, it becomes the list itself. */}}
@@ -206,6 +242,7 @@ advertises the pod IP, both filled in at pod start.
 {{- $_ := set $w "backend" (dict "openai" $o) -}}
 {{- end -}}
 {{- $cfg := dict "registry" (dict "redis" (dict "url" (include "routemesh.redisUrl" .root) "mesh" .root.Values.mesh)) "workers" (list $w) -}}
+{{- include "routemesh.setTracing" (dict "root" .root "cfg" $cfg) -}}
 # routemesh worker configuration for pool {{ $p.name }}, rendered by the Helm chart.
 # Placeholders between @@ marks are filled in at pod start by render-config.sh.
 {{ toYaml $cfg }}

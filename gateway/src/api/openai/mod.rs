@@ -25,8 +25,8 @@ use axum::routing::{get, post};
 use futures::StreamExt;
 use routemesh_mesh::Tier;
 use routemesh_proto::v1::{
-    FinishReason, GenerateRequest, RouteDecision, Tier as WireTier, TokenLogprob, ToolCall,
-    ToolCallDelta, Usage, generate_stream_event,
+    GenerateRequest, RouteDecision, Tier as WireTier, TokenLogprob, ToolCall, ToolCallDelta, Usage,
+    generate_stream_event,
 };
 use serde_json::{Value, json};
 use tonic::Code;
@@ -37,7 +37,7 @@ pub(crate) use self::request::ROUTER_MODEL;
 use self::request::parse_chat;
 use crate::api::counted::HttpOutcome;
 use crate::error::GatewayError;
-use crate::serve::{Api, Incoming, Pipeline};
+use crate::serve::{Incoming, Pipeline};
 use crate::tenancy::auth::{ApiKeys, Tenant};
 
 #[derive(Clone)]
@@ -57,6 +57,8 @@ pub(crate) fn router(state: HttpState) -> Router {
         .route("/v1/responses", post(responses::create))
         .route("/v1/models", get(list_models))
         .route("/v1/models/{id}", get(get_model))
+        // Every route's requests get a server span, refused ones included.
+        .route_layer(axum::middleware::from_fn(crate::api::spans::http_server_span))
         .fallback(|| async {
             openai_error(
                 StatusCode::NOT_FOUND,
@@ -134,7 +136,8 @@ async fn serve(
     if let Some(outcome) = outcome {
         outcome.streamed(stream);
     }
-    let (incoming, span) = incoming(state, headers, request, stream).await?;
+    let incoming = incoming(state, headers, request).await?;
+    let span = incoming.span.clone();
     let served = if stream {
         state
             .pipeline
@@ -171,53 +174,34 @@ enum Served {
 
 /// An HTTP request as the serving path takes it: the tenant from its API
 /// key, its session from `x-session-id` (unless the body named one), and
-/// its server span, continuing the client's W3C trace.
+/// the server span the route's layer opened (which continues the client's
+/// W3C trace).
 async fn incoming(
     state: &HttpState,
     headers: &HeaderMap,
     mut request: GenerateRequest,
-    stream: bool,
-) -> Result<(Incoming<GenerateRequest>, tracing::Span), ApiError> {
+) -> Result<Incoming<GenerateRequest>, ApiError> {
     if request.session_id.is_empty()
         && let Some(session) = headers.get("x-session-id").and_then(|v| v.to_str().ok())
     {
         request.session_id = session.to_string();
     }
+    let span = tracing::Span::current();
+    // Before the key is checked: a refused request still says what it asked.
+    crate::serve::trace::requested(&span, &request);
     let tenant = authorize(state, headers).await?;
-    let mut metadata = tonic::metadata::MetadataMap::new();
-    for name in ["traceparent", "tracestate"] {
-        if let Some(value) = headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-        {
-            metadata.insert(name, value);
-        }
-    }
-    let method = if stream { "GenerateStream" } else { "Generate" };
-    let span = crate::api::request_span(
-        Api::Http,
-        method,
-        &request.request_id,
-        &request.model,
-        &metadata,
-    );
     let incoming = Incoming {
         message: request,
         tenant,
         deadline: None,
+        span,
     };
-    Ok((incoming, span))
+    Ok(incoming)
 }
 
 /// OpenAI's name for why generation ended.
 fn finish_reason(reason: i32) -> &'static str {
-    match FinishReason::try_from(reason) {
-        Ok(FinishReason::Length) => "length",
-        Ok(FinishReason::ToolCalls) => "tool_calls",
-        Ok(FinishReason::ContentFilter) => "content_filter",
-        _ => "stop",
-    }
+    routemesh_mesh::genai::finish_reason_name(reason)
 }
 
 fn usage_json(usage: &Usage) -> Value {

@@ -8,15 +8,20 @@
 //! log-probabilities, cached prompt tokens; see `response`). A refusal
 //! because the prompt does not fit the model's context is told apart from
 //! other refusals ([`EngineError::ContextExceeded`]), whichever engine's
-//! wording it comes in.
+//! wording it comes in. Each call has a client span (`span`) whose context
+//! the engine receives as `traceparent`.
 
 mod request;
 mod response;
+mod span;
 
 use std::time::Duration;
 
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
+use tracing::Instrument;
+
+use routemesh_mesh::genai;
 
 use super::sse::SseParser;
 use super::{
@@ -56,7 +61,7 @@ fn default_connect_timeout() -> Duration {
 #[derive(Debug, Clone)]
 pub struct OpenAiBackend {
     client: reqwest::Client,
-    url: String,
+    url: reqwest::Url,
     /// `GET` here is the health probe: every OpenAI-compatible server
     /// lists its models, cheaply, without generating anything.
     models_url: String,
@@ -82,7 +87,7 @@ impl OpenAiBackend {
             .build()
             .map_err(|e| format!("backend.openai: cannot build HTTP client: {e}"))?;
         let url = format!("{}/chat/completions", config.base_url.trim_end_matches('/'));
-        reqwest::Url::parse(&url).map_err(|e| {
+        let url = reqwest::Url::parse(&url).map_err(|e| {
             format!(
                 "backend.openai.base_url: {:?} is not a URL: {e}",
                 config.base_url
@@ -102,13 +107,21 @@ impl OpenAiBackend {
         })
     }
 
+    /// Posts the request, with `span`'s trace context in its headers.
     async fn send(
         &self,
         input: &GenerateInput,
         stream: bool,
+        span: &tracing::Span,
     ) -> Result<reqwest::Response, EngineError> {
         let body = request::chat_request(&self.model, input, stream)?;
-        let mut req = self.client.post(&self.url).json(&body);
+        let mut headers = reqwest::header::HeaderMap::new();
+        routemesh_mesh::trace_context::inject_http(span, &mut headers);
+        let mut req = self
+            .client
+            .post(self.url.clone())
+            .headers(headers)
+            .json(&body);
         if let Some(key) = &self.api_key {
             req = req.bearer_auth(key);
         }
@@ -117,6 +130,7 @@ impl OpenAiBackend {
             .map_err(|_| EngineError::Timeout(self.timeout))?
             .map_err(|e| classify_transport(&e, self.timeout))?;
         let status = resp.status();
+        span::record_http_status(span, status);
         if status.is_success() {
             return Ok(resp);
         }
@@ -211,7 +225,43 @@ impl Backend for OpenAiBackend {
     }
 
     async fn generate(&self, input: GenerateInput) -> Result<Completion, EngineError> {
-        let resp = self.send(&input, false).await?;
+        let span = span::engine_span(&self.model, &self.url, &input);
+        let result = self.complete(&input, &span).instrument(span.clone()).await;
+        if let Err(e) = &result {
+            span::record_error(&span, e);
+        }
+        result
+    }
+
+    async fn stream(&self, input: GenerateInput) -> Result<EngineStream, EngineError> {
+        let span = span::engine_span(&self.model, &self.url, &input);
+        let events = self
+            .stream_events(input, span.clone())
+            .instrument(span.clone())
+            .await;
+        match events {
+            // The span lasts as long as the stream and records how it failed.
+            Ok(events) => Ok(Box::pin(events.inspect(move |event| {
+                if let Err(e) = event {
+                    span::record_error(&span, e);
+                }
+            }))),
+            Err(e) => {
+                span::record_error(&span, &e);
+                Err(e)
+            }
+        }
+    }
+}
+
+impl OpenAiBackend {
+    /// A whole completion, recorded on the call's `span`.
+    async fn complete(
+        &self,
+        input: &GenerateInput,
+        span: &tracing::Span,
+    ) -> Result<Completion, EngineError> {
+        let resp = self.send(input, false, span).await?;
         let bytes = tokio::time::timeout(self.timeout, resp.bytes())
             .await
             .map_err(|_| EngineError::Timeout(self.timeout))?
@@ -219,6 +269,7 @@ impl Backend for OpenAiBackend {
         let wire: response::Completion = serde_json::from_slice(&bytes)
             .map_err(|e| EngineError::Malformed(format!("completion body: {e}")))?;
         let usage = wire.usage;
+        let (id, model) = (wire.id.unwrap_or_default(), wire.model.unwrap_or_default());
         let choice = wire
             .choices
             .into_iter()
@@ -243,8 +294,16 @@ impl Backend for OpenAiBackend {
         let mut summary = LogprobSummary::default();
         let logprobs = read_logprobs(choice.logprobs, &mut summary, input.token_logprobs())
             .unwrap_or_default();
+        let finish = finish_reason(choice.finish_reason.as_deref());
+        span::record_answer(
+            span,
+            &id,
+            &model,
+            Some(genai::finish_reason_name(finish as i32)),
+            &usage,
+        );
         Ok(Completion {
-            finish_reason: finish_reason(choice.finish_reason.as_deref()),
+            finish_reason: finish,
             text,
             usage,
             time_to_first_token: None,
@@ -254,8 +313,14 @@ impl Backend for OpenAiBackend {
         })
     }
 
-    async fn stream(&self, input: GenerateInput) -> Result<EngineStream, EngineError> {
-        let resp = self.send(&input, true).await?;
+    /// A streamed completion, whose answer is recorded on the call's `span`
+    /// when it ends.
+    async fn stream_events(
+        &self,
+        input: GenerateInput,
+        span: tracing::Span,
+    ) -> Result<EngineStream, EngineError> {
+        let resp = self.send(&input, true, &span).await?;
         let timeout = self.timeout;
         let prompt_chars = input.prompt_chars();
         let want_logprobs = input.want_logprobs;
@@ -271,6 +336,8 @@ impl Backend for OpenAiBackend {
             // the others would not cover the whole answer.
             let mut uncovered = 0u32;
             let mut done = false;
+            // The completion's id and model, from the first chunk naming them.
+            let (mut id, mut model) = (String::new(), String::new());
             while !done {
                 let chunk = match tokio::time::timeout(timeout, body.next()).await {
                     Err(_) => return tx.fail(EngineError::Timeout(timeout)).await,
@@ -293,6 +360,12 @@ impl Backend for OpenAiBackend {
                     };
                     if chunk.usage.is_some() {
                         usage = chunk.usage;
+                    }
+                    if id.is_empty() {
+                        id = chunk.id.unwrap_or_default();
+                    }
+                    if model.is_empty() {
+                        model = chunk.model.unwrap_or_default();
                     }
                     for choice in chunk.choices {
                         let tokens = read_logprobs(choice.logprobs, &mut logprobs, keep_logprobs);
@@ -348,8 +421,16 @@ impl Backend for OpenAiBackend {
                 logprobs.spoil();
             }
             let confidence = want_logprobs.then(|| logprobs.finish()).flatten();
+            let finish = finish_reason(finish.as_deref());
+            span::record_answer(
+                &span,
+                &id,
+                &model,
+                Some(genai::finish_reason_name(finish as i32)),
+                &usage,
+            );
             tx.send(EngineEvent::End {
-                finish_reason: finish_reason(finish.as_deref()),
+                finish_reason: finish,
                 usage,
                 confidence,
             })

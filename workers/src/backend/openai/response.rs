@@ -69,12 +69,22 @@ impl Usage {
 
 #[derive(Debug, Deserialize)]
 pub(super) struct Completion {
+    /// The engine's id of the completion, for its trace.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// The model that answered, as the engine names it.
+    #[serde(default)]
+    pub model: Option<String>,
     pub choices: Vec<Choice>,
     pub usage: Option<Usage>,
 }
 
 #[derive(Debug, Deserialize)]
 pub(super) struct Chunk {
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub model: Option<String>,
     #[serde(default)]
     pub choices: Vec<Choice>,
     pub usage: Option<Usage>,
