@@ -6,12 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::routing::policy::{LeastLoaded, Policy, PolicyKind, UtilityPolicy};
-use routemesh_mesh::{Registry, tls};
+use routemesh_mesh::{Registry, conn, tls};
 use routemesh_proto::v1::gateway_server::GatewayServer;
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::TcpIncoming;
 use tower::ServiceBuilder;
 
 use routemesh_telemetry::{Recorder, Telemetry};
@@ -154,15 +153,18 @@ struct PublicTls {
     http: Arc<rustls::ServerConfig>,
 }
 
-/// Connections whose TLS handshake [`tls::accept_tls`] completed, as an axum
-/// listener.
-struct TlsListener {
-    accepted: tokio::sync::mpsc::Receiver<tls::Accepted>,
+/// Connections an acceptor task hands over (plain, under the listener's
+/// limits, or after their TLS handshake), as an axum listener.
+struct ChannelListener<IO> {
+    accepted: tokio::sync::mpsc::Receiver<(IO, SocketAddr)>,
     addr: SocketAddr,
 }
 
-impl axum::serve::Listener for TlsListener {
-    type Io = tls::ServerTlsStream;
+impl<IO> axum::serve::Listener for ChannelListener<IO>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    type Io = IO;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
@@ -178,13 +180,43 @@ impl axum::serve::Listener for TlsListener {
     }
 }
 
-/// Serves an axum app (traced) until `stop`, over TLS when `tls` gives a
+/// A connection's state as axum hands it to requests (connect info), so
+/// that [`conn::TrackRequestsLayer`] can mark requests in progress.
+#[derive(Clone)]
+struct HttpConn(Arc<conn::ConnState>);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, ChannelListener<conn::Guarded<tokio::net::TcpStream>>>>
+    for HttpConn
+{
+    fn connect_info(
+        stream: axum::serve::IncomingStream<'_, ChannelListener<conn::Guarded<tokio::net::TcpStream>>>,
+    ) -> Self {
+        HttpConn(stream.io().info().state.clone())
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, ChannelListener<tls::ServerTlsStream>>>
+    for HttpConn
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, ChannelListener<tls::ServerTlsStream>>) -> Self {
+        HttpConn(stream.io().get_ref().0.info().state.clone())
+    }
+}
+
+fn http_conn_of(ext: &http::Extensions) -> Option<Arc<conn::ConnState>> {
+    ext.get::<axum::extract::ConnectInfo<HttpConn>>()
+        .map(|info| info.0.0.clone())
+}
+
+/// Serves an axum app (traced) until `stop`, with its connections under
+/// `limits` (`what`: the listener's name), over TLS when `tls` gives a
 /// configuration (per connection, so certificates can change); returns its
 /// address and task.
 fn serve_http(
     listener: tokio::net::TcpListener,
     app: axum::Router,
     stop: CancellationToken,
+    (limits, what): (conn::ConnectionLimits, &'static str),
     tls: Option<(tls::Reloading<PublicTls>, &mut TlsTasks)>,
 ) -> Result<(SocketAddr, HttpTask), ServeError> {
     let addr = listener.local_addr().map_err(|source| ServeError::Bind {
@@ -194,16 +226,20 @@ fn serve_http(
     let scheme = crate::api::spans::UrlScheme(if tls.is_some() { "https" } else { "http" });
     let app = app
         .layer(axum::Extension(scheme))
-        .layer(tower_http::trace::TraceLayer::new_for_http());
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(conn::TrackRequestsLayer::new(http_conn_of));
+    // The acceptor ends with the server that reads from it (or with `stop`).
+    let (admitted, _acceptor) = conn::accept_guarded(listener, limits, what, stop.child_token());
     let task = match tls {
         Some((certs, tasks)) => {
             let (accepted, acceptor) = tls::accept_tls(
-                listener,
+                admitted,
                 move || certs.current().http.clone(),
                 tasks.stop.child_token(),
             );
             tasks.tasks.push(acceptor);
-            let listener = TlsListener { accepted, addr };
+            let listener = ChannelListener { accepted, addr };
+            let app = app.into_make_service_with_connect_info::<HttpConn>();
             tokio::spawn(async move {
                 axum::serve(listener, app)
                     .with_graceful_shutdown(stop.cancelled_owned())
@@ -211,11 +247,11 @@ fn serve_http(
             })
         }
         None => {
-            // Without TCP_NODELAY the last SSE chunks of a stream wait ~40 ms
-            // for Nagle's algorithm (measured by the streaming benchmark).
-            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-                let _ = tcp.set_nodelay(true);
-            });
+            let listener = ChannelListener {
+                accepted: admitted,
+                addr,
+            };
+            let app = app.into_make_service_with_connect_info::<HttpConn>();
             tokio::spawn(async move {
                 axum::serve(listener, app)
                     .with_graceful_shutdown(stop.cancelled_owned())
@@ -503,6 +539,7 @@ pub async fn start_gateway(
                 listener,
                 app,
                 stop_serving.clone(),
+                (config.connections, "http"),
                 public_tls.clone().map(|certs| (certs, &mut tls_tasks)),
             )?)
         }
@@ -515,21 +552,27 @@ pub async fn start_gateway(
             listener,
             crate::api::admin::router(state.clone()),
             stop_admin.clone(),
+            (config.admin_connections, "admin"),
             None,
         )?),
         None => None,
     };
     let admin_addr = admin.as_ref().map(|(a, _)| *a);
     let http_addr = http.as_ref().map(|(a, _)| *a);
+    let limits = config.connections;
     let router = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_interval(Some(limits.keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+        .layer(conn::TrackRequestsLayer::tonic())
         .layer(stack)
         .add_service(health_service)
         .add_service(routemesh_proto::reflection_v1()?)
         .add_service(routemesh_proto::reflection_v1alpha()?)
         .add_service(grpc_service);
     let signal = stop_serving.clone().cancelled_owned();
+    // The acceptor ends with the server that reads from it (or with the stop).
+    let (admitted, _acceptor) =
+        conn::accept_guarded(listener, limits, "grpc", stop_serving.child_token());
     // TLS is terminated here rather than by tonic, so that each new
     // connection gets the certificate current at its handshake.
     let server: std::pin::Pin<
@@ -537,7 +580,7 @@ pub async fn start_gateway(
     > = match public_tls {
         Some(certs) => {
             let (accepted, acceptor) = tls::accept_tls(
-                listener,
+                admitted,
                 move || certs.current().grpc.clone(),
                 tls_tasks.stop.child_token(),
             );
@@ -546,10 +589,11 @@ pub async fn start_gateway(
                 .map(|(tls, _)| Ok::<_, std::io::Error>(tls));
             Box::pin(router.serve_with_incoming_shutdown(incoming, signal))
         }
-        None => Box::pin(router.serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            signal,
-        )),
+        None => {
+            let incoming = tokio_stream::wrappers::ReceiverStream::new(admitted)
+                .map(|(tcp, _)| Ok::<_, std::io::Error>(tcp));
+            Box::pin(router.serve_with_incoming_shutdown(incoming, signal))
+        }
     };
     let mut server = tokio::spawn(server);
 

@@ -77,6 +77,10 @@ pub struct WorkerConfig {
     /// On shutdown, how long in-flight requests may take to finish.
     #[serde(default = "default_grace", with = "humantime_serde")]
     pub drain_grace: Duration,
+    /// The agent's port's connection limits (cap, header and idle
+    /// timeouts, HTTP/2 keepalive).
+    #[serde(default)]
+    pub connections: routemesh_mesh::conn::ConnectionLimits,
     pub backend: BackendConfig,
     /// Serve the Worker API over TLS; with `ca`, only clients (gateways)
     /// holding a certificate from that CA may call (mutual TLS).
@@ -153,6 +157,9 @@ impl WorkerConfig {
         }
         if self.capacity == 0 {
             return Err("capacity: must be at least 1".into());
+        }
+        if let Err((key, why)) = self.connections.check() {
+            return Err(format!("connections.{key}: {why}"));
         }
         for (key, price) in [
             ("input_usd_per_mtok", self.input_usd_per_mtok),

@@ -10,12 +10,11 @@ use routemesh_proto::v1::worker_server::WorkerServer;
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::TcpIncoming;
 
 use crate::backend::{Backend, LocalBackend, OpenAiBackend, SimBackend};
 use crate::config::{BackendChoice, WorkerConfig};
 use crate::service::{WorkerService, WorkerState};
-use routemesh_mesh::{Registry, WorkerRecord, tls};
+use routemesh_mesh::{Registry, WorkerRecord, conn, tls};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -143,13 +142,19 @@ pub async fn start_worker(
     let stop_tls = CancellationToken::new();
     let mut tls_tasks = Vec::new();
     let service = WorkerServer::new(WorkerService::new(state.clone()));
+    let limits = config.connections;
     let router = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(limits.keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+        .layer(conn::TrackRequestsLayer::tonic())
         .add_service(health_service)
         .add_service(routemesh_proto::reflection_v1()?)
         .add_service(routemesh_proto::reflection_v1alpha()?)
         .add_service(service.clone());
     let signal = stop_serving.clone().cancelled_owned();
+    // The acceptor ends with the server that reads from it (or with the stop).
+    let (admitted, _acceptor) =
+        conn::accept_guarded(listener, limits, "worker", stop_serving.child_token());
     let server: std::pin::Pin<
         Box<dyn std::future::Future<Output = Result<(), tonic::transport::Error>> + Send>,
     > = match &config.tls {
@@ -162,16 +167,17 @@ pub async fn start_worker(
             )
             .map_err(|e| WorkerError::Config(e.to_string()))?;
             let (accepted, acceptor) =
-                tls::accept_tls(listener, move || certs.current(), stop_tls.child_token());
+                tls::accept_tls(admitted, move || certs.current(), stop_tls.child_token());
             tls_tasks.extend([watcher, acceptor]);
             let incoming = tokio_stream::wrappers::ReceiverStream::new(accepted)
                 .map(|(tls, _)| Ok::<_, std::io::Error>(tls));
             Box::pin(router.serve_with_incoming_shutdown(incoming, signal))
         }
-        None => Box::pin(router.serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            signal,
-        )),
+        None => {
+            let incoming = tokio_stream::wrappers::ReceiverStream::new(admitted)
+                .map(|(tcp, _)| Ok::<_, std::io::Error>(tcp));
+            Box::pin(router.serve_with_incoming_shutdown(incoming, signal))
+        }
     };
     let server = tokio::spawn(async move {
         // Cancels the TLS tasks however this ends, aborted included.

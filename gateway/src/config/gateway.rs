@@ -39,6 +39,14 @@ pub struct GatewayConfig {
     /// Longest a request may take end to end (a client deadline can shorten it).
     #[serde(default = "default_request_timeout", with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// The public ports' (gRPC and HTTP) connection limits: a cap on open
+    /// connections, header and idle timeouts, HTTP/2 keepalive.
+    #[serde(default)]
+    pub connections: routemesh_mesh::conn::ConnectionLimits,
+    /// The admin port's: its own cap, so that health probes and scrapes
+    /// find room when the public ports are flooded.
+    #[serde(default = "default_admin_connections")]
+    pub admin_connections: routemesh_mesh::conn::ConnectionLimits,
     /// Longest a streaming client may leave its stream unread (buffers
     /// full) before the stream is ended and its worker call cancelled.
     #[serde(default = "default_stream_stall_timeout", with = "humantime_serde")]
@@ -251,6 +259,9 @@ fn default_load_weight() -> f64 {
 }
 fn default_request_timeout() -> Duration {
     Duration::from_secs(120)
+}
+fn default_admin_connections() -> routemesh_mesh::conn::ConnectionLimits {
+    routemesh_mesh::conn::ConnectionLimits::default().with_max_open(256)
 }
 fn default_stream_stall_timeout() -> Duration {
     Duration::from_secs(10)

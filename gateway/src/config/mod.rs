@@ -200,10 +200,19 @@ impl Config {
         if g.max_concurrent_requests == 0 {
             return bad("max_concurrent_requests", "must be at least 1".into());
         }
+        for (section, limits) in [
+            ("connections", &g.connections),
+            ("admin_connections", &g.admin_connections),
+        ] {
+            if let Err((key, why)) = limits.check() {
+                return bad(&format!("{section}.{key}"), why);
+            }
+        }
         for (key, d) in [
             ("discovery_interval", g.discovery_interval),
             ("load_interval", g.load_interval),
             ("shared_request_ttl", g.shared_request_ttl),
+            ("stream_stall_timeout", g.stream_stall_timeout),
         ] {
             if d < Duration::from_millis(10) {
                 return bad(key, format!("{d:?} is shorter than 10ms"));

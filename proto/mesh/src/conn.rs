@@ -17,7 +17,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::task::AtomicWaker;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -26,7 +26,7 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
 /// Limits on one listener's connections (config: `connections:`).
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConnectionLimits {
     /// Connections open at once; beyond it new ones are closed at once.
@@ -81,19 +81,20 @@ impl ConnectionLimits {
         Self { max_open, ..self }
     }
 
-    /// What is wrong with these limits, if anything.
-    pub fn check(&self) -> Result<(), String> {
+    /// What is wrong with these limits, if anything: the key (under
+    /// `connections.`) and why.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
         if self.max_open == 0 {
-            return Err("connections.max_open must be at least 1".into());
+            return Err(("max_open", "must be at least 1".into()));
         }
-        for (name, d) in [
+        for (key, d) in [
             ("header_timeout", self.header_timeout),
             ("idle_timeout", self.idle_timeout),
             ("keepalive_interval", self.keepalive_interval),
             ("keepalive_timeout", self.keepalive_timeout),
         ] {
-            if d.is_zero() {
-                return Err(format!("connections.{name} must be more than 0"));
+            if d < Duration::from_millis(10) {
+                return Err((key, format!("{d:?} is shorter than 10ms")));
             }
         }
         Ok(())

@@ -18,7 +18,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use serde::{Deserialize, Serialize};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -325,18 +325,19 @@ where
     Ok((reloading, task))
 }
 
-/// The server side of a TLS connection.
-pub type ServerTlsStream = tokio_rustls::server::TlsStream<TcpStream>;
+/// The server side of a TLS connection, under its listener's limits.
+pub type ServerTlsStream = tokio_rustls::server::TlsStream<crate::conn::Guarded<TcpStream>>;
 
 /// A TLS connection a server accepted, with its peer's address.
 pub type Accepted = (ServerTlsStream, SocketAddr);
 
-/// Accepts connections on `listener` and completes their TLS handshakes
-/// (concurrently, each bounded in time) with the configuration `config`
-/// gives at that moment. Handshakes that fail are logged and dropped. Stops
-/// when `stop` is cancelled or the receiver is dropped.
+/// Completes the TLS handshakes of the connections `incoming` yields (see
+/// [`crate::conn::accept_guarded`]; concurrently, each bounded in time) with
+/// the configuration `config` gives at that moment. Handshakes that fail are
+/// logged and dropped. Stops when `stop` is cancelled, `incoming` ends, or
+/// the receiver is dropped.
 pub fn accept_tls<F>(
-    listener: TcpListener,
+    mut incoming: mpsc::Receiver<crate::conn::Admitted>,
     config: F,
     stop: CancellationToken,
 ) -> (mpsc::Receiver<Accepted>, JoinHandle<()>)
@@ -352,17 +353,11 @@ where
             let (tcp, peer) = tokio::select! {
                 () = stop.cancelled() => return,
                 () = tx.closed() => return,
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off briefly.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
+                accepted = incoming.recv() => match accepted {
+                    Some(a) => a,
+                    None => return,
                 },
             };
-            let _ = tcp.set_nodelay(true);
             let acceptor = tokio_rustls::TlsAcceptor::from(config());
             let tx = tx.clone();
             handshakes.spawn(async move {

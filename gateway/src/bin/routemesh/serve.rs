@@ -76,6 +76,12 @@ pub async fn serve(
     if let Some(note) = note {
         tracing::info!("{note}");
     }
+    // Each listener caps its own connections; the process must have room
+    // for all of them (the default soft limit is often 1,024).
+    match routemesh_mesh::conn::raise_open_file_limit() {
+        Ok(limit) => tracing::debug!(limit, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
+    }
     let result = serve_traced(config, common, workers, gateway, try_prompt, once).await;
     if let Some(provider) = traces {
         // Send the last spans before exiting.
