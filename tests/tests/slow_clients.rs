@@ -118,3 +118,99 @@ async fn streams_nobody_reads_release_their_slots() {
     .await;
     drop(stalled);
 }
+
+/// Opens `n` connections to `addr` that each send `opening` and then
+/// nothing more, and keeps them open until dropped.
+async fn flood(addr: &str, n: usize, opening: &'static [u8]) -> Vec<tokio::net::TcpStream> {
+    use tokio::io::AsyncWriteExt;
+    let mut held = Vec::with_capacity(n);
+    for _ in 0..n {
+        // A connection the gateway closed is simply not held.
+        if let Ok(mut tcp) = tokio::net::TcpStream::connect(addr).await {
+            let _ = tcp.write_all(opening).await;
+            held.push(tcp);
+        }
+    }
+    held
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slowloris_flood_does_not_lock_out_health_checks_or_clients() {
+    let worker = Process::start(
+        "w",
+        "worker",
+        &sim_worker_yaml(
+            None,
+            "small-0",
+            "small",
+            "small",
+            "{ttft_ms: {median: 1}, tokens_per_second: {median: 0}, output_tokens: {median: 4}, seed: 1}",
+        ),
+        &[],
+    )
+    .unwrap();
+    // Caps far below the flood, and a header timeout far longer than the
+    // test: only making room (closing the oldest idle connection) keeps
+    // clients in.
+    let gw = Process::start(
+        "gw",
+        "gateway",
+        &format!(
+            "{}  connections: {{max_open: 100, header_timeout: 60s}}\n  admin_connections: {{max_open: 20, header_timeout: 60s}}\nstatic_workers:\n  - {{id: small-0, model: small, tier: small, endpoint: \"{}\"}}\n",
+            gateway_yaml(None),
+            worker.worker_endpoint(0)
+        ),
+        &[],
+    )
+    .unwrap();
+    let grpc = gw.gateway_url().trim_start_matches("http://").to_string();
+    let http = gw.http_url();
+    let admin = gw.admin_url();
+    let http_addr = http.trim_start_matches("http://").to_string();
+    let admin_addr = admin.trim_start_matches("http://").to_string();
+    let mut client = gateway_client(&gw.gateway_url()).await;
+    eventually(Duration::from_secs(10), "the gateway serves", || {
+        let mut c = client.clone();
+        async move { c.generate(ask("hi")).await.is_ok() }
+    })
+    .await;
+
+    // Half-sent HTTP/1 headers, an HTTP/2 connection that never sends its
+    // preface, and silent sockets on the admin port: 3x to 10x each cap.
+    let _http_flood = flood(&http_addr, 300, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n").await;
+    let _grpc_flood = flood(&grpc, 300, b"").await;
+    let _admin_flood = flood(&admin_addr, 200, b"GET /healthz HTTP/1.1\r\n").await;
+
+    let web = reqwest::Client::builder()
+        .timeout(Duration::from_secs(1))
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    for round in 0..5 {
+        let health = web.get(format!("{admin}/healthz")).send().await;
+        assert!(
+            health.as_ref().is_ok_and(|r| r.status().is_success()),
+            "round {round}: /healthz during the flood: {health:?}"
+        );
+        let chat = web
+            .post(format!("{http}/v1/chat/completions"))
+            .json(&serde_json::json!({"model": "small", "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await;
+        assert!(
+            chat.as_ref().is_ok_and(|r| r.status().is_success()),
+            "round {round}: a chat completion during the flood: {chat:?}"
+        );
+        // A new gRPC connection each round, like a client that just started.
+        let mut fresh = gateway_client(&gw.gateway_url()).await;
+        let answer = tokio::time::timeout(Duration::from_secs(1), fresh.generate(ask("hi"))).await;
+        assert!(
+            matches!(answer, Ok(Ok(_))),
+            "round {round}: a gRPC request during the flood: {answer:?}"
+        );
+        // The long-lived client's connection is busy at times and idle at
+        // others; it may have been closed to make room, and reconnects.
+        let _ = client.generate(ask("hi")).await;
+        let _ = flood(&http_addr, 50, b"GET / HTTP/1.1\r\n").await;
+    }
+}

@@ -6,12 +6,16 @@
 //! progress is closed after `header_timeout` (before its first request: a
 //! slowloris client that never finishes its headers or HTTP/2 preface) or
 //! `idle_timeout` (between requests). Requests in progress (until their
-//! response body ends, streams included) keep a connection open.
+//! response body ends, streams included) keep a connection open. A full
+//! listener makes room by closing its oldest connection with no request in
+//! progress, so a slowloris flood cannot lock real clients out: they send
+//! their request at once, the flood's sockets never do.
 
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::{Arc, Weak};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -117,6 +121,8 @@ pub struct ConnState {
     /// When the last request ended (nanoseconds after `born`).
     quiet_since: AtomicU64,
     started_any: AtomicBool,
+    /// The listener needed the slot: close unless a request is in progress.
+    evicted: AtomicBool,
     reader: AtomicWaker,
     header_timeout: Duration,
     idle_timeout: Duration,
@@ -129,6 +135,7 @@ impl ConnState {
             open: AtomicUsize::new(0),
             quiet_since: AtomicU64::new(0),
             started_any: AtomicBool::new(false),
+            evicted: AtomicBool::new(false),
             reader: AtomicWaker::new(),
             header_timeout: limits.header_timeout,
             idle_timeout: limits.idle_timeout,
@@ -141,6 +148,17 @@ impl ConnState {
         self.started_any.store(true, Ordering::Relaxed);
         self.open.fetch_add(1, Ordering::AcqRel);
         RequestGuard(self.clone())
+    }
+
+    /// Asks the connection to close if no request is in progress; false if
+    /// one is.
+    fn evict(&self) -> bool {
+        if self.open.load(Ordering::Acquire) > 0 {
+            return false;
+        }
+        self.evicted.store(true, Ordering::Release);
+        self.reader.wake();
+        true
     }
 
     /// When the connection is closed if no request starts before.
@@ -212,6 +230,12 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Guarded<IO> {
         let state = &this.info.state;
         state.reader.register(cx.waker());
         if state.open.load(Ordering::Acquire) == 0 {
+            if state.evicted.load(Ordering::Acquire) {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "connection closed: its listener was full and it had no request in progress",
+                )));
+            }
             let deadline = state.quiet_deadline();
             if Instant::now() >= deadline {
                 return Poll::Ready(Err(timed_out()));
@@ -284,6 +308,8 @@ pub fn accept_guarded(
     let slots = Arc::new(Semaphore::new(limits.max_open));
     let task = tokio::spawn(async move {
         let mut last_warning: Option<Instant> = None;
+        // Connections in the order they came, for eviction.
+        let mut admitted: VecDeque<Weak<ConnState>> = VecDeque::new();
         loop {
             let (tcp, peer) = tokio::select! {
                 () = stop.cancelled() => return,
@@ -298,7 +324,19 @@ pub fn accept_guarded(
                     }
                 },
             };
-            let Ok(slot) = slots.clone().try_acquire_owned() else {
+            let slot = match slots.clone().try_acquire_owned() {
+                Ok(slot) => Some(slot),
+                // Full: the oldest connection without a request in progress
+                // goes, and its slot comes back as soon as its server drops it.
+                Err(_) if evict_oldest_idle(&mut admitted) => {
+                    tokio::time::timeout(EVICTION_WAIT, slots.clone().acquire_owned())
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
+                }
+                Err(_) => None,
+            };
+            let Some(slot) = slot else {
                 // Closed at once: a full listener must not hold sockets.
                 drop(tcp);
                 metrics::counter!(REFUSED, "listener" => what).increment(1);
@@ -306,7 +344,7 @@ pub fn accept_guarded(
                     tracing::warn!(
                         listener = what,
                         max_open = limits.max_open,
-                        "connection limit reached; new connections are closed"
+                        "connection limit reached with every connection busy; new connections are closed"
                     );
                     last_warning = Some(Instant::now());
                 }
@@ -314,6 +352,7 @@ pub fn accept_guarded(
             };
             let _ = tcp.set_nodelay(true);
             let state = Arc::new(ConnState::new(&limits));
+            admitted.push_back(Arc::downgrade(&state));
             let guarded = Guarded {
                 io: tcp,
                 info: ConnInfo {
@@ -330,6 +369,33 @@ pub fn accept_guarded(
     });
     (rx, task)
 }
+
+/// How long a new connection waits for the slot of the one evicted for it.
+const EVICTION_WAIT: Duration = Duration::from_millis(200);
+
+/// Asks the oldest open connection with no request in progress to close;
+/// false if every connection is busy. Forgets closed connections on the way
+/// and moves busy ones to the back, so each call looks at a few entries.
+fn evict_oldest_idle(admitted: &mut VecDeque<Weak<ConnState>>) -> bool {
+    for _ in 0..admitted.len().min(256) {
+        let Some(oldest) = admitted.pop_front() else {
+            return false;
+        };
+        let Some(state) = oldest.upgrade() else {
+            continue;
+        };
+        if !state.evicted.load(Ordering::Acquire) && state.evict() {
+            metrics::counter!(EVICTED).increment(1);
+            return true;
+        }
+        admitted.push_back(oldest);
+    }
+    false
+}
+
+/// Connections closed because their listener was full and they had no
+/// request in progress.
+pub const EVICTED: &str = "routemesh_connections_evicted_total";
 
 /// Connections closed at once because their listener was full.
 pub const REFUSED: &str = "routemesh_connections_refused_total";
@@ -491,10 +557,42 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_full_listener_makes_room_by_closing_its_oldest_idle_connection() {
+        let (addr, mut rx) = listen(ConnectionLimits {
+            header_timeout: Duration::from_secs(60),
+            ..limits(2)
+        })
+        .await;
+        let _a = TcpStream::connect(addr).await.expect("connect");
+        let (mut oldest, _) = rx.recv().await.expect("accepted");
+        let _b = TcpStream::connect(addr).await.expect("connect");
+        let (busy, _) = rx.recv().await.expect("accepted");
+        let _request = busy.info().state.begin();
+        let reader = tokio::spawn(async move {
+            let mut buf = [0u8; 1];
+            let read = oldest.read(&mut buf).await.map_err(|e| e.kind());
+            drop(oldest);
+            read
+        });
+        let _c = TcpStream::connect(addr).await.expect("connect");
+        let (_newest, _) = tokio::time::timeout(Duration::from_secs(2), rx.recv())
+            .await
+            .expect("the newest is admitted")
+            .expect("accepted");
+        assert_eq!(
+            reader.await.expect("reader"),
+            Err(io::ErrorKind::TimedOut),
+            "the oldest idle connection made room"
+        );
+    }
+
+    #[tokio::test]
     async fn a_full_listener_closes_new_connections_at_once() {
         let (addr, mut rx) = listen(limits(1).with_max_open(1)).await;
         let _first = TcpStream::connect(addr).await.expect("connect");
-        let _held = rx.recv().await.expect("accepted");
+        let (held, _) = rx.recv().await.expect("accepted");
+        // Busy: it cannot be evicted for the newcomer.
+        let _request = held.info().state.begin();
         let mut second = TcpStream::connect(addr).await.expect("connect");
         let mut buf = [0u8; 1];
         let read = tokio::time::timeout(Duration::from_secs(2), second.read(&mut buf))
