@@ -366,3 +366,43 @@ async fn spend_during_a_redis_outage_is_charged_when_redis_returns() {
         status.message()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_counts_against_the_requests_per_minute() {
+    let worker = Process::start(
+        "w",
+        "worker",
+        &sim_worker_yaml(None, "big-0", "big", "large", FAST),
+        &[],
+    )
+    .unwrap();
+    let gw = Process::start(
+        "gw",
+        "gateway",
+        &format!(
+            "{}  tenants:\n    router-user: {{requests_per_minute: 3}}\nstatic_workers:\n  - {{id: big-0, model: big, tier: large, endpoint: \"{}\"}}\n",
+            gateway_yaml(None),
+            worker.worker_endpoint(0)
+        ),
+        &[],
+    )
+    .unwrap();
+    let mut client = gateway_client(&gw.gateway_url()).await;
+    eventually(
+        std::time::Duration::from_secs(10),
+        "the gateway sees the worker",
+        || {
+            let mut c = client.clone();
+            async move { c.route(ask("hi")).await.is_ok() }
+        },
+    )
+    .await;
+    let mut outcomes = Vec::new();
+    for _ in 0..5 {
+        outcomes.push(client.route(tenant_request("router-user")).await.map(|_| ()));
+    }
+    assert!(outcomes[..3].iter().all(Result::is_ok), "{outcomes:?}");
+    let refused = outcomes[3].as_ref().unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(refused.message().contains("requests_per_minute"), "{refused:?}");
+}

@@ -118,7 +118,25 @@ impl GatewayState {
         if !self.limits.limits(&req.tenant) {
             return Ok(Reservation::none());
         }
-        let ask = most_a_request_may_use(req, snapshot);
+        self.reserve(req, most_a_request_may_use(req, snapshot), budget)
+            .await
+    }
+
+    /// A `Route` call's limits: a request this minute, nothing to reserve
+    /// (and refused, like a generation, once a budget is spent).
+    pub(crate) async fn check_route_limits(&self, req: &ValidRequest) -> Result<(), GatewayError> {
+        if self.limits.limits(&req.tenant) {
+            self.reserve(req, Ask::default(), Duration::ZERO).await?;
+        }
+        Ok(())
+    }
+
+    async fn reserve(
+        &self,
+        req: &ValidRequest,
+        ask: Ask,
+        budget: Duration,
+    ) -> Result<Reservation, GatewayError> {
         // A holder that vanished (a crashed replica) gives its reservation
         // back after the request's time and a margin.
         let hold_for = budget + Duration::from_secs(60);
@@ -155,7 +173,7 @@ impl GatewayState {
 
     /// A slot for a generation, or a refusal at once: queueing here would
     /// only add latency in front of workers that are already full.
-    fn take_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, GatewayError> {
+    pub(crate) fn take_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, GatewayError> {
         self.admission.clone().try_acquire_owned().map_err(|_| {
             crate::metrics::shed();
             GatewayError::Overloaded(self.config.max_concurrent_requests)

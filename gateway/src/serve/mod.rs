@@ -158,8 +158,12 @@ impl Pipeline {
         incoming: Incoming<GenerateRequest>,
     ) -> Result<RouteDecision, GatewayError> {
         let state = &self.state;
+        // Routing runs the router: it takes a slot and counts against the
+        // tenant's requests per minute like a generation (no tokens).
+        let _slot = state.take_slot()?;
         let snapshot = state.pool.snapshot();
         let req = state.accept(incoming, &snapshot)?;
+        state.check_route_limits(&req).await?;
         let predicted = state.predict(&req, &snapshot).await;
         let session = state.session_of(&req).await;
         let live = state.recorder.snapshot();
