@@ -518,3 +518,73 @@ async fn the_first_key_lookup_after_a_redis_restart_is_served() {
         "{first:?}"
     );
 }
+
+/// A worker frozen mid-request (SIGSTOP: its connection stays open, it
+/// answers nothing): the client gets DEADLINE_EXCEEDED from the gateway,
+/// whether the deadline is its own or the gateway's `request_timeout`, not
+/// tonic's CANCELLED "Timeout expired".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_workers_requests_end_with_deadline_exceeded() {
+    let worker = Process::start(
+        "w",
+        "worker",
+        &sim_worker_yaml(
+            None,
+            "small-0",
+            "small",
+            "small",
+            "{ttft_ms: {median: 1}, tokens_per_second: {median: 0}, output_tokens: {median: 4}, seed: 1}",
+        ),
+        &[],
+    )
+    .unwrap();
+    let gw = Process::start(
+        "gw",
+        "gateway",
+        &format!(
+            "{}  max_attempts: 1\nstatic_workers:\n  - {{id: small-0, model: small, tier: small, endpoint: \"{}\"}}\n",
+            gateway_yaml(None)
+                .replace("request_timeout: 20s", "request_timeout: 1500ms")
+                // No load check notices the freeze first.
+                .replace("load_interval: 100ms", "load_interval: 60s"),
+            worker.worker_endpoint(0)
+        ),
+        &[],
+    )
+    .unwrap();
+    let mut client = gateway_client(&gw.gateway_url()).await;
+    eventually(Duration::from_secs(10), "the gateway serves", || {
+        let mut c = client.clone();
+        async move { c.generate(ask("hi")).await.is_ok() }
+    })
+    .await;
+    let stopped = std::process::Command::new("kill")
+        .args(["-STOP", &worker.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    let stat = format!("/proc/{}/stat", worker.pid());
+    eventually(Duration::from_secs(5), "the worker is stopped", || {
+        let stat = stat.clone();
+        async move {
+            // The state follows the command name in parentheses: T = stopped.
+            std::fs::read_to_string(&stat)
+                .ok()
+                .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.starts_with('T')))
+                .unwrap_or(false)
+        }
+    })
+    .await;
+
+    let mut with_deadline = tonic::Request::new(ask("hi"));
+    with_deadline.set_timeout(Duration::from_millis(800));
+    let own = client.generate(with_deadline).await.unwrap_err();
+    let gateways = client.generate(ask("hi")).await.unwrap_err();
+    let _ = std::process::Command::new("kill")
+        .args(["-CONT", &worker.pid().to_string()])
+        .status();
+    for status in [own, gateways] {
+        assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+        assert!(status.message().contains("deadline"), "{status:?}");
+    }
+}

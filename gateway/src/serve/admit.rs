@@ -181,10 +181,14 @@ impl GatewayState {
     }
 
     /// The request's time budget: the client's deadline if it is shorter than
-    /// the gateway's `request_timeout`.
+    /// the gateway's `request_timeout`, less a margin: the gateway answers
+    /// DEADLINE_EXCEEDED (saying why) a moment before the client's deadline,
+    /// since at the deadline itself the server's own timer would answer
+    /// CANCELLED ("Timeout expired").
     fn budget(&self, client_deadline: Option<Duration>) -> Duration {
         client_deadline.map_or(self.config.request_timeout, |d| {
-            d.min(self.config.request_timeout)
+            let margin = (d / 20).clamp(Duration::from_millis(2), Duration::from_millis(100));
+            d.saturating_sub(margin).min(self.config.request_timeout)
         })
     }
 }
