@@ -185,20 +185,29 @@ where
 #[derive(Clone)]
 struct HttpConn(Arc<conn::ConnState>);
 
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, ChannelListener<conn::Guarded<tokio::net::TcpStream>>>>
-    for HttpConn
+impl
+    axum::extract::connect_info::Connected<
+        axum::serve::IncomingStream<'_, ChannelListener<conn::Guarded<tokio::net::TcpStream>>>,
+    > for HttpConn
 {
     fn connect_info(
-        stream: axum::serve::IncomingStream<'_, ChannelListener<conn::Guarded<tokio::net::TcpStream>>>,
+        stream: axum::serve::IncomingStream<
+            '_,
+            ChannelListener<conn::Guarded<tokio::net::TcpStream>>,
+        >,
     ) -> Self {
         HttpConn(stream.io().info().state.clone())
     }
 }
 
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, ChannelListener<tls::ServerTlsStream>>>
-    for HttpConn
+impl
+    axum::extract::connect_info::Connected<
+        axum::serve::IncomingStream<'_, ChannelListener<tls::ServerTlsStream>>,
+    > for HttpConn
 {
-    fn connect_info(stream: axum::serve::IncomingStream<'_, ChannelListener<tls::ServerTlsStream>>) -> Self {
+    fn connect_info(
+        stream: axum::serve::IncomingStream<'_, ChannelListener<tls::ServerTlsStream>>,
+    ) -> Self {
         HttpConn(stream.io().get_ref().0.info().state.clone())
     }
 }
@@ -480,6 +489,14 @@ pub async fn start_gateway(
             config.retry_budget_ratio,
             config.retry_budget_burst,
         ),
+        // One failover per two requests at most, and half a second of
+        // traffic at once: enough for every request in flight to a worker
+        // killed at 1,000 req/s, never a storm.
+        unreachable_budget: crate::pool::retry::RetryBudget::new(
+            config.retry_budget_ratio.max(0.5),
+            config.retry_budget_burst,
+        )
+        .scaled_to_rate(0.5),
         limits: limits.unwrap_or_else(|| {
             crate::tenancy::limits::Limits::in_memory(&config.tenants, config.limits_fail_open)
         }),

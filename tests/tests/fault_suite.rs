@@ -588,3 +588,85 @@ async fn a_frozen_workers_requests_end_with_deadline_exceeded() {
         assert!(status.message().contains("deadline"), "{status:?}");
     }
 }
+
+/// Open-loop traffic at `rate` requests per second for `duration`; each
+/// request's outcome (`Ok(())`, or its status, or "lost").
+async fn open_loop(url: &str, rate: u64, duration: Duration, request: GenerateRequest) -> Tally {
+    let client = gateway_client(url).await;
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
+    let stop_at = Instant::now() + duration;
+    let mut calls = Vec::new();
+    while Instant::now() < stop_at {
+        tick.tick().await;
+        let (mut client, tally, request) = (client.clone(), tally.clone(), request.clone());
+        calls.push(tokio::spawn(async move {
+            let result = tokio::time::timeout(LOST_AFTER, client.generate(request)).await;
+            let mut t = tally.lock().unwrap();
+            t.sent += 1;
+            match result {
+                Err(_) => t.lost += 1,
+                Ok(Ok(_)) => t.ok += 1,
+                Ok(Err(s)) => t
+                    .failed_wrong
+                    .push(format!("{:?}: {}", s.code(), s.message())),
+            }
+        }));
+    }
+    for call in calls {
+        call.await.unwrap();
+    }
+    Arc::try_unwrap(tally).unwrap().into_inner().unwrap()
+}
+
+/// kill -9 of one of two workers under 200 req/s (KILL_RATE overrides: the
+/// reliability table's 1,000 req/s run uses the release binary) of open-loop unary
+/// traffic, each answer taking ~150 ms (so ~15 are in flight at the worker
+/// killed): every request that was in flight there, and every one routed
+/// there before the gateway noticed, fails over to the survivor. No client
+/// sees an error (before the failovers of unreachable workers had their own
+/// budget, a burst of 10 ran out and 28 were lost in the run).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_at_200_requests_per_second_loses_nothing() {
+    let redis = shared_redis_url();
+    let mesh = unique_mesh("fault-kill-rate");
+    let r = Some((redis.as_str(), mesh.as_str()));
+    let slow = "{ttft_ms: {median: 50}, tokens_per_second: {median: 200}, output_tokens: {median: 20}, seed: 1}";
+    let mut doomed = Process::start(
+        "doomed",
+        "worker",
+        &format!(
+            "{}    capacity: 256\n",
+            sim_worker_yaml(r, "a-doomed", "m", "small", slow)
+        ),
+        &[],
+    )
+    .unwrap();
+    let _survivor = Process::start(
+        "survivor",
+        "worker",
+        &format!(
+            "{}    capacity: 256\n",
+            sim_worker_yaml(r, "b-survivor", "m", "small", slow)
+        ),
+        &[],
+    )
+    .unwrap();
+    let gateway = Process::start("gateway", "gateway", &gateway_yaml(r), &[]).unwrap();
+    let url = gateway.gateway_url();
+    wait_for_pool(&url, 2).await;
+    let killer = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        doomed.kill();
+    });
+    let rate = std::env::var("KILL_RATE")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(200);
+    let tally = open_loop(&url, rate, Duration::from_secs(3), ask("hello")).await;
+    killer.await.unwrap();
+    tally.report(&format!(
+        "kill -9 one of two workers at {rate} req/s (open loop)"
+    ));
+    delete_mesh_keys(&redis, &mesh).await;
+}

@@ -177,7 +177,12 @@ async fn a_slowloris_flood_does_not_lock_out_health_checks_or_clients() {
 
     // Half-sent HTTP/1 headers, an HTTP/2 connection that never sends its
     // preface, and silent sockets on the admin port: 3x to 10x each cap.
-    let _http_flood = flood(&http_addr, 300, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n").await;
+    let _http_flood = flood(
+        &http_addr,
+        300,
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n",
+    )
+    .await;
     let _grpc_flood = flood(&grpc, 300, b"").await;
     let _admin_flood = flood(&admin_addr, 200, b"GET /healthz HTTP/1.1\r\n").await;
 

@@ -399,10 +399,18 @@ async fn route_counts_against_the_requests_per_minute() {
     .await;
     let mut outcomes = Vec::new();
     for _ in 0..5 {
-        outcomes.push(client.route(tenant_request("router-user")).await.map(|_| ()));
+        outcomes.push(
+            client
+                .route(tenant_request("router-user"))
+                .await
+                .map(|_| ()),
+        );
     }
     assert!(outcomes[..3].iter().all(Result::is_ok), "{outcomes:?}");
     let refused = outcomes[3].as_ref().unwrap_err();
     assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
-    assert!(refused.message().contains("requests_per_minute"), "{refused:?}");
+    assert!(
+        refused.message().contains("requests_per_minute"),
+        "{refused:?}"
+    );
 }

@@ -26,6 +26,7 @@ impl GatewayState {
     ) -> Result<Flight, GatewayError> {
         let permit = self.take_slot()?;
         self.retry_budget.deposit();
+        self.unreachable_budget.deposit();
         let budget = self.budget(incoming.deadline);
         let deadline = Instant::now() + budget;
         let snapshot = self.pool.snapshot();

@@ -281,10 +281,15 @@ impl Flight {
             });
             return Ok(());
         }
-        if no_model_ran
-            && attempts < state.config.max_attempts as usize
-            && state.retry_budget.try_withdraw()
-        {
+        // A worker that could not be reached (UNAVAILABLE: refused, reset,
+        // lost) is marked unhealthy at once, so its failovers are bounded by
+        // what was in flight to it: they draw on their own, larger budget.
+        let budget = if status.code() == tonic::Code::Unavailable {
+            &state.unreachable_budget
+        } else {
+            &state.retry_budget
+        };
+        if no_model_ran && attempts < state.config.max_attempts as usize && budget.try_withdraw() {
             tracing::info!(worker = %worker.record.id, %status, "failing over");
             crate::metrics::failover(&worker.record.model);
             self.failed_workers.push(worker.record.id.clone());

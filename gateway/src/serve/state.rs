@@ -29,6 +29,8 @@ pub(crate) struct GatewayState {
     /// stream holds its permit until it ends.
     pub(crate) admission: Arc<tokio::sync::Semaphore>,
     pub(crate) retry_budget: RetryBudget,
+    /// Failovers from workers that could not be reached at all.
+    pub(crate) unreachable_budget: RetryBudget,
     /// Tenant rate limits and budgets.
     pub limits: Limits,
     /// Where each conversation's earlier turns were served.
