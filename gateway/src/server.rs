@@ -550,6 +550,9 @@ pub async fn start_gateway(
                 pipeline,
                 keys,
                 max_body_bytes: config.max_request_bytes,
+                body_bytes: Arc::new(tokio::sync::Semaphore::new(
+                    config.max_request_bytes_in_flight,
+                )),
                 ignore_unknown_fields: config.openai.ignore_unknown_fields,
             });
             Some(serve_http(

@@ -116,6 +116,11 @@ pub struct GatewayConfig {
     /// Largest request accepted on either API, in bytes.
     #[serde(default = "default_max_request_bytes")]
     pub max_request_bytes: usize,
+    /// Request bytes the HTTP API holds at once (bodies being read, parsed
+    /// and served); beyond it new requests get 429 at once, before their
+    /// body is read, so a burst of large bodies cannot take the memory.
+    #[serde(default = "default_max_request_bytes_in_flight")]
+    pub max_request_bytes_in_flight: usize,
     /// API keys and their tenants.
     #[serde(default)]
     pub auth: crate::tenancy::auth::AuthConfig,
@@ -311,6 +316,9 @@ fn default_feedback_per_minute() -> u32 {
 }
 fn default_shared_request_ttl() -> Duration {
     Duration::from_secs(3600)
+}
+fn default_max_request_bytes_in_flight() -> usize {
+    64 * 1024 * 1024
 }
 fn default_max_request_bytes() -> usize {
     4 << 20

@@ -200,6 +200,15 @@ impl Config {
         if g.max_concurrent_requests == 0 {
             return bad("max_concurrent_requests", "must be at least 1".into());
         }
+        if g.max_request_bytes_in_flight < g.max_request_bytes {
+            return bad(
+                "max_request_bytes_in_flight",
+                format!(
+                    "{} is less than max_request_bytes ({}): the largest request could never be read",
+                    g.max_request_bytes_in_flight, g.max_request_bytes
+                ),
+            );
+        }
         for (section, limits) in [
             ("connections", &g.connections),
             ("admin_connections", &g.admin_connections),

@@ -46,15 +46,20 @@ pub(crate) struct HttpState {
     pub keys: ApiKeys,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
+    /// Request bytes held at once (`gateway.max_request_bytes_in_flight`).
+    pub body_bytes: std::sync::Arc<tokio::sync::Semaphore>,
     /// Drop unknown fields rather than refuse them.
     pub ignore_unknown_fields: bool,
 }
 
 pub(crate) fn router(state: HttpState) -> Router {
     let limit = state.max_body_bytes;
+    let bytes = (state.body_bytes.clone(), limit);
     Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/responses", post(responses::create))
+        // Before the body is read: its bytes must fit in what is free.
+        .route_layer(axum::middleware::from_fn_with_state(bytes, admit_body))
         .route("/v1/models", get(list_models))
         .route("/v1/models/{id}", get(get_model))
         // Every route's requests get a server span, refused ones included.
@@ -75,6 +80,41 @@ pub(crate) fn router(state: HttpState) -> Router {
         // Outermost: every request counted with the status its client got.
         .layer(axum::middleware::from_fn(crate::api::counted::count_http))
         .with_state(state)
+}
+
+/// Holds the request's bytes (its Content-Length, or the largest body
+/// allowed when it sends none) under `max_request_bytes_in_flight` until its
+/// response is produced (a stream's, until it starts); refuses it with 429
+/// at once, before reading the body, when they do not fit.
+async fn admit_body(
+    axum::extract::State((bytes, limit)): axum::extract::State<(
+        std::sync::Arc<tokio::sync::Semaphore>,
+        usize,
+    )>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    // An over-long body is refused by the body limit with its own 413.
+    let size = declared.unwrap_or(limit).clamp(1, limit);
+    let permits = u32::try_from(size).unwrap_or(u32::MAX);
+    let Ok(_held) = bytes.try_acquire_many_owned(permits) else {
+        crate::metrics::shed();
+        return openai_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "server_error",
+            None,
+            "the gateway holds as many request bytes as it may (gateway.max_request_bytes_in_flight); retry with backoff"
+                .into(),
+        )
+        .with_code("rate_limit_exceeded")
+        .into_response();
+    };
+    next.run(request).await
 }
 
 /// axum refuses an over-long body with a plain-text 413; OpenAI clients
