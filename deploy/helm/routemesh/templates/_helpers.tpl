@@ -225,7 +225,7 @@ advertises the pod IP, both filled in at pod start.
 {{- define "routemesh.workerConfig" -}}
 {{- $p := .pool -}}
 {{- $w := dict "id" "@@POD_NAME@@" "model" $p.model "tier" $p.tier -}}
-{{- range $k := list "input_usd_per_mtok" "output_usd_per_mtok" "quality_prior" "capacity" "max_queue" "registration_ttl" "expected_ttft_ms" "expected_tokens_per_second" "router_model" "params_b" "capabilities" -}}
+{{- range $k := list "input_usd_per_mtok" "output_usd_per_mtok" "quality_prior" "capacity" "max_queue" "registration_ttl" "expected_ttft_ms" "expected_tokens_per_second" "router_model" "params_b" "capabilities" "connections" -}}
 {{- if hasKey $p $k }}{{ if not (kindIs "invalid" (get $p $k)) }}{{ $_ := set $w $k (get $p $k) }}{{ end }}{{ end -}}
 {{- end -}}
 {{- $_ := set $w "listen" (printf "0.0.0.0:%d" (int $p.agentPort)) -}}
