@@ -68,6 +68,19 @@ async def main():
                 probes[name].append(await request(addr, raw))
             await asyncio.sleep(0.5)
 
+    closed = 0
+
+    async def watch(r):
+        # Reads whatever the gateway sends (HTTP/2 settings) until it closes.
+        nonlocal closed
+        try:
+            await r.read()
+        except Exception:
+            pass
+        closed += 1
+
+    watchers = []
+
     async def open_one(addr, opening):
         nonlocal failed_opens
         try:
@@ -75,6 +88,7 @@ async def main():
             if opening:
                 w.write(opening)
             held.append((r, w))
+            watchers.append(asyncio.create_task(watch(r)))
         except Exception:
             failed_opens += 1
 
@@ -91,13 +105,14 @@ async def main():
     while time.monotonic() < end:
         await asyncio.sleep(1)
         peak = max(peak, rss_mib())
-    # A socket the gateway closed has read EOF by now.
-    closed = sum(1 for r, _ in held if r.at_eof())
+    closed_by_gateway = closed
     stop.set()
     await probe
     for _, w in held:
         w.close()
-    await asyncio.sleep(5)
+    for t in watchers:
+        t.cancel()
+    await asyncio.sleep(30)
     after = rss_mib()
     def summary(name):
         results = probes[name]
@@ -105,9 +120,9 @@ async def main():
         worst = max((s for _, s in results), default=0.0)
         return f"{name}: {ok}/{len(results)} ok within 1 s, worst {worst * 1000:.0f} ms"
     print(f"flood:   {total} connections opened in {opened:.1f} s ({failed_opens} refused at connect), held {hold:.0f} s")
-    print(f"closed:  {closed} of the {len(held)} flood sockets closed by the gateway by the end of the hold")
+    print(f"closed:  {closed_by_gateway} of the {len(held)} flood sockets closed by the gateway by the end of the hold")
     print("probes:  " + summary("health") + "; " + summary("chat"))
-    print(f"rss:     {rss0:.0f} MiB before, {peak:.0f} MiB peak, {after:.0f} MiB 5 s after")
+    print(f"rss:     {rss0:.0f} MiB before, {peak:.0f} MiB peak, {after:.0f} MiB 30 s after the flood closed")
 
 asyncio.run(main())
 PY
