@@ -136,6 +136,8 @@ CONDITIONAL = {
     "routemesh_router_inference_seconds": "the learned router enabled",
     "routemesh_feedback_exemplars": "feedback received",
     "routemesh_tls_reloads_total": "TLS certificates reloaded",
+    "routemesh_connections_refused_total": "a port full of busy connections",
+    "routemesh_connections_evicted_total": "a full port",
 }
 
 
@@ -251,6 +253,7 @@ def test_every_documented_metric_and_label_is_exported_and_nothing_else(observed
     documented = documented_metrics()
     source = "".join(p.read_text() for p in (ROOT / "gateway" / "src" / "metrics").glob("*.rs"))
     source += (ROOT / "proto" / "mesh" / "src" / "tls.rs").read_text()
+    source += (ROOT / "proto" / "mesh" / "src" / "conn.rs").read_text()
     for name, labels in documented.items():
         if name in CONDITIONAL and name not in live:
             assert f'"{name}"' in source, name
