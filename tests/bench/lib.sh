@@ -6,7 +6,8 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-BIN=$CARGO_TARGET_DIR/release/routemesh
+# BENCH_BIN: measure another build (e.g. a copy of an older one) instead.
+BIN=${BENCH_BIN:-$CARGO_TARGET_DIR/release/routemesh}
 WORK=$(mktemp -d -t routemesh-bench.XXXXXX)
 PIDS=()
 
@@ -28,6 +29,7 @@ trap cleanup EXIT
 
 # The release binary: benchmarks of a debug build measure the debug build.
 build_release() {
+    [ -n "${BENCH_BIN:-}" ] && return
     (cd "$ROOT" && cargo build --release --quiet --bin routemesh)
 }
 

@@ -151,8 +151,17 @@ fn plain_logs() {
     let _ = routemesh_gateway::tracing_setup::init(&Default::default(), "routemesh");
 }
 
+/// jemalloc, with its background threads on (see `main`), returns freed
+/// pages to the OS within seconds: after a burst (a connection flood, large
+/// bodies) RSS comes back down, where glibc's allocator kept it at its peak.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // Purging of freed pages runs on jemalloc's own threads rather than
+    // waiting for the next allocation in the thread that freed them.
+    let _ = tikv_jemalloc_ctl::background_thread::write(true);
     let cli = Cli::parse();
     match cli.command {
         Command::Up {
