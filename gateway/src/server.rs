@@ -390,7 +390,10 @@ pub async fn start_gateway(
             )
             .map_err(|e| ServeError::Config(e.to_string()))?;
             tls_tasks.tasks.push(watcher);
-            Some(certs)
+            Some(crate::pool::WorkerTls {
+                config: certs,
+                server_name: files.server_name.clone(),
+            })
         }
         None => None,
     };

@@ -106,3 +106,90 @@ async fn tls_on_the_public_port_and_mutual_tls_to_workers() {
     };
     assert!(refused, "the public port speaks TLS only");
 }
+
+/// One mesh certificate for every agent, naming them by a DNS name rather
+/// than their (pod) IPs, as the chart's `meshTLS` mounts it: the gateway
+/// verifies workers by `worker_tls.server_name`, and without it refuses the
+/// worker whose certificate does not name the IP it dialled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_mesh_certificate_named_by_server_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    pki(d, &[]);
+    std::fs::write(
+        d.join("mesh.cnf"),
+        "subjectAltName=DNS:workers.mesh.internal\nextendedKeyUsage=serverAuth,clientAuth\n",
+    )
+    .unwrap();
+    openssl(
+        d,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "mesh.key",
+            "-out",
+            "mesh.csr",
+            "-subj",
+            "/CN=routemesh mesh",
+        ],
+    );
+    openssl(
+        d,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "mesh.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "mesh.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "mesh.cnf",
+        ],
+    );
+    let p = |f: &str| d.join(f).display().to_string();
+    let worker_yaml = sim_worker_yaml(None, "mesh-0", "m", "small", "{ttft_ms: {median: 1}}")
+        .replace(
+            "    backend:",
+            &format!(
+                "    tls: {{cert: {}, key: {}, ca: {}}}\n    backend:",
+                p("mesh.pem"),
+                p("mesh.key"),
+                p("ca.pem")
+            ),
+        );
+    let worker = Process::start("worker", "worker", &worker_yaml, &[]).unwrap();
+    let endpoint = worker.worker_endpoint(0);
+    let gateway = |server_name: &str| {
+        format!(
+            "gateway:\n  listen: 127.0.0.1:0\n  http_listen: null\n  admin_listen: null\n  router: {{enabled: false}}\n  max_attempts: 1\n  worker_tls: {{cert: {}, key: {}, ca: {}{server_name}}}\nstatic_workers:\n  - {{id: mesh-0, model: m, tier: small, endpoint: \"{endpoint}\"}}\n",
+            p("mesh.pem"),
+            p("mesh.key"),
+            p("ca.pem"),
+        )
+    };
+    let named = Process::start(
+        "named",
+        "gateway",
+        &gateway(", server_name: workers.mesh.internal"),
+        &[],
+    )
+    .unwrap();
+    let mut client = gateway_client(&named.gateway_url()).await;
+    let answer = client.generate(ask("hello")).await.unwrap().into_inner();
+    assert_eq!(answer.usage.unwrap().worker_id, "mesh-0");
+
+    let unnamed = Process::start("unnamed", "gateway", &gateway(""), &[]).unwrap();
+    let mut client = gateway_client(&unnamed.gateway_url()).await;
+    let refused = client.generate(ask("hello")).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+}

@@ -129,7 +129,9 @@ impl WorkerHandle {
         let channel = match tls.filter(|_| https) {
             Some(tls) => {
                 let host = endpoint.uri().host().unwrap_or_default().to_string();
-                let connector = TlsConnector::new(tls.clone(), &host).map_err(|e| e.to_string())?;
+                let name = tls.server_name.as_deref().unwrap_or(&host);
+                let connector =
+                    TlsConnector::new(tls.config.clone(), name).map_err(|e| e.to_string())?;
                 endpoint.connect_with_connector_lazy(connector)
             }
             None if https => {
@@ -285,7 +287,14 @@ pub fn strongest(workers: &[Arc<WorkerHandle>]) -> Option<&ModelSpec> {
 }
 
 /// The client side of TLS towards workers, following its certificate files.
-pub type WorkerTls = Reloading<rustls::ClientConfig>;
+/// How the gateway dials `https://` workers: its client configuration
+/// (reloaded with its files) and the name workers' certificates carry, when
+/// not the host dialled.
+#[derive(Clone)]
+pub struct WorkerTls {
+    pub config: Reloading<rustls::ClientConfig>,
+    pub server_name: Option<String>,
+}
 
 pub struct Pool {
     workers: RwLock<Snapshot>,

@@ -39,6 +39,11 @@ pub struct TlsFiles {
     /// set once it loads (a set that does not load keeps the current one).
     #[serde(default = "default_reload_interval", with = "humantime_serde")]
     pub reload_interval: Duration,
+    /// On a client: the name the server's certificate must carry, instead
+    /// of the host dialled (workers announce their pod IPs; one mesh
+    /// certificate names them all by a DNS name). Unused on a server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
 }
 
 fn default_reload_interval() -> Duration {
@@ -464,6 +469,7 @@ mod tests {
             key: "/nonexistent/routemesh-test/key.pem".into(),
             ca: None,
             reload_interval: Duration::from_secs(10),
+            server_name: None,
         };
         let stop = CancellationToken::new();
         let e = watch(&files, "gateway.tls", client_config, stop).unwrap_err();
@@ -488,6 +494,7 @@ mod tests {
             key: "k".into(),
             ca: None,
             reload_interval: Duration::from_millis(10),
+            server_name: None,
         };
         assert_eq!(files.validate(), Ok(()));
         files.reload_interval = Duration::from_millis(9);

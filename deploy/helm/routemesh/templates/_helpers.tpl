@@ -204,6 +204,9 @@ The gateway's routemesh configuration (ConfigMap data; may hold @@REDIS_URL@@).
 {{- else if $a.keys -}}
 {{- $_ := set $gw "auth" (dict "keys" $a.keys) -}}
 {{- end -}}
+{{- with .Values.meshTLS.secretName -}}
+{{- $_ := set $gw "worker_tls" (dict "cert" "/etc/routemesh/mesh-tls/tls.crt" "key" "/etc/routemesh/mesh-tls/tls.key" "ca" "/etc/routemesh/mesh-tls/ca.crt" "server_name" $.Values.meshTLS.serverName) -}}
+{{- end -}}
 {{- $cfg := dict "registry" (dict "redis" (dict "url" (include "routemesh.redisUrl" .) "mesh" .Values.mesh)) "gateway" $gw -}}
 {{- include "routemesh.setTracing" (dict "root" . "cfg" $cfg) -}}
 # routemesh gateway configuration, rendered by the Helm chart.
@@ -229,7 +232,12 @@ advertises the pod IP, both filled in at pod start.
 {{- if hasKey $p $k }}{{ if not (kindIs "invalid" (get $p $k)) }}{{ $_ := set $w $k (get $p $k) }}{{ end }}{{ end -}}
 {{- end -}}
 {{- $_ := set $w "listen" (printf "0.0.0.0:%d" (int $p.agentPort)) -}}
+{{- if .root.Values.meshTLS.secretName -}}
+{{- $_ := set $w "advertise" (printf "https://@@POD_HOST@@:%d" (int $p.agentPort)) -}}
+{{- $_ := set $w "tls" (dict "cert" "/etc/routemesh/mesh-tls/tls.crt" "key" "/etc/routemesh/mesh-tls/tls.key" "ca" "/etc/routemesh/mesh-tls/ca.crt") -}}
+{{- else -}}
 {{- $_ := set $w "advertise" (printf "http://@@POD_HOST@@:%d" (int $p.agentPort)) -}}
+{{- end -}}
 {{- $_ := set $w "drain_grace" (printf "%ds" (int $p.drainGraceSeconds)) -}}
 {{- if hasKey $p "sim" -}}
 {{- $_ := set $w "backend" (dict "sim" (default dict $p.sim)) -}}
@@ -289,4 +297,17 @@ advertises the pod IP, both filled in at pod start.
   emptyDir:
     medium: Memory
     sizeLimit: 1Mi
+{{- end }}
+
+{{/* The mesh TLS Secret's mount and volume (with meshTLS.secretName): call with the root context. */}}
+{{- define "routemesh.meshTLSMount" -}}
+- name: mesh-tls
+  mountPath: /etc/routemesh/mesh-tls
+  readOnly: true
+{{- end }}
+
+{{- define "routemesh.meshTLSVolume" -}}
+- name: mesh-tls
+  secret:
+    secretName: {{ .Values.meshTLS.secretName }}
 {{- end }}
