@@ -526,7 +526,14 @@ pub async fn start_gateway(
 
     // Every call is traced. Admission (the concurrency limit) is the Gateway
     // service's own business, so health checks and reflection are never shed.
+    // Request bytes held at once, over both APIs.
+    let body_bytes = Arc::new(tokio::sync::Semaphore::new(
+        config.max_request_bytes_in_flight,
+    ));
     let stack = ServiceBuilder::new()
+        .layer(crate::api::body_bytes::BodyBytesLayer::new(
+            body_bytes.clone(),
+        ))
         .layer(tower_http::trace::TraceLayer::new_for_grpc())
         .map_response(crate::api::grpc::undecodable_is_invalid_argument)
         .into_inner();
@@ -553,9 +560,7 @@ pub async fn start_gateway(
                 pipeline,
                 keys,
                 max_body_bytes: config.max_request_bytes,
-                body_bytes: Arc::new(tokio::sync::Semaphore::new(
-                    config.max_request_bytes_in_flight,
-                )),
+                body_bytes,
                 ignore_unknown_fields: config.openai.ignore_unknown_fields,
             });
             Some(serve_http(

@@ -316,3 +316,77 @@ async fn a_burst_of_big_bodies_is_bounded_by_bytes_in_flight() {
         peak - before
     );
 }
+
+/// The same burst over gRPC (no Content-Length to admit by): each body's
+/// frames are held in the budget as they arrive, and a call whose frames do
+/// not fit ends with RESOURCE_EXHAUSTED before its message is decoded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_burst_of_big_messages_is_bounded_by_bytes_in_flight() {
+    let worker = Process::start(
+        "w",
+        "worker",
+        &sim_worker_yaml(
+            None,
+            "small-0",
+            "small",
+            "small",
+            "{ttft_ms: {median: 1}, tokens_per_second: {median: 0}, output_tokens: {median: 4}, seed: 1}",
+        ),
+        &[],
+    )
+    .unwrap();
+    let gw = Process::start(
+        "gw",
+        "gateway",
+        &format!(
+            "{}  max_request_bytes_in_flight: 16777216\n  max_prompt_chars: 4000000\nstatic_workers:\n  - {{id: small-0, model: small, tier: small, endpoint: \"{}\"}}\n",
+            gateway_yaml(None),
+            worker.worker_endpoint(0)
+        ),
+        &[],
+    )
+    .unwrap();
+    let client = gateway_client(&gw.gateway_url()).await;
+    eventually(Duration::from_secs(10), "the gateway serves", || {
+        let mut c = client.clone();
+        async move { c.generate(ask("hi")).await.is_ok() }
+    })
+    .await;
+    let before = rss_mib(gw.pid(), "VmRSS:");
+    let big = GenerateRequest {
+        params: Some(GenerationParams {
+            max_tokens: Some(4),
+            ..Default::default()
+        }),
+        ..ask(&"word ".repeat(780_000))
+    };
+    let calls = (0..64).map(|_| {
+        let (mut client, big) = (client.clone(), big.clone());
+        tokio::spawn(async move { client.generate(big).await.map(|_| ()) })
+    });
+    let outcomes: Vec<_> = futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    let peak = rss_mib(gw.pid(), "VmHWM:");
+    let served = outcomes.iter().filter(|o| o.is_ok()).count();
+    let refused: Vec<_> = outcomes.iter().filter_map(|o| o.as_ref().err()).collect();
+    eprintln!(
+        "big gRPC messages: {served} served, {} refused; RSS {before:.0} MiB before, {peak:.0} MiB peak",
+        refused.len()
+    );
+    assert!(served >= 1 && !refused.is_empty(), "{outcomes:?}");
+    assert!(
+        refused
+            .iter()
+            .all(|s| s.code() == tonic::Code::ResourceExhausted
+                && s.message().contains("max_request_bytes_in_flight")),
+        "{refused:?}"
+    );
+    assert!(
+        peak - before < 200.0,
+        "peak RSS grew by {:.0} MiB (before {before:.0})",
+        peak - before
+    );
+}

@@ -3,6 +3,7 @@
 //! into the serving path's calls and the path's errors into its own codes.
 
 pub(crate) mod admin;
+pub(crate) mod body_bytes;
 pub(crate) mod counted;
 pub(crate) mod grpc;
 pub(crate) mod grpc_auth;
