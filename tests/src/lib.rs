@@ -334,6 +334,35 @@ pub fn sim_worker_yaml(
     )
 }
 
+/// A quick simulated answer (4 tokens, no delay) for tests about the path,
+/// not the model.
+pub const QUICK_SIM: &str =
+    "{ttft_ms: {median: 1}, tokens_per_second: {median: 0}, output_tokens: {median: 4}, seed: 1}";
+
+/// A sim worker `small-0` (model `small`, tier small; `sim` its backend) and
+/// a gateway that knows it as a static worker, without Redis. `gateway` is
+/// the gateway's YAML (e.g. [`gateway_yaml_with`]) before `static_workers`.
+pub fn gateway_with_one_worker(sim: &str, gateway: &str) -> (Process, Process) {
+    let worker = Process::start(
+        "w",
+        "worker",
+        &sim_worker_yaml(None, "small-0", "small", "small", sim),
+        &[],
+    )
+    .expect("the worker starts");
+    let gateway = Process::start(
+        "gw",
+        "gateway",
+        &format!(
+            "{gateway}static_workers:\n  - {{id: small-0, model: small, tier: small, endpoint: \"{}\"}}\n",
+            worker.worker_endpoint(0)
+        ),
+        &[],
+    )
+    .expect("the gateway starts");
+    (worker, gateway)
+}
+
 /// YAML for a gateway with fast discovery (tests should not wait seconds).
 pub fn gateway_yaml(redis: Option<(&str, &str)>) -> String {
     gateway_yaml_with(redis, "")

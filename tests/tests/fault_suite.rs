@@ -525,33 +525,13 @@ async fn the_first_key_lookup_after_a_redis_restart_is_served() {
 /// tonic's CANCELLED "Timeout expired".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_workers_requests_end_with_deadline_exceeded() {
-    let worker = Process::start(
-        "w",
-        "worker",
-        &sim_worker_yaml(
-            None,
-            "small-0",
-            "small",
-            "small",
-            "{ttft_ms: {median: 1}, tokens_per_second: {median: 0}, output_tokens: {median: 4}, seed: 1}",
-        ),
-        &[],
-    )
-    .unwrap();
-    let gw = Process::start(
-        "gw",
-        "gateway",
-        &format!(
-            "{}  max_attempts: 1\nstatic_workers:\n  - {{id: small-0, model: small, tier: small, endpoint: \"{}\"}}\n",
-            gateway_yaml(None)
-                .replace("request_timeout: 20s", "request_timeout: 1500ms")
-                // No load check notices the freeze first.
-                .replace("load_interval: 100ms", "load_interval: 60s"),
-            worker.worker_endpoint(0)
-        ),
-        &[],
-    )
-    .unwrap();
+    let (worker, gw) = gateway_with_one_worker(
+        QUICK_SIM,
+        &gateway_yaml_with(None, "  max_attempts: 1\n")
+            .replace("request_timeout: 20s", "request_timeout: 1500ms")
+            // No load check notices the freeze first.
+            .replace("load_interval: 100ms", "load_interval: 60s"),
+    );
     let mut client = gateway_client(&gw.gateway_url()).await;
     eventually(Duration::from_secs(10), "the gateway serves", || {
         let mut c = client.clone();

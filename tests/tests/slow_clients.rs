@@ -136,33 +136,16 @@ async fn flood(addr: &str, n: usize, opening: &'static [u8]) -> Vec<tokio::net::
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slowloris_flood_does_not_lock_out_health_checks_or_clients() {
-    let worker = Process::start(
-        "w",
-        "worker",
-        &sim_worker_yaml(
-            None,
-            "small-0",
-            "small",
-            "small",
-            "{ttft_ms: {median: 1}, tokens_per_second: {median: 0}, output_tokens: {median: 4}, seed: 1}",
-        ),
-        &[],
-    )
-    .unwrap();
     // Caps far below the flood, and a header timeout far longer than the
     // test: only making room (closing the oldest idle connection) keeps
     // clients in.
-    let gw = Process::start(
-        "gw",
-        "gateway",
-        &format!(
-            "{}  connections: {{max_open: 100, header_timeout: 60s}}\n  admin_connections: {{max_open: 20, header_timeout: 60s}}\nstatic_workers:\n  - {{id: small-0, model: small, tier: small, endpoint: \"{}\"}}\n",
-            gateway_yaml(None),
-            worker.worker_endpoint(0)
+    let (_worker, gw) = gateway_with_one_worker(
+        QUICK_SIM,
+        &gateway_yaml_with(
+            None,
+            "  connections: {max_open: 100, header_timeout: 60s}\n  admin_connections: {max_open: 20, header_timeout: 60s}\n",
         ),
-        &[],
-    )
-    .unwrap();
+    );
     let grpc = gw.gateway_url().trim_start_matches("http://").to_string();
     let http = gw.http_url();
     let admin = gw.admin_url();
@@ -237,30 +220,13 @@ fn rss_mib(pid: u32, field: &str) -> f64 {
 /// read, and the gateway's peak memory grows by a bounded amount.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_big_bodies_is_bounded_by_bytes_in_flight() {
-    let worker = Process::start(
-        "w",
-        "worker",
-        &sim_worker_yaml(
+    let (_worker, gw) = gateway_with_one_worker(
+        QUICK_SIM,
+        &gateway_yaml_with(
             None,
-            "small-0",
-            "small",
-            "small",
-            "{ttft_ms: {median: 1}, tokens_per_second: {median: 0}, output_tokens: {median: 4}, seed: 1}",
+            "  max_request_bytes_in_flight: 16777216\n  max_prompt_chars: 4000000\n",
         ),
-        &[],
-    )
-    .unwrap();
-    let gw = Process::start(
-        "gw",
-        "gateway",
-        &format!(
-            "{}  max_request_bytes_in_flight: 16777216\n  max_prompt_chars: 4000000\nstatic_workers:\n  - {{id: small-0, model: small, tier: small, endpoint: \"{}\"}}\n",
-            gateway_yaml(None),
-            worker.worker_endpoint(0)
-        ),
-        &[],
-    )
-    .unwrap();
+    );
     let http = gw.http_url();
     let web = reqwest::Client::new();
     let small =
@@ -322,30 +288,13 @@ async fn a_burst_of_big_bodies_is_bounded_by_bytes_in_flight() {
 /// not fit ends with RESOURCE_EXHAUSTED before its message is decoded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grpc_burst_of_big_messages_is_bounded_by_bytes_in_flight() {
-    let worker = Process::start(
-        "w",
-        "worker",
-        &sim_worker_yaml(
+    let (_worker, gw) = gateway_with_one_worker(
+        QUICK_SIM,
+        &gateway_yaml_with(
             None,
-            "small-0",
-            "small",
-            "small",
-            "{ttft_ms: {median: 1}, tokens_per_second: {median: 0}, output_tokens: {median: 4}, seed: 1}",
+            "  max_request_bytes_in_flight: 16777216\n  max_prompt_chars: 4000000\n",
         ),
-        &[],
-    )
-    .unwrap();
-    let gw = Process::start(
-        "gw",
-        "gateway",
-        &format!(
-            "{}  max_request_bytes_in_flight: 16777216\n  max_prompt_chars: 4000000\nstatic_workers:\n  - {{id: small-0, model: small, tier: small, endpoint: \"{}\"}}\n",
-            gateway_yaml(None),
-            worker.worker_endpoint(0)
-        ),
-        &[],
-    )
-    .unwrap();
+    );
     let client = gateway_client(&gw.gateway_url()).await;
     eventually(Duration::from_secs(10), "the gateway serves", || {
         let mut c = client.clone();

@@ -369,24 +369,13 @@ async fn spend_during_a_redis_outage_is_charged_when_redis_returns() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn route_counts_against_the_requests_per_minute() {
-    let worker = Process::start(
-        "w",
-        "worker",
-        &sim_worker_yaml(None, "big-0", "big", "large", FAST),
-        &[],
-    )
-    .unwrap();
-    let gw = Process::start(
-        "gw",
-        "gateway",
-        &format!(
-            "{}  tenants:\n    router-user: {{requests_per_minute: 3}}\nstatic_workers:\n  - {{id: big-0, model: big, tier: large, endpoint: \"{}\"}}\n",
-            gateway_yaml(None),
-            worker.worker_endpoint(0)
+    let (_worker, gw) = gateway_with_one_worker(
+        FAST,
+        &gateway_yaml_with(
+            None,
+            "  tenants:\n    router-user: {requests_per_minute: 3}\n",
         ),
-        &[],
-    )
-    .unwrap();
+    );
     let mut client = gateway_client(&gw.gateway_url()).await;
     eventually(
         std::time::Duration::from_secs(10),

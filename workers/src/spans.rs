@@ -3,9 +3,9 @@
 //! span through the request's metadata, and parent of the engine call's span
 //! (see `backend::openai`).
 
-use routemesh_mesh::genai::{self, Answer, RpcSide};
+use routemesh_mesh::genai::{self, RpcSide};
 use routemesh_proto::v1::{Usage, WorkerGenerateRequest};
-use tonic::{Code, Request, Status};
+use tonic::{Request, Status};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 const WORKER_SERVICE: &str = "routemesh.v1.Worker";
@@ -43,19 +43,7 @@ pub(crate) fn worker_span(
 
 /// The call answered in full.
 pub(crate) fn served(span: &tracing::Span, usage: Option<&Usage>, finish_reason: i32) {
-    let usage = usage.cloned().unwrap_or_default();
-    genai::record_grpc_status(span, RpcSide::Server, Code::Ok, "");
-    genai::record_answer(
-        span,
-        &Answer {
-            response_model: &usage.model,
-            response_id: "",
-            finish_reason: Some(genai::finish_reason_name(finish_reason)),
-            input_tokens: usage.prompt_tokens,
-            output_tokens: usage.completion_tokens,
-        },
-    );
-    span.set_attribute("routemesh.cost_usd", usage.cost_usd);
+    genai::record_served_call(span, RpcSide::Server, usage, finish_reason);
 }
 
 /// The call failed with `status`.

@@ -6,7 +6,7 @@
 
 use routemesh_mesh::genai::{self, Answer, RpcSide};
 use routemesh_proto::v1::{GenerateRequest, GenerationParams, RouteDecision, Usage};
-use tonic::{Code, Status};
+use tonic::Status;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::error::GatewayError;
@@ -135,19 +135,7 @@ pub(crate) fn worker_call_span(
 
 /// A worker call that answered in full.
 pub(crate) fn call_served(span: &tracing::Span, usage: Option<&Usage>, finish_reason: i32) {
-    let usage = usage.cloned().unwrap_or_default();
-    genai::record_grpc_status(span, RpcSide::Client, Code::Ok, "");
-    genai::record_answer(
-        span,
-        &Answer {
-            response_model: &usage.model,
-            response_id: "",
-            finish_reason: Some(genai::finish_reason_name(finish_reason)),
-            input_tokens: usage.prompt_tokens,
-            output_tokens: usage.completion_tokens,
-        },
-    );
-    span.set_attribute("routemesh.cost_usd", usage.cost_usd);
+    genai::record_served_call(span, RpcSide::Client, usage, finish_reason);
 }
 
 /// A worker call that ended without its answer.

@@ -9,7 +9,7 @@
 
 use opentelemetry::trace::Status;
 use opentelemetry::{Array, StringValue, Value};
-use routemesh_proto::v1::{FinishReason, GenerationParams};
+use routemesh_proto::v1::{FinishReason, GenerationParams, Usage};
 use tonic::Code;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
@@ -116,6 +116,29 @@ pub fn record_error(span: &tracing::Span, error_type: &str, description: &str) {
 pub enum RpcSide {
     Client,
     Server,
+}
+
+/// A gRPC call (`side` of it) that answered in full: its status, the
+/// answer's model, finish reason, tokens, and `routemesh.cost_usd`.
+pub fn record_served_call(
+    span: &tracing::Span,
+    side: RpcSide,
+    usage: Option<&Usage>,
+    finish_reason: i32,
+) {
+    let usage = usage.cloned().unwrap_or_default();
+    record_grpc_status(span, side, Code::Ok, "");
+    record_answer(
+        span,
+        &Answer {
+            response_model: &usage.model,
+            response_id: "",
+            finish_reason: Some(finish_reason_name(finish_reason)),
+            input_tokens: usage.prompt_tokens,
+            output_tokens: usage.completion_tokens,
+        },
+    );
+    span.set_attribute("routemesh.cost_usd", usage.cost_usd);
 }
 
 /// A gRPC call's outcome: `rpc.grpc.status_code`, and for any other code
