@@ -328,7 +328,9 @@ def test_every_rendered_config_passes_routemesh_check_config(name):
             assert main["args"][0] == "worker"
             [worker] = cfg["workers"]
             assert worker["id"] == env["POD_NAME"]
-            assert worker["advertise"] == f"http://{env['POD_IP']}:{ports['grpc']}"
+            # With meshTLS the agent serves mutual TLS and says so.
+            scheme = "https" if worker.get("tls") else "http"
+            assert worker["advertise"] == f"{scheme}://{env['POD_IP']}:{ports['grpc']}"
             assert worker["listen"] == f"0.0.0.0:{ports['grpc']}"
             assert grace > seconds(worker["drain_grace"])
             if "openai" in worker["backend"]:
@@ -352,7 +354,8 @@ def test_render_config_script_edge_cases():
     # IPv6 pod IPs are bracketed in the advertised URL.
     result = render_config(script, template, {**env, "POD_IP": "fd00:10:42::9"})
     assert result.returncode == 0, result.stderr
-    assert result.effective["workers"][0]["advertise"].startswith("http://[fd00:10:42::9]:")
+    # (The production values turn meshTLS on: the agent advertises https.)
+    assert result.effective["workers"][0]["advertise"].startswith("https://[fd00:10:42::9]:")
     # A missing Secret value fails the pod with the variable's name, before routemesh starts.
     result = render_config(script, template, {k: v for k, v in env.items() if k != "REDIS_URL"})
     assert result.returncode == 2 and result.config is None

@@ -18,6 +18,7 @@ use crate::pool::Snapshot;
 use crate::serve::GatewayState;
 use crate::tenancy::cost::{CostReport, Counterfactual, Period, ReportRange, report};
 
+mod access;
 mod overview;
 
 /// The built-in overview page: spend, savings, routing mix, latency and
@@ -25,7 +26,12 @@ mod overview;
 const PAGE: &str = include_str!("admin_page.html");
 
 pub(crate) fn router(state: Arc<GatewayState>) -> Router {
-    Router::new()
+    let access = state
+        .config
+        .admin_auth
+        .as_ref()
+        .map(access::AdminAccess::new);
+    let router = Router::new()
         .route("/", get(|| async { axum::response::Html(PAGE) }))
         .route("/v1/overview", get(overview::overview))
         .route("/metrics", get(metrics))
@@ -33,7 +39,14 @@ pub(crate) fn router(state: Arc<GatewayState>) -> Router {
         .route("/readyz", get(ready))
         .route("/v1/cost", get(cost))
         .route("/v1/telemetry", get(telemetry))
-        .with_state(state)
+        .with_state(state);
+    match access {
+        Some(access) => router.layer(axum::middleware::from_fn_with_state(
+            Arc::new(access),
+            access::require_token,
+        )),
+        None => router,
+    }
 }
 
 async fn metrics(State(state): State<Arc<GatewayState>>) -> Response {

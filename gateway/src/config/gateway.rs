@@ -139,6 +139,10 @@ pub struct GatewayConfig {
     /// certificate for mutual TLS and the workers' CA.
     #[serde(default)]
     pub worker_tls: Option<routemesh_mesh::tls::TlsFiles>,
+    /// A bearer token for the admin port's data (every tenant's spend and
+    /// traffic): without it, anyone who reaches the port may read them.
+    #[serde(default)]
+    pub admin_auth: Option<AdminAuth>,
     /// The learned router (quality prediction).
     #[serde(default)]
     pub router: crate::routing::quality::RouterSettings,
@@ -338,4 +342,17 @@ impl Default for GatewayConfig {
         // One source of defaults: the serde ones.
         serde_norway::from_str("{}").unwrap_or_else(|_| unreachable!("empty gateway config parses"))
     }
+}
+
+/// The admin port's bearer token (`gateway.admin_auth`).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AdminAuth {
+    /// Hex SHA-256 of the token, e.g. `printf %s "$TOKEN" | sha256sum`.
+    pub sha256: String,
+    /// Put `/metrics` behind the token too (the scraper then sends it;
+    /// Prometheus: `authorization: {credentials: ...}`). Health and
+    /// readiness always stay open for probes.
+    #[serde(default)]
+    pub protect_metrics: bool,
 }

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 pub use self::cascade::{
     CascadeConfig, ConfidenceConfig, SelfCheckConfig, StrategyKind, Unverifiable, VerifierKind,
 };
-pub use self::gateway::{GatewayConfig, TelemetryConfig};
+pub use self::gateway::{AdminAuth, GatewayConfig, TelemetryConfig};
 pub use self::registry::{RedisRegistryConfig, RegistryConfig, StaticWorker};
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -129,6 +129,15 @@ impl Config {
                 let (field, why) = e.split_once(": ").unwrap_or(("", &e));
                 return bad(&format!("{key}.{field}"), why.to_string());
             }
+        }
+        if let Some(a) = &g.admin_auth
+            && !(a.sha256.len() == 64 && a.sha256.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            return bad(
+                "admin_auth.sha256",
+                "must be 64 hex digits: the SHA-256 of the token (printf %s \"$TOKEN\" | sha256sum)"
+                    .into(),
+            );
         }
         if let Some(t) = &g.worker_tls
             && t.ca.is_none()
@@ -392,6 +401,11 @@ mod tests {
         );
         let e = err("gateway: {tls: {cert: a, key: b, reload_interval: 1ms}}\n");
         assert!(e.contains("gateway.tls.reload_interval: must be"), "{e}");
+        let e = err("gateway: {admin_auth: {sha256: nope}}\n");
+        assert!(
+            e.contains("gateway.admin_auth.sha256: must be 64 hex"),
+            "{e}"
+        );
         let e = err("gateway: {worker_tls: {cert: a, key: b}}\n");
         assert!(e.contains("gateway.worker_tls.ca: needed"), "{e}");
         let e = err("gateway: {auth: {redis: true}}\n");
