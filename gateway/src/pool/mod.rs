@@ -286,7 +286,6 @@ pub fn strongest(workers: &[Arc<WorkerHandle>]) -> Option<&ModelSpec> {
     routemesh_mesh::TokenPrices::most_expensive(workers.iter().map(|w| &w.spec), |s| s.prices())
 }
 
-/// The client side of TLS towards workers, following its certificate files.
 /// How the gateway dials `https://` workers: its client configuration
 /// (reloaded with its files) and the name workers' certificates carry, when
 /// not the host dialled.
