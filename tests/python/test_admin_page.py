@@ -376,3 +376,29 @@ def test_the_cost_page_shows_what_the_reports_say(store, stubs):
     if kind == "memory" and os.environ.get("UPDATE_SCREENSHOT"):
         shutil.copyfile(shot, README_SCREENSHOT)
     assert README_SCREENSHOT.exists() and "docs/cost-page.png" in (ROOT / "README.md").read_text()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (Debian package chromium)")
+def test_behind_admin_auth_the_page_asks_for_the_token(tmp_path):
+    token = "admin-" + uuid.uuid4().hex
+    cfg = config(None, "large-model").replace(
+        "  auth:\n",
+        f"  admin_auth: {{sha256: {hashlib.sha256(token.encode()).hexdigest()}}}\n  auth:\n",
+        1,
+    )
+    running = Running(["up"], cfg)
+    try:
+        admin = "http://" + running.ready["admin"]
+        dumped = chromium("--window-size=1400,1200", "--dump-dom", admin + "/")
+        assert dumped.returncode == 0, dumped.stderr[-2000:]
+        # The page loads (it holds no data), its data answers 401, and it asks.
+        assert 'aria-label="admin token"' in dumped.stdout, dumped.stdout[-3000:]
+        assert 'data-loaded="true"' not in dumped.stdout
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            get_json(admin + "/v1/overview")
+        assert refused.value.code == 401
+        request = urllib.request.Request(admin + "/v1/overview", headers={"authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(request, timeout=10) as r:
+            assert "workers" in json.loads(r.read())
+    finally:
+        running.stop()
