@@ -1,12 +1,16 @@
 //! Starting and stopping a gateway: the pool's background maintenance and the
 //! public gRPC server on its tower stack.
 
+mod listen;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::routing::policy::{LeastLoaded, Policy, PolicyKind, UtilityPolicy};
 use routemesh_mesh::{Registry, conn, tls};
+
+use listen::{PublicTls, TlsTasks, bind_optional, serve_http};
 use routemesh_proto::v1::gateway_server::GatewayServer;
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
@@ -130,171 +134,6 @@ fn spawn_readiness(
             }
         }
     })
-}
-
-async fn bind_optional(
-    addr: Option<SocketAddr>,
-) -> Result<Option<tokio::net::TcpListener>, ServeError> {
-    match addr {
-        Some(addr) => tokio::net::TcpListener::bind(addr)
-            .await
-            .map(Some)
-            .map_err(|source| ServeError::Bind { addr, source }),
-        None => Ok(None),
-    }
-}
-
-type HttpTask = JoinHandle<Result<(), std::io::Error>>;
-
-/// The public ports' TLS configurations, built from one set of files: gRPC
-/// offers HTTP/2 only, the HTTP API both HTTP/2 and HTTP/1.1.
-struct PublicTls {
-    grpc: Arc<rustls::ServerConfig>,
-    http: Arc<rustls::ServerConfig>,
-}
-
-/// Connections an acceptor task hands over (plain, under the listener's
-/// limits, or after their TLS handshake), as an axum listener.
-struct ChannelListener<IO> {
-    accepted: tokio::sync::mpsc::Receiver<(IO, SocketAddr)>,
-    addr: SocketAddr,
-}
-
-impl<IO> axum::serve::Listener for ChannelListener<IO>
-where
-    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    type Io = IO;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.accepted.recv().await {
-            Some(accepted) => accepted,
-            // The acceptor stopped: so does serving, by its shutdown signal.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        Ok(self.addr)
-    }
-}
-
-/// A connection's state as axum hands it to requests (connect info), so
-/// that [`conn::TrackRequestsLayer`] can mark requests in progress.
-#[derive(Clone)]
-struct HttpConn(Arc<conn::ConnState>);
-
-impl
-    axum::extract::connect_info::Connected<
-        axum::serve::IncomingStream<'_, ChannelListener<conn::Guarded<tokio::net::TcpStream>>>,
-    > for HttpConn
-{
-    fn connect_info(
-        stream: axum::serve::IncomingStream<
-            '_,
-            ChannelListener<conn::Guarded<tokio::net::TcpStream>>,
-        >,
-    ) -> Self {
-        HttpConn(stream.io().info().state.clone())
-    }
-}
-
-impl
-    axum::extract::connect_info::Connected<
-        axum::serve::IncomingStream<'_, ChannelListener<tls::ServerTlsStream>>,
-    > for HttpConn
-{
-    fn connect_info(
-        stream: axum::serve::IncomingStream<'_, ChannelListener<tls::ServerTlsStream>>,
-    ) -> Self {
-        HttpConn(stream.io().get_ref().0.info().state.clone())
-    }
-}
-
-fn http_conn_of(ext: &http::Extensions) -> Option<Arc<conn::ConnState>> {
-    ext.get::<axum::extract::ConnectInfo<HttpConn>>()
-        .map(|info| info.0.0.clone())
-}
-
-/// Serves an axum app (traced) until `stop`, with its connections under
-/// `limits` (`what`: the listener's name), over TLS when `tls` gives a
-/// configuration (per connection, so certificates can change); returns its
-/// address and task.
-fn serve_http(
-    listener: tokio::net::TcpListener,
-    app: axum::Router,
-    stop: CancellationToken,
-    (limits, what): (conn::ConnectionLimits, &'static str),
-    tls: Option<(tls::Reloading<PublicTls>, &mut TlsTasks)>,
-) -> Result<(SocketAddr, HttpTask), ServeError> {
-    let addr = listener.local_addr().map_err(|source| ServeError::Bind {
-        addr: SocketAddr::from(([0, 0, 0, 0], 0)),
-        source,
-    })?;
-    let scheme = crate::api::spans::UrlScheme(if tls.is_some() { "https" } else { "http" });
-    let app = app
-        .layer(axum::Extension(scheme))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
-        .layer(conn::TrackRequestsLayer::new(http_conn_of));
-    // The acceptor ends with the server that reads from it (or with `stop`).
-    let (admitted, _acceptor) = conn::accept_guarded(listener, limits, what, stop.child_token());
-    let task = match tls {
-        Some((certs, tasks)) => {
-            let (accepted, acceptor) = tls::accept_tls(
-                admitted,
-                move || certs.current().http.clone(),
-                tasks.stop.child_token(),
-            );
-            tasks.tasks.push(acceptor);
-            let listener = ChannelListener { accepted, addr };
-            let app = app.into_make_service_with_connect_info::<HttpConn>();
-            tokio::spawn(async move {
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(stop.cancelled_owned())
-                    .await
-            })
-        }
-        None => {
-            let listener = ChannelListener {
-                accepted: admitted,
-                addr,
-            };
-            let app = app.into_make_service_with_connect_info::<HttpConn>();
-            tokio::spawn(async move {
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(stop.cancelled_owned())
-                    .await
-            })
-        }
-    };
-    Ok((addr, task))
-}
-
-/// The certificate watchers and TLS acceptors of a gateway, stopped when it
-/// stops (or when starting it fails part way: `stop` is cancelled on drop).
-struct TlsTasks {
-    stop: CancellationToken,
-    _guard: tokio_util::sync::DropGuard,
-    tasks: Vec<JoinHandle<()>>,
-}
-
-impl TlsTasks {
-    fn new() -> Self {
-        let stop = CancellationToken::new();
-        Self {
-            _guard: stop.clone().drop_guard(),
-            stop,
-            tasks: Vec::new(),
-        }
-    }
-
-    async fn shutdown(self) {
-        self.stop.cancel();
-        for task in self.tasks {
-            let _ = task.await;
-        }
-    }
 }
 
 fn policy(config: &GatewayConfig, cost_weight: f64) -> Box<dyn Policy> {
