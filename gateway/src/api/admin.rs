@@ -64,7 +64,7 @@ async fn metrics(State(state): State<Arc<GatewayState>>) -> Response {
     match crate::metrics::handle() {
         Some(handle) => (
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-            handle.render() + &crate::metrics::workers::render(&state.pool.snapshot()),
+            handle.render() + &crate::pool::series::render(&state.pool.snapshot()),
         )
             .into_response(),
         None => (

@@ -40,8 +40,8 @@ pub(crate) fn request_model_label<'a>(
     requested: &'a str,
     pool_models: impl IntoIterator<Item = &'a str>,
 ) -> &'a str {
-    if requested.is_empty() || requested == crate::api::openai::ROUTER_MODEL {
-        return crate::api::openai::ROUTER_MODEL;
+    if requested.is_empty() || requested == routemesh_mesh::ROUTER_MODEL {
+        return routemesh_mesh::ROUTER_MODEL;
     }
     if pool_models.into_iter().any(|m| m == requested) {
         requested

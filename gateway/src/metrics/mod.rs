@@ -13,7 +13,6 @@
 //! the pool at each scrape ([`workers`]) and so leave with their worker.
 
 mod genai;
-pub(crate) mod workers;
 
 use std::collections::HashSet;
 use std::sync::{Mutex, OnceLock};

@@ -17,6 +17,7 @@ use tonic::transport::Endpoint;
 
 pub mod breaker;
 pub(crate) mod retry;
+pub(crate) mod series;
 pub(crate) mod transport;
 
 use self::breaker::{Breaker, BreakerConfig, Permit, State, Transition};
@@ -55,7 +56,7 @@ pub struct WorkerHandle {
     /// answers); `None` while listed.
     missing_since: Mutex<Option<std::time::Instant>>,
     /// Its calls and breaker moves, exported while it is in the pool.
-    pub(crate) counters: crate::metrics::workers::WorkerCounters,
+    pub(crate) counters: series::WorkerCounters,
 }
 
 /// Counts a request against a worker while it lives, and holds the call's
@@ -102,7 +103,7 @@ impl WorkerHandle {
             last_served: Mutex::new(None),
             last_load: Mutex::new(None),
             missing_since: Mutex::new(None),
-            counters: crate::metrics::workers::WorkerCounters::default(),
+            counters: series::WorkerCounters::default(),
         })
     }
 

@@ -17,7 +17,7 @@ use crate::request::ValidRequest;
 /// `router` when the gateway chooses (OpenAI's `model: "router"` or none).
 fn requested_model(model: &str) -> &str {
     if model.is_empty() {
-        crate::api::openai::ROUTER_MODEL
+        routemesh_mesh::ROUTER_MODEL
     } else {
         model
     }

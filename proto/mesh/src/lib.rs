@@ -20,7 +20,7 @@ pub mod tls;
 pub mod trace_context;
 
 pub use capabilities::{Capabilities, DeclaredCapabilities, Lack, Needs};
-pub use model::{ModelSpec, TokenPrices};
+pub use model::{ModelSpec, ROUTER_MODEL, TokenPrices};
 pub use redis_conn::{Patience, RedisConn, RedisEndpoint, RedisTls, key_prefix};
 pub use registry::{
     MemoryRegistry, RedisRegistry, Registry, RegistryError, WorkerRecord, check_declared_speed,

@@ -47,6 +47,10 @@ impl TokenPrices {
     }
 }
 
+/// The model name with which a client leaves the choice to the router (the
+/// OpenAI APIs' `model`; labels and spans name such requests by it too).
+pub const ROUTER_MODEL: &str = "router";
+
 /// A model as the router knows it: its tier, prices and quality prior.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelSpec {

@@ -15,8 +15,7 @@ use super::chat_wire::{
 };
 use super::error::{ApiError, bad_request};
 
-/// The virtual model that asks the router to choose.
-pub(crate) const ROUTER_MODEL: &str = "router";
+pub(crate) use routemesh_mesh::ROUTER_MODEL;
 
 pub(super) struct ChatRequest {
     pub(super) grpc: GenerateRequest,

@@ -1,4 +1,4 @@
-//! Per-worker series, rendered from the pool at each scrape rather than kept
+//! The pool's per-worker Prometheus series, rendered from its entries at each scrape rather than kept
 //! in the recorder: a worker's series leave `/metrics` when the pool drops
 //! it (at once when it stops answering, after `missing_grace` when only the
 //! registry forgot it), so rollouts leave no stale series behind and a
@@ -8,7 +8,7 @@ use std::fmt::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::pool::WorkerHandle;
+use super::WorkerHandle;
 
 pub(crate) const WORKER_CALLS: &str = "routemesh_worker_calls_total";
 pub(crate) const WORKER_HEALTHY: &str = "routemesh_worker_healthy";
