@@ -12,6 +12,9 @@ use axum::body::Bytes;
 use http_body::{Body, Frame};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+/// Why a request was refused for its bytes, on either API.
+pub(crate) const FULL: &str = "the gateway holds as many request bytes as it may (gateway.max_request_bytes_in_flight); retry with backoff";
+
 /// Wraps each request body of the service under the shared byte budget.
 #[derive(Clone)]
 pub(crate) struct BodyBytesLayer {
@@ -94,9 +97,7 @@ impl Body for Held {
                 },
                 Err(_) => {
                     crate::metrics::shed();
-                    return Poll::Ready(Some(Err(tonic::Status::resource_exhausted(
-                        "the gateway holds as many request bytes as it may (gateway.max_request_bytes_in_flight); retry with backoff",
-                    ))));
+                    return Poll::Ready(Some(Err(tonic::Status::resource_exhausted(FULL))));
                 }
             }
         }

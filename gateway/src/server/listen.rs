@@ -64,30 +64,14 @@ where
 #[derive(Clone)]
 struct HttpConn(Arc<conn::ConnState>);
 
-impl
-    axum::extract::connect_info::Connected<
-        axum::serve::IncomingStream<'_, ChannelListener<conn::Guarded<tokio::net::TcpStream>>>,
-    > for HttpConn
+impl<IO>
+    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, ChannelListener<IO>>>
+    for HttpConn
+where
+    IO: conn::GuardedConn + tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    fn connect_info(
-        stream: axum::serve::IncomingStream<
-            '_,
-            ChannelListener<conn::Guarded<tokio::net::TcpStream>>,
-        >,
-    ) -> Self {
-        HttpConn(stream.io().info().state.clone())
-    }
-}
-
-impl
-    axum::extract::connect_info::Connected<
-        axum::serve::IncomingStream<'_, ChannelListener<tls::ServerTlsStream>>,
-    > for HttpConn
-{
-    fn connect_info(
-        stream: axum::serve::IncomingStream<'_, ChannelListener<tls::ServerTlsStream>>,
-    ) -> Self {
-        HttpConn(stream.io().get_ref().0.info().state.clone())
+    fn connect_info(stream: axum::serve::IncomingStream<'_, ChannelListener<IO>>) -> Self {
+        HttpConn(stream.io().conn_info().state.clone())
     }
 }
 

@@ -108,8 +108,7 @@ async fn admit_body(
             StatusCode::TOO_MANY_REQUESTS,
             "server_error",
             None,
-            "the gateway holds as many request bytes as it may (gateway.max_request_bytes_in_flight); retry with backoff"
-                .into(),
+            crate::api::body_bytes::FULL.into(),
         )
         .with_code("rate_limit_exceeded")
         .into_response();

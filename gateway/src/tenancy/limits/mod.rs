@@ -290,14 +290,6 @@ impl Limits {
             admitted_at: std::time::Instant::now(),
         }))))
     }
-
-    /// Settlements waiting for the limits store to answer again (0 in memory).
-    pub fn unsettled(&self) -> usize {
-        match &*self.store {
-            Store::Memory(_) => 0,
-            Store::Redis(r) => r.unsettled(),
-        }
-    }
 }
 
 /// What an admitted request holds of its tenant's limits. Clones share it;

@@ -4,8 +4,6 @@
 //! answers again.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use routemesh_mesh::{Patience, RedisConn, RedisEndpoint};
@@ -155,7 +153,6 @@ pub(super) struct RedisLimits {
     redis: RedisConn,
     admit: redis::Script,
     settlements: mpsc::Sender<Settlement>,
-    unsettled: Arc<AtomicUsize>,
 }
 
 impl RedisLimits {
@@ -174,13 +171,11 @@ impl RedisLimits {
         };
         let redis = RedisConn::connect(url, mesh, patience).await?;
         let (settlements, rx) = mpsc::channel(QUEUE);
-        let unsettled = Arc::new(AtomicUsize::new(0));
         tokio::spawn(
             Settler {
                 redis: redis.clone(),
                 script: redis::Script::new(SETTLE),
                 waiting: Vec::new(),
-                unsettled: unsettled.clone(),
             }
             .run(rx),
         );
@@ -188,7 +183,6 @@ impl RedisLimits {
             redis,
             admit: redis::Script::new(ADMIT),
             settlements,
-            unsettled,
         })
     }
 
@@ -245,10 +239,6 @@ impl RedisLimits {
             tracing::warn!(error = %e, "limits settlement queue full; a reservation will expire instead");
         }
     }
-
-    pub(super) fn unsettled(&self) -> usize {
-        self.unsettled.load(Ordering::Relaxed)
-    }
 }
 
 /// A float as a plain decimal that Redis' INCRBYFLOAT reads (Rust prints
@@ -268,7 +258,6 @@ struct Settler {
     script: redis::Script,
     /// Settlements Redis did not take, oldest first.
     waiting: Vec<Settlement>,
-    unsettled: Arc<AtomicUsize>,
 }
 
 impl Settler {
@@ -303,7 +292,6 @@ impl Settler {
                 Duration::from_millis(250)
             };
             self.bound_waiting();
-            self.unsettled.store(self.waiting.len(), Ordering::Relaxed);
         }
     }
 

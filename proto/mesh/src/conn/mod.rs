@@ -217,6 +217,24 @@ impl<IO> Guarded<IO> {
     }
 }
 
+/// A connection accepted under a listener's limits, plain or after TLS:
+/// what its requests are counted on.
+pub trait GuardedConn {
+    fn conn_info(&self) -> &ConnInfo;
+}
+
+impl<IO> GuardedConn for Guarded<IO> {
+    fn conn_info(&self) -> &ConnInfo {
+        &self.info
+    }
+}
+
+impl<IO> GuardedConn for tokio_rustls::server::TlsStream<Guarded<IO>> {
+    fn conn_info(&self) -> &ConnInfo {
+        &self.get_ref().0.info
+    }
+}
+
 fn timed_out() -> io::Error {
     io::Error::new(
         io::ErrorKind::TimedOut,
