@@ -28,6 +28,7 @@ PROMQL_WORDS = {
 def declared_metrics():
     """Metric names the gateway declares (gateway/src/metrics/)."""
     source = "".join(p.read_text() for p in (ROOT / "gateway" / "src" / "metrics").glob("*.rs"))
+    source += (ROOT / "gateway" / "src" / "pool" / "series.rs").read_text()
     names = set(re.findall(r'pub(?:\(crate\))? const \w+: &str = "([a-z_:]+)"', source))
     return names | {f"{n}_{s}" for n in names for s in ("bucket", "sum", "count")}
 
