@@ -2,7 +2,7 @@
 //! health- and load-checked in the background, read without locks held across
 //! awaits on the request path.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -16,11 +16,13 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
 
 pub mod breaker;
+mod health;
 pub(crate) mod retry;
 pub(crate) mod series;
 pub(crate) mod transport;
 
 use self::breaker::{Breaker, BreakerConfig, Permit, State, Transition};
+use self::health::HealthThread;
 use self::transport::{LocalWorkers, WorkerChannel};
 
 /// What one finished call says about a worker's health, for its breaker.
@@ -43,6 +45,9 @@ pub struct WorkerHandle {
     pub spec: ModelSpec,
     /// In-process for a worker agent of this process, else over the network.
     pub client: WorkerClient<WorkerChannel>,
+    /// For load checks only: driven by the health thread, over a connection
+    /// of its own for a network worker.
+    load_client: WorkerClient<WorkerChannel>,
     transport: &'static str,
     /// Whether its requests succeed (load checks say whether it answers).
     pub breaker: Breaker,
@@ -52,6 +57,10 @@ pub struct WorkerHandle {
     /// saturated cores from a dead worker.
     last_served: Mutex<Option<tokio::time::Instant>>,
     last_load: Mutex<Option<LoadReport>>,
+    /// Load checks in a row that got no answer in time.
+    missed_checks: AtomicU32,
+    /// Load checks answered since it joined.
+    load_checks_answered: AtomicU64,
     /// Since when the registry stopped listing this worker (while it still
     /// answers); `None` while listed.
     missing_since: Mutex<Option<std::time::Instant>>,
@@ -77,10 +86,19 @@ impl WorkerHandle {
         tls: Option<&WorkerTls>,
         breaker: &BreakerConfig,
         local: &LocalWorkers,
+        health: &HealthThread,
     ) -> Result<Self, String> {
-        let channel = match local.channel_for(&record) {
-            Some(in_process) => in_process,
-            None => WorkerChannel::Network(Self::dial(&record, tls)?),
+        let (channel, load_channel) = match local.channel_for(&record) {
+            Some(in_process) => (in_process.clone(), in_process),
+            None => {
+                let requests = Self::dial(&record, tls)?;
+                let _on_health_thread = health.enter();
+                let loads = Self::dial(&record, tls)?;
+                (
+                    WorkerChannel::Network(requests),
+                    WorkerChannel::Network(loads),
+                )
+            }
         };
         let spec = ModelSpec {
             name: record.model.clone(),
@@ -95,6 +113,7 @@ impl WorkerHandle {
             spec,
             transport: channel.kind(),
             client: WorkerClient::new(channel),
+            load_client: WorkerClient::new(load_channel),
             breaker: Breaker::new(breaker.clone()),
             record,
             in_flight: AtomicU32::new(0),
@@ -102,6 +121,8 @@ impl WorkerHandle {
             healthy: AtomicBool::new(true),
             last_served: Mutex::new(None),
             last_load: Mutex::new(None),
+            missed_checks: AtomicU32::new(0),
+            load_checks_answered: AtomicU64::new(0),
             missing_since: Mutex::new(None),
             counters: series::WorkerCounters::default(),
         })
@@ -231,17 +252,43 @@ impl WorkerHandle {
             .is_some_and(|t| t.elapsed() <= window)
     }
 
+    /// Load checks it has answered since it joined the pool.
+    pub fn load_checks_answered(&self) -> u64 {
+        self.load_checks_answered.load(Ordering::Relaxed)
+    }
+
     pub fn last_load(&self) -> Option<LoadReport> {
         self.last_load.lock().ok().and_then(|l| l.clone())
     }
 
+    /// Asks the worker for its load (on the health thread) and updates its
+    /// health from the answer. A check that gets no answer in time counts
+    /// against the worker only when nothing else shows it alive: a call it
+    /// served meanwhile proves it up, and a worker that answered before is
+    /// taken out on the second miss in a row, not the first (a worker never
+    /// heard from yet is kept out from the first).
     async fn check_load(&self, timeout: Duration) {
-        let mut client = self.client.clone();
+        let mut client = self.load_client.clone();
         let mut request = tonic::Request::new(LoadRequest {});
         request.set_timeout(timeout);
-        match tokio::time::timeout(timeout, client.load(request)).await {
-            Ok(Ok(report)) => {
-                let report = report.into_inner();
+        let answer = match tokio::time::timeout(timeout, client.load(request)).await {
+            Ok(Ok(report)) => Ok(report.into_inner()),
+            // The worker's server gave up on the deadline: as slow as a timeout.
+            Ok(Err(status))
+                if matches!(
+                    status.code(),
+                    tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+                ) =>
+            {
+                Err(None)
+            }
+            Ok(Err(status)) => Err(Some(status)),
+            Err(_) => Err(None),
+        };
+        match answer {
+            Ok(report) => {
+                self.missed_checks.store(0, Ordering::Release);
+                self.load_checks_answered.fetch_add(1, Ordering::Relaxed);
                 let up = !report.draining && report.engine_down.is_empty();
                 self.set_health(up, || {
                     if report.draining {
@@ -256,24 +303,29 @@ impl WorkerHandle {
                     *last = Some(report);
                 }
             }
-            Ok(Err(status)) => {
+            Err(Some(status)) => {
                 tracing::debug!(worker = %self.record.id, %status, "load check failed");
                 self.mark_unhealthy(|| format!("load check failed: {status}"));
             }
-            Err(_) if self.served_within(timeout * 2) => {
+            Err(None) if self.served_within(timeout * 2) => {
                 // The data plane proves the worker alive: a load check that
                 // times out while calls are being served means the cores are
                 // saturated, and taking the only worker out would turn
                 // overload into UNAVAILABLE for everyone.
+                self.missed_checks.store(0, Ordering::Release);
                 tracing::debug!(worker = %self.record.id, "load check timed out; worker still serving");
             }
-            Err(_) => {
-                tracing::debug!(worker = %self.record.id, "load check timed out");
-                self.mark_unhealthy(|| {
-                    format!(
-                        "load check timed out after {timeout:?} and no call was served meanwhile"
-                    )
-                });
+            Err(None) => {
+                let missed = self.missed_checks.fetch_add(1, Ordering::AcqRel) + 1;
+                let known = self.last_load().is_some();
+                tracing::debug!(worker = %self.record.id, missed, "load check timed out");
+                if missed >= 2 || !known {
+                    self.mark_unhealthy(|| {
+                        format!(
+                            "{missed} load check(s) in a row got no answer within {timeout:?} and no call was served meanwhile"
+                        )
+                    });
+                }
             }
         }
     }
@@ -305,6 +357,8 @@ pub struct Pool {
     local: LocalWorkers,
     load_timeout: Duration,
     missing_grace: Duration,
+    /// Where load checks run, away from request traffic.
+    health: HealthThread,
 }
 
 impl std::fmt::Debug for Pool {
@@ -328,8 +382,8 @@ impl Pool {
         missing_grace: Duration,
         worker_tls: Option<WorkerTls>,
         breaker: BreakerConfig,
-    ) -> Arc<Self> {
-        Arc::new(Self {
+    ) -> std::io::Result<Arc<Self>> {
+        Ok(Arc::new(Self {
             workers: RwLock::new(Arc::new(Vec::new())),
             worker_tls,
             breaker,
@@ -337,7 +391,8 @@ impl Pool {
             local,
             load_timeout,
             missing_grace,
-        })
+            health: HealthThread::start()?,
+        }))
     }
 
     /// The workers now; cheap (an `Arc` clone).
@@ -371,6 +426,7 @@ impl Pool {
                     self.worker_tls.as_ref(),
                     &self.breaker,
                     &self.local,
+                    &self.health,
                 ) {
                     Ok(handle) => {
                         let handle = Arc::new(handle);
@@ -397,7 +453,13 @@ impl Pool {
         }
         // Check newcomers before they take traffic, so a dead registration
         // never receives a request.
-        futures::future::join_all(joined.iter().map(|w| w.check_load(self.load_timeout))).await;
+        let timeout = self.load_timeout;
+        let newcomers = joined.clone();
+        self.health
+            .run(async move {
+                futures::future::join_all(newcomers.iter().map(|w| w.check_load(timeout))).await
+            })
+            .await;
         let changed = next.len() != current.len()
             || !joined.is_empty()
             || next
@@ -427,32 +489,53 @@ impl Pool {
         self.registry.round_trips()
     }
 
+    /// Checks every worker's load once (on the health thread).
     pub async fn poll_loads(&self) {
         let workers = self.snapshot();
-        futures::future::join_all(workers.iter().map(|w| w.check_load(self.load_timeout))).await;
+        let timeout = self.load_timeout;
+        self.health
+            .run(async move {
+                futures::future::join_all(workers.iter().map(|w| w.check_load(timeout))).await
+            })
+            .await;
     }
 
-    /// Runs discovery and load checks until `stop` is cancelled.
+    /// Runs discovery (on the caller's runtime) and load checks (on the
+    /// health thread, so request traffic cannot delay them) until `stop` is
+    /// cancelled.
     pub fn spawn_maintenance(
         self: &Arc<Self>,
         discovery: Duration,
         load: Duration,
         stop: CancellationToken,
     ) -> JoinHandle<()> {
+        let loads = self.clone();
+        let loads_stop = stop.clone();
+        let load_checks = self.health.spawn(async move {
+            let mut tick = tokio::time::interval(load);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = loads_stop.cancelled() => return,
+                    _ = tick.tick() => {
+                        let workers = loads.snapshot();
+                        let timeout = loads.load_timeout;
+                        futures::future::join_all(workers.iter().map(|w| w.check_load(timeout))).await;
+                    }
+                }
+            }
+        });
         let pool = self.clone();
         tokio::spawn(async move {
             let mut discovery_tick = tokio::time::interval(discovery);
-            let mut load_tick = tokio::time::interval(load);
-            for tick in [&mut discovery_tick, &mut load_tick] {
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            }
+            discovery_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
-                    () = stop.cancelled() => return,
+                    () = stop.cancelled() => break,
                     _ = discovery_tick.tick() => pool.refresh().await,
-                    _ = load_tick.tick() => pool.poll_loads().await,
                 }
             }
+            let _ = load_checks.await;
         })
     }
 }

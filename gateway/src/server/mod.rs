@@ -44,6 +44,8 @@ pub enum ServeError {
     Config(String),
     #[error("gateway task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    #[error("cannot start the load-check thread: {0}")]
+    HealthThread(std::io::Error),
 }
 
 /// A gateway that is serving.
@@ -262,7 +264,8 @@ pub async fn start_gateway(
         config.missing_worker_grace,
         worker_tls,
         config.circuit_breaker.clone(),
-    );
+    )
+    .map_err(ServeError::HealthThread)?;
     // Know the pool before the first request arrives, and have the router
     // ready for it (the encoder, if the pool holds a strong/weak pair).
     pool.refresh().await;
