@@ -364,7 +364,10 @@ async fn a_mesh_runs_on_a_redis_cluster_and_rides_out_a_node_restart() {
                     client.generate(tenant_request("roomy")),
                 )
                 .await
-                .map(|r| r.map(|_| ()).map_err(|s| (s.code(), s.message().to_string())));
+                .map(|r| {
+                    r.map(|_| ())
+                        .map_err(|s| (s.code(), s.message().to_string()))
+                });
                 outcomes.push(outcome);
                 sent.fetch_add(1, Ordering::Relaxed);
             }
@@ -378,13 +381,18 @@ async fn a_mesh_runs_on_a_redis_cluster_and_rides_out_a_node_restart() {
     })
     .await;
     cluster.stop(victim);
-    // Requests keep being answered or refused while the node is down.
-    let during = {
-        let mut c = c2.clone();
-        tokio::time::timeout(Duration::from_secs(30), c.generate(tenant_request("roomy")))
-            .await
-            .expect("an answer or a refusal while a node is down")
-    };
+    // Requests keep being answered or refused while the node is down: a
+    // good number of them, not just one that slipped through.
+    let before = sent.load(Ordering::Relaxed);
+    eventually(
+        Duration::from_secs(60),
+        "requests flow while a node is down",
+        || {
+            let sent = sent.load(Ordering::Relaxed);
+            async move { sent >= before + 30 }
+        },
+    )
+    .await;
     cluster.restart(victim);
     cluster.wait_ok().await;
     // The restarted node lost its data: workers announce themselves again,
@@ -423,7 +431,7 @@ async fn a_mesh_runs_on_a_redis_cluster_and_rides_out_a_node_restart() {
         outcomes.len()
     );
     assert!(answered > 0, "{refused:?}");
-    for (code, message) in refused.iter().chain(during.as_ref().err().map(|s| (s.code(), s.message().to_string())).iter()) {
+    for (code, message) in &refused {
         assert!(
             matches!(code, Code::Unavailable | Code::ResourceExhausted) && !message.is_empty(),
             "an unclear refusal: {code:?} {message:?}"
@@ -432,11 +440,16 @@ async fn a_mesh_runs_on_a_redis_cluster_and_rides_out_a_node_restart() {
     eprintln!(
         "during the restart of node {victim}: {answered} answered, {} refused ({:?})",
         refused.len(),
-        refused.iter().map(|(c, _)| *c).collect::<BTreeSet<_>>()
+        refused
+            .iter()
+            .map(|(c, _)| format!("{c:?}"))
+            .collect::<BTreeSet<_>>()
     );
-    // No command hit keys of two slots at once.
-    for p in [&gw1, &gw2] {
-        assert!(!p.log().contains("CROSSSLOT"), "{}", p.log());
+    // No command hit keys of two slots at once; the outage was seen.
+    let logs = format!("{}{}", gw1.log(), gw2.log());
+    assert!(!logs.contains("CROSSSLOT"), "{logs}");
+    if std::env::var_os("SHOW_LOGS").is_some() {
+        eprintln!("{logs}");
     }
 }
 

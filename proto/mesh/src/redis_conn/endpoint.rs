@@ -260,8 +260,7 @@ impl RedisEndpoint {
             // allow at least one even to callers that never retry.
             .retries(u32::try_from(patience.retries.max(1)).unwrap_or(u32::MAX));
         if let Some(delay) = patience.max_retry_delay {
-            builder =
-                builder.max_retry_wait(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
+            builder = builder.max_retry_wait(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
         }
         if let Some(tls) = tls {
             builder = builder.certs(tls.certificates());
@@ -281,7 +280,10 @@ fn check_url(key: &str, url: &str, cluster: bool) -> Result<(), Refusal> {
         let why = if cluster && (url.starts_with("unix://") || url.starts_with("redis+unix://")) {
             "a Redis Cluster is reached over TCP (its nodes announce host and port): use redis:// or rediss://".to_string()
         } else if cluster {
-            format!("{:?} is not a redis:// or rediss:// (TLS) URL", redacted(url))
+            format!(
+                "{:?} is not a redis:// or rediss:// (TLS) URL",
+                redacted(url)
+            )
         } else {
             format!(
                 "{:?} is not a redis://, rediss:// (TLS) or unix:// URL",
@@ -295,10 +297,7 @@ fn check_url(key: &str, url: &str, cluster: bool) -> Result<(), Refusal> {
     if cluster && !matches!(parsed.path().trim_matches('/'), "" | "0") {
         return Err(refuse(
             key,
-            format!(
-                "{:?}: a Redis Cluster has only database 0",
-                redacted(url)
-            ),
+            format!("{:?}: a Redis Cluster has only database 0", redacted(url)),
         ));
     }
     Ok(())
@@ -357,8 +356,11 @@ mod tests {
                 .contains("urls[0]: \"redis://a:7000/3\": a Redis Cluster has only database 0")
         );
         assert!(
-            refusal(&RedisEndpoint::cluster(&["redis://a:7000", "rediss://b:7000"]))
-                .starts_with("urls[1]: every seed node takes the same scheme")
+            refusal(&RedisEndpoint::cluster(&[
+                "redis://a:7000",
+                "rediss://b:7000"
+            ]))
+            .starts_with("urls[1]: every seed node takes the same scheme")
         );
     }
 

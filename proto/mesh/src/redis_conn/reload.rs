@@ -66,8 +66,12 @@ pub(super) async fn follow_tls_files(
                 }
                 in_use = material;
                 last_error = None;
-                tracing::info!(what = WHAT, "Redis TLS files changed; new commands use a connection made with them");
-                metrics::counter!(crate::tls::RELOADS, "what" => WHAT, "result" => "ok").increment(1);
+                tracing::info!(
+                    what = WHAT,
+                    "Redis TLS files changed; new commands use a connection made with them"
+                );
+                metrics::counter!(crate::tls::RELOADS, "what" => WHAT, "result" => "ok")
+                    .increment(1);
             }
             Err(e) => {
                 let e = e.to_string();
