@@ -357,7 +357,11 @@ async fn a_mesh_runs_on_a_redis_cluster_and_rides_out_a_node_restart() {
             let mut outcomes = Vec::new();
             let mut i = 0u64;
             while flowing.load(Ordering::Relaxed) {
-                let mut client = if i % 2 == 0 { c1.clone() } else { c2.clone() };
+                let mut client = if i.is_multiple_of(2) {
+                    c1.clone()
+                } else {
+                    c2.clone()
+                };
                 i += 1;
                 let outcome = tokio::time::timeout(
                     Duration::from_secs(30),
