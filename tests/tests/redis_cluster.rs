@@ -4,7 +4,8 @@
 //! tenant's limit keys sit in a slot of their own (`CLUSTER KEYSLOT`). Then
 //! the node holding the mesh's slot is restarted with requests flowing:
 //! every request is answered or refused with a clear status, and the mesh
-//! serves again once the node is back. Also what `check-config` refuses.
+//! serves again once the node is back. A cluster over mutual TLS (client
+//! and bus). Also what `check-config` refuses.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -23,22 +24,39 @@ use tonic::Code;
 /// nodes file (so that a restarted node rejoins with its slots).
 struct Cluster {
     dir: tempfile::TempDir,
-    ports: Vec<u16>,
+    /// Each node's client port and cluster bus port (both free ports: the
+    /// default bus port, client port + 10000, may be taken or beyond 65535).
+    ports: Vec<(u16, u16)>,
     nodes: Vec<Option<OwnRedis>>,
 }
 
 impl Cluster {
     async fn start() -> Self {
+        let cluster = Self::start_nodes(|_| Vec::new());
+        cluster.create(&[]);
+        cluster.wait_ok().await;
+        cluster
+    }
+
+    /// Three cluster-enabled nodes, each with `args(dir)` added, not yet
+    /// joined.
+    fn start_nodes(args: impl Fn(&Path) -> Vec<String>) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+        let extra = args(dir.path());
         let nodes = ports
             .iter()
-            .map(|&port| Some(start_node(dir.path(), port)))
+            .map(|&ports| Some(start_node(dir.path(), ports, &extra)))
             .collect();
-        let cluster = Cluster { dir, ports, nodes };
+        Cluster { dir, ports, nodes }
+    }
+
+    /// Joins the nodes into one cluster, every slot assigned (`cli` are
+    /// redis-cli's connection options, e.g. TLS).
+    fn create(&self, cli: &[String]) {
         let mut create = Command::new("redis-cli");
-        create.arg("--cluster").arg("create");
-        for port in &cluster.ports {
+        create.args(cli).arg("--cluster").arg("create");
+        for (port, _) in &self.ports {
             create.arg(format!("127.0.0.1:{port}"));
         }
         let out = create
@@ -51,12 +69,10 @@ impl Cluster {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        cluster.wait_ok().await;
-        cluster
     }
 
     fn url(&self, i: usize) -> String {
-        format!("redis://127.0.0.1:{}", self.ports[i])
+        format!("redis://127.0.0.1:{}", self.ports[i].0)
     }
 
     /// Until every node says `cluster_state:ok`.
@@ -130,26 +146,32 @@ impl Cluster {
     /// On the same port, with the same nodes file: it rejoins with its slots
     /// (and without their data: nothing is persisted).
     fn restart(&mut self, i: usize) {
-        self.nodes[i] = Some(start_node(self.dir.path(), self.ports[i]));
+        self.nodes[i] = Some(start_node(self.dir.path(), self.ports[i], &[]));
     }
 }
 
-fn start_node(dir: &Path, port: u16) -> OwnRedis {
+/// A cluster-enabled redis-server on `port` (its bus on `bus`); `extra`
+/// arguments come last (so `--port 0` there leaves only a TLS port).
+fn start_node(dir: &Path, (port, bus): (u16, u16), extra: &[String]) -> OwnRedis {
     let nodes_file = dir.join(format!("nodes-{port}.conf"));
-    OwnRedis::start_with(
-        port,
-        &[
-            "--port",
-            &port.to_string(),
-            "--cluster-enabled",
-            "yes",
-            "--cluster-config-file",
-            &nodes_file.display().to_string(),
-            "--dir",
-            &dir.display().to_string(),
-        ],
-    )
-    .expect("redis-server starts")
+    let mut args: Vec<String> = [
+        "--port",
+        &port.to_string(),
+        "--cluster-enabled",
+        "yes",
+        "--cluster-port",
+        &bus.to_string(),
+        "--cluster-config-file",
+        &nodes_file.display().to_string(),
+        "--dir",
+        &dir.display().to_string(),
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    args.extend(extra.iter().map(|a| a.replace("{port}", &port.to_string())));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    OwnRedis::start_with(port, &args).expect("redis-server starts")
 }
 
 /// One command on one node, its reply as text (`None` if it did not answer).
@@ -454,6 +476,88 @@ async fn a_mesh_runs_on_a_redis_cluster_and_rides_out_a_node_restart() {
     assert!(!logs.contains("CROSSSLOT"), "{logs}");
     if std::env::var_os("SHOW_LOGS").is_some() {
         eprintln!("{logs}");
+    }
+}
+
+/// A cluster whose nodes speak only TLS and ask for client certificates
+/// (their bus too): the mesh reaches every node it discovers with the
+/// configured CA and client certificate; a limited tenant's admission (with
+/// `limits_fail_open: false`, so only a script call that ran admits it)
+/// and the registry work there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mesh_runs_on_a_redis_cluster_over_mutual_tls() {
+    let pki_dir = tempfile::tempdir().unwrap();
+    let d = pki_dir.path();
+    pki(d, &["redis", "routemesh"]);
+    let p = |f: &str| d.join(f).display().to_string();
+    let cluster = Cluster::start_nodes(|_| {
+        [
+            "--port",
+            "0",
+            "--tls-port",
+            "{port}",
+            "--tls-cluster",
+            "yes",
+            "--tls-cert-file",
+            &p("redis.pem"),
+            "--tls-key-file",
+            &p("redis.key"),
+            "--tls-ca-cert-file",
+            &p("ca.pem"),
+            "--tls-auth-clients",
+            "yes",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect()
+    });
+    let cli: Vec<String> = [
+        "--tls",
+        "--cacert",
+        &p("ca.pem"),
+        "--cert",
+        &p("redis.pem"),
+        "--key",
+        &p("redis.key"),
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    cluster.create(&cli);
+    for (port, _) in &cluster.ports {
+        eventually(Duration::from_secs(30), "cluster_state:ok over TLS", || {
+            let out = Command::new("redis-cli")
+                .args(&cli)
+                .args(["-p", &port.to_string(), "CLUSTER", "INFO"])
+                .output()
+                .unwrap();
+            let ok = String::from_utf8_lossy(&out.stdout).contains("cluster_state:ok");
+            async move { ok }
+        })
+        .await;
+    }
+    let yaml = format!(
+        "registry:\n  redis:\n    cluster: true\n    url: rediss://127.0.0.1:{}\n    mesh: tls-cluster\n    tls: {{ca: {}, cert: {}, key: {}}}\n{}{}",
+        cluster.ports[0].0,
+        p("ca.pem"),
+        p("routemesh.pem"),
+        p("routemesh.key"),
+        gateway_yaml_with(
+            None,
+            "  limits_fail_open: false\n  tenants:\n    paced: {requests_per_minute: 1000}\n"
+        ),
+        sim_worker_yaml(None, "small-0", "small-model", "small", FAST),
+    );
+    let up = Process::start("up", "up", &yaml, &[]).unwrap();
+    wait_for_pool(&up.gateway_url(), 1).await;
+    let mut client = gateway_client(&up.gateway_url()).await;
+    for _ in 0..3 {
+        let answer = client
+            .generate(tenant_request("paced"))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(answer.usage.unwrap().model, "small-model");
     }
 }
 
