@@ -386,7 +386,7 @@ async fn a_mesh_runs_on_a_redis_cluster_and_rides_out_a_node_restart() {
                 };
                 i += 1;
                 let outcome = tokio::time::timeout(
-                    Duration::from_secs(30),
+                    Duration::from_secs(15),
                     client.generate(tenant_request("roomy")),
                 )
                 .await
@@ -452,7 +452,7 @@ async fn a_mesh_runs_on_a_redis_cluster_and_rides_out_a_node_restart() {
         .collect();
     assert!(
         outcomes.iter().all(Result::is_ok),
-        "a request hung for 30 s: {} of {}",
+        "a request went unanswered for 15 s (lost): {} of {}",
         outcomes.iter().filter(|o| o.is_err()).count(),
         outcomes.len()
     );
@@ -464,7 +464,8 @@ async fn a_mesh_runs_on_a_redis_cluster_and_rides_out_a_node_restart() {
         );
     }
     eprintln!(
-        "during the restart of node {victim}: {answered} answered, {} refused ({:?})",
+        "restart of node {victim} under load: {} sent, {answered} answered, {} refused ({:?}), 0 lost",
+        outcomes.len(),
         refused.len(),
         refused
             .iter()
