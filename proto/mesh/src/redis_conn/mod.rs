@@ -1,8 +1,9 @@
 //! The one way routemesh connects to Redis, and the versioned key prefix that
 //! everything it stores for a mesh lives under: `rm:v1:{<mesh>}:`. The braces
-//! make the mesh name the hash tag, so all of a mesh's keys share one slot
-//! and multi-key commands work on Redis Cluster; `v1` changes when a stored
-//! format does. Redis is one server or a Redis Cluster (`cluster: true`);
+//! make the mesh name the hash tag, so a mesh's keys share one slot and
+//! multi-key commands work on Redis Cluster (keys that need not, a tenant's
+//! limits, may take a tag of their own: [`spread_key_prefix`]); `v1`
+//! changes when a stored format does. Redis is one server or a Redis Cluster (`cluster: true`);
 //! either may be reached over TLS (`rediss://`, as managed Redis services
 //! require), with a private CA and a client certificate that are read
 //! again when they change (see [`RedisConn`]).
