@@ -68,10 +68,9 @@ pub fn init(
 ) -> Result<Option<SdkTracerProvider>, TracingError> {
     let logs = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .with_filter(
-            EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,h2=warn,hyper=warn,tower=warn,tonic=warn".into()),
-        );
+        .with_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+            "info,h2=warn,hyper=warn,tower=warn,tonic=warn,redis::cluster_handling=error".into()
+        }));
     let Some(endpoint) = &config.otlp_endpoint else {
         tracing_subscriber::registry().with(logs).try_init()?;
         return Ok(None);

@@ -157,3 +157,117 @@ fn check_config_names_what_tls_to_redis_needs() {
     let fine = "registry: {redis: {url: 'rediss://127.0.0.1:6380', tls: {ca: /x/ca.pem}}}\n";
     assert!(check_config(fine).status.success());
 }
+
+/// Certificates rotated to a new CA while the mesh runs (the server
+/// restarted with the new set, the files rewritten in place): the mesh's
+/// connections are reopened with the files as they are now, its worker is
+/// announced again in the restarted Redis and the gateway serves it. With
+/// the files read once at start, every reconnect would present the old
+/// client certificate and distrust the new server certificate forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotated_redis_certificates_are_used_for_new_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let (old, new, live) = (
+        dir.path().join("old"),
+        dir.path().join("new"),
+        dir.path().join("live"),
+    );
+    for d in [&old, &new, &live] {
+        std::fs::create_dir(d).unwrap();
+    }
+    pki(&old, &["redis", "routemesh"]);
+    pki(&new, &["redis", "routemesh"]);
+    let install = |from: &Path| {
+        for f in ["ca.pem", "routemesh.pem", "routemesh.key"] {
+            std::fs::copy(from.join(f), live.join(f)).unwrap();
+        }
+    };
+    install(&old);
+    let redis = tls_redis(&old);
+    let port = redis.port;
+    let mesh = unique_mesh("redis-tls-rotate");
+    let p = |f: &str| live.join(f).display().to_string();
+    let tls = format!(
+        "{{ca: {}, cert: {}, key: {}, reload_interval: 100ms}}",
+        p("ca.pem"),
+        p("routemesh.pem"),
+        p("routemesh.key")
+    );
+    let up = Process::start("up", "up", &mesh_yaml(port, &mesh, &tls), &[]).unwrap();
+    wait_for_pool(&up.gateway_url(), 1).await;
+
+    // The new CA signs the server's certificate and must sign the client's.
+    drop(redis);
+    let _redis = OwnRedis::start_with(
+        port,
+        &[
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--tls-cert-file",
+            &new.join("redis.pem").display().to_string(),
+            "--tls-key-file",
+            &new.join("redis.key").display().to_string(),
+            "--tls-ca-cert-file",
+            &new.join("ca.pem").display().to_string(),
+            "--tls-auth-clients",
+            "yes",
+        ],
+    )
+    .unwrap();
+    install(&new);
+
+    // The restarted Redis lost everything: the worker is back in it only
+    // if the registry's connection was made with the new files.
+    let read = redis::Client::build_with_tls(
+        format!("rediss://127.0.0.1:{port}"),
+        redis::TlsCertificates {
+            client_tls: Some(redis::ClientTlsConfig {
+                client_cert: std::fs::read(new.join("routemesh.pem")).unwrap(),
+                client_key: std::fs::read(new.join("routemesh.key")).unwrap(),
+            }),
+            root_cert: Some(std::fs::read(new.join("ca.pem")).unwrap()),
+        },
+    )
+    .unwrap();
+    let key = format!("rm:v1:{{{mesh}}}:workers");
+    eventually(
+        std::time::Duration::from_secs(20),
+        "the worker announced again over the new certificates",
+        || {
+            let (read, key) = (read.clone(), key.clone());
+            async move {
+                let Ok(mut conn) = read.get_multiplexed_async_connection().await else {
+                    return false;
+                };
+                redis::cmd("SMEMBERS")
+                    .arg(&key)
+                    .query_async::<Vec<String>>(&mut conn)
+                    .await
+                    .is_ok_and(|ids| ids == ["small-0"])
+            }
+        },
+    )
+    .await;
+    let mut client = gateway_client(&up.gateway_url()).await;
+    eventually(
+        std::time::Duration::from_secs(20),
+        "the gateway serves after the rotation",
+        || {
+            let mut c = client.clone();
+            async move { c.generate(ask("hello again")).await.is_ok() }
+        },
+    )
+    .await;
+    client.generate(ask("and once more")).await.unwrap();
+    let (_, metrics) = curl_get(&format!("{}/metrics", up.admin_url()), &[]);
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("routemesh_tls_reloads_total")
+                && l.contains("what=\"registry.redis.tls\"")
+                && l.contains("result=\"ok\"")),
+        "no reload counted:\n{metrics}"
+    );
+}

@@ -16,13 +16,23 @@ pub struct RegistryConfig {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RedisRegistryConfig {
-    /// e.g. `redis://127.0.0.1:6379/0`.
+    /// e.g. `redis://127.0.0.1:6379/0`; with `cluster`, one seed node.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub url: String,
+    /// With `cluster`: several seed nodes (instead of `url`), e.g.
+    /// `[redis://10.0.0.1:6379, redis://10.0.0.2:6379]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub urls: Option<Vec<String>>,
+    /// Redis Cluster (cluster mode enabled): commands go to the node that
+    /// owns their keys' slot; the seeds give the cluster's map.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cluster: bool,
     /// Name of this mesh: gateways and workers with the same mesh see each other.
     #[serde(default = "default_mesh")]
     pub mesh: String,
     /// With a `rediss://` url: the CA that signed the server's certificate
-    /// (instead of the system's roots) and a client certificate.
+    /// (instead of the system's roots) and a client certificate, read again
+    /// every `reload_interval` (a change opens a new connection with them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<RedisTls>,
 }
@@ -32,6 +42,8 @@ impl RedisRegistryConfig {
     pub fn endpoint(&self) -> RedisEndpoint {
         RedisEndpoint {
             url: self.url.clone(),
+            urls: self.urls.clone(),
+            cluster: self.cluster,
             tls: self.tls.clone(),
         }
     }

@@ -21,7 +21,9 @@ pub mod trace_context;
 
 pub use capabilities::{Capabilities, DeclaredCapabilities, Lack, Needs};
 pub use model::{ModelSpec, ROUTER_MODEL, TokenPrices};
-pub use redis_conn::{Patience, RedisConn, RedisEndpoint, RedisTls, key_prefix};
+pub use redis_conn::{
+    Patience, RedisConn, RedisEndpoint, RedisHandle, RedisTls, key_prefix, spread_key_prefix,
+};
 pub use registry::{
     MemoryRegistry, RedisRegistry, Registry, RegistryError, WorkerRecord, check_declared_speed,
     check_model_identity,

@@ -113,7 +113,7 @@ fn read_error(part: &'static str, path: &Path, e: &std::io::Error) -> TlsError {
 }
 
 /// Successful and failed reloads, by what was reloaded and the outcome.
-const RELOADS: &str = "routemesh_tls_reloads_total";
+pub(crate) const RELOADS: &str = "routemesh_tls_reloads_total";
 /// A TLS handshake must finish within this, so a silent client cannot hold
 /// a task forever.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

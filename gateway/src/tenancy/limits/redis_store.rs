@@ -11,23 +11,38 @@ use tokio::sync::mpsc;
 
 use super::{Ask, Caps, DAY_MS, LimitKind, MINUTE_MS, MONTH_MS, Refusal, Settlement, Used};
 
-/// Keys of one tenant's counters at one moment (relative; the connection
-/// adds the mesh prefix): requests and tokens this minute, USD today and
-/// this month.
-fn window_keys(tenant: &str, now_ms: u64) -> [String; 4] {
+/// The prefix of one tenant's limit keys. On one server, under the mesh's
+/// prefix (`rm:v1:{<mesh>}:lim:<tenant>:`, the layout since `v1`). On a
+/// Redis Cluster, under a hash tag of the tenant's own
+/// (`rm:v1:{<mesh>:t:<tenant>}:lim:`): every tenant's limits would
+/// otherwise sit in the mesh's one slot, on one node, with every admission
+/// of every tenant. A script call touches one tenant's keys only, so it
+/// still touches one slot.
+fn tenant_prefix(redis: &RedisConn, tenant: &str) -> String {
+    if redis.is_cluster() {
+        format!("{}lim:", redis.spread_prefix(&format!("t:{tenant}")))
+    } else {
+        redis.key(&format!("lim:{tenant}:"))
+    }
+}
+
+/// Keys of one tenant's counters at one moment (`prefix` from
+/// [`tenant_prefix`]): requests and tokens this minute, USD today and this
+/// month.
+fn window_keys(prefix: &str, now_ms: u64) -> [String; 4] {
     [
-        format!("lim:{tenant}:rpm:{}", now_ms / MINUTE_MS),
-        format!("lim:{tenant}:tpm:{}", now_ms / MINUTE_MS),
-        format!("lim:{tenant}:usd:d:{}", now_ms / DAY_MS),
-        format!("lim:{tenant}:usd:m:{}", now_ms / MONTH_MS),
+        format!("{prefix}rpm:{}", now_ms / MINUTE_MS),
+        format!("{prefix}tpm:{}", now_ms / MINUTE_MS),
+        format!("{prefix}usd:d:{}", now_ms / DAY_MS),
+        format!("{prefix}usd:m:{}", now_ms / MONTH_MS),
     ]
 }
 
 /// A tenant's reservations: a hash (id -> "tokens usd", or "done" once
 /// settled, plus the running sums `#tokens` and `#usd`) and a sorted set of
 /// the same ids by when they expire.
-fn held_keys(tenant: &str) -> [String; 2] {
-    [format!("lim:{tenant}:held"), format!("lim:{tenant}:heldz")]
+fn held_keys(prefix: &str) -> [String; 2] {
+    [format!("{prefix}held"), format!("{prefix}heldz")]
 }
 
 /// Forgets expired reservations (their holder vanished) and tombstones,
@@ -195,18 +210,19 @@ impl RedisLimits {
         hold_for: Duration,
         now_ms: u64,
     ) -> Result<(), AdmitError> {
-        let [rpm, tpm, day, month] = window_keys(tenant, now_ms);
-        let [held, heldz] = held_keys(tenant);
+        let prefix = tenant_prefix(&self.redis, tenant);
+        let [rpm, tpm, day, month] = window_keys(&prefix, now_ms);
+        let [held, heldz] = held_keys(&prefix);
         let expires = now_ms.saturating_add(u64::try_from(hold_for.as_millis()).unwrap_or(0));
         let mut conn = self.redis.manager();
         let result: Result<(i64, String, String), _> = self
             .admit
-            .key(self.redis.key(&rpm))
-            .key(self.redis.key(&tpm))
-            .key(self.redis.key(&day))
-            .key(self.redis.key(&month))
-            .key(self.redis.key(&held))
-            .key(self.redis.key(&heldz))
+            .key(rpm)
+            .key(tpm)
+            .key(day)
+            .key(month)
+            .key(held)
+            .key(heldz)
             .arg(caps.requests_per_minute)
             .arg(caps.tokens_per_minute)
             .arg(caps.usd_per_day)
@@ -324,19 +340,20 @@ impl Settler {
         tenant: &str,
         chunk: &[Settlement],
     ) -> Result<i64, redis::RedisError> {
-        let [held, heldz] = held_keys(tenant);
+        let prefix = tenant_prefix(&self.redis, tenant);
+        let [held, heldz] = held_keys(&prefix);
         let mut invocation = self.script.prepare_invoke();
         invocation
-            .key(self.redis.key(&held))
-            .key(self.redis.key(&heldz))
+            .key(held)
+            .key(heldz)
             .arg(routemesh_telemetry::record::now_ms())
             .arg(u64::try_from(TOMBSTONE.as_millis()).unwrap_or(u64::MAX));
         for s in chunk {
-            let [_, tpm, day, month] = window_keys(tenant, s.at_ms);
+            let [_, tpm, day, month] = window_keys(&prefix, s.at_ms);
             invocation
-                .key(self.redis.key(&tpm))
-                .key(self.redis.key(&day))
-                .key(self.redis.key(&month))
+                .key(tpm)
+                .key(day)
+                .key(month)
                 .arg(&s.id)
                 .arg(s.used.tokens)
                 .arg(decimal(s.used.cost_usd));
@@ -393,6 +410,16 @@ impl Settler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn window_keys_keep_the_v1_layout_under_a_prefix() {
+        let prefix = "rm:v1:{prod}:lim:acme:";
+        let [rpm, _, day, month] = window_keys(prefix, 61 * MINUTE_MS);
+        assert_eq!(rpm, "rm:v1:{prod}:lim:acme:rpm:61");
+        assert_eq!(day, "rm:v1:{prod}:lim:acme:usd:d:0");
+        assert_eq!(month, "rm:v1:{prod}:lim:acme:usd:m:0");
+        assert_eq!(held_keys(prefix)[1], "rm:v1:{prod}:lim:acme:heldz");
+    }
 
     #[test]
     fn decimals_have_no_exponent() {
