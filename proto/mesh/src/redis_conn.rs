@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 /// TLS towards Redis beyond what a `rediss://` URL gives by itself (the
 /// system's trusted roots): the CA that signed the server's certificate,
 /// and a client certificate for servers that ask for one.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RedisTls {
     /// PEM CA the server's certificate must chain to (instead of the
