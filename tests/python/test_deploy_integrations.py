@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import shutil
 import subprocess
 import tempfile
@@ -265,7 +266,6 @@ def test_keda_queries_are_promql_over_exported_series(tmp_path):
     checked = subprocess.run([promtool, "check", "rules", str(tmp_path / "rules.yaml")], capture_output=True, text=True)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     readme = (ROOT / "README.md").read_text()
-    import re
     for series in {s for q in queries for s in re.findall(r"(routemesh_\w+)\{", q)}:
         assert f"`{series}`" in readme, f"{series} is not in the README's metrics table"
 

@@ -21,8 +21,13 @@ fn pinned(model: &str) -> GenerateRequest {
 
 /// The sample of `series` (name and labels, exactly) on a metrics page.
 fn sample(page: &str, series: &str) -> Option<f64> {
-    page.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+    page.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -43,7 +48,12 @@ async fn pools_export_load_per_slot_queue_and_kv_cache() {
     let held: Vec<_> = (0..3)
         .map(|_| {
             let url = url.clone();
-            tokio::spawn(async move { gateway_client(&url).await.generate(pinned("sim-model")).await })
+            tokio::spawn(async move {
+                gateway_client(&url)
+                    .await
+                    .generate(pinned("sim-model"))
+                    .await
+            })
         })
         .collect();
     wait_for_in_flight(&url, 3).await;
@@ -57,7 +67,10 @@ async fn pools_export_load_per_slot_queue_and_kv_cache() {
         (r#"routemesh_pool_in_flight{model="engine-model"}"#, 0.0),
         (r#"routemesh_pool_slots{model="engine-model"}"#, 4.0),
         (r#"routemesh_pool_utilization{model="engine-model"}"#, 0.0),
-        (r#"routemesh_pool_kv_cache_usage{model="engine-model"}"#, 0.25),
+        (
+            r#"routemesh_pool_kv_cache_usage{model="engine-model"}"#,
+            0.25,
+        ),
         ("routemesh_gateway_requests_in_flight", 3.0),
         ("routemesh_gateway_request_slots", 4096.0),
     ];
@@ -68,13 +81,18 @@ async fn pools_export_load_per_slot_queue_and_kv_cache() {
         "the pool's load series show the held requests",
         || {
             page = curl_get(&metrics, &[]).1;
-            let ok = expected.iter().all(|(series, v)| sample(&page, series) == Some(*v));
+            let ok = expected
+                .iter()
+                .all(|(series, v)| sample(&page, series) == Some(*v));
             async move { ok }
         },
     )
     .await;
     // A simulated engine reports no KV cache: no series is made up for it.
-    assert!(!page.contains(r#"routemesh_pool_kv_cache_usage{model="sim-model"}"#), "{page}");
+    assert!(
+        !page.contains(r#"routemesh_pool_kv_cache_usage{model="sim-model"}"#),
+        "{page}"
+    );
 
     // The held requests leave; so does the load.
     for h in &held {
@@ -91,10 +109,14 @@ async fn pools_export_load_per_slot_queue_and_kv_cache() {
 
     // An engine that stops reporting its KV cache stops being averaged in.
     *engine.state.kv_cache_usage.lock().unwrap() = None;
-    eventually(Duration::from_secs(10), "the KV-cache series leaves", || {
-        let page = curl_get(&metrics, &[]).1;
-        let ok = !page.contains("routemesh_pool_kv_cache_usage{");
-        async move { ok }
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the KV-cache series leaves",
+        || {
+            let page = curl_get(&metrics, &[]).1;
+            let ok = !page.contains("routemesh_pool_kv_cache_usage{");
+            async move { ok }
+        },
+    )
     .await;
 }

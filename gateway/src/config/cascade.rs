@@ -5,7 +5,9 @@
 use serde::{Deserialize, Serialize};
 
 /// How the gateway drives a request through its workers.
-#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum StrategyKind {
     /// One routing decision before any model runs (RouteLLM-style).
@@ -26,7 +28,9 @@ impl StrategyKind {
 }
 
 /// Which verifier judges a cascade step's answer.
-#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum VerifierKind {
     /// The router artifact's learned answer scorer: P(good) from the prompt
@@ -107,7 +111,9 @@ impl Default for CascadeConfig {
 }
 
 /// What an answer no verifier could judge counts as.
-#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Unverifiable {
     #[default]

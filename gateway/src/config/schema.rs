@@ -36,12 +36,15 @@ fn plain_enums(value: &mut serde_json::Value) {
                     .iter()
                     .map(|item| {
                         let only_const = item.as_object().is_some_and(|o| {
-                            o.keys().all(|k| ["const", "description", "type"].contains(&k.as_str()))
+                            o.keys()
+                                .all(|k| ["const", "description", "type"].contains(&k.as_str()))
                         });
                         match (only_const, item.get("const")) {
                             (true, Some(Value::String(name))) => Some((
                                 name.clone(),
-                                item.get("description").and_then(Value::as_str).map(str::to_owned),
+                                item.get("description")
+                                    .and_then(Value::as_str)
+                                    .map(str::to_owned),
                             )),
                             _ => None,
                         }
@@ -68,7 +71,10 @@ fn plain_enums(value: &mut serde_json::Value) {
                 map.insert("type".into(), "string".into());
                 map.insert(
                     "enum".into(),
-                    variants.into_iter().map(|(n, _)| Value::String(n)).collect(),
+                    variants
+                        .into_iter()
+                        .map(|(n, _)| Value::String(n))
+                        .collect(),
                 );
             }
             map.values_mut().for_each(plain_enums);
@@ -147,7 +153,10 @@ mod tests {
             routemesh_mesh::config_schema::DURATION_PATTERN
         );
         let sim = &defs["SimConfig"];
-        assert_eq!(sim["properties"]["stall_for"]["type"], serde_json::json!(["string", "null"]));
+        assert_eq!(
+            sim["properties"]["stall_for"]["type"],
+            serde_json::json!(["string", "null"])
+        );
         let worker = &defs["WorkerConfig"];
         let required: Vec<&str> = worker["required"]
             .as_array()
@@ -161,7 +170,10 @@ mod tests {
         }
         // Enums are plain, their variants' docs kept in the description.
         let policy = &defs["PolicyKind"];
-        assert_eq!(policy["enum"], serde_json::json!(["utility", "least-loaded"]));
+        assert_eq!(
+            policy["enum"],
+            serde_json::json!(["utility", "least-loaded"])
+        );
         assert!(policy.get("oneOf").is_none());
         assert!(
             policy["description"]

@@ -212,7 +212,12 @@ fn render_model_load(out: &mut String, workers: &[Arc<WorkerHandle>]) {
         "Requests waiting for a slot at the model's healthy workers.",
     );
     for (m, load) in &models {
-        let _ = writeln!(out, "{POOL_QUEUE_DEPTH}{{{}}} {}", model(m), load.queue_depth);
+        let _ = writeln!(
+            out,
+            "{POOL_QUEUE_DEPTH}{{{}}} {}",
+            model(m),
+            load.queue_depth
+        );
     }
     header(
         out,

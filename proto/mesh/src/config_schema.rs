@@ -37,7 +37,9 @@ mod tests {
     fn the_pattern_agrees_with_humantime() {
         let re = regex::Regex::new(DURATION_PATTERN).unwrap();
         let pattern = |text: &str| re.is_match(text);
-        for ok in ["500ms", "2s", "1m 30s", "1h30m", "1.5s", "10 min", "7days", "1M"] {
+        for ok in [
+            "500ms", "2s", "1m 30s", "1h30m", "1.5s", "10 min", "7days", "1M",
+        ] {
             assert!(humantime::parse_duration(ok).is_ok(), "{ok}");
             assert!(pattern(ok), "{ok}");
         }

@@ -125,27 +125,22 @@ and with redis.external.tls the paths where its Secret is mounted.
 
 {{/* The Redis TLS Secret's mount and volume (with redis.external.tls.existingSecret): call with the root context. */}}
 {{- define "routemesh.redisTLSMount" -}}
-{{- if .Values.redis.external.tls.existingSecret }}
 - name: redis-tls
   mountPath: /etc/routemesh/redis-tls
   readOnly: true
 {{- end }}
-{{- end }}
 
 {{- define "routemesh.redisTLSVolume" -}}
-{{- with .Values.redis.external.tls }}
-{{- if .existingSecret }}
+{{- $tls := .Values.redis.external.tls -}}
 - name: redis-tls
   secret:
-    secretName: {{ .existingSecret }}
+    secretName: {{ $tls.existingSecret }}
     items:
       {{- range $field := list "ca" "cert" "key" }}
-      {{- with get $.Values.redis.external.tls $field }}
+      {{- with get $tls $field }}
       - {key: {{ . | quote }}, path: {{ . | quote }}}
       {{- end }}
       {{- end }}
-{{- end }}
-{{- end }}
 {{- end }}
 
 {{/* The ServiceAccount the pods run as; empty: the namespace's default. */}}
@@ -159,9 +154,9 @@ and with redis.external.tls the paths where its Secret is mounted.
 
 {{/* A pod spec's service account fields: call with the root context. */}}
 {{- define "routemesh.podServiceAccount" -}}
-{{- with include "routemesh.serviceAccountName" . }}
+{{- with include "routemesh.serviceAccountName" . -}}
 serviceAccountName: {{ . }}
-{{- end }}
+{{ end -}}
 automountServiceAccountToken: {{ .Values.serviceAccount.automountToken }}
 {{- end }}
 

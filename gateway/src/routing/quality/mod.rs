@@ -72,7 +72,9 @@ fn default_encoder_threads() -> usize {
 }
 
 /// Which embedder the learned router uses (see [`RouterSettings::path`]).
-#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum RouterPath {
     #[default]

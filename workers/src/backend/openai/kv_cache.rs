@@ -72,7 +72,10 @@ mod tests {
         assert_eq!(parse(vllm), Some(0.5));
         let v0 = "vllm:gpu_cache_usage_perc{model_name=\"a}b\"} 1.5e-1 1712345678\n";
         assert_eq!(parse(v0), Some(0.15));
-        assert_eq!(parse("sglang:token_usage{model_name=\"m\"} 0.4\n"), Some(0.4));
+        assert_eq!(
+            parse("sglang:token_usage{model_name=\"m\"} 0.4\n"),
+            Some(0.4)
+        );
         assert_eq!(parse("sglang:token_usage_total 9\n"), None);
         assert_eq!(parse("vllm:num_requests_running 3\n"), None);
         assert_eq!(parse("vllm:kv_cache_usage_perc NaN\n"), None);

@@ -237,7 +237,10 @@ impl Backend for OpenAiBackend {
         if !resp.status().is_success() {
             return None;
         }
-        let text = tokio::time::timeout(timeout, resp.text()).await.ok()?.ok()?;
+        let text = tokio::time::timeout(timeout, resp.text())
+            .await
+            .ok()?
+            .ok()?;
         kv_cache::parse(&text)
     }
 
