@@ -278,6 +278,7 @@ def test_keda_queries_are_promql_over_exported_series(tmp_path):
     ({"redis": {"trial": {"enabled": False}, "external": {"url": "rediss://r:6379/0",
                                                           "tls": {"existingSecret": "s", "cert": "tls.crt"}}}},
      "a client certificate needs both cert and key"),
+    ({"redis": {"external": {"tls": {"existingSecret": "s"}}}}, "the trial Redis speaks no TLS"),
     ({"gateway": {"gatewayAPI": {"grpcRoute": {"enabled": True}}}}, "grpcRoute.parentRefs: name the Gateway"),
     ({"gateway": {"ingress": {"enabled": True}}}, "gateway.ingress.hosts: give at least one host"),
     ({"gateway": {"config": {"auth": {"keys": []}}}}, "gateway.config.auth.keys is set by the chart"),
