@@ -170,6 +170,22 @@ panel("Worker calls by outcome", "timeseries", [(f"sum by (outcome) (rate(routem
 panel("In flight per worker", "timeseries", [(f"sum by (worker) (routemesh_worker_in_flight{sel(WMODEL)})", "{{worker}}")], "short", x=18, w=6)
 next_line()
 
+row("Autoscaling signals")
+panel("Pool load per slot by model", "timeseries", [
+    (f"max by (model) (routemesh_pool_utilization{sel(WMODEL)})", "{{model}}")
+], "percentunit", x=0, w=6, min=0, max=1,
+      description="In-flight requests per slot of each model's healthy workers (their own reports; max across replicas). What a worker pool's ScaledObject reads, with the queue.")
+panel("Queued at workers by model", "timeseries", [
+    (f"max by (model) (routemesh_pool_queue_depth{sel(WMODEL)})", "{{model}}")
+], "short", x=6, w=6, description="Requests waiting for a slot: the pool is short of replicas.")
+panel("Engine KV-cache use by model", "timeseries", [
+    (f"max by (model) (routemesh_pool_kv_cache_usage{sel(WMODEL)})", "{{model}}")
+], "percentunit", x=12, w=6, min=0, max=1, description="Mean over the engines that report it (vLLM, SGLang); empty for others.")
+panel("Gateway generations in flight per replica", "timeseries", [
+    (f"sum by (instance) (routemesh_gateway_requests_in_flight{sel()})", "{{instance}}")
+], "short", x=18, w=6, description="What the gateway HPA reads with autoscaling.metric: inFlight.")
+next_line()
+
 row("Circuit breakers")
 panel("Breaker state per worker", "timeseries", [
     (f"max by (worker) (routemesh_circuit_breaker_state{sel(WMODEL)})", "{{worker}}")

@@ -86,7 +86,7 @@ def test_dashboard_structure():
     assert dash["uid"] and dash["title"]
     titles = [p["title"] for p in dash["panels"] if p["type"] == "row"]
     assert titles == [
-        "Cost", "Savings", "Routing", "Cascades", "Latency and errors", "Health", "Circuit breakers",
+        "Cost", "Savings", "Routing", "Cascades", "Latency and errors", "Health", "Autoscaling signals", "Circuit breakers",
         "Limits and load shedding", "Redis",
     ]
     assert [v["name"] for v in dash["templating"]["list"]] == ["datasource", "namespace", "job", "tenant", "model"]
@@ -100,7 +100,7 @@ def test_dashboard_structure():
                 for selector in re.findall(r"\{[^}]*\}", re.sub(r'"[^"]*"', '""', t["expr"])):
                     if selector != "{{}}" and "=" in selector:
                         assert "namespace" in selector and "job" in selector, (p["title"], t["expr"])
-            if "healthy_workers" in str(p["targets"]) or "worker_healthy" in str(p["targets"]):
+            if any(k in str(p["targets"]) for k in ("healthy_workers", "worker_healthy", "routemesh_pool_")):
                 # Every replica reports the same pool: never add them up.
                 assert all(not t["expr"].startswith("sum") for t in p["targets"]), p["title"]
             if "cache hit ratio" in p["title"].lower():
@@ -161,7 +161,7 @@ def test_every_metric_named_is_exported(limited_mesh, stubs):
     # except those only a configured feature exports.
     conditional = {"routemesh_cascade_verdicts_total", "routemesh_cascade_escalations_total",
                    "routemesh_cascade_verify_duration_seconds_bucket", "routemesh_router_inference_seconds_bucket",
-                   "routemesh_feedback_exemplars"}
+                   "routemesh_feedback_exemplars", "routemesh_pool_kv_cache_usage"}
     rules = recorded_names()
     for expr in dashboard_exprs() + rule_exprs() + variable_queries():
         for name in metric_names(expr) - rules - conditional:

@@ -18,6 +18,9 @@
 //! `no-logprobs` plays an engine that ignores the parameter, and
 //! `partial-logprobs` one that streams them for the first two pieces only.
 //!
+//! Its `/metrics` (vLLM's) reports `vllm:kv_cache_usage_perc` while
+//! [`FakeOpenAi::kv_cache_usage`] is set, and no such series otherwise.
+//!
 //! A verification question (a cascade's self-check: the last message holds
 //! `Proposed answer:`) gets a one-word verdict, `Incorrect` when the
 //! question says `unsure`, else `Correct` (unary only).
@@ -63,6 +66,8 @@ pub struct FakeOpenAi {
     /// While set, every request gets 503 (an engine that is down while its
     /// worker agent still answers).
     pub failing: Arc<std::sync::atomic::AtomicBool>,
+    /// The KV-cache use its `/metrics` reports, as vLLM does.
+    pub kv_cache_usage: Arc<Mutex<Option<f64>>>,
 }
 
 pub struct RunningFake {
@@ -94,6 +99,7 @@ impl FakeOpenAi {
                     axum::Json(json!({"object": "list", "data": [{"id": "served-name", "object": "model"}]}))
                 }),
             )
+            .route("/metrics", axum::routing::get(metrics))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
             .await
@@ -108,6 +114,20 @@ impl FakeOpenAi {
             task,
         }
     }
+}
+
+/// vLLM's metrics page, reduced to a running-requests gauge and, when set,
+/// the KV-cache use.
+async fn metrics(State(state): State<FakeOpenAi>) -> String {
+    let mut page = String::from(
+        "# TYPE vllm:num_requests_running gauge\nvllm:num_requests_running{engine=\"0\",model_name=\"served-name\"} 0.0\n",
+    );
+    if let Some(usage) = *state.kv_cache_usage.lock().unwrap() {
+        page += &format!(
+            "# TYPE vllm:kv_cache_usage_perc gauge\nvllm:kv_cache_usage_perc{{engine=\"0\",model_name=\"served-name\"}} {usage}\n"
+        );
+    }
+    page
 }
 
 fn error(status: StatusCode, message: &str) -> Response {

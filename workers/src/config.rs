@@ -14,7 +14,7 @@ use crate::backend::{LocalConfig, OpenAiConfig, SimConfig};
 /// enough that decoding adds nothing measurable to an expected latency.
 pub const INSTANT_TOKENS_PER_SECOND: f64 = 1e9;
 
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerConfig {
     /// Unique id in the mesh; defaults to `<model>-<random suffix>`.
@@ -25,14 +25,17 @@ pub struct WorkerConfig {
     pub tier: Tier,
     /// Price of prompt tokens, USD per million.
     #[serde(default)]
+    #[schemars(range(min = 0.0))]
     pub input_usd_per_mtok: f64,
     /// Price of completion tokens, USD per million.
     #[serde(default)]
+    #[schemars(range(min = 0.0))]
     pub output_usd_per_mtok: f64,
     /// A fixed quality for a model the router does not know, in [0, 1].
     /// Unset (recommended): the router's predictions for the known models
     /// nearest to it, per prompt, minus `router.unknown_model_margin`.
     #[serde(default)]
+    #[schemars(range(min = 0.0, max = 1.0))]
     pub quality_prior: Option<f64>,
     /// The artifact model the learned router knows this one as, when its
     /// name differs in more than spelling (a fine-tune, a renamed
@@ -67,15 +70,18 @@ pub struct WorkerConfig {
     pub advertise: Option<String>,
     /// Requests generated concurrently.
     #[serde(default = "default_capacity")]
+    #[schemars(range(min = 1))]
     pub capacity: u32,
     /// Requests that may wait for a slot before new ones are refused.
     #[serde(default = "default_max_queue")]
     pub max_queue: u32,
     /// The registry entry expires unless refreshed within this time.
     #[serde(default = "default_ttl", with = "humantime_serde")]
+    #[schemars(schema_with = "routemesh_mesh::config_schema::duration")]
     pub registration_ttl: Duration,
     /// On shutdown, how long in-flight requests may take to finish.
     #[serde(default = "default_grace", with = "humantime_serde")]
+    #[schemars(schema_with = "routemesh_mesh::config_schema::duration")]
     pub drain_grace: Duration,
     /// The agent's port's connection limits (cap, header and idle
     /// timeouts, HTTP/2 keepalive).
@@ -92,7 +98,7 @@ pub struct WorkerConfig {
 ///
 /// A struct of optional sections rather than a tagged enum, so that a bad key
 /// deep inside is reported with its whole path.
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BackendConfig {
     /// An OpenAI-compatible HTTP server.

@@ -295,6 +295,10 @@ impl EngineWatch {
         match probe {
             Ok(()) => {
                 self.failures = 0;
+                let kv_cache = state.backend.kv_cache_usage(timeout).await;
+                if let Ok(mut usage) = state.kv_cache_usage.lock() {
+                    *usage = kv_cache;
+                }
                 if self.down {
                     self.down = false;
                     tracing::info!(worker = %state.record.id, "engine answers again; back in the pool");

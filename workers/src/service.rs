@@ -55,6 +55,8 @@ pub struct WorkerState {
     /// Why the engine is considered down (its health check failed), or
     /// `None` while it answers.
     pub engine_down: Mutex<Option<String>>,
+    /// The engine's KV-cache use at its last health probe, if it reports it.
+    pub kv_cache_usage: Mutex<Option<f64>>,
     completed: AtomicU64,
     failed: AtomicU64,
     recent: Mutex<RecentFigures>,
@@ -68,6 +70,7 @@ impl WorkerState {
             backend,
             draining: AtomicBool::new(false),
             engine_down: Mutex::new(None),
+            kv_cache_usage: Mutex::new(None),
             completed: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             recent: Mutex::new(RecentFigures::default()),
@@ -132,6 +135,7 @@ impl WorkerState {
                 completed: self.completed.load(Ordering::Relaxed),
                 failed: self.failed.load(Ordering::Relaxed),
                 simulated: self.backend.simulated(),
+                kv_cache_usage: self.kv_cache_usage.lock().ok().and_then(|k| *k),
             }),
             backend: self.backend.kind().to_string(),
             engine_down: self

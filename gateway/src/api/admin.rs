@@ -61,6 +61,11 @@ async fn metrics(State(state): State<Arc<GatewayState>>) -> Response {
         state.recorder.reports().round_trips(),
         state.pool.registry_round_trips(),
     );
+    let slots = state.config.max_concurrent_requests;
+    crate::metrics::gateway_in_flight(
+        slots.saturating_sub(state.admission.available_permits()),
+        slots,
+    );
     match crate::metrics::handle() {
         Some(handle) => (
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

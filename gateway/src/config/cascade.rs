@@ -5,7 +5,9 @@
 use serde::{Deserialize, Serialize};
 
 /// How the gateway drives a request through its workers.
-#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum StrategyKind {
     /// One routing decision before any model runs (RouteLLM-style).
@@ -26,7 +28,9 @@ impl StrategyKind {
 }
 
 /// Which verifier judges a cascade step's answer.
-#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum VerifierKind {
     /// The router artifact's learned answer scorer: P(good) from the prompt
@@ -56,7 +60,7 @@ impl VerifierKind {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CascadeConfig {
     /// Models called at most per request (the first answer and its
@@ -107,7 +111,9 @@ impl Default for CascadeConfig {
 }
 
 /// What an answer no verifier could judge counts as.
-#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Unverifiable {
     #[default]
@@ -116,7 +122,7 @@ pub enum Unverifiable {
 }
 
 /// AutoMix-style self-verification.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SelfCheckConfig {
     /// Verification calls per answer; the score is the share judged correct.
@@ -145,7 +151,7 @@ impl Default for SelfCheckConfig {
 /// (a model picking tokens it gives 70% on average); no routing data here
 /// carries log-probabilities, so they are a reasoned start, not a fit: set
 /// them from your engine's answers.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConfidenceConfig {
     #[serde(default = "default_confidence_bias")]

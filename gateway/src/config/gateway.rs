@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::routing::policy::PolicyKind;
 
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GatewayConfig {
     /// Public gRPC address; port 0 picks a free port.
@@ -29,15 +29,19 @@ pub struct GatewayConfig {
     /// λ of the utility policy: quality points per USD of expected cost.
     /// Unset: the loaded router artifact's calibrated λ, else 20.
     #[serde(default)]
+    #[schemars(range(min = 0.0))]
     pub cost_weight: Option<f64>,
     /// μ of the utility policy: quality points per second of expected latency.
     #[serde(default = "default_latency_weight")]
+    #[schemars(range(min = 0.0))]
     pub latency_weight: f64,
     /// ν of the utility policy: quality points per unit of worker load.
     #[serde(default = "default_load_weight")]
+    #[schemars(range(min = 0.0))]
     pub load_weight: f64,
     /// Longest a request may take end to end (a client deadline can shorten it).
     #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    #[schemars(schema_with = "routemesh_mesh::config_schema::duration")]
     pub request_timeout: Duration,
     /// The public ports' (gRPC and HTTP) connection limits: a cap on open
     /// connections, header and idle timeouts, HTTP/2 keepalive.
@@ -50,23 +54,29 @@ pub struct GatewayConfig {
     /// Longest a streaming client may leave its stream unread (buffers
     /// full) before the stream is ended and its worker call cancelled.
     #[serde(default = "default_stream_stall_timeout", with = "humantime_serde")]
+    #[schemars(schema_with = "routemesh_mesh::config_schema::duration")]
     pub stream_stall_timeout: Duration,
     /// Requests served at once; beyond it requests get RESOURCE_EXHAUSTED.
     #[serde(default = "default_max_concurrent")]
+    #[schemars(range(min = 1))]
     pub max_concurrent_requests: usize,
     /// Tries per request: the first worker plus failovers to others, for
     /// failures where no model ran.
     #[serde(default = "default_max_attempts")]
+    #[schemars(range(min = 1))]
     pub max_attempts: u32,
     /// Failovers allowed per request served (a retry budget, so a failing
     /// pool never sees a retry storm).
     #[serde(default = "default_retry_ratio")]
+    #[schemars(range(min = 0.0))]
     pub retry_budget_ratio: f64,
     /// Failovers available at once, on top of the ratio.
     #[serde(default = "default_retry_burst")]
+    #[schemars(range(min = 0.0))]
     pub retry_budget_burst: f64,
     /// max_tokens when a request gives none.
     #[serde(default = "default_max_tokens")]
+    #[schemars(range(min = 1))]
     pub default_max_tokens: u32,
     /// Largest max_tokens a request may ask for.
     #[serde(default = "default_max_tokens_limit")]
@@ -79,11 +89,13 @@ pub struct GatewayConfig {
     pub max_messages: usize,
     /// How often the registry is read for joining and leaving workers.
     #[serde(default = "default_discovery_interval", with = "humantime_serde")]
+    #[schemars(schema_with = "routemesh_mesh::config_schema::duration")]
     pub discovery_interval: Duration,
     /// How long a worker that still answers stays in the pool after the
     /// registry stops listing it (a restarted Redis loses registrations until
     /// the workers' next heartbeat).
     #[serde(default = "default_missing_worker_grace", with = "humantime_serde")]
+    #[schemars(schema_with = "routemesh_mesh::config_schema::duration")]
     pub missing_worker_grace: Duration,
     /// `routemesh up`: call the workers this process runs in-process (no
     /// socket); false sends them through their ports like any other worker,
@@ -93,6 +105,7 @@ pub struct GatewayConfig {
     pub in_process_workers: bool,
     /// How often each worker is asked for its load (also its health check).
     #[serde(default = "default_load_interval", with = "humantime_serde")]
+    #[schemars(schema_with = "routemesh_mesh::config_schema::duration")]
     pub load_interval: Duration,
     /// Request ids remembered for Feedback.
     #[serde(default = "default_feedback_window")]
@@ -100,12 +113,14 @@ pub struct GatewayConfig {
     /// Feedback calls each tenant may make per minute, counted by each
     /// gateway in its own memory (N replicas admit up to N times as many).
     #[serde(default = "default_feedback_per_minute")]
+    #[schemars(range(min = 1))]
     pub feedback_per_minute: u32,
     /// How feedback exemplars count for similar prompts, and how many are kept.
     #[serde(default)]
     pub feedback_memory: crate::routing::feedback::FeedbackMemoryConfig,
     /// On shutdown, how long in-flight requests may take to finish.
     #[serde(default = "default_drain_grace", with = "humantime_serde")]
+    #[schemars(schema_with = "routemesh_mesh::config_schema::duration")]
     pub drain_grace: Duration,
     /// The admin port (metrics, health, cost and telemetry JSON); `null` turns it off.
     #[serde(default = "default_admin_listen")]
@@ -126,6 +141,7 @@ pub struct GatewayConfig {
     pub auth: crate::tenancy::auth::AuthConfig,
     /// ε of the utility policy: quality points per unit of recent error rate.
     #[serde(default = "default_error_weight")]
+    #[schemars(range(min = 0.0))]
     pub error_weight: f64,
     /// Live telemetry: what is recorded, and how the router reads it.
     #[serde(default)]
@@ -160,6 +176,7 @@ pub struct GatewayConfig {
     /// With `registry.redis`: how long each served request is kept in Redis
     /// so that Feedback on it reaches any replica (about 500 bytes each).
     #[serde(default = "default_shared_request_ttl", with = "humantime_serde")]
+    #[schemars(schema_with = "routemesh_mesh::config_schema::duration")]
     pub shared_request_ttl: Duration,
     /// How strictly the OpenAI-compatible API reads requests.
     #[serde(default)]
@@ -170,7 +187,7 @@ pub struct GatewayConfig {
 }
 
 /// The OpenAI-compatible API's reading of requests.
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OpenAiApiConfig {
     /// Accept (and drop) fields the API does not know, for clients that
@@ -182,17 +199,20 @@ pub struct OpenAiApiConfig {
 
 /// Telemetry is shared through `registry.redis` when that is set, and kept in
 /// the gateway's memory otherwise.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TelemetryConfig {
     /// History the router's view aggregates (10-second resolution).
     #[serde(default = "default_window", with = "humantime_serde")]
+    #[schemars(schema_with = "routemesh_mesh::config_schema::duration")]
     pub window: Duration,
     /// How often that view is refreshed (one Redis round trip each).
     #[serde(default = "default_snapshot_interval", with = "humantime_serde")]
+    #[schemars(schema_with = "routemesh_mesh::config_schema::duration")]
     pub snapshot_interval: Duration,
     /// Longest a record waits before being written (records are batched).
     #[serde(default = "default_flush_interval", with = "humantime_serde")]
+    #[schemars(schema_with = "routemesh_mesh::config_schema::duration")]
     pub flush_interval: Duration,
     /// Records buffered while Redis is down; beyond it the oldest are dropped (counted).
     #[serde(default = "default_buffer_max")]
@@ -345,7 +365,7 @@ impl Default for GatewayConfig {
 }
 
 /// The admin port's bearer token (`gateway.admin_auth`).
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdminAuth {
     /// Hex SHA-256 of the token, e.g. `printf %s "$TOKEN" | sha256sum`.

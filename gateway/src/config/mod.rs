@@ -5,6 +5,7 @@
 mod cascade;
 mod gateway;
 mod registry;
+pub mod schema;
 
 use std::path::Path;
 use std::time::Duration;
@@ -18,7 +19,7 @@ pub use self::cascade::{
 pub use self::gateway::{AdminAuth, GatewayConfig, TelemetryConfig};
 pub use self::registry::{RedisRegistryConfig, RegistryConfig, StaticWorker};
 
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Where workers announce themselves and gateways find them.

@@ -6,14 +6,14 @@ use serde::{Deserialize, Serialize};
 
 /// Where workers announce themselves: in the gateway's process (the default,
 /// when `redis` is absent) or in Redis.
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegistryConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redis: Option<RedisRegistryConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RedisRegistryConfig {
     /// e.g. `redis://127.0.0.1:6379/0`; with `cluster`, one seed node.
@@ -54,7 +54,7 @@ fn default_mesh() -> String {
 }
 
 /// A worker known from configuration rather than a registry.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StaticWorker {
     pub id: String,

@@ -78,6 +78,12 @@ pub(crate) const ROUTER_INFERENCE: &str = "routemesh_router_inference_seconds";
 /// Requests routed on priors because every router slot stayed busy.
 pub(crate) const ROUTER_OVERLOADED: &str = "routemesh_router_overloaded_total";
 pub(crate) const REDIS_ROUND_TRIPS: &str = "routemesh_redis_round_trips_total";
+/// Generations this gateway is serving now (streams until they end): what
+/// a gateway autoscaler scales on, rather than CPU, since a gateway mostly
+/// waits on its workers' streams.
+pub(crate) const GATEWAY_IN_FLIGHT: &str = "routemesh_gateway_requests_in_flight";
+/// Its `max_concurrent_requests`: in-flight over this is the share used.
+pub(crate) const GATEWAY_SLOTS: &str = "routemesh_gateway_request_slots";
 
 const SECONDS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -320,6 +326,12 @@ pub(crate) fn feedback_memory_rejected() {
 pub(crate) fn redis_round_trips(telemetry: u64, registry: u64) {
     counter!(REDIS_ROUND_TRIPS, "component" => "telemetry").absolute(telemetry);
     counter!(REDIS_ROUND_TRIPS, "component" => "registry").absolute(registry);
+}
+
+/// Generations in flight now, out of `slots` (read at each scrape).
+pub(crate) fn gateway_in_flight(in_flight: usize, slots: usize) {
+    gauge!(GATEWAY_IN_FLIGHT).set(in_flight as f64);
+    gauge!(GATEWAY_SLOTS).set(slots as f64);
 }
 
 pub(crate) fn telemetry(dropped: u64, errors: u64, buffered: u64) {

@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BreakerConfig {
     /// Off: only load checks and the error-rate penalty keep traffic away.
@@ -30,11 +30,14 @@ pub struct BreakerConfig {
     #[serde(default = "default_min_requests")]
     pub min_requests: u32,
     #[serde(default = "default_window", with = "humantime_serde")]
+    #[schemars(schema_with = "routemesh_mesh::config_schema::duration")]
     pub window: Duration,
     /// First time open; doubled at every failed probe.
     #[serde(default = "default_open_for", with = "humantime_serde")]
+    #[schemars(schema_with = "routemesh_mesh::config_schema::duration")]
     pub open_for: Duration,
     #[serde(default = "default_max_open_for", with = "humantime_serde")]
+    #[schemars(schema_with = "routemesh_mesh::config_schema::duration")]
     pub max_open_for: Duration,
     /// Requests let through at once while half-open.
     #[serde(default = "default_probes")]

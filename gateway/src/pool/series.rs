@@ -3,6 +3,12 @@
 //! it (at once when it stops answering, after `missing_grace` when only the
 //! registry forgot it), so rollouts leave no stale series behind and a
 //! per-worker alert resolves when its worker is gone.
+//!
+//! Beside them, per model, what an autoscaler of a worker pool scales on
+//! (`routemesh_pool_*{model}`): the healthy workers' own load reports
+//! summed, so every gateway replica exports the same figures for a pool
+//! (aggregate them with `max`, not `sum`). Labels stay bounded by the
+//! pool's models.
 
 use std::fmt::Write;
 use std::sync::Arc;
@@ -18,6 +24,11 @@ pub(crate) const POOL_WORKERS: &str = "routemesh_pool_workers";
 pub(crate) const BREAKER_TRANSITIONS: &str = "routemesh_circuit_breaker_transitions_total";
 /// 0 closed, 1 half-open, 2 open.
 pub(crate) const BREAKER_STATE: &str = "routemesh_circuit_breaker_state";
+pub(crate) const POOL_IN_FLIGHT: &str = "routemesh_pool_in_flight";
+pub(crate) const POOL_QUEUE_DEPTH: &str = "routemesh_pool_queue_depth";
+pub(crate) const POOL_SLOTS: &str = "routemesh_pool_slots";
+pub(crate) const POOL_UTILIZATION: &str = "routemesh_pool_utilization";
+pub(crate) const POOL_KV_CACHE: &str = "routemesh_pool_kv_cache_usage";
 
 /// How a worker call ended, as the `outcome` label says it.
 pub(crate) const OUTCOMES: [&str; 5] = ["ok", "worker_error", "timeout", "overloaded", "cancelled"];
@@ -74,6 +85,7 @@ pub(crate) fn render(workers: &[Arc<WorkerHandle>]) -> String {
     if workers.is_empty() {
         return out;
     }
+    render_model_load(&mut out, workers);
     let id = |w: &WorkerHandle| {
         format!(
             "worker=\"{}\",model=\"{}\"",
@@ -152,6 +164,92 @@ pub(crate) fn render(workers: &[Arc<WorkerHandle>]) -> String {
         }
     }
     out
+}
+
+/// One model's load, summed over its healthy workers' last reports.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+struct ModelLoad {
+    in_flight: u64,
+    queue_depth: u64,
+    slots: u64,
+    kv_cache_sum: f64,
+    kv_cache_reports: u32,
+}
+
+/// Per model: requests generating and waiting at its healthy workers, their
+/// slots, in-flight per slot, and the engines' KV-cache use where they
+/// report it. A model whose workers are all unhealthy (or unchecked yet)
+/// shows no slots and no utilization: there is no capacity to divide by.
+fn render_model_load(out: &mut String, workers: &[Arc<WorkerHandle>]) {
+    let mut models: std::collections::BTreeMap<&str, ModelLoad> = Default::default();
+    for w in workers {
+        let load = models.entry(w.record.model.as_str()).or_default();
+        let Some(report) = w.last_load().filter(|_| w.healthy()) else {
+            continue;
+        };
+        load.in_flight += u64::from(report.in_flight);
+        load.queue_depth += u64::from(report.queue_depth);
+        load.slots += u64::from(report.capacity);
+        if let Some(kv) = report.engine.and_then(|e| e.kv_cache_usage) {
+            load.kv_cache_sum += kv;
+            load.kv_cache_reports += 1;
+        }
+    }
+    let model = |m: &str| format!("model=\"{}\"", escape(m));
+    header(
+        out,
+        POOL_IN_FLIGHT,
+        "gauge",
+        "Requests generating at the model's healthy workers (their own reports, from every gateway).",
+    );
+    for (m, load) in &models {
+        let _ = writeln!(out, "{POOL_IN_FLIGHT}{{{}}} {}", model(m), load.in_flight);
+    }
+    header(
+        out,
+        POOL_QUEUE_DEPTH,
+        "gauge",
+        "Requests waiting for a slot at the model's healthy workers.",
+    );
+    for (m, load) in &models {
+        let _ = writeln!(
+            out,
+            "{POOL_QUEUE_DEPTH}{{{}}} {}",
+            model(m),
+            load.queue_depth
+        );
+    }
+    header(
+        out,
+        POOL_SLOTS,
+        "gauge",
+        "Concurrent generations the model's healthy workers offer (their capacity).",
+    );
+    for (m, load) in &models {
+        let _ = writeln!(out, "{POOL_SLOTS}{{{}}} {}", model(m), load.slots);
+    }
+    header(
+        out,
+        POOL_UTILIZATION,
+        "gauge",
+        "In-flight requests per slot of the model's healthy workers, in [0, 1].",
+    );
+    for (m, load) in models.iter().filter(|(_, l)| l.slots > 0) {
+        let ratio = load.in_flight as f64 / load.slots as f64;
+        let _ = writeln!(out, "{POOL_UTILIZATION}{{{}}} {ratio}", model(m));
+    }
+    if models.values().any(|l| l.kv_cache_reports > 0) {
+        header(
+            out,
+            POOL_KV_CACHE,
+            "gauge",
+            "Share of the engines' KV cache in use, the mean over the model's healthy workers whose engine reports it.",
+        );
+        for (m, load) in models.iter().filter(|(_, l)| l.kv_cache_reports > 0) {
+            let mean = load.kv_cache_sum / f64::from(load.kv_cache_reports);
+            let _ = writeln!(out, "{POOL_KV_CACHE}{{{}}} {mean}", model(m));
+        }
+    }
 }
 
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {

@@ -24,7 +24,7 @@ use crate::redis_writes::WriteBehind;
 use routemesh_proto::v1::ChatMessage;
 
 /// `gateway.session_affinity`.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SessionAffinityConfig {
     /// Off: every turn is routed afresh.
@@ -32,6 +32,7 @@ pub struct SessionAffinityConfig {
     pub enabled: bool,
     /// A session is forgotten this long after its last turn.
     #[serde(default = "default_ttl", with = "humantime_serde")]
+    #[schemars(schema_with = "routemesh_mesh::config_schema::duration")]
     pub ttl: Duration,
     /// Sessions each replica keeps in memory (the oldest go first).
     #[serde(default = "default_max_sessions")]
@@ -42,6 +43,7 @@ pub struct SessionAffinityConfig {
     /// Longest wait for the shared store on a turn this replica has not
     /// seen; past it the turn is routed afresh.
     #[serde(default = "default_redis_timeout", with = "humantime_serde")]
+    #[schemars(schema_with = "routemesh_mesh::config_schema::duration")]
     pub redis_timeout: Duration,
 }
 

@@ -26,7 +26,7 @@ pub enum AuthError {
     KeyStoreUnavailable(String),
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     /// Accepted keys. Empty (and `redis` off): no key is required and the
@@ -40,6 +40,7 @@ pub struct AuthConfig {
     /// How long a key read from Redis is remembered by each gateway: a
     /// revoked key keeps working for at most this long. Expiry is exact.
     #[serde(default = "default_cache_ttl", with = "humantime_serde")]
+    #[schemars(schema_with = "routemesh_mesh::config_schema::duration")]
     pub cache_ttl: Duration,
 }
 
@@ -57,7 +58,7 @@ impl Default for AuthConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KeyConfig {
     /// The tenant this key bills to.

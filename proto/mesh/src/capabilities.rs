@@ -116,7 +116,9 @@ impl From<Capabilities> for routemesh_proto::v1::Capabilities {
 
 /// The `capabilities:` a worker's configuration declares; each key set
 /// overrides its backend's default.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(deny_unknown_fields)]
 pub struct DeclaredCapabilities {
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -9,6 +9,7 @@
 //! tier and price of a model.
 
 mod capabilities;
+pub mod config_schema;
 pub mod conn;
 pub mod driven;
 pub mod genai;

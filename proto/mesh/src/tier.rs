@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 ///
 /// Serialized as its lowercase name (`"small"`, `"large"`), which is what
 /// configuration files and Redis worker records hold.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Tier {
     Small,

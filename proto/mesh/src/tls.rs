@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// Certificate files for TLS (PEM), reloaded when they change.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TlsFiles {
     /// This side's certificate chain.
@@ -38,6 +38,7 @@ pub struct TlsFiles {
     /// How often the files are read for changes; new connections use a new
     /// set once it loads (a set that does not load keeps the current one).
     #[serde(default = "default_reload_interval", with = "humantime_serde")]
+    #[schemars(schema_with = "crate::config_schema::duration")]
     pub reload_interval: Duration,
     /// On a client: the name the server's certificate must carry, instead
     /// of the host dialled (workers announce their pod IPs; one mesh

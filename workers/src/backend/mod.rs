@@ -202,6 +202,11 @@ pub trait Backend: Send + Sync + 'static {
     async fn check_health(&self, _timeout: std::time::Duration) -> Result<(), EngineError> {
         Ok(())
     }
+    /// The share of the engine's KV cache in use, in [0, 1], where the
+    /// engine reports it (bounded by `timeout`); an autoscaling signal.
+    async fn kv_cache_usage(&self, _timeout: std::time::Duration) -> Option<f64> {
+        None
+    }
     async fn generate(&self, input: GenerateInput) -> Result<Completion, EngineError>;
     async fn stream(&self, input: GenerateInput) -> Result<EngineStream, EngineError>;
 }

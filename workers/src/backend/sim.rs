@@ -64,7 +64,7 @@ use super::{
 };
 
 /// A log-normal distribution given by its median and spread (σ of the log).
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Spread {
     pub median: f64,
@@ -91,7 +91,7 @@ impl Spread {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SimConfig {
     /// Time to first token in milliseconds.
@@ -111,6 +111,7 @@ pub struct SimConfig {
     pub stall_rate: f64,
     /// How long a stall lasts; unset stalls until the client gives up.
     #[serde(default, with = "humantime_serde")]
+    #[schemars(schema_with = "routemesh_mesh::config_schema::optional_duration")]
     pub stall_for: Option<Duration>,
     /// A routing dataset (JSONL, `shared/data/routing` format) to replay.
     #[serde(default)]
@@ -135,7 +136,7 @@ pub struct SimConfig {
 /// demos can script a cascade's accept or escalate: every generated token
 /// gets `unsure` when the last user message contains the word `unsure`, and
 /// `sure` otherwise. Nothing about the text is measured.
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SimLogprobs {
     #[serde(default = "default_sure")]

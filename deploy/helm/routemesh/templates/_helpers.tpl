@@ -93,6 +93,91 @@ redis://{{ include "routemesh.redisName" . }}:{{ $r.trial.port }}/0
 {{- end -}}
 {{- end }}
 
+{{/*
+The `registry.redis` section of a routemesh configuration: the URL, the mesh,
+and with redis.external.tls the paths where its Secret is mounted.
+*/}}
+{{- define "routemesh.registryRedis" -}}
+{{- $r := .Values.redis -}}
+{{- $redis := dict "mesh" .Values.mesh -}}
+{{- if $r.external.urls -}}
+{{- if or $r.external.url $r.external.existingSecret.name $r.trial.enabled -}}
+{{- fail "redis.external.urls: give the seeds either in urls or as one URL (url or existingSecret), not both, and set redis.trial.enabled=false" -}}
+{{- end -}}
+{{- if not $r.external.cluster -}}
+{{- fail "redis.external.urls: several seed nodes need redis.external.cluster=true" -}}
+{{- end -}}
+{{- $_ := set $redis "urls" $r.external.urls -}}
+{{- else -}}
+{{- $_ := set $redis "url" (include "routemesh.redisUrl" .) -}}
+{{- end -}}
+{{- if $r.external.cluster -}}
+{{- if $r.trial.enabled -}}
+{{- fail "redis.external.cluster: the trial Redis is a single node; set redis.trial.enabled=false" -}}
+{{- end -}}
+{{- $_ := set $redis "cluster" true -}}
+{{- end -}}
+{{- $tls := .Values.redis.external.tls -}}
+{{- if $tls.existingSecret -}}
+{{- if .Values.redis.trial.enabled -}}
+{{- fail "redis.external.tls.existingSecret: the trial Redis speaks no TLS; set redis.external.url (rediss://...) or existingSecret" -}}
+{{- end -}}
+{{- with .Values.redis.external.url -}}
+{{- if not (hasPrefix "rediss://" .) -}}
+{{- fail (printf "redis.external.tls.existingSecret needs a rediss:// URL, not %q" .) -}}
+{{- end -}}
+{{- end -}}
+{{- if ne (empty $tls.cert) (empty $tls.key) -}}
+{{- fail "redis.external.tls: a client certificate needs both cert and key (the Secret's keys)" -}}
+{{- end -}}
+{{- $files := dict -}}
+{{- range $field := list "ca" "cert" "key" -}}
+{{- with get $tls $field -}}
+{{- $_ := set $files $field (printf "/etc/routemesh/redis-tls/%s" .) -}}
+{{- end -}}
+{{- end -}}
+{{- $_ := set $redis "tls" $files -}}
+{{- end -}}
+{{- toYaml $redis -}}
+{{- end }}
+
+{{/* The Redis TLS Secret's mount and volume (with redis.external.tls.existingSecret): call with the root context. */}}
+{{- define "routemesh.redisTLSMount" -}}
+- name: redis-tls
+  mountPath: /etc/routemesh/redis-tls
+  readOnly: true
+{{- end }}
+
+{{- define "routemesh.redisTLSVolume" -}}
+{{- $tls := .Values.redis.external.tls -}}
+- name: redis-tls
+  secret:
+    secretName: {{ $tls.existingSecret }}
+    items:
+      {{- range $field := list "ca" "cert" "key" }}
+      {{- with get $tls $field }}
+      - {key: {{ . | quote }}, path: {{ . | quote }}}
+      {{- end }}
+      {{- end }}
+{{- end }}
+
+{{/* The ServiceAccount the pods run as; empty: the namespace's default. */}}
+{{- define "routemesh.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{ .Values.serviceAccount.name | default (include "routemesh.fullname" .) }}
+{{- else -}}
+{{ .Values.serviceAccount.name }}
+{{- end -}}
+{{- end }}
+
+{{/* A pod spec's service account fields: call with the root context. */}}
+{{- define "routemesh.podServiceAccount" -}}
+{{- with include "routemesh.serviceAccountName" . -}}
+serviceAccountName: {{ . }}
+{{ end -}}
+automountServiceAccountToken: {{ .Values.serviceAccount.automountToken }}
+{{- end }}
+
 {{/* The env of the render-config init container that the placeholders read. */}}
 {{- define "routemesh.renderEnv" -}}
 - name: POD_IP
@@ -182,6 +267,22 @@ The gateway's routemesh configuration (ConfigMap data; may hold @@REDIS_URL@@).
 {{- define "routemesh.gatewayConfig" -}}
 {{- $g := .Values.gateway -}}
 {{- $gw := deepCopy $g.config -}}
+{{- /* Keys the chart sets from its own values: giving them twice is an error. */ -}}
+{{- $owned := dict "listen" "gateway.ports.grpc" "http_listen" "gateway.ports.http" "admin_listen" "gateway.ports.metrics" "drain_grace" "gateway.drainGraceSeconds" -}}
+{{- range $key := keys $owned | sortAlpha -}}
+{{- if hasKey $gw $key -}}
+{{- fail (printf "gateway.config.%s is set by the chart from %s: give that instead" $key (get $owned $key)) -}}
+{{- end -}}
+{{- end -}}
+{{- if and $gw.auth (hasKey $gw.auth "keys") -}}
+{{- fail "gateway.config.auth.keys is set by the chart from auth.keys or auth.existingSecret: give those instead" -}}
+{{- end -}}
+{{- if and $gw.router (hasKey $gw.router "artifact") -}}
+{{- fail "gateway.config.router.artifact is set by the chart from gateway.router.path (and gateway.router.source): give those instead" -}}
+{{- end -}}
+{{- if and .Values.meshTLS.secretName (hasKey $gw "worker_tls") -}}
+{{- fail "gateway.config.worker_tls is set by the chart from meshTLS: leave it out, or leave meshTLS.secretName empty" -}}
+{{- end -}}
 {{- $_ := set $gw "listen" (printf "0.0.0.0:%d" (int $g.ports.grpc)) -}}
 {{- $_ := set $gw "drain_grace" (printf "%ds" (int $g.drainGraceSeconds)) -}}
 {{- if $g.ports.http.enabled -}}
@@ -194,20 +295,25 @@ The gateway's routemesh configuration (ConfigMap data; may hold @@REDIS_URL@@).
 {{- else -}}
 {{- $_ := set $gw "admin_listen" nil -}}
 {{- end -}}
-{{- $_ := set $gw "router" (dict "artifact" $g.router.path "assets" "/usr/share/routemesh/assets") -}}
+{{- $router := merge (dict "artifact" $g.router.path) (default dict $gw.router) (dict "assets" "/usr/share/routemesh/assets") -}}
+{{- $_ := set $gw "router" $router -}}
 {{- $a := .Values.auth -}}
 {{- if and $a.keys $a.existingSecret -}}
 {{- fail "auth: give auth.keys or auth.existingSecret, not both" -}}
 {{- end -}}
+{{- $auth := deepCopy (default dict $gw.auth) -}}
 {{- if $a.existingSecret -}}
-{{- $_ := set $gw "auth" (dict "keys" "@@AUTH_KEYS@@") -}}
+{{- $_ := set $auth "keys" "@@AUTH_KEYS@@" -}}
 {{- else if $a.keys -}}
-{{- $_ := set $gw "auth" (dict "keys" $a.keys) -}}
+{{- $_ := set $auth "keys" $a.keys -}}
+{{- end -}}
+{{- if $auth -}}
+{{- $_ := set $gw "auth" $auth -}}
 {{- end -}}
 {{- with .Values.meshTLS.secretName -}}
 {{- $_ := set $gw "worker_tls" (dict "cert" "/etc/routemesh/mesh-tls/tls.crt" "key" "/etc/routemesh/mesh-tls/tls.key" "ca" "/etc/routemesh/mesh-tls/ca.crt" "server_name" $.Values.meshTLS.serverName) -}}
 {{- end -}}
-{{- $cfg := dict "registry" (dict "redis" (dict "url" (include "routemesh.redisUrl" .) "mesh" .Values.mesh)) "gateway" $gw -}}
+{{- $cfg := dict "registry" (dict "redis" (include "routemesh.registryRedis" . | fromYaml)) "gateway" $gw -}}
 {{- include "routemesh.setTracing" (dict "root" . "cfg" $cfg) -}}
 # routemesh gateway configuration, rendered by the Helm chart.
 # Placeholders between @@ marks are filled in at pod start by render-config.sh.
@@ -241,6 +347,8 @@ advertises the pod IP, both filled in at pod start.
 {{- $_ := set $w "drain_grace" (printf "%ds" (int $p.drainGraceSeconds)) -}}
 {{- if hasKey $p "sim" -}}
 {{- $_ := set $w "backend" (dict "sim" (default dict $p.sim)) -}}
+{{- else if hasKey $p "local" -}}
+{{- $_ := set $w "backend" (dict "local" $p.local) -}}
 {{- else -}}
 {{- $o := deepCopy (default dict $p.openai) -}}
 {{- $secret := get $o "apiKeySecret" -}}
@@ -249,7 +357,7 @@ advertises the pod IP, both filled in at pod start.
 {{- $_ := set $o "base_url" (printf "http://127.0.0.1:%d/v1" (int ($p.engine.port | default 8000))) -}}
 {{- $_ := set $w "backend" (dict "openai" $o) -}}
 {{- end -}}
-{{- $cfg := dict "registry" (dict "redis" (dict "url" (include "routemesh.redisUrl" .root) "mesh" .root.Values.mesh)) "workers" (list $w) -}}
+{{- $cfg := dict "registry" (dict "redis" (include "routemesh.registryRedis" .root | fromYaml)) "workers" (list $w) -}}
 {{- include "routemesh.setTracing" (dict "root" .root "cfg" $cfg) -}}
 # routemesh worker configuration for pool {{ $p.name }}, rendered by the Helm chart.
 # Placeholders between @@ marks are filled in at pod start by render-config.sh.

@@ -136,6 +136,10 @@ enum Command {
         /// The file to check.
         file: PathBuf,
     },
+    /// Print the configuration file's JSON Schema (draft-07), derived from
+    /// the types the configuration is read into; editors and CI can check
+    /// config files with it, and the Helm chart embeds it.
+    ConfigSchema,
 }
 
 fn load(path: Option<&Path>, fallback: Option<&str>) -> anyhow::Result<Config> {
@@ -253,6 +257,11 @@ async fn main() -> anyhow::Result<()> {
         Command::CheckConfig { file } => {
             let config = Config::from_file(&file)?;
             print!("{}", serde_norway::to_string(&config)?);
+            Ok(())
+        }
+        Command::ConfigSchema => {
+            let schema = routemesh_gateway::config::schema::config_schema();
+            println!("{}", serde_json::to_string_pretty(&schema)?);
             Ok(())
         }
     }

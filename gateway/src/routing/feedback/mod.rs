@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 pub use shared::SharedFeedback;
 
 /// `gateway.feedback_memory`: how feedback exemplars count.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FeedbackMemoryConfig {
     /// Exemplars kept (every replica, and Redis, keep the newest this many).

@@ -34,7 +34,9 @@ pub trait Policy: Send + Sync {
 }
 
 /// The policies a configuration can name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum PolicyKind {
     /// Highest predicted quality minus weighted cost and latency.

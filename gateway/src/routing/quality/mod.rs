@@ -20,7 +20,7 @@ pub use online::OnlineModel;
 use serde::{Deserialize, Serialize};
 
 /// Where the router artifact and the encoder assets are.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouterSettings {
     /// Use the learned router at all (false: tier/price priors only).
@@ -72,7 +72,9 @@ fn default_encoder_threads() -> usize {
 }
 
 /// Which embedder the learned router uses (see [`RouterSettings::path`]).
-#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum RouterPath {
     #[default]

@@ -34,7 +34,7 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
 /// Limits on one listener's connections (config: `connections:`).
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConnectionLimits {
     /// Connections open at once; beyond it new ones are closed at once.
@@ -43,15 +43,19 @@ pub struct ConnectionLimits {
     /// A connection must start its first request (TLS handshake, HTTP/2
     /// preface or HTTP/1 headers included) within this.
     #[serde(default = "default_header_timeout", with = "humantime_serde")]
+    #[schemars(schema_with = "crate::config_schema::duration")]
     pub header_timeout: Duration,
     /// A connection with no request in progress for this long is closed.
     #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    #[schemars(schema_with = "crate::config_schema::duration")]
     pub idle_timeout: Duration,
     /// HTTP/2 pings to the client this often (gRPC ports)...
     #[serde(default = "default_keepalive_interval", with = "humantime_serde")]
+    #[schemars(schema_with = "crate::config_schema::duration")]
     pub keepalive_interval: Duration,
     /// ...and the connection is closed if one is not answered within this.
     #[serde(default = "default_keepalive_timeout", with = "humantime_serde")]
+    #[schemars(schema_with = "crate::config_schema::duration")]
     pub keepalive_timeout: Duration,
 }
 

@@ -16,7 +16,7 @@ use super::Patience;
 /// and a client certificate for servers that ask for one. The files are
 /// read again every `reload_interval`; a change opens a new connection
 /// with them (see [`super::RedisConn`]).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RedisTls {
     /// PEM CA the server's certificate must chain to (instead of the
@@ -31,6 +31,7 @@ pub struct RedisTls {
     pub key: Option<PathBuf>,
     /// How often the files are read for changes.
     #[serde(default = "default_reload_interval", with = "humantime_serde")]
+    #[schemars(schema_with = "crate::config_schema::duration")]
     pub reload_interval: Duration,
 }
 

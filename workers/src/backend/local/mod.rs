@@ -36,7 +36,7 @@ use sample::Sampler;
 use tokenizer::{ModelTokenizer, Utf8Stream};
 
 /// The `backend.local` section.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LocalConfig {
     /// The GGUF model file (`scripts/fetch-local-model.sh` fetches SmolLM2).

@@ -11,6 +11,7 @@
 //! wording it comes in. Each call has a client span (`span`) whose context
 //! the engine receives as `traceparent`.
 
+mod kv_cache;
 mod request;
 mod response;
 mod span;
@@ -31,7 +32,7 @@ use super::{
 use response::{CallIn, Refusal, Usage as WireUsage, finish_reason, read_logprobs};
 
 /// Where the engine is and how long to wait for it.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OpenAiConfig {
     /// The API root, e.g. `http://127.0.0.1:8000/v1`.
@@ -44,9 +45,11 @@ pub struct OpenAiConfig {
     pub api_key_env: Option<String>,
     /// Longest wait for a whole unary completion, or for each streamed chunk.
     #[serde(default = "default_timeout", with = "humantime_serde")]
+    #[schemars(schema_with = "routemesh_mesh::config_schema::duration")]
     pub timeout: Duration,
     /// Longest wait for a TCP connection.
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    #[schemars(schema_with = "routemesh_mesh::config_schema::duration")]
     pub connect_timeout: Duration,
 }
 
@@ -65,6 +68,8 @@ pub struct OpenAiBackend {
     /// `GET` here is the health probe: every OpenAI-compatible server
     /// lists its models, cheaply, without generating anything.
     models_url: String,
+    /// The engine's Prometheus metrics, for its KV-cache use.
+    metrics_url: String,
     model: String,
     api_key: Option<String>,
     timeout: Duration,
@@ -98,6 +103,7 @@ impl OpenAiBackend {
             client,
             url,
             models_url,
+            metrics_url: kv_cache::metrics_url(&config.base_url),
             model: config
                 .engine_model
                 .clone()
@@ -218,6 +224,24 @@ impl Backend for OpenAiBackend {
             });
         }
         Ok(())
+    }
+
+    /// From the engine's `/metrics` (vLLM, SGLang); `None` from an engine
+    /// that serves none or names the figure otherwise.
+    async fn kv_cache_usage(&self, timeout: Duration) -> Option<f64> {
+        let mut req = self.client.get(&self.metrics_url);
+        if let Some(key) = &self.api_key {
+            req = req.bearer_auth(key);
+        }
+        let resp = tokio::time::timeout(timeout, req.send()).await.ok()?.ok()?;
+        if !resp.status().is_success() {
+            return None;
+        }
+        let text = tokio::time::timeout(timeout, resp.text())
+            .await
+            .ok()?
+            .ok()?;
+        kv_cache::parse(&text)
     }
 
     fn kind(&self) -> &'static str {
