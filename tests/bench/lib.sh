@@ -104,7 +104,8 @@ bench() {
 # benchmarks measure latency, not admission). With ROUTER_EVERY_REQUEST set, the
 # gateway loads the default router artifact (ROUTER_PATH: fast or full) and
 # UNIQUE_PROMPTS holds the bench flag that makes its prompt cache miss
-# (ENCODER_THREADS sets the router's encoder_threads).
+# (ENCODER_THREADS sets the router's encoder_threads). GATEWAY_EXTRA: more
+# lines of the `gateway:` section (indented two spaces).
 # The gateway reaches the worker through its port (IN_PROCESS_WORKERS=true
 # calls it in-process instead): "added" here is the gateway as deployed, with
 # its workers on other nodes, so the hop to the worker is part of it.
@@ -129,6 +130,7 @@ start_zero_mesh() {
   http_listen: 127.0.0.1:0
   max_concurrent_requests: 100000
   in_process_workers: ${IN_PROCESS_WORKERS:-false}
+${GATEWAY_EXTRA:-}
 $router_yaml
 workers:
 ${2:-  - {id: zero-0, model: zero, tier: small, input_usd_per_mtok: 0.2, output_usd_per_mtok: 0.2, capacity: 4096, max_queue: 16384, backend: $ZERO_SIM\}}"
