@@ -13,6 +13,7 @@ source "$(dirname "$0")/lib.sh"
 
 RATE=${RATE:-5000}
 BURST=${BURST:-10s}
+[ -n "${OUT:-}" ] && mkdir -p "$OUT"
 
 build_release
 machine_info
