@@ -197,6 +197,9 @@ impl Config {
                 format!("{margin} is not in [0, 1]"),
             );
         }
+        if let Err((key, why)) = g.router.batch.check() {
+            return bad(&format!("router.batch.{key}"), why);
+        }
         if g.default_max_tokens == 0 || g.default_max_tokens > g.max_tokens_limit {
             return bad(
                 "default_max_tokens",
