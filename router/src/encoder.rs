@@ -490,12 +490,17 @@ mod tests {
     #[test]
     fn tokenized_once_then_batched_matches_encoding_each_alone() {
         let Some(enc) = loaded() else { return };
-        let texts = ["How do I bake bread?", "Prove that sqrt(2) is irrational, step by step."];
+        let texts = [
+            "How do I bake bread?",
+            "Prove that sqrt(2) is irrational, step by step.",
+        ];
         let pieces: Vec<Pieces> = texts.iter().map(|t| enc.tokenize(t).unwrap()).collect();
         assert!(pieces[0].len() < pieces[1].len());
         let long = enc.tokenize(&"word ".repeat(2000)).unwrap();
         assert_eq!(long.len(), enc.max_len());
-        let batched = enc.encode_pieces(&pieces.iter().collect::<Vec<_>>()).unwrap();
+        let batched = enc
+            .encode_pieces(&pieces.iter().collect::<Vec<_>>())
+            .unwrap();
         for (i, t) in texts.iter().enumerate() {
             let alone = enc.encode(&[t]).unwrap();
             assert!((alone.row(0).dot(&batched.row(i)) - 1.0).abs() < 1e-4);

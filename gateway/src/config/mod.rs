@@ -409,6 +409,13 @@ mod tests {
             e.contains("gateway.admin_auth.sha256: must be 64 hex"),
             "{e}"
         );
+        let e = err("gateway: {router: {batch: {wait: 5ms, max_queue_wait: 1ms}}}\n");
+        assert!(
+            e.contains("gateway.router.batch.max_queue_wait: 1ms is shorter than wait"),
+            "{e}"
+        );
+        let e = err("gateway: {router: {batch: {max_size: 0}}}\n");
+        assert!(e.contains("gateway.router.batch.max_size"), "{e}");
         let e = err("gateway: {worker_tls: {cert: a, key: b}}\n");
         assert!(e.contains("gateway.worker_tls.ca: needed"), "{e}");
         let e = err("gateway: {auth: {redis: true}}\n");

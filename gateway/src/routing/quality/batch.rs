@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ndarray::Array2;
-use routemesh_router::{EmbedPath, Router};
 use routemesh_router::encoder::Pieces;
+use routemesh_router::{EmbedPath, Router};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
@@ -87,10 +87,7 @@ impl BatchSettings {
     /// What `check-config` refuses: the key at fault and why.
     pub fn check(&self) -> Result<(), (&'static str, String)> {
         if self.max_size == 0 || self.max_size > 64 {
-            return Err((
-                "max_size",
-                format!("{} must be in [1, 64]", self.max_size),
-            ));
+            return Err(("max_size", format!("{} must be in [1, 64]", self.max_size)));
         }
         if self.max_pieces == 0 {
             return Err(("max_pieces", "must be at least 1".into()));
@@ -182,7 +179,11 @@ impl Drop for Batcher {
 impl Batcher {
     /// Starts the batching task (on the current tokio runtime). Passes take
     /// one of `slots` each, shared with the router's other runs.
-    pub(crate) fn start(router: Arc<Router>, slots: Arc<Semaphore>, settings: &BatchSettings) -> Self {
+    pub(crate) fn start(
+        router: Arc<Router>,
+        slots: Arc<Semaphore>,
+        settings: &BatchSettings,
+    ) -> Self {
         let (queue, arrivals) = mpsc::channel(QUEUE);
         let stop = CancellationToken::new();
         let task = tokio::spawn(
@@ -275,6 +276,14 @@ impl Buckets {
     async fn run(mut self, mut arrivals: mpsc::Receiver<Job>, stop: CancellationToken) {
         loop {
             let now = Instant::now();
+            // Start what can start before refusing anything: a prompt is
+            // refused for want of a slot, never because this task ran late.
+            while let Some(bucket) = self.oldest_ready(now) {
+                match self.slots.clone().try_acquire_owned() {
+                    Ok(slot) => self.dispatch(bucket, slot),
+                    Err(_) => break,
+                }
+            }
             self.refuse_expired(now);
             let ready = self.oldest_ready(now);
             let wake = self.next_wake(now);
@@ -350,7 +359,10 @@ impl Buckets {
             .filter_map(|b| b.front().map(|j| j.arrived))
             .flat_map(|first| {
                 let waited = first + self.wait;
-                [(waited > now).then_some(waited), Some(first + self.max_queue_wait)]
+                [
+                    (waited > now).then_some(waited),
+                    Some(first + self.max_queue_wait),
+                ]
             })
             .flatten()
             .min()
@@ -428,11 +440,16 @@ pub(crate) async fn predict(
                 &row.embedding,
                 row.scores,
             );
-            (row.took, routed)
+            (row.took, row.batch_rows, routed)
         })
         .await;
     match run {
-        Ok((took, routed)) => {
+        Ok((took, batch_rows, routed)) => {
+            tracing::trace!(
+                batch_rows,
+                took_us = took.as_micros() as u64,
+                "full-path prediction batched"
+            );
             crate::metrics::router_inference(took, EmbedPath::Full.as_str());
             Batched::Routed(routed)
         }

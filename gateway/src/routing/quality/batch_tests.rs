@@ -109,7 +109,10 @@ async fn prompts_of_different_lengths_run_in_separate_batches() {
         Arc::new(Semaphore::new(2)),
         &settings(Duration::from_millis(30), 2, LONG),
     );
-    let long = format!("{} What is the capital of France?", "Some context. ".repeat(30));
+    let long = format!(
+        "{} What is the capital of France?",
+        "Some context. ".repeat(30)
+    );
     assert!(router.full_pieces(&long).unwrap().len() > 64);
     let (short, long) = tokio::join!(
         scored(&batcher, &router, SHORT[0]),
@@ -134,7 +137,10 @@ async fn a_prompt_longer_than_max_pieces_runs_alone_without_waiting() {
             ..settings(LONG, 8, LONG)
         },
     );
-    let long = format!("{} What is the capital of France?", "Some context. ".repeat(10));
+    let long = format!(
+        "{} What is the capital of France?",
+        "Some context. ".repeat(10)
+    );
     assert!((33..=64).contains(&router.full_pieces(&long).unwrap().len()));
     // With an hour's wait and a batch of eight, only running alone at once answers.
     let (_, batch_rows) = scored(&batcher, &router, &long).await.unwrap();
@@ -221,7 +227,10 @@ fn settings_are_checked_and_zero_wait_turns_batching_off() {
         (r#"{"max_size": 0}"#, "max_size"),
         (r#"{"max_size": 65}"#, "max_size"),
         (r#"{"wait": "200ms"}"#, "wait"),
-        (r#"{"wait": "5ms", "max_queue_wait": "2ms"}"#, "max_queue_wait"),
+        (
+            r#"{"wait": "5ms", "max_queue_wait": "2ms"}"#,
+            "max_queue_wait",
+        ),
         (r#"{"max_queue_wait": "2s"}"#, "max_queue_wait"),
         (r#"{"max_pieces": 0}"#, "max_pieces"),
     ] {

@@ -253,6 +253,14 @@ impl QualityModel {
         }
     }
 
+    /// Stops the router's batcher, if it runs (prompts still waiting for a
+    /// batch are routed on priors; passes already running answer).
+    pub async fn shutdown(&self) {
+        if let Some(batcher) = &self.batcher {
+            batcher.shutdown().await;
+        }
+    }
+
     pub fn loaded(&self) -> bool {
         self.router.is_some()
     }
