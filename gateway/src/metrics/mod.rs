@@ -77,8 +77,8 @@ pub(crate) const ROUTER_CACHE: &str = "routemesh_router_cache_lookups_total";
 pub(crate) const ROUTER_INFERENCE: &str = "routemesh_router_inference_seconds";
 /// Requests routed on priors because every router slot stayed busy.
 pub(crate) const ROUTER_OVERLOADED: &str = "routemesh_router_overloaded_total";
-/// Batched full-path encoder passes (`router.batch`); rows per pass are the
-/// full path's inference count over this.
+/// Encoder passes the batcher ran (`router.batch`), a long prompt's pass of
+/// one included; prompts per pass are the full path's inference count over this.
 pub(crate) const ROUTER_BATCHES: &str = "routemesh_router_batches_total";
 pub(crate) const REDIS_ROUND_TRIPS: &str = "routemesh_redis_round_trips_total";
 
