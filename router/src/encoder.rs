@@ -164,6 +164,21 @@ fn kept_pieces(ids: &[u32], max_len: usize, keep_tail: usize) -> impl Iterator<I
     ids[..head].iter().chain(&ids[ids.len() - tail..]).copied()
 }
 
+/// A prompt's word pieces as the encoder sees them, truncated (see [`Encoder::tokenize`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pieces(Vec<u32>);
+
+impl Pieces {
+    /// Word pieces, `[CLS]` and `[SEP]` included: what one row of a batch is padded to.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// Configuration of the encoder.
 #[derive(Debug, Clone)]
 pub struct EncoderConfig {
@@ -292,19 +307,37 @@ impl Encoder {
             .tokenizer
             .encode_batch(texts.to_vec(), true)
             .map_err(|e| EncoderError::Tokenizer(e.to_string()))?;
-        let b = enc.len();
-        let s = enc
-            .iter()
-            .map(|e| e.get_ids().len().min(self.max_len))
-            .max()
-            .unwrap_or(0)
-            .max(1);
+        let pieces: Vec<Pieces> = enc.iter().map(|e| self.kept(e.get_ids())).collect();
+        self.encode_pieces(&pieces.iter().collect::<Vec<_>>())
+    }
+
+    /// The word pieces the model sees for `text` (truncated as configured): tokenize once, then bucket
+    /// prompts by length and run each bucket as one batch with [`Encoder::encode_pieces`].
+    pub fn tokenize(&self, text: &str) -> Result<Pieces, EncoderError> {
+        let enc = self
+            .tokenizer
+            .encode(text, true)
+            .map_err(|e| EncoderError::Tokenizer(e.to_string()))?;
+        Ok(self.kept(enc.get_ids()))
+    }
+
+    fn kept(&self, ids: &[u32]) -> Pieces {
+        Pieces(kept_pieces(ids, self.max_len, self.keep_tail).collect())
+    }
+
+    /// Embeds prompts tokenized by [`Encoder::tokenize`]: one ONNX run, padded to the longest.
+    pub fn encode_pieces(&self, batch: &[&Pieces]) -> Result<Array2<f32>, EncoderError> {
+        if batch.is_empty() {
+            return Ok(Array2::zeros((0, EMBED_DIM)));
+        }
+        let b = batch.len();
+        let s = batch.iter().map(|p| p.len()).max().unwrap_or(0).max(1);
         let mut ids = Array2::<i64>::zeros((b, s));
         let mut mask = Array2::<i64>::zeros((b, s));
         // One segment: token type ids stay 0.
         let types = Array2::<i64>::zeros((b, s));
-        for (i, e) in enc.iter().enumerate() {
-            for (j, id) in kept_pieces(e.get_ids(), self.max_len, self.keep_tail).enumerate() {
+        for (i, p) in batch.iter().enumerate() {
+            for (j, &id) in p.0.iter().enumerate() {
                 ids[[i, j]] = i64::from(id);
                 mask[[i, j]] = 1;
             }
@@ -452,6 +485,26 @@ mod tests {
             "{err}"
         );
         assert!(environment(&dir.path().join("nope.so")).is_err());
+    }
+
+    #[test]
+    fn tokenized_once_then_batched_matches_encoding_each_alone() {
+        let Some(enc) = loaded() else { return };
+        let texts = [
+            "How do I bake bread?",
+            "Prove that sqrt(2) is irrational, step by step.",
+        ];
+        let pieces: Vec<Pieces> = texts.iter().map(|t| enc.tokenize(t).unwrap()).collect();
+        assert!(pieces[0].len() < pieces[1].len());
+        let long = enc.tokenize(&"word ".repeat(2000)).unwrap();
+        assert_eq!(long.len(), enc.max_len());
+        let batched = enc
+            .encode_pieces(&pieces.iter().collect::<Vec<_>>())
+            .unwrap();
+        for (i, t) in texts.iter().enumerate() {
+            let alone = enc.encode(&[t]).unwrap();
+            assert!((alone.row(0).dot(&batched.row(i)) - 1.0).abs() < 1e-4);
+        }
     }
 
     #[test]

@@ -104,8 +104,9 @@ bench() {
 # benchmarks measure latency, not admission). With ROUTER_EVERY_REQUEST set, the
 # gateway loads the default router artifact (ROUTER_PATH: fast or full) and
 # UNIQUE_PROMPTS holds the bench flag that makes its prompt cache miss
-# (ENCODER_THREADS sets the router's encoder_threads). GATEWAY_EXTRA: more
-# lines of the `gateway:` section (indented two spaces).
+# (ENCODER_THREADS sets the router's encoder_threads, ROUTER_BATCH its `batch`
+# settings as a YAML flow mapping, e.g. '{wait: 0s}' for no batching).
+# GATEWAY_EXTRA: more lines of the `gateway:` section (indented two spaces).
 # The gateway reaches the worker through its port (IN_PROCESS_WORKERS=true
 # calls it in-process instead): "added" here is the gateway as deployed, with
 # its workers on other nodes, so the hop to the worker is part of it.
@@ -118,7 +119,8 @@ start_zero_mesh() {
     artifact: $ROOT/router/artifacts/default
     assets: ${ROUTEMESH_ASSETS:-$ROOT/.cache/routemesh/assets}
     path: ${ROUTER_PATH:-fast}${ENCODER_THREADS:+
-    encoder_threads: $ENCODER_THREADS}"
+    encoder_threads: $ENCODER_THREADS}${ROUTER_BATCH:+
+    batch: $ROUTER_BATCH}"
         UNIQUE_PROMPTS=(--unique-prompts)
         echo "router:  on every request (${ROUTER_PATH:-fast} path)" >&2
         if [ -n "${OUT:-}" ]; then

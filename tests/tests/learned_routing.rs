@@ -273,6 +273,61 @@ async fn feedback_moves_similar_prompts_only() {
     assert_eq!(q(&other_after), q(&before_other));
 }
 
+/// A counter or a histogram's count from the gateway's /metrics (0 when absent).
+fn metric(mesh: &Process, series: &str) -> f64 {
+    let (_, text) = curl_get(&format!("{}/metrics", mesh.admin_url()), &[]);
+    text.lines()
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter(|(name, _)| *name == series)
+        .filter_map(|(_, v)| v.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_full_path_routes_concurrent_prompts_through_the_batcher() {
+    let Some(assets) = std::env::var_os("ROUTEMESH_ASSETS") else {
+        eprintln!("SKIP: ROUTEMESH_ASSETS not set");
+        return;
+    };
+    // A long wait and queue wait: batches close on size or time, never refuse here.
+    let yaml = mesh_yaml(&assets.to_string_lossy(), "").replacen(
+        "  router: {",
+        "  router: {path: full, batch: {wait: 100ms, max_size: 4, max_queue_wait: 1s}, ",
+        1,
+    );
+    let mesh = Process::start("mesh", "up", &yaml, &[]).unwrap();
+    let prompts = [
+        "Is 91 a prime number?",
+        "Write a haiku about the sea.",
+        "What is the capital of France?",
+        "Translate 'good morning' into German.",
+    ];
+    let url = mesh.gateway_url();
+    let decisions = futures::future::join_all(prompts.iter().map(|p| {
+        let url = url.clone();
+        async move {
+            let mut client = gateway_client(&url).await;
+            client.route(ask(p)).await.unwrap().into_inner()
+        }
+    }))
+    .await;
+    for d in &decisions {
+        for (model, quality, source) in by_model(d) {
+            assert_eq!(source, "router", "{model} predicted by the router: {d:?}");
+            assert!((0.0..=1.0).contains(&quality), "{model}: {quality}");
+        }
+    }
+    // Each prompt ran on the encoder, in passes of up to four, none refused.
+    let runs = metric(
+        &mesh,
+        "routemesh_router_inference_seconds_count{path=\"full\"}",
+    );
+    let batches = metric(&mesh, "routemesh_router_batches_total");
+    assert_eq!(runs, 4.0);
+    assert!((1.0..=4.0).contains(&batches), "{batches} passes");
+    assert_eq!(metric(&mesh, "routemesh_router_overloaded_total"), 0.0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_encoder_is_a_clear_startup_error() {
     let yaml = mesh_yaml("/nonexistent/assets", "");

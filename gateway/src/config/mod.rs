@@ -198,6 +198,9 @@ impl Config {
                 format!("{margin} is not in [0, 1]"),
             );
         }
+        if let Err((key, why)) = g.router.batch.check() {
+            return bad(&format!("router.batch.{key}"), why);
+        }
         if g.default_max_tokens == 0 || g.default_max_tokens > g.max_tokens_limit {
             return bad(
                 "default_max_tokens",
@@ -407,6 +410,13 @@ mod tests {
             e.contains("gateway.admin_auth.sha256: must be 64 hex"),
             "{e}"
         );
+        let e = err("gateway: {router: {batch: {wait: 5ms, max_queue_wait: 1ms}}}\n");
+        assert!(
+            e.contains("gateway.router.batch.max_queue_wait: 1ms is shorter than wait"),
+            "{e}"
+        );
+        let e = err("gateway: {router: {batch: {max_size: 0}}}\n");
+        assert!(e.contains("gateway.router.batch.max_size"), "{e}");
         let e = err("gateway: {worker_tls: {cert: a, key: b}}\n");
         assert!(e.contains("gateway.worker_tls.ca: needed"), "{e}");
         let e = err("gateway: {auth: {redis: true}}\n");

@@ -77,6 +77,9 @@ pub(crate) const ROUTER_CACHE: &str = "routemesh_router_cache_lookups_total";
 pub(crate) const ROUTER_INFERENCE: &str = "routemesh_router_inference_seconds";
 /// Requests routed on priors because every router slot stayed busy.
 pub(crate) const ROUTER_OVERLOADED: &str = "routemesh_router_overloaded_total";
+/// Encoder passes the batcher ran (`router.batch`), a long prompt's pass of
+/// one included; prompts per pass are the full path's inference count over this.
+pub(crate) const ROUTER_BATCHES: &str = "routemesh_router_batches_total";
 pub(crate) const REDIS_ROUND_TRIPS: &str = "routemesh_redis_round_trips_total";
 /// Generations this gateway is serving now (streams until they end): what
 /// a gateway autoscaler scales on, rather than CPU, since a gateway mostly
@@ -274,6 +277,11 @@ pub(crate) fn router_cache(hit: bool) {
 /// Every router slot stayed busy: the request was routed on priors.
 pub(crate) fn router_overloaded() {
     counter!(ROUTER_OVERLOADED).increment(1);
+}
+
+/// One batched full-path encoder pass (however many prompts it held).
+pub(crate) fn router_batch() {
+    counter!(ROUTER_BATCHES).increment(1);
 }
 
 /// One embedder + predictor run, by the path it took (`fast` or `full`).

@@ -507,6 +507,8 @@ pub async fn start_gateway(
                 let _ = sync.await;
             }
             let _ = onboarding.await;
+            // After the drain: no request waits for a router batch any more.
+            state_for_shutdown.routing.quality.shutdown().await;
             for writer in state_writers {
                 let _ = writer.await;
             }

@@ -8,7 +8,9 @@ use ndarray::ArrayView2;
 use ndarray::Array2;
 
 use crate::artifact::{self, ArtifactError, Calibration, Manifest};
-use crate::encoder::{AssetPaths, EMBED_DIM, ENCODER_ID, Encoder, EncoderConfig, EncoderError};
+use crate::encoder::{
+    AssetPaths, EMBED_DIM, ENCODER_ID, Encoder, EncoderConfig, EncoderError, Pieces,
+};
 use crate::fast::{self, STATIC_ENCODER_ID, StaticEmbedder};
 use crate::names::ModelCatalog;
 use crate::predict::{EmbeddingFrame, QualityPredictor};
@@ -254,6 +256,24 @@ impl Router {
         let emb = self.embed_on(path, prompts)?;
         let p = self.predict_embedded_on(path, emb.view());
         Ok((path, emb, p))
+    }
+
+    /// `prompt`'s word pieces for the full path (loading the encoder on first need): a batcher tokenizes
+    /// each prompt once, groups prompts of similar length and runs each group with
+    /// [`Router::predict_pieces`].
+    pub fn full_pieces(&self, prompt: &str) -> Result<Pieces, RouterError> {
+        Ok(self.full_encoder()?.tokenize(prompt)?)
+    }
+
+    /// Full-path predictions for prompts tokenized by [`Router::full_pieces`], in one encoder pass
+    /// padded to the longest: `([n, 384], [prompt][model])`, as [`Router::predict_on`] gives each alone.
+    pub fn predict_pieces(
+        &self,
+        batch: &[&Pieces],
+    ) -> Result<(Array2<f32>, Vec<Vec<f64>>), RouterError> {
+        let emb = self.full_encoder()?.encode_pieces(batch)?;
+        let p = self.predict_embedded_on(EmbedPath::Full, emb.view());
+        Ok((emb, p))
     }
 
     /// `path` if this router has it loaded, else the full path (a router without a fast path).

@@ -13,8 +13,10 @@ use routemesh_router::{EmbedPath, Router, RouterConfig};
 
 use super::feedback::PromptPoint;
 
+mod batch;
 mod knowledge;
 mod online;
+pub use batch::BatchSettings;
 pub use knowledge::{Knowledge, StandIn};
 pub use online::OnlineModel;
 use serde::{Deserialize, Serialize};
@@ -60,6 +62,10 @@ pub struct RouterSettings {
     /// 0.02 per halving of size (at most 0.2).
     #[serde(default = "default_unknown_model_margin")]
     pub unknown_model_margin: f64,
+    /// Micro-batching of the encoder's runs (full path, and pairs under
+    /// `auto`): concurrent prompts of similar length share one pass.
+    #[serde(default)]
+    pub batch: BatchSettings,
 }
 
 fn default_unknown_model_margin() -> f64 {
@@ -100,6 +106,7 @@ impl Default for RouterSettings {
             path: RouterPath::default(),
             encoder_threads: None,
             unknown_model_margin: default_unknown_model_margin(),
+            batch: BatchSettings::default(),
         }
     }
 }
@@ -152,6 +159,8 @@ pub struct QualityModel {
     /// unbounded queue of inference jobs would take the cores from the
     /// requests already admitted.
     inference_slots: Option<Arc<tokio::sync::Semaphore>>,
+    /// Batches the encoder's runs (`router.batch`); `None`: one pass per prompt.
+    batcher: Option<batch::Batcher>,
     unknown_model_margin: f64,
     /// How the router knows each model the pool has served (by name and
     /// declared `router_model`): matched once, not per request.
@@ -217,13 +226,20 @@ impl QualityModel {
         match loaded {
             Ok(router) => {
                 tracing::info!(artifact = %artifact.display(), models = router.models().len(), path = router.path().as_str(), "learned router loaded");
+                let router = Arc::new(router);
+                let slots = Arc::new(tokio::sync::Semaphore::new(
+                    std::thread::available_parallelism().map_or(2, |n| n.get()),
+                ));
+                // Only the encoder is batched: the fast path is a fraction of a
+                // millisecond a prompt, and a wait for company would double it.
+                let batcher = (settings.batch.enabled() && settings.path != RouterPath::Fast)
+                    .then(|| batch::Batcher::start(router.clone(), slots.clone(), &settings.batch));
                 Ok(Self {
-                    router: Some(Arc::new(router)),
+                    router: Some(router),
                     artifact: Some(artifact),
                     cache: Some(crate::cache::bounded(settings.cache_entries)),
-                    inference_slots: Some(Arc::new(tokio::sync::Semaphore::new(
-                        std::thread::available_parallelism().map_or(2, |n| n.get()),
-                    ))),
+                    inference_slots: Some(slots),
+                    batcher,
                     unknown_model_margin: settings.unknown_model_margin,
                     ..Self::default()
                 })
@@ -236,6 +252,14 @@ impl QualityModel {
                 tracing::warn!(artifact = %artifact.display(), error = %e, "router artifact not loaded; routing on tier/price priors");
                 Ok(Self::priors())
             }
+        }
+    }
+
+    /// Stops the router's batcher, if it runs (prompts still waiting for a
+    /// batch are routed on priors; passes already running answer).
+    pub async fn shutdown(&self) {
+        if let Some(batcher) = &self.batcher {
+            batcher.shutdown().await;
         }
     }
 
@@ -321,6 +345,22 @@ impl QualityModel {
             return Some(hit);
         }
         crate::metrics::router_cache(false);
+        if path == EmbedPath::Full
+            && let Some(batcher) = &self.batcher
+        {
+            match batch::predict(batcher, &router, prompt, online.clone()).await {
+                batch::Batched::Routed(routed) => {
+                    let predicted = Arc::new(routed);
+                    if let Some(cache) = &self.cache {
+                        cache.insert(key, predicted.clone());
+                    }
+                    return Some(predicted);
+                }
+                batch::Batched::Priors => return None,
+                // Not tokenized (the encoder did not load): the unbatched run below says why.
+                batch::Batched::Unbatched => {}
+            }
+        }
         let slot = match &self.inference_slots {
             // A short wait rides out bursts (a fast-path decision is ~0.5 ms);
             // a longer one means the cores are saturated.
@@ -350,34 +390,9 @@ impl QualityModel {
                 Err(e) => return Err(e),
             };
             let scores = scores.into_iter().next().unwrap_or_default();
-            let space = router.space(took);
-            let point = match &space.frame {
-                Some(frame) => frame
-                    .point(embedding.row(0))
-                    .and_then(|v| PromptPoint::new(&v, None)),
-                None => embedding
-                    .row(0)
-                    .as_slice()
-                    .and_then(|row| PromptPoint::new(row, None)),
-            };
-            let mut scores: HashMap<String, f64> =
-                router.models().iter().cloned().zip(scores).collect();
-            for (name, online) in online.iter() {
-                if let Some(q) = online.predict(took, embedding.view()) {
-                    scores.insert(name.clone(), q);
-                }
-            }
             Ok::<_, routemesh_router::RouterError>((
                 took,
-                RoutedPrompt {
-                    scores,
-                    point,
-                    space: Arc::from(space.id.as_str()),
-                    embedding: embedding
-                        .row(0)
-                        .as_slice()
-                        .and_then(|row| PromptPoint::new(row, None)),
-                },
+                routed_prompt(&router, &online, took, &embedding, scores),
             ))
         })
         .await;
@@ -481,5 +496,42 @@ impl QualityModel {
                 None
             }
         }
+    }
+}
+
+/// What the router says about one prompt, from its embedding (`[1, 384]`)
+/// and the artifact models' scores: those, the online models' predictions and
+/// the prompt's point in the space `took` embeds in.
+fn routed_prompt(
+    router: &Router,
+    online: &HashMap<String, Arc<OnlineModel>>,
+    took: EmbedPath,
+    embedding: &ndarray::Array2<f32>,
+    scores: Vec<f64>,
+) -> RoutedPrompt {
+    let space = router.space(took);
+    let point = match &space.frame {
+        Some(frame) => frame
+            .point(embedding.row(0))
+            .and_then(|v| PromptPoint::new(&v, None)),
+        None => embedding
+            .row(0)
+            .as_slice()
+            .and_then(|row| PromptPoint::new(row, None)),
+    };
+    let mut scores: HashMap<String, f64> = router.models().iter().cloned().zip(scores).collect();
+    for (name, online) in online.iter() {
+        if let Some(q) = online.predict(took, embedding.view()) {
+            scores.insert(name.clone(), q);
+        }
+    }
+    RoutedPrompt {
+        scores,
+        point,
+        space: Arc::from(space.id.as_str()),
+        embedding: embedding
+            .row(0)
+            .as_slice()
+            .and_then(|row| PromptPoint::new(row, None)),
     }
 }
