@@ -55,9 +55,7 @@ struct Layout {
 
 impl Layout {
     fn new(mesh_prefix: &str, kind: &str, ttl: Duration) -> Self {
-        let ttl_ms = u64::try_from(ttl.as_millis())
-            .unwrap_or(u64::MAX)
-            .max(1);
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
         Self {
             key_prefix: format!("{mesh_prefix}{kind}:b:"),
             ttl_ms,
@@ -243,14 +241,20 @@ mod tests {
     fn a_flush_of_any_size_is_two_commands() {
         let layout = hour();
         for n in [1usize, 10, 1000] {
-            let records: Vec<(String, Vec<u8>)> = (0..n)
-                .map(|i| (format!("id-{i}"), vec![1, 2, 3]))
-                .collect();
+            let records: Vec<(String, Vec<u8>)> =
+                (0..n).map(|i| (format!("id-{i}"), vec![1, 2, 3])).collect();
             let pipe = layout.write_pipeline(1_000_000, &records);
             assert_eq!(pipe.len(), 2, "{n} records: HSET + PEXPIREAT");
             let text = packed(&pipe);
-            assert!(text.contains("HSET") && text.contains("PEXPIREAT"), "{text}");
-            assert_eq!(text.matches("id-").count(), n, "every record in the one HSET");
+            assert!(
+                text.contains("HSET") && text.contains("PEXPIREAT"),
+                "{text}"
+            );
+            assert_eq!(
+                text.matches("id-").count(),
+                n,
+                "every record in the one HSET"
+            );
             assert_eq!(text.matches("rm:v1:{unit}:req:b:").count(), 2, "one key");
         }
         assert_eq!(layout.write_pipeline(0, &[]).len(), 0, "nothing to write");
@@ -271,7 +275,10 @@ mod tests {
             let live = layout.live_buckets(now);
             assert!(live.contains(&bucket), "at {now}: {live:?}");
             assert!(live.len() <= 6, "{live:?}");
-            assert!(live.windows(2).all(|w| w[0] > w[1]), "newest first: {live:?}");
+            assert!(
+                live.windows(2).all(|w| w[0] > w[1]),
+                "newest first: {live:?}"
+            );
             assert_eq!(layout.read_pipeline(now, "id").len(), live.len());
         }
         // A reader whose clock is a little behind the writer's still asks
@@ -320,7 +327,11 @@ mod tests {
                 .await
                 .unwrap();
             assert!(ttl > 0 && ttl <= 75_000, "{key}: {ttl} ms");
-            let _: () = redis::cmd("DEL").arg(key).query_async(&mut redis).await.unwrap();
+            let _: () = redis::cmd("DEL")
+                .arg(key)
+                .query_async(&mut redis)
+                .await
+                .unwrap();
         }
     }
 }

@@ -278,10 +278,10 @@ impl Sessions {
             session.key.clone(),
             (sticky, Instant::now() + self.config.ttl),
         );
-        if let Some(shared) = &self.shared {
-            if !shared.writes.set(session.key.clone(), encoded.into_bytes()) {
-                tracing::debug!("session write queue full; kept in this replica only");
-            }
+        if let Some(shared) = &self.shared
+            && !shared.writes.set(session.key.clone(), encoded.into_bytes())
+        {
+            tracing::debug!("session write queue full; kept in this replica only");
         }
     }
 }

@@ -237,7 +237,8 @@ fn field(owner: &Owner, request_id: &str) -> String {
 impl SharedRecent {
     /// The Redis key of one of `owner`'s requests' score.
     fn key(&self, kind: &str, owner: &Owner, request_id: &str) -> String {
-        self.conn.key(&format!("{kind}:{}", field(owner, request_id)))
+        self.conn
+            .key(&format!("{kind}:{}", field(owner, request_id)))
     }
 }
 

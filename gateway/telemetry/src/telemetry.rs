@@ -315,8 +315,13 @@ impl Telemetry {
         window_secs: u32,
         feedback_days: u32,
     ) -> Result<Snapshot, StoreError> {
-        self.snapshot_cached(now_ms, window_secs, feedback_days, &mut ReadCache::default())
-            .await
+        self.snapshot_cached(
+            now_ms,
+            window_secs,
+            feedback_days,
+            &mut ReadCache::default(),
+        )
+        .await
     }
 
     /// [`Self::snapshot`], reading again only what can still change: the

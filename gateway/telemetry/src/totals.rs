@@ -127,7 +127,11 @@ mod tests {
     fn stored(updates: &[HashUpdate]) -> HashMap<String, f64> {
         updates
             .iter()
-            .flat_map(|u| u.fields.iter().map(|(f, v)| (field_name(f).to_string(), *v)))
+            .flat_map(|u| {
+                u.fields
+                    .iter()
+                    .map(|(f, v)| (field_name(f).to_string(), *v))
+            })
             .collect()
     }
 

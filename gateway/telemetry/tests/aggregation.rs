@@ -14,8 +14,7 @@ use std::time::Duration;
 use routemesh_telemetry::store::{Apply, HashStore, HashUpdate, StoreError};
 use routemesh_telemetry::telemetry::FULL_READ_EVERY_MS;
 use routemesh_telemetry::{
-    MemoryStore, Outcome, ReadCache, Recorder, RecorderConfig, RedisStore, RequestRecord,
-    Telemetry,
+    MemoryStore, Outcome, ReadCache, Recorder, RecorderConfig, RedisStore, RequestRecord, Telemetry,
 };
 
 const T0: u64 = 1_790_000_000_000; // the start of a 10 s slot (and of an hour)
