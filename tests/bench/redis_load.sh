@@ -60,6 +60,7 @@ sample() {
     {
         redis-cli -p "$PORT" info commandstats
         redis-cli -p "$PORT" info cpu
+        redis-cli -p "$PORT" info memory
         echo "#gateway"
         curl -s "http://$ADMIN/metrics"
     } | python3 -c '
@@ -68,13 +69,14 @@ text = sys.stdin.read()
 redis_part, gateway = text.split("#gateway", 1)
 calls = {m[0]: int(m[1]) for m in re.findall(r"cmdstat_(\w+):calls=(\d+)", redis_part)}
 cpu = sum(float(v) for v in re.findall(r"used_cpu_(?:sys|user):([0-9.]+)", redis_part))
+memory = int(re.search(r"used_memory:(\d+)", redis_part).group(1))
 def total(pattern):
     return sum(float(v) for v in re.findall(pattern + r"[^\n]* ([0-9.e+]+)\n", gateway))
 components = {c: total(r"routemesh_redis_commands_total\{component=\"%s\"\}" % c)
               for c in ("telemetry", "served_requests", "sessions")}
 trips = {c: total(r"routemesh_redis_round_trips_total\{component=\"%s\"\}" % c)
          for c in ("telemetry", "served_requests", "sessions")}
-print(json.dumps({"calls": calls, "cpu": cpu, "components": components, "trips": trips,
+print(json.dumps({"calls": calls, "cpu": cpu, "memory": memory, "components": components, "trips": trips,
                   "requests": total(r"routemesh_requests_total\{[^}]*method=\"Generate\"")}))'
 }
 
@@ -103,6 +105,7 @@ print(f"Redis commands per request: {total / n:.4f} ({total} commands, {total / 
 for cmd, c in sorted(calls.items(), key=lambda kv: -kv[1]):
     print(f"  {cmd:<16} {c / n:.4f}")
 print(f"Redis CPU per request: {cpu / n * 1e6:.1f} us ({cpu:.3f} s over the window)")
+print(f"Redis memory per request: {(b['memory'] - a['memory']) / n:.0f} B (what the TTLs then keep)")
 comp = {k: v - a["components"][k] for k, v in b["components"].items()}
 if any(comp.values()):
     print("gateway's routemesh_redis_commands_total per request: " +
