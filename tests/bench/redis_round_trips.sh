@@ -48,7 +48,7 @@ print(total(r"routemesh_redis_round_trips_total\{component=\"telemetry\"\}"),
 
 read -r T0 G0 N0 < <(counters)
 bench "$WORK/rt.json" --target generate --url "$GATEWAY" --rate "$RATE" --duration "$DURATION" --warmup 1s
-sleep 1.2  # the last telemetry flush (every 100 ms) and snapshot (every 1 s)
+sleep 2.2  # the last telemetry flush (every second) and snapshot (every second)
 read -r T1 G1 N1 < <(counters)
 python3 - "$T0" "$G0" "$N0" "$T1" "$G1" "$N1" "$RATE" <<'PY'
 import sys

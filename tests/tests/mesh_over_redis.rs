@@ -407,18 +407,32 @@ async fn the_feedback_limit_counts_every_replica() {
         comment: String::new(),
     };
     // The served request reaches Redis off the request path: wait for its
-    // record (every call counts, so none is spent waiting).
-    let key = format!("rm:v1:{{{}}}:req:-\u{1f}{id}", m.mesh);
+    // record in the time-bucketed hashes of served requests (every call
+    // counts, so none is spent waiting).
+    let buckets = format!("rm:v1:{{{}}}:req:b:*", m.mesh);
+    let field = format!("-\u{1f}{id}");
     let client = redis::Client::open(m.redis.as_str()).unwrap();
     eventually(Duration::from_secs(10), "the request is in Redis", || {
-        let (client, key) = (client.clone(), key.clone());
+        let (client, buckets, field) = (client.clone(), buckets.clone(), field.clone());
         async move {
             let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-            redis::cmd("EXISTS")
-                .arg(&key)
-                .query_async::<bool>(&mut conn)
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(&buckets)
+                .query_async(&mut conn)
                 .await
-                .unwrap()
+                .unwrap();
+            for key in keys {
+                let found: bool = redis::cmd("HEXISTS")
+                    .arg(&key)
+                    .arg(&field)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                if found {
+                    return true;
+                }
+            }
+            false
         }
     })
     .await;

@@ -146,6 +146,16 @@ pub async fn start_worker(
     let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(limits.keepalive_interval))
         .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+        // A gateway multiplexes thousands of requests over one connection.
+        // h2's guards against abusive peers count small DATA frames not yet
+        // read (a budget of half the connection window) and streams reset
+        // before they were accepted (20 by default); when this agent is
+        // saturated, a gateway's ordinary traffic (small gRPC messages;
+        // calls cancelled at their deadline) trips them, and the GOAWAY
+        // fails every call on the connection at once. The peers here are
+        // the mesh's own gateways: give the guards room for their load.
+        .initial_connection_window_size(Some(WORKER_CONNECTION_WINDOW))
+        .http2_max_pending_accept_reset_streams(Some(WORKER_PENDING_RESETS))
         .layer(conn::TrackRequestsLayer::tonic())
         .add_service(health_service)
         .add_service(routemesh_proto::reflection_v1()?)
@@ -260,6 +270,12 @@ pub async fn start_worker(
         task,
     })
 }
+
+/// The HTTP/2 connection window a gateway's connection gets (h2 allows half
+/// of it in small DATA frames not yet read: about 85,000 small requests).
+const WORKER_CONNECTION_WINDOW: u32 = 32 << 20;
+/// Streams a gateway may reset before this agent accepted them.
+const WORKER_PENDING_RESETS: usize = 10_000;
 
 /// Failed probes in a row before the engine counts as down: one lost probe
 /// does not take a worker out of the pool.

@@ -57,15 +57,30 @@ async fn metrics(State(state): State<Arc<GatewayState>>) -> Response {
         stats.shared_write_errors.load(Relaxed) + stats.shared_snapshot_errors.load(Relaxed),
         stats.buffered.load(Relaxed),
     );
-    crate::metrics::redis_round_trips(
-        state.recorder.reports().round_trips(),
-        state.pool.registry_round_trips(),
+    let telemetry = state.recorder.reports();
+    crate::metrics::redis_work(
+        "telemetry",
+        telemetry.round_trips(),
+        Some(telemetry.commands()),
     );
     let slots = state.config.max_concurrent_requests;
     crate::metrics::gateway_in_flight(
         slots.saturating_sub(state.admission.available_permits()),
         slots,
     );
+    crate::metrics::redis_work("registry", state.pool.registry_round_trips(), None);
+    for (component, cost) in [
+        ("served_requests", state.recent.redis_cost()),
+        ("sessions", state.sessions.redis_cost()),
+    ] {
+        if let Some(cost) = cost {
+            crate::metrics::redis_work(
+                component,
+                cost.round_trips.load(Relaxed),
+                Some(cost.commands.load(Relaxed)),
+            );
+        }
+    }
     match crate::metrics::handle() {
         Some(handle) => (
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

@@ -87,6 +87,9 @@ pub(crate) const REDIS_ROUND_TRIPS: &str = "routemesh_redis_round_trips_total";
 pub(crate) const GATEWAY_IN_FLIGHT: &str = "routemesh_gateway_requests_in_flight";
 /// Its `max_concurrent_requests`: in-flight over this is the share used.
 pub(crate) const GATEWAY_SLOTS: &str = "routemesh_gateway_request_slots";
+/// Commands sent to Redis, each of a pipeline counted: divided by requests,
+/// what one served request costs Redis.
+pub(crate) const REDIS_COMMANDS: &str = "routemesh_redis_commands_total";
 
 const SECONDS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -207,7 +210,9 @@ pub(crate) fn known_series<'a>(tenants: impl IntoIterator<Item = (&'a str, bool)
         counter!(FEEDBACK_EXEMPLARS_LOST, "reason" => reason).increment(0);
     }
     telemetry(0, 0, 0);
-    redis_round_trips(0, 0);
+    for component in REDIS_COMPONENTS {
+        redis_work(component, 0, Some(0));
+    }
 }
 
 /// The tenants of the configuration, for their per-model series.
@@ -330,10 +335,17 @@ pub(crate) fn feedback_memory_rejected() {
     counter!(FEEDBACK_EXEMPLARS_LOST, "reason" => "rejected").increment(1);
 }
 
-/// Round trips to Redis so far, by what made them.
-pub(crate) fn redis_round_trips(telemetry: u64, registry: u64) {
-    counter!(REDIS_ROUND_TRIPS, "component" => "telemetry").absolute(telemetry);
-    counter!(REDIS_ROUND_TRIPS, "component" => "registry").absolute(registry);
+/// What makes Redis round trips (`component` label values).
+pub(crate) const REDIS_COMPONENTS: [&str; 4] =
+    ["telemetry", "registry", "served_requests", "sessions"];
+
+/// Round trips to Redis so far by `component`, and the commands they
+/// carried where the component counts them (the registry does not).
+pub(crate) fn redis_work(component: &'static str, round_trips: u64, commands: Option<u64>) {
+    counter!(REDIS_ROUND_TRIPS, "component" => component).absolute(round_trips);
+    if let Some(commands) = commands {
+        counter!(REDIS_COMMANDS, "component" => component).absolute(commands);
+    }
 }
 
 /// Generations in flight now, out of `slots` (read at each scrape).

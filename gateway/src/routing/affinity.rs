@@ -7,9 +7,10 @@
 //! header) or recognised by its opening (its system turns and first user
 //! turn, hashed), scoped to the tenant. Each replica keeps the sessions it
 //! has seen in a bounded cache; with `registry.redis` they are shared in
-//! TTL'd keys, read only for a later turn this replica has not seen
-//! (one GET, bounded by `redis_timeout`) and written off the request path
-//! by one writer task.
+//! time-bucketed hashes (see `redis_writes`), read only for a later turn
+//! this replica has not seen (one pipelined lookup, bounded by
+//! `redis_timeout`) and written off the request path by one writer task,
+//! a flush's sessions in one `HSET`.
 
 use std::time::Duration;
 
@@ -19,7 +20,7 @@ use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::redis_writes::WriteBehind;
+use crate::redis_writes::{Buckets, RedisCost, WriteBehind};
 
 use routemesh_proto::v1::ChatMessage;
 
@@ -130,7 +131,7 @@ pub(crate) struct Sessions {
 }
 
 struct Shared {
-    conn: RedisConn,
+    sessions: Buckets,
     writes: WriteBehind,
 }
 
@@ -152,21 +153,29 @@ impl Sessions {
         }
     }
 
-    /// Sessions shared through Redis; the writer task stops with `stop`.
+    /// Sessions shared through Redis, written at most once per `linger`;
+    /// the writer task stops with `stop`.
     pub(crate) fn shared(
         config: SessionAffinityConfig,
         conn: RedisConn,
+        linger: Duration,
         stop: CancellationToken,
     ) -> (Self, tokio::task::JoinHandle<()>) {
-        let (writes, writer) = WriteBehind::start(conn.clone(), config.ttl, "sessions", stop);
+        let sessions = Buckets::new(conn, "session", config.ttl);
+        let (writes, writer) = WriteBehind::start(sessions.clone(), linger, "sessions", stop);
         (
             Self {
                 local: crate::cache::bounded(config.max_sessions),
                 config,
-                shared: Some(Shared { conn, writes }),
+                shared: Some(Shared { sessions, writes }),
             },
             writer,
         )
+    }
+
+    /// What sharing sessions has cost Redis (`None` unshared).
+    pub(crate) fn redis_cost(&self) -> Option<&RedisCost> {
+        self.shared.as_ref().map(|s| &*s.sessions.cost)
     }
 
     /// A request's session, if it has one: the client's `session_id`, else
@@ -218,7 +227,7 @@ impl Sessions {
     }
 
     /// Where the session's earlier turns went, if anyone remembers: this
-    /// replica, else the shared store (one bounded GET).
+    /// replica, else the shared store (one bounded pipelined lookup).
     pub(crate) async fn lookup(&self, session: &Session) -> Option<Sticky> {
         if session.opening {
             return None;
@@ -229,18 +238,12 @@ impl Sessions {
             return Some(sticky);
         }
         let shared = self.shared.as_ref()?;
-        let key = shared.conn.key(&format!("session:{}", session.key));
-        let mut conn = shared.conn.manager();
-        let read = tokio::time::timeout(
-            self.config.redis_timeout,
-            redis::cmd("GET")
-                .arg(&key)
-                .query_async::<Option<String>>(&mut conn),
-        )
-        .await;
+        let read =
+            tokio::time::timeout(self.config.redis_timeout, shared.sessions.get(&session.key))
+                .await;
         match read {
-            Ok(Ok(Some(text))) => {
-                let sticky = Sticky::decode(&text)?;
+            Ok(Ok(Some(bytes))) => {
+                let sticky = Sticky::decode(std::str::from_utf8(&bytes).ok()?)?;
                 self.local.insert(
                     session.key.clone(),
                     (sticky.clone(), Instant::now() + self.config.ttl),
@@ -277,11 +280,10 @@ impl Sessions {
             session.key.clone(),
             (sticky, Instant::now() + self.config.ttl),
         );
-        if let Some(shared) = &self.shared {
-            let key = shared.conn.key(&format!("session:{}", session.key));
-            if !shared.writes.set(key, encoded.into_bytes()) {
-                tracing::debug!("session write queue full; kept in this replica only");
-            }
+        if let Some(shared) = &self.shared
+            && !shared.writes.set(session.key.clone(), encoded.into_bytes())
+        {
+            tracing::debug!("session write queue full; kept in this replica only");
         }
     }
 }

@@ -11,7 +11,9 @@
 //! With `registry.redis`, every served request is also written to Redis
 //! (off the request path, about 500 bytes, `gateway.shared_request_ttl`),
 //! with its score beside it, so Feedback sent to any replica finds it and
-//! a request keeps one score whichever replicas score it.
+//! a request keeps one score whichever replicas score it. The records of
+//! one flush go into one time-bucketed hash (see `redis_writes`): a share
+//! of two commands per flush, not a `SET` per request.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,7 +21,7 @@ use std::time::Duration;
 use routemesh_mesh::{ModelSpec, RedisConn};
 use tokio_util::sync::CancellationToken;
 
-use crate::redis_writes::WriteBehind;
+use crate::redis_writes::{Buckets, RedisCost, WriteBehind};
 use crate::routing::feedback::wire;
 use crate::routing::quality::{Predicted, RoutedPrompt};
 
@@ -87,6 +89,7 @@ impl std::fmt::Debug for Recent {
 /// The served requests every replica can read.
 struct SharedRecent {
     conn: RedisConn,
+    records: Buckets,
     writes: WriteBehind,
     ttl: Duration,
     swap: redis::Script,
@@ -107,16 +110,20 @@ impl Recent {
         }
     }
 
-    /// Also shared through Redis for `ttl`; the writer stops with `stop`.
+    /// Also shared through Redis for `ttl`, written at most once per
+    /// `linger`; the writer stops with `stop`.
     pub(crate) fn shared(
         capacity: usize,
         conn: RedisConn,
         ttl: Duration,
+        linger: Duration,
         stop: CancellationToken,
     ) -> (Self, tokio::task::JoinHandle<()>) {
-        let (writes, task) = WriteBehind::start(conn.clone(), ttl, "served requests", stop);
+        let records = Buckets::new(conn.clone(), "req", ttl);
+        let (writes, task) = WriteBehind::start(records.clone(), linger, "served requests", stop);
         let shared = SharedRecent {
             conn,
+            records,
             writes,
             ttl,
             swap: redis::Script::new(SWAP_SCORE),
@@ -137,10 +144,7 @@ impl Recent {
                 &served.worker_id,
                 served.predicted.as_deref(),
             );
-            if !shared
-                .writes
-                .set(shared.key("req", owner, request_id), record)
-            {
+            if !shared.writes.set(field(owner, request_id), record) {
                 tracing::debug!(
                     "served-request queue full; feedback on it reaches this replica only"
                 );
@@ -148,6 +152,11 @@ impl Recent {
         }
         self.served
             .insert((owner.clone(), request_id.to_string()), served);
+    }
+
+    /// What sharing served requests has cost Redis (`None` unshared).
+    pub(crate) fn redis_cost(&self) -> Option<&RedisCost> {
+        self.shared.as_ref().map(|s| &*s.records.cost)
     }
 
     /// True when requests are shared through Redis (scores then live there).
@@ -163,10 +172,9 @@ impl Recent {
         request_id: &str,
     ) -> Option<ServedElsewhere> {
         let shared = self.shared.as_ref()?;
-        let mut conn = shared.conn.manager();
-        let bytes: Option<Vec<u8>> = redis::cmd("GET")
-            .arg(shared.key("req", owner, request_id))
-            .query_async(&mut conn)
+        let bytes = shared
+            .records
+            .get(&field(owner, request_id))
             .await
             .map_err(|e| tracing::debug!(error = %e, "served requests unreadable (Redis)"))
             .ok()?;
@@ -217,14 +225,20 @@ impl Recent {
     }
 }
 
+/// One of `owner`'s requests, as named in Redis (owner and id kept apart
+/// by a separator neither may hold).
+fn field(owner: &Owner, request_id: &str) -> String {
+    let owner = owner
+        .as_deref()
+        .map_or_else(|| "-".to_string(), |o| format!("t:{o}"));
+    format!("{owner}\u{1f}{request_id}")
+}
+
 impl SharedRecent {
-    /// The Redis key of one of `owner`'s requests (owner and id kept apart
-    /// by a separator neither may hold).
+    /// The Redis key of one of `owner`'s requests' score.
     fn key(&self, kind: &str, owner: &Owner, request_id: &str) -> String {
-        let owner = owner
-            .as_deref()
-            .map_or_else(|| "-".to_string(), |o| format!("t:{o}"));
-        self.conn.key(&format!("{kind}:{owner}\u{1f}{request_id}"))
+        self.conn
+            .key(&format!("{kind}:{}", field(owner, request_id)))
     }
 }
 

@@ -296,15 +296,20 @@ pub async fn start_gateway(
     };
     let (sessions, recent, state_writers) = match request_state {
         Some(conn) => {
+            // Served requests and sessions are flushed with the telemetry:
+            // a record queued while its writer is idle is written at once,
+            // later ones wait for the next flush, one HSET for all of them.
             let (sessions, sessions_writer) = crate::routing::affinity::Sessions::shared(
                 config.session_affinity.clone(),
                 conn.clone(),
+                config.telemetry.flush_interval,
                 shutdown.child_token(),
             );
             let (recent, recent_writer) = Recent::shared(
                 config.feedback_window,
                 conn,
                 config.shared_request_ttl,
+                config.telemetry.flush_interval,
                 shutdown.child_token(),
             );
             (sessions, recent, vec![sessions_writer, recent_writer])

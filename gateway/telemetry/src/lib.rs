@@ -10,8 +10,9 @@ pub mod record;
 pub mod recorder;
 pub mod store;
 pub mod telemetry;
+mod totals;
 
 pub use record::{FeedbackEvent, Outcome, RequestRecord};
 pub use recorder::{LiveSnapshot, Recorder, RecorderConfig, RecorderStats};
 pub use store::{HashStore, MemoryStore, RedisStore, StoreError};
-pub use telemetry::{QualityFeedback, Series, Snapshot, SpendRow, Stats, Telemetry};
+pub use telemetry::{QualityFeedback, ReadCache, Series, Snapshot, SpendRow, Stats, Telemetry};

@@ -1,7 +1,10 @@
 //! Recording off the request path: the request path only does a `try_send`
-//! into a bounded channel; a background task batches records into the store
-//! (one pipelined round trip per batch), buffers them while the shared store
-//! is down (bounded, oldest dropped and counted), and refreshes the snapshot
+//! into a bounded channel; a background task collects a flush interval's
+//! records and writes them aggregated (one pipelined round trip, one
+//! increment per distinct field of a (worker, model, tenant, slot) series
+//! or spend period however many records share it, so Redis commands per
+//! request fall as the rate rises), buffers them while the shared store is
+//! down (bounded, oldest dropped and counted), and refreshes the snapshot
 //! the router reads. Local observations are always kept too, so routing goes
 //! on from them when the shared store is unreachable.
 
@@ -18,11 +21,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::record::{FeedbackEvent, RequestRecord, now_ms};
 use crate::store::MemoryStore;
-use crate::telemetry::{Snapshot, Telemetry};
+use crate::telemetry::{ReadCache, Snapshot, Telemetry};
 
 #[derive(Debug, Clone)]
 pub struct RecorderConfig {
-    /// Records per store write at most.
+    /// Records one store write aggregates at most: a flush comes early when
+    /// this many are waiting (bounds the memory they hold).
     pub batch_max: usize,
     /// Longest a record waits before it is written.
     pub flush_interval: Duration,
@@ -40,8 +44,8 @@ pub struct RecorderConfig {
 impl Default for RecorderConfig {
     fn default() -> Self {
         Self {
-            batch_max: 512,
-            flush_interval: Duration::from_millis(100),
+            batch_max: 50_000,
+            flush_interval: Duration::from_secs(1),
             buffer_max: 100_000,
             channel_capacity: 65_536,
             snapshot_interval: Duration::from_secs(1),
@@ -118,6 +122,7 @@ impl Recorder {
             outage_feedback: VecDeque::new(),
             retry_at: None,
             backoff: Duration::from_millis(100),
+            read_cache: ReadCache::default(),
         };
         let task = tokio::spawn(worker.run(rx, stop.clone()));
         Self {
@@ -203,6 +208,8 @@ struct Flusher {
     outage_feedback: VecDeque<FeedbackEvent>,
     retry_at: Option<Instant>,
     backoff: Duration,
+    /// What the last shared snapshot read and need not read again.
+    read_cache: ReadCache,
 }
 
 impl Flusher {
@@ -324,7 +331,10 @@ impl Flusher {
         let (window, days) = (self.config.window_secs, self.config.feedback_days);
         let shared = match &self.shared {
             Some(shared) if self.retry_at.is_none() => {
-                match shared.snapshot(now, window, days).await {
+                match shared
+                    .snapshot_cached(now, window, days, &mut self.read_cache)
+                    .await
+                {
                     Ok(s) => Some(s),
                     Err(e) => {
                         self.stats

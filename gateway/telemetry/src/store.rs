@@ -1,6 +1,7 @@
 //! The storage interface under telemetry: hashes of float counters that only
-//! grow by increments (so concurrent replicas merge without coordination) and
-//! expire, plus index sets naming which hashes exist. Two implementations:
+//! grow by increments, or whose fields only one writer owns and replaces
+//! (so concurrent replicas merge without coordination), and that expire,
+//! plus index sets naming which hashes exist. Two implementations:
 //! in memory and Redis. Keys are relative; each store adds its own prefix.
 
 use std::collections::{HashMap, HashSet};
@@ -9,12 +10,22 @@ use std::time::{Duration, Instant};
 
 use routemesh_mesh::{Patience, RedisConn};
 
-/// Increments to one hash, and how long the hash lives after this write.
+/// Changes to one hash, and how long the hash lives after this write.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HashUpdate {
     pub key: String,
     pub ttl: Duration,
     pub fields: Vec<(String, f64)>,
+    pub apply: Apply,
+}
+
+/// How an update's fields change the hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Apply {
+    /// `field += value` (Redis: one HINCRBYFLOAT per field).
+    Add,
+    /// `field = value` (Redis: one HSET for all the fields).
+    Replace,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -25,7 +36,8 @@ pub enum StoreError {
 
 #[async_trait::async_trait]
 pub trait HashStore: Send + Sync + 'static {
-    /// Applies every update: `field += by`, then the key's TTL is renewed.
+    /// Applies every update (`field += by` or `field = value`), then the
+    /// key's TTL is renewed.
     async fn update(&self, updates: &[HashUpdate]) -> Result<(), StoreError>;
     /// Adds members to an index set whose TTL is renewed.
     async fn index_add(
@@ -40,6 +52,11 @@ pub trait HashStore: Send + Sync + 'static {
     async fn read(&self, keys: &[String]) -> Result<Vec<HashMap<String, f64>>, StoreError>;
     /// Network round trips made so far (0 for stores without a network).
     fn round_trips(&self) -> u64 {
+        0
+    }
+    /// Commands sent so far, pipelined ones each counted (0 for stores
+    /// without a network).
+    fn commands(&self) -> u64 {
         0
     }
 }
@@ -86,8 +103,12 @@ impl HashStore for MemoryStore {
                     .hashes
                     .entry(u.key.clone())
                     .or_insert_with(|| (HashMap::new(), now));
-                for (field, by) in &u.fields {
-                    *entry.0.entry(field.clone()).or_insert(0.0) += by;
+                for (field, value) in &u.fields {
+                    let stored = entry.0.entry(field.clone()).or_insert(0.0);
+                    match u.apply {
+                        Apply::Add => *stored += value,
+                        Apply::Replace => *stored = *value,
+                    }
                 }
                 entry.1 = now + u.ttl;
             }
@@ -146,6 +167,7 @@ impl HashStore for MemoryStore {
 pub struct RedisStore {
     redis: RedisConn,
     round_trips: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    commands: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -175,6 +197,7 @@ impl RedisStore {
         Ok(Self {
             redis: RedisConn::connect(url, mesh, patience).await?,
             round_trips: Default::default(),
+            commands: Default::default(),
         })
     }
 
@@ -182,9 +205,12 @@ impl RedisStore {
         self.redis.key(key)
     }
 
-    fn trip(&self) {
+    /// Counts one round trip of `commands` commands.
+    fn trip(&self, commands: usize) {
         self.round_trips
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.commands
+            .fetch_add(commands as u64, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -197,17 +223,29 @@ impl HashStore for RedisStore {
         let mut pipe = redis::pipe();
         for u in updates {
             let key = self.key(&u.key);
-            for (field, by) in &u.fields {
-                pipe.cmd("HINCRBYFLOAT")
-                    .arg(&key)
-                    .arg(field)
-                    .arg(*by)
-                    .ignore();
+            match u.apply {
+                Apply::Add => {
+                    for (field, by) in &u.fields {
+                        pipe.cmd("HINCRBYFLOAT")
+                            .arg(&key)
+                            .arg(field)
+                            .arg(*by)
+                            .ignore();
+                    }
+                }
+                Apply::Replace if u.fields.is_empty() => {}
+                Apply::Replace => {
+                    let hset = pipe.cmd("HSET").arg(&key);
+                    for (field, value) in &u.fields {
+                        hset.arg(field).arg(*value);
+                    }
+                    hset.ignore();
+                }
             }
             pipe.cmd("PEXPIRE").arg(&key).arg(ttl_ms(u.ttl)).ignore();
         }
         let mut conn = self.redis.manager();
-        self.trip();
+        self.trip(pipe.len());
         pipe.query_async::<()>(&mut conn).await?;
         Ok(())
     }
@@ -223,7 +261,7 @@ impl HashStore for RedisStore {
         }
         let key = self.key(index);
         let mut conn = self.redis.manager();
-        self.trip();
+        self.trip(2);
         redis::pipe()
             .cmd("SADD")
             .arg(&key)
@@ -240,7 +278,7 @@ impl HashStore for RedisStore {
 
     async fn index(&self, index: &str) -> Result<Vec<String>, StoreError> {
         let mut conn = self.redis.manager();
-        self.trip();
+        self.trip(1);
         let mut members: Vec<String> = redis::cmd("SMEMBERS")
             .arg(self.key(index))
             .query_async(&mut conn)
@@ -258,7 +296,7 @@ impl HashStore for RedisStore {
             pipe.cmd("HGETALL").arg(self.key(k));
         }
         let mut conn = self.redis.manager();
-        self.trip();
+        self.trip(pipe.len());
         let raw: Vec<HashMap<String, String>> = pipe.query_async(&mut conn).await?;
         Ok(raw
             .into_iter()
@@ -272,5 +310,9 @@ impl HashStore for RedisStore {
 
     fn round_trips(&self) -> u64 {
         self.round_trips.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn commands(&self) -> u64 {
+        self.commands.load(std::sync::atomic::Ordering::Relaxed)
     }
 }

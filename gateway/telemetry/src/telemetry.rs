@@ -10,7 +10,8 @@ use serde::Serialize;
 
 use crate::histogram::{self, BUCKETS};
 use crate::record::{FeedbackEvent, Outcome, RequestRecord};
-use crate::store::{HashStore, HashUpdate, StoreError};
+use crate::store::{Apply, HashStore, HashUpdate, StoreError};
+use crate::totals::{self, SlotTotals};
 
 /// Counters are kept per 10-second slot, so a window can be short enough
 /// for routing to notice a recovery within seconds.
@@ -132,9 +133,24 @@ pub struct SpendRow {
     pub follow_up_completion_tokens: f64,
 }
 
+/// How often a cached snapshot reads every hash again.
+pub const FULL_READ_EVERY_MS: u64 = 10_000;
+
+/// The hashes of closed slots and past days a snapshot read, kept for the
+/// next one (see [`Telemetry::snapshot_cached`]).
+#[derive(Debug, Default)]
+pub struct ReadCache {
+    hashes: HashMap<String, HashMap<String, f64>>,
+    full_read_at_ms: Option<u64>,
+}
+
+/// One writer's telemetry (a clone is the same writer).
 #[derive(Clone)]
 pub struct Telemetry {
     store: Arc<dyn HashStore>,
+    /// This writer's running totals of its open slots; held across a
+    /// write so flushes replace them in order.
+    totals: Arc<tokio::sync::Mutex<SlotTotals>>,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -148,8 +164,12 @@ fn add(fields: &mut HashMap<String, f64>, field: impl Into<String>, by: f64) {
 }
 
 impl Telemetry {
+    /// A writer of its own over `store` (each replica is one).
     pub fn new(store: Arc<dyn HashStore>) -> Self {
-        Self { store }
+        Self {
+            store,
+            totals: Arc::new(tokio::sync::Mutex::new(SlotTotals::new())),
+        }
     }
 
     /// Network round trips its store has made.
@@ -157,9 +177,17 @@ impl Telemetry {
         self.store.round_trips()
     }
 
-    /// Records a batch in one store round trip (two with the index).
+    /// Commands its store has sent (each of a pipeline counted).
+    pub fn commands(&self) -> u64 {
+        self.store.commands()
+    }
+
+    /// Records a batch in one store round trip (two with the index),
+    /// aggregated: each series' slot is one replace of this writer's running
+    /// totals, each spend period one increment per distinct field, however
+    /// many records the batch holds.
     pub async fn record(&self, batch: &[RequestRecord]) -> Result<(), StoreError> {
-        let mut slots: HashMap<String, HashMap<String, f64>> = HashMap::new();
+        let mut slots: HashMap<(String, u64), HashMap<String, f64>> = HashMap::new();
         let mut hours: HashMap<u64, HashMap<String, f64>> = HashMap::new();
         let mut days: HashMap<u64, HashMap<String, f64>> = HashMap::new();
         let mut series_ids: Vec<String> = Vec::new();
@@ -171,7 +199,7 @@ impl Telemetry {
                 Series::Tenant(r.tenant.clone()),
             ] {
                 let id = series.id();
-                let f = slots.entry(slot_key(&id, slot)).or_default();
+                let f = slots.entry((slot_key(&id, slot), slot)).or_default();
                 if !series_ids.contains(&id) {
                     series_ids.push(id);
                 }
@@ -221,25 +249,24 @@ impl Telemetry {
                 }
             }
         }
-        let mut updates: Vec<HashUpdate> = slots
-            .into_iter()
-            .map(|(key, fields)| HashUpdate {
-                key,
-                ttl: SLOT_TTL,
-                fields: fields.into_iter().collect(),
-            })
-            .collect();
+        let newest_slot = slots.keys().map(|(_, slot)| *slot).max().unwrap_or(0);
+        let mut totals = self.totals.lock().await;
+        let (mut updates, uncommitted) = totals.updates(slots, SLOT_TTL);
         updates.extend(hours.into_iter().map(|(h, f)| HashUpdate {
             key: format!("spend:h:{h}"),
             ttl: HOUR_TTL,
             fields: f.into_iter().collect(),
+            apply: Apply::Add,
         }));
         updates.extend(days.into_iter().map(|(d, f)| HashUpdate {
             key: format!("spend:d:{d}"),
             ttl: DAY_TTL,
             fields: f.into_iter().collect(),
+            apply: Apply::Add,
         }));
         self.store.update(&updates).await?;
+        totals.commit(uncommitted, newest_slot);
+        drop(totals);
         self.store
             .index_add(SERIES_INDEX, &series_ids, SLOT_TTL)
             .await
@@ -274,6 +301,7 @@ impl Telemetry {
                 key: format!("fb:{d}"),
                 ttl: FEEDBACK_TTL,
                 fields: f.into_iter().collect(),
+                apply: Apply::Add,
             })
             .collect();
         self.store.update(&updates).await
@@ -286,6 +314,26 @@ impl Telemetry {
         now_ms: u64,
         window_secs: u32,
         feedback_days: u32,
+    ) -> Result<Snapshot, StoreError> {
+        self.snapshot_cached(
+            now_ms,
+            window_secs,
+            feedback_days,
+            &mut ReadCache::default(),
+        )
+        .await
+    }
+
+    /// [`Self::snapshot`], reading again only what can still change: the
+    /// current and the previous slot and today's feedback, plus whatever
+    /// `cache` does not hold; everything every [`FULL_READ_EVERY_MS`] (so
+    /// writes that arrive late, as after an outage, are seen within it).
+    pub async fn snapshot_cached(
+        &self,
+        now_ms: u64,
+        window_secs: u32,
+        feedback_days: u32,
+        cache: &mut ReadCache,
     ) -> Result<Snapshot, StoreError> {
         let series: Vec<Series> = self
             .store
@@ -301,16 +349,46 @@ impl Telemetry {
         let slots: Vec<u64> = (0..slot_count)
             .filter_map(|i| this_slot.checked_sub(i))
             .collect();
-        let mut keys: Vec<String> = series
+        let mut keys: Vec<(String, bool)> = series
             .iter()
-            .flat_map(|s| slots.iter().map(move |m| slot_key(&s.id(), *m)))
+            .flat_map(|s| {
+                slots
+                    .iter()
+                    .map(move |m| (slot_key(&s.id(), *m), *m + 1 >= this_slot))
+            })
             .collect();
         let today = now_ms / DAY_MS;
         let fb_days: Vec<u64> = (0..u64::from(feedback_days.max(1)))
             .filter_map(|i| today.checked_sub(i))
             .collect();
-        keys.extend(fb_days.iter().map(|d| format!("fb:{d}")));
-        let hashes = self.store.read(&keys).await?;
+        keys.extend(fb_days.iter().map(|d| (format!("fb:{d}"), *d == today)));
+        let full = cache
+            .full_read_at_ms
+            .is_none_or(|at| now_ms < at || now_ms - at >= FULL_READ_EVERY_MS);
+        let wanted: Vec<String> = keys
+            .iter()
+            .filter(|(key, hot)| full || *hot || !cache.hashes.contains_key(key))
+            .map(|(key, _)| key.clone())
+            .collect();
+        let mut read = self.store.read(&wanted).await?.into_iter();
+        let mut hashes: Vec<HashMap<String, f64>> = Vec::with_capacity(keys.len());
+        for (key, hot) in &keys {
+            let hash = if full || *hot || !cache.hashes.contains_key(key) {
+                read.next().unwrap_or_default()
+            } else {
+                cache.hashes.get(key).cloned().unwrap_or_default()
+            };
+            hashes.push(hash);
+        }
+        cache.hashes = keys
+            .iter()
+            .zip(&hashes)
+            .filter(|((_, hot), _)| !hot)
+            .map(|((key, _), hash)| (key.clone(), hash.clone()))
+            .collect();
+        if full {
+            cache.full_read_at_ms = Some(now_ms);
+        }
 
         let mut snapshot = Snapshot {
             at_ms: now_ms,
@@ -319,7 +397,7 @@ impl Telemetry {
         };
         let per_series = slots.len();
         for (i, s) in series.iter().enumerate() {
-            let merged = merge(&hashes[i * per_series..(i + 1) * per_series]);
+            let merged = merge(&hashes[i * per_series..(i + 1) * per_series], true);
             if merged.get("n").copied().unwrap_or(0.0) <= 0.0 {
                 continue;
             }
@@ -330,7 +408,7 @@ impl Telemetry {
                 Series::Tenant(t) => snapshot.tenants.insert(t.clone(), stats),
             };
         }
-        for (field, value) in merge(&hashes[series.len() * per_series..]) {
+        for (field, value) in merge(&hashes[series.len() * per_series..], false) {
             let mut parts = field.split(SEP);
             let (Some(model), Some(scope), Some(kind)) = (parts.next(), parts.next(), parts.next())
             else {
@@ -418,11 +496,14 @@ impl Telemetry {
     }
 }
 
-fn merge(hashes: &[HashMap<String, f64>]) -> HashMap<String, f64> {
+/// Sums `hashes` field by field; slot hashes (`by_writer`) are summed over
+/// their writers too.
+fn merge(hashes: &[HashMap<String, f64>], by_writer: bool) -> HashMap<String, f64> {
     let mut merged = HashMap::new();
     for h in hashes {
         for (k, v) in h {
-            *merged.entry(k.clone()).or_insert(0.0) += v;
+            let name = if by_writer { totals::field_name(k) } else { k };
+            *merged.entry(name.to_string()).or_insert(0.0) += v;
         }
     }
     merged

@@ -93,6 +93,10 @@ async fn buffers_through_an_outage_and_converges_after() {
         recorder.stats.buffered.load(Ordering::Relaxed) == 0
     })
     .await;
+    // A slot's hash holds this replica's running totals, replaced whole on
+    // each write: the outage's records arrive, and with them what the
+    // replica had written before into the same slot (Redis lost it).
+    // Earlier slots it no longer writes stay lost: 30 to 80 requests.
     until(
         "the shared snapshot again, with the outage's records",
         || {
@@ -102,7 +106,7 @@ async fn buffers_through_an_outage_and_converges_after() {
                     .snapshot
                     .workers
                     .get("w")
-                    .is_some_and(|s| s.requests == 30.0)
+                    .is_some_and(|s| (30.0..=80.0).contains(&s.requests))
         },
     )
     .await;

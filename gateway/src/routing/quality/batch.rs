@@ -30,12 +30,13 @@ const BUCKETS: [usize; 4] = [16, 32, 64, usize::MAX];
 const QUEUE: usize = 1024;
 
 /// `router.batch`: micro-batching of the full path's encoder runs.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchSettings {
     /// How long the first prompt of a length bucket waits for others before
     /// its batch runs. `0s` turns batching off: each prompt is its own pass.
     #[serde(default = "default_wait", with = "humantime_serde")]
+    #[schemars(schema_with = "routemesh_mesh::config_schema::duration")]
     pub wait: Duration,
     /// Prompts in one pass at most; a full bucket runs at once.
     #[serde(default = "default_max_size")]
@@ -51,6 +52,7 @@ pub struct BatchSettings {
     /// router slot); beyond it the prompt is routed on priors and counted in
     /// `routemesh_router_overloaded_total`.
     #[serde(default = "default_max_queue_wait", with = "humantime_serde")]
+    #[schemars(schema_with = "routemesh_mesh::config_schema::duration")]
     pub max_queue_wait: Duration,
 }
 
