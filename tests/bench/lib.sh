@@ -106,7 +106,8 @@ bench() {
 # UNIQUE_PROMPTS holds the bench flag that makes its prompt cache miss
 # (ENCODER_THREADS sets the router's encoder_threads, ROUTER_BATCH its `batch`
 # settings as a YAML flow mapping, e.g. '{wait: 0s}' for no batching).
-# GATEWAY_EXTRA: more lines of the `gateway:` section (indented two spaces).
+# GATEWAY_EXTRA: more lines of the `gateway:` section (indented two spaces);
+# MAX_CONCURRENT its max_concurrent_requests (default 100000: no shedding).
 # The gateway reaches the worker through its port (IN_PROCESS_WORKERS=true
 # calls it in-process instead): "added" here is the gateway as deployed, with
 # its workers on other nodes, so the hop to the worker is part of it.
@@ -130,7 +131,7 @@ start_zero_mesh() {
     start_mesh "$1" "gateway:
   listen: 127.0.0.1:0
   http_listen: 127.0.0.1:0
-  max_concurrent_requests: 100000
+  max_concurrent_requests: ${MAX_CONCURRENT:-100000}
   in_process_workers: ${IN_PROCESS_WORKERS:-false}
 ${GATEWAY_EXTRA:-}
 $router_yaml
