@@ -336,12 +336,7 @@ pub fn accept_guarded(
         let mut last_warning: Option<Instant> = None;
         // Connections in the order they came, for eviction.
         let mut admitted: VecDeque<Weak<ConnState>> = VecDeque::new();
-        // Newcomers waiting for the slot of the connection evicted for them:
-        // each waits in a task of its own, so a flood of newcomers is not
-        // served one eviction at a time. Aborted with this task.
-        let mut waiting = tokio::task::JoinSet::new();
         loop {
-            while waiting.try_join_next().is_some() {}
             let (tcp, peer) = tokio::select! {
                 () = stop.cancelled() => return,
                 () = tx.closed() => return,
@@ -355,88 +350,51 @@ pub fn accept_guarded(
                     }
                 },
             };
-            let _ = tcp.set_nodelay(true);
-            match slots.clone().try_acquire_owned() {
-                Ok(slot) => {
-                    let admit = admission(tcp, peer, slot, &limits, &mut admitted);
-                    if tx.send(admit).await.is_err() {
-                        return;
-                    }
-                }
+            let slot = match slots.clone().try_acquire_owned() {
+                Ok(slot) => Some(slot),
                 // Full: the oldest connection without a request in progress
-                // goes, and its slot comes back as soon as its server drops
-                // it. The newcomer waits for that slot (bounded: the open
-                // sockets stay within the cap plus the few waiting).
-                Err(_) if waiting.len() < MAX_WAITING && evict_oldest_idle(&mut admitted) => {
-                    let state = Arc::new(ConnState::new(&limits));
-                    admitted.push_back(Arc::downgrade(&state));
-                    let (tx, slots) = (tx.clone(), slots.clone());
-                    waiting.spawn(async move {
-                        match tokio::time::timeout(EVICTION_WAIT, slots.acquire_owned()).await {
-                            Ok(Ok(slot)) => {
-                                let _ = tx.send(guarded(tcp, peer, slot, &limits, state)).await;
-                            }
-                            _ => refuse(tcp, what),
-                        }
-                    });
+                // goes, and its slot comes back as soon as its server drops it.
+                Err(_) if evict_oldest_idle(&mut admitted) => {
+                    tokio::time::timeout(EVICTION_WAIT, slots.clone().acquire_owned())
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
                 }
-                Err(_) => {
-                    refuse(tcp, what);
-                    if last_warning.is_none_or(|at| at.elapsed() > Duration::from_secs(10)) {
-                        tracing::warn!(
-                            listener = what,
-                            max_open = limits.max_open,
-                            "connection limit reached with every connection busy; new connections are closed"
-                        );
-                        last_warning = Some(Instant::now());
-                    }
+                Err(_) => None,
+            };
+            let Some(slot) = slot else {
+                // Closed at once: a full listener must not hold sockets.
+                drop(tcp);
+                metrics::counter!(REFUSED, "listener" => what).increment(1);
+                if last_warning.is_none_or(|at| at.elapsed() > Duration::from_secs(10)) {
+                    tracing::warn!(
+                        listener = what,
+                        max_open = limits.max_open,
+                        "connection limit reached with every connection busy; new connections are closed"
+                    );
+                    last_warning = Some(Instant::now());
                 }
+                continue;
+            };
+            let _ = tcp.set_nodelay(true);
+            let state = Arc::new(ConnState::new(&limits));
+            admitted.push_back(Arc::downgrade(&state));
+            let guarded = Guarded {
+                io: tcp,
+                info: ConnInfo {
+                    remote: peer,
+                    state,
+                },
+                timer: Box::pin(tokio::time::sleep(limits.header_timeout)),
+                _slot: slot,
+            };
+            if tx.send((guarded, peer)).await.is_err() {
+                return;
             }
         }
     });
     (rx, task)
 }
-
-/// A connection admitted with `slot`, remembered for eviction.
-fn admission(
-    tcp: TcpStream,
-    peer: SocketAddr,
-    slot: OwnedSemaphorePermit,
-    limits: &ConnectionLimits,
-    admitted: &mut VecDeque<Weak<ConnState>>,
-) -> Admitted {
-    let state = Arc::new(ConnState::new(limits));
-    admitted.push_back(Arc::downgrade(&state));
-    guarded(tcp, peer, slot, limits, state)
-}
-
-fn guarded(
-    tcp: TcpStream,
-    peer: SocketAddr,
-    slot: OwnedSemaphorePermit,
-    limits: &ConnectionLimits,
-    state: Arc<ConnState>,
-) -> Admitted {
-    let guarded = Guarded {
-        io: tcp,
-        info: ConnInfo {
-            remote: peer,
-            state,
-        },
-        timer: Box::pin(tokio::time::sleep(limits.header_timeout)),
-        _slot: slot,
-    };
-    (guarded, peer)
-}
-
-/// Closed at once: a full listener must not hold sockets.
-fn refuse(tcp: TcpStream, what: &'static str) {
-    drop(tcp);
-    metrics::counter!(REFUSED, "listener" => what).increment(1);
-}
-
-/// Newcomers that may wait at once for an evicted connection's slot.
-const MAX_WAITING: usize = 256;
 
 /// How long a new connection waits for the slot of the one evicted for it.
 const EVICTION_WAIT: Duration = Duration::from_millis(200);
