@@ -141,3 +141,32 @@ async fn memory_forgets_past_windows() {
         "{counters} counters and {reserved} reservations kept for one tenant after a month"
     );
 }
+
+#[tokio::test]
+async fn a_hundred_thousand_tenants_without_limits_leave_nothing_behind() {
+    // Only tenants with limits configured are counted, so the map is bounded
+    // by the configuration, whatever names requests arrive with.
+    let l = Limits::in_memory(
+        &tenants(TenantConfig {
+            requests_per_minute: Some(100),
+            ..Default::default()
+        }),
+        true,
+    );
+    for n in 0..100_000u64 {
+        let r = l
+            .admit(&format!("tenant-{n}"), ask(20, 0.001), HOLD, n)
+            .await
+            .expect("no limits: admitted");
+        r.charge(10, 0.0001);
+    }
+    let Store::Memory(m) = &*l.store else {
+        panic!("in memory")
+    };
+    let (counters, reserved) = m.lock().map(|m| m.sizes()).unwrap_or_default();
+    assert_eq!(
+        (counters, reserved),
+        (0, 0),
+        "state kept for tenants that have no limits"
+    );
+}
