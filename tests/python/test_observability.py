@@ -139,6 +139,7 @@ CONDITIONAL = {
     "routemesh_connections_refused_total": "a port full of busy connections",
     "routemesh_connections_evicted_total": "a full port",
     "routemesh_pool_kv_cache_usage": "an engine that reports its KV cache (vLLM, SGLang)",
+    "routemesh_router_batches_total": "the learned router batching full-path prompts",
 }
 
 
