@@ -609,3 +609,15 @@ pub fn pki(dir: &Path, names: &[&str]) {
         );
     }
 }
+
+/// `routemesh check-config <file>` on `yaml`: what the binary says of it.
+pub fn check_config(yaml: &str) -> std::process::Output {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("config.yaml");
+    std::fs::write(&file, yaml).expect("config written");
+    Command::new(routemesh_bin())
+        .arg("check-config")
+        .arg(&file)
+        .output()
+        .expect("routemesh check-config runs")
+}

@@ -562,18 +562,6 @@ async fn a_mesh_runs_on_a_redis_cluster_over_mutual_tls() {
     }
 }
 
-/// `routemesh check-config <file>` on `yaml`.
-fn check_config(yaml: &str) -> std::process::Output {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("config.yaml");
-    std::fs::write(&file, yaml).unwrap();
-    Command::new(routemesh_bin())
-        .arg("check-config")
-        .arg(&file)
-        .output()
-        .unwrap()
-}
-
 #[test]
 fn check_config_refuses_what_a_cluster_cannot_do() {
     let check = |redis: &str| {

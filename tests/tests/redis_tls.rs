@@ -6,7 +6,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
-use std::process::Command;
 
 use routemesh_tests::*;
 
@@ -115,18 +114,6 @@ async fn a_mesh_runs_on_redis_over_mutual_tls() {
         p("routemesh.key")
     );
     assert!(Process::start("up", "up", &mesh_yaml(redis.port, &mesh, &wrong_ca), &[]).is_err());
-}
-
-/// `routemesh check-config <file>` on `yaml`.
-fn check_config(yaml: &str) -> std::process::Output {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("config.yaml");
-    std::fs::write(&file, yaml).unwrap();
-    Command::new(routemesh_bin())
-        .arg("check-config")
-        .arg(&file)
-        .output()
-        .unwrap()
 }
 
 #[test]
