@@ -3,6 +3,8 @@
 //! Each variant records which side failed (the client's request, the pool, a
 //! worker) so logs and metrics can tell them apart; `Status` is made here only.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use tonic::{Code, Status};
 
 use crate::tenancy::auth::AuthError;
@@ -116,9 +118,16 @@ impl GatewayError {
     /// Logs the failure at the level its side deserves: the client's
     /// mistakes at debug, everything else as a warning.
     pub fn log(&self) {
-        match self.side() {
-            "client" => tracing::debug!(error = %self, "request refused"),
-            side => tracing::warn!(error = %self, side, "request failed"),
+        match (self, self.side()) {
+            (_, "client") => tracing::debug!(error = %self, "request refused"),
+            // Shedding refuses thousands of calls a second by design: a line
+            // each would cost the CPU the shedding saves (metrics count them).
+            (GatewayError::Overloaded(_) | GatewayError::Saturated(_), _) => {
+                if let Some(refused) = SHED_LOG.permit() {
+                    tracing::warn!(error = %self, refused, "shedding load (one line a second at most; refused: calls since the last line)");
+                }
+            }
+            (_, side) => tracing::warn!(error = %self, side, "request failed"),
         }
     }
 
@@ -144,6 +153,41 @@ impl GatewayError {
     }
 }
 
+/// At most one log line a second for a kind of event that comes in floods.
+struct Throttled {
+    /// Seconds since the Unix epoch of the last line.
+    last_second: AtomicU64,
+    /// Events since the last line.
+    since: AtomicU64,
+}
+
+static SHED_LOG: Throttled = Throttled {
+    last_second: AtomicU64::new(0),
+    since: AtomicU64::new(0),
+};
+
+impl Throttled {
+    /// Counts one event; `Some(events since the last line)` when this one
+    /// should be logged.
+    fn permit(&self) -> Option<u64> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.permit_at(now)
+    }
+
+    fn permit_at(&self, now_second: u64) -> Option<u64> {
+        self.since.fetch_add(1, Ordering::Relaxed);
+        let last = self.last_second.load(Ordering::Relaxed);
+        let first_this_second = now_second > last
+            && self
+                .last_second
+                .compare_exchange(last, now_second, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok();
+        first_this_second.then(|| self.since.swap(0, Ordering::Relaxed).max(1))
+    }
+}
+
 /// How long a client refused for load should wait before retrying; sent as
 /// gRPC's retry pushback (and as `Retry-After` on HTTP).
 pub const RETRY_PUSHBACK_MS: u32 = 250;
@@ -166,5 +210,25 @@ impl From<GatewayError> for Status {
             );
         }
         status
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flood_is_logged_once_a_second_with_its_count() {
+        let log = Throttled {
+            last_second: AtomicU64::new(0),
+            since: AtomicU64::new(0),
+        };
+        assert_eq!(log.permit_at(100), Some(1));
+        for _ in 0..999 {
+            assert_eq!(log.permit_at(100), None);
+        }
+        // The next second's first event reports the ones held back with it.
+        assert_eq!(log.permit_at(101), Some(1000));
+        assert_eq!(log.permit_at(101), None);
     }
 }

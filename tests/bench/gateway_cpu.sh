@@ -43,7 +43,6 @@ GATEWAY_PID=$PROC_PID
 GATEWAY=$(ready_field "$PROC_READY" 'd["gateway"]')
 HTTP=http://$(ready_field "$PROC_READY" 'd["http"]')
 
-ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 secs=$(python3 -c "import sys; s=sys.argv[1]; print(float(s[:-2])/1000 if s.endswith('ms') else float(s.rstrip('s')))" "$DURATION")
 
 # measure NAME TARGET URL: one warm-up, then the measured run with both
@@ -58,31 +57,31 @@ measure() {
         perf_pid=$!
     fi
     local g0 w0 g1 w1
-    g0=$(ticks "$GATEWAY_PID"); w0=$(ticks "$WORKER_PID")
+    g0=$(cpu_seconds "$GATEWAY_PID"); w0=$(cpu_seconds "$WORKER_PID")
     bench "$OUT/$name.json" --target "$target" --url "$url" --rate "$RATE" --duration "$DURATION" --warmup 0s
-    g1=$(ticks "$GATEWAY_PID"); w1=$(ticks "$WORKER_PID")
+    g1=$(cpu_seconds "$GATEWAY_PID"); w1=$(cpu_seconds "$WORKER_PID")
     [ -n "$perf_pid" ] && wait "$perf_pid"
-    echo "$name $((g1 - g0)) $((w1 - w0))" >> "$WORK/ticks.txt"
+    echo "$name $(python3 -c "print($g1 - $g0, $w1 - $w0)")" >> "$WORK/cpu.txt"
 }
-: > "$WORK/ticks.txt"
+: > "$WORK/cpu.txt"
 measure direct worker-generate "$WORKER"
 measure grpc generate "$GATEWAY"
 measure openai http "$HTTP"
 
-python3 - "$WORK/ticks.txt" "$OUT" "$(getconf CLK_TCK)" "$RATE" <<'PY' | tee "$OUT/summary.txt"
+python3 - "$WORK/cpu.txt" "$OUT" "$RATE" <<'PY' | tee "$OUT/summary.txt"
 import json, sys
-ticks_file, out, hz, rate = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+cpu_file, out, rate = sys.argv[1], sys.argv[2], sys.argv[3]
 labels = {"direct": "worker direct (no gateway)", "grpc": "gateway, gRPC Generate",
           "openai": "gateway, OpenAI API"}
 print(f"open loop {rate} req/s; CPU ms per answered request (utime + stime)")
 print(f"{'path':<28}{'answered':>10}{'errors':>8}{'gateway':>10}{'worker':>10}{'p50 ms':>9}{'p99 ms':>9}")
-for line in open(ticks_file):
+for line in open(cpu_file):
     name, g, w = line.split()
     report = json.load(open(f"{out}/{name}.json"))
     ok = max(report["ok"], 1)
     lat = report.get("latency_ms") or {}
-    gateway = "-" if name == "direct" else f"{int(g) / hz / ok * 1e3:.3f}"
-    worker = f"{int(w) / hz / ok * 1e3:.3f}"
+    gateway = "-" if name == "direct" else f"{float(g) / ok * 1e3:.3f}"
+    worker = f"{float(w) / ok * 1e3:.3f}"
     print(f"{labels[name]:<28}{report['ok']:>10}{sum(report['errors'].values()):>8}{gateway:>10}{worker:>10}"
           f"{lat.get('p50', float('nan')):>9.3f}{lat.get('p99', float('nan')):>9.3f}")
 PY

@@ -83,6 +83,36 @@ ready_field() {
     python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print($2)" "$1"
 }
 
+# cpu_seconds PID...: CPU time (user + system) the processes, their threads
+# and their live descendants have used so far, in seconds.
+cpu_seconds() {
+    python3 - "$@" <<'PY'
+import os, sys
+hz = os.sysconf("SC_CLK_TCK")
+def children(pid):
+    out = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            out += open(f"/proc/{pid}/task/{task}/children").read().split()
+        except OSError:
+            pass
+    return out
+total, todo, seen = 0, list(sys.argv[1:]), set()
+while todo:
+    pid = todo.pop()
+    if pid in seen:
+        continue
+    seen.add(pid)
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    except OSError:
+        continue
+    total += int(fields[11]) + int(fields[12])  # utime, stime
+    todo += children(pid)
+print(f"{total / hz:.2f}")
+PY
+}
+
 # Resident memory of a process in MiB (now, and the peak since it started).
 rss_mib() {
     awk '/^VmRSS:/ {printf "%.1f", $2/1024}' "/proc/$1/status"

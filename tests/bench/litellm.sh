@@ -93,14 +93,25 @@ until curl -sf -o /dev/null "$LITELLM/health/liveliness"; do
 done
 echo "servers: mock $MOCK, routemesh $ROUTEMESH, litellm $LITELLM"
 
+# CPU per request of each proxy (process, threads and children), warm-up
+# included: CPU seconds over the requests sent in warm-up and measurement.
+secs() { python3 -c "import sys; s=sys.argv[1]; print(float(s[:-2])/1000 if s.endswith('ms') else float(s.rstrip('s')))" "$1"; }
+cpu_per_request() { # NAME RATE CPU_BEFORE CPU_AFTER
+    python3 -c "import sys; n, r, a, b, t = sys.argv[1:]; print(f'cpu per request, {n} at {r} req/s: {(float(b) - float(a)) / (float(r) * float(t)) * 1e3:.3f} ms')" \
+        "$1" "$2" "$3" "$4" "$(python3 -c "print($(secs "$WARMUP") + $(secs "$DURATION"))")" | tee -a "$OUT/machine.txt" >&2
+}
 for rate in "${RATES[@]}"; do
     echo "rate $rate req/s: direct to the mock, routemesh, LiteLLM" >&2
     bench "$OUT/direct-$rate.json" --target http --url "$MOCK" --model mock \
         --rate "$rate" --duration "$DURATION" --warmup "$WARMUP"
+    c0=$(cpu_seconds "$MESH_PID")
     bench "$OUT/routemesh-$rate.json" --target http --url "$ROUTEMESH" --model router \
         --rate "$rate" --duration "$DURATION" --warmup "$WARMUP"
+    cpu_per_request "routemesh (gateway + worker)" "$rate" "$c0" "$(cpu_seconds "$MESH_PID")"
+    c0=$(cpu_seconds "$LITELLM_PID")
     bench "$OUT/litellm-$rate.json" --target http --url "$LITELLM" --model mock --api-key "$KEY" \
         --rate "$rate" --duration "$DURATION" --warmup "$WARMUP"
+    cpu_per_request "LiteLLM" "$rate" "$c0" "$(cpu_seconds "$LITELLM_PID")"
     echo "rss after $rate req/s: routemesh (gateway + worker) $(rss_mib "$MESH_PID") MiB, litellm $(rss_mib "$LITELLM_PID") MiB" | tee -a "$OUT/machine.txt" >&2
 done
 

@@ -20,6 +20,12 @@ machine_info
 start_zero_mesh burst
 GRPC=$(ready_field "$MESH_READY" 'd["gateway"]')
 HTTP=$(ready_field "$MESH_READY" 'd["http"]')
+ADMIN=$(ready_field "$MESH_READY" 'd["admin"]')
+# What the allocator holds: live objects (allocated) against pages (resident).
+heap() {
+    curl -s "http://$ADMIN/metrics" | awk '/^routemesh_process_heap_bytes/ {
+        split($1, a, "\""); printf "%s %.1f MiB  ", a[2], $2 / 1048576 } END { print "" }'
+}
 
 # At rest = after a light warm-up (connections, caches, the allocator's
 # steady state), as a gateway that has served some traffic.
@@ -27,7 +33,7 @@ bench "$WORK/warm-grpc.json" --target generate --url "$GRPC" --rate 200 --durati
 bench "$WORK/warm-http.json" --target http --url "$HTTP" --rate 200 --duration 3s --warmup 0s
 sleep 5
 before=$(rss_mib "$MESH_PID")
-echo "rss at rest: $before MiB"
+echo "rss at rest: $before MiB; heap: $(heap)"
 
 bench "$WORK/burst-grpc.json" --target generate --url "$GRPC" --rate "$RATE" --duration "$BURST" --warmup 0s &
 g=$!
@@ -41,6 +47,7 @@ for s in 10 20 30 40 50 60; do
     echo "rss ${s}s after: $(rss_mib "$MESH_PID") MiB"
 done
 after=$(rss_mib "$MESH_PID")
+echo "heap 60s after: $(heap)"
 python3 - "$WORK/burst-grpc.json" "$WORK/burst-http.json" "$before" "$after" <<'PY'
 import json, sys
 for path, api in zip(sys.argv[1:3], ("gRPC", "OpenAI")):

@@ -69,6 +69,7 @@ async fn metrics(State(state): State<Arc<GatewayState>>) -> Response {
         slots,
     );
     crate::metrics::redis_work("registry", state.pool.registry_round_trips(), None);
+    crate::metrics::heap();
     for (component, cost) in [
         ("served_requests", state.recent.redis_cost()),
         ("sessions", state.sessions.redis_cost()),

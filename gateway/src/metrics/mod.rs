@@ -87,6 +87,11 @@ pub(crate) const REDIS_ROUND_TRIPS: &str = "routemesh_redis_round_trips_total";
 pub(crate) const GATEWAY_IN_FLIGHT: &str = "routemesh_gateway_requests_in_flight";
 /// Its `max_concurrent_requests`: in-flight over this is the share used.
 pub(crate) const GATEWAY_SLOTS: &str = "routemesh_gateway_request_slots";
+/// The allocator's view of the process heap, by `state` (jemalloc's
+/// `allocated`: live objects; `resident`: pages it holds in RAM; `retained`:
+/// address space kept but returned to the OS): tells live memory from
+/// memory the allocator keeps when RSS stays up after a burst.
+pub(crate) const HEAP: &str = "routemesh_process_heap_bytes";
 /// Commands sent to Redis, each of a pipeline counted: divided by requests,
 /// what one served request costs Redis.
 pub(crate) const REDIS_COMMANDS: &str = "routemesh_redis_commands_total";
@@ -352,6 +357,25 @@ pub(crate) fn redis_work(component: &'static str, round_trips: u64, commands: Op
 pub(crate) fn gateway_in_flight(in_flight: usize, slots: usize) {
     gauge!(GATEWAY_IN_FLIGHT).set(in_flight as f64);
     gauge!(GATEWAY_SLOTS).set(slots as f64);
+}
+
+/// The heap as jemalloc counts it (read at each scrape). Only meaningful
+/// when jemalloc is the process's allocator, as in the `routemesh` binary.
+pub(crate) fn heap() {
+    use tikv_jemalloc_ctl::{epoch, stats};
+    // The statistics are a snapshot taken when the epoch advances.
+    if epoch::advance().is_err() {
+        return;
+    }
+    for (state, read) in [
+        ("allocated", stats::allocated::read as fn() -> _),
+        ("resident", stats::resident::read),
+        ("retained", stats::retained::read),
+    ] {
+        if let Ok(bytes) = read() {
+            gauge!(HEAP, "state" => state).set(bytes as f64);
+        }
+    }
 }
 
 pub(crate) fn telemetry(dropped: u64, errors: u64, buffered: u64) {

@@ -25,6 +25,10 @@ use self::breaker::{Breaker, BreakerConfig, Permit, State, Transition};
 use self::health::HealthThread;
 use self::transport::{LocalWorkers, WorkerChannel};
 
+/// Reset streams a worker connection remembers (per connection; a few
+/// hundred bytes each, only while calls are being cancelled).
+const WORKER_RESET_STREAMS_REMEMBERED: usize = 10_000;
+
 /// What one finished call says about a worker's health, for its breaker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Verdict {
@@ -147,7 +151,17 @@ impl WorkerHandle {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5))
-            .keep_alive_while_idle(true);
+            .keep_alive_while_idle(true)
+            // Calls the gateway gives up on (the client left, a deadline)
+            // are reset; the worker's answers to them may still arrive. h2
+            // remembers only 10 reset streams by default and treats a late
+            // frame on a forgotten one as the peer's error, and after 1,024
+            // of those closes the connection, failing every call on it.
+            // Under overload thousands are cancelled a second: remember
+            // them, and do not count the worker's late answers against it
+            // (it is one of the mesh's own agents).
+            .http2_max_concurrent_reset_streams(WORKER_RESET_STREAMS_REMEMBERED)
+            .http2_max_local_error_reset_streams(None);
         let channel = match tls.filter(|_| https) {
             Some(tls) => {
                 let host = endpoint.uri().host().unwrap_or_default().to_string();

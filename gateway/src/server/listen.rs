@@ -96,10 +96,13 @@ pub(super) fn serve_http(
         source,
     })?;
     let scheme = crate::api::spans::UrlScheme(if tls.is_some() { "https" } else { "http" });
-    let app = app
-        .layer(axum::Extension(scheme))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
-        .layer(conn::TrackRequestsLayer::new(http_conn_of));
+    let app =
+        app.layer(axum::Extension(scheme))
+            // Failures are logged by the serving path at their side's level.
+            .layer(tower_http::trace::TraceLayer::new_for_http().on_failure(
+                tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG),
+            ))
+            .layer(conn::TrackRequestsLayer::new(http_conn_of));
     // The acceptor ends with the server that reads from it (or with `stop`).
     let (admitted, _acceptor) = conn::accept_guarded(listener, limits, what, stop.child_token());
     let task = match tls {

@@ -377,13 +377,19 @@ pub async fn start_gateway(
     let body_bytes = Arc::new(tokio::sync::Semaphore::new(
         config.max_request_bytes_in_flight,
     ));
-    let stack = ServiceBuilder::new()
-        .layer(crate::api::body_bytes::BodyBytesLayer::new(
-            body_bytes.clone(),
-        ))
-        .layer(tower_http::trace::TraceLayer::new_for_grpc())
-        .map_response(crate::api::grpc::undecodable_is_invalid_argument)
-        .into_inner();
+    let stack =
+        ServiceBuilder::new()
+            .layer(crate::api::body_bytes::BodyBytesLayer::new(
+                body_bytes.clone(),
+            ))
+            // Failures are logged once, at their side's level, by the serving
+            // path (`GatewayError::log`); tower-http's default would log every
+            // non-OK call (a client's bad request, each shed call) as an error.
+            .layer(tower_http::trace::TraceLayer::new_for_grpc().on_failure(
+                tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG),
+            ))
+            .map_response(crate::api::grpc::undecodable_is_invalid_argument)
+            .into_inner();
     let pipeline = Arc::new(Pipeline::new(
         state.clone(),
         crate::serve::strategy::from_config(&config),
@@ -438,6 +444,14 @@ pub async fn start_gateway(
     let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(limits.keepalive_interval))
         .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+        // A client's requests beyond the stream limit wait in the client.
+        // Without the limit, an overloaded gateway accepts more streams than
+        // it reads and h2's guards (unread small DATA frames; streams reset
+        // before they were accepted, 20 by default) send the client a GOAWAY
+        // that fails every call on its connection. Resets of streams not yet
+        // accepted are bounded by the same number, as rapid-reset protection.
+        .max_concurrent_streams(Some(limits.max_concurrent_streams))
+        .http2_max_pending_accept_reset_streams(Some(limits.max_concurrent_streams as usize))
         .layer(conn::TrackRequestsLayer::tonic())
         .layer(stack)
         .add_service(health_service)

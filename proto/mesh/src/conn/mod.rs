@@ -57,6 +57,14 @@ pub struct ConnectionLimits {
     #[serde(default = "default_keepalive_timeout", with = "humantime_serde")]
     #[schemars(schema_with = "crate::config_schema::duration")]
     pub keepalive_timeout: Duration,
+    /// Requests one HTTP/2 client connection may have open at once on a
+    /// gateway's gRPC port (further ones wait in the client, as HTTP/2
+    /// intends); also how many of its requests may be cancelled before the
+    /// gateway has read them. Bounds what one connection can make the
+    /// gateway buffer: without it an overloaded gateway's HTTP/2 guards
+    /// close a busy client's connection, failing every call on it.
+    #[serde(default = "default_max_concurrent_streams")]
+    pub max_concurrent_streams: u32,
 }
 
 fn default_max_open() -> usize {
@@ -74,6 +82,9 @@ fn default_keepalive_interval() -> Duration {
 fn default_keepalive_timeout() -> Duration {
     Duration::from_secs(20)
 }
+fn default_max_concurrent_streams() -> u32 {
+    1024
+}
 
 impl Default for ConnectionLimits {
     fn default() -> Self {
@@ -83,6 +94,7 @@ impl Default for ConnectionLimits {
             idle_timeout: default_idle_timeout(),
             keepalive_interval: default_keepalive_interval(),
             keepalive_timeout: default_keepalive_timeout(),
+            max_concurrent_streams: default_max_concurrent_streams(),
         }
     }
 }
@@ -98,6 +110,9 @@ impl ConnectionLimits {
     pub fn check(&self) -> Result<(), (&'static str, String)> {
         if self.max_open == 0 {
             return Err(("max_open", "must be at least 1".into()));
+        }
+        if self.max_concurrent_streams == 0 {
+            return Err(("max_concurrent_streams", "must be at least 1".into()));
         }
         for (key, d) in [
             ("header_timeout", self.header_timeout),
