@@ -258,7 +258,7 @@ impl QActs {
             let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
             let mut sum = 0i32;
             for v in block {
-                let q = (v * id).round_ties_even() as i8;
+                let q = super::simd::round_to_i8(v * id);
                 sum += i32::from(q);
                 self.qs.push(q);
             }
