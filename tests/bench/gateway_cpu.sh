@@ -11,9 +11,10 @@
 #   3. through the gateway, the OpenAI API (POST /v1/chat/completions).
 #
 #   tests/bench/gateway_cpu.sh [RATE]      (default 2000)
-#   DURATION=10s OUT=dir PERF=1 tests/bench/gateway_cpu.sh
+#   DURATION=10s OUT=dir PERF=1 GATEWAY_THREADS=1 tests/bench/gateway_cpu.sh
 #       (PERF=1: also `perf record` the gateway during 2 and 3 and print
-#       where its CPU goes; needs perf)
+#       where its CPU goes; needs perf; GATEWAY_THREADS: the gateway's
+#       runtime threads, default one per core)
 #
 # Loopback only; about 40 s. The load generator runs in its own process and
 # is not counted. Compare builds in alternating rounds (BENCH_BIN): runs of
@@ -31,6 +32,8 @@ start_routemesh worker worker "workers:
   - {id: zero-0, model: zero, tier: small, input_usd_per_mtok: 0.2, output_usd_per_mtok: 0.2, capacity: 4096, max_queue: 16384, listen: 127.0.0.1:0, backend: $ZERO_SIM}"
 WORKER_PID=$PROC_PID
 WORKER=$(ready_field "$PROC_READY" 'd["workers"][0]["endpoint"]')
+# GATEWAY_THREADS: the gateway's runtime threads (tokio's default: one per core).
+if [ -n "${GATEWAY_THREADS:-}" ]; then export TOKIO_WORKER_THREADS=$GATEWAY_THREADS; fi
 start_routemesh gateway gateway "gateway:
   listen: 127.0.0.1:0
   http_listen: 127.0.0.1:0
@@ -40,6 +43,7 @@ ${GATEWAY_EXTRA:-}
 static_workers:
   - {id: zero-0, model: zero, tier: small, endpoint: \"$WORKER\", input_usd_per_mtok: 0.2, output_usd_per_mtok: 0.2}"
 GATEWAY_PID=$PROC_PID
+unset TOKIO_WORKER_THREADS
 GATEWAY=$(ready_field "$PROC_READY" 'd["gateway"]')
 HTTP=http://$(ready_field "$PROC_READY" 'd["http"]')
 

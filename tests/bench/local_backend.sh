@@ -7,7 +7,8 @@
 #   tests/bench/local_backend.sh [THREADS] [DECODE_TOKENS] [ROUNDS]
 #
 # With LLAMA_PY pointing at a Python that has llama-cpp-python 0.3.36 (build it
-# in a throwaway venv outside the repo, with DESIGN.md's CMAKE_ARGS), the
+# in a throwaway venv outside the repo, with DESIGN.md's CMAKE_ARGS, and
+# -DGGML_AVX512=OFF on a CPU without AVX-512: docs/BENCHMARKS.md 18.6), the
 # reference runs too, alternating with ours so both see the same machine load.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
