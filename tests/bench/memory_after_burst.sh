@@ -7,12 +7,16 @@
 #
 #   tests/bench/memory_after_burst.sh              (RATE=5000 per API, BURST=10s)
 #   RATE=8000 BURST=20s tests/bench/memory_after_burst.sh
+#   BURSTS=3 tests/bench/memory_after_burst.sh     (three in a row, same process)
 #
-# Loopback only; about 90 s; stops by itself.
+# Loopback only; about 90 s (75 s more for each further burst); stops by itself.
 source "$(dirname "$0")/lib.sh"
 
 RATE=${RATE:-5000}
 BURST=${BURST:-10s}
+# BURSTS: repeat burst and 60 s watch this many times on the same process;
+# memory still held after several is live memory that is bounded, or a leak.
+BURSTS=${BURSTS:-1}
 [ -n "${OUT:-}" ] && mkdir -p "$OUT"
 
 build_release
@@ -35,20 +39,22 @@ sleep 5
 before=$(rss_mib "$MESH_PID")
 echo "rss at rest: $before MiB; heap: $(heap)"
 
-bench "$WORK/burst-grpc.json" --target generate --url "$GRPC" --rate "$RATE" --duration "$BURST" --warmup 0s &
-g=$!
-bench "$WORK/burst-http.json" --target http --url "$HTTP" --rate "$RATE" --duration "$BURST" --warmup 0s &
-h=$!
-wait "$g" "$h"
-peak=$(peak_rss_mib "$MESH_PID")
-echo "rss peak during the burst: $peak MiB; right after: $(rss_mib "$MESH_PID") MiB"
-for s in 10 20 30 40 50 60; do
-    sleep 10
-    echo "rss ${s}s after: $(rss_mib "$MESH_PID") MiB"
-done
-after=$(rss_mib "$MESH_PID")
-echo "heap 60s after: $(heap)"
-python3 - "$WORK/burst-grpc.json" "$WORK/burst-http.json" "$before" "$after" <<'PY'
+for burst in $(seq "$BURSTS"); do
+    if [ "$BURSTS" -gt 1 ]; then echo "== burst $burst of $BURSTS"; fi
+    bench "$WORK/burst-grpc.json" --target generate --url "$GRPC" --rate "$RATE" --duration "$BURST" --warmup 0s &
+    g=$!
+    bench "$WORK/burst-http.json" --target http --url "$HTTP" --rate "$RATE" --duration "$BURST" --warmup 0s &
+    h=$!
+    wait "$g" "$h"
+    peak=$(peak_rss_mib "$MESH_PID")
+    echo "rss peak during the burst: $peak MiB; right after: $(rss_mib "$MESH_PID") MiB"
+    for s in 10 20 30 40 50 60; do
+        sleep 10
+        echo "rss ${s}s after: $(rss_mib "$MESH_PID") MiB"
+    done
+    after=$(rss_mib "$MESH_PID")
+    echo "heap 60s after: $(heap)"
+    python3 - "$WORK/burst-grpc.json" "$WORK/burst-http.json" "$before" "$after" <<'PY'
 import json, sys
 for path, api in zip(sys.argv[1:3], ("gRPC", "OpenAI")):
     d = json.load(open(path))
@@ -57,3 +63,4 @@ for path, api in zip(sys.argv[1:3], ("gRPC", "OpenAI")):
 before, after = float(sys.argv[3]), float(sys.argv[4])
 print(f"60 s after / at rest: {after / before:.2f}x (target <= 1.5x)")
 PY
+done
