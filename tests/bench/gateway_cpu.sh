@@ -47,7 +47,7 @@ unset TOKIO_WORKER_THREADS
 GATEWAY=$(ready_field "$PROC_READY" 'd["gateway"]')
 HTTP=http://$(ready_field "$PROC_READY" 'd["http"]')
 
-secs=$(python3 -c "import sys; s=sys.argv[1]; print(float(s[:-2])/1000 if s.endswith('ms') else float(s.rstrip('s')))" "$DURATION")
+secs=$(seconds "$DURATION")
 
 # measure NAME TARGET URL: one warm-up, then the measured run with both
 # processes' CPU read around it.

@@ -83,6 +83,11 @@ ready_field() {
     python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print($2)" "$1"
 }
 
+# seconds DURATION: a bench duration (e.g. 10s, 500ms) in seconds.
+seconds() {
+    python3 -c "import sys; s=sys.argv[1]; print(float(s[:-2])/1000 if s.endswith('ms') else float(s.rstrip('s')))" "$1"
+}
+
 # cpu_seconds PID...: CPU time (user + system) the processes, their threads
 # and their live descendants have used so far, in seconds.
 cpu_seconds() {

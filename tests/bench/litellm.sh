@@ -95,10 +95,9 @@ echo "servers: mock $MOCK, routemesh $ROUTEMESH, litellm $LITELLM"
 
 # CPU per request of each proxy (process, threads and children), warm-up
 # included: CPU seconds over the requests sent in warm-up and measurement.
-secs() { python3 -c "import sys; s=sys.argv[1]; print(float(s[:-2])/1000 if s.endswith('ms') else float(s.rstrip('s')))" "$1"; }
 cpu_per_request() { # NAME RATE CPU_BEFORE CPU_AFTER
     python3 -c "import sys; n, r, a, b, t = sys.argv[1:]; print(f'cpu per request, {n} at {r} req/s: {(float(b) - float(a)) / (float(r) * float(t)) * 1e3:.3f} ms')" \
-        "$1" "$2" "$3" "$4" "$(python3 -c "print($(secs "$WARMUP") + $(secs "$DURATION"))")" | tee -a "$OUT/machine.txt" >&2
+        "$1" "$2" "$3" "$4" "$(python3 -c "print($(seconds "$WARMUP") + $(seconds "$DURATION"))")" | tee -a "$OUT/machine.txt" >&2
 }
 for rate in "${RATES[@]}"; do
     echo "rate $rate req/s: direct to the mock, routemesh, LiteLLM" >&2

@@ -27,7 +27,7 @@ GATEWAY=$(ready_field "$MESH_READY" 'd["gateway"]')
 
 # Warm up (connections, caches), then sample while the load runs.
 bench "$OUT/warmup.json" --target generate --url "$GATEWAY" --rate "$RATE" --duration 2s --warmup 0s "${UNIQUE_PROMPTS[@]}"
-secs=$(python3 -c "import sys; s=sys.argv[1]; print(float(s[:-2])/1000 if s.endswith('ms') else float(s.rstrip('s')))" "$DURATION")
+secs=$(seconds "$DURATION")
 perf record -q -e cpu-clock -F 499 --call-graph dwarf,16384 -p "$MESH_PID" -o "$OUT/perf.data" -- sleep "$secs" 2>"$OUT/perf.log" &
 PERF_PID=$!
 bench "$OUT/load.json" --target generate --url "$GATEWAY" --rate "$RATE" --duration "$DURATION" --warmup 0s "${UNIQUE_PROMPTS[@]}"
