@@ -8,12 +8,17 @@
 #   tests/bench/memory_after_burst.sh              (RATE=5000 per API, BURST=10s)
 #   RATE=8000 BURST=20s tests/bench/memory_after_burst.sh
 #   BURSTS=3 tests/bench/memory_after_burst.sh     (three in a row, same process)
+#   MAX_CONCURRENT=100000 tests/bench/memory_after_burst.sh   (no shedding)
 #
 # Loopback only; about 90 s (75 s more for each further burst); stops by itself.
 source "$(dirname "$0")/lib.sh"
 
 RATE=${RATE:-5000}
 BURST=${BURST:-10s}
+# The gateway's default admission limit (max_concurrent_requests): what is
+# offered beyond it is shed at the edge, as deployed. MAX_CONCURRENT=100000
+# turns shedding off (every request queues: a far higher peak).
+MAX_CONCURRENT=${MAX_CONCURRENT:-4096}
 # BURSTS: repeat burst and 60 s watch this many times on the same process;
 # memory still held after several is live memory that is bounded, or a leak.
 BURSTS=${BURSTS:-1}
@@ -21,6 +26,7 @@ BURSTS=${BURSTS:-1}
 
 build_release
 machine_info
+echo "max_concurrent_requests: $MAX_CONCURRENT"
 start_zero_mesh burst
 GRPC=$(ready_field "$MESH_READY" 'd["gateway"]')
 HTTP=$(ready_field "$MESH_READY" 'd["http"]')

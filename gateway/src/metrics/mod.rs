@@ -369,6 +369,11 @@ pub(crate) fn heap() {
     }
     for (state, read) in [
         ("allocated", stats::allocated::read as fn() -> _),
+        // Pages holding live objects, whole or in part: above `allocated`
+        // by the free space of partly used pages.
+        ("active", stats::active::read),
+        // jemalloc's own bookkeeping (it grows with address space mapped).
+        ("metadata", stats::metadata::read),
         ("resident", stats::resident::read),
         ("retained", stats::retained::read),
     ] {

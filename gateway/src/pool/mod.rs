@@ -7,27 +7,24 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use routemesh_mesh::ModelSpec;
-use routemesh_mesh::tls::{Reloading, TlsConnector};
+use routemesh_mesh::tls::Reloading;
 use routemesh_mesh::{Registry, WorkerRecord};
 use routemesh_proto::v1::worker_client::WorkerClient;
 use routemesh_proto::v1::{LoadReport, LoadRequest};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Endpoint;
 
 pub mod breaker;
+mod connection;
 mod health;
 pub(crate) mod retry;
 pub(crate) mod series;
 pub(crate) mod transport;
 
 use self::breaker::{Breaker, BreakerConfig, Permit, State, Transition};
+use self::connection::{Dialer, RequestConnection};
 use self::health::HealthThread;
 use self::transport::{LocalWorkers, WorkerChannel};
-
-/// Reset streams a worker connection remembers (per connection; a few
-/// hundred bytes each, only while calls are being cancelled).
-const WORKER_RESET_STREAMS_REMEMBERED: usize = 10_000;
 
 /// What one finished call says about a worker's health, for its breaker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,9 +43,13 @@ pub(crate) enum Verdict {
 #[derive(Debug)]
 pub struct WorkerHandle {
     pub record: WorkerRecord,
-    pub spec: ModelSpec,
-    /// In-process for a worker agent of this process, else over the network.
-    pub client: WorkerClient<WorkerChannel>,
+    /// Shared with what remembers its requests (one per served request).
+    pub spec: Arc<ModelSpec>,
+    /// `record.id`, shared likewise.
+    pub id: Arc<str>,
+    /// In-process for a worker agent of this process, else over the
+    /// network (see [`WorkerHandle::client`]).
+    connection: RequestConnection,
     /// For load checks only: driven by the health thread, over a connection
     /// of its own for a network worker.
     load_client: WorkerClient<WorkerChannel>,
@@ -92,19 +93,23 @@ impl WorkerHandle {
         local: &LocalWorkers,
         health: &HealthThread,
     ) -> Result<Self, String> {
-        let (channel, load_channel) = match local.channel_for(&record) {
-            Some(in_process) => (in_process.clone(), in_process),
+        let (channel, load_channel, dialer) = match local.channel_for(&record) {
+            Some(in_process) => (in_process.clone(), in_process, None),
             None => {
-                let requests = Self::dial(&record, tls)?;
-                let _on_health_thread = health.enter();
-                let loads = Self::dial(&record, tls)?;
+                let dialer = Dialer::new(&record, tls)?;
+                let requests = dialer.lazy();
+                let loads = {
+                    let _on_health_thread = health.enter();
+                    dialer.lazy()
+                };
                 (
                     WorkerChannel::Network(requests),
                     WorkerChannel::Network(loads),
+                    Some(dialer),
                 )
             }
         };
-        let spec = ModelSpec {
+        let spec = Arc::new(ModelSpec {
             name: record.model.clone(),
             tier: record.tier,
             input_usd_per_mtok: record.input_usd_per_mtok,
@@ -112,11 +117,12 @@ impl WorkerHandle {
             quality_prior: record.quality_prior,
             router_model: record.router_model.clone(),
             params_b: record.params_b,
-        };
+        });
         Ok(Self {
             spec,
+            id: record.id.as_str().into(),
             transport: channel.kind(),
-            client: WorkerClient::new(channel),
+            connection: RequestConnection::new(channel, dialer),
             load_client: WorkerClient::new(load_channel),
             breaker: Breaker::new(breaker.clone()),
             record,
@@ -132,55 +138,6 @@ impl WorkerHandle {
         })
     }
 
-    /// A lazily connected channel to the worker's endpoint.
-    fn dial(
-        record: &WorkerRecord,
-        tls: Option<&WorkerTls>,
-    ) -> Result<tonic::transport::Channel, String> {
-        let https = record.endpoint.starts_with("https://");
-        // With TLS the connector does the handshake (with the client
-        // certificate current at each connection), so tonic sees http://.
-        let uri = if https && tls.is_some() {
-            record.endpoint.replacen("https://", "http://", 1)
-        } else {
-            record.endpoint.clone()
-        };
-        let endpoint = Endpoint::from_shared(uri)
-            .map_err(|e| format!("{}: {e}", record.endpoint))?
-            .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .keep_alive_while_idle(true)
-            // Calls the gateway gives up on (the client left, a deadline)
-            // are reset; the worker's answers to them may still arrive. h2
-            // remembers only 10 reset streams by default and treats a late
-            // frame on a forgotten one as the peer's error, and after 1,024
-            // of those closes the connection, failing every call on it.
-            // Under overload thousands are cancelled a second: remember
-            // them, and do not count the worker's late answers against it
-            // (it is one of the mesh's own agents).
-            .http2_max_concurrent_reset_streams(WORKER_RESET_STREAMS_REMEMBERED)
-            .http2_max_local_error_reset_streams(None);
-        let channel = match tls.filter(|_| https) {
-            Some(tls) => {
-                let host = endpoint.uri().host().unwrap_or_default().to_string();
-                let name = tls.server_name.as_deref().unwrap_or(&host);
-                let connector =
-                    TlsConnector::new(tls.config.clone(), name).map_err(|e| e.to_string())?;
-                endpoint.connect_with_connector_lazy(connector)
-            }
-            None if https => {
-                return Err(format!(
-                    "{}: an https:// worker needs gateway.worker_tls",
-                    record.endpoint
-                ));
-            }
-            None => endpoint.connect_lazy(),
-        };
-        Ok(channel)
-    }
-
     /// How the gateway reaches this worker: `in-process` or `network`.
     pub fn transport(&self) -> &'static str {
         self.transport
@@ -188,8 +145,14 @@ impl WorkerHandle {
 
     /// A call begins, let through by the breaker with `permit`.
     pub fn begin(self: &Arc<Self>, permit: Permit) -> InFlight {
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        let now = self.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
+        self.connection.note_in_flight(now);
         InFlight(self.clone(), permit)
+    }
+
+    /// The client for one call to this worker.
+    pub fn client(&self) -> WorkerClient<WorkerChannel> {
+        self.connection.client()
     }
 
     /// Claims a call through the breaker; `None` if it is open (or its
@@ -350,7 +313,7 @@ pub type Snapshot = Arc<Vec<Arc<WorkerHandle>>>;
 /// The most expensive model among `workers`: what "everything to the
 /// strongest model" would have cost, the counterfactual of the cost report.
 pub fn strongest(workers: &[Arc<WorkerHandle>]) -> Option<&ModelSpec> {
-    routemesh_mesh::TokenPrices::most_expensive(workers.iter().map(|w| &w.spec), |s| s.prices())
+    routemesh_mesh::TokenPrices::most_expensive(workers.iter().map(|w| &*w.spec), |s| s.prices())
 }
 
 /// How the gateway dials `https://` workers: its client configuration
@@ -503,6 +466,21 @@ impl Pool {
         self.registry.round_trips()
     }
 
+    /// Replaces the request connection of each worker whose burst is over
+    /// (see [`connection`]); returns how many were replaced.
+    pub async fn renew_connections_after_bursts(&self) -> usize {
+        let mut renewed = 0;
+        for w in self.snapshot().iter() {
+            if w.connection
+                .renew_after_burst(w.in_flight(), &w.record.id)
+                .await
+            {
+                renewed += 1;
+            }
+        }
+        renewed
+    }
+
     /// Checks every worker's load once (on the health thread).
     pub async fn poll_loads(&self) {
         let workers = self.snapshot();
@@ -546,7 +524,10 @@ impl Pool {
             loop {
                 tokio::select! {
                     () = stop.cancelled() => break,
-                    _ = discovery_tick.tick() => pool.refresh().await,
+                    _ = discovery_tick.tick() => {
+                        pool.refresh().await;
+                        pool.renew_connections_after_bursts().await;
+                    }
                 }
             }
             let _ = load_checks.await;

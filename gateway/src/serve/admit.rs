@@ -102,7 +102,7 @@ impl GatewayState {
         snapshot: &Snapshot,
     ) -> Option<Predicted> {
         let quality = &self.routing.quality;
-        let names = quality.router_names(snapshot.iter().map(|w| &w.spec));
+        let names = quality.router_names(snapshot.iter().map(|w| &*w.spec));
         let models: Vec<&str> = names.iter().map(String::as_str).collect();
         quality.predict(&req.routing_prompt(), &models).await
     }

@@ -383,7 +383,7 @@ async fn open(
     request: tonic::Request<WorkerGenerateRequest>,
     delivery: Delivery,
 ) -> Result<Opened, tonic::Status> {
-    let mut client = worker.client.clone();
+    let mut client = worker.client();
     match delivery {
         Delivery::Whole => Ok(Opened::Whole(client.generate(request).await?.into_inner())),
         Delivery::Stream => {

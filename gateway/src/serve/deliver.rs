@@ -352,7 +352,7 @@ fn remember(flight: &Flight, worker: &WorkerHandle) {
         &req.request_id,
         Served::new(
             worker.spec.clone(),
-            worker.record.id.clone(),
+            worker.id.clone(),
             flight.predicted.clone(),
         ),
     );

@@ -10,6 +10,8 @@
 //! minute; and a tenant's feedback moves only its own routing unless it is
 //! `trusted_feedback`.
 
+use std::sync::Arc;
+
 use routemesh_proto::v1::{FeedbackRequest, FeedbackResponse};
 use routemesh_telemetry::FeedbackEvent;
 
@@ -65,8 +67,8 @@ impl GatewayState {
             self.routing.feedback.record(entry).await;
         }
         Ok(FeedbackResponse {
-            model: served.spec.name,
-            worker_id: served.worker_id,
+            model: served.spec.name.clone(),
+            worker_id: served.worker_id.to_string(),
         })
     }
 
@@ -80,13 +82,18 @@ impl GatewayState {
             .iter()
             .find(|w| w.spec.name == elsewhere.model)
             .map_or_else(
-                || ModelSpec::named(&elsewhere.model, routemesh_mesh::Tier::Small),
+                || {
+                    Arc::new(ModelSpec::named(
+                        &elsewhere.model,
+                        routemesh_mesh::Tier::Small,
+                    ))
+                },
                 |w| w.spec.clone(),
             );
         Some(Served::new(
             spec,
-            elsewhere.worker_id,
-            elsewhere.prompt.map(std::sync::Arc::new),
+            elsewhere.worker_id.into(),
+            elsewhere.prompt.map(Arc::new),
         ))
     }
 

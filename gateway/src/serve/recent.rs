@@ -38,9 +38,10 @@ return prev
 
 #[derive(Debug, Clone)]
 pub(crate) struct Served {
-    /// The model that answered, as the pool knows it.
-    pub spec: ModelSpec,
-    pub worker_id: String,
+    /// The model that answered, as the pool knows it (shared with the
+    /// pool: this window holds thousands of entries).
+    pub spec: Arc<ModelSpec>,
+    pub worker_id: Arc<str>,
     /// What the router said about the prompt (its point in embedding
     /// space, where feedback on this request is kept).
     pub predicted: Option<Predicted>,
@@ -59,7 +60,11 @@ pub(crate) struct Scored {
 }
 
 impl Served {
-    pub(crate) fn new(spec: ModelSpec, worker_id: String, predicted: Option<Predicted>) -> Self {
+    pub(crate) fn new(
+        spec: Arc<ModelSpec>,
+        worker_id: Arc<str>,
+        predicted: Option<Predicted>,
+    ) -> Self {
         Self {
             spec,
             worker_id,
@@ -248,14 +253,14 @@ mod tests {
 
     fn served(model: &str) -> Served {
         Served::new(
-            ModelSpec::named(model, routemesh_mesh::Tier::Small),
+            Arc::new(ModelSpec::named(model, routemesh_mesh::Tier::Small)),
             "w".into(),
             None,
         )
     }
 
     fn model(r: &Recent, owner: &Owner, id: &str) -> Option<String> {
-        r.lookup(owner, id).map(|s| s.spec.name)
+        r.lookup(owner, id).map(|s| s.spec.name.clone())
     }
 
     #[test]

@@ -94,7 +94,7 @@ fn spawn_onboarding(
                 .pool
                 .snapshot()
                 .iter()
-                .map(|w| w.spec.clone())
+                .map(|w| (*w.spec).clone())
                 .collect();
             let memory = state.routing.feedback.memory().clone();
             let oldest_ms = routemesh_telemetry::record::now_ms()
@@ -271,7 +271,7 @@ pub async fn start_gateway(
     pool.refresh().await;
     {
         let snapshot = pool.snapshot();
-        let names = quality.router_names(snapshot.iter().map(|w| &w.spec));
+        let names = quality.router_names(snapshot.iter().map(|w| &*w.spec));
         let models: Vec<&str> = names.iter().map(String::as_str).collect();
         quality.prepare(&models).await;
     }

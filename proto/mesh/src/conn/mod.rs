@@ -393,6 +393,8 @@ pub fn accept_guarded(
             };
             let _ = tcp.set_nodelay(true);
             let state = Arc::new(ConnState::new(&limits));
+            let open = limits.max_open - slots.available_permits();
+            forget_closed(&mut admitted, open);
             admitted.push_back(Arc::downgrade(&state));
             let guarded = Guarded {
                 io: tcp,
@@ -409,6 +411,19 @@ pub fn accept_guarded(
         }
     });
     (rx, task)
+}
+
+/// Drops the entries of closed connections once they outnumber the open
+/// ones (`open`), so the queue stays within about twice the open
+/// connections however many come and go: a `Weak` keeps its connection's
+/// state allocated, so without this every connection ever accepted would
+/// stay in memory. Amortized O(1) per connection; order is kept.
+fn forget_closed(admitted: &mut VecDeque<Weak<ConnState>>, open: usize) {
+    if admitted.len() <= 2 * open + 64 {
+        return;
+    }
+    admitted.retain(|c| c.strong_count() > 0);
+    admitted.shrink_to(2 * admitted.len() + 64);
 }
 
 /// How long a new connection waits for the slot of the one evicted for it.
@@ -460,6 +475,36 @@ mod tests {
         let addr = listener.local_addr().expect("addr");
         let (rx, _task) = accept_guarded(listener, limits, "test", CancellationToken::new());
         (addr, rx)
+    }
+
+    #[test]
+    fn closed_connections_are_forgotten_and_the_open_ones_keep_their_order() {
+        let l = limits(4);
+        let open: Vec<Arc<ConnState>> = (0..3).map(|_| Arc::new(ConnState::new(&l))).collect();
+        let mut admitted = VecDeque::new();
+        // 10,000 connections come and go between the three that stay open.
+        for (i, state) in open.iter().enumerate() {
+            admitted.push_back(Arc::downgrade(state));
+            for _ in 0..10_000 / (i + 1) {
+                forget_closed(&mut admitted, open.len());
+                let gone = Arc::new(ConnState::new(&l));
+                admitted.push_back(Arc::downgrade(&gone));
+            }
+        }
+        assert!(
+            admitted.len() <= 2 * open.len() + 65,
+            "{} entries",
+            admitted.len()
+        );
+        admitted.retain(|c| c.strong_count() > 0);
+        let kept: Vec<_> = admitted.iter().filter_map(Weak::upgrade).collect();
+        assert_eq!(kept.len(), 3);
+        for (kept, open) in kept.iter().zip(&open) {
+            assert!(
+                Arc::ptr_eq(kept, open),
+                "the oldest stays first, for eviction"
+            );
+        }
     }
 
     #[tokio::test]
