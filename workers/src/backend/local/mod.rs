@@ -8,6 +8,7 @@
 //! decoded; when the client drops the stream the channel closes and the slot
 //! stops at its next token (or prompt chunk) and takes the next request.
 
+mod awake;
 pub mod gguf;
 mod model;
 mod quant;

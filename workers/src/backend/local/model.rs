@@ -187,7 +187,10 @@ impl Model {
         // The whole pass runs on a pool thread: each of its ~120 parallel
         // products is then a cheap fork within the pool rather than a job
         // injected from outside, which costs a wake-up every time.
-        pool.install(|| self.forward_on_pool(s, tokens, pool))
+        pool.install(|| {
+            let _awake = super::awake::KeepAwake::start(pool);
+            self.forward_on_pool(s, tokens, pool)
+        })
     }
 
     fn forward_on_pool(

@@ -116,6 +116,24 @@ async fn golden_greedy_output() {
 
 const GOLDEN_TEXT: &str = "L'Étoile, la Marseillaise, la femme, la femme au martyre, la";
 
+/// Two slots generating at once share the pool's threads (each pass then
+/// works without the spinning helpers of `awake`, which only run for a
+/// pass alone): both finish, with the same greedy text as one alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_slots_at_once_both_give_the_golden_text() {
+    let Some(b) = backend(2) else { return };
+    for _ in 0..3 {
+        let (first, second) = tokio::join!(
+            b.generate(input(GOLDEN_PROMPT, greedy(24))),
+            b.generate(input(GOLDEN_PROMPT, greedy(24)))
+        );
+        assert_eq!(first.unwrap().text, GOLDEN_TEXT);
+        assert_eq!(second.unwrap().text, GOLDEN_TEXT);
+    }
+    let alone = b.generate(input(GOLDEN_PROMPT, greedy(24))).await.unwrap();
+    assert_eq!(alone.text, GOLDEN_TEXT);
+}
+
 /// Asked for, the confidence covers exactly the completion's tokens (not the
 /// end of turn), with the model's log-probabilities: each <= 0, and for a
 /// greedy token at least -ln(vocabulary), as the argmax has at least the
