@@ -191,25 +191,12 @@ mod tests {
     use std::sync::Arc;
 
     use routemesh_mesh::{MemoryRegistry, Registry};
-    use routemesh_proto::v1::{ChatMessage, WorkerGenerateRequest};
     use routemesh_worker::{WorkerConfig, start_worker};
 
     use super::*;
     use crate::pool::Pool;
+    use crate::pool::testing::generate_request;
     use crate::pool::transport::LocalWorkers;
-
-    fn request() -> WorkerGenerateRequest {
-        WorkerGenerateRequest {
-            request_id: "r".into(),
-            model: "m".into(),
-            messages: vec![ChatMessage {
-                role: "user".into(),
-                content: "hi".into(),
-                ..Default::default()
-            }],
-            ..Default::default()
-        }
-    }
 
     #[tokio::test]
     async fn a_connection_is_replaced_after_a_burst_and_its_last_calls_finish_on_it() {
@@ -238,7 +225,11 @@ mod tests {
             let worker = worker.clone();
             async move {
                 let _in_flight = worker.try_begin().expect("breaker closed");
-                worker.client().generate(request()).await.map(|_| ())
+                worker
+                    .client()
+                    .generate(generate_request())
+                    .await
+                    .map(|_| ())
             }
         };
 

@@ -19,6 +19,8 @@ mod connection;
 mod health;
 pub(crate) mod retry;
 pub(crate) mod series;
+#[cfg(test)]
+mod testing;
 pub(crate) mod transport;
 
 use self::breaker::{Breaker, BreakerConfig, Permit, State, Transition};

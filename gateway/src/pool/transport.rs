@@ -150,24 +150,12 @@ mod tests {
 
     use routemesh_mesh::{MemoryRegistry, Registry};
     use routemesh_proto::v1::worker_client::WorkerClient;
-    use routemesh_proto::v1::{ChatMessage, LoadRequest, WorkerGenerateRequest};
+    use routemesh_proto::v1::{LoadRequest, WorkerGenerateRequest};
     use routemesh_worker::{WorkerConfig, start_worker};
     use tonic::Code;
 
     use super::*;
-
-    fn request() -> WorkerGenerateRequest {
-        WorkerGenerateRequest {
-            request_id: "r".into(),
-            model: "m".into(),
-            messages: vec![ChatMessage {
-                role: "user".into(),
-                content: "hi".into(),
-                ..Default::default()
-            }],
-            ..Default::default()
-        }
-    }
+    use crate::pool::testing::generate_request;
 
     #[tokio::test]
     async fn an_agent_of_this_process_is_called_in_process_until_it_stops() {
@@ -197,10 +185,14 @@ mod tests {
 
         let load = client.load(LoadRequest {}).await.unwrap().into_inner();
         assert_eq!((load.worker_id.as_str(), load.draining), ("w", false));
-        let done = client.generate(request()).await.unwrap().into_inner();
+        let done = client
+            .generate(generate_request())
+            .await
+            .unwrap()
+            .into_inner();
         assert_eq!(done.usage.unwrap().worker_id, "w");
         let mut stream = client
-            .generate_stream(request())
+            .generate_stream(generate_request())
             .await
             .unwrap()
             .into_inner();
@@ -213,7 +205,7 @@ mod tests {
         let status = client
             .generate(WorkerGenerateRequest {
                 model: "another".into(),
-                ..request()
+                ..generate_request()
             })
             .await
             .unwrap_err();
@@ -234,7 +226,7 @@ mod tests {
                 .into_inner()
                 .draining
         );
-        let status = client.generate(request()).await.unwrap_err();
+        let status = client.generate(generate_request()).await.unwrap_err();
         assert_eq!(status.code(), Code::Unavailable, "{status:?}");
         assert!(routemesh_worker::error::is_retryable(&status));
     }
