@@ -34,7 +34,10 @@ const QUEUE: usize = 1024;
 #[serde(deny_unknown_fields)]
 pub struct BatchSettings {
     /// How long the first prompt of a length bucket waits for others before
-    /// its batch runs. `0s` turns batching off: each prompt is its own pass.
+    /// its batch runs. `0s` (the default) turns batching off: each prompt is
+    /// its own pass. Off by default because on both CPUs measured it gave
+    /// no more learned decisions per second and added its wait at low load
+    /// (docs/BENCHMARKS.md §15.2 and §19.3); `2ms` turns it on.
     #[serde(default = "default_wait", with = "humantime_serde")]
     #[schemars(schema_with = "routemesh_mesh::config_schema::duration")]
     pub wait: Duration,
@@ -57,7 +60,7 @@ pub struct BatchSettings {
 }
 
 fn default_wait() -> Duration {
-    Duration::from_millis(2)
+    Duration::ZERO
 }
 fn default_max_size() -> usize {
     16

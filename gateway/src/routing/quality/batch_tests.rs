@@ -216,8 +216,12 @@ async fn shutdown_refuses_waiting_prompts_and_later_ones_and_lets_running_passes
 
 #[test]
 fn settings_are_checked_and_zero_wait_turns_batching_off() {
-    assert!(BatchSettings::default().enabled());
+    // Off unless a wait is set (it did not pay on the CPUs measured).
+    assert!(!BatchSettings::default().enabled());
     assert!(BatchSettings::default().check().is_ok());
+    let on: BatchSettings = serde_json::from_str(r#"{"wait": "2ms"}"#).unwrap();
+    assert!(on.enabled());
+    assert!(on.check().is_ok());
     let off: BatchSettings = serde_json::from_str(r#"{"wait": "0s"}"#).unwrap();
     assert!(!off.enabled());
     assert!(off.check().is_ok());
