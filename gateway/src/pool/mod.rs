@@ -471,16 +471,18 @@ impl Pool {
     /// Replaces the request connection of each worker whose burst is over
     /// (see [`connection`]); returns how many were replaced.
     pub async fn renew_connections_after_bursts(&self) -> usize {
-        let mut renewed = 0;
-        for w in self.snapshot().iter() {
-            if w.connection
-                .renew_after_burst(w.in_flight(), &w.record.id)
-                .await
-            {
-                renewed += 1;
-            }
-        }
-        renewed
+        // At once: a worker that cannot be reached holds up the discovery
+        // tick by its connect timeout, not by one per worker.
+        let workers = self.snapshot();
+        futures::future::join_all(
+            workers
+                .iter()
+                .map(|w| w.connection.renew_after_burst(w.in_flight(), &w.record.id)),
+        )
+        .await
+        .into_iter()
+        .filter(|&renewed| renewed)
+        .count()
     }
 
     /// Checks every worker's load once (on the health thread).
