@@ -190,13 +190,11 @@ impl RequestConnection {
 mod tests {
     use std::sync::Arc;
 
-    use routemesh_mesh::{MemoryRegistry, Registry};
+    use routemesh_mesh::MemoryRegistry;
     use routemesh_worker::{WorkerConfig, start_worker};
 
     use super::*;
-    use crate::pool::Pool;
-    use crate::pool::testing::generate_request;
-    use crate::pool::transport::LocalWorkers;
+    use crate::pool::testing::{generate_request, network_pool};
 
     #[tokio::test]
     async fn a_connection_is_replaced_after_a_burst_and_its_last_calls_finish_on_it() {
@@ -209,17 +207,7 @@ mod tests {
         let agent = start_worker(config, registry.clone())
             .await
             .expect("worker");
-        let registry: Arc<dyn Registry> = registry;
-        let pool = Pool::new(
-            registry,
-            LocalWorkers::new([]),
-            Duration::from_secs(1),
-            Duration::from_secs(10),
-            None,
-            Default::default(),
-        )
-        .expect("pool");
-        pool.refresh().await;
+        let pool = network_pool(registry, Duration::from_secs(1)).await;
         let worker = pool.snapshot()[0].clone();
         let call = || {
             let worker = worker.clone();

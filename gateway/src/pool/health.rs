@@ -77,12 +77,11 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use routemesh_mesh::{MemoryRegistry, Registry};
+    use routemesh_mesh::MemoryRegistry;
     use routemesh_worker::{WorkerConfig, start_worker};
 
     use super::*;
-    use crate::pool::Pool;
-    use crate::pool::transport::LocalWorkers;
+    use crate::pool::testing::network_pool;
 
     #[tokio::test]
     async fn runs_work_on_its_own_thread_and_stops_when_dropped() {
@@ -123,17 +122,7 @@ mod tests {
             .build()
             .expect("gateway runtime");
         gateway_runtime.block_on(async {
-            let registry: Arc<dyn Registry> = registry;
-            let pool = Pool::new(
-                registry,
-                LocalWorkers::new([]),
-                Duration::from_millis(200),
-                Duration::from_secs(10),
-                None,
-                Default::default(),
-            )
-            .expect("pool");
-            pool.refresh().await;
+            let pool = network_pool(registry, Duration::from_millis(200)).await;
             let stop = tokio_util::sync::CancellationToken::new();
             let maintenance = pool.spawn_maintenance(
                 Duration::from_secs(60),
